@@ -1,0 +1,355 @@
+//! The bump (linear) allocator: a lock-free cursor shared by every process.
+
+use std::cell::Cell;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::linear::LinearAlloc;
+use super::segment_allocator::{InBuffer, SegmentAllocator};
+use super::AllocatorKind;
+use crate::error::{Error, Result};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::Segment;
+use crate::sync::cursor::{self, BumpFailure};
+
+/// The bump allocator's state inside the segment: one cursor on a cache line
+/// of its own, so allocating never contends with reads of the header.
+#[repr(C)]
+struct BumpState {
+    /// Offset of the first free byte.
+    cursor: CachePadded<AtomicU64>,
+}
+
+/// A lock-free linear allocator whose cursor lives in the segment.
+///
+/// Every process that attaches the segment allocates from the same cursor
+/// with one compare-and-swap per allocation (no lock, no syscall); a request
+/// that does not fit changes nothing. Memory is given back all at once with
+/// [`reset`](Self::reset), or in LIFO frames with [`scope`](Self::scope).
+/// When the segment was created with a maximum size above its initial size,
+/// an allocation that does not fit grows the segment first.
+///
+/// ```
+/// use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
+///
+/// let bump = BumpAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let numbers = bump.allocate::<u64>(16)?;     // room for 16 u64s
+/// let answer = bump.make_handle(42u64)?;       // an offset, valid in any process
+/// assert_eq!(unsafe { *bump.segment().resolve(answer)?.as_ref() }, 42);
+/// assert!(bump.used() >= 16 * 8 + 8);
+/// # let _ = numbers;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct BumpAllocator {
+    segment: Segment,
+    state: NonNull<BumpState>,
+}
+
+// SAFETY: the state is reached through atomics only, and the segment handle
+// is itself `Send + Sync`.
+unsafe impl Send for BumpAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for BumpAllocator {}
+
+impl std::fmt::Debug for BumpAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BumpAllocator")
+            .field("segment", &self.segment)
+            .field("used", &self.used())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl SegmentAllocator for BumpAllocator {
+    const KIND: AllocatorKind = AllocatorKind::Bump;
+    type Params = ();
+
+    fn encode_params(_: &()) -> [u64; PARAM_WORDS] {
+        [0; PARAM_WORDS]
+    }
+
+    fn state_len(_: &()) -> u64 {
+        std::mem::size_of::<BumpState>() as u64
+    }
+
+    fn initialize(segment: &Segment, _: &()) -> Result<()> {
+        let state = segment.allocator_state::<BumpState>()?;
+        // SAFETY: the creator runs this before *ready*, so no other process
+        // uses the state yet; `allocator_state` checked size and alignment.
+        unsafe {
+            state.as_ptr().write(BumpState {
+                cursor: CachePadded::new(AtomicU64::new(segment.data_offset())),
+            })
+        };
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        let state = segment.allocator_state::<BumpState>()?;
+        let bump = BumpAllocator { segment, state };
+        let cursor = bump.cursor();
+        if cursor < bump.segment.data_offset() || cursor > bump.segment.max_size() {
+            return Err(Error::corrupt(format!("bump cursor {cursor} out of range")));
+        }
+        Ok(bump)
+    }
+}
+
+impl LinearAlloc for BumpAllocator {
+    fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    #[inline]
+    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+        loop {
+            match cursor::bump(self.cursor_cell(), size, align, || self.segment.size()) {
+                Ok(start) => return Ok(start),
+                Err(failure) => self.grow_for(failure, size)?,
+            }
+        }
+    }
+}
+
+impl BumpAllocator {
+    fn state(&self) -> &BumpState {
+        // SAFETY: `state` points into the segment, which lives as long as
+        // `self`; `from_segment` checked size and alignment; it is atomics only.
+        unsafe { self.state.as_ref() }
+    }
+
+    fn cursor_cell(&self) -> &AtomicU64 {
+        &self.state().cursor
+    }
+
+    fn cursor(&self) -> u64 {
+        self.cursor_cell().load(Ordering::Acquire)
+    }
+
+    /// After a failed bump: grow the segment if it may grow, else report.
+    #[cold]
+    fn grow_for(&self, failure: BumpFailure, size: u64) -> Result<()> {
+        let cursor = match failure {
+            BumpFailure::Full { cursor } | BumpFailure::Moved { cursor } => cursor,
+            BumpFailure::Overflow => {
+                return Err(Error::invalid_size(format!("{size} bytes overflow the segment")))
+            }
+        };
+        let current = self.segment.size();
+        let max = self.segment.max_size();
+        let out_of_memory = Error::OutOfMemory {
+            requested: size,
+            available: current.saturating_sub(cursor),
+        };
+        if current >= max {
+            return Err(out_of_memory);
+        }
+        // Double, or more when one request needs it; never past the maximum.
+        let needed = cursor.saturating_add(size).saturating_add(4096);
+        let target = needed.max(current.saturating_mul(2)).min(max);
+        if needed > max {
+            return Err(Error::OutOfMemory {
+                requested: size,
+                available: max.saturating_sub(cursor),
+            });
+        }
+        self.segment.grow(target)
+    }
+
+    /// Bytes handed out so far (alignment padding included).
+    pub fn used(&self) -> u64 {
+        self.cursor().saturating_sub(self.segment.data_offset())
+    }
+
+    /// Bytes the data area holds at the segment's current size.
+    pub fn capacity(&self) -> u64 {
+        self.segment.size().saturating_sub(self.segment.data_offset())
+    }
+
+    /// Bytes the data area can hold once the segment is grown to its maximum.
+    pub fn max_capacity(&self) -> u64 {
+        self.segment.max_size().saturating_sub(self.segment.data_offset())
+    }
+
+    /// Bytes still free at the current size.
+    pub fn remaining(&self) -> u64 {
+        self.capacity().saturating_sub(self.used())
+    }
+
+    /// Whether `ptr` points into a block this allocator has handed out (and
+    /// not since rewound).
+    pub fn owns(&self, ptr: *const u8) -> bool {
+        self.segment
+            .offset_of(ptr)
+            .is_ok_and(|offset| self.owns_offset(offset.raw()))
+    }
+
+    /// Whether `offset` lies in the allocated part of the data area.
+    pub fn owns_offset(&self, offset: u64) -> bool {
+        offset >= self.segment.data_offset() && offset < self.cursor()
+    }
+
+    /// Forgets every allocation at once.
+    ///
+    /// **Quiescence rule:** no process may use a block of this allocator, or
+    /// allocate from it, while or after it is reset; every offset handed out
+    /// before becomes meaningless. Within this process `&mut self` enforces
+    /// that no scope is open; across processes it is the caller's protocol
+    /// (for example: reset only after the workers that shared it have exited).
+    pub fn reset(&mut self) {
+        self.cursor_cell()
+            .store(self.segment.data_offset(), Ordering::Release);
+    }
+
+    /// Zeroes every byte handed out so far, then rewinds like
+    /// [`reset`](Self::reset) (same quiescence rule), so no data lingers for
+    /// the next user of the memory.
+    pub fn secure_reset(&mut self) {
+        let start = self.segment.data_offset();
+        let end = self.cursor().min(self.segment.size());
+        if end > start {
+            // SAFETY: `[start, end)` lies inside the mapped, current size of
+            // the segment; `&mut self` and the quiescence rule mean nobody
+            // uses these bytes now.
+            unsafe {
+                let base = self.segment.base().as_ptr().add(start as usize);
+                std::ptr::write_bytes(base, 0, (end - start) as usize);
+            }
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        }
+        self.reset();
+    }
+
+    /// The current cursor, to rewind to later with [`rewind_to`](Self::rewind_to).
+    pub fn mark(&self) -> Mark {
+        Mark(self.cursor())
+    }
+
+    /// Rewinds the cursor to `mark` if nobody allocated after `expected_top`
+    /// (the cursor value the caller last saw). Returns whether it rewound.
+    ///
+    /// # Safety
+    ///
+    /// No block allocated between `mark` and `expected_top` may be used
+    /// afterwards, by any process: their bytes will be handed out again.
+    pub unsafe fn rewind_to(&self, mark: Mark, expected_top: Mark) -> bool {
+        mark.0 <= expected_top.0 && cursor::rewind(self.cursor_cell(), expected_top.0, mark.0)
+    }
+
+    /// Opens an arena frame: allocations made through the returned scope are
+    /// given back when it drops, provided no one else (another thread, another
+    /// process, or this allocator directly) allocated in between. When someone
+    /// did, the scope keeps working but gives nothing back, so it never frees
+    /// a block that is not its own.
+    ///
+    /// ```
+    /// use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
+    ///
+    /// let bump = BumpAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+    /// let before = bump.used();
+    /// {
+    ///     let frame = bump.scope();
+    ///     frame.alloc(4096, 64)?;
+    ///     assert!(bump.used() >= before + 4096);
+    /// }
+    /// assert_eq!(bump.used(), before);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn scope(&self) -> Scope<'_> {
+        let mark = self.cursor();
+        Scope {
+            bump: self,
+            mark,
+            top: Cell::new(mark),
+            contiguous: Cell::new(true),
+        }
+    }
+}
+
+impl InBuffer<'_, BumpAllocator> {
+    /// [`BumpAllocator::reset`] for an allocator over a borrowed buffer.
+    pub fn reset(&mut self) {
+        // The `InBuffer` is held mutably, so no scope borrows the allocator.
+        let bump: &BumpAllocator = self;
+        bump.cursor_cell()
+            .store(bump.segment.data_offset(), Ordering::Release);
+    }
+}
+
+/// A position of a bump allocator's cursor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Mark(u64);
+
+impl Mark {
+    /// The cursor offset.
+    pub fn offset(self) -> u64 {
+        self.0
+    }
+}
+
+/// An arena frame over a [`BumpAllocator`]; see [`BumpAllocator::scope`].
+pub struct Scope<'a> {
+    bump: &'a BumpAllocator,
+    mark: u64,
+    /// Where this scope's last block ended.
+    top: Cell<u64>,
+    /// Whether `[mark, top)` holds this scope's blocks only.
+    contiguous: Cell<bool>,
+}
+
+impl Scope<'_> {
+    /// The cursor position the scope will rewind to.
+    pub fn mark(&self) -> Mark {
+        Mark(self.mark)
+    }
+
+    /// Whether the scope still owns everything above its mark (and so will
+    /// give it back on drop).
+    pub fn will_rewind(&self) -> bool {
+        self.contiguous.get()
+    }
+
+    /// Ends the scope now; returns whether its memory was given back.
+    pub fn finish(self) -> bool {
+        let rewound = self.rewind();
+        std::mem::forget(self);
+        rewound
+    }
+
+    fn rewind(&self) -> bool {
+        self.contiguous.get() && cursor::rewind(self.bump.cursor_cell(), self.top.get(), self.mark)
+    }
+}
+
+impl LinearAlloc for Scope<'_> {
+    fn segment(&self) -> &Segment {
+        &self.bump.segment
+    }
+
+    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+        while self.contiguous.get() {
+            let end = self.bump.segment.size();
+            match cursor::bump_at(self.bump.cursor_cell(), self.top.get(), size, align, end) {
+                Ok((start, stop)) => {
+                    self.top.set(stop);
+                    return Ok(start);
+                }
+                // Someone else allocated: this scope can no longer rewind.
+                Err(BumpFailure::Moved { .. }) => self.contiguous.set(false),
+                // Out of room: grow (or report) and try again in place.
+                Err(failure) => self.bump.grow_for(failure, size)?,
+            }
+        }
+        self.bump.alloc_offset(size, align)
+    }
+}
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        self.rewind();
+    }
+}

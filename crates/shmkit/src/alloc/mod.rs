@@ -1,0 +1,17 @@
+//! Allocators whose state lives in the segment.
+//!
+//! Each allocator has a file of its own; all of them implement
+//! [`SegmentAllocator`] (creation, attachment, buffers) and the linear ones
+//! share the allocation methods of [`LinearAlloc`].
+
+mod bump;
+mod kind;
+mod linear;
+mod segment_allocator;
+mod stack;
+
+pub use bump::{BumpAllocator, Mark, Scope};
+pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
+pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
+pub use segment_allocator::{InBuffer, SegmentAllocator};
+pub use stack::StackAllocator;

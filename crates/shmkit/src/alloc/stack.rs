@@ -1,0 +1,265 @@
+//! The stack allocator: LIFO allocation whose top lives in the segment.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::linear::LinearAlloc;
+use super::segment_allocator::SegmentAllocator;
+use super::AllocatorKind;
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::Segment;
+use crate::sync::cursor;
+
+#[repr(C)]
+struct StackState {
+    /// Offset just past the most recent live block.
+    top: CachePadded<AtomicU64>,
+}
+
+/// Written just below every block: where the stack top was before it, and a
+/// seal binding the block's offset to its end (zeroed when freed).
+#[repr(C)]
+struct BlockHeader {
+    prev_top: AtomicU64,
+    seal: AtomicU64,
+}
+
+const BLOCK_HEADER: u64 = std::mem::size_of::<BlockHeader>() as u64;
+const SEAL_KEY: u64 = 0x5ac4_b10c_e11d_f00d;
+
+fn seal(offset: u64, end: u64) -> u64 {
+    end ^ offset.rotate_left(29) ^ SEAL_KEY
+}
+
+/// A LIFO allocator shared by every process that attaches its segment.
+///
+/// Freeing the most recent live allocation gives its space back at once;
+/// freeing any other block is refused with [`Error::NotTopOfStack`], and a
+/// block that is not live (never handed out, or already freed) with
+/// [`Error::InvalidFree`]. Allocation is a compare-and-swap on the top, so
+/// any number of threads and processes may allocate at once; freeing is only
+/// meaningful for the thread that owns the top.
+///
+/// ```
+/// use shmkit::{LinearAlloc, SegmentAllocator, SegmentOptions, StackAllocator};
+///
+/// let stack = StackAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let a = stack.alloc_handle(100, 8)?;
+/// let b = stack.alloc_handle(200, 8)?;
+/// assert!(stack.free(a).is_err());   // not the top
+/// stack.free(b)?;
+/// stack.free(a)?;
+/// assert_eq!(stack.used(), 0);
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct StackAllocator {
+    segment: Segment,
+    state: NonNull<StackState>,
+}
+
+// SAFETY: the state and block headers are reached through atomics only, and
+// the segment handle is itself `Send + Sync`.
+unsafe impl Send for StackAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for StackAllocator {}
+
+impl std::fmt::Debug for StackAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackAllocator")
+            .field("segment", &self.segment)
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl SegmentAllocator for StackAllocator {
+    const KIND: AllocatorKind = AllocatorKind::Stack;
+    type Params = ();
+
+    fn encode_params(_: &()) -> [u64; PARAM_WORDS] {
+        [0; PARAM_WORDS]
+    }
+
+    fn state_len(_: &()) -> u64 {
+        std::mem::size_of::<StackState>() as u64
+    }
+
+    fn initialize(segment: &Segment, _: &()) -> Result<()> {
+        let state = segment.allocator_state::<StackState>()?;
+        // SAFETY: runs in the creator before *ready*; size and alignment were
+        // checked by `allocator_state`.
+        unsafe {
+            state.as_ptr().write(StackState {
+                top: CachePadded::new(AtomicU64::new(segment.data_offset())),
+            })
+        };
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        let state = segment.allocator_state::<StackState>()?;
+        let stack = StackAllocator { segment, state };
+        let top = stack.top();
+        if top < stack.segment.data_offset() || top > stack.segment.max_size() {
+            return Err(Error::corrupt(format!("stack top {top} out of range")));
+        }
+        Ok(stack)
+    }
+}
+
+impl LinearAlloc for StackAllocator {
+    fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+        // Blocks are at least 8-aligned so that their header is too.
+        let align = lcm_with_8(align);
+        let top = self.top_cell();
+        let mut current = top.load(Ordering::Acquire);
+        loop {
+            let block = current
+                .checked_add(BLOCK_HEADER)
+                .and_then(|above| cursor::align_up(above, align))
+                .ok_or_else(|| Error::invalid_size("request overflows the segment"))?;
+            let end = block
+                .checked_add(size)
+                .ok_or_else(|| Error::invalid_size("request overflows the segment"))?;
+            let limit = self.segment.size();
+            if end > limit {
+                return Err(Error::OutOfMemory {
+                    requested: size,
+                    available: limit.saturating_sub(current),
+                });
+            }
+            match top.compare_exchange_weak(current, end, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    let header = self.block_header(block)?;
+                    header.prev_top.store(current, Ordering::Relaxed);
+                    header.seal.store(seal(block, end), Ordering::Release);
+                    return Ok(block);
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+impl StackAllocator {
+    fn state(&self) -> &StackState {
+        // SAFETY: `state` points into the segment, which lives as long as
+        // `self`; checked at construction; atomics only.
+        unsafe { self.state.as_ref() }
+    }
+
+    fn top_cell(&self) -> &AtomicU64 {
+        &self.state().top
+    }
+
+    fn top(&self) -> u64 {
+        self.top_cell().load(Ordering::Acquire)
+    }
+
+    /// The header of the block at `block`, bounds- and alignment-checked.
+    fn block_header(&self, block: u64) -> Result<&BlockHeader> {
+        let header_offset = block
+            .checked_sub(BLOCK_HEADER)
+            .filter(|&h| h >= self.segment.data_offset())
+            .ok_or(Error::InvalidFree { offset: block })?;
+        let ptr = self
+            .segment
+            .resolve(Offset::<BlockHeader>::from_raw(header_offset))
+            .map_err(|_| Error::InvalidFree { offset: block })?;
+        // SAFETY: `resolve` checked bounds and alignment; the header is made
+        // of atomics, valid for any bytes, and lives as long as the segment.
+        Ok(unsafe { ptr.as_ref() })
+    }
+
+    /// Frees the block at `offset`, which must be the most recent live one.
+    pub fn free<T>(&self, offset: Offset<T>) -> Result<()> {
+        let block = offset.raw();
+        let header = self.block_header(block)?;
+        let sealed = header.seal.load(Ordering::Acquire);
+        let end = sealed ^ seal(block, 0);
+        let prev_top = header.prev_top.load(Ordering::Relaxed);
+        let data_offset = self.segment.data_offset();
+        let plausible = sealed != 0
+            && end >= block
+            && prev_top >= data_offset
+            && prev_top <= block - BLOCK_HEADER;
+        let top = self.top();
+        if !plausible || block >= top {
+            return Err(Error::InvalidFree { offset: block });
+        }
+        if end != top {
+            return Err(Error::NotTopOfStack { offset: block });
+        }
+        // Unseal first, so a racing second free of the same block fails; if
+        // the top moved meanwhile, put the seal back.
+        if header
+            .seal
+            .compare_exchange(sealed, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::InvalidFree { offset: block });
+        }
+        match self
+            .top_cell()
+            .compare_exchange(end, prev_top, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => Ok(()),
+            Err(_) => {
+                header.seal.store(sealed, Ordering::Release);
+                Err(Error::NotTopOfStack { offset: block })
+            }
+        }
+    }
+
+    /// Frees a block given by its [`FullPtr`].
+    pub fn free_ptr<T>(&self, ptr: FullPtr<T>) -> Result<()> {
+        if ptr.segment_id() != self.segment.id() {
+            return Err(Error::ForeignPointer);
+        }
+        self.free(ptr.offset())
+    }
+
+    /// Bytes in use (block headers and padding included).
+    pub fn used(&self) -> u64 {
+        self.top().saturating_sub(self.segment.data_offset())
+    }
+
+    /// Bytes the data area holds.
+    pub fn capacity(&self) -> u64 {
+        self.segment.size().saturating_sub(self.segment.data_offset())
+    }
+
+    /// Frees everything at once. Same quiescence rule as
+    /// [`BumpAllocator::reset`](crate::BumpAllocator::reset).
+    pub fn reset(&mut self) {
+        self.top_cell()
+            .store(self.segment.data_offset(), Ordering::Release);
+    }
+}
+
+/// The least common multiple of `align` and 8.
+fn lcm_with_8(align: u64) -> u64 {
+    let twos = align.trailing_zeros().min(3);
+    align << (3 - twos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lcm_with_8;
+
+    #[test]
+    fn lcm_with_8_is_the_least_common_multiple() {
+        for (align, lcm) in [(1, 8), (2, 8), (4, 8), (8, 8), (16, 16), (12, 24), (24, 24), (3, 24), (64, 64)] {
+            assert_eq!(lcm_with_8(align), lcm, "align {align}");
+        }
+    }
+}

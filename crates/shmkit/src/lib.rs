@@ -1,0 +1,57 @@
+//! # shmkit
+//!
+//! Memory that several processes share: carve one shared region into objects
+//! from many processes at once, and refer to those objects by offsets that
+//! mean the same thing in every process.
+//!
+//! * A [`Segment`] is a mapped region (POSIX shared memory, a file, a memfd,
+//!   private memory or a caller's buffer) that starts with a validated header.
+//!   Creating one is a handshake: header, allocator state, then *ready*.
+//! * Pointers are position independent: [`Offset`] (segment-relative),
+//!   [`ShmPtr`] (segment id + offset) and [`FullPtr`] (local address + shared
+//!   form). Only [`ShmSafe`] types, which hold no addresses, go into a segment.
+//! * Allocators keep their whole state in the segment, so every attached
+//!   process allocates from the same structure: [`BumpAllocator`] (one
+//!   lock-free compare-and-swap per allocation) and [`StackAllocator`] (LIFO).
+//!
+//! ```
+//! use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
+//!
+//! let name = format!("shmkit-doc-{}", std::process::id());
+//! let options = SegmentOptions::shm(&name).size(1 << 20);
+//!
+//! // Process A creates the segment and publishes an object under a name.
+//! let creator = BumpAllocator::create(&options)?;
+//! let greeting = creator.make_handle(*b"hello, other process\0\0\0\0")?;
+//! creator.segment().set_root("greeting", greeting)?;
+//!
+//! // Process B (here: a second mapping) attaches by name and finds it.
+//! let attacher = BumpAllocator::attach(&options)?;
+//! let found = attacher.segment().root::<[u8; 24]>("greeting").expect("published");
+//! let bytes = attacher.segment().resolve(found)?;
+//! assert_eq!(&unsafe { bytes.as_ref() }[..5], b"hello");
+//!
+//! creator.segment().unlink()?; // names are removed only on request
+//! # Ok::<(), shmkit::Error>(())
+//! ```
+//!
+//! Errors are typed ([`Error`]): a foreign or corrupt segment, a wrong
+//! allocator kind, an offset out of range, a bad free or an out-of-memory
+//! request is reported, never undefined behaviour.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod alloc;
+mod error;
+pub mod ptr;
+pub mod segment;
+mod sync;
+
+pub use alloc::{
+    AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, Mark, Scope, SegmentAllocator,
+    StackAllocator, CACHE_LINE, SIMD_ALIGN,
+};
+pub use error::{Error, Result};
+pub use ptr::{AtomicOffset, FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
+pub use segment::{Location, Opened, Segment, SegmentOptions};

@@ -1,0 +1,189 @@
+//! Where a segment's bytes come from.
+//!
+//! Each backend produces a file descriptor (or none, for process-local
+//! memory); [`Mapping`] maps the whole reserved range once, so a segment that
+//! grows never moves in any process.
+
+mod buffer;
+mod file;
+mod memfd;
+mod private;
+mod shm;
+
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+
+pub(crate) use buffer::{align_buffer, BUFFER_ALIGN};
+pub(crate) use file::{create_file, open_file};
+pub(crate) use memfd::create_memfd;
+pub(crate) use private::map_private;
+pub(crate) use shm::{create_shm, open_shm, unlink_shm};
+
+/// A mapped address range that is unmapped on drop (unless borrowed).
+pub(crate) struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+    owned: bool,
+}
+
+// SAFETY: a `Mapping` is an address range; the memory it names is accessed
+// only through atomics or through `unsafe` code that argues for itself.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared and read-write. `len` may exceed the
+    /// object's current size: the pages past its end become usable as soon as
+    /// the object is grown, in every process, without a new mapping.
+    pub fn map_shared(fd: BorrowedFd<'_>, len: u64, what: &str) -> Result<Mapping> {
+        let len = usize::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
+        // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED) cannot
+        // overlap any existing Rust object; the arguments are plain values.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(Error::last_os(format!("mapping {what}")));
+        }
+        Ok(Mapping {
+            base: NonNull::new(addr.cast()).ok_or_else(|| Error::last_os("mmap returned null"))?,
+            len,
+            owned: true,
+        })
+    }
+
+    /// Wraps memory that someone else owns and keeps alive.
+    ///
+    /// # Safety
+    ///
+    /// `base..base + len` must be valid for reads and writes, and stay so,
+    /// for as long as the `Mapping` (and anything built on it) lives.
+    pub unsafe fn borrowed(base: NonNull<u8>, len: usize) -> Mapping {
+        Mapping {
+            base,
+            len,
+            owned: false,
+        }
+    }
+
+    pub fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: `base..base+len` is a mapping this object created and
+            // nothing else unmaps; every reference into it borrows the
+            // segment that owns this `Mapping`, so none outlives it.
+            unsafe {
+                libc::munmap(self.base.as_ptr().cast(), self.len);
+            }
+        }
+    }
+}
+
+/// Reserves backing store for `len` bytes of `fd`, so that running out of
+/// space is an error now rather than a SIGBUS on first touch later.
+pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
+    let len_off = libc::off_t::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
+    loop {
+        // SAFETY: plain system call on a descriptor we hold.
+        let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len_off) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            libc::ENOSPC | libc::EFBIG => {
+                return Err(Error::NoSpace {
+                    name: name.to_owned(),
+                    requested: len,
+                })
+            }
+            // Some file systems cannot preallocate; fall back to setting the
+            // length (space is then taken on first touch).
+            libc::EOPNOTSUPP | libc::EINVAL => return set_len(fd, len, name),
+            other => {
+                return Err(Error::Io {
+                    context: format!("reserving {len} bytes for `{name}`"),
+                    source: std::io::Error::from_raw_os_error(other),
+                })
+            }
+        }
+    }
+}
+
+fn set_len(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
+    let current = object_len(fd, name)?;
+    if current >= len {
+        return Ok(());
+    }
+    let len_off = libc::off_t::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
+    // SAFETY: plain system call on a descriptor we hold.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len_off) } != 0 {
+        return Err(Error::last_os(format!("setting the length of `{name}`")));
+    }
+    Ok(())
+}
+
+/// The current length of the object behind `fd`.
+pub(crate) fn object_len(fd: BorrowedFd<'_>, name: &str) -> Result<u64> {
+    // SAFETY: `stat` is a plain struct for which all-zero bytes are valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a valid, writable `struct stat`.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } != 0 {
+        return Err(Error::last_os(format!("fstat of `{name}`")));
+    }
+    Ok(stat.st_size as u64)
+}
+
+/// Sets the exact permission bits, whatever the process umask is.
+pub(crate) fn set_mode(fd: BorrowedFd<'_>, mode: u32, name: &str) -> Result<()> {
+    // SAFETY: plain system call on a descriptor we hold.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) } != 0 {
+        return Err(Error::last_os(format!("setting the mode of `{name}`")));
+    }
+    Ok(())
+}
+
+/// Duplicates a caller's descriptor (close-on-exec) so the segment owns its own.
+pub(crate) fn dup_fd(fd: BorrowedFd<'_>) -> Result<OwnedFd> {
+    fd.try_clone_to_owned().map_err(|source| Error::Io {
+        context: "duplicating a segment descriptor".into(),
+        source,
+    })
+}
+
+/// Maps an `open`-style errno to shmkit's typed errors.
+pub(crate) fn open_error(errno: std::io::Error, name: &str, context: &str) -> Error {
+    match errno.raw_os_error() {
+        Some(libc::ENOENT) => Error::NotFound {
+            name: name.to_owned(),
+        },
+        Some(libc::EEXIST) => Error::AlreadyExists {
+            name: name.to_owned(),
+        },
+        Some(libc::EACCES) | Some(libc::EPERM) => Error::PermissionDenied {
+            name: name.to_owned(),
+        },
+        Some(libc::ELOOP) => Error::InvalidName {
+            name: name.to_owned(),
+            reason: "is a symbolic link",
+        },
+        _ => Error::Io {
+            context: format!("{context} `{name}`"),
+            source: errno,
+        },
+    }
+}

@@ -1,0 +1,419 @@
+//! Creation and attachment: the handshake that makes a segment safe to share.
+//!
+//! Creator: create the object exclusively, reserve its space, map it, write
+//! the header, publish the magic word (release), initialize the allocator,
+//! publish READY (release). On any failure after the object exists it marks
+//! the header FAILED and removes the name, so nothing half-made is left.
+//!
+//! Attacher: open, wait (bounded) for the magic word and READY (acquire),
+//! telling a dead creator from a slow one, then validate every field before
+//! the segment is used.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::backend::{self, Mapping};
+use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
+use super::{remove, round_to_page, Location, Segment, SegmentOptions};
+use crate::alloc::AllocatorKind;
+use crate::error::{Error, Result};
+
+/// Which of the two things [`open_or_create`](Segment::open_or_create) did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// This call created the segment.
+    Created,
+    /// The segment existed; this call attached to it.
+    Attached,
+}
+
+/// What the creator records about the allocator and how it initializes it.
+pub(crate) struct AllocatorSetup<'a> {
+    pub kind: AllocatorKind,
+    pub params: [u64; PARAM_WORDS],
+    pub state_len: u64,
+    pub init: &'a dyn Fn(&Segment) -> Result<()>,
+}
+
+impl AllocatorSetup<'_> {
+    const NONE: AllocatorSetup<'static> = AllocatorSetup {
+        kind: AllocatorKind::None,
+        params: [0; PARAM_WORDS],
+        state_len: 0,
+        init: &|_| Ok(()),
+    };
+}
+
+/// Upper bound on how many times `open_or_create` retries a create/attach race.
+const OPEN_OR_CREATE_ATTEMPTS: usize = 16;
+
+impl Segment {
+    /// Creates a new segment with no allocator (the data area is the
+    /// caller's to lay out). Fails with `AlreadyExists` if the name is taken.
+    pub fn create(options: &SegmentOptions) -> Result<Segment> {
+        Self::create_with(options, &AllocatorSetup::NONE)
+    }
+
+    /// Attaches to an existing segment, whatever allocator it holds.
+    pub fn attach(options: &SegmentOptions) -> Result<Segment> {
+        let segment = attach(options)?;
+        Ok(segment)
+    }
+
+    /// Attaches if the segment exists, creates it otherwise, and says which.
+    pub fn open_or_create(options: &SegmentOptions) -> Result<(Segment, Opened)> {
+        Self::open_or_create_with(options, &AllocatorSetup::NONE)
+    }
+
+    pub(crate) fn create_with(options: &SegmentOptions, setup: &AllocatorSetup<'_>) -> Result<Segment> {
+        let layout = Layout::new(options.custom_header_len, setup.state_len)?;
+        let (size, max_size) = plan_sizes(options, &layout)?;
+        let fields = NewHeader {
+            size,
+            max_size,
+            segment_id: random_segment_id()?,
+            kind: setup.kind,
+            params: setup.params,
+            layout,
+        };
+        let name = options.location.display_name();
+        let (mapping, fd, max_align) = match &options.location {
+            Location::Shm(shm_name) => {
+                let fd = backend::create_shm(shm_name, options.mode)?;
+                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                (mapping, Some(fd), super::page_size() as usize)
+            }
+            Location::File(path) => {
+                let fd = backend::create_file(path, options.mode)?;
+                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                (mapping, Some(fd), super::page_size() as usize)
+            }
+            Location::Memfd(label) => {
+                let fd = backend::create_memfd(label)?;
+                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                (mapping, Some(fd), super::page_size() as usize)
+            }
+            Location::Private => (backend::map_private(max_size)?, None, super::page_size() as usize),
+            Location::Fd(_) => {
+                return Err(Error::Unsupported(
+                    "a segment cannot be created on an existing descriptor; attach it instead",
+                ))
+            }
+        };
+        let segment = Segment {
+            mapping,
+            fd,
+            location: options.location.clone(),
+            max_align,
+            ready_timeout: options.ready_timeout,
+        };
+        segment.initialize(&fields, setup).inspect_err(|_| {
+            // Nobody can use a half-made segment; take its name away too.
+            let _ = remove(&segment.location);
+        })?;
+        Ok(segment)
+    }
+
+    pub(crate) fn open_or_create_with(
+        options: &SegmentOptions,
+        setup: &AllocatorSetup<'_>,
+    ) -> Result<(Segment, Opened)> {
+        if !matches!(options.location, Location::Shm(_) | Location::File(_)) {
+            return Err(Error::Unsupported(
+                "open_or_create needs a named segment (shared memory or a file)",
+            ));
+        }
+        for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
+            match Self::create_with(options, setup) {
+                Ok(segment) => return Ok((segment, Opened::Created)),
+                Err(Error::AlreadyExists { .. }) => {}
+                Err(other) => return Err(other),
+            }
+            match attach(options) {
+                Ok(segment) => return Ok((segment, Opened::Attached)),
+                // Removed between our create and attach: try again.
+                Err(Error::NotFound { .. }) => {}
+                Err(other) => return Err(other),
+            }
+        }
+        Err(Error::NotReady {
+            waited: options.ready_timeout,
+        })
+    }
+
+    /// Builds a segment inside memory the caller provides (the start is
+    /// moved up to a 64-byte boundary), with the given allocator.
+    ///
+    /// # Safety
+    ///
+    /// `ptr..ptr + len` must be valid for reads and writes, not be accessed
+    /// through any other path except other shmkit segments attached to it,
+    /// and outlive the returned segment.
+    pub(crate) unsafe fn create_in_region(
+        ptr: *mut u8,
+        len: usize,
+        setup: &AllocatorSetup<'_>,
+    ) -> Result<Segment> {
+        let (start, len) = backend::align_buffer(ptr, len)?;
+        let layout = Layout::new(0, setup.state_len)?;
+        if (len as u64) < layout.data_offset {
+            return Err(Error::invalid_size(format!(
+                "a buffer of {len} usable bytes cannot hold the {}-byte header",
+                layout.data_offset
+            )));
+        }
+        let fields = NewHeader {
+            size: len as u64,
+            max_size: len as u64,
+            segment_id: random_segment_id()?,
+            kind: setup.kind,
+            params: setup.params,
+            layout,
+        };
+        let base = NonNull::new(start).ok_or(Error::NullOffset)?;
+        // SAFETY: the caller guarantees the region is valid and outlives us.
+        let mapping = unsafe { Mapping::borrowed(base, len) };
+        // SAFETY: the caller guarantees exclusive access; zero the header so
+        // that stale bytes cannot be mistaken for a published segment.
+        unsafe { std::ptr::write_bytes(start, 0, std::mem::size_of::<Header>()) };
+        let segment = Segment {
+            mapping,
+            fd: None,
+            location: Location::Private,
+            max_align: backend::BUFFER_ALIGN,
+            ready_timeout: super::DEFAULT_READY_TIMEOUT,
+        };
+        segment.initialize(&fields, setup)?;
+        Ok(segment)
+    }
+
+    /// Writes the header, initializes the allocator and publishes READY.
+    fn initialize(&self, fields: &NewHeader, setup: &AllocatorSetup<'_>) -> Result<()> {
+        let header_ptr = self.mapping.base().cast::<Header>().as_ptr();
+        // SAFETY: the mapping is fresh (created exclusively by this process),
+        // at least `data_offset` bytes long and 64-byte aligned. Other
+        // processes may map it already, but they only load the magic word
+        // (still zero) until it is published below.
+        unsafe { (*header_ptr).fill(fields) };
+        let header = self.header();
+        header.magic.store(MAGIC, Ordering::Release);
+        if let Err(err) = (setup.init)(self) {
+            header.state.store(state::FAILED, Ordering::Release);
+            return Err(err);
+        }
+        header.state.store(state::READY, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Validates the requested sizes and returns (initial, maximum), page-rounded.
+fn plan_sizes(options: &SegmentOptions, layout: &Layout) -> Result<(u64, u64)> {
+    let size = round_to_page(options.size);
+    if size < layout.data_offset {
+        return Err(Error::invalid_size(format!(
+            "segment size {} is smaller than its header and allocator state ({} bytes)",
+            options.size, layout.data_offset
+        )));
+    }
+    let max_size = round_to_page(options.max_size.unwrap_or(size)).max(size);
+    if max_size > header::MAX_SEGMENT_SIZE {
+        return Err(Error::invalid_size(format!(
+            "maximum size {max_size} exceeds {}",
+            header::MAX_SEGMENT_SIZE
+        )));
+    }
+    Ok((size, max_size))
+}
+
+/// Sets the mode, reserves the space and maps the whole range of a newly
+/// created object; removes the object again if any step fails.
+fn map_new_object(
+    fd: &OwnedFd,
+    options: &SegmentOptions,
+    size: u64,
+    max_size: u64,
+    name: &str,
+) -> Result<Mapping> {
+    let result = (|| {
+        if !matches!(options.location, Location::Memfd(_)) {
+            backend::set_mode(fd.as_fd(), options.mode, name)?;
+        }
+        backend::reserve(fd.as_fd(), size, name)?;
+        Mapping::map_shared(fd.as_fd(), max_size, name)
+    })();
+    if result.is_err() {
+        let _ = remove(&options.location);
+    }
+    result
+}
+
+fn random_segment_id() -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    loop {
+        // SAFETY: `bytes` is a valid, writable 8-byte buffer.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n == bytes.len() as isize {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(Error::Io {
+                context: "drawing a segment id".into(),
+                source: err,
+            });
+        }
+    }
+    // Zero is the null segment id; never hand it out.
+    Ok(u64::from_ne_bytes(bytes).max(1))
+}
+
+/// Opens, waits for and validates an existing segment.
+fn attach(options: &SegmentOptions) -> Result<Segment> {
+    let name = options.location.display_name();
+    let fd = match &options.location {
+        Location::Shm(shm_name) => backend::open_shm(shm_name)?,
+        Location::File(path) => backend::open_file(path)?,
+        Location::Fd(raw) => {
+            // SAFETY: the caller handed us this descriptor as open; we only
+            // borrow it for the duration of the `dup`.
+            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*raw) };
+            backend::dup_fd(borrowed)?
+        }
+        Location::Memfd(_) | Location::Private => {
+            return Err(Error::Unsupported(
+                "anonymous segments cannot be attached by name; share the descriptor (Location::Fd) or fork",
+            ))
+        }
+    };
+    let started = Instant::now();
+    let header_len = std::mem::size_of::<Header>() as u64;
+
+    // A creator that has only just created the object has not sized it yet.
+    let mut len = backend::object_len(fd.as_fd(), &name)?;
+    let patience = options.ready_timeout;
+    if len == 0
+        && !header::wait_while(
+            || matches!(backend::object_len(fd.as_fd(), &name), Ok(0)),
+            patience,
+        )
+    {
+        return Err(Error::NotReady { waited: patience });
+    }
+    len = backend::object_len(fd.as_fd(), &name)?;
+    let probe = Mapping::map_shared(fd.as_fd(), len, &name)?;
+    if len < header_len {
+        return Err(short_object_error(&probe, len, header_len, &name));
+    }
+    // SAFETY: the probe mapping is at least one header long and page aligned.
+    let header = unsafe { probe.base().cast::<Header>().as_ref() };
+    wait_until_ready(header, &name, patience.saturating_sub(started.elapsed()))?;
+    header.validate()?;
+
+    let size = header.size.load(Ordering::Acquire);
+    let len = backend::object_len(fd.as_fd(), &name)?;
+    if len < size {
+        return Err(Error::Truncated {
+            expected: size,
+            actual: len,
+        });
+    }
+    let max_size = header.max_size;
+    drop(probe);
+    let mapping = Mapping::map_shared(fd.as_fd(), max_size, &name)?;
+    Ok(Segment {
+        mapping,
+        fd: Some(fd),
+        location: options.location.clone(),
+        max_align: super::page_size() as usize,
+        ready_timeout: options.ready_timeout,
+    })
+}
+
+/// Classifies an object shorter than a header: foreign bytes or truncation.
+fn short_object_error(probe: &Mapping, len: u64, header_len: u64, name: &str) -> Error {
+    if len >= 8 {
+        // SAFETY: the mapping holds at least 8 bytes and is page aligned.
+        let magic = unsafe { probe.base().cast::<u64>().read_volatile() };
+        if magic != MAGIC {
+            return Error::NotShmkit {
+                name: name.to_owned(),
+            };
+        }
+    }
+    Error::Truncated {
+        expected: header_len,
+        actual: len,
+    }
+}
+
+/// Waits for the magic word and READY, bounded by `patience`, and tells a
+/// foreign object, a newer format, a dead creator and a failed one apart.
+fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<()> {
+    let started = Instant::now();
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        match header.magic.load(Ordering::Acquire) {
+            MAGIC => {
+                if header.format_version != header::FORMAT_VERSION {
+                    return Err(Error::UnsupportedVersion {
+                        found: header.format_version,
+                        supported: header::FORMAT_VERSION,
+                    });
+                }
+                match header.state.load(Ordering::Acquire) {
+                    state::READY => return Ok(()),
+                    state::FAILED => {
+                        return Err(Error::CreationFailed {
+                            pid: header.creator_pid,
+                        })
+                    }
+                    state::INITIALIZING | state::BLANK => {
+                        if !process_alive(header.creator_pid) {
+                            // Re-check: it may have finished just before dying.
+                            if header.state.load(Ordering::Acquire) == state::READY {
+                                return Ok(());
+                            }
+                            return Err(Error::CreatorDied {
+                                pid: header.creator_pid,
+                            });
+                        }
+                    }
+                    other => return Err(Error::corrupt(format!("unknown state {other}"))),
+                }
+            }
+            // Not yet written by the creator.
+            0 => {}
+            _ => {
+                return Err(Error::NotShmkit {
+                    name: name.to_owned(),
+                })
+            }
+        }
+        if started.elapsed() >= patience {
+            return Err(Error::NotReady {
+                waited: started.elapsed(),
+            });
+        }
+        if backoff.is_completed() {
+            std::thread::sleep(Duration::from_millis(1));
+        } else {
+            backoff.snooze();
+        }
+    }
+}
+
+/// Whether a process with this pid exists (in this pid namespace). A zombie
+/// (exited, not yet reaped) still counts as existing.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

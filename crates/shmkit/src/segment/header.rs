@@ -1,0 +1,400 @@
+//! The header at offset 0 of every segment.
+//!
+//! Layout (native endianness, `repr(C)`, 64-byte aligned):
+//!
+//! ```text
+//! 0     magic            AtomicU64  published last, with release ordering
+//! 8     format_version   u32
+//! 12    header_len       u32        size_of::<Header>()
+//! 16    layout_hash      u64        FNV-1a over the layout fields below
+//! 24    state            AtomicU32  initializing / ready / failed
+//! 28    creator_pid      u32
+//! 32    size             AtomicU64  current usable size (grows)
+//! 40    max_size         u64        reserved address range
+//! 48    segment_id       u64
+//! 56    allocator_kind   u32
+//! 60    custom_len       u32
+//! 64    allocator_params [u64; 4]
+//! 96    custom_offset    u64
+//! 104   state_offset     u64        allocator state
+//! 112   state_len        u64
+//! 120   data_offset      u64        first byte the allocator manages
+//! 128   roots            [RootSlot; 32], 64 bytes each
+//! ```
+//!
+//! The magic word and the format version never move, so any future format can
+//! still be recognised and refused with a clear error.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::alloc::AllocatorKind;
+use crate::error::{Error, Result};
+
+/// The magic word: `\x7fSHMKIT\0` read as a native-endian `u64`.
+pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
+
+/// The on-segment format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Number of named root slots in every header.
+pub const ROOT_SLOTS: usize = 32;
+
+/// Longest root name, in bytes.
+pub const ROOT_NAME_MAX: usize = 48;
+
+/// Number of `u64` words an allocator may record as its parameters.
+pub const PARAM_WORDS: usize = 4;
+
+/// Alignment of every area (custom header, allocator state, data): two cache
+/// lines, so padded counters in allocator state stay on lines of their own.
+pub(crate) const AREA_ALIGN: u64 = 128;
+
+/// Life-cycle states of a segment.
+pub(crate) mod state {
+    /// Bytes not yet written (a fresh, zero-filled object).
+    pub const BLANK: u32 = 0;
+    /// Header written; the allocator is being initialized.
+    pub const INITIALIZING: u32 = 1;
+    /// Ready for use by any process.
+    pub const READY: u32 = 2;
+    /// The creator failed and gave up; attachers must not use it.
+    pub const FAILED: u32 = 3;
+}
+
+/// Root slot states.
+mod slot {
+    pub const EMPTY: u32 = 0;
+    pub const WRITING: u32 = 1;
+    pub const SET: u32 = 2;
+}
+
+/// One named root: a name and an offset, so processes can meet at a known object.
+#[repr(C)]
+pub(crate) struct RootSlot {
+    state: AtomicU32,
+    name_len: AtomicU32,
+    /// Written only by the process that moved `state` from EMPTY to WRITING.
+    name: UnsafeCell<[u8; ROOT_NAME_MAX]>,
+    offset: AtomicU64,
+}
+
+/// The segment header. See the module documentation for the layout.
+#[repr(C, align(64))]
+pub(crate) struct Header {
+    pub magic: AtomicU64,
+    pub format_version: u32,
+    pub header_len: u32,
+    pub layout_hash: u64,
+    pub state: AtomicU32,
+    pub creator_pid: u32,
+    pub size: AtomicU64,
+    pub max_size: u64,
+    pub segment_id: u64,
+    pub allocator_kind: u32,
+    pub custom_len: u32,
+    pub allocator_params: [u64; PARAM_WORDS],
+    pub custom_offset: u64,
+    pub state_offset: u64,
+    pub state_len: u64,
+    pub data_offset: u64,
+    roots: [RootSlot; ROOT_SLOTS],
+}
+
+const _: () = assert!(std::mem::size_of::<RootSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<Header>() == 128 + 64 * ROOT_SLOTS);
+
+/// Where each area of a segment goes, computed from the creation parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub custom_offset: u64,
+    pub custom_len: u32,
+    pub state_offset: u64,
+    pub state_len: u64,
+    pub data_offset: u64,
+}
+
+impl Layout {
+    pub fn new(custom_len: u32, state_len: u64) -> Result<Layout> {
+        let custom_offset = align_up(std::mem::size_of::<Header>() as u64, AREA_ALIGN);
+        let state_offset = align_up(custom_offset + u64::from(custom_len), AREA_ALIGN);
+        let data_offset = state_offset
+            .checked_add(state_len)
+            .map(|end| align_up(end, AREA_ALIGN))
+            .ok_or_else(|| Error::invalid_size("allocator state too large"))?;
+        Ok(Layout {
+            custom_offset,
+            custom_len,
+            state_offset,
+            state_len,
+            data_offset,
+        })
+    }
+}
+
+pub(crate) fn align_up(value: u64, align: u64) -> u64 {
+    debug_assert!(align.is_power_of_two());
+    (value + align - 1) & !(align - 1)
+}
+
+/// FNV-1a over 64-bit words: stable across builds and processes, unlike
+/// `std`'s hasher.
+pub(crate) fn fnv1a(words: impl IntoIterator<Item = u64>) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for word in words {
+        for byte in word.to_le_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+fn fnv1a_bytes(bytes: &[u8]) -> u64 {
+    fnv1a(bytes.iter().map(|&b| u64::from(b)))
+}
+
+impl Header {
+    /// The hash that binds the header layout, the allocator kind and its
+    /// parameters: an attacher recomputes it and refuses a mismatch.
+    pub fn compute_layout_hash(&self) -> u64 {
+        let fixed = [
+            u64::from(FORMAT_VERSION),
+            std::mem::size_of::<Header>() as u64,
+            std::mem::align_of::<Header>() as u64,
+            ROOT_SLOTS as u64,
+            std::mem::size_of::<RootSlot>() as u64,
+            u64::from(self.header_len),
+            self.max_size,
+            u64::from(self.allocator_kind),
+            u64::from(self.custom_len),
+            self.custom_offset,
+            self.state_offset,
+            self.state_len,
+            self.data_offset,
+        ];
+        fnv1a(fixed.into_iter().chain(self.allocator_params))
+    }
+
+    /// Writes every field except `magic` (published later) into a blank header.
+    pub fn fill(&mut self, fields: &NewHeader) {
+        self.format_version = FORMAT_VERSION;
+        self.header_len = std::mem::size_of::<Header>() as u32;
+        *self.state.get_mut() = state::INITIALIZING;
+        self.creator_pid = std::process::id();
+        *self.size.get_mut() = fields.size;
+        self.max_size = fields.max_size;
+        self.segment_id = fields.segment_id;
+        self.allocator_kind = fields.kind.code();
+        self.custom_len = fields.layout.custom_len;
+        self.allocator_params = fields.params;
+        self.custom_offset = fields.layout.custom_offset;
+        self.state_offset = fields.layout.state_offset;
+        self.state_len = fields.layout.state_len;
+        self.data_offset = fields.layout.data_offset;
+        self.layout_hash = self.compute_layout_hash();
+    }
+
+    /// Checks everything that can be checked without the backing object:
+    /// the hash and the ranges of every area. Called once the attacher has
+    /// seen `READY` (so the fields are published).
+    pub fn validate(&self) -> Result<()> {
+        if self.header_len as usize != std::mem::size_of::<Header>() {
+            return Err(Error::corrupt(format!(
+                "header length {} (expected {})",
+                self.header_len,
+                std::mem::size_of::<Header>()
+            )));
+        }
+        if self.layout_hash != self.compute_layout_hash() {
+            return Err(Error::corrupt("layout hash mismatch"));
+        }
+        let expected = Layout::new(self.custom_len, self.state_len)?;
+        let found = Layout {
+            custom_offset: self.custom_offset,
+            custom_len: self.custom_len,
+            state_offset: self.state_offset,
+            state_len: self.state_len,
+            data_offset: self.data_offset,
+        };
+        if expected != found {
+            return Err(Error::corrupt("area offsets are inconsistent"));
+        }
+        let size = self.size.load(Ordering::Acquire);
+        if size < self.data_offset || size > self.max_size {
+            return Err(Error::corrupt(format!(
+                "size {size} outside [{}, {}]",
+                self.data_offset, self.max_size
+            )));
+        }
+        if self.max_size > MAX_SEGMENT_SIZE {
+            return Err(Error::corrupt(format!(
+                "maximum size {} is implausible",
+                self.max_size
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn kind(&self) -> AllocatorKind {
+        AllocatorKind::from_code(self.allocator_kind)
+    }
+
+    /// Publishes `offset` under `name`; each name can be set once.
+    pub fn set_root(&self, name: &str, offset: u64, patience: std::time::Duration) -> Result<()> {
+        let bytes = check_root_name(name)?;
+        let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
+        for probe in 0..ROOT_SLOTS {
+            let slot = &self.roots[(start + probe) % ROOT_SLOTS];
+            loop {
+                match slot.state.load(Ordering::Acquire) {
+                    slot::EMPTY => {
+                        if slot
+                            .state
+                            .compare_exchange(
+                                slot::EMPTY,
+                                slot::WRITING,
+                                Ordering::Acquire,
+                                Ordering::Acquire,
+                            )
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        // SAFETY: winning the EMPTY -> WRITING exchange makes this
+                        // process the only writer of the name; readers look at it
+                        // only after seeing SET, which is stored below with
+                        // release ordering.
+                        unsafe {
+                            let name = &mut *slot.name.get();
+                            *name = [0; ROOT_NAME_MAX];
+                            name[..bytes.len()].copy_from_slice(bytes);
+                        }
+                        slot.name_len.store(bytes.len() as u32, Ordering::Relaxed);
+                        slot.offset.store(offset, Ordering::Relaxed);
+                        slot.state.store(slot::SET, Ordering::Release);
+                        return Ok(());
+                    }
+                    slot::WRITING => {
+                        // Another process is publishing into this slot, maybe the
+                        // same name: wait (bounded) to see which.
+                        if !wait_while(|| slot.state.load(Ordering::Acquire) == slot::WRITING, patience) {
+                            return Err(Error::Root {
+                                name: name.to_owned(),
+                                reason: "a root slot stayed half-written (its writer died?)",
+                            });
+                        }
+                    }
+                    slot::SET => {
+                        if slot.name() == Some(bytes) {
+                            return Err(Error::Root {
+                                name: name.to_owned(),
+                                reason: "already set",
+                            });
+                        }
+                        break;
+                    }
+                    _ => return Err(Error::corrupt("root slot in an unknown state")),
+                }
+            }
+        }
+        Err(Error::Root {
+            name: name.to_owned(),
+            reason: "root table is full",
+        })
+    }
+
+    /// The offset published under `name`, if any.
+    pub fn root(&self, name: &str) -> Option<u64> {
+        let bytes = name.as_bytes();
+        if bytes.is_empty() || bytes.len() > ROOT_NAME_MAX {
+            return None;
+        }
+        let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
+        for probe in 0..ROOT_SLOTS {
+            let slot = &self.roots[(start + probe) % ROOT_SLOTS];
+            match slot.state.load(Ordering::Acquire) {
+                slot::EMPTY => return None,
+                slot::SET if slot.name() == Some(bytes) => {
+                    return Some(slot.offset.load(Ordering::Acquire));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Every published root, in slot order.
+    pub fn roots(&self) -> Vec<(String, u64)> {
+        self.roots
+            .iter()
+            .filter(|slot| slot.state.load(Ordering::Acquire) == slot::SET)
+            .filter_map(|slot| {
+                let name = String::from_utf8_lossy(slot.name()?).into_owned();
+                Some((name, slot.offset.load(Ordering::Acquire)))
+            })
+            .collect()
+    }
+}
+
+impl RootSlot {
+    /// The name bytes of a slot seen SET (with acquire ordering); `None`
+    /// when the stored length is out of range.
+    fn name(&self) -> Option<&[u8]> {
+        // SAFETY: callers saw `state == SET` with acquire ordering, after
+        // which the name is never written again.
+        let name = unsafe { &*self.name.get() };
+        name.get(..self.name_len.load(Ordering::Relaxed) as usize)
+    }
+}
+
+/// The largest segment shmkit accepts (128 TiB): bigger values in a header are
+/// treated as corruption.
+pub const MAX_SEGMENT_SIZE: u64 = 1 << 47;
+
+/// Fields the creator chooses.
+pub(crate) struct NewHeader {
+    pub size: u64,
+    pub max_size: u64,
+    pub segment_id: u64,
+    pub kind: AllocatorKind,
+    pub params: [u64; PARAM_WORDS],
+    pub layout: Layout,
+}
+
+fn check_root_name(name: &str) -> Result<&[u8]> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > ROOT_NAME_MAX {
+        return Err(Error::Root {
+            name: name.to_owned(),
+            reason: "names must be 1 to 48 bytes long",
+        });
+    }
+    Ok(bytes)
+}
+
+/// Spins, then sleeps, while `busy()` holds, for at most `patience`.
+/// Returns `true` when `busy()` stopped holding.
+pub(crate) fn wait_while(mut busy: impl FnMut() -> bool, patience: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    let backoff = crossbeam_utils::Backoff::new();
+    while busy() {
+        if start.elapsed() >= patience {
+            return false;
+        }
+        if backoff.is_completed() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        } else {
+            backoff.snooze();
+        }
+    }
+    true
+}
+
+// The magic word and the format version must never move: every future
+// format is recognised (and refused) by them.
+const _: () = assert!(std::mem::offset_of!(Header, magic) == 0);
+const _: () = assert!(std::mem::offset_of!(Header, format_version) == 8);
+const _: () = assert!(std::mem::offset_of!(Header, state) == 24);
+const _: () = assert!(std::mem::offset_of!(Header, data_offset) == 120);
+const _: () = assert!(std::mem::offset_of!(Header, roots) == 128);

@@ -1,0 +1,339 @@
+//! Segments: a mapped region that starts with a validated header.
+//!
+//! A [`Segment`] is this process's handle on the region. Creating one writes
+//! the header, initializes the allocator and publishes *ready*; attaching one
+//! waits (bounded) for *ready* and validates every header field before use.
+//! See [`header`] for the on-segment layout.
+
+mod backend;
+mod handshake;
+pub(crate) use handshake::AllocatorSetup;
+pub mod header;
+mod options;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+
+pub use handshake::Opened;
+pub use handshake::process_alive;
+pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
+
+use crate::alloc::AllocatorKind;
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
+use backend::Mapping;
+use header::{Header, PARAM_WORDS};
+
+/// A process's handle on a segment.
+///
+/// Dropping the handle unmaps the segment in this process; it never removes
+/// the segment (see [`unlink`](Self::unlink)). A `Segment` is `Send + Sync`:
+/// every in-segment structure it exposes is made of atomics.
+pub struct Segment {
+    mapping: Mapping,
+    fd: Option<OwnedFd>,
+    location: Location,
+    /// Largest alignment that holds for addresses as well as offsets.
+    max_align: usize,
+    ready_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("location", &self.location)
+            .field("id", &self.id())
+            .field("size", &self.size())
+            .field("max_size", &self.max_size())
+            .field("allocator", &self.allocator_kind())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// The header. Valid for the life of `self`: every constructor validates
+    /// it before returning a `Segment`.
+    pub(crate) fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a `Header` (validated or written by
+        // the constructor), is at least page aligned (64 for buffers, which is
+        // `Header`'s alignment), and outlives `&self`. Fields that other
+        // processes change after *ready* are atomics.
+        unsafe { self.mapping.base().cast::<Header>().as_ref() }
+    }
+
+    /// Where the segment lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The segment's name (or path) as shown in messages.
+    pub fn name(&self) -> String {
+        self.location.display_name()
+    }
+
+    /// The segment id, the same in every process.
+    pub fn id(&self) -> SegmentId {
+        SegmentId(self.header().segment_id)
+    }
+
+    /// Current usable size in bytes, header included. Grows with
+    /// [`grow`](Self::grow), seen at once by every attached process.
+    pub fn size(&self) -> u64 {
+        self.header().size.load(Ordering::Acquire)
+    }
+
+    /// The size the segment may grow to.
+    pub fn max_size(&self) -> u64 {
+        self.header().max_size
+    }
+
+    /// The allocator that manages the data area.
+    pub fn allocator_kind(&self) -> AllocatorKind {
+        self.header().kind()
+    }
+
+    /// The allocator's parameters, as recorded at creation.
+    pub fn allocator_params(&self) -> [u64; PARAM_WORDS] {
+        self.header().allocator_params
+    }
+
+    /// The pid of the process that created the segment.
+    pub fn creator_pid(&self) -> u32 {
+        self.header().creator_pid
+    }
+
+    /// The on-segment format version.
+    pub fn format_version(&self) -> u32 {
+        self.header().format_version
+    }
+
+    /// Offset of the first byte the allocator manages.
+    pub fn data_offset(&self) -> u64 {
+        self.header().data_offset
+    }
+
+    /// The largest alignment that holds for local addresses as well as for
+    /// offsets: the page size for mapped segments, 64 for a caller's buffer.
+    pub fn max_align(&self) -> usize {
+        self.max_align
+    }
+
+    /// Address of the segment's first byte in this process.
+    pub fn base(&self) -> NonNull<u8> {
+        self.mapping.base()
+    }
+
+    /// The descriptor behind the segment, if it has one (to pass a memfd to
+    /// another process, say).
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Checks that `len` bytes at `offset` lie inside the segment's current
+    /// size.
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match offset.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfBounds { offset, len, size }),
+        }
+    }
+
+    /// Decodes an offset into a local pointer, checking null, bounds (for one
+    /// whole `T`) and alignment.
+    pub fn resolve<T>(&self, offset: Offset<T>) -> Result<NonNull<T>> {
+        self.resolve_array(offset, 1)
+    }
+
+    /// Decodes an offset to `count` consecutive `T`s, checking null, bounds
+    /// and alignment.
+    pub fn resolve_array<T>(&self, offset: Offset<T>, count: u64) -> Result<NonNull<T>> {
+        if offset.is_null() {
+            return Err(Error::NullOffset);
+        }
+        let len = count
+            .checked_mul(std::mem::size_of::<T>() as u64)
+            .ok_or_else(|| Error::invalid_size("array length overflows"))?;
+        self.check_range(offset.raw(), len)?;
+        let align = std::mem::align_of::<T>();
+        // `check_range` bounds the offset by the mapping length (a `usize`).
+        let ptr = self.base().as_ptr().wrapping_add(offset.raw() as usize);
+        if (ptr as usize) % align != 0 {
+            return Err(Error::Misaligned {
+                offset: offset.raw(),
+                align,
+            });
+        }
+        // SAFETY: `ptr` is inside the mapping, whose base is non-null, so it
+        // is non-null too.
+        Ok(unsafe { NonNull::new_unchecked(ptr.cast()) })
+    }
+
+    /// The offset of a local pointer into this segment.
+    pub fn offset_of<T>(&self, ptr: *const T) -> Result<Offset<T>> {
+        let base = self.base().as_ptr() as usize;
+        let addr = ptr as usize;
+        let offset = addr.checked_sub(base).ok_or(Error::ForeignPointer)? as u64;
+        if offset == 0 || self.check_range(offset, std::mem::size_of::<T>() as u64).is_err() {
+            return Err(Error::ForeignPointer);
+        }
+        Ok(Offset::from_raw(offset))
+    }
+
+    /// The shared form of an offset in this segment.
+    pub fn shm_ptr<T>(&self, offset: Offset<T>) -> ShmPtr<T> {
+        ShmPtr::new(self.id(), offset)
+    }
+
+    /// Builds a [`FullPtr`] from its shared form; fails when the pointer
+    /// belongs to another segment or does not decode here.
+    pub fn full_ptr<T>(&self, ptr: ShmPtr<T>) -> Result<FullPtr<T>> {
+        if ptr.segment != self.id() {
+            return Err(Error::ForeignPointer);
+        }
+        self.full_ptr_from_offset(ptr.offset)
+    }
+
+    /// Builds a [`FullPtr`] from an offset in this segment.
+    pub fn full_ptr_from_offset<T>(&self, offset: Offset<T>) -> Result<FullPtr<T>> {
+        let local = self.resolve(offset)?;
+        Ok(FullPtr::new(local, self.shm_ptr(offset)))
+    }
+
+    /// Builds a [`FullPtr`] from a local pointer into this segment.
+    pub fn full_ptr_from_local<T>(&self, ptr: *const T) -> Result<FullPtr<T>> {
+        let offset = self.offset_of(ptr)?;
+        self.full_ptr_from_offset(offset)
+    }
+
+    /// The application's custom header, reserved at creation with
+    /// [`SegmentOptions::custom_header_len`]. Fields that processes change
+    /// while others read should be atomics.
+    pub fn custom_header<T: ShmSafe>(&self) -> Result<&T> {
+        let header = self.header();
+        let needed = std::mem::size_of::<T>() as u64;
+        if needed > u64::from(header.custom_len) {
+            return Err(Error::invalid_size(format!(
+                "custom header holds {} bytes, {} needs {needed}",
+                header.custom_len,
+                std::any::type_name::<T>()
+            )));
+        }
+        let ptr = self.resolve(Offset::<T>::from_raw(header.custom_offset))?;
+        // SAFETY: `resolve` checked bounds and alignment; `T: ShmSafe` accepts
+        // any bytes; the area is reserved for the application and lives as
+        // long as `&self`.
+        Ok(unsafe { ptr.as_ref() })
+    }
+
+    /// Publishes `offset` under `name` (1 to 48 bytes) so other processes can
+    /// find it with [`root`](Self::root). Each name can be set once; setting
+    /// it again is an error.
+    pub fn set_root<T>(&self, name: &str, offset: Offset<T>) -> Result<()> {
+        self.check_range(offset.raw(), 0)?;
+        self.header()
+            .set_root(name, offset.raw(), self.ready_timeout)
+    }
+
+    /// The offset published under `name`, if any.
+    pub fn root<T>(&self, name: &str) -> Option<Offset<T>> {
+        self.header().root(name).map(Offset::from_raw)
+    }
+
+    /// Every published root: name and raw offset.
+    pub fn roots(&self) -> Vec<(String, u64)> {
+        self.header().roots()
+    }
+
+    /// Grows the segment to at least `new_size` bytes (rounded up to a page),
+    /// up to its maximum size. Space is reserved in the backing store first,
+    /// so a full file system is an error here, not a SIGBUS later. Every
+    /// attached process sees the new size at once; nothing is remapped.
+    /// Growing to a size at or below the current one does nothing.
+    pub fn grow(&self, new_size: u64) -> Result<()> {
+        let max = self.max_size();
+        if new_size > max {
+            return Err(Error::GrowBeyondMax {
+                requested: new_size,
+                max,
+            });
+        }
+        let new_size = round_to_page(new_size).min(max);
+        if new_size <= self.size() {
+            return Ok(());
+        }
+        if let Some(fd) = &self.fd {
+            backend::reserve(fd.as_fd(), new_size, &self.name())?;
+        }
+        self.header().size.fetch_max(new_size, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Removes the segment's name (POSIX shared memory) or file, so no new
+    /// process can attach. Processes that have it mapped keep using it; the
+    /// memory is freed when the last one unmaps. Anonymous segments have no
+    /// name and return `Unsupported`.
+    pub fn unlink(&self) -> Result<()> {
+        remove(&self.location)
+    }
+
+    /// A raw pointer to the allocator state, checked to hold a `T`.
+    pub(crate) fn allocator_state<T>(&self) -> Result<NonNull<T>> {
+        let header = self.header();
+        if (std::mem::size_of::<T>() as u64) > header.state_len {
+            return Err(Error::corrupt("allocator state area too small"));
+        }
+        self.resolve(Offset::from_raw(header.state_offset))
+    }
+
+    /// Refuses the segment unless its allocator is `expected` (and, when
+    /// given, has exactly these parameters).
+    pub fn expect_allocator(
+        &self,
+        expected: AllocatorKind,
+        params: Option<&[u64; PARAM_WORDS]>,
+    ) -> Result<()> {
+        let found = self.allocator_kind();
+        if found != expected {
+            return Err(Error::WrongAllocator { expected, found });
+        }
+        if let Some(params) = params {
+            let recorded = self.allocator_params();
+            if *params != recorded {
+                return Err(Error::WrongAllocatorParams {
+                    kind: expected,
+                    expected: params.to_vec(),
+                    found: recorded.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removes a named segment without attaching it.
+pub fn remove(location: &Location) -> Result<()> {
+    match location {
+        Location::Shm(name) => backend::unlink_shm(name),
+        Location::File(path) => std::fs::remove_file(path).map_err(|source| {
+            backend::open_error(source, &path.display().to_string(), "removing")
+        }),
+        _ => Err(Error::Unsupported("only named segments can be removed")),
+    }
+}
+
+pub(crate) fn page_size() -> u64 {
+    // SAFETY: `sysconf` has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as u64
+    } else {
+        4096
+    }
+}
+
+pub(crate) fn round_to_page(bytes: u64) -> u64 {
+    let page = page_size();
+    bytes.div_ceil(page).saturating_mul(page)
+}

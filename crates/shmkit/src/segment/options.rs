@@ -1,0 +1,143 @@
+//! What a caller asks for when creating or attaching a segment.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where a segment's bytes live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Location {
+    /// A POSIX shared-memory object (`/dev/shm/NAME` on Linux).
+    Shm(String),
+    /// A memory-mapped file at a path.
+    File(PathBuf),
+    /// A new anonymous memory file; the name only labels it.
+    Memfd(String),
+    /// An already open descriptor (a memfd passed by a parent, say); attach only.
+    /// The descriptor is duplicated, so the caller keeps its own.
+    Fd(RawFd),
+    /// Private anonymous memory of this process; create only.
+    Private,
+}
+
+impl Location {
+    /// A human-readable name for messages.
+    pub fn display_name(&self) -> String {
+        match self {
+            Location::Shm(name) => name.clone(),
+            Location::File(path) => path.display().to_string(),
+            Location::Memfd(name) => format!("memfd:{name}"),
+            Location::Fd(fd) => format!("fd:{fd}"),
+            Location::Private => "private".to_owned(),
+        }
+    }
+}
+
+/// Default size of a new segment: 64 MiB.
+pub const DEFAULT_SIZE: u64 = 64 << 20;
+
+/// Default time an attacher waits for a segment to become ready.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options for creating or attaching a segment, built fluently.
+///
+/// ```
+/// use shmkit::SegmentOptions;
+///
+/// let options = SegmentOptions::shm("telemetry")
+///     .size(64 << 20)          // 64 MiB now...
+///     .max_size(1 << 30)       // ...growable to 1 GiB while attached
+///     .mode(0o660)             // group may attach too
+///     .custom_header_len(256); // room for an application header
+/// # let _ = options;
+/// ```
+#[derive(Clone, Debug)]
+pub struct SegmentOptions {
+    pub(crate) location: Location,
+    pub(crate) size: u64,
+    pub(crate) max_size: Option<u64>,
+    pub(crate) mode: u32,
+    pub(crate) custom_header_len: u32,
+    pub(crate) ready_timeout: Duration,
+}
+
+impl SegmentOptions {
+    /// Options for a segment at `location`, with default size and mode 0600.
+    pub fn new(location: Location) -> Self {
+        SegmentOptions {
+            location,
+            size: DEFAULT_SIZE,
+            max_size: None,
+            mode: 0o600,
+            custom_header_len: 0,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+
+    /// A POSIX shared-memory object. `name` may start with `/`; it may not
+    /// contain any other `/`.
+    pub fn shm(name: impl Into<String>) -> Self {
+        Self::new(Location::Shm(name.into()))
+    }
+
+    /// A memory-mapped file.
+    pub fn file(path: impl Into<PathBuf>) -> Self {
+        Self::new(Location::File(path.into()))
+    }
+
+    /// A new memfd (create only; share it by fork or by passing its descriptor).
+    pub fn memfd(label: impl Into<String>) -> Self {
+        Self::new(Location::Memfd(label.into()))
+    }
+
+    /// An open descriptor of an existing segment (attach only).
+    pub fn fd(fd: RawFd) -> Self {
+        Self::new(Location::Fd(fd))
+    }
+
+    /// Private anonymous memory (create only).
+    pub fn private() -> Self {
+        Self::new(Location::Private)
+    }
+
+    /// Initial size in bytes, header included (rounded up to a page). Ignored
+    /// on attach.
+    pub fn size(mut self, bytes: u64) -> Self {
+        self.size = bytes;
+        self
+    }
+
+    /// The largest size the segment may grow to while attached (default: the
+    /// initial size). The whole range is reserved in every process's address
+    /// space at once, so growth never moves the mapping.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = Some(bytes);
+        self
+    }
+
+    /// Permission bits of a new segment (default `0o600`), applied exactly,
+    /// whatever the process umask.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Bytes reserved after the header for an application's own header
+    /// (see [`Segment::custom_header`](crate::Segment::custom_header)).
+    pub fn custom_header_len(mut self, bytes: u32) -> Self {
+        self.custom_header_len = bytes;
+        self
+    }
+
+    /// How long an attacher waits for a segment that is still being created.
+    pub fn ready_timeout(mut self, timeout: Duration) -> Self {
+        self.ready_timeout = timeout;
+        self
+    }
+
+    /// Where the segment lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+}

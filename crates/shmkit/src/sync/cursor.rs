@@ -1,0 +1,230 @@
+//! The lock-free bump cursor: a compare-and-swap loop that carves
+//! `[start, start + size)` out of `[cursor, end)`.
+//!
+//! A failed request stores nothing, so it consumes nothing; a successful one
+//! moves the cursor exactly once. Two callers can never receive overlapping
+//! ranges because each range is claimed by a single successful CAS from the
+//! value the range starts above.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An atomic 64-bit cell the cursor algorithm can run on.
+pub(crate) trait CursorCell {
+    fn load_acquire(&self) -> u64;
+    /// Strong compare-and-swap, acquire-release on success.
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64>;
+    /// Weak compare-and-swap (may fail spuriously), for loops.
+    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
+}
+
+impl CursorCell for AtomicU64 {
+    #[inline]
+    fn load_acquire(&self) -> u64 {
+        self.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+        AtomicU64::compare_exchange(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+
+    #[inline]
+    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+}
+
+/// Why a bump did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BumpFailure {
+    /// The request does not fit below `end`; `cursor` is where it would start.
+    Full { cursor: u64 },
+    /// Size plus alignment overflows the offset space.
+    Overflow,
+    /// (Single attempts only) the cursor was not at the expected value.
+    Moved { cursor: u64 },
+}
+
+/// Rounds `value` up to a multiple of `align` (any non-zero `align`: by mask
+/// for powers of two, by division otherwise).
+#[inline]
+pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
+    debug_assert!(align != 0);
+    if align.is_power_of_two() {
+        let mask = align - 1;
+        value.checked_add(mask).map(|v| v & !mask)
+    } else {
+        value.div_ceil(align).checked_mul(align)
+    }
+}
+
+/// Where a request placed at `cursor` would start and end.
+#[inline]
+fn place(cursor: u64, size: u64, align: u64, end: u64) -> Result<(u64, u64), BumpFailure> {
+    let start = align_up(cursor, align).ok_or(BumpFailure::Overflow)?;
+    let stop = start.checked_add(size).ok_or(BumpFailure::Overflow)?;
+    if stop > end {
+        return Err(BumpFailure::Full { cursor });
+    }
+    Ok((start, stop))
+}
+
+/// Claims `size` bytes aligned to `align` below `end()`; returns the start.
+///
+/// `end` is re-read on every attempt because a segment may grow meanwhile.
+#[inline]
+pub(crate) fn bump<C: CursorCell>(
+    cursor: &C,
+    size: u64,
+    align: u64,
+    end: impl Fn() -> u64,
+) -> Result<u64, BumpFailure> {
+    let mut current = cursor.load_acquire();
+    loop {
+        let (start, stop) = place(current, size, align, end())?;
+        match cursor.compare_exchange_weak(current, stop) {
+            Ok(_) => return Ok(start),
+            Err(actual) => current = actual,
+        }
+    }
+}
+
+/// One attempt to claim `size` bytes exactly at `expected` (for scopes that
+/// must stay contiguous); fails with `Moved` if anyone else moved the cursor.
+#[inline]
+pub(crate) fn bump_at<C: CursorCell>(
+    cursor: &C,
+    expected: u64,
+    size: u64,
+    align: u64,
+    end: u64,
+) -> Result<(u64, u64), BumpFailure> {
+    let (start, stop) = place(expected, size, align, end)?;
+    match cursor.compare_exchange(expected, stop) {
+        Ok(_) => Ok((start, stop)),
+        Err(actual) => Err(BumpFailure::Moved { cursor: actual }),
+    }
+}
+
+/// Moves the cursor from `expected` back to `mark`; fails (changing nothing)
+/// if anyone allocated after `expected`.
+#[inline]
+pub(crate) fn rewind<C: CursorCell>(cursor: &C, expected: u64, mark: u64) -> bool {
+    cursor.compare_exchange(expected, mark).is_ok()
+}
+
+#[cfg(test)]
+mod loom_models {
+    //! Model checks of the cursor under every interleaving `loom` explores.
+
+    use super::*;
+    use loom::sync::atomic::AtomicU64 as LoomU64;
+    use loom::sync::Arc;
+
+    struct LoomCursor(LoomU64);
+
+    impl CursorCell for LoomCursor {
+        fn load_acquire(&self) -> u64 {
+            self.0.load(loom::sync::atomic::Ordering::Acquire)
+        }
+        fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+            self.0.compare_exchange(
+                current,
+                new,
+                loom::sync::atomic::Ordering::AcqRel,
+                loom::sync::atomic::Ordering::Acquire,
+            )
+        }
+        fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
+            self.0.compare_exchange_weak(
+                current,
+                new,
+                loom::sync::atomic::Ordering::AcqRel,
+                loom::sync::atomic::Ordering::Acquire,
+            )
+        }
+    }
+
+    fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+        a.0 < b.1 && b.0 < a.1
+    }
+
+    /// Three threads with different sizes and alignments never receive
+    /// overlapping ranges, every range is aligned and inside the limit, and
+    /// the cursor ends exactly past the highest range.
+    #[test]
+    fn concurrent_bumps_never_overlap() {
+        loom::model(|| {
+            let cursor = Arc::new(LoomCursor(LoomU64::new(16)));
+            let requests = [(24u64, 8u64), (10, 16), (7, 3)];
+            let handles: Vec<_> = requests
+                .iter()
+                .map(|&(size, align)| {
+                    let cursor = cursor.clone();
+                    loom::thread::spawn(move || {
+                        bump(&*cursor, size, align, || 1 << 20).map(|start| (start, start + size, align))
+                    })
+                })
+                .collect();
+            let ranges: Vec<_> = handles
+                .into_iter()
+                .map(|h| h.join().unwrap().expect("fits"))
+                .collect();
+            for (i, a) in ranges.iter().enumerate() {
+                assert_eq!(a.0 % a.2, 0, "misaligned range {a:?}");
+                assert!(a.0 >= 16);
+                for b in &ranges[i + 1..] {
+                    assert!(!overlaps((a.0, a.1), (b.0, b.1)), "{a:?} overlaps {b:?}");
+                }
+            }
+            let highest = ranges.iter().map(|r| r.1).max().unwrap();
+            assert_eq!(cursor.load_acquire(), highest);
+        });
+    }
+
+    /// When only one of two requests fits, exactly one succeeds and the
+    /// failed one leaves the cursor where the winner put it.
+    #[test]
+    fn a_failed_bump_consumes_nothing() {
+        loom::model(|| {
+            let cursor = Arc::new(LoomCursor(LoomU64::new(0)));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let cursor = cursor.clone();
+                    loom::thread::spawn(move || bump(&*cursor, 60, 8, || 100))
+                })
+                .collect();
+            let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            let wins = results.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(wins, 1, "{results:?}");
+            assert!(results.contains(&Err(BumpFailure::Full { cursor: 60 })));
+            assert_eq!(cursor.load_acquire(), 60);
+        });
+    }
+
+    /// A scope rewind races an allocation: either the rewind wins (and the
+    /// allocation lands at the mark) or the allocation wins (and the rewind
+    /// is refused); never both, so no live range is handed out twice.
+    #[test]
+    fn rewind_never_frees_a_concurrent_allocation() {
+        loom::model(|| {
+            // A scope took mark 0 and allocated [0, 32).
+            let cursor = Arc::new(LoomCursor(LoomU64::new(32)));
+            let other = {
+                let cursor = cursor.clone();
+                loom::thread::spawn(move || bump(&*cursor, 16, 8, || 1024).expect("fits"))
+            };
+            let rewound = rewind(&*cursor, 32, 0);
+            let start = other.join().unwrap();
+            let end = cursor.load_acquire();
+            if rewound {
+                // The other allocation came after the rewind, at the mark.
+                assert_eq!(start, 0);
+                assert_eq!(end, 16);
+            } else {
+                assert_eq!(start, 32);
+                assert_eq!(end, 48);
+            }
+        });
+    }
+}
