@@ -116,6 +116,11 @@ impl LinearAlloc for BumpAllocator {
 }
 
 impl BumpAllocator {
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
     fn state(&self) -> &BumpState {
         // SAFETY: `state` points into the segment, which lives as long as
         // `self`; `from_segment` checked size and alignment; it is atomics only.

@@ -151,6 +151,11 @@ impl LinearAlloc for StackAllocator {
 }
 
 impl StackAllocator {
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
     fn state(&self) -> &StackState {
         // SAFETY: `state` points into the segment, which lives as long as
         // `self`; checked at construction; atomics only.

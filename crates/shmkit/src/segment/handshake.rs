@@ -331,20 +331,24 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
     })
 }
 
-/// Classifies an object shorter than a header: foreign bytes or truncation.
+/// Classifies an object shorter than a header: a shmkit segment cut short
+/// (its magic word is there) or foreign bytes.
 fn short_object_error(probe: &Mapping, len: u64, header_len: u64, name: &str) -> Error {
-    if len >= 8 {
+    let magic = if len >= 8 {
         // SAFETY: the mapping holds at least 8 bytes and is page aligned.
-        let magic = unsafe { probe.base().cast::<u64>().read_volatile() };
-        if magic != MAGIC {
-            return Error::NotShmkit {
-                name: name.to_owned(),
-            };
+        Some(unsafe { probe.base().cast::<u64>().read_volatile() })
+    } else {
+        None
+    };
+    if magic == Some(MAGIC) {
+        Error::Truncated {
+            expected: header_len,
+            actual: len,
         }
-    }
-    Error::Truncated {
-        expected: header_len,
-        actual: len,
+    } else {
+        Error::NotShmkit {
+            name: name.to_owned(),
+        }
     }
 }
 

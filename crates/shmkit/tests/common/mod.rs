@@ -1,0 +1,71 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shmkit::{Location, SegmentOptions};
+
+/// A shared-memory name no other test (or test run) uses.
+pub fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "shmkit-test-{tag}-{}-{}-{nanos:x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes a named segment when dropped, so failed tests leave nothing behind.
+pub struct Cleanup(pub Location);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = shmkit::segment::remove(&self.0);
+    }
+}
+
+/// Options for a fresh shared-memory segment and the guard that removes it.
+pub fn fresh_shm(tag: &str) -> (SegmentOptions, Cleanup) {
+    let name = unique_name(tag);
+    (
+        SegmentOptions::shm(name.clone()),
+        Cleanup(Location::Shm(name)),
+    )
+}
+
+/// A fresh path in the system temporary directory and its guard.
+pub fn fresh_file(tag: &str) -> (std::path::PathBuf, Cleanup) {
+    let path = std::env::temp_dir().join(unique_name(tag));
+    (path.clone(), Cleanup(Location::File(path)))
+}
+
+/// The pid of a process that has exited and been reaped.
+pub fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let pid = child.id();
+    child.wait().expect("wait");
+    pid
+}
+
+/// Runs one `#[ignore]`d test of this test binary in a child process, with
+/// extra environment, and returns the child.
+pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> std::process::Command {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", test_name, "--ignored", "--nocapture", "--test-threads=1"]);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd
+}
+
+/// Reads a required environment variable of a child-process test.
+pub fn child_env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| {
+        panic!("{key} is not set: this test only runs as a child of another test")
+    })
+}
