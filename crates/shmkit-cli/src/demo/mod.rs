@@ -1,0 +1,342 @@
+//! `shmkit demo`: several processes carve one shared segment at once.
+
+pub mod worker;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use shmkit::{BumpAllocator, LinearAlloc, Location, SegmentAllocator, SegmentOptions};
+
+use crate::units::{format_bytes, format_rate, parse_size};
+
+/// Named root of the start barrier (an `AtomicU32` of arrived workers).
+const ARRIVED_ROOT: &str = "demo.arrived";
+/// Smallest and largest block a worker asks for.
+const MIN_BLOCK: u64 = 16;
+const MAX_BLOCK: u64 = 1024;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Worker processes to start (default: the number of cores, at least 2).
+    #[arg(short, long)]
+    workers: Option<u32>,
+    /// Size of the shared segment, e.g. 64MiB or 1G.
+    #[arg(short, long, default_value = "64MiB", value_parser = parse_size)]
+    size: u64,
+    /// Stop each worker after this many blocks (default: until the segment is full).
+    #[arg(short, long)]
+    blocks: Option<usize>,
+    /// Name of the POSIX shared-memory segment (default: shmkit-demo-PID).
+    #[arg(short, long)]
+    name: Option<String>,
+}
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// Segment name.
+    #[arg(long)]
+    name: String,
+    /// This worker's number.
+    #[arg(long)]
+    id: u32,
+    /// How many workers take part (the start barrier waits for all).
+    #[arg(long)]
+    workers: u32,
+    /// Most blocks to allocate.
+    #[arg(long, default_value_t = usize::MAX)]
+    blocks: usize,
+}
+
+/// The byte a worker writes into every byte of its block `seq`.
+fn block_tag(worker: u32, seq: u64) -> u8 {
+    (u64::from(worker) * 97 + seq * 31 + 1) as u8
+}
+
+/// Removes the demo segment on every exit path: success, error, Ctrl-C.
+struct RemoveOnDrop(Location);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Err(err) = shmkit::segment::remove(&self.0) {
+            eprintln!("shmkit: could not remove the demo segment: {err}");
+        }
+    }
+}
+
+/// What one worker reported.
+struct WorkerReport {
+    pid: u32,
+    blocks: u64,
+    bytes: u64,
+    elapsed: Duration,
+    damaged: u64,
+    ranges: Vec<(u64, u64)>,
+}
+
+pub fn run(args: &DemoArgs) -> Result<ExitCode, String> {
+    let workers = args.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(2)
+            .max(2)
+    });
+    if workers == 0 {
+        return Err("--workers must be at least 1".into());
+    }
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("shmkit-demo-{}", std::process::id()));
+
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let interrupted = interrupted.clone();
+        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
+            .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
+    }
+
+    let options = SegmentOptions::shm(&name).size(args.size);
+    let bump = BumpAllocator::create(&options).map_err(|e| e.to_string())?;
+    let _remove = RemoveOnDrop(Location::Shm(name.clone()));
+    bump.make_handle(AtomicU32::new(0))
+        .and_then(|barrier| bump.segment().set_root(ARRIVED_ROOT, barrier))
+        .map_err(|e| e.to_string())?;
+    let start_used = bump.used();
+
+    println!(
+        "shmkit demo: {workers} worker processes share POSIX shared memory `/{name}` \
+         ({}, {} allocator)",
+        format_bytes(bump.segment().size()),
+        bump.segment().allocator_kind()
+    );
+    let started = Instant::now();
+    let children = spawn_workers(&name, workers, args.blocks)?;
+    let reports = match collect(children, &interrupted) {
+        Ok(reports) => reports,
+        Err(Collect::Interrupted) => {
+            eprintln!("shmkit: interrupted; workers stopped, removing /{name}");
+            return Ok(ExitCode::from(130));
+        }
+        Err(Collect::Failed(message)) => return Err(message),
+    };
+    let wall = started.elapsed();
+
+    let overlapping = count_overlaps(&reports);
+    let damaged_seen_by_parent = verify_from_parent(&bump, &reports)?;
+    print_table(&reports, &overlapping);
+
+    let blocks: u64 = reports.iter().map(|r| r.blocks).sum();
+    let bytes: u64 = reports.iter().map(|r| r.bytes).sum();
+    let total_overlapping: u64 = overlapping.iter().sum();
+    let damaged: u64 = reports.iter().map(|r| r.damaged).sum::<u64>() + damaged_seen_by_parent;
+    let used = bump.used() - start_used;
+    println!();
+    println!(
+        "segment: {} used of {} capacity ({:.1}%), {} in {blocks} blocks, wall time {:.1} ms",
+        format_bytes(used),
+        format_bytes(bump.capacity()),
+        100.0 * bump.used() as f64 / bump.capacity().max(1) as f64,
+        format_bytes(bytes),
+        wall.as_secs_f64() * 1e3
+    );
+    println!(
+        "checked {blocks} blocks from the parent's own mapping: {total_overlapping} overlapping, \
+         {damaged} with foreign bytes"
+    );
+    println!("removing /{name}");
+    if total_overlapping > 0 || damaged > 0 {
+        eprintln!("shmkit: the demo found overlapping or damaged blocks");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_workers(name: &str, workers: u32, blocks: Option<usize>) -> Result<Vec<Child>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("finding the shmkit binary: {e}"))?;
+    let mut children = Vec::new();
+    for id in 0..workers {
+        let mut command = Command::new(&exe);
+        command
+            .args(["demo-worker", "--name", name])
+            .args(["--id", &id.to_string(), "--workers", &workers.to_string()])
+            .stdout(Stdio::piped());
+        if let Some(blocks) = blocks {
+            command.args(["--blocks", &blocks.to_string()]);
+        }
+        match command.spawn() {
+            Ok(child) => children.push(child),
+            Err(err) => {
+                kill_all(&mut children);
+                return Err(format!("starting worker {id}: {err}"));
+            }
+        }
+    }
+    Ok(children)
+}
+
+fn kill_all(children: &mut [Child]) {
+    for child in children.iter_mut() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+enum Collect {
+    Interrupted,
+    Failed(String),
+}
+
+/// Reads every worker's report (each on its own thread, so no pipe fills up)
+/// while watching for Ctrl-C and for workers that fail.
+fn collect(mut children: Vec<Child>, interrupted: &AtomicBool) -> Result<Vec<WorkerReport>, Collect> {
+    let readers: Vec<_> = children
+        .iter_mut()
+        .map(|child| {
+            let stdout = child.stdout.take();
+            std::thread::spawn(move || stdout.map(parse_report))
+        })
+        .collect();
+    let mut exited = vec![false; children.len()];
+    while exited.iter().any(|done| !done) {
+        if interrupted.load(Ordering::SeqCst) {
+            kill_all(&mut children);
+            return Err(Collect::Interrupted);
+        }
+        for (id, child) in children.iter_mut().enumerate() {
+            if exited[id] {
+                continue;
+            }
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => exited[id] = true,
+                Ok(Some(status)) => {
+                    kill_all(&mut children);
+                    return Err(Collect::Failed(format!("worker {id} failed ({status})")));
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    kill_all(&mut children);
+                    return Err(Collect::Failed(format!("waiting for worker {id}: {err}")));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    readers
+        .into_iter()
+        .enumerate()
+        .map(|(id, reader)| match reader.join() {
+            Ok(Some(Ok(report))) => Ok(report),
+            Ok(Some(Err(err))) => Err(Collect::Failed(format!("worker {id}: {err}"))),
+            _ => Err(Collect::Failed(format!("worker {id} sent no report"))),
+        })
+        .collect()
+}
+
+fn parse_report(stdout: std::process::ChildStdout) -> Result<WorkerReport, String> {
+    let mut report = None;
+    let mut ranges = Vec::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        let mut fields = line.split_ascii_whitespace();
+        let kind = fields.next();
+        let numbers: Vec<u64> = fields
+            .map(|f| f.parse().map_err(|_| format!("bad report line `{line}`")))
+            .collect::<Result<_, _>>()?;
+        match (kind, numbers.as_slice()) {
+            (Some("result"), &[pid, blocks, bytes, nanos, damaged]) => {
+                report = Some((pid as u32, blocks, bytes, Duration::from_nanos(nanos), damaged));
+            }
+            (Some("block"), &[offset, len]) => ranges.push((offset, len)),
+            _ => return Err(format!("bad report line `{line}`")),
+        }
+    }
+    let (pid, blocks, bytes, elapsed, damaged) = report.ok_or("no result line")?;
+    if ranges.len() as u64 != blocks {
+        return Err(format!("reported {blocks} blocks but listed {}", ranges.len()));
+    }
+    Ok(WorkerReport {
+        pid,
+        blocks,
+        bytes,
+        elapsed,
+        damaged,
+        ranges,
+    })
+}
+
+/// For each worker, how many of its blocks overlap a block of anyone.
+fn count_overlaps(reports: &[WorkerReport]) -> Vec<u64> {
+    let mut all: Vec<(u64, u64, usize)> = reports
+        .iter()
+        .enumerate()
+        .flat_map(|(worker, r)| r.ranges.iter().map(move |&(o, l)| (o, l, worker)))
+        .collect();
+    all.sort_unstable();
+    let mut overlapping = vec![0u64; reports.len()];
+    let mut flagged = vec![false; all.len()];
+    // Sweep: the furthest end seen so far, and which block had it.
+    let mut reach: Option<(u64, usize)> = None;
+    for (index, &(offset, len, _)) in all.iter().enumerate() {
+        if let Some((end, holder)) = reach {
+            if offset < end {
+                flagged[index] = true;
+                flagged[holder] = true;
+            }
+        }
+        if reach.is_none_or(|(end, _)| offset + len > end) {
+            reach = Some((offset + len, index));
+        }
+    }
+    for (index, &(_, _, worker)) in all.iter().enumerate() {
+        if flagged[index] {
+            overlapping[worker] += 1;
+        }
+    }
+    overlapping
+}
+
+/// Re-reads every block through the parent's mapping (another address than
+/// any worker's): each must still hold its writer's tag.
+fn verify_from_parent(bump: &BumpAllocator, reports: &[WorkerReport]) -> Result<u64, String> {
+    let mut damaged = 0;
+    for (worker, report) in reports.iter().enumerate() {
+        for (seq, &(offset, len)) in report.ranges.iter().enumerate() {
+            let ptr = bump
+                .segment()
+                .resolve_array(shmkit::Offset::<u8>::from_raw(offset), len)
+                .map_err(|e| format!("worker {worker} reported a block outside the segment: {e}"))?;
+            // SAFETY: resolved in bounds; the workers have exited.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) };
+            let tag = block_tag(worker as u32, seq as u64);
+            if bytes.iter().any(|&b| b != tag) {
+                damaged += 1;
+            }
+        }
+    }
+    Ok(damaged)
+}
+
+fn print_table(reports: &[WorkerReport], overlapping: &[u64]) {
+    println!();
+    println!(
+        "{:>6}  {:>8}  {:>10}  {:>10}  {:>9}  {:>15}  {:>11}",
+        "worker", "pid", "blocks", "bytes", "time", "throughput", "overlapping"
+    );
+    for (id, report) in reports.iter().enumerate() {
+        let seconds = report.elapsed.as_secs_f64().max(1e-9);
+        println!(
+            "{:>6}  {:>8}  {:>10}  {:>10}  {:>7.1}ms  {:>11}op/s  {:>11}",
+            id,
+            report.pid,
+            report.blocks,
+            format_bytes(report.bytes),
+            seconds * 1e3,
+            format_rate(report.blocks as f64 / seconds),
+            overlapping[id]
+        );
+    }
+}
