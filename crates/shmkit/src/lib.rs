@@ -49,7 +49,7 @@ pub mod segment;
 mod sync;
 
 pub use alloc::{
-    AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, Mark, Scope, SegmentAllocator,
+    AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, LocalBump, Mark, Scope, SegmentAllocator,
     StackAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};

@@ -279,3 +279,54 @@ fn threads_share_one_stack_without_overlap() {
         assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
     }
 }
+
+#[test]
+fn a_reset_stack_never_accepts_a_stale_block() {
+    let mut stack = stack(1 << 20);
+    let old = stack.alloc_handle(100, 8).unwrap();
+    stack.reset();
+    // A new block whose padding covers the old block's header.
+    let live = stack.alloc_handle(52, 64).unwrap();
+    assert!(live.raw() > old.raw());
+    assert!(matches!(stack.free(old), Err(Error::InvalidFree { .. })));
+    stack.free(live).unwrap();
+}
+
+#[test]
+fn a_local_front_end_carves_chunks_and_gives_back_its_tail() {
+    let bump = bump(16 << 20);
+    let before = bump.used();
+    let ranges: Vec<(u64, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                let bump = &bump;
+                scope.spawn(move || {
+                    let local = bump.local(4096);
+                    let mut mine = Vec::new();
+                    for i in 0..5000u64 {
+                        let size = 1 + i % 300;
+                        mine.push((local.alloc_handle(size as usize, 16).unwrap().raw(), size));
+                    }
+                    // Large requests bypass the chunk.
+                    mine.push((local.alloc_handle(10_000, 8).unwrap().raw(), 10_000));
+                    mine
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = ranges.clone();
+    sorted.sort_unstable();
+    for pair in sorted.windows(2) {
+        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
+    }
+    for &(offset, _) in &ranges {
+        assert_eq!(offset % 8, 0);
+    }
+    // Alone, a local front end gives back everything past its last block.
+    let solo = bump.local(1 << 16);
+    let last = solo.alloc_handle(10, 8).unwrap();
+    drop(solo);
+    assert_eq!(bump.used() + bump.segment().data_offset(), last.raw() + 10);
+    assert!(bump.used() > before);
+}

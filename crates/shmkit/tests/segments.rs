@@ -141,10 +141,9 @@ fn file_segments_persist_across_handles() {
 
 #[test]
 fn a_memfd_segment_is_attached_through_its_descriptor() {
-    use std::os::fd::AsRawFd;
     let created = BumpAllocator::create(&SegmentOptions::memfd("test").size(1 << 20)).unwrap();
     let offset = created.make_handle(77u64).unwrap();
-    let fd = created.segment().fd().unwrap().as_raw_fd();
+    let fd = created.segment().fd().unwrap().try_clone_to_owned().unwrap();
     let attached = BumpAllocator::attach(&SegmentOptions::fd(fd)).unwrap();
     assert_ne!(attached.segment().base(), created.segment().base());
     // SAFETY: resolved and aligned.
@@ -165,11 +164,11 @@ fn the_custom_header_is_shared_and_sized() {
     let options = options.size(1 << 20).custom_header_len(64);
     let a = Segment::create(&options).unwrap();
     let b = Segment::attach(&options).unwrap();
-    a.custom_header::<AppHeader>()
-        .unwrap()
-        .generation
-        .store(41, Ordering::Release);
-    let header_b = b.custom_header::<AppHeader>().unwrap();
+    // SAFETY: checked pointer; the field we touch is an atomic.
+    let header_a = unsafe { a.custom_header::<AppHeader>().unwrap().as_ref() };
+    header_a.generation.store(41, Ordering::Release);
+    // SAFETY: as above; `flags` is only read, and nobody writes it.
+    let header_b = unsafe { b.custom_header::<AppHeader>().unwrap().as_ref() };
     assert_eq!(header_b.generation.fetch_add(1, Ordering::AcqRel), 41);
     assert_eq!(header_b.flags, [0; 4]);
     assert!(matches!(
@@ -233,4 +232,25 @@ fn racing_root_publishers_agree_on_one_winner() {
     assert_eq!(wins, 1, "exactly one publisher wins");
     let winners = segment.roots().iter().filter(|(name, _)| name == "leader").count();
     assert_eq!(winners, 1);
+}
+
+#[test]
+fn a_hostile_size_word_cannot_push_blocks_past_the_mapping() {
+    let bump = BumpAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+    let mapped = bump.segment().size();
+    // The size word lives at offset 32 of the header; claim a terabyte.
+    // SAFETY: the test owns the segment; the word is in the header.
+    unsafe {
+        let word = bump.segment().base().as_ptr().add(32).cast::<u64>();
+        word.write_volatile(1 << 40);
+    }
+    assert_eq!(bump.segment().size(), mapped, "size must stay within the mapping");
+    assert!(matches!(
+        bump.alloc_handle(2 << 20, 8),
+        Err(Error::OutOfMemory { .. })
+    ));
+    assert!(matches!(
+        bump.segment().resolve(Offset::<u64>::from_raw(mapped)),
+        Err(Error::OutOfBounds { .. })
+    ));
 }

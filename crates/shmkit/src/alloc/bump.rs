@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use super::linear::sealed::Carve;
 use super::linear::LinearAlloc;
 use super::segment_allocator::{InBuffer, SegmentAllocator};
 use super::AllocatorKind;
@@ -45,6 +46,13 @@ struct BumpState {
 pub struct BumpAllocator {
     segment: Segment,
     state: NonNull<BumpState>,
+    /// The segment's size word, reached without going through the header
+    /// on every allocation.
+    size_word: NonNull<AtomicU64>,
+    /// The first byte of the data area and the end of this process's
+    /// mapping: no block is ever carved outside them.
+    floor: u64,
+    limit: u64,
 }
 
 // SAFETY: the state is reached through atomics only, and the segment handle
@@ -90,7 +98,16 @@ impl SegmentAllocator for BumpAllocator {
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
         let state = segment.allocator_state::<BumpState>()?;
-        let bump = BumpAllocator { segment, state };
+        let size_word = NonNull::from(segment.size_word());
+        let floor = segment.data_offset();
+        let limit = segment.mapped_len();
+        let bump = BumpAllocator {
+            segment,
+            state,
+            size_word,
+            floor,
+            limit,
+        };
         let cursor = bump.cursor();
         if cursor < bump.segment.data_offset() || cursor > bump.segment.max_size() {
             return Err(Error::corrupt(format!("bump cursor {cursor} out of range")));
@@ -99,15 +116,17 @@ impl SegmentAllocator for BumpAllocator {
     }
 }
 
-impl LinearAlloc for BumpAllocator {
-    fn segment(&self) -> &Segment {
+impl LinearAlloc for BumpAllocator {}
+
+impl Carve for BumpAllocator {
+    fn carve_segment(&self) -> &Segment {
         &self.segment
     }
 
     #[inline]
-    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+    fn carve(&self, size: u64, align: u64) -> Result<u64> {
         loop {
-            match cursor::bump(self.cursor_cell(), size, align, || self.segment.size()) {
+            match cursor::bump(self.cursor_cell(), size, align, self.floor, || self.end()) {
                 Ok(start) => return Ok(start),
                 Err(failure) => self.grow_for(failure, size)?,
             }
@@ -121,14 +140,25 @@ impl BumpAllocator {
         &self.segment
     }
 
+    #[inline]
     fn state(&self) -> &BumpState {
         // SAFETY: `state` points into the segment, which lives as long as
         // `self`; `from_segment` checked size and alignment; it is atomics only.
         unsafe { self.state.as_ref() }
     }
 
+    #[inline]
     fn cursor_cell(&self) -> &AtomicU64 {
         &self.state().cursor
+    }
+
+    /// The current end of the usable area (the segment grows).
+    #[inline]
+    fn end(&self) -> u64 {
+        // SAFETY: `size_word` points into the header of the segment, which
+        // lives as long as `self`; it is an atomic.
+        let size = unsafe { self.size_word.as_ref() }.load(Ordering::Acquire);
+        size.min(self.limit)
     }
 
     fn cursor(&self) -> u64 {
@@ -142,6 +172,12 @@ impl BumpAllocator {
             BumpFailure::Full { cursor } | BumpFailure::Moved { cursor } => cursor,
             BumpFailure::Overflow => {
                 return Err(Error::invalid_size(format!("{size} bytes overflow the segment")))
+            }
+            BumpFailure::BelowFloor { cursor } => {
+                return Err(Error::corrupt(format!(
+                    "bump cursor {cursor} lies below the data area ({})",
+                    self.floor
+                )))
             }
         };
         let current = self.segment.size();
@@ -275,6 +311,108 @@ impl BumpAllocator {
     }
 }
 
+impl BumpAllocator {
+    /// A front end for one thread that takes `chunk`-byte pieces from the
+    /// shared cursor and carves small blocks out of them with no atomic
+    /// operation at all; see [`LocalBump`].
+    pub fn local(&self, chunk: usize) -> LocalBump<'_> {
+        LocalBump {
+            bump: self,
+            next: Cell::new(0),
+            end: Cell::new(0),
+            chunk: (chunk as u64).max(256),
+        }
+    }
+}
+
+/// A per-thread front end of a [`BumpAllocator`].
+///
+/// The shared cursor costs one compare-and-swap per allocation, and under
+/// contention that cache line moves between cores on every call. A
+/// `LocalBump` takes a chunk at a time from the shared cursor and carves
+/// blocks from it locally, so threads (and processes) contend only once per
+/// chunk. Requests larger than a quarter chunk go straight to the shared
+/// cursor. When the `LocalBump` drops, the unused tail of its chunk is given
+/// back if no one allocated after it; otherwise the tail stays unused until
+/// the allocator is reset. It is not `Sync`: make one per thread.
+///
+/// ```
+/// use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
+///
+/// let bump = BumpAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let local = bump.local(16 << 10);
+/// let a = local.alloc_handle(64, 8)?;
+/// let b = local.alloc_handle(64, 8)?;
+/// assert_eq!(b.raw(), a.raw() + 64);
+/// drop(local);
+/// assert_eq!(bump.used(), (b.raw() + 64) - bump.segment().data_offset());
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct LocalBump<'a> {
+    bump: &'a BumpAllocator,
+    next: Cell<u64>,
+    end: Cell<u64>,
+    chunk: u64,
+}
+
+impl LocalBump<'_> {
+    #[cold]
+    fn refill(&self, size: u64, align: u64) -> Result<u64> {
+        if size.saturating_add(align) > self.chunk / 4 {
+            return self.bump.carve(size, align);
+        }
+        self.give_back_tail();
+        let start = self.bump.carve(self.chunk, 64)?;
+        self.next.set(start);
+        self.end.set(start + self.chunk);
+        self.carve_local(size, align)
+            .ok_or_else(|| Error::corrupt("a fresh chunk did not hold a small request"))
+    }
+
+    #[inline(always)]
+    fn carve_local(&self, size: u64, align: u64) -> Option<u64> {
+        let start = cursor::align_up(self.next.get(), align)?;
+        let stop = start.checked_add(size)?;
+        if stop > self.end.get() {
+            return None;
+        }
+        self.next.set(stop);
+        Some(start)
+    }
+
+    /// Rewinds the shared cursor over this chunk's unused tail, if nobody
+    /// allocated after the chunk.
+    fn give_back_tail(&self) {
+        if self.next.get() < self.end.get() {
+            cursor::rewind(self.bump.cursor_cell(), self.end.get(), self.next.get());
+        }
+        self.next.set(0);
+        self.end.set(0);
+    }
+}
+
+impl LinearAlloc for LocalBump<'_> {}
+
+impl Carve for LocalBump<'_> {
+    fn carve_segment(&self) -> &Segment {
+        &self.bump.segment
+    }
+
+    #[inline]
+    fn carve(&self, size: u64, align: u64) -> Result<u64> {
+        match self.carve_local(size, align) {
+            Some(start) => Ok(start),
+            None => self.refill(size, align),
+        }
+    }
+}
+
+impl Drop for LocalBump<'_> {
+    fn drop(&mut self) {
+        self.give_back_tail();
+    }
+}
+
 impl InBuffer<'_, BumpAllocator> {
     /// [`BumpAllocator::reset`] for an allocator over a borrowed buffer.
     pub fn reset(&mut self) {
@@ -330,12 +468,14 @@ impl Scope<'_> {
     }
 }
 
-impl LinearAlloc for Scope<'_> {
-    fn segment(&self) -> &Segment {
+impl LinearAlloc for Scope<'_> {}
+
+impl Carve for Scope<'_> {
+    fn carve_segment(&self) -> &Segment {
         &self.bump.segment
     }
 
-    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+    fn carve(&self, size: u64, align: u64) -> Result<u64> {
         while self.contiguous.get() {
             let end = self.bump.segment.size();
             match cursor::bump_at(self.bump.cursor_cell(), self.top.get(), size, align, end) {
@@ -349,7 +489,7 @@ impl LinearAlloc for Scope<'_> {
                 Err(failure) => self.bump.grow_for(failure, size)?,
             }
         }
-        self.bump.alloc_offset(size, align)
+        self.bump.carve(size, align)
     }
 }
 

@@ -18,7 +18,7 @@ pub const SIMD_ALIGN: usize = 64;
 pub const SIMD_ALIGN: usize = 16;
 
 /// Allocation by carving blocks from a segment: everything here is provided
-/// on top of [`alloc_offset`](Self::alloc_offset).
+/// on top of one carving primitive that shmkit's linear allocators implement.
 ///
 /// **Alignment.** `align == 0` is treated as 1. Alignment is a property of
 /// the *offset*, so it means the same in every process. For a power of two up
@@ -29,13 +29,15 @@ pub const SIMD_ALIGN: usize = 16;
 ///
 /// **Size 0.** A zero-size request is served as a one-byte request, so every
 /// successful allocation has an offset of its own.
-pub trait LinearAlloc {
+///
+/// The trait is sealed: only shmkit's allocators implement it, because the
+/// provided methods write into the blocks it returns and rely on every block
+/// being fresh, in bounds and owned by the caller alone.
+pub trait LinearAlloc: sealed::Carve {
     /// The segment blocks are carved from.
-    fn segment(&self) -> &Segment;
-
-    /// Carves `size` bytes aligned to `align` (already normalized: non-zero,
-    /// supported) and returns the block's offset.
-    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64>;
+    fn segment(&self) -> &Segment {
+        self.carve_segment()
+    }
 
     /// Allocates `size` bytes aligned to `align`.
     fn alloc(&self, size: usize, align: usize) -> Result<FullPtr<u8>> {
@@ -47,7 +49,7 @@ pub trait LinearAlloc {
     fn alloc_handle(&self, size: usize, align: usize) -> Result<Offset<u8>> {
         let align = normalize_align(align, self.segment().max_align())?;
         let size = (size as u64).max(1);
-        self.alloc_offset(size, align).map(Offset::from_raw)
+        self.carve(size, align).map(Offset::from_raw)
     }
 
     /// Allocates `size` bytes on a cache line of their own (64-byte aligned).
@@ -86,10 +88,28 @@ pub trait LinearAlloc {
     fn make_handle<T: ShmSafe>(&self, value: T) -> Result<Offset<T>> {
         let offset = self.allocate_handle::<T>(1)?;
         let ptr = self.segment().resolve(offset)?;
-        // SAFETY: `resolve` checked that a whole, aligned `T` fits at `ptr`,
-        // and the block was just carved for this call alone.
+        // SAFETY: `resolve` checked that a whole, aligned `T` fits at `ptr`;
+        // `carve` (implemented only inside shmkit) returns blocks that are
+        // fresh and handed to this call alone.
         unsafe { ptr.as_ptr().write(value) };
         Ok(offset)
+    }
+}
+
+pub(crate) mod sealed {
+    use crate::error::Result;
+    use crate::segment::Segment;
+
+    /// What a linear allocator must provide; not nameable outside shmkit.
+    pub trait Carve {
+        /// The segment blocks are carved from.
+        fn carve_segment(&self) -> &Segment;
+
+        /// Carves `size` (non-zero) bytes aligned to `align` (non-zero,
+        /// checked by `normalize_align`) and returns the block's offset. The
+        /// block must lie in the data area, inside the segment, and belong to
+        /// no one else.
+        fn carve(&self, size: u64, align: u64) -> Result<u64>;
     }
 }
 

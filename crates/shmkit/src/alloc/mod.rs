@@ -10,7 +10,7 @@ mod linear;
 mod segment_allocator;
 mod stack;
 
-pub use bump::{BumpAllocator, Mark, Scope};
+pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use segment_allocator::{InBuffer, SegmentAllocator};

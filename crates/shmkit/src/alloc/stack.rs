@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use super::linear::sealed::Carve;
 use super::linear::LinearAlloc;
 use super::segment_allocator::SegmentAllocator;
 use super::AllocatorKind;
@@ -18,6 +19,9 @@ use crate::sync::cursor;
 struct StackState {
     /// Offset just past the most recent live block.
     top: CachePadded<AtomicU64>,
+    /// Bumped by `reset`, and mixed into every seal, so block headers left
+    /// behind by an earlier generation never validate again.
+    generation: AtomicU64,
 }
 
 /// Written just below every block: where the stack top was before it, and a
@@ -31,8 +35,8 @@ struct BlockHeader {
 const BLOCK_HEADER: u64 = std::mem::size_of::<BlockHeader>() as u64;
 const SEAL_KEY: u64 = 0x5ac4_b10c_e11d_f00d;
 
-fn seal(offset: u64, end: u64) -> u64 {
-    end ^ offset.rotate_left(29) ^ SEAL_KEY
+fn seal(offset: u64, end: u64, generation: u64) -> u64 {
+    end ^ offset.rotate_left(29) ^ generation.rotate_left(47) ^ SEAL_KEY
 }
 
 /// A LIFO allocator shared by every process that attaches its segment.
@@ -95,6 +99,7 @@ impl SegmentAllocator for StackAllocator {
         unsafe {
             state.as_ptr().write(StackState {
                 top: CachePadded::new(AtomicU64::new(segment.data_offset())),
+                generation: AtomicU64::new(0),
             })
         };
         Ok(())
@@ -112,17 +117,29 @@ impl SegmentAllocator for StackAllocator {
     }
 }
 
-impl LinearAlloc for StackAllocator {
-    fn segment(&self) -> &Segment {
+impl LinearAlloc for StackAllocator {}
+
+impl Carve for StackAllocator {
+    fn carve_segment(&self) -> &Segment {
         &self.segment
     }
 
-    fn alloc_offset(&self, size: u64, align: u64) -> Result<u64> {
+    fn carve(&self, size: u64, align: u64) -> Result<u64> {
         // Blocks are at least 8-aligned so that their header is too.
-        let align = lcm_with_8(align);
+        let align = lcm_with_8(align).ok_or(Error::InvalidAlignment {
+            align: align as usize,
+            max: self.segment.max_align(),
+        })?;
         let top = self.top_cell();
+        let generation = self.state().generation.load(Ordering::Acquire);
+        let floor = self.segment.data_offset();
         let mut current = top.load(Ordering::Acquire);
         loop {
+            if current < floor {
+                return Err(Error::corrupt(format!(
+                    "stack top {current} lies below the data area ({floor})"
+                )));
+            }
             let block = current
                 .checked_add(BLOCK_HEADER)
                 .and_then(|above| cursor::align_up(above, align))
@@ -141,7 +158,7 @@ impl LinearAlloc for StackAllocator {
                 Ok(_) => {
                     let header = self.block_header(block)?;
                     header.prev_top.store(current, Ordering::Relaxed);
-                    header.seal.store(seal(block, end), Ordering::Release);
+                    header.seal.store(seal(block, end, generation), Ordering::Release);
                     return Ok(block);
                 }
                 Err(actual) => current = actual,
@@ -190,7 +207,8 @@ impl StackAllocator {
         let block = offset.raw();
         let header = self.block_header(block)?;
         let sealed = header.seal.load(Ordering::Acquire);
-        let end = sealed ^ seal(block, 0);
+        let generation = self.state().generation.load(Ordering::Acquire);
+        let end = sealed ^ seal(block, 0, generation);
         let prev_top = header.prev_top.load(Ordering::Relaxed);
         let data_offset = self.segment.data_offset();
         let plausible = sealed != 0
@@ -198,7 +216,8 @@ impl StackAllocator {
             && prev_top >= data_offset
             && prev_top <= block - BLOCK_HEADER;
         let top = self.top();
-        if !plausible || block >= top {
+        // A live block lies wholly below the top.
+        if !plausible || block >= top || end > top {
             return Err(Error::InvalidFree { offset: block });
         }
         if end != top {
@@ -246,15 +265,16 @@ impl StackAllocator {
     /// Frees everything at once. Same quiescence rule as
     /// [`BumpAllocator::reset`](crate::BumpAllocator::reset).
     pub fn reset(&mut self) {
+        self.state().generation.fetch_add(1, Ordering::AcqRel);
         self.top_cell()
             .store(self.segment.data_offset(), Ordering::Release);
     }
 }
 
-/// The least common multiple of `align` and 8.
-fn lcm_with_8(align: u64) -> u64 {
+/// The least common multiple of `align` and 8, or `None` on overflow.
+fn lcm_with_8(align: u64) -> Option<u64> {
     let twos = align.trailing_zeros().min(3);
-    align << (3 - twos)
+    align.checked_mul(1 << (3 - twos))
 }
 
 #[cfg(test)]
@@ -264,7 +284,8 @@ mod tests {
     #[test]
     fn lcm_with_8_is_the_least_common_multiple() {
         for (align, lcm) in [(1, 8), (2, 8), (4, 8), (8, 8), (16, 16), (12, 24), (24, 24), (3, 24), (64, 64)] {
-            assert_eq!(lcm_with_8(align), lcm, "align {align}");
+            assert_eq!(lcm_with_8(align), Some(lcm), "align {align}");
         }
+        assert_eq!(lcm_with_8((1 << 62) + 1), None);
     }
 }

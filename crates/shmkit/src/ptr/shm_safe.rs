@@ -42,6 +42,14 @@ use std::sync::atomic::{
 ///     pub struct AlsoBad { pub link: *const u8 }
 /// }
 /// ```
+///
+/// Nor can a struct with hidden padding:
+///
+/// ```compile_fail
+/// shmkit::shm_struct! {
+///     pub struct Padded { pub small: u8, pub big: u64 }
+/// }
+/// ```
 pub unsafe trait ShmSafe: Sized + 'static {}
 
 macro_rules! impl_shm_safe {
@@ -67,9 +75,11 @@ unsafe impl<T: ?Sized + 'static> ShmSafe for std::marker::PhantomData<T> {}
 
 /// Defines `#[repr(C)]` structs that may live in a segment.
 ///
-/// Every field type must itself be [`ShmSafe`]; the macro checks that at
-/// compile time and then implements the trait, so user code writes no
-/// `unsafe`. Attributes and doc comments pass through.
+/// Every field type must itself be [`ShmSafe`] and the struct may contain no
+/// padding (add explicit `_pad: [u8; N]` fields where the compiler would
+/// insert some); the macro checks both at compile time and then implements
+/// the trait, so user code writes no `unsafe`. Attributes and doc comments
+/// pass through.
 ///
 /// ```
 /// use shmkit::{shm_struct, Offset, ShmSafe};
@@ -104,6 +114,12 @@ macro_rules! shm_struct {
         const _: () = {
             const fn assert_shm_safe<T: $crate::ShmSafe>() {}
             $(assert_shm_safe::<$fty>();)*
+            // No padding: every byte of the struct belongs to a field, so no
+            // uninitialized byte is ever written into (or read from) a segment.
+            assert!(
+                ::core::mem::size_of::<$name>() == 0 $(+ ::core::mem::size_of::<$fty>())*,
+                "shm_struct! types may not contain padding; add explicit padding fields"
+            );
         };
 
         // SAFETY: the struct is `#[repr(C)]` and every field was checked above

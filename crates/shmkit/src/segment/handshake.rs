@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::{self, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
-use super::{remove, round_to_page, Location, Segment, SegmentOptions};
+use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
 
@@ -106,6 +106,7 @@ impl Segment {
             mapping,
             fd,
             location: options.location.clone(),
+            fixed: fields.fixed(),
             max_align,
             ready_timeout: options.ready_timeout,
         };
@@ -125,6 +126,7 @@ impl Segment {
                 "open_or_create needs a named segment (shared memory or a file)",
             ));
         }
+        let started = Instant::now();
         for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
             match Self::create_with(options, setup) {
                 Ok(segment) => return Ok((segment, Opened::Created)),
@@ -138,8 +140,9 @@ impl Segment {
                 Err(other) => return Err(other),
             }
         }
+        // Every attempt lost a create/remove race with other processes.
         Err(Error::NotReady {
-            waited: options.ready_timeout,
+            waited: started.elapsed(),
         })
     }
 
@@ -182,6 +185,7 @@ impl Segment {
             mapping,
             fd: None,
             location: Location::Private,
+            fixed: fields.fixed(),
             max_align: backend::BUFFER_ALIGN,
             ready_timeout: super::DEFAULT_READY_TIMEOUT,
         };
@@ -240,7 +244,7 @@ fn map_new_object(
         if !matches!(options.location, Location::Memfd(_)) {
             backend::set_mode(fd.as_fd(), options.mode, name)?;
         }
-        backend::reserve(fd.as_fd(), size, name)?;
+        backend::reserve(fd.as_fd(), 0, size, name)?;
         Mapping::map_shared(fd.as_fd(), max_size, name)
     })();
     if result.is_err() {
@@ -275,12 +279,7 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
     let fd = match &options.location {
         Location::Shm(shm_name) => backend::open_shm(shm_name)?,
         Location::File(path) => backend::open_file(path)?,
-        Location::Fd(raw) => {
-            // SAFETY: the caller handed us this descriptor as open; we only
-            // borrow it for the duration of the `dup`.
-            let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(*raw) };
-            backend::dup_fd(borrowed)?
-        }
+        Location::Fd(fd) => backend::dup_fd(fd.as_fd())?,
         Location::Memfd(_) | Location::Private => {
             return Err(Error::Unsupported(
                 "anonymous segments cannot be attached by name; share the descriptor (Location::Fd) or fork",
@@ -319,13 +318,14 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
             actual: len,
         });
     }
-    let max_size = header.max_size;
+    let fixed = Fixed::from_header(header);
     drop(probe);
-    let mapping = Mapping::map_shared(fd.as_fd(), max_size, &name)?;
+    let mapping = Mapping::map_shared(fd.as_fd(), fixed.max_size, &name)?;
     Ok(Segment {
         mapping,
         fd: Some(fd),
         location: options.location.clone(),
+        fixed,
         max_align: super::page_size() as usize,
         ready_timeout: options.ready_timeout,
     })

@@ -116,12 +116,13 @@ pub(crate) struct Layout {
 
 impl Layout {
     pub fn new(custom_len: u32, state_len: u64) -> Result<Layout> {
+        if state_len > MAX_SEGMENT_SIZE {
+            return Err(Error::invalid_size("allocator state too large"));
+        }
+        // All terms are far below 2^64 (a u32, a header, at most 2^47).
         let custom_offset = align_up(std::mem::size_of::<Header>() as u64, AREA_ALIGN);
         let state_offset = align_up(custom_offset + u64::from(custom_len), AREA_ALIGN);
-        let data_offset = state_offset
-            .checked_add(state_len)
-            .map(|end| align_up(end, AREA_ALIGN))
-            .ok_or_else(|| Error::invalid_size("allocator state too large"))?;
+        let data_offset = align_up(state_offset + state_len, AREA_ALIGN);
         Ok(Layout {
             custom_offset,
             custom_len,
@@ -209,7 +210,8 @@ impl Header {
         if self.layout_hash != self.compute_layout_hash() {
             return Err(Error::corrupt("layout hash mismatch"));
         }
-        let expected = Layout::new(self.custom_len, self.state_len)?;
+        let expected = Layout::new(self.custom_len, self.state_len)
+            .map_err(|_| Error::corrupt(format!("allocator state length {}", self.state_len)))?;
         let found = Layout {
             custom_offset: self.custom_offset,
             custom_len: self.custom_len,
@@ -360,6 +362,25 @@ pub(crate) struct NewHeader {
     pub kind: AllocatorKind,
     pub params: [u64; PARAM_WORDS],
     pub layout: Layout,
+}
+
+impl NewHeader {
+    /// The immutable fields, as the creator's own `Segment` records them.
+    pub fn fixed(&self) -> crate::segment::Fixed {
+        crate::segment::Fixed {
+            id: self.segment_id,
+            creator_pid: std::process::id(),
+            format_version: FORMAT_VERSION,
+            kind: self.kind,
+            params: self.params,
+            max_size: self.max_size,
+            custom_offset: self.layout.custom_offset,
+            custom_len: self.layout.custom_len,
+            state_offset: self.layout.state_offset,
+            state_len: self.layout.state_len,
+            data_offset: self.layout.data_offset,
+        }
+    }
 }
 
 fn check_root_name(name: &str) -> Result<&[u8]> {

@@ -34,9 +34,47 @@ pub struct Segment {
     mapping: Mapping,
     fd: Option<OwnedFd>,
     location: Location,
+    /// Header fields that never change after creation, copied once they were
+    /// written or validated: later changes to the shared bytes cannot move
+    /// any bound this process checks against.
+    fixed: Fixed,
     /// Largest alignment that holds for addresses as well as offsets.
     max_align: usize,
     ready_timeout: std::time::Duration,
+}
+
+/// The immutable part of a header, as this process validated it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fixed {
+    pub id: u64,
+    pub creator_pid: u32,
+    pub format_version: u32,
+    pub kind: AllocatorKind,
+    pub params: [u64; PARAM_WORDS],
+    pub max_size: u64,
+    pub custom_offset: u64,
+    pub custom_len: u32,
+    pub state_offset: u64,
+    pub state_len: u64,
+    pub data_offset: u64,
+}
+
+impl Fixed {
+    pub(crate) fn from_header(header: &Header) -> Fixed {
+        Fixed {
+            id: header.segment_id,
+            creator_pid: header.creator_pid,
+            format_version: header.format_version,
+            kind: header.kind(),
+            params: header.allocator_params,
+            max_size: header.max_size,
+            custom_offset: header.custom_offset,
+            custom_len: header.custom_len,
+            state_offset: header.state_offset,
+            state_len: header.state_len,
+            data_offset: header.data_offset,
+        }
+    }
 }
 
 impl std::fmt::Debug for Segment {
@@ -74,43 +112,46 @@ impl Segment {
 
     /// The segment id, the same in every process.
     pub fn id(&self) -> SegmentId {
-        SegmentId(self.header().segment_id)
+        SegmentId(self.fixed.id)
     }
 
     /// Current usable size in bytes, header included. Grows with
     /// [`grow`](Self::grow), seen at once by every attached process.
+    #[inline]
     pub fn size(&self) -> u64 {
-        self.header().size.load(Ordering::Acquire)
+        // Never beyond this process's mapping, whatever the shared word says.
+        self.header().size.load(Ordering::Acquire).min(self.mapping.len() as u64)
     }
 
     /// The size the segment may grow to.
     pub fn max_size(&self) -> u64 {
-        self.header().max_size
+        self.fixed.max_size
     }
 
     /// The allocator that manages the data area.
     pub fn allocator_kind(&self) -> AllocatorKind {
-        self.header().kind()
+        self.fixed.kind
     }
 
     /// The allocator's parameters, as recorded at creation.
     pub fn allocator_params(&self) -> [u64; PARAM_WORDS] {
-        self.header().allocator_params
+        self.fixed.params
     }
 
     /// The pid of the process that created the segment.
     pub fn creator_pid(&self) -> u32 {
-        self.header().creator_pid
+        self.fixed.creator_pid
     }
 
     /// The on-segment format version.
     pub fn format_version(&self) -> u32 {
-        self.header().format_version
+        self.fixed.format_version
     }
 
     /// Offset of the first byte the allocator manages.
+    #[inline]
     pub fn data_offset(&self) -> u64 {
-        self.header().data_offset
+        self.fixed.data_offset
     }
 
     /// The largest alignment that holds for local addresses as well as for
@@ -208,23 +249,22 @@ impl Segment {
     }
 
     /// The application's custom header, reserved at creation with
-    /// [`SegmentOptions::custom_header_len`]. Fields that processes change
-    /// while others read should be atomics.
-    pub fn custom_header<T: ShmSafe>(&self) -> Result<&T> {
-        let header = self.header();
+    /// [`SegmentOptions::custom_header_len`], checked to hold a `T`.
+    ///
+    /// It is a pointer, not a reference, because other processes may write
+    /// the same bytes at any time: make the fields that change atomics and
+    /// reach them through `unsafe { ptr.as_ref() }`, or read plain fields with
+    /// volatile or atomic loads.
+    pub fn custom_header<T: ShmSafe>(&self) -> Result<NonNull<T>> {
         let needed = std::mem::size_of::<T>() as u64;
-        if needed > u64::from(header.custom_len) {
+        if needed > u64::from(self.fixed.custom_len) {
             return Err(Error::invalid_size(format!(
                 "custom header holds {} bytes, {} needs {needed}",
-                header.custom_len,
+                self.fixed.custom_len,
                 std::any::type_name::<T>()
             )));
         }
-        let ptr = self.resolve(Offset::<T>::from_raw(header.custom_offset))?;
-        // SAFETY: `resolve` checked bounds and alignment; `T: ShmSafe` accepts
-        // any bytes; the area is reserved for the application and lives as
-        // long as `&self`.
-        Ok(unsafe { ptr.as_ref() })
+        self.resolve(Offset::<T>::from_raw(self.fixed.custom_offset))
     }
 
     /// Publishes `offset` under `name` (1 to 48 bytes) so other processes can
@@ -260,11 +300,12 @@ impl Segment {
             });
         }
         let new_size = round_to_page(new_size).min(max);
-        if new_size <= self.size() {
+        let current = self.size();
+        if new_size <= current {
             return Ok(());
         }
         if let Some(fd) = &self.fd {
-            backend::reserve(fd.as_fd(), new_size, &self.name())?;
+            backend::reserve(fd.as_fd(), current, new_size, &self.name())?;
         }
         self.header().size.fetch_max(new_size, Ordering::AcqRel);
         Ok(())
@@ -280,11 +321,20 @@ impl Segment {
 
     /// A raw pointer to the allocator state, checked to hold a `T`.
     pub(crate) fn allocator_state<T>(&self) -> Result<NonNull<T>> {
-        let header = self.header();
-        if (std::mem::size_of::<T>() as u64) > header.state_len {
+        if (std::mem::size_of::<T>() as u64) > self.fixed.state_len {
             return Err(Error::corrupt("allocator state area too small"));
         }
-        self.resolve(Offset::from_raw(header.state_offset))
+        self.resolve(Offset::from_raw(self.fixed.state_offset))
+    }
+
+    /// The current size word in the header, for allocators' hot paths.
+    pub(crate) fn size_word(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.header().size
+    }
+
+    /// Length of this process's mapping (the upper bound of every check).
+    pub(crate) fn mapped_len(&self) -> u64 {
+        self.mapping.len() as u64
     }
 
     /// Refuses the segment unless its allocator is `expected` (and, when

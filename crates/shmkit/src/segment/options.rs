@@ -1,11 +1,12 @@
 //! What a caller asks for when creating or attaching a segment.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where a segment's bytes live.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum Location {
     /// A POSIX shared-memory object (`/dev/shm/NAME` on Linux).
@@ -14,9 +15,9 @@ pub enum Location {
     File(PathBuf),
     /// A new anonymous memory file; the name only labels it.
     Memfd(String),
-    /// An already open descriptor (a memfd passed by a parent, say); attach only.
-    /// The descriptor is duplicated, so the caller keeps its own.
-    Fd(RawFd),
+    /// An open descriptor of an existing segment (a memfd passed by a parent,
+    /// say); attach only. Each attach duplicates it.
+    Fd(Arc<OwnedFd>),
     /// Private anonymous memory of this process; create only.
     Private,
 }
@@ -28,7 +29,7 @@ impl Location {
             Location::Shm(name) => name.clone(),
             Location::File(path) => path.display().to_string(),
             Location::Memfd(name) => format!("memfd:{name}"),
-            Location::Fd(fd) => format!("fd:{fd}"),
+            Location::Fd(fd) => format!("fd:{}", fd.as_raw_fd()),
             Location::Private => "private".to_owned(),
         }
     }
@@ -91,9 +92,10 @@ impl SegmentOptions {
         Self::new(Location::Memfd(label.into()))
     }
 
-    /// An open descriptor of an existing segment (attach only).
-    pub fn fd(fd: RawFd) -> Self {
-        Self::new(Location::Fd(fd))
+    /// An open descriptor of an existing segment (attach only). To attach
+    /// through a descriptor you do not own, pass `fd.try_clone_to_owned()?`.
+    pub fn fd(fd: OwnedFd) -> Self {
+        Self::new(Location::Fd(Arc::new(fd)))
     }
 
     /// Private anonymous memory (create only).

@@ -43,6 +43,8 @@ pub(crate) enum BumpFailure {
     Overflow,
     /// (Single attempts only) the cursor was not at the expected value.
     Moved { cursor: u64 },
+    /// The cursor lies below the area it may hand out (corrupt state).
+    BelowFloor { cursor: u64 },
 }
 
 /// Rounds `value` up to a multiple of `align` (any non-zero `align`: by mask
@@ -60,7 +62,10 @@ pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
 
 /// Where a request placed at `cursor` would start and end.
 #[inline]
-fn place(cursor: u64, size: u64, align: u64, end: u64) -> Result<(u64, u64), BumpFailure> {
+fn place(cursor: u64, size: u64, align: u64, floor: u64, end: u64) -> Result<(u64, u64), BumpFailure> {
+    if cursor < floor {
+        return Err(BumpFailure::BelowFloor { cursor });
+    }
     let start = align_up(cursor, align).ok_or(BumpFailure::Overflow)?;
     let stop = start.checked_add(size).ok_or(BumpFailure::Overflow)?;
     if stop > end {
@@ -69,19 +74,21 @@ fn place(cursor: u64, size: u64, align: u64, end: u64) -> Result<(u64, u64), Bum
     Ok((start, stop))
 }
 
-/// Claims `size` bytes aligned to `align` below `end()`; returns the start.
+/// Claims `size` bytes aligned to `align` in `[floor, end())`; returns the
+/// start.
 ///
 /// `end` is re-read on every attempt because a segment may grow meanwhile.
-#[inline]
+#[inline(always)]
 pub(crate) fn bump<C: CursorCell>(
     cursor: &C,
     size: u64,
     align: u64,
+    floor: u64,
     end: impl Fn() -> u64,
 ) -> Result<u64, BumpFailure> {
     let mut current = cursor.load_acquire();
     loop {
-        let (start, stop) = place(current, size, align, end())?;
+        let (start, stop) = place(current, size, align, floor, end())?;
         match cursor.compare_exchange_weak(current, stop) {
             Ok(_) => return Ok(start),
             Err(actual) => current = actual,
@@ -99,7 +106,7 @@ pub(crate) fn bump_at<C: CursorCell>(
     align: u64,
     end: u64,
 ) -> Result<(u64, u64), BumpFailure> {
-    let (start, stop) = place(expected, size, align, end)?;
+    let (start, stop) = place(expected, size, align, 0, end)?;
     match cursor.compare_exchange(expected, stop) {
         Ok(_) => Ok((start, stop)),
         Err(actual) => Err(BumpFailure::Moved { cursor: actual }),
@@ -162,7 +169,7 @@ mod loom_models {
                 .map(|&(size, align)| {
                     let cursor = cursor.clone();
                     loom::thread::spawn(move || {
-                        bump(&*cursor, size, align, || 1 << 20).map(|start| (start, start + size, align))
+                        bump(&*cursor, size, align, 16, || 1 << 20).map(|start| (start, start + size, align))
                     })
                 })
                 .collect();
@@ -191,7 +198,7 @@ mod loom_models {
             let handles: Vec<_> = (0..2)
                 .map(|_| {
                     let cursor = cursor.clone();
-                    loom::thread::spawn(move || bump(&*cursor, 60, 8, || 100))
+                    loom::thread::spawn(move || bump(&*cursor, 60, 8, 0, || 100))
                 })
                 .collect();
             let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -212,7 +219,7 @@ mod loom_models {
             let cursor = Arc::new(LoomCursor(LoomU64::new(32)));
             let other = {
                 let cursor = cursor.clone();
-                loom::thread::spawn(move || bump(&*cursor, 16, 8, || 1024).expect("fits"))
+                loom::thread::spawn(move || bump(&*cursor, 16, 8, 0, || 1024).expect("fits"))
             };
             let rewound = rewind(&*cursor, 32, 0);
             let start = other.join().unwrap();

@@ -80,6 +80,10 @@ impl Mapping {
         self.base
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
 }
 
 impl Drop for Mapping {
@@ -95,29 +99,39 @@ impl Drop for Mapping {
     }
 }
 
-/// Reserves backing store for `len` bytes of `fd`, so that running out of
-/// space is an error now rather than a SIGBUS on first touch later.
-pub(crate) fn reserve(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
-    let len_off = libc::off_t::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
+/// Reserves backing store for bytes `[from, to)` of `fd` (extending it to
+/// `to`), so that running out of space is an error now rather than a SIGBUS
+/// on first touch later. Bytes below `from` are never touched.
+pub(crate) fn reserve(fd: BorrowedFd<'_>, from: u64, to: u64, name: &str) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    let offset = libc::off_t::try_from(from).map_err(|_| Error::invalid_size("segment too large"))?;
+    let len = libc::off_t::try_from(to - from).map_err(|_| Error::invalid_size("segment too large"))?;
     loop {
-        // SAFETY: plain system call on a descriptor we hold.
-        let rc = unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len_off) };
-        match rc {
-            0 => return Ok(()),
-            libc::EINTR => continue,
-            libc::ENOSPC | libc::EFBIG => {
+        // SAFETY: plain system call on a descriptor we hold. `fallocate`
+        // (unlike glibc's `posix_fallocate`) never emulates by writing, so
+        // live data of other processes is never rewritten.
+        let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset, len) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOSPC) | Some(libc::EFBIG) => {
                 return Err(Error::NoSpace {
                     name: name.to_owned(),
-                    requested: len,
+                    requested: to,
                 })
             }
             // Some file systems cannot preallocate; fall back to setting the
             // length (space is then taken on first touch).
-            libc::EOPNOTSUPP | libc::EINVAL => return set_len(fd, len, name),
-            other => {
+            Some(libc::EOPNOTSUPP) => return set_len(fd, to, name),
+            _ => {
                 return Err(Error::Io {
-                    context: format!("reserving {len} bytes for `{name}`"),
-                    source: std::io::Error::from_raw_os_error(other),
+                    context: format!("reserving {to} bytes for `{name}`"),
+                    source: err,
                 })
             }
         }
