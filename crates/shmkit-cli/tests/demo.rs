@@ -21,7 +21,11 @@ fn the_demo_runs_workers_and_finds_no_overlap() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     // One table row per worker, each with a real pid and zero overlaps.
     let rows: Vec<Vec<&str>> = stdout
         .lines()
@@ -30,11 +34,20 @@ fn the_demo_runs_workers_and_finds_no_overlap() {
         .collect();
     assert_eq!(rows.len(), 3, "{stdout}");
     for row in &rows {
-        assert!(row[2].parse::<u64>().unwrap() > 0, "a worker allocated nothing: {row:?}");
+        assert!(
+            row[2].parse::<u64>().unwrap() > 0,
+            "a worker allocated nothing: {row:?}"
+        );
         assert_eq!(*row.last().unwrap(), "0", "overlap reported: {row:?}");
     }
-    assert!(stdout.contains("0 overlapping, 0 with foreign bytes"), "{stdout}");
-    assert!(!Path::new(&format!("/dev/shm/{name}")).exists(), "segment left behind");
+    assert!(
+        stdout.contains("0 overlapping, 0 with foreign bytes"),
+        "{stdout}"
+    );
+    assert!(
+        !Path::new(&format!("/dev/shm/{name}")).exists(),
+        "segment left behind"
+    );
 }
 
 #[test]
@@ -71,6 +84,13 @@ fn ctrl_c_stops_the_workers_and_removes_the_segment() {
     // SAFETY: plain signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "expected the interrupted exit code");
-    assert!(!Path::new(&format!("/dev/shm/{name}")).exists(), "segment left behind");
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "expected the interrupted exit code"
+    );
+    assert!(
+        !Path::new(&format!("/dev/shm/{name}")).exists(),
+        "segment left behind"
+    );
 }

@@ -20,7 +20,8 @@ const ALIGN: usize = 8;
 /// A segment whose address range covers every iteration criterion asks for;
 /// the bump allocator never touches the data pages, so they cost nothing.
 fn big_bump() -> BumpAllocator {
-    BumpAllocator::create(&SegmentOptions::private().size(32 << 30)).expect("32 GiB private segment")
+    BumpAllocator::create(&SegmentOptions::private().size(32 << 30))
+        .expect("32 GiB private segment")
 }
 
 fn one_thread(c: &mut Criterion) {

@@ -45,7 +45,9 @@ pub enum Error {
     },
 
     /// The segment was written by a shmkit with another on-segment format.
-    #[error("segment format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "segment format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// The version recorded in the segment.
         found: u32,

@@ -53,5 +53,10 @@ pub use alloc::{
     StackAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 pub use ptr::{AtomicOffset, FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
 pub use segment::{Location, Opened, Segment, SegmentOptions};

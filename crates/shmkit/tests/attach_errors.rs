@@ -68,7 +68,10 @@ fn a_zero_filled_object_is_not_ready_after_the_timeout() {
     let (path, _cleanup) = fresh_file("zeros");
     std::fs::write(&path, vec![0u8; 8192]).unwrap();
     let options = SegmentOptions::file(&path).ready_timeout(Duration::from_millis(50));
-    assert!(matches!(Segment::attach(&options), Err(Error::NotReady { .. })));
+    assert!(matches!(
+        Segment::attach(&options),
+        Err(Error::NotReady { .. })
+    ));
 }
 
 #[test]
@@ -264,20 +267,29 @@ fn a_creator_killed_before_ready_is_reported() {
     let shmkit::Location::Shm(name) = options.location().clone() else {
         unreachable!()
     };
-    let mut child = spawn_self("child_creator_that_stalls", &[("SHMKIT_TEST_SEGMENT", name)])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_self(
+        "child_creator_that_stalls",
+        &[("SHMKIT_TEST_SEGMENT", name)],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
     // Wait until the child is inside initialization.
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while !line.contains("initializing") {
         line.clear();
-        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "child exited early");
+        assert!(
+            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0,
+            "child exited early"
+        );
     }
     // While it lives, an impatient attacher is told the segment is not ready.
     let impatient = options.clone().ready_timeout(Duration::from_millis(100));
-    assert!(matches!(Segment::attach(&impatient), Err(Error::NotReady { .. })));
+    assert!(matches!(
+        Segment::attach(&impatient),
+        Err(Error::NotReady { .. })
+    ));
     // SIGKILL it mid-initialization; once reaped, attachers learn it died.
     child.kill().unwrap();
     child.wait().unwrap();
@@ -305,14 +317,20 @@ fn permission_denied_is_reported() {
     if unsafe { libc::geteuid() } != 0 {
         let locked = fresh_shm("perm-locked");
         let _locked = Segment::create(&locked.0.clone().size(1 << 20).mode(0o000)).unwrap();
-        assert!(matches!(Segment::attach(&locked.0), Err(Error::PermissionDenied { .. })));
+        assert!(matches!(
+            Segment::attach(&locked.0),
+            Err(Error::PermissionDenied { .. })
+        ));
         return;
     }
     // Root bypasses permission bits: attach from a child that drops to `nobody`.
     let shmkit::Location::Shm(name) = options.location().clone() else {
         unreachable!()
     };
-    let mut cmd = spawn_self("child_attach_as_another_user", &[("SHMKIT_TEST_SEGMENT", name)]);
+    let mut cmd = spawn_self(
+        "child_attach_as_another_user",
+        &[("SHMKIT_TEST_SEGMENT", name)],
+    );
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
@@ -351,7 +369,10 @@ fn new_segments_get_exactly_the_mode_asked_for() {
         unreachable!()
     };
     let _default = Segment::create(&options.clone().size(1 << 20)).unwrap();
-    let mode = std::fs::metadata(format!("/dev/shm/{name}")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(format!("/dev/shm/{name}"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 
     let (path, _cleanup_file) = fresh_file("mode");
@@ -377,7 +398,10 @@ fn a_full_backing_store_fails_at_creation_and_leaves_nothing() {
         Err(Error::NoSpace { requested, .. }) => assert_eq!(requested, 1 << 44),
         other => panic!("expected NoSpace, got {other:?}"),
     }
-    assert!(matches!(Segment::attach(&options), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        Segment::attach(&options),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -394,13 +418,18 @@ fn open_or_create_says_which_happened() {
 #[test]
 fn dropping_handles_never_removes_the_segment() {
     let (options, _cleanup) = fresh_shm("persist");
-    let id = Segment::create(&options.clone().size(1 << 20)).unwrap().id();
+    let id = Segment::create(&options.clone().size(1 << 20))
+        .unwrap()
+        .id();
     let attached = Segment::attach(&options).unwrap();
     assert_eq!(attached.id(), id);
     drop(attached);
     assert_eq!(Segment::attach(&options).unwrap().id(), id);
     Segment::attach(&options).unwrap().unlink().unwrap();
-    assert!(matches!(Segment::attach(&options), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        Segment::attach(&options),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]

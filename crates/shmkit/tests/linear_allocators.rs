@@ -19,13 +19,27 @@ fn every_alignment_is_honoured() {
         for size in [1usize, 3, 17] {
             let block = bump.alloc(size, align).unwrap();
             let align = align.max(1);
-            assert_eq!(block.offset().raw() % align as u64, 0, "offset, align {align}");
+            assert_eq!(
+                block.offset().raw() % align as u64,
+                0,
+                "offset, align {align}"
+            );
             let power_of_two_part = align & align.wrapping_neg();
-            assert_eq!(block.as_ptr() as usize % power_of_two_part, 0, "address, align {align}");
+            assert_eq!(
+                block.as_ptr() as usize % power_of_two_part,
+                0,
+                "address, align {align}"
+            );
         }
     }
-    assert_eq!(bump.alloc_cache_aligned(10).unwrap().as_ptr() as usize % CACHE_LINE, 0);
-    assert_eq!(bump.alloc_simd_aligned(10).unwrap().as_ptr() as usize % SIMD_ALIGN, 0);
+    assert_eq!(
+        bump.alloc_cache_aligned(10).unwrap().as_ptr() as usize % CACHE_LINE,
+        0
+    );
+    assert_eq!(
+        bump.alloc_simd_aligned(10).unwrap().as_ptr() as usize % SIMD_ALIGN,
+        0
+    );
     assert!(matches!(
         bump.alloc(8, 8192),
         Err(Error::InvalidAlignment { align: 8192, .. })
@@ -104,12 +118,19 @@ fn reset_rewinds_and_secure_reset_zeroes() {
     let again = bump.alloc(4096, 8).unwrap();
     assert_eq!(again.offset(), block.offset());
     // SAFETY: as above.
-    assert_eq!(unsafe { *again.as_ptr() }, 0xEE, "plain reset keeps the bytes");
+    assert_eq!(
+        unsafe { *again.as_ptr() },
+        0xEE,
+        "plain reset keeps the bytes"
+    );
     bump.secure_reset();
     assert_eq!(bump.used(), 0);
     // SAFETY: the bytes are inside the segment; nobody uses them now.
     let bytes = unsafe { std::slice::from_raw_parts(again.as_ptr(), 4096) };
-    assert!(bytes.iter().all(|&b| b == 0), "secure reset left data behind");
+    assert!(
+        bytes.iter().all(|&b| b == 0),
+        "secure reset left data behind"
+    );
 }
 
 #[test]
@@ -145,12 +166,16 @@ fn a_scope_never_frees_what_someone_else_allocated() {
     assert!(!scope.finish());
     assert!(bump.owns_offset(theirs.raw()));
     let next = bump.alloc_handle(8, 8).unwrap();
-    assert!(next.raw() > theirs.raw(), "their block was handed out again");
+    assert!(
+        next.raw() > theirs.raw(),
+        "their block was handed out again"
+    );
 }
 
 #[test]
 fn a_scope_that_grows_the_segment_still_rewinds() {
-    let bump = BumpAllocator::create(&SegmentOptions::private().size(64 << 10).max_size(16 << 20)).unwrap();
+    let bump = BumpAllocator::create(&SegmentOptions::private().size(64 << 10).max_size(16 << 20))
+        .unwrap();
     let before = bump.used();
     {
         let scope = bump.scope();
@@ -183,12 +208,20 @@ fn threads_contending_never_receive_overlapping_blocks() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     assert_eq!(ranges.len(), threads as usize * 20_000);
     ranges.sort_unstable();
     for pair in ranges.windows(2) {
-        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
     }
     let last = ranges.last().unwrap();
     assert!(last.0 + last.1 <= bump.segment().size());
@@ -208,7 +241,10 @@ fn a_buffer_backed_allocator_stays_in_its_buffer() {
     assert!(count > 500);
     bump.reset();
     assert_eq!(bump.used(), 0);
-    assert!(matches!(bump.alloc(8, 4096), Err(Error::InvalidAlignment { .. })));
+    assert!(matches!(
+        bump.alloc(8, 4096),
+        Err(Error::InvalidAlignment { .. })
+    ));
 }
 
 fn stack(size: u64) -> StackAllocator {
@@ -242,16 +278,30 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
     stack.free(b).unwrap();
     assert!(matches!(stack.free(b), Err(Error::InvalidFree { .. })));
     let used = stack.used();
-    for bogus in [0u64, 1, 8, a.raw() + 8, a.raw() - 8, stack.segment().size() + 64, u64::MAX] {
+    for bogus in [
+        0u64,
+        1,
+        8,
+        a.raw() + 8,
+        a.raw() - 8,
+        stack.segment().size() + 64,
+        u64::MAX,
+    ] {
         let result = stack.free(shmkit::Offset::<u8>::from_raw(bogus));
         assert!(
-            matches!(result, Err(Error::InvalidFree { .. }) | Err(Error::NotTopOfStack { .. })),
+            matches!(
+                result,
+                Err(Error::InvalidFree { .. }) | Err(Error::NotTopOfStack { .. })
+            ),
             "free({bogus}) gave {result:?}"
         );
     }
     assert_eq!(stack.used(), used, "a refused free changed the stack");
     stack.free(a).unwrap();
-    assert!(matches!(stack.alloc(1 << 21, 8), Err(Error::OutOfMemory { .. })));
+    assert!(matches!(
+        stack.alloc(1 << 21, 8),
+        Err(Error::OutOfMemory { .. })
+    ));
     assert_eq!(stack.used(), 0);
 }
 
@@ -272,11 +322,19 @@ fn threads_share_one_stack_without_overlap() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     ranges.sort_unstable();
     for pair in ranges.windows(2) {
-        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
     }
 }
 
@@ -313,12 +371,20 @@ fn a_local_front_end_carves_chunks_and_gives_back_its_tail() {
                 })
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
     });
     let mut sorted = ranges.clone();
     sorted.sort_unstable();
     for pair in sorted.windows(2) {
-        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
     }
     for &(offset, _) in &ranges {
         assert_eq!(offset % 8, 0);

@@ -23,13 +23,19 @@ fn child_bump_worker() {
     let worker: u64 = child_env("SHMKIT_TEST_WORKER").parse().unwrap();
     let bump = BumpAllocator::attach(&SegmentOptions::shm(name)).unwrap();
     // Start together, so the allocations really race.
-    let arrived = bump.segment().root::<AtomicU32>("arrived").expect("published by the parent");
+    let arrived = bump
+        .segment()
+        .root::<AtomicU32>("arrived")
+        .expect("published by the parent");
     // SAFETY: resolved, aligned; an atomic.
     let arrived = unsafe { bump.segment().resolve(arrived).unwrap().as_ref() };
     arrived.fetch_add(1, Ordering::AcqRel);
     let started = std::time::Instant::now();
     while arrived.load(Ordering::Acquire) < WORKERS as u32 {
-        assert!(started.elapsed().as_secs() < 30, "the other workers never arrived");
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "the other workers never arrived"
+        );
         std::hint::spin_loop();
     }
     let mut blocks = Vec::new();
@@ -49,7 +55,10 @@ fn child_bump_worker() {
     for &(block, size, _, seq) in &blocks {
         // SAFETY: as above.
         let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), size as usize) };
-        assert!(bytes.iter().all(|&b| b == tag(worker, seq)), "block {seq} was overwritten");
+        assert!(
+            bytes.iter().all(|&b| b == tag(worker, seq)),
+            "block {seq} was overwritten"
+        );
     }
     let mut out = std::io::stdout().lock();
     for (block, size, align, seq) in blocks {
@@ -61,7 +70,8 @@ fn child_bump_worker() {
 fn processes_share_one_bump_allocator() {
     let (options, _cleanup) = fresh_shm("multi");
     // Start small so the workers also grow the segment while racing.
-    let parent = BumpAllocator::create(&options.clone().size(256 << 10).max_size(64 << 20)).unwrap();
+    let parent =
+        BumpAllocator::create(&options.clone().size(256 << 10).max_size(64 << 20)).unwrap();
     let arrived = parent.make_handle(AtomicU32::new(0)).unwrap();
     parent.segment().set_root("arrived", arrived).unwrap();
     let shmkit::Location::Shm(name) = options.location().clone() else {
@@ -101,23 +111,36 @@ fn processes_share_one_bump_allocator() {
             ranges.push((fields[0], fields[1], fields[2], worker as u64, fields[3]));
             count += 1;
         }
-        assert_eq!(count, BLOCKS_PER_WORKER, "worker {worker} reported too few blocks");
+        assert_eq!(
+            count, BLOCKS_PER_WORKER,
+            "worker {worker} reported too few blocks"
+        );
     }
 
     let segment = parent.segment();
-    assert!(segment.size() > 256 << 10, "the workers never grew the segment");
+    assert!(
+        segment.size() > 256 << 10,
+        "the workers never grew the segment"
+    );
     ranges.sort_unstable();
     for &(offset, size, align, worker, seq) in &ranges {
         assert!(offset >= segment.data_offset() && offset + size <= segment.size());
         assert_eq!(offset % align, 0);
         // The parent's own mapping (another address) sees the worker's tag.
-        let block = segment.resolve_array(shmkit::Offset::<u8>::from_raw(offset), size).unwrap();
+        let block = segment
+            .resolve_array(shmkit::Offset::<u8>::from_raw(offset), size)
+            .unwrap();
         // SAFETY: in bounds; the workers have exited.
         let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), size as usize) };
         assert!(bytes.iter().all(|&b| b == tag(worker, seq)));
     }
     for pair in ranges.windows(2) {
-        assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?} overlaps {:?}", pair[0], pair[1]);
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
     }
     let highest = ranges.iter().map(|r| r.0 + r.1).max().unwrap();
     assert!(parent.used() + segment.data_offset() >= highest);

@@ -16,7 +16,11 @@ fn two_mappings_resolve_offsets_to_the_same_bytes() {
     let (options, _cleanup) = fresh_shm("two-maps");
     let a = BumpAllocator::create(&options.clone().size(1 << 20)).unwrap();
     let b = BumpAllocator::attach(&options).unwrap();
-    assert_ne!(a.segment().base(), b.segment().base(), "expected two mappings");
+    assert_ne!(
+        a.segment().base(),
+        b.segment().base(),
+        "expected two mappings"
+    );
 
     let offset = a.make_handle(0xfeed_beef_u64).unwrap();
     let in_b = b.segment().resolve(offset).unwrap();
@@ -51,7 +55,10 @@ fn full_pointers_build_from_either_side() {
 
     // Another segment's pointer, a stack address and null are refused.
     let foreign = ShmPtr::new(SegmentId(segment.id().0 ^ 1), made.offset());
-    assert!(matches!(segment.full_ptr(foreign), Err(Error::ForeignPointer)));
+    assert!(matches!(
+        segment.full_ptr(foreign),
+        Err(Error::ForeignPointer)
+    ));
     let on_stack = 5u64;
     assert!(matches!(
         segment.full_ptr_from_local(&on_stack as *const u64),
@@ -106,7 +113,10 @@ fn growth_is_seen_by_every_mapping_without_moving() {
     // SAFETY: in bounds after the growth; aligned.
     unsafe { *b.segment().resolve(far).unwrap().as_ptr() = 0xabc };
     // SAFETY: as above.
-    assert_eq!(unsafe { *a.segment().resolve(far).unwrap().as_ptr() }, 0xabc);
+    assert_eq!(
+        unsafe { *a.segment().resolve(far).unwrap().as_ptr() },
+        0xabc
+    );
     assert_eq!(a.segment().base(), base_a);
     assert_eq!(b.segment().base(), base_b);
 
@@ -136,18 +146,29 @@ fn file_segments_persist_across_handles() {
     };
     let bump = BumpAllocator::attach(&options).unwrap();
     // SAFETY: resolved and aligned.
-    assert_eq!(unsafe { *bump.segment().resolve(offset).unwrap().as_ptr() }, 1234);
+    assert_eq!(
+        unsafe { *bump.segment().resolve(offset).unwrap().as_ptr() },
+        1234
+    );
 }
 
 #[test]
 fn a_memfd_segment_is_attached_through_its_descriptor() {
     let created = BumpAllocator::create(&SegmentOptions::memfd("test").size(1 << 20)).unwrap();
     let offset = created.make_handle(77u64).unwrap();
-    let fd = created.segment().fd().unwrap().try_clone_to_owned().unwrap();
+    let fd = created
+        .segment()
+        .fd()
+        .unwrap()
+        .try_clone_to_owned()
+        .unwrap();
     let attached = BumpAllocator::attach(&SegmentOptions::fd(fd)).unwrap();
     assert_ne!(attached.segment().base(), created.segment().base());
     // SAFETY: resolved and aligned.
-    assert_eq!(unsafe { *attached.segment().resolve(offset).unwrap().as_ptr() }, 77);
+    assert_eq!(
+        unsafe { *attached.segment().resolve(offset).unwrap().as_ptr() },
+        77
+    );
 }
 
 shm_struct! {
@@ -193,11 +214,15 @@ fn named_roots_let_processes_meet() {
     // Fill the table; every name is found, the 33rd is refused.
     for i in 1..32 {
         let name = format!("root-{i}");
-        b.segment().set_root(&name, Offset::<u8>::from_raw(4096 + i)).unwrap();
+        b.segment()
+            .set_root(&name, Offset::<u8>::from_raw(4096 + i))
+            .unwrap();
     }
     for i in 1..32 {
         assert_eq!(
-            a.segment().root::<u8>(&format!("root-{i}")).map(Offset::raw),
+            a.segment()
+                .root::<u8>(&format!("root-{i}"))
+                .map(Offset::raw),
             Some(4096 + i)
         );
     }
@@ -220,7 +245,11 @@ fn racing_root_publishers_agree_on_one_winner() {
         let handles: Vec<_> = (0..4u64)
             .map(|i| {
                 let segment = &segment;
-                scope.spawn(move || segment.set_root("leader", Offset::<u8>::from_raw(4096 + i)).is_ok())
+                scope.spawn(move || {
+                    segment
+                        .set_root("leader", Offset::<u8>::from_raw(4096 + i))
+                        .is_ok()
+                })
             })
             .collect();
         handles
@@ -230,7 +259,11 @@ fn racing_root_publishers_agree_on_one_winner() {
             .count()
     });
     assert_eq!(wins, 1, "exactly one publisher wins");
-    let winners = segment.roots().iter().filter(|(name, _)| name == "leader").count();
+    let winners = segment
+        .roots()
+        .iter()
+        .filter(|(name, _)| name == "leader")
+        .count();
     assert_eq!(winners, 1);
 }
 
@@ -244,7 +277,11 @@ fn a_hostile_size_word_cannot_push_blocks_past_the_mapping() {
         let word = bump.segment().base().as_ptr().add(32).cast::<u64>();
         word.write_volatile(1 << 40);
     }
-    assert_eq!(bump.segment().size(), mapped, "size must stay within the mapping");
+    assert_eq!(
+        bump.segment().size(),
+        mapped,
+        "size must stay within the mapping"
+    );
     assert!(matches!(
         bump.alloc_handle(2 << 20, 8),
         Err(Error::OutOfMemory { .. })

@@ -192,7 +192,10 @@ enum Collect {
 
 /// Reads every worker's report (each on its own thread, so no pipe fills up)
 /// while watching for Ctrl-C and for workers that fail.
-fn collect(mut children: Vec<Child>, interrupted: &AtomicBool) -> Result<Vec<WorkerReport>, Collect> {
+fn collect(
+    mut children: Vec<Child>,
+    interrupted: &AtomicBool,
+) -> Result<Vec<WorkerReport>, Collect> {
     let readers: Vec<_> = children
         .iter_mut()
         .map(|child| {
@@ -248,7 +251,13 @@ fn parse_report(stdout: std::process::ChildStdout) -> Result<WorkerReport, Strin
             .collect::<Result<_, _>>()?;
         match (kind, numbers.as_slice()) {
             (Some("result"), &[pid, blocks, bytes, nanos, damaged]) => {
-                report = Some((pid as u32, blocks, bytes, Duration::from_nanos(nanos), damaged));
+                report = Some((
+                    pid as u32,
+                    blocks,
+                    bytes,
+                    Duration::from_nanos(nanos),
+                    damaged,
+                ));
             }
             (Some("block"), &[offset, len]) => ranges.push((offset, len)),
             _ => return Err(format!("bad report line `{line}`")),
@@ -256,7 +265,10 @@ fn parse_report(stdout: std::process::ChildStdout) -> Result<WorkerReport, Strin
     }
     let (pid, blocks, bytes, elapsed, damaged) = report.ok_or("no result line")?;
     if ranges.len() as u64 != blocks {
-        return Err(format!("reported {blocks} blocks but listed {}", ranges.len()));
+        return Err(format!(
+            "reported {blocks} blocks but listed {}",
+            ranges.len()
+        ));
     }
     Ok(WorkerReport {
         pid,
@@ -308,7 +320,9 @@ fn verify_from_parent(bump: &BumpAllocator, reports: &[WorkerReport]) -> Result<
             let ptr = bump
                 .segment()
                 .resolve_array(shmkit::Offset::<u8>::from_raw(offset), len)
-                .map_err(|e| format!("worker {worker} reported a block outside the segment: {e}"))?;
+                .map_err(|e| {
+                    format!("worker {worker} reported a block outside the segment: {e}")
+                })?;
             // SAFETY: resolved in bounds; the workers have exited.
             let bytes = unsafe { std::slice::from_raw_parts(ptr.as_ptr(), len as usize) };
             let tag = block_tag(worker as u32, seq as u64);

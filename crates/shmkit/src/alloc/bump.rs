@@ -171,7 +171,9 @@ impl BumpAllocator {
         let cursor = match failure {
             BumpFailure::Full { cursor } | BumpFailure::Moved { cursor } => cursor,
             BumpFailure::Overflow => {
-                return Err(Error::invalid_size(format!("{size} bytes overflow the segment")))
+                return Err(Error::invalid_size(format!(
+                    "{size} bytes overflow the segment"
+                )))
             }
             BumpFailure::BelowFloor { cursor } => {
                 return Err(Error::corrupt(format!(
@@ -208,12 +210,16 @@ impl BumpAllocator {
 
     /// Bytes the data area holds at the segment's current size.
     pub fn capacity(&self) -> u64 {
-        self.segment.size().saturating_sub(self.segment.data_offset())
+        self.segment
+            .size()
+            .saturating_sub(self.segment.data_offset())
     }
 
     /// Bytes the data area can hold once the segment is grown to its maximum.
     pub fn max_capacity(&self) -> u64 {
-        self.segment.max_size().saturating_sub(self.segment.data_offset())
+        self.segment
+            .max_size()
+            .saturating_sub(self.segment.data_offset())
     }
 
     /// Bytes still free at the current size.

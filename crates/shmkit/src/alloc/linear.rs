@@ -40,12 +40,14 @@ pub trait LinearAlloc: sealed::Carve {
     }
 
     /// Allocates `size` bytes aligned to `align`.
+    #[inline]
     fn alloc(&self, size: usize, align: usize) -> Result<FullPtr<u8>> {
         let offset = self.alloc_handle(size, align)?;
         self.segment().full_ptr_from_offset(offset)
     }
 
     /// Allocates `size` bytes aligned to `align` and returns only the offset.
+    #[inline]
     fn alloc_handle(&self, size: usize, align: usize) -> Result<Offset<u8>> {
         let align = normalize_align(align, self.segment().max_align())?;
         let size = (size as u64).max(1);
@@ -64,27 +66,34 @@ pub trait LinearAlloc: sealed::Carve {
 
     /// Allocates room for `count` values of `T` (contents are whatever the
     /// bytes hold, which `T: ShmSafe` accepts). Overflow is an error.
+    #[inline]
     fn allocate<T: ShmSafe>(&self, count: usize) -> Result<FullPtr<T>> {
         let offset = self.allocate_handle::<T>(count)?;
         self.segment().full_ptr_from_offset(offset)
     }
 
     /// Like [`allocate`](Self::allocate), returning only the offset.
+    #[inline]
     fn allocate_handle<T: ShmSafe>(&self, count: usize) -> Result<Offset<T>> {
-        let size = std::mem::size_of::<T>()
-            .checked_mul(count)
-            .ok_or_else(|| Error::invalid_size(format!("{count} x {} bytes overflows", std::mem::size_of::<T>())))?;
+        let size = std::mem::size_of::<T>().checked_mul(count).ok_or_else(|| {
+            Error::invalid_size(format!(
+                "{count} x {} bytes overflows",
+                std::mem::size_of::<T>()
+            ))
+        })?;
         self.alloc_handle(size, std::mem::align_of::<T>())
             .map(Offset::cast)
     }
 
     /// Places `value` in the segment and returns its pointer.
+    #[inline]
     fn make<T: ShmSafe>(&self, value: T) -> Result<FullPtr<T>> {
         let offset = self.make_handle(value)?;
         self.segment().full_ptr_from_offset(offset)
     }
 
     /// Places `value` in the segment and returns its offset.
+    #[inline]
     fn make_handle<T: ShmSafe>(&self, value: T) -> Result<Offset<T>> {
         let offset = self.allocate_handle::<T>(1)?;
         let ptr = self.segment().resolve(offset)?;
@@ -114,15 +123,19 @@ pub(crate) mod sealed {
 }
 
 /// Checks and normalizes an alignment request (see [`LinearAlloc`]).
+#[inline(always)]
 pub(crate) fn normalize_align(align: usize, max_align: usize) -> Result<u64> {
     let align = align.max(1);
     // The largest power of two dividing `align`: what addresses must honour.
     let power_of_two_part = align & align.wrapping_neg();
     if power_of_two_part > max_align {
-        return Err(Error::InvalidAlignment {
-            align,
-            max: max_align,
-        });
+        return Err(unsupported_alignment(align, max_align));
     }
     Ok(align as u64)
+}
+
+#[cold]
+#[inline(never)]
+fn unsupported_alignment(align: usize, max: usize) -> Error {
+    Error::InvalidAlignment { align, max }
 }

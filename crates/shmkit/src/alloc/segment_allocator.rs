@@ -69,9 +69,13 @@ pub trait SegmentAllocator: Sized {
     }
 
     /// [`open_or_create`](Self::open_or_create) with explicit parameters.
-    fn open_or_create_with(options: &SegmentOptions, params: &Self::Params) -> Result<(Self, Opened)> {
+    fn open_or_create_with(
+        options: &SegmentOptions,
+        params: &Self::Params,
+    ) -> Result<(Self, Opened)> {
         let init = |segment: &Segment| Self::initialize(segment, params);
-        let (segment, opened) = Segment::open_or_create_with(options, &setup::<Self>(params, &init))?;
+        let (segment, opened) =
+            Segment::open_or_create_with(options, &setup::<Self>(params, &init))?;
         segment.expect_allocator(Self::KIND, Some(&Self::encode_params(params)))?;
         Ok((Self::from_segment(segment)?, opened))
     }
@@ -109,7 +113,8 @@ pub trait SegmentAllocator: Sized {
         let params = Self::Params::default();
         let init = |segment: &Segment| Self::initialize(segment, &params);
         // SAFETY: forwarded from this function's contract.
-        let segment = unsafe { Segment::create_in_region(ptr, len, &setup::<Self>(&params, &init))? };
+        let segment =
+            unsafe { Segment::create_in_region(ptr, len, &setup::<Self>(&params, &init))? };
         Self::from_segment(segment)
     }
 }

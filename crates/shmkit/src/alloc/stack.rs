@@ -158,7 +158,9 @@ impl Carve for StackAllocator {
                 Ok(_) => {
                     let header = self.block_header(block)?;
                     header.prev_top.store(current, Ordering::Relaxed);
-                    header.seal.store(seal(block, end, generation), Ordering::Release);
+                    header
+                        .seal
+                        .store(seal(block, end, generation), Ordering::Release);
                     return Ok(block);
                 }
                 Err(actual) => current = actual,
@@ -259,7 +261,9 @@ impl StackAllocator {
 
     /// Bytes the data area holds.
     pub fn capacity(&self) -> u64 {
-        self.segment.size().saturating_sub(self.segment.data_offset())
+        self.segment
+            .size()
+            .saturating_sub(self.segment.data_offset())
     }
 
     /// Frees everything at once. Same quiescence rule as
@@ -283,7 +287,17 @@ mod tests {
 
     #[test]
     fn lcm_with_8_is_the_least_common_multiple() {
-        for (align, lcm) in [(1, 8), (2, 8), (4, 8), (8, 8), (16, 16), (12, 24), (24, 24), (3, 24), (64, 64)] {
+        for (align, lcm) in [
+            (1, 8),
+            (2, 8),
+            (4, 8),
+            (8, 8),
+            (16, 16),
+            (12, 24),
+            (24, 24),
+            (3, 24),
+            (64, 64),
+        ] {
             assert_eq!(lcm_with_8(align), Some(lcm), "align {align}");
         }
         assert_eq!(lcm_with_8((1 << 62) + 1), None);

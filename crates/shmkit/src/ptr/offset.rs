@@ -65,13 +65,13 @@ impl<T> Offset<T> {
 
     /// The offset of element `count` of an array starting here, or `None` on
     /// overflow.
-    pub fn add(self, count: u64) -> Option<Self> {
+    pub fn checked_add(self, count: u64) -> Option<Self> {
         let bytes = count.checked_mul(std::mem::size_of::<T>() as u64)?;
-        self.byte_add(bytes)
+        self.checked_byte_add(bytes)
     }
 
     /// This offset moved forward by `bytes`, or `None` on overflow.
-    pub fn byte_add(self, bytes: u64) -> Option<Self> {
+    pub fn checked_byte_add(self, bytes: u64) -> Option<Self> {
         self.raw.checked_add(bytes).map(Self::from_raw)
     }
 }

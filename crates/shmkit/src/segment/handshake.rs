@@ -67,7 +67,10 @@ impl Segment {
         Self::open_or_create_with(options, &AllocatorSetup::NONE)
     }
 
-    pub(crate) fn create_with(options: &SegmentOptions, setup: &AllocatorSetup<'_>) -> Result<Segment> {
+    pub(crate) fn create_with(
+        options: &SegmentOptions,
+        setup: &AllocatorSetup<'_>,
+    ) -> Result<Segment> {
         let layout = Layout::new(options.custom_header_len, setup.state_len)?;
         let (size, max_size) = plan_sizes(options, &layout)?;
         let fields = NewHeader {
@@ -95,7 +98,11 @@ impl Segment {
                 let mapping = map_new_object(&fd, options, size, max_size, &name)?;
                 (mapping, Some(fd), super::page_size() as usize)
             }
-            Location::Private => (backend::map_private(max_size)?, None, super::page_size() as usize),
+            Location::Private => (
+                backend::map_private(max_size)?,
+                None,
+                super::page_size() as usize,
+            ),
             Location::Fd(_) => {
                 return Err(Error::Unsupported(
                     "a segment cannot be created on an existing descriptor; attach it instead",

@@ -280,7 +280,10 @@ impl Header {
                     slot::WRITING => {
                         // Another process is publishing into this slot, maybe the
                         // same name: wait (bounded) to see which.
-                        if !wait_while(|| slot.state.load(Ordering::Acquire) == slot::WRITING, patience) {
+                        if !wait_while(
+                            || slot.state.load(Ordering::Acquire) == slot::WRITING,
+                            patience,
+                        ) {
                             return Err(Error::Root {
                                 name: name.to_owned(),
                                 reason: "a root slot stayed half-written (its writer died?)",

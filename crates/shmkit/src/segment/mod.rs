@@ -15,8 +15,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-pub use handshake::Opened;
 pub use handshake::process_alive;
+pub use handshake::Opened;
 pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
 
 use crate::alloc::AllocatorKind;
@@ -120,7 +120,10 @@ impl Segment {
     #[inline]
     pub fn size(&self) -> u64 {
         // Never beyond this process's mapping, whatever the shared word says.
-        self.header().size.load(Ordering::Acquire).min(self.mapping.len() as u64)
+        self.header()
+            .size
+            .load(Ordering::Acquire)
+            .min(self.mapping.len() as u64)
     }
 
     /// The size the segment may grow to.
@@ -155,7 +158,7 @@ impl Segment {
     }
 
     /// The largest alignment that holds for local addresses as well as for
-    /// offsets: the page size for mapped segments, 64 for a caller's buffer.
+    /// offsets: the page size for mapped segments, 128 for a caller's buffer.
     pub fn max_align(&self) -> usize {
         self.max_align
     }
@@ -216,7 +219,11 @@ impl Segment {
         let base = self.base().as_ptr() as usize;
         let addr = ptr as usize;
         let offset = addr.checked_sub(base).ok_or(Error::ForeignPointer)? as u64;
-        if offset == 0 || self.check_range(offset, std::mem::size_of::<T>() as u64).is_err() {
+        if offset == 0
+            || self
+                .check_range(offset, std::mem::size_of::<T>() as u64)
+                .is_err()
+        {
             return Err(Error::ForeignPointer);
         }
         Ok(Offset::from_raw(offset))
@@ -366,9 +373,8 @@ impl Segment {
 pub fn remove(location: &Location) -> Result<()> {
     match location {
         Location::Shm(name) => backend::unlink_shm(name),
-        Location::File(path) => std::fs::remove_file(path).map_err(|source| {
-            backend::open_error(source, &path.display().to_string(), "removing")
-        }),
+        Location::File(path) => std::fs::remove_file(path)
+            .map_err(|source| backend::open_error(source, &path.display().to_string(), "removing")),
         _ => Err(Error::Unsupported("only named segments can be removed")),
     }
 }

@@ -1,8 +1,8 @@
 //! What a caller asks for when creating or attaching a segment.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where a segment's bytes live.

@@ -62,7 +62,13 @@ pub(crate) fn align_up(value: u64, align: u64) -> Option<u64> {
 
 /// Where a request placed at `cursor` would start and end.
 #[inline]
-fn place(cursor: u64, size: u64, align: u64, floor: u64, end: u64) -> Result<(u64, u64), BumpFailure> {
+fn place(
+    cursor: u64,
+    size: u64,
+    align: u64,
+    floor: u64,
+    end: u64,
+) -> Result<(u64, u64), BumpFailure> {
     if cursor < floor {
         return Err(BumpFailure::BelowFloor { cursor });
     }
@@ -169,7 +175,8 @@ mod loom_models {
                 .map(|&(size, align)| {
                     let cursor = cursor.clone();
                     loom::thread::spawn(move || {
-                        bump(&*cursor, size, align, 16, || 1 << 20).map(|start| (start, start + size, align))
+                        bump(&*cursor, size, align, 16, || 1 << 20)
+                            .map(|start| (start, start + size, align))
                     })
                 })
                 .collect();

@@ -45,7 +45,9 @@ pub fn fresh_file(tag: &str) -> (std::path::PathBuf, Cleanup) {
 
 /// The pid of a process that has exited and been reaped.
 pub fn dead_pid() -> u32 {
-    let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("spawn true");
     let pid = child.id();
     child.wait().expect("wait");
     pid
@@ -56,7 +58,13 @@ pub fn dead_pid() -> u32 {
 pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> std::process::Command {
     let exe = std::env::current_exe().expect("current exe");
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--exact", test_name, "--ignored", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        "--exact",
+        test_name,
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (key, value) in env {
         cmd.env(key, value);
     }

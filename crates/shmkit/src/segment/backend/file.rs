@@ -32,7 +32,13 @@ pub(crate) fn open_file(path: &Path) -> Result<OwnedFd> {
 fn open(path: &Path, flags: i32, mode: u32) -> Result<OwnedFd> {
     let c_path = c_path(path)?;
     // SAFETY: `c_path` is a valid NUL-terminated string for the call.
-    let fd = unsafe { libc::open(c_path.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    let fd = unsafe {
+        libc::open(
+            c_path.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
     if fd < 0 {
         return Err(open_error(
             std::io::Error::last_os_error(),

@@ -83,7 +83,6 @@ impl Mapping {
     pub fn len(&self) -> usize {
         self.len
     }
-
 }
 
 impl Drop for Mapping {
@@ -106,8 +105,10 @@ pub(crate) fn reserve(fd: BorrowedFd<'_>, from: u64, to: u64, name: &str) -> Res
     if to <= from {
         return Ok(());
     }
-    let offset = libc::off_t::try_from(from).map_err(|_| Error::invalid_size("segment too large"))?;
-    let len = libc::off_t::try_from(to - from).map_err(|_| Error::invalid_size("segment too large"))?;
+    let offset =
+        libc::off_t::try_from(from).map_err(|_| Error::invalid_size("segment too large"))?;
+    let len =
+        libc::off_t::try_from(to - from).map_err(|_| Error::invalid_size("segment too large"))?;
     loop {
         // SAFETY: plain system call on a descriptor we hold. `fallocate`
         // (unlike glibc's `posix_fallocate`) never emulates by writing, so
@@ -143,7 +144,8 @@ fn set_len(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
     if current >= len {
         return Ok(());
     }
-    let len_off = libc::off_t::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
+    let len_off =
+        libc::off_t::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
     // SAFETY: plain system call on a descriptor we hold.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len_off) } != 0 {
         return Err(Error::last_os(format!("setting the length of `{name}`")));

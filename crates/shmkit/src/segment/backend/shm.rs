@@ -64,7 +64,11 @@ fn open(name: &str, c_name: &CString, flags: i32, mode: u32) -> Result<OwnedFd> 
         )
     };
     if fd < 0 {
-        return Err(open_error(std::io::Error::last_os_error(), name, "opening shared memory"));
+        return Err(open_error(
+            std::io::Error::last_os_error(),
+            name,
+            "opening shared memory",
+        ));
     }
     // SAFETY: `fd` was just returned by `shm_open` and is owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -75,7 +79,11 @@ pub(crate) fn unlink_shm(name: &str) -> Result<()> {
     let c_name = shm_name(name)?;
     // SAFETY: `c_name` is a valid NUL-terminated string.
     if unsafe { libc::shm_unlink(c_name.as_ptr()) } != 0 {
-        return Err(open_error(std::io::Error::last_os_error(), name, "unlinking shared memory"));
+        return Err(open_error(
+            std::io::Error::last_os_error(),
+            name,
+            "unlinking shared memory",
+        ));
     }
     Ok(())
 }
