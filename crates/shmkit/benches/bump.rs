@@ -70,16 +70,18 @@ fn one_thread(c: &mut Criterion) {
     group.finish();
 }
 
-/// Runs `op` `iters` times in total, split over two threads started together;
-/// returns the wall time (so the figure is time per operation of the pair).
-fn on_two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
+/// Runs `op` `iters` times in total, split over two threads started together,
+/// each with its own state from `setup` (built before the clock starts);
+/// returns the wall time, so the figure is time per operation of the pair.
+fn on_two_threads<S>(iters: u64, setup: impl Fn() -> S + Sync, op: impl Fn(&S) + Sync) -> Duration {
     let barrier = Barrier::new(3);
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| {
+                let state = setup();
                 barrier.wait();
                 for _ in 0..iters / 2 {
-                    op();
+                    op(&state);
                 }
                 barrier.wait();
             });
@@ -99,69 +101,52 @@ fn two_threads(c: &mut Criterion) {
             bump.reset();
             let shared = &bump;
             capped(iters, |iters| {
-                on_two_threads(iters, || {
-                    black_box(shared.alloc_handle(black_box(BLOCK), ALIGN).expect("room"));
-                })
+                on_two_threads(
+                    iters,
+                    || (),
+                    |_| {
+                        black_box(shared.alloc_handle(black_box(BLOCK), ALIGN).expect("room"));
+                    },
+                )
             })
         })
     });
     let cursor = CachePadded::new(AtomicU64::new(0));
     group.bench_function("fetch_add-floor", |b| {
         b.iter_custom(|iters| {
-            on_two_threads(iters, || {
-                black_box(cursor.fetch_add(black_box(BLOCK as u64), Ordering::AcqRel));
-            })
+            on_two_threads(
+                iters,
+                || (),
+                |_| {
+                    black_box(cursor.fetch_add(black_box(BLOCK as u64), Ordering::AcqRel));
+                },
+            )
         })
     });
     // shmkit's per-thread front end over the same shared cursor.
-    let mut bump = big_bump();
     group.bench_function("shmkit-bump-local", |b| {
         b.iter_custom(|iters| {
             bump.reset();
             let shared = &bump;
             capped(iters, |iters| {
-                let barrier = Barrier::new(3);
-                std::thread::scope(|scope| {
-                    for _ in 0..2 {
-                        scope.spawn(|| {
-                            let local = shared.local(64 << 10);
-                            barrier.wait();
-                            for _ in 0..iters / 2 {
-                                black_box(
-                                    local.alloc_handle(black_box(BLOCK), ALIGN).expect("room"),
-                                );
-                            }
-                            barrier.wait();
-                        });
-                    }
-                    barrier.wait();
-                    let start = Instant::now();
-                    barrier.wait();
-                    start.elapsed()
-                })
+                on_two_threads(
+                    iters,
+                    || shared.local(64 << 10),
+                    |local| {
+                        black_box(local.alloc_handle(black_box(BLOCK), ALIGN).expect("room"));
+                    },
+                )
             })
         })
     });
     // bumpalo cannot be shared; one arena per thread is its best case.
+    let layout = std::alloc::Layout::from_size_align(BLOCK, ALIGN).expect("layout");
     group.bench_function("bumpalo-per-thread", |b| {
         b.iter_custom(|iters| {
-            let layout = std::alloc::Layout::from_size_align(BLOCK, ALIGN).expect("layout");
-            let barrier = Barrier::new(3);
-            std::thread::scope(|scope| {
-                for _ in 0..2 {
-                    scope.spawn(|| {
-                        let arena = bumpalo::Bump::new();
-                        barrier.wait();
-                        for _ in 0..iters / 2 {
-                            black_box(arena.alloc_layout(black_box(layout)));
-                        }
-                        barrier.wait();
-                    });
-                }
-                barrier.wait();
-                let start = Instant::now();
-                barrier.wait();
-                start.elapsed()
+            capped(iters, |iters| {
+                on_two_threads(iters, bumpalo::Bump::new, |arena| {
+                    black_box(arena.alloc_layout(black_box(layout)));
+                })
             })
         })
     });

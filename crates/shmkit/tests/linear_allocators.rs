@@ -1,7 +1,11 @@
 //! The bump and stack allocators: alignment, sizes, exhaustion, scopes,
 //! resets and contention between threads.
 
+mod common;
+
 use std::sync::atomic::AtomicU32;
+
+use common::{assert_disjoint, ranges_from_threads};
 
 use shmkit::{
     BumpAllocator, Error, LinearAlloc, SegmentAllocator, SegmentOptions, StackAllocator,
@@ -189,40 +193,21 @@ fn a_scope_that_grows_the_segment_still_rewinds() {
 fn threads_contending_never_receive_overlapping_blocks() {
     let bump = bump(64 << 20);
     let threads = 4;
-    let mut ranges: Vec<(u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let bump = &bump;
-                scope.spawn(move || {
-                    let mut mine = Vec::new();
-                    for i in 0..20_000u64 {
-                        let size = 1 + (i * 7 + t) % 200;
-                        let align = [1, 8, 16, 24][(i % 4) as usize];
-                        match bump.alloc_handle(size as usize, align) {
-                            Ok(offset) => mine.push((offset.raw(), size)),
-                            Err(Error::OutOfMemory { .. }) => break,
-                            Err(other) => panic!("{other}"),
-                        }
-                    }
-                    mine
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let mut ranges = ranges_from_threads(threads, |t| {
+        let mut mine = Vec::new();
+        for i in 0..20_000u64 {
+            let size = 1 + (i * 7 + t) % 200;
+            let align = [1, 8, 16, 24][(i % 4) as usize];
+            match bump.alloc_handle(size as usize, align) {
+                Ok(offset) => mine.push((offset.raw(), size)),
+                Err(Error::OutOfMemory { .. }) => break,
+                Err(other) => panic!("{other}"),
+            }
+        }
+        mine
     });
     assert_eq!(ranges.len(), threads as usize * 20_000);
-    ranges.sort_unstable();
-    for pair in ranges.windows(2) {
-        assert!(
-            pair[0].0 + pair[0].1 <= pair[1].0,
-            "{:?} overlaps {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_disjoint(&mut ranges);
     let last = ranges.last().unwrap();
     assert!(last.0 + last.1 <= bump.segment().size());
 }
@@ -308,34 +293,16 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
 #[test]
 fn threads_share_one_stack_without_overlap() {
     let stack = stack(16 << 20);
-    let mut ranges: Vec<(u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4u64)
-            .map(|t| {
-                let stack = &stack;
-                scope.spawn(move || {
-                    (0..5000u64)
-                        .map(|i| {
-                            let size = 1 + (i + t) % 100;
-                            (stack.alloc_handle(size as usize, 8).unwrap().raw(), size)
-                        })
-                        .collect::<Vec<_>>()
-                })
+    let mut ranges = ranges_from_threads(4, |t| {
+        (0..5000u64)
+            .map(|i| {
+                let size = 1 + (i + t) % 100;
+                (stack.alloc_handle(size as usize, 8).unwrap().raw(), size)
             })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
             .collect()
     });
-    ranges.sort_unstable();
-    for pair in ranges.windows(2) {
-        assert!(
-            pair[0].0 + pair[0].1 <= pair[1].0,
-            "{:?} overlaps {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_eq!(ranges.len(), 4 * 5000);
+    assert_disjoint(&mut ranges);
 }
 
 #[test]
@@ -354,38 +321,18 @@ fn a_reset_stack_never_accepts_a_stale_block() {
 fn a_local_front_end_carves_chunks_and_gives_back_its_tail() {
     let bump = bump(16 << 20);
     let before = bump.used();
-    let ranges: Vec<(u64, u64)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..3)
-            .map(|_| {
-                let bump = &bump;
-                scope.spawn(move || {
-                    let local = bump.local(4096);
-                    let mut mine = Vec::new();
-                    for i in 0..5000u64 {
-                        let size = 1 + i % 300;
-                        mine.push((local.alloc_handle(size as usize, 16).unwrap().raw(), size));
-                    }
-                    // Large requests bypass the chunk.
-                    mine.push((local.alloc_handle(10_000, 8).unwrap().raw(), 10_000));
-                    mine
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let mut ranges = ranges_from_threads(3, |_| {
+        let local = bump.local(4096);
+        let mut mine = Vec::new();
+        for i in 0..5000u64 {
+            let size = 1 + i % 300;
+            mine.push((local.alloc_handle(size as usize, 16).unwrap().raw(), size));
+        }
+        // Large requests bypass the chunk.
+        mine.push((local.alloc_handle(10_000, 8).unwrap().raw(), 10_000));
+        mine
     });
-    let mut sorted = ranges.clone();
-    sorted.sort_unstable();
-    for pair in sorted.windows(2) {
-        assert!(
-            pair[0].0 + pair[0].1 <= pair[1].0,
-            "{:?} overlaps {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    assert_disjoint(&mut ranges);
     for &(offset, _) in &ranges {
         assert_eq!(offset % 8, 0);
     }

@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{child_env, fresh_shm, spawn_self};
+use common::{assert_disjoint, child_env, fresh_shm, spawn_self};
 use shmkit::{BumpAllocator, Error, LinearAlloc, SegmentAllocator, SegmentOptions};
 
 const WORKERS: usize = 4;
@@ -134,14 +134,8 @@ fn processes_share_one_bump_allocator() {
         let bytes = unsafe { std::slice::from_raw_parts(block.as_ptr(), size as usize) };
         assert!(bytes.iter().all(|&b| b == tag(worker, seq)));
     }
-    for pair in ranges.windows(2) {
-        assert!(
-            pair[0].0 + pair[0].1 <= pair[1].0,
-            "{:?} overlaps {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
+    let mut spans: Vec<(u64, u64)> = ranges.iter().map(|r| (r.0, r.1)).collect();
+    assert_disjoint(&mut spans);
     let highest = ranges.iter().map(|r| r.0 + r.1).max().unwrap();
     assert!(parent.used() + segment.data_offset() >= highest);
 }

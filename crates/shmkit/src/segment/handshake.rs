@@ -99,7 +99,7 @@ impl Segment {
                 (mapping, Some(fd), super::page_size() as usize)
             }
             Location::Private => (
-                backend::map_private(max_size)?,
+                Mapping::map_private(max_size)?,
                 None,
                 super::page_size() as usize,
             ),

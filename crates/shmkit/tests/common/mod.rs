@@ -77,3 +77,36 @@ pub fn child_env(key: &str) -> String {
         panic!("{key} is not set: this test only runs as a child of another test")
     })
 }
+
+/// Runs `work(thread)` on `threads` threads at once and gathers the
+/// `(offset, len)` ranges they return.
+pub fn ranges_from_threads(
+    threads: u64,
+    work: impl Fn(u64) -> Vec<(u64, u64)> + Sync,
+) -> Vec<(u64, u64)> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let work = &work;
+                scope.spawn(move || work(thread))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread panicked"))
+            .collect()
+    })
+}
+
+/// Sorts `(offset, len)` ranges and asserts that no two overlap.
+pub fn assert_disjoint(ranges: &mut [(u64, u64)]) {
+    ranges.sort_unstable();
+    for pair in ranges.windows(2) {
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{:?} overlaps {:?}",
+            pair[0],
+            pair[1]
+        );
+    }
+}

@@ -7,7 +7,6 @@
 mod buffer;
 mod file;
 mod memfd;
-mod private;
 mod shm;
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
@@ -18,7 +17,6 @@ use crate::error::{Error, Result};
 pub(crate) use buffer::{align_buffer, BUFFER_ALIGN};
 pub(crate) use file::{create_file, open_file};
 pub(crate) use memfd::create_memfd;
-pub(crate) use private::map_private;
 pub(crate) use shm::{create_shm, open_shm, unlink_shm};
 
 /// A mapped address range that is unmapped on drop (unless borrowed).
@@ -39,6 +37,17 @@ impl Mapping {
     /// object's current size: the pages past its end become usable as soon as
     /// the object is grown, in every process, without a new mapping.
     pub fn map_shared(fd: BorrowedFd<'_>, len: u64, what: &str) -> Result<Mapping> {
+        Self::map(len, libc::MAP_SHARED, fd.as_raw_fd(), what)
+    }
+
+    /// Maps `len` bytes of private, zero-filled memory. Pages are committed
+    /// only when touched, so a large maximum size costs address space only.
+    pub fn map_private(len: u64) -> Result<Mapping> {
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+        Self::map(len, flags, -1, "private memory")
+    }
+
+    fn map(len: u64, flags: i32, fd: i32, what: &str) -> Result<Mapping> {
         let len = usize::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
         // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED) cannot
         // overlap any existing Rust object; the arguments are plain values.
@@ -47,8 +56,8 @@ impl Mapping {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
+                flags,
+                fd,
                 0,
             )
         };
