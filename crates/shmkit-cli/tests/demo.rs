@@ -72,7 +72,7 @@ fn the_demo_refuses_an_existing_name_and_leaves_it_alone() {
 fn ctrl_c_stops_the_workers_and_removes_the_segment() {
     let name = unique("sigint");
     let mut child = shmkit()
-        .args(["demo", "--workers", "2", "--size", "4GiB", "--name", &name])
+        .args(["demo", "--workers", "2", "--size", "1GiB", "--name", &name])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

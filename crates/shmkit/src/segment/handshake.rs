@@ -57,6 +57,13 @@ impl Segment {
     }
 
     /// Attaches to an existing segment, whatever allocator it holds.
+    ///
+    /// Waits up to the options' ready timeout for a creator that is still
+    /// initializing. A creator is judged dead when `kill(pid, 0)` says its pid
+    /// is gone, so processes that share a segment must share a pid namespace
+    /// (a creator in another container would look dead). An object that stays
+    /// all zeros is reported as `NotReady` after the timeout: it may be a
+    /// creator that died before writing anything, or a foreign zero-filled file.
     pub fn attach(options: &SegmentOptions) -> Result<Segment> {
         let segment = attach(options)?;
         Ok(segment)
