@@ -212,6 +212,15 @@ pub enum Error {
         max: u64,
     },
 
+    /// A shared lock stayed held by a live process past the caller's patience.
+    #[error("lock held by pid {owner_pid} for longer than {waited:?}")]
+    LockTimeout {
+        /// The process holding the lock.
+        owner_pid: u32,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+
     /// A named root operation failed.
     #[error("named root `{name}`: {reason}")]
     Root {

@@ -12,6 +12,18 @@ pub enum AllocatorKind {
     Bump,
     /// [`StackAllocator`](crate::StackAllocator): LIFO allocation and free.
     Stack,
+    /// Fixed-size slots, a slab per slot size, lock-free free stacks.
+    Pool,
+    /// General purpose free list (two-level segregated fit).
+    FreeList,
+    /// Power-of-two blocks with split and merge.
+    Buddy,
+    /// Fine size classes over a shared page heap.
+    SizeClass,
+    /// Per-thread caches over the size-class allocator.
+    ThreadLocal,
+    /// The system allocator of one process (never in a segment).
+    Malloc,
     /// A kind this build does not know (a newer shmkit, or corruption).
     Unknown(u32),
     /// An allocator defined outside shmkit, with its own code (>= 0x1000).
@@ -28,6 +40,12 @@ impl AllocatorKind {
             AllocatorKind::None => 0,
             AllocatorKind::Bump => 1,
             AllocatorKind::Stack => 2,
+            AllocatorKind::Pool => 3,
+            AllocatorKind::FreeList => 4,
+            AllocatorKind::Buddy => 5,
+            AllocatorKind::SizeClass => 6,
+            AllocatorKind::ThreadLocal => 7,
+            AllocatorKind::Malloc => 8,
             AllocatorKind::Unknown(code) | AllocatorKind::Custom(code) => code,
         }
     }
@@ -38,6 +56,12 @@ impl AllocatorKind {
             0 => AllocatorKind::None,
             1 => AllocatorKind::Bump,
             2 => AllocatorKind::Stack,
+            3 => AllocatorKind::Pool,
+            4 => AllocatorKind::FreeList,
+            5 => AllocatorKind::Buddy,
+            6 => AllocatorKind::SizeClass,
+            7 => AllocatorKind::ThreadLocal,
+            8 => AllocatorKind::Malloc,
             code if code >= CUSTOM_KIND_BASE => AllocatorKind::Custom(code),
             code => AllocatorKind::Unknown(code),
         }
@@ -49,6 +73,12 @@ impl AllocatorKind {
             AllocatorKind::None => "none",
             AllocatorKind::Bump => "bump",
             AllocatorKind::Stack => "stack",
+            AllocatorKind::Pool => "pool",
+            AllocatorKind::FreeList => "free-list",
+            AllocatorKind::Buddy => "buddy",
+            AllocatorKind::SizeClass => "size-class",
+            AllocatorKind::ThreadLocal => "thread-local",
+            AllocatorKind::Malloc => "malloc",
             AllocatorKind::Unknown(_) => "unknown",
             AllocatorKind::Custom(_) => "custom",
         }
@@ -76,6 +106,12 @@ mod tests {
             AllocatorKind::None,
             AllocatorKind::Bump,
             AllocatorKind::Stack,
+            AllocatorKind::Pool,
+            AllocatorKind::FreeList,
+            AllocatorKind::Buddy,
+            AllocatorKind::SizeClass,
+            AllocatorKind::ThreadLocal,
+            AllocatorKind::Malloc,
             AllocatorKind::Unknown(77),
             AllocatorKind::Custom(CUSTOM_KIND_BASE + 5),
         ] {

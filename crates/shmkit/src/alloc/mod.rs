@@ -5,13 +5,18 @@
 //! share the allocation methods of [`LinearAlloc`].
 
 mod bump;
+mod counters;
 mod kind;
 mod linear;
+mod malloc;
 mod segment_allocator;
+pub(crate) mod shm_allocator;
 mod stack;
 
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
+pub use malloc::MallocAllocator;
 pub use segment_allocator::{InBuffer, SegmentAllocator};
+pub use shm_allocator::{current_thread_index, AllocStats, MemContext, ShmAllocator};
 pub use stack::StackAllocator;

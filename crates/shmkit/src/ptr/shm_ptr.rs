@@ -11,6 +11,12 @@ use super::{Offset, ShmSafe};
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct SegmentId(pub u64);
 
+impl SegmentId {
+    /// The id of process-local memory (the malloc allocator): pointers with
+    /// it are addresses of one process, not offsets.
+    pub const PROCESS_LOCAL: SegmentId = SegmentId(u64::MAX);
+}
+
 impl fmt::Debug for SegmentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SegmentId({:016x})", self.0)

@@ -5,3 +5,4 @@
 //! the `loom` model checks (on `loom` atomics) execute the same lines.
 
 pub(crate) mod cursor;
+pub(crate) mod robust_lock;

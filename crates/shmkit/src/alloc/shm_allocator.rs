@@ -1,0 +1,324 @@
+//! `ShmAllocator`: the one trait of every allocator that can free.
+//!
+//! In Rust idiom, the operations of the Hermes SHM allocator API: allocate,
+//! allocate aligned, reallocate and free on [`FullPtr`]s, typed object
+//! helpers, a per-thread [`MemContext`], always-on accounting ([`AllocStats`])
+//! and an integrity walk ([`ShmAllocator::check`]).
+
+use std::ptr::NonNull;
+
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset, ShmSafe};
+
+use super::AllocatorKind;
+
+/// Per-thread information an allocator may use (the thread-local allocator
+/// picks its cache slot from it; the others ignore it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemContext {
+    /// A small number that identifies the calling thread within its process;
+    /// `None` lets the allocator find out for itself.
+    pub thread: Option<u32>,
+}
+
+impl MemContext {
+    /// The context of the calling thread.
+    pub fn current() -> MemContext {
+        MemContext {
+            thread: Some(current_thread_index()),
+        }
+    }
+}
+
+/// A dense, process-unique index for the calling thread (0, 1, 2...).
+pub fn current_thread_index() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    thread_local! {
+        static INDEX: u32 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|index| *index)
+}
+
+/// A snapshot of an allocator's accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AllocStats {
+    /// Bytes in live allocations, as requested (Hermes SHM's
+    /// `GetCurrentlyAllocatedSize`).
+    pub allocated_bytes: u64,
+    /// The most `allocated_bytes` has ever been.
+    pub peak_bytes: u64,
+    /// Number of live allocations.
+    pub live_allocations: u64,
+    /// Bytes the allocator could still hand out (free blocks, free slots,
+    /// untouched space), at the segment's current size.
+    pub free_bytes: u64,
+    /// The largest single request that would succeed now, without growing.
+    pub largest_free_block: u64,
+    /// Bytes the allocator manages at the segment's current size.
+    pub capacity: u64,
+}
+
+impl AllocStats {
+    /// External fragmentation: `1 - largest_free_block / free_bytes`
+    /// (0 when all free memory is one block, close to 1 when it is scattered).
+    pub fn fragmentation(&self) -> f64 {
+        if self.free_bytes == 0 {
+            0.0
+        } else {
+            1.0 - (self.largest_free_block.min(self.free_bytes) as f64 / self.free_bytes as f64)
+        }
+    }
+}
+
+/// An allocator that allocates and frees blocks, whose state (for every
+/// allocator but [`MallocAllocator`](crate::MallocAllocator)) lives in a
+/// segment, so every attached process shares it.
+///
+/// The required methods work on offsets; the provided ones add `FullPtr`s,
+/// typed objects and arrays.
+pub trait ShmAllocator: Send + Sync {
+    /// The kind recorded in the segment header.
+    fn kind(&self) -> AllocatorKind;
+
+    /// Allocates `size` bytes aligned to `align` (a power of two; 0 means 1)
+    /// and returns the block's offset.
+    fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64>;
+
+    /// Frees the block at `offset`. A block that this allocator did not hand
+    /// out, or that is not live any more, is refused with an error and
+    /// nothing changes.
+    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()>;
+
+    /// The number of bytes usable in the live block at `offset` (at least the
+    /// size requested).
+    fn usable_size(&self, offset: u64) -> Result<usize>;
+
+    /// The local and shared form of the block at `offset`.
+    fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>>;
+
+    /// The offset of a local pointer into this allocator's memory.
+    fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64>;
+
+    /// Current accounting.
+    fn stats(&self) -> AllocStats;
+
+    /// Walks the allocator's structures and reports the first inconsistency.
+    fn check(&self) -> Result<()>;
+
+    /// Tries to resize the block in place; returns whether it did. The
+    /// default never does.
+    fn resize_in_place(&self, _ctx: &MemContext, _offset: u64, _new_size: usize) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Allocates `size` bytes (aligned to 8).
+    #[inline]
+    fn allocate(&self, size: usize) -> Result<FullPtr<u8>> {
+        self.allocate_aligned(size, 8)
+    }
+
+    /// Allocates `size` bytes aligned to `align`.
+    #[inline]
+    fn allocate_aligned(&self, size: usize, align: usize) -> Result<FullPtr<u8>> {
+        let offset = self.allocate_offset(&MemContext::default(), size, align)?;
+        self.full_ptr(offset)
+    }
+
+    /// Frees a block.
+    #[inline]
+    fn free(&self, ptr: FullPtr<u8>) -> Result<()> {
+        self.free_offset(&MemContext::default(), ptr.offset().raw())
+    }
+
+    /// Resizes a block, keeping its contents up to the smaller of the two
+    /// sizes (a shrink never copies more than the new size). On error the
+    /// old block is untouched and still live.
+    fn reallocate(&self, ptr: FullPtr<u8>, new_size: usize) -> Result<FullPtr<u8>> {
+        let ctx = MemContext::default();
+        let offset = ptr.offset().raw();
+        let old_size = self.usable_size(offset)?;
+        if self.resize_in_place(&ctx, offset, new_size)? {
+            return self.full_ptr(offset);
+        }
+        let new_offset = self.allocate_offset(&ctx, new_size, 8)?;
+        let new = self.full_ptr(new_offset)?;
+        let old = self.full_ptr(offset)?;
+        // SAFETY: both blocks are live, distinct allocations of this
+        // allocator, each at least as long as the bytes copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), old_size.min(new_size));
+        }
+        self.free_offset(&ctx, offset)?;
+        Ok(new)
+    }
+
+    /// Places `value` in a new block.
+    fn new_obj<T: ShmSafe>(&self, value: T) -> Result<FullPtr<T>> {
+        let block = self.allocate_aligned(std::mem::size_of::<T>(), std::mem::align_of::<T>())?;
+        let ptr = block.cast::<T>();
+        // SAFETY: the block is fresh, ours alone, and sized and aligned for T.
+        unsafe { ptr.as_ptr().write(value) };
+        Ok(ptr)
+    }
+
+    /// Drops the object and frees its block.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must come from [`new_obj`](Self::new_obj) of this allocator, be
+    /// live, and not be used afterwards.
+    unsafe fn del_obj<T: ShmSafe>(&self, ptr: FullPtr<T>) -> Result<()> {
+        // Check the block before running any destructor on it.
+        self.usable_size(ptr.offset().raw())?;
+        // SAFETY: the caller guarantees a live `T` at `ptr`.
+        unsafe { std::ptr::drop_in_place(ptr.as_ptr()) };
+        self.free(ptr.cast())
+    }
+
+    /// Allocates `count` values, each `T::default()`.
+    fn new_objs<T: ShmSafe + Default>(&self, count: usize) -> Result<FullPtr<T>> {
+        self.new_objs_from(count, std::iter::repeat_with(T::default))
+    }
+
+    /// Allocates `count` values taken from `values` (which must yield at
+    /// least `count`).
+    fn new_objs_from<T: ShmSafe>(
+        &self,
+        count: usize,
+        values: impl IntoIterator<Item = T>,
+    ) -> Result<FullPtr<T>> {
+        let bytes = array_bytes::<T>(count)?;
+        let block = self
+            .allocate_aligned(bytes, std::mem::align_of::<T>())?
+            .cast::<T>();
+        let mut values = values.into_iter();
+        for index in 0..count {
+            let Some(value) = values.next() else {
+                // Too few values: give the block back, report.
+                // SAFETY: `index` values were written and are dropped here.
+                unsafe { drop_prefix(block.local(), index) };
+                self.free(block.cast())?;
+                return Err(Error::invalid_size(format!(
+                    "the iterator yielded {index} values, {count} were asked for"
+                )));
+            };
+            // SAFETY: `index < count`, inside the fresh block.
+            unsafe { block.as_ptr().add(index).write(value) };
+        }
+        Ok(block)
+    }
+
+    /// Resizes an array of `old_count` values to `new_count`, dropping the
+    /// values cut off and filling new slots with `T::default()`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live array of `old_count` values from this allocator.
+    unsafe fn realloc_objs<T: ShmSafe + Default>(
+        &self,
+        ptr: FullPtr<T>,
+        old_count: usize,
+        new_count: usize,
+    ) -> Result<FullPtr<T>> {
+        if new_count < old_count {
+            // SAFETY: values `new_count..old_count` are live and cut off.
+            unsafe { drop_prefix(ptr.local().add(new_count), old_count - new_count) };
+        }
+        let bytes = array_bytes::<T>(new_count)?;
+        let moved = self.reallocate(ptr.cast(), bytes)?.cast::<T>();
+        for index in old_count..new_count {
+            // SAFETY: inside the resized block, past the kept values.
+            unsafe { moved.as_ptr().add(index).write(T::default()) };
+        }
+        Ok(moved)
+    }
+
+    /// Drops `count` values and frees the array.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live array of `count` values from this allocator.
+    unsafe fn del_objs<T: ShmSafe>(&self, ptr: FullPtr<T>, count: usize) -> Result<()> {
+        self.usable_size(ptr.offset().raw())?;
+        // SAFETY: the caller guarantees `count` live values.
+        unsafe { drop_prefix(ptr.local(), count) };
+        self.free(ptr.cast())
+    }
+
+    /// The offset of a block as a typed handle.
+    fn handle<T>(&self, ptr: FullPtr<T>) -> Offset<T> {
+        ptr.offset()
+    }
+}
+
+fn array_bytes<T>(count: usize) -> Result<usize> {
+    std::mem::size_of::<T>().checked_mul(count).ok_or_else(|| {
+        Error::invalid_size(format!(
+            "{count} x {} bytes overflows",
+            std::mem::size_of::<T>()
+        ))
+    })
+}
+
+/// Drops `count` values starting at `first`.
+///
+/// # Safety
+///
+/// The values must be live and not used afterwards.
+unsafe fn drop_prefix<T>(first: NonNull<T>, count: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe { std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(first.as_ptr(), count)) };
+}
+
+/// Normalizes an alignment that must be a power of two (0 means 1) and at
+/// most `max`.
+#[inline]
+pub(crate) fn power_of_two_align(align: usize, max: usize) -> Result<usize> {
+    let align = align.max(1);
+    if !align.is_power_of_two() || align > max {
+        return Err(Error::InvalidAlignment { align, max });
+    }
+    Ok(align)
+}
+
+/// Implements `allocator_api2::alloc::Allocator` for a [`ShmAllocator`], so
+/// `allocator_api2::vec::Vec`, `Box` and `hashbrown::HashMap` can use it
+/// inside one process. Such containers hold local addresses: they are not
+/// shareable across processes.
+macro_rules! impl_allocator_api2 {
+    ($t:ty) => {
+        // SAFETY: blocks come from `ShmAllocator`, which hands out distinct,
+        // live blocks of at least the requested size and alignment, valid
+        // until freed; `deallocate` frees exactly such a block.
+        unsafe impl allocator_api2::alloc::Allocator for $t {
+            fn allocate(
+                &self,
+                layout: std::alloc::Layout,
+            ) -> std::result::Result<std::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError>
+            {
+                let block = $crate::alloc::ShmAllocator::allocate_aligned(
+                    self,
+                    layout.size().max(1),
+                    layout.align(),
+                )
+                .map_err(|_| allocator_api2::alloc::AllocError)?;
+                Ok(std::ptr::NonNull::slice_from_raw_parts(
+                    block.local(),
+                    layout.size(),
+                ))
+            }
+
+            unsafe fn deallocate(&self, ptr: std::ptr::NonNull<u8>, _layout: std::alloc::Layout) {
+                if let Ok(offset) = $crate::alloc::ShmAllocator::offset_of_local(self, ptr) {
+                    let _ = $crate::alloc::ShmAllocator::free_offset(
+                        self,
+                        &$crate::alloc::MemContext::default(),
+                        offset,
+                    );
+                }
+            }
+        }
+    };
+}
+pub(crate) use impl_allocator_api2;
