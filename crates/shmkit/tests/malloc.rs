@@ -3,9 +3,7 @@
 
 use allocator_api2::boxed::Box as ApiBox;
 use allocator_api2::vec::Vec as ApiVec;
-use shmkit::{
-    Error, MallocAllocator, MemContext, SegmentId, SegmentOptions, ShmAllocator,
-};
+use shmkit::{Error, MallocAllocator, MemContext, SegmentId, SegmentOptions, ShmAllocator};
 
 #[test]
 fn blocks_round_trip_and_bad_frees_are_refused() {
@@ -55,10 +53,16 @@ fn reallocation_keeps_contents_both_ways() {
     unsafe { std::ptr::copy_nonoverlapping(b"0123456789abcdef".as_ptr(), block.as_ptr(), 16) };
     let grown = malloc.reallocate(block, 4096).unwrap();
     // SAFETY: at least 16 bytes were copied into the new block.
-    assert_eq!(unsafe { std::slice::from_raw_parts(grown.as_ptr(), 16) }, b"0123456789abcdef");
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(grown.as_ptr(), 16) },
+        b"0123456789abcdef"
+    );
     let shrunk = malloc.reallocate(grown, 4).unwrap();
     // SAFETY: 4 bytes kept.
-    assert_eq!(unsafe { std::slice::from_raw_parts(shrunk.as_ptr(), 4) }, b"0123");
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(shrunk.as_ptr(), 4) },
+        b"0123"
+    );
     assert_eq!(malloc.stats().live_allocations, 1);
     assert_eq!(malloc.stats().allocated_bytes, 4);
 }
@@ -100,12 +104,19 @@ fn typed_objects_and_arrays_run_their_destructors() {
 
     let from_iter = malloc.new_objs_from(3, [5u32, 6, 7]).unwrap();
     // SAFETY: three values were written.
-    assert_eq!(unsafe { std::slice::from_raw_parts(from_iter.as_ptr(), 3) }, [5, 6, 7]);
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(from_iter.as_ptr(), 3) },
+        [5, 6, 7]
+    );
     assert!(matches!(
         malloc.new_objs_from(5, [1u32, 2]),
         Err(Error::InvalidSize { .. })
     ));
-    assert_eq!(malloc.stats().live_allocations, 1, "the short array was given back");
+    assert_eq!(
+        malloc.stats().live_allocations,
+        1,
+        "the short array was given back"
+    );
 }
 
 #[test]
