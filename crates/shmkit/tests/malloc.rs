@@ -144,3 +144,12 @@ fn attaching_malloc_is_a_clear_error() {
         Err(Error::Unsupported(_))
     ));
 }
+
+#[test]
+fn the_trait_works_behind_a_trait_object() {
+    let boxed: Box<dyn ShmAllocator> = Box::new(MallocAllocator::new());
+    let block = boxed.allocate(32).unwrap();
+    assert_eq!(boxed.kind(), shmkit::AllocatorKind::Malloc);
+    boxed.free(block).unwrap();
+    boxed.check().unwrap();
+}

@@ -76,7 +76,8 @@ impl AllocStats {
 /// segment, so every attached process shares it.
 ///
 /// The required methods work on offsets; the provided ones add `FullPtr`s,
-/// typed objects and arrays.
+/// typed objects and arrays. The trait is dyn-compatible
+/// (`Box<dyn ShmAllocator>`) for everything but the typed helpers.
 pub trait ShmAllocator: Send + Sync {
     /// The kind recorded in the segment header.
     fn kind(&self) -> AllocatorKind;
@@ -154,7 +155,10 @@ pub trait ShmAllocator: Send + Sync {
     }
 
     /// Places `value` in a new block.
-    fn new_obj<T: ShmSafe>(&self, value: T) -> Result<FullPtr<T>> {
+    fn new_obj<T: ShmSafe>(&self, value: T) -> Result<FullPtr<T>>
+    where
+        Self: Sized,
+    {
         let block = self.allocate_aligned(std::mem::size_of::<T>(), std::mem::align_of::<T>())?;
         let ptr = block.cast::<T>();
         // SAFETY: the block is fresh, ours alone, and sized and aligned for T.
@@ -168,7 +172,10 @@ pub trait ShmAllocator: Send + Sync {
     ///
     /// `ptr` must come from [`new_obj`](Self::new_obj) of this allocator, be
     /// live, and not be used afterwards.
-    unsafe fn del_obj<T: ShmSafe>(&self, ptr: FullPtr<T>) -> Result<()> {
+    unsafe fn del_obj<T: ShmSafe>(&self, ptr: FullPtr<T>) -> Result<()>
+    where
+        Self: Sized,
+    {
         // Check the block before running any destructor on it.
         self.usable_size(ptr.offset().raw())?;
         // SAFETY: the caller guarantees a live `T` at `ptr`.
@@ -177,7 +184,10 @@ pub trait ShmAllocator: Send + Sync {
     }
 
     /// Allocates `count` values, each `T::default()`.
-    fn new_objs<T: ShmSafe + Default>(&self, count: usize) -> Result<FullPtr<T>> {
+    fn new_objs<T: ShmSafe + Default>(&self, count: usize) -> Result<FullPtr<T>>
+    where
+        Self: Sized,
+    {
         self.new_objs_from(count, std::iter::repeat_with(T::default))
     }
 
@@ -187,7 +197,10 @@ pub trait ShmAllocator: Send + Sync {
         &self,
         count: usize,
         values: impl IntoIterator<Item = T>,
-    ) -> Result<FullPtr<T>> {
+    ) -> Result<FullPtr<T>>
+    where
+        Self: Sized,
+    {
         let bytes = array_bytes::<T>(count)?;
         let block = self
             .allocate_aligned(bytes, std::mem::align_of::<T>())?
@@ -220,7 +233,10 @@ pub trait ShmAllocator: Send + Sync {
         ptr: FullPtr<T>,
         old_count: usize,
         new_count: usize,
-    ) -> Result<FullPtr<T>> {
+    ) -> Result<FullPtr<T>>
+    where
+        Self: Sized,
+    {
         if new_count < old_count {
             // SAFETY: values `new_count..old_count` are live and cut off.
             unsafe { drop_prefix(ptr.local().add(new_count), old_count - new_count) };
@@ -239,7 +255,10 @@ pub trait ShmAllocator: Send + Sync {
     /// # Safety
     ///
     /// `ptr` must be a live array of `count` values from this allocator.
-    unsafe fn del_objs<T: ShmSafe>(&self, ptr: FullPtr<T>, count: usize) -> Result<()> {
+    unsafe fn del_objs<T: ShmSafe>(&self, ptr: FullPtr<T>, count: usize) -> Result<()>
+    where
+        Self: Sized,
+    {
         self.usable_size(ptr.offset().raw())?;
         // SAFETY: the caller guarantees `count` live values.
         unsafe { drop_prefix(ptr.local(), count) };
@@ -247,7 +266,10 @@ pub trait ShmAllocator: Send + Sync {
     }
 
     /// The offset of a block as a typed handle.
-    fn handle<T>(&self, ptr: FullPtr<T>) -> Offset<T> {
+    fn handle<T>(&self, ptr: FullPtr<T>) -> Offset<T>
+    where
+        Self: Sized,
+    {
         ptr.offset()
     }
 }
