@@ -49,7 +49,7 @@ pub mod segment;
 mod sync;
 
 pub use alloc::{
-    AllocStats, AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator,
+    AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator,
     Mark, MemContext, Scope, SegmentAllocator, ShmAllocator, StackAllocator, CACHE_LINE,
     SIMD_ALIGN,
 };
