@@ -346,7 +346,8 @@ fn resolve_tables(
     geo: &Geometry,
 ) -> Result<(NonNull<AtomicU8>, NonNull<AtomicU32>)> {
     let table = segment.resolve_array(Offset::<AtomicU8>::from_raw(geo.table_offset), geo.units)?;
-    let sizes = segment.resolve_array(Offset::<AtomicU32>::from_raw(geo.sizes_offset), geo.units)?;
+    let sizes =
+        segment.resolve_array(Offset::<AtomicU32>::from_raw(geo.sizes_offset), geo.units)?;
     Ok((table, sizes))
 }
 
@@ -751,7 +752,9 @@ impl Heap<'_> {
         let mut unit = 0;
         while unit < end {
             let Some((order, allocated)) = self.head_at(unit, end) else {
-                return Err(Error::corrupt(format!("buddy state table changed at {unit}")));
+                return Err(Error::corrupt(format!(
+                    "buddy state table changed at {unit}"
+                )));
             };
             let span = self.span(order);
             if let Some(inside) = self.table.get(unit + 1..unit + span) {
@@ -779,7 +782,9 @@ impl Heap<'_> {
         let mut unit = 0;
         while unit < end {
             let Some((order, allocated)) = self.head_at(unit, end) else {
-                return Err(Error::corrupt(format!("buddy state table changed at {unit}")));
+                return Err(Error::corrupt(format!(
+                    "buddy state table changed at {unit}"
+                )));
             };
             if allocated {
                 live += 1;
@@ -1073,9 +1078,7 @@ impl ShmAllocator for BuddyAllocator {
             let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
             sum.saturating_add(count.saturating_mul(1 << k))
         });
-        let capacity = heap
-            .heap_end()
-            .map_or(0, |end| end - self.geo.heap_start);
+        let capacity = heap.heap_end().map_or(0, |end| end - self.geo.heap_start);
         AllocStats {
             allocated_bytes,
             peak_bytes,
