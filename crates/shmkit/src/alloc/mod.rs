@@ -4,6 +4,7 @@
 //! [`SegmentAllocator`] (creation, attachment, buffers) and the linear ones
 //! share the allocation methods of [`LinearAlloc`].
 
+mod buddy;
 mod bump;
 mod counters;
 mod kind;
@@ -13,6 +14,7 @@ mod segment_allocator;
 pub(crate) mod shm_allocator;
 mod stack;
 
+pub use buddy::{BuddyAllocator, BuddyParams};
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};

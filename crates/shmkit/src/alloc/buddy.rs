@@ -1,0 +1,1137 @@
+//! The buddy allocator: power-of-two blocks that split on allocate and merge
+//! with their buddy on free, shared by every process that attaches the
+//! segment.
+//!
+//! # Layout
+//!
+//! ```text
+//! allocator state area (BuddyState, 128-aligned)
+//!   byte   0  lock word (RobustLock: 0, or owner pid << 32 | thread + 1)
+//!   byte   8  min order            } fixed at creation, recomputed and
+//!   byte  16  heap start           } compared on attach
+//!   byte  24  units per table      }
+//!   byte  32  heap end             (grows with the segment)
+//!   byte  40  repair pending       (1 while the lists must be rebuilt)
+//!   byte  64  free-list heads      [u64; 48], one per order, 0 = empty
+//!   byte 448  free-list lengths    [u64; 48]
+//!   byte 896  AllocCounters        (its own cache lines)
+//! data area
+//!   state table  one byte per minimum-size unit of the heap at max_size
+//!   size table   one u32 per unit: the size the caller asked for
+//!   heap         starts page-aligned; block of order k is 2^k-aligned
+//!                relative to it
+//! ```
+//!
+//! A state byte is `0x80 | allocated << 6 | order` for the unit where a
+//! block starts and 0 for every other unit. Free blocks carry two links
+//! (next, previous: segment offsets) in their first 16 bytes; everything
+//! else about a block, including whether it is live, is in the tables,
+//! outside the blocks, so `free` can validate any offset.
+//!
+//! The tables are sized from the segment's *maximum* size so it can grow;
+//! the trait gives `state_len` only the parameters, so they sit at the start
+//! of the data area instead of the state area. They cost 5 bytes per
+//! minimum block of the maximum size (8 % with the default 64-byte minimum);
+//! when they do not fit the initial size, creation grows the segment first.
+//!
+//! # Crash consistency
+//!
+//! Every change happens under one `RobustLock`. The state table is the
+//! authority; the free lists are derived from it. The table is read as a
+//! walk from the heap start that jumps from block start to block start (bytes
+//! inside a block are ignored), and each step writes it so that the walk
+//! always sees a valid tiling:
+//!
+//! - split: the upper half's byte is written first, then the lower half's
+//!   (shrinking) byte;
+//! - merge: the lower buddy's (growing) byte is written first, then the
+//!   upper buddy's byte is cleared;
+//! - allocate: the size entry is written, then the byte's allocated bit is
+//!   set (the commit); free clears the bit first, then merges;
+//! - growth: a new block's interior bytes are cleared, its byte written, then
+//!   the heap end moves past it, then it merges.
+//!
+//! A locker told that the previous owner died (`RobustGuard::recovered`)
+//! rebuilds: it validates the walk, clears stale bytes inside blocks, merges
+//! free buddies, relinks every free block and re-derives the live count and
+//! bytes from the tables. A half-done allocation is then either free again
+//! or a live block that nobody holds (lost, as the design allows).
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::time::Duration;
+
+use super::counters::AllocCounters;
+use super::segment_allocator::SegmentAllocator;
+use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::{page_size, Segment};
+use crate::sync::robust_lock::RobustLock;
+
+/// Orders 0..=47: a segment is at most 2^47 bytes.
+const ORDERS: usize = 48;
+const MAX_ORDER: u32 = ORDERS as u32 - 1;
+
+/// State byte: a block starts at this unit.
+const HEAD: u8 = 0x80;
+/// State byte: the block is live.
+const ALLOCATED: u8 = 0x40;
+const ORDER_MASK: u8 = 0x3f;
+
+/// How long an operation waits for the lock before reporting a timeout.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Smallest and largest minimum block sizes accepted.
+const MIN_BLOCK_FLOOR: u64 = 16;
+const MIN_BLOCK_CEILING: u64 = 1 << 20;
+
+/// Parameters of a [`BuddyAllocator`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuddyParams {
+    /// The smallest block handed out, in bytes: a power of two from 16 to
+    /// 1 MiB (64 by default). Smaller blocks waste less on tiny requests;
+    /// the state tables cost 5 bytes per minimum block of the segment's
+    /// maximum size.
+    pub min_block: u64,
+}
+
+impl Default for BuddyParams {
+    fn default() -> Self {
+        BuddyParams { min_block: 64 }
+    }
+}
+
+impl BuddyParams {
+    fn min_order(&self) -> Result<u32> {
+        let min = self.min_block;
+        if !min.is_power_of_two() || !(MIN_BLOCK_FLOOR..=MIN_BLOCK_CEILING).contains(&min) {
+            return Err(Error::invalid_size(format!(
+                "buddy minimum block {min} is not a power of two from \
+                 {MIN_BLOCK_FLOOR} to {MIN_BLOCK_CEILING}"
+            )));
+        }
+        Ok(min.trailing_zeros())
+    }
+}
+
+#[repr(C)]
+struct BuddyState {
+    lock: RobustLock,
+    min_order: AtomicU64,
+    heap_start: AtomicU64,
+    units: AtomicU64,
+    heap_end: AtomicU64,
+    repair_pending: AtomicU64,
+    _reserved: [AtomicU64; 2],
+    heads: [AtomicU64; ORDERS],
+    counts: [AtomicU64; ORDERS],
+    counters: AllocCounters,
+}
+
+/// The two links at the start of every free block.
+#[repr(C)]
+struct FreeLinks {
+    next: AtomicU64,
+    prev: AtomicU64,
+}
+
+/// Where the tables and the heap go; a pure function of the data offset,
+/// the maximum size, the minimum order and the page size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Geometry {
+    min_order: u32,
+    table_offset: u64,
+    sizes_offset: u64,
+    /// Entries in each table.
+    units: u64,
+    heap_start: u64,
+    /// The heap's end once the segment has its maximum size.
+    heap_limit: u64,
+}
+
+impl Geometry {
+    fn new(data_offset: u64, max_size: u64, min_order: u32, page: u64) -> Result<Geometry> {
+        let min = 1u64 << min_order;
+        let units = max_size.saturating_sub(data_offset) >> min_order;
+        // All terms are below 2^48 (a segment is at most 2^47 bytes).
+        let sizes_offset = align_up(data_offset + units, 8);
+        let heap_start = align_up(sizes_offset + units * 4, page.max(8));
+        if heap_start.saturating_add(min) > max_size {
+            return Err(Error::invalid_size(format!(
+                "a segment of at most {max_size} bytes has no room for a buddy heap \
+                 after its tables ({heap_start} bytes)"
+            )));
+        }
+        let heap_limit = heap_start + ((max_size - heap_start) & !(min - 1));
+        Ok(Geometry {
+            min_order,
+            table_offset: data_offset,
+            sizes_offset,
+            units,
+            heap_start,
+            heap_limit,
+        })
+    }
+}
+
+fn align_up(value: u64, align: u64) -> u64 {
+    value.div_ceil(align) * align
+}
+
+/// A buddy allocator whose whole state lives in the segment.
+///
+/// Blocks are powers of two from the minimum block size
+/// ([`BuddyParams::min_block`], 64 bytes by default) up to the largest power
+/// of two that fits the heap. Allocating takes the smallest free block that
+/// fits and splits it; freeing merges a block with its buddy as long as the
+/// buddy is free too. A block of order k starts at a multiple of 2^k from the
+/// page-aligned heap start, so any power-of-two alignment up to the page
+/// size is met by the block size alone. One robust, cross-process lock
+/// guards the free lists; a process that dies holding it leaves a state that
+/// the next locker repairs. When the segment was created with a maximum size
+/// above its initial size, running out grows it.
+///
+/// ```
+/// use shmkit::{BuddyAllocator, SegmentAllocator, SegmentOptions, ShmAllocator};
+///
+/// let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let block = buddy.allocate(100)?;                     // a 128-byte block
+/// assert_eq!(buddy.usable_size(block.offset().raw())?, 128);
+/// assert_eq!(block.offset().raw() % 128, 0);
+/// buddy.free(block)?;
+/// assert!(buddy.free(block).is_err());                  // double free
+/// buddy.check()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct BuddyAllocator {
+    segment: Segment,
+    state: NonNull<BuddyState>,
+    table: NonNull<AtomicU8>,
+    sizes: NonNull<AtomicU32>,
+    geo: Geometry,
+}
+
+// SAFETY: the state, tables and free-block links are reached through atomics
+// only, and the segment handle is itself `Send + Sync`.
+unsafe impl Send for BuddyAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for BuddyAllocator {}
+
+impl std::fmt::Debug for BuddyAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuddyAllocator")
+            .field("segment", &self.segment)
+            .field("min_block", &(1u64 << self.geo.min_order))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn encode(params: &BuddyParams) -> [u64; PARAM_WORDS] {
+    [params.min_block, 0, 0, 0]
+}
+
+fn decode(words: [u64; PARAM_WORDS]) -> Result<BuddyParams> {
+    let params = BuddyParams {
+        min_block: words[0],
+    };
+    if words[1..].iter().any(|&w| w != 0) {
+        return Err(Error::corrupt("unknown buddy allocator parameters"));
+    }
+    params
+        .min_order()
+        .map_err(|_| Error::corrupt(format!("buddy minimum block {} is invalid", words[0])))?;
+    Ok(params)
+}
+
+impl SegmentAllocator for BuddyAllocator {
+    const KIND: AllocatorKind = AllocatorKind::Buddy;
+    type Params = BuddyParams;
+
+    fn encode_params(params: &BuddyParams) -> [u64; PARAM_WORDS] {
+        encode(params)
+    }
+
+    fn state_len(_: &BuddyParams) -> u64 {
+        std::mem::size_of::<BuddyState>() as u64
+    }
+
+    fn initialize(segment: &Segment, params: &BuddyParams) -> Result<()> {
+        let min_order = params.min_order()?;
+        let geo = Geometry::new(
+            segment.data_offset(),
+            segment.max_size(),
+            min_order,
+            page_size(),
+        )?;
+        // The tables must lie inside the current size, with some heap after.
+        let needed = geo.heap_start + (1u64 << min_order);
+        if segment.size() < needed {
+            segment.grow(needed)?;
+        }
+        let state = segment.allocator_state::<BuddyState>()?;
+        // SAFETY: runs in the creator before *ready*, so no other process
+        // uses the state yet; `allocator_state` checked size and alignment.
+        unsafe {
+            state.as_ptr().write(BuddyState {
+                lock: RobustLock::new(),
+                min_order: AtomicU64::new(u64::from(min_order)),
+                heap_start: AtomicU64::new(geo.heap_start),
+                units: AtomicU64::new(geo.units),
+                heap_end: AtomicU64::new(geo.heap_start),
+                repair_pending: AtomicU64::new(0),
+                _reserved: [const { AtomicU64::new(0) }; 2],
+                heads: [const { AtomicU64::new(0) }; ORDERS],
+                counts: [const { AtomicU64::new(0) }; ORDERS],
+                counters: AllocCounters::new(),
+            })
+        };
+        let (table, sizes) = resolve_tables(segment, &geo)?;
+        let heap = Heap {
+            segment,
+            // SAFETY: just written; lives in the segment, atomics only.
+            state: unsafe { state.as_ref() },
+            // SAFETY: `resolve_tables` checked bounds and alignment.
+            table: unsafe { std::slice::from_raw_parts(table.as_ptr(), geo.units as usize) },
+            // SAFETY: as above.
+            sizes: unsafe { std::slice::from_raw_parts(sizes.as_ptr(), geo.units as usize) },
+            geo,
+        };
+        heap.absorb()?;
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        let params = decode(segment.allocator_params())?;
+        let geo = Geometry::new(
+            segment.data_offset(),
+            segment.max_size(),
+            params.min_order()?,
+            page_size(),
+        )?;
+        let state = segment.allocator_state::<BuddyState>()?;
+        // SAFETY: `allocator_state` checked size and alignment; atomics only.
+        let shared = unsafe { state.as_ref() };
+        let recorded = (
+            shared.min_order.load(Ordering::Acquire),
+            shared.heap_start.load(Ordering::Acquire),
+            shared.units.load(Ordering::Acquire),
+        );
+        if recorded != (u64::from(geo.min_order), geo.heap_start, geo.units) {
+            return Err(Error::corrupt(format!(
+                "buddy geometry (min order, heap start, units) is {recorded:?}, expected \
+                 ({}, {}, {}); was the segment made on a machine with another page size?",
+                geo.min_order, geo.heap_start, geo.units
+            )));
+        }
+        let (table, sizes) = resolve_tables(&segment, &geo)?;
+        let buddy = BuddyAllocator {
+            segment,
+            state,
+            table,
+            sizes,
+            geo,
+        };
+        buddy.heap().heap_end()?;
+        Ok(buddy)
+    }
+}
+
+fn resolve_tables(
+    segment: &Segment,
+    geo: &Geometry,
+) -> Result<(NonNull<AtomicU8>, NonNull<AtomicU32>)> {
+    let table = segment.resolve_array(Offset::<AtomicU8>::from_raw(geo.table_offset), geo.units)?;
+    let sizes =
+        segment.resolve_array(Offset::<AtomicU32>::from_raw(geo.sizes_offset), geo.units)?;
+    Ok((table, sizes))
+}
+
+impl BuddyAllocator {
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// The smallest block size.
+    pub fn min_block(&self) -> u64 {
+        1 << self.geo.min_order
+    }
+
+    /// The largest block the heap can hold once the segment has grown to
+    /// its maximum size.
+    pub fn max_block(&self) -> u64 {
+        let span = self.geo.heap_limit - self.geo.heap_start;
+        1 << (63 - span.leading_zeros()).min(MAX_ORDER)
+    }
+
+    fn heap(&self) -> Heap<'_> {
+        let units = self.geo.units as usize;
+        Heap {
+            segment: &self.segment,
+            // SAFETY: points into the segment, which lives as long as `self`;
+            // checked at construction; atomics only.
+            state: unsafe { self.state.as_ref() },
+            // SAFETY: `units` entries checked in bounds and aligned at
+            // construction; they lie below the segment's initial size, which
+            // never shrinks; atomics only.
+            table: unsafe { std::slice::from_raw_parts(self.table.as_ptr(), units) },
+            // SAFETY: as above.
+            sizes: unsafe { std::slice::from_raw_parts(self.sizes.as_ptr(), units) },
+            geo: self.geo,
+        }
+    }
+
+    /// The order of the block that serves `size` bytes aligned to `align`.
+    fn order_for(&self, size: usize, align: usize) -> Option<u32> {
+        let need = (size.max(1) as u64)
+            .max(align as u64)
+            .max(self.min_block())
+            .checked_next_power_of_two()?;
+        let order = need.trailing_zeros();
+        (need <= self.geo.heap_limit - self.geo.heap_start && order <= MAX_ORDER).then_some(order)
+    }
+}
+
+/// A borrowed view with all the algorithms; `initialize` uses one too.
+struct Heap<'a> {
+    segment: &'a Segment,
+    state: &'a BuddyState,
+    table: &'a [AtomicU8],
+    sizes: &'a [AtomicU32],
+    geo: Geometry,
+}
+
+impl Heap<'_> {
+    fn span(&self, order: u32) -> usize {
+        1usize << (order - self.geo.min_order)
+    }
+
+    fn offset(&self, unit: usize) -> u64 {
+        self.geo.heap_start + ((unit as u64) << self.geo.min_order)
+    }
+
+    /// The unit at which `offset` starts, if it is a unit boundary of the
+    /// heap (not checked against the heap end).
+    fn unit(&self, offset: u64) -> Option<usize> {
+        let rel = offset.checked_sub(self.geo.heap_start)?;
+        if rel & ((1u64 << self.geo.min_order) - 1) != 0 {
+            return None;
+        }
+        usize::try_from(rel >> self.geo.min_order)
+            .ok()
+            .filter(|&u| (u as u64) < self.geo.units)
+    }
+
+    /// The heap end, validated.
+    fn heap_end(&self) -> Result<u64> {
+        let end = self.state.heap_end.load(Ordering::Acquire);
+        let geo = &self.geo;
+        if end < geo.heap_start
+            || end > geo.heap_limit
+            || (end - geo.heap_start) & ((1u64 << geo.min_order) - 1) != 0
+            || end > self.segment.size()
+        {
+            return Err(Error::corrupt(format!(
+                "buddy heap end {end} is outside {}..={} or off the unit grid",
+                geo.heap_start,
+                geo.heap_limit.min(self.segment.size())
+            )));
+        }
+        Ok(end)
+    }
+
+    /// The number of units in the heap now.
+    fn end_units(&self) -> Result<usize> {
+        Ok(((self.heap_end()? - self.geo.heap_start) >> self.geo.min_order) as usize)
+    }
+
+    fn byte(&self, unit: usize) -> u8 {
+        self.table
+            .get(unit)
+            .map_or(0, |entry| entry.load(Ordering::Acquire))
+    }
+
+    fn set(&self, unit: usize, byte: u8) {
+        if let Some(entry) = self.table.get(unit) {
+            entry.store(byte, Ordering::Release);
+        }
+    }
+
+    /// The block starting at `unit`: its order and whether it is live, if
+    /// the state byte there describes a whole block inside the heap.
+    fn head_at(&self, unit: usize, end_units: usize) -> Option<(u32, bool)> {
+        let byte = self.byte(unit);
+        if byte & HEAD == 0 {
+            return None;
+        }
+        let order = u32::from(byte & ORDER_MASK);
+        if order < self.geo.min_order || order > MAX_ORDER {
+            return None;
+        }
+        let span = self.span(order);
+        if unit % span != 0 || unit.checked_add(span)? > end_units {
+            return None;
+        }
+        Some((order, byte & ALLOCATED != 0))
+    }
+
+    fn is_free_head(&self, unit: usize, order: u32, end_units: usize) -> bool {
+        self.head_at(unit, end_units) == Some((order, false))
+    }
+
+    fn record_size(&self, unit: usize, order: u32, size: u64) {
+        if let Some(low) = self.sizes.get(unit) {
+            low.store(size as u32, Ordering::Release);
+        }
+        if order > self.geo.min_order {
+            if let Some(high) = self.sizes.get(unit + 1) {
+                high.store((size >> 32) as u32, Ordering::Release);
+            }
+        }
+    }
+
+    fn read_size(&self, unit: usize, order: u32) -> u64 {
+        let low = self
+            .sizes
+            .get(unit)
+            .map_or(0, |e| u64::from(e.load(Ordering::Acquire)));
+        let high = if order > self.geo.min_order {
+            self.sizes
+                .get(unit + 1)
+                .map_or(0, |e| u64::from(e.load(Ordering::Acquire)))
+        } else {
+            0
+        };
+        (high << 32) | low
+    }
+
+    // ---- free lists (all under the lock) ----
+
+    /// Reports a free-list inconsistency and asks for a rebuild.
+    fn list_corrupt(&self, reason: String) -> Error {
+        self.state.repair_pending.store(1, Ordering::Release);
+        Error::corrupt(reason)
+    }
+
+    fn links(&self, offset: u64) -> Result<&FreeLinks> {
+        let ptr = self
+            .segment
+            .resolve(Offset::<FreeLinks>::from_raw(offset))
+            .map_err(|e| self.list_corrupt(format!("free block {offset}: {e}")))?;
+        // SAFETY: `resolve` checked bounds and alignment; the links are
+        // atomics, valid for any bytes, and live as long as the segment.
+        Ok(unsafe { ptr.as_ref() })
+    }
+
+    /// Checks that a link read from shared memory is null or a free block
+    /// of `order`.
+    fn check_link(&self, link: u64, order: u32, end_units: usize, what: &str) -> Result<()> {
+        if link == 0
+            || self
+                .unit(link)
+                .is_some_and(|u| self.is_free_head(u, order, end_units))
+        {
+            Ok(())
+        } else {
+            Err(self.list_corrupt(format!(
+                "free list of order {order}: {what} link {link} is not a free block of that order"
+            )))
+        }
+    }
+
+    fn push(&self, order: u32, offset: u64, end_units: usize) -> Result<()> {
+        let head_cell = &self.state.heads[order as usize];
+        let head = head_cell.load(Ordering::Acquire);
+        self.check_link(head, order, end_units, "head")?;
+        let links = self.links(offset)?;
+        links.next.store(head, Ordering::Relaxed);
+        links.prev.store(0, Ordering::Relaxed);
+        if head != 0 {
+            self.links(head)?.prev.store(offset, Ordering::Relaxed);
+        }
+        head_cell.store(offset, Ordering::Release);
+        self.state.counts[order as usize].fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn unlink(&self, order: u32, offset: u64, end_units: usize) -> Result<()> {
+        let links = self.links(offset)?;
+        let next = links.next.load(Ordering::Relaxed);
+        let prev = links.prev.load(Ordering::Relaxed);
+        self.check_link(next, order, end_units, "next")?;
+        self.check_link(prev, order, end_units, "previous")?;
+        let head_cell = &self.state.heads[order as usize];
+        let prev_links = if prev == 0 {
+            if head_cell.load(Ordering::Acquire) != offset {
+                return Err(self.list_corrupt(format!(
+                    "free block {offset} of order {order} has no predecessor but is not the head"
+                )));
+            }
+            None
+        } else {
+            let p = self.links(prev)?;
+            if p.next.load(Ordering::Relaxed) != offset {
+                return Err(self.list_corrupt(format!(
+                    "free block {offset}: its predecessor {prev} does not link to it"
+                )));
+            }
+            Some(p)
+        };
+        let next_links = if next == 0 {
+            None
+        } else {
+            let n = self.links(next)?;
+            if n.prev.load(Ordering::Relaxed) != offset {
+                return Err(self.list_corrupt(format!(
+                    "free block {offset}: its successor {next} does not link back"
+                )));
+            }
+            Some(n)
+        };
+        match prev_links {
+            None => head_cell.store(next, Ordering::Release),
+            Some(p) => p.next.store(next, Ordering::Relaxed),
+        }
+        if let Some(n) = next_links {
+            n.prev.store(prev, Ordering::Relaxed);
+        }
+        self.state.counts[order as usize].fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes the first free block of `order`, if any.
+    fn pop(&self, order: u32, end_units: usize) -> Result<Option<usize>> {
+        let head = self.state.heads[order as usize].load(Ordering::Acquire);
+        if head == 0 {
+            return Ok(None);
+        }
+        self.check_link(head, order, end_units, "head")?;
+        self.unlink(order, head, end_units)?;
+        Ok(self.unit(head))
+    }
+
+    /// The block at `unit` is marked free in the table and is in no list:
+    /// merge it with free buddies, then link the result.
+    fn coalesce_and_push(&self, mut unit: usize, mut order: u32, end_units: usize) -> Result<()> {
+        while order < MAX_ORDER {
+            let buddy = unit ^ self.span(order);
+            if !self.is_free_head(buddy, order, end_units) {
+                break;
+            }
+            self.unlink(order, self.offset(buddy), end_units)?;
+            let (lower, upper) = (unit.min(buddy), unit.max(buddy));
+            // The lower byte grows first, then the upper one is cleared:
+            // a walk sees either two buddies or one merged block.
+            self.set(lower, HEAD | (order + 1) as u8);
+            self.set(upper, 0);
+            unit = lower;
+            order += 1;
+        }
+        self.push(order, self.offset(unit), end_units)
+    }
+
+    /// Splits the free, unlisted block at `unit` from `from` down to `to`,
+    /// linking the upper halves.
+    fn split(&self, unit: usize, from: u32, to: u32, end_units: usize) -> Result<()> {
+        let mut order = from;
+        while order > to {
+            order -= 1;
+            let upper = unit + self.span(order);
+            // The upper half's byte first, then the lower shrinks.
+            self.set(upper, HEAD | order as u8);
+            self.set(unit, HEAD | order as u8);
+            self.push(order, self.offset(upper), end_units)?;
+        }
+        Ok(())
+    }
+
+    /// Adds the space the segment has gained since the last call as free
+    /// blocks of the largest orders that fit; returns the heap's units.
+    fn absorb(&self) -> Result<usize> {
+        let geo = self.geo;
+        let min = 1u64 << geo.min_order;
+        let end = self.heap_end()?;
+        let limit = self.segment.size().min(geo.heap_limit);
+        let limit_rel = limit.saturating_sub(geo.heap_start) & !(min - 1);
+        let mut rel = end - geo.heap_start;
+        while rel < limit_rel {
+            let fits = 63 - (limit_rel - rel).leading_zeros();
+            let order = if rel == 0 {
+                fits
+            } else {
+                fits.min(rel.trailing_zeros())
+            }
+            .min(MAX_ORDER);
+            let unit = (rel >> geo.min_order) as usize;
+            let span = self.span(order);
+            if let Some(inside) = self.table.get(unit + 1..unit + span) {
+                for entry in inside {
+                    entry.store(0, Ordering::Relaxed);
+                }
+            }
+            self.set(unit, HEAD | order as u8);
+            rel += 1u64 << order;
+            self.state
+                .heap_end
+                .store(geo.heap_start + rel, Ordering::Release);
+            self.coalesce_and_push(unit, order, unit + span)?;
+        }
+        Ok((rel >> geo.min_order) as usize)
+    }
+
+    /// After a failed search: grows the segment so that a block of `order`
+    /// can exist. Returns false when it may not grow that far.
+    fn grow_for(&self, order: u32) -> Result<bool> {
+        let size = self.segment.size();
+        let max = self.segment.max_size();
+        if size >= max {
+            return Ok(false);
+        }
+        let end = self.heap_end()?;
+        let end_rel = end - self.geo.heap_start;
+        let block = 1u64 << order;
+        let aligned = align_up(end_rel, block);
+        let needed_rel = if aligned > end_rel {
+            aligned
+        } else {
+            end_rel + block
+        };
+        let needed = self.geo.heap_start + needed_rel;
+        if needed > self.geo.heap_limit {
+            return Ok(false);
+        }
+        self.segment
+            .grow(needed.max(size.saturating_mul(2)).min(max))?;
+        Ok(self.segment.size() > end)
+    }
+
+    /// The largest free block now (the highest non-empty order).
+    fn largest_free(&self) -> u64 {
+        (self.geo.min_order..=MAX_ORDER)
+            .rev()
+            .find(|&k| self.state.heads[k as usize].load(Ordering::Acquire) != 0)
+            .map_or(0, |k| 1u64 << k)
+    }
+
+    /// Runs at the start of every locked operation.
+    fn repair_if_needed(&self, recovered: bool) -> Result<()> {
+        if recovered || self.state.repair_pending.load(Ordering::Acquire) != 0 {
+            self.rebuild()?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the free lists (and the live accounting) from the state
+    /// table, after a dead lock owner or a detected list inconsistency.
+    fn rebuild(&self) -> Result<()> {
+        self.state.repair_pending.store(1, Ordering::Release);
+        let end = self.end_units()?;
+        // 1. The walk must tile the heap; change nothing if it does not.
+        let mut unit = 0;
+        while unit < end {
+            let Some((order, _)) = self.head_at(unit, end) else {
+                return Err(Error::corrupt(format!(
+                    "buddy state table: no valid block starts at unit {unit} (offset {})",
+                    self.offset(unit)
+                )));
+            };
+            unit += self.span(order);
+        }
+        // 2. Forget the lists.
+        for (head, count) in self.state.heads.iter().zip(&self.state.counts) {
+            head.store(0, Ordering::Relaxed);
+            count.store(0, Ordering::Relaxed);
+        }
+        // 3. Clear stale bytes inside blocks and finish interrupted merges,
+        //    left to right, so a lower buddy is final when its upper is seen.
+        let mut unit = 0;
+        while unit < end {
+            let Some((order, allocated)) = self.head_at(unit, end) else {
+                return Err(Error::corrupt(format!(
+                    "buddy state table changed at {unit}"
+                )));
+            };
+            let span = self.span(order);
+            if let Some(inside) = self.table.get(unit + 1..unit + span) {
+                for entry in inside {
+                    entry.store(0, Ordering::Relaxed);
+                }
+            }
+            if !allocated {
+                let (mut at, mut k) = (unit, order);
+                while k < MAX_ORDER {
+                    let s = self.span(k);
+                    if at & s == 0 || !self.is_free_head(at - s, k, end) {
+                        break;
+                    }
+                    self.set(at - s, HEAD | (k + 1) as u8);
+                    self.set(at, 0);
+                    at -= s;
+                    k += 1;
+                }
+            }
+            unit += span;
+        }
+        // 4. Relink every free block; recount the live ones.
+        let (mut live, mut bytes) = (0u64, 0u64);
+        let mut unit = 0;
+        while unit < end {
+            let Some((order, allocated)) = self.head_at(unit, end) else {
+                return Err(Error::corrupt(format!(
+                    "buddy state table changed at {unit}"
+                )));
+            };
+            if allocated {
+                live += 1;
+                bytes = bytes.saturating_add(self.read_size(unit, order));
+            } else {
+                self.push(order, self.offset(unit), end)?;
+            }
+            unit += self.span(order);
+        }
+        self.resync_counters(live, bytes);
+        self.state.repair_pending.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// Moves the shared counters to the values the tables imply (a process
+    /// that died between its table write and its counter update).
+    fn resync_counters(&self, live: u64, bytes: u64) {
+        let counters = &self.state.counters;
+        let (current_bytes, current_live, _) = counters.snapshot();
+        // A crash leaves a difference of one; anything beyond the number of
+        // units is garbage that no loop should chase.
+        let limit = self.geo.units;
+        if live > current_live && live - current_live <= limit {
+            (current_live..live).for_each(|_| counters.on_allocate(0));
+        } else if current_live > live && current_live - live <= limit {
+            (live..current_live).for_each(|_| counters.on_free(0));
+        }
+        if bytes > current_bytes {
+            counters.on_allocate(bytes - current_bytes);
+            counters.on_free(0);
+        } else if current_bytes > bytes {
+            counters.on_free(current_bytes - bytes);
+            counters.on_allocate(0);
+        }
+    }
+
+    // ---- the operations, under the lock ----
+
+    fn allocate_locked(&self, size: u64, order: u32) -> Result<u64> {
+        loop {
+            let end = self.absorb()?;
+            let mut found = None;
+            for from in order..=MAX_ORDER {
+                if let Some(unit) = self.pop(from, end)? {
+                    found = Some((unit, from));
+                    break;
+                }
+            }
+            if let Some((unit, from)) = found {
+                self.split(unit, from, order, end)?;
+                self.record_size(unit, order, size);
+                // The commit: the block is live from here on.
+                self.set(unit, HEAD | ALLOCATED | order as u8);
+                self.state.counters.on_allocate(size);
+                return Ok(self.offset(unit));
+            }
+            if !self.grow_for(order)? {
+                return Err(Error::OutOfMemory {
+                    requested: size,
+                    available: self.largest_free(),
+                });
+            }
+        }
+    }
+
+    /// The live block at `offset`: its unit and order.
+    fn live_block(&self, offset: u64, end_units: usize) -> Result<(usize, u32)> {
+        let unit = self.unit(offset).ok_or(Error::InvalidFree { offset })?;
+        match self.head_at(unit, end_units) {
+            Some((order, true)) => Ok((unit, order)),
+            _ => Err(Error::InvalidFree { offset }),
+        }
+    }
+
+    fn free_locked(&self, offset: u64) -> Result<()> {
+        let end = self.end_units()?;
+        let (unit, order) = self.live_block(offset, end)?;
+        let size = self.read_size(unit, order);
+        // The commit: the block is free from here on.
+        self.set(unit, HEAD | order as u8);
+        self.state.counters.on_free(size);
+        if let Err(err) = self.coalesce_and_push(unit, order, end) {
+            // The table already says free; the lists follow from it.
+            self.rebuild().map_err(|_| err)?;
+        }
+        Ok(())
+    }
+
+    fn resize_locked(&self, offset: u64, new_size: u64, new_order: u32) -> Result<bool> {
+        let end = self.end_units()?;
+        let (unit, order) = self.live_block(offset, end)?;
+        let old_size = self.read_size(unit, order);
+        let counters = &self.state.counters;
+        if new_order <= order {
+            // The new size fits every order between the two.
+            self.record_size(unit, order, new_size);
+            counters.on_free(old_size);
+            counters.on_allocate(new_size);
+            let mut k = order;
+            while k > new_order {
+                k -= 1;
+                let upper = unit + self.span(k);
+                self.set(upper, HEAD | k as u8);
+                self.set(unit, HEAD | ALLOCATED | k as u8);
+                // The upper half's buddy is this live block: nothing to merge.
+                if self.push(k, self.offset(upper), end).is_err() {
+                    self.rebuild()?;
+                }
+            }
+            return Ok(true);
+        }
+        // Growing: every buddy up to the new order must be free and above us.
+        for k in order..new_order {
+            let span = self.span(k);
+            if unit & span != 0 || !self.is_free_head(unit + span, k, end) {
+                return Ok(false);
+            }
+        }
+        // The size entries of the larger block, still with the old size.
+        self.record_size(unit, new_order, old_size);
+        for k in order..new_order {
+            let buddy = unit + self.span(k);
+            if self.unlink(k, self.offset(buddy), end).is_err() {
+                // The block stays live at order k with its old size.
+                self.rebuild()?;
+                return Ok(false);
+            }
+            self.set(unit, HEAD | ALLOCATED | (k + 1) as u8);
+            self.set(buddy, 0);
+        }
+        self.record_size(unit, new_order, new_size);
+        counters.on_free(old_size);
+        counters.on_allocate(new_size);
+        Ok(true)
+    }
+
+    fn check_locked(&self) -> Result<()> {
+        let end = self.end_units()?;
+        let mut free_per_order = [0u64; ORDERS];
+        let (mut live, mut bytes) = (0u64, 0u64);
+        let mut unit = 0;
+        while unit < end {
+            let Some((order, allocated)) = self.head_at(unit, end) else {
+                return Err(Error::corrupt(format!(
+                    "buddy state table: no valid block starts at unit {unit} (offset {})",
+                    self.offset(unit)
+                )));
+            };
+            let span = self.span(order);
+            if let Some(stale) = (unit + 1..unit + span).find(|&u| self.byte(u) != 0) {
+                return Err(Error::corrupt(format!(
+                    "buddy state table: unit {stale} inside the block at {} is not clear",
+                    self.offset(unit)
+                )));
+            }
+            if allocated {
+                let size = self.read_size(unit, order);
+                if size > 1u64 << order {
+                    return Err(Error::corrupt(format!(
+                        "live block {} of {} bytes records a size of {size}",
+                        self.offset(unit),
+                        1u64 << order
+                    )));
+                }
+                live += 1;
+                bytes += size;
+            } else {
+                if order < MAX_ORDER && self.is_free_head(unit ^ span, order, end) {
+                    return Err(Error::corrupt(format!(
+                        "free buddies {} and {} of order {order} are not merged",
+                        self.offset(unit),
+                        self.offset(unit ^ span)
+                    )));
+                }
+                free_per_order[order as usize] += 1;
+            }
+            unit += span;
+        }
+        for order in 0..ORDERS as u32 {
+            let expected = free_per_order[order as usize];
+            let counted = self.state.counts[order as usize].load(Ordering::Acquire);
+            if counted != expected {
+                return Err(Error::corrupt(format!(
+                    "free list of order {order} counts {counted} blocks, the table has {expected}"
+                )));
+            }
+            let mut seen = 0u64;
+            let mut prev = 0u64;
+            let mut cur = self.state.heads[order as usize].load(Ordering::Acquire);
+            while cur != 0 {
+                if seen == expected
+                    || !self
+                        .unit(cur)
+                        .is_some_and(|u| self.is_free_head(u, order, end))
+                {
+                    return Err(Error::corrupt(format!(
+                        "free list of order {order}: entry {cur} (after {seen}) is not one of \
+                         the table's {expected} free blocks of that order"
+                    )));
+                }
+                let ptr = self
+                    .segment
+                    .resolve(Offset::<FreeLinks>::from_raw(cur))
+                    .map_err(|e| Error::corrupt(format!("free block {cur}: {e}")))?;
+                // SAFETY: bounds and alignment checked; atomics only.
+                let links = unsafe { ptr.as_ref() };
+                if links.prev.load(Ordering::Relaxed) != prev {
+                    return Err(Error::corrupt(format!(
+                        "free list of order {order}: block {cur} does not link back to {prev}"
+                    )));
+                }
+                seen += 1;
+                prev = cur;
+                cur = links.next.load(Ordering::Relaxed);
+            }
+            if seen != expected {
+                return Err(Error::corrupt(format!(
+                    "free list of order {order} holds {seen} blocks, the table has {expected}"
+                )));
+            }
+        }
+        let (counted_bytes, counted_live, _) = self.state.counters.snapshot();
+        if (counted_bytes, counted_live) != (bytes, live) {
+            return Err(Error::corrupt(format!(
+                "accounting says {counted_live} live blocks of {counted_bytes} bytes, \
+                 the tables say {live} of {bytes}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl BuddyAllocator {
+    /// Runs `op` under the lock, after any repair it needs; when `op` finds
+    /// the free lists inconsistent, rebuilds them and runs it once more.
+    fn locked<R>(&self, op: impl Fn(&Heap<'_>) -> Result<R>) -> Result<R> {
+        let heap = self.heap();
+        let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
+        heap.repair_if_needed(guard.recovered())?;
+        let result = match op(&heap) {
+            Err(_) if heap.state.repair_pending.load(Ordering::Acquire) != 0 => {
+                heap.rebuild()?;
+                op(&heap)
+            }
+            other => other,
+        };
+        drop(guard);
+        result
+    }
+}
+
+impl ShmAllocator for BuddyAllocator {
+    fn kind(&self) -> AllocatorKind {
+        AllocatorKind::Buddy
+    }
+
+    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+        let align = power_of_two_align(align, self.segment.max_align())?;
+        let Some(order) = self.order_for(size, align) else {
+            return Err(Error::OutOfMemory {
+                requested: size as u64,
+                available: self.heap().largest_free(),
+            });
+        };
+        self.locked(|heap| heap.allocate_locked(size as u64, order))
+    }
+
+    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        self.locked(|heap| heap.free_locked(offset))
+    }
+
+    fn usable_size(&self, offset: u64) -> Result<usize> {
+        let heap = self.heap();
+        let (_, order) = heap.live_block(offset, heap.end_units()?)?;
+        Ok(1usize << order)
+    }
+
+    fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
+        self.usable_size(offset)?;
+        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+    }
+
+    fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
+        Ok(self.segment.offset_of(ptr.as_ptr().cast_const())?.raw())
+    }
+
+    fn stats(&self) -> AllocStats {
+        let heap = self.heap();
+        let (allocated_bytes, live_allocations, peak_bytes) = heap.state.counters.snapshot();
+        let free_bytes = (self.geo.min_order..=MAX_ORDER).fold(0u64, |sum, k| {
+            let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
+            sum.saturating_add(count.saturating_mul(1 << k))
+        });
+        let capacity = heap.heap_end().map_or(0, |end| end - self.geo.heap_start);
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block: heap.largest_free(),
+            capacity,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let heap = self.heap();
+        let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
+        if guard.recovered() {
+            heap.rebuild()?;
+        }
+        heap.check_locked()
+    }
+
+    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        let Some(new_order) = self.order_for(new_size, 1) else {
+            // Too large for any block: leave it to allocate-copy-free (which
+            // reports the error), after checking the block is live.
+            self.usable_size(offset)?;
+            return Ok(false);
+        };
+        self.locked(|heap| heap.resize_locked(offset, new_size as u64, new_order))
+    }
+}
+
+impl_allocator_api2!(BuddyAllocator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_puts_the_heap_on_a_page_after_both_tables() {
+        let geo = Geometry::new(4096, 1 << 20, 6, 4096).unwrap();
+        assert_eq!(geo.units, ((1 << 20) - 4096) >> 6);
+        assert_eq!(geo.sizes_offset, align_up(4096 + geo.units, 8));
+        assert!(geo.heap_start >= geo.sizes_offset + 4 * geo.units);
+        assert_eq!(geo.heap_start % 4096, 0);
+        assert_eq!(geo.heap_limit, 1 << 20);
+        assert!(Geometry::new(4096, 8192, 6, 4096).is_err());
+    }
+
+    #[test]
+    fn params_are_validated() {
+        for bad in [0, 8, 48, 100, 1 << 21] {
+            assert!(BuddyParams { min_block: bad }.min_order().is_err(), "{bad}");
+        }
+        assert_eq!(BuddyParams::default().min_order().unwrap(), 6);
+        assert!(decode([64, 1, 0, 0]).is_err());
+    }
+}
