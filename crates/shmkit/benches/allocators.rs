@@ -17,7 +17,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use shmkit::{MallocAllocator, MemContext, SegmentOptions, ShmAllocator};
+use shmkit::{
+    BuddyAllocator, MallocAllocator, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator,
+};
 
 /// What the workloads need from an allocator: a token per block.
 trait Subject: Sync {
@@ -74,10 +76,14 @@ fn talc_peer() -> Global<talc::Talck<spin::Mutex<()>, talc::ErrOnOom>> {
     Global(talc.lock::<spin::Mutex<()>>())
 }
 
-/// Options for a fresh shared-memory segment, removed from the namespace at
-/// once (the mapping stays until the allocator drops).
-pub fn segment(tag: &str) -> SegmentOptions {
-    SegmentOptions::shm(format!("shmkit-bench-{tag}-{}", std::process::id())).size(1 << 30)
+/// A shmkit allocator in a fresh 1 GiB POSIX shared-memory segment whose
+/// name is removed at once (the mapping stays until the allocator drops).
+fn shared<A: SegmentAllocator + ShmAllocator + 'static>(tag: &str) -> Box<dyn Subject> {
+    let options =
+        SegmentOptions::shm(format!("shmkit-bench-{tag}-{}", std::process::id())).size(1 << 30);
+    let allocator = A::create(&options).expect("create the benchmark segment");
+    shmkit::segment::remove(options.location()).expect("unlink the benchmark segment");
+    Box::new(Shm(allocator))
 }
 
 fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
@@ -86,6 +92,7 @@ fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
         ("mimalloc", Box::new(Global(mimalloc::MiMalloc))),
         ("talc", Box::new(talc_peer())),
         ("shmkit-malloc", Box::new(Shm(MallocAllocator::new()))),
+        ("shmkit-buddy", shared::<BuddyAllocator>("buddy")),
     ]
 }
 
