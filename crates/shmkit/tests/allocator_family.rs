@@ -142,7 +142,7 @@ fn run_model(allocator: &dyn ShmAllocator, ops: &[Op]) -> Result<(), TestCaseErr
             return Err(TestCaseError::fail(format!("check failed: {err}")));
         }
     }
-    for (&offset, _) in &model {
+    for &offset in model.keys() {
         allocator.free_offset(&ctx, offset).unwrap();
     }
     prop_assert_eq!(allocator.stats().live_allocations, 0);
