@@ -6,6 +6,7 @@
 
 mod bump;
 mod counters;
+mod free_list;
 mod kind;
 mod linear;
 mod malloc;
@@ -14,6 +15,7 @@ pub(crate) mod shm_allocator;
 mod stack;
 
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
+pub use free_list::FreeListAllocator;
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use malloc::MallocAllocator;

@@ -6,8 +6,6 @@
 //! step. Nobody waits forever: a lock that stays busy past the caller's
 //! patience is an error.
 
-#![allow(dead_code)] // until the first lock-based allocator lands
-
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
