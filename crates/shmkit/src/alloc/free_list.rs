@@ -1291,9 +1291,9 @@ mod tests {
     #[test]
     fn classes_cover_sizes_in_order() {
         let mut last = (0, 0);
-        let sizes = (MIN_BLOCK..1 << 20)
-            .step_by(GRANULE as usize)
-            .chain((20..47).flat_map(|shift| [(1u64 << shift) - 16, 1 << shift, (1 << shift) + 16]));
+        let sizes = (MIN_BLOCK..1 << 20).step_by(GRANULE as usize).chain(
+            (20..47).flat_map(|shift| [(1u64 << shift) - 16, 1 << shift, (1 << shift) + 16]),
+        );
         for size in sizes {
             let class = class_of(size).unwrap();
             assert!(class >= last, "size {size}");
