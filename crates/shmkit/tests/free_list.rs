@@ -207,6 +207,25 @@ fn bogus_frees_are_refused_and_change_nothing() {
         heap.check().unwrap();
     }
     assert!(heap.usable_size(raw + 16).is_err());
+
+    // A forged chain inside the live block: its neighbours agree with it,
+    // only the seal (which binds the offset and size) gives it away.
+    for (at, words) in [
+        (raw, [64, raw - HEADER, 0, 0]),
+        (raw + 64, [64, raw, 0, 10]),
+        (raw + 128, [64, raw + 64, 0, 0]),
+    ] {
+        for (i, value) in words.into_iter().enumerate() {
+            word(&heap, at + 8 * i as u64).store(value, Ordering::Relaxed);
+        }
+    }
+    let forged = raw + 64 + HEADER;
+    assert!(matches!(
+        heap.free_offset(&ctx, forged),
+        Err(Error::InvalidFree { offset }) if offset == forged
+    ));
+    assert_eq!(heap.stats(), before);
+    heap.check().unwrap();
     // The real blocks still free normally.
     heap.free(live).unwrap();
     heap.free(other).unwrap();

@@ -46,22 +46,27 @@
 //!    is written completely *before* anything points at it: it lies inside
 //!    an existing block or past the heap end, where no walk looks;
 //! 2. the next block's `prev_phys` and `PREV_FREE` are updated;
-//! 3. the commit is one 8-byte store of the size word of the block that
-//!    shrinks (split) or grows (merge), or of the heap end (growth); only
-//!    then is the block resealed and the free lists updated.
+//! 3. the commit is one 8-byte store: of the size word of the block that
+//!    shrinks (split), grows (merge) or changes its free bit, or of the heap
+//!    end (growth); the seal follows it.
+//!
+//! The free lists, bitmaps and totals are derived data: they are updated in
+//! whatever order is convenient, because recovery recomputes them.
 //!
 //! At any instant the chain therefore tiles the heap; what a crash can leave
 //! behind is a stale `prev_phys` or `PREV_FREE`, a seal that does not match
 //! yet, two adjacent free blocks, or free lists and bitmaps that disagree
 //! with the chain. The next locker is told the owner died
-//! ([`RobustGuard::recovered`]) and rebuilds: it walks the chain from the
+//! (`RobustGuard::recovered`) and rebuilds: it walks the chain from the
 //! heap start, rewrites every `prev_phys` and `PREV_FREE`, coalesces
-//! adjacent free blocks, reseals torn headers, refiles every free block and
-//! recomputes the counters. A size word that cannot be right (below the
+//! adjacent free blocks, reseals every header (a torn one, whose size is
+//! committed but not yet its seal, is taken as its size word says), refiles
+//! every free block and recomputes the counters from the live blocks. A size word that cannot be right (below the
 //! minimum, not a multiple of 16, past the heap end) is not something this
 //! order produces: it is reported as [`Error::CorruptHeader`] and every
-//! operation keeps reporting it. A block the dying process was allocating or
-//! freeing may be lost to it (it stays allocated), never handed out twice.
+//! operation keeps reporting it. A block the dying process was allocating
+//! may stay allocated with nobody to free it; a free whose free bit was
+//! committed completes; no block is ever handed out twice.
 //!
 //! An inconsistency found in the middle of an ordinary operation (a broken
 //! list link, say) is reported as [`Error::CorruptHeader`], and the
@@ -628,7 +633,7 @@ impl<'a> Heap<'a> {
 
     /// A bound on any list walk, so a corrupt cycle cannot spin forever.
     fn walk_bound(&self) -> u64 {
-        (self.end - self.start) / MIN_BLOCK + 1
+        self.end.saturating_sub(self.start) / MIN_BLOCK + 1
     }
 
     /// A free block that can serve `need` bytes aligned to `align`: O(1)
