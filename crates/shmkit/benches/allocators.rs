@@ -92,6 +92,7 @@ fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
         ("mimalloc", Box::new(Global(mimalloc::MiMalloc))),
         ("talc", Box::new(talc_peer())),
         ("shmkit-malloc", Box::new(Shm(MallocAllocator::new()))),
+        ("shmkit-free-list", shared::<FreeListAllocator>("free-list")),
         ("shmkit-buddy", shared::<BuddyAllocator>("buddy")),
     ]
 }

@@ -49,9 +49,9 @@ pub mod segment;
 mod sync;
 
 pub use alloc::{
-    AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, InBuffer, LinearAlloc,
-    LocalBump, MallocAllocator, Mark, MemContext, Scope, SegmentAllocator, ShmAllocator,
-    StackAllocator, CACHE_LINE, SIMD_ALIGN,
+    AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, FreeListAllocator,
+    InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext, Scope, SegmentAllocator,
+    ShmAllocator, StackAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

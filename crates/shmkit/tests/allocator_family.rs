@@ -276,3 +276,4 @@ macro_rules! family_tests {
 
 // One line per shared allocator of the family.
 family_tests!(buddy, shmkit::BuddyAllocator);
+family_tests!(free_list, shmkit::FreeListAllocator);

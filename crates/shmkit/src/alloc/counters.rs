@@ -51,6 +51,20 @@ impl AllocCounters {
         self.inner.live_allocations.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Overwrites the live totals with ones recounted from the allocator's
+    /// blocks (after a repair); the peak only ever rises.
+    pub(crate) fn reset_to(&self, allocated_bytes: u64, live_allocations: u64) {
+        self.inner
+            .allocated_bytes
+            .store(allocated_bytes, Ordering::Relaxed);
+        self.inner
+            .live_allocations
+            .store(live_allocations, Ordering::Relaxed);
+        self.inner
+            .peak_bytes
+            .fetch_max(allocated_bytes, Ordering::Relaxed);
+    }
+
     /// (allocated bytes, live allocations, peak bytes).
     pub(crate) fn snapshot(&self) -> (u64, u64, u64) {
         (

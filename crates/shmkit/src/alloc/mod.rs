@@ -7,6 +7,7 @@
 mod buddy;
 mod bump;
 mod counters;
+mod free_list;
 mod kind;
 mod linear;
 mod malloc;
@@ -16,6 +17,7 @@ mod stack;
 
 pub use buddy::{BuddyAllocator, BuddyParams};
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
+pub use free_list::FreeListAllocator;
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use malloc::MallocAllocator;

@@ -1,0 +1,1327 @@
+//! The general-purpose free-list allocator: two-level segregated fit (TLSF)
+//! over boundary-tagged blocks, with its whole state in the segment.
+//!
+//! # Layout
+//!
+//! The heap runs from the data area (rounded up to 16 bytes) to the
+//! segment's current size, and is tiled, without gaps, by blocks. Every
+//! block starts with a 32-byte header of four words (offsets from the block
+//! start):
+//!
+//! ```text
+//! +0   size_flags  size in bytes (header included, a multiple of 16) | FREE (1) | PREV_FREE (2)
+//! +8   prev_phys   offset of the previous physical block (0 for the first)
+//! +16  seal        a keyed hash of (block offset, size | FREE, requested)
+//! +24  requested   bytes the caller asked for (0 when free)
+//! +32  payload     (16-aligned; the offset handed out)
+//! ```
+//!
+//! A free block keeps its free-list links in its first payload words:
+//! `+32 next_free`, `+40 prev_free` (offsets, 0 for none). The smallest block
+//! is 48 bytes.
+//!
+//! The state area holds, in this order: the [`RobustLock`] word (`+0`:
+//! `pid << 32 | thread + 1`, 0 when free), a magic word, the heap start and
+//! end, the last physical block, the free bytes and free block count, a
+//! "needs repair" flag, the number of repairs, the first-level bitmap, 48
+//! second-level bitmaps, the 48 × 16 list heads (offsets), and the
+//! allocation counters.
+//!
+//! Free blocks are filed by size in 48 × 16 classes: the first level is the
+//! power of two, the second splits it into 16 equal ranges (below 256 bytes
+//! every class is one exact size). A search rounds the request up to the
+//! next class, so the head of any non-empty list at or above it fits: one
+//! bitmap lookup per level, O(1). When that finds nothing, the lists the
+//! rounding skipped are scanned, so a request as large as the largest free
+//! block still succeeds.
+//!
+//! # Write order and recovery
+//!
+//! Every allocate, free and resize runs under the robust lock. A process can
+//! die at any instruction while holding it, so headers are written in an
+//! order that keeps the *physical chain* (start, start + size, ...) walkable
+//! at every instant:
+//!
+//! 1. a new header (a split remainder, front padding, new space at the end)
+//!    is written completely *before* anything points at it: it lies inside
+//!    an existing block or past the heap end, where no walk looks;
+//! 2. the next block's `prev_phys` and `PREV_FREE` are updated;
+//! 3. the commit is one 8-byte store: of the size word of the block that
+//!    shrinks (split), grows (merge) or changes its free bit, or of the heap
+//!    end (growth); the seal follows it.
+//!
+//! The free lists, bitmaps and totals are derived data: they are updated in
+//! whatever order is convenient, because recovery recomputes them.
+//!
+//! At any instant the chain therefore tiles the heap; what a crash can leave
+//! behind is a stale `prev_phys` or `PREV_FREE`, a seal that does not match
+//! yet, two adjacent free blocks, or free lists and bitmaps that disagree
+//! with the chain. The next locker is told the owner died
+//! (`RobustGuard::recovered`) and rebuilds: it walks the chain from the
+//! heap start, rewrites every `prev_phys` and `PREV_FREE`, coalesces
+//! adjacent free blocks, reseals every header (a torn one, whose size is
+//! committed but not yet its seal, is taken as its size word says), refiles
+//! every free block and recomputes the counters from the live blocks. A size word that cannot be right (below the
+//! minimum, not a multiple of 16, past the heap end) is not something this
+//! order produces: it is reported as [`Error::CorruptHeader`] and every
+//! operation keeps reporting it. A block the dying process was allocating
+//! may stay allocated with nobody to free it; a free whose free bit was
+//! committed completes; no block is ever handed out twice.
+//!
+//! An inconsistency found in the middle of an ordinary operation (a broken
+//! list link, say) is reported as [`Error::CorruptHeader`], and the
+//! structure is rebuilt before the lock is released.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::counters::AllocCounters;
+use super::segment_allocator::SegmentAllocator;
+use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::Segment;
+use crate::sync::robust_lock::{RobustGuard, RobustLock};
+
+/// Block sizes and payloads are multiples of this.
+const GRANULE: u64 = 16;
+/// Bytes of the block header before the payload.
+const HEADER: u64 = 32;
+/// The smallest block: a header and the two free-list links (rounded).
+const MIN_BLOCK: u64 = 48;
+/// Low bits of the size word that hold flags.
+const FLAGS: u64 = GRANULE - 1;
+/// The block is free.
+const FREE: u64 = 1;
+/// The previous physical block is free.
+const PREV_FREE: u64 = 2;
+
+/// log2 of the number of second-level lists per first-level class.
+const SL_LOG2: u32 = 4;
+const SL_COUNT: usize = 1 << SL_LOG2;
+/// Sizes below `1 << FL_SHIFT` share first-level class 0.
+const FL_SHIFT: u32 = SL_LOG2 + GRANULE.trailing_zeros();
+const SMALL: u64 = 1 << FL_SHIFT;
+/// First-level classes: enough for any segment (at most 2^47 bytes).
+const FL_COUNT: usize = 48;
+
+const STATE_MAGIC: u64 = u64::from_ne_bytes(*b"TLSFv001");
+const SEAL_KEY: u64 = 0x6b1d_f3a5_9e27_c40f;
+
+/// How long an operation waits for the lock held by a live process.
+const LOCK_PATIENCE: Duration = Duration::from_secs(10);
+
+#[repr(C)]
+struct FreeListState {
+    lock: RobustLock,
+    magic: AtomicU64,
+    heap_start: AtomicU64,
+    heap_end: AtomicU64,
+    last_block: AtomicU64,
+    /// Sum of the sizes (headers included) of the filed free blocks.
+    free_bytes: AtomicU64,
+    free_blocks: AtomicU64,
+    /// Set while a rebuild runs, and left set when it fails.
+    needs_repair: AtomicU64,
+    repairs: AtomicU64,
+    fl_bitmap: AtomicU64,
+    sl_bitmap: [AtomicU32; FL_COUNT],
+    heads: [[AtomicU64; SL_COUNT]; FL_COUNT],
+    counters: AllocCounters,
+}
+
+#[repr(C)]
+struct BlockHeader {
+    size_flags: AtomicU64,
+    prev_phys: AtomicU64,
+    seal: AtomicU64,
+    requested: AtomicU64,
+}
+
+#[repr(C)]
+struct FreeLinks {
+    next: AtomicU64,
+    prev: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<BlockHeader>() as u64 == HEADER);
+const _: () = assert!(HEADER + std::mem::size_of::<FreeLinks>() as u64 <= MIN_BLOCK);
+const _: () = assert!(MIN_BLOCK % GRANULE == 0);
+
+/// The seal of a block: binds its offset, size, free bit and requested
+/// length, so a pointer into the middle of a block (or a stale header left
+/// inside a merged block) is not taken for a block start.
+fn seal(block: u64, size_free: u64, requested: u64) -> u64 {
+    let mut x = block.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ size_free.rotate_left(23)
+        ^ requested.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ SEAL_KEY;
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^= x >> 33;
+    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    x ^ (x >> 33)
+}
+
+/// The class (first level, second level) that a block of `size` is filed in.
+fn class_of(size: u64) -> Option<(usize, usize)> {
+    if size < SMALL {
+        return Some((0, (size / (SMALL / SL_COUNT as u64)) as usize));
+    }
+    let msb = 63 - size.leading_zeros();
+    let fl = (msb - FL_SHIFT + 1) as usize;
+    if fl >= FL_COUNT {
+        return None;
+    }
+    let sl = ((size >> (msb - SL_LOG2)) as usize) ^ SL_COUNT;
+    Some((fl, sl))
+}
+
+/// The first class whose every block holds at least `size` bytes.
+fn search_class(size: u64) -> Option<(usize, usize)> {
+    if size < SMALL {
+        return class_of(size);
+    }
+    let msb = 63 - size.leading_zeros();
+    class_of(size.checked_add((1u64 << (msb - SL_LOG2)) - 1)?)
+}
+
+/// The block size that serves a request of `requested` bytes.
+fn block_size_for(requested: u64) -> Option<u64> {
+    let bytes = requested.max(1).checked_add(HEADER + GRANULE - 1)? & !(GRANULE - 1);
+    Some(bytes.max(MIN_BLOCK))
+}
+
+/// Bytes to split off the front of the free block at `block` so that the
+/// payload after them is aligned to `align`: 0, or at least a minimal block.
+fn front_gap(block: u64, align: u64) -> u64 {
+    if align <= GRANULE {
+        return 0;
+    }
+    let payload = (block + HEADER).next_multiple_of(align);
+    let gap = payload - HEADER - block;
+    if gap != 0 && gap < MIN_BLOCK {
+        gap + align
+    } else {
+        gap
+    }
+}
+
+/// The general-purpose allocator: variable sizes, any power-of-two alignment
+/// up to the page size, O(1) allocate and free with splitting and
+/// coalescing, shared by every process that attaches the segment.
+///
+/// The free lists sit behind a lock that survives its owner: if a process
+/// dies in the middle of an operation, the next one to lock rebuilds the
+/// structure from the blocks themselves (see the module documentation for
+/// the write order that makes this possible). A free is validated (in the
+/// heap, aligned, a sealed block start, live) and a bad one is
+/// [`Error::InvalidFree`] with nothing changed. When the segment may grow,
+/// running out grows it. [`reallocate`](ShmAllocator::reallocate) grows into
+/// a free neighbour or shrinks in place when it can, without copying.
+///
+/// ```
+/// use shmkit::{FreeListAllocator, SegmentAllocator, SegmentOptions, ShmAllocator};
+///
+/// let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let a = heap.allocate(100)?;
+/// let b = heap.allocate_aligned(300, 256)?;
+/// assert_eq!(b.offset().raw() % 256, 0);
+/// heap.free(a)?;
+/// assert!(heap.free(a).is_err()); // a double free is refused
+/// let b = heap.reallocate(b, 600)?; // grows in place into the free space
+/// heap.free(b)?;
+/// heap.check()?;
+/// assert_eq!(heap.stats().live_allocations, 0);
+/// assert_eq!(heap.stats().fragmentation(), 0.0);
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct FreeListAllocator {
+    segment: Segment,
+    state: NonNull<FreeListState>,
+    heap_start: u64,
+}
+
+// SAFETY: the state and the block headers are reached through atomics only,
+// and the segment handle is itself `Send + Sync`.
+unsafe impl Send for FreeListAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for FreeListAllocator {}
+
+impl std::fmt::Debug for FreeListAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FreeListAllocator")
+            .field("segment", &self.segment)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SegmentAllocator for FreeListAllocator {
+    const KIND: AllocatorKind = AllocatorKind::FreeList;
+    type Params = ();
+
+    fn encode_params(_: &()) -> [u64; PARAM_WORDS] {
+        [0; PARAM_WORDS]
+    }
+
+    fn state_len(_: &()) -> u64 {
+        std::mem::size_of::<FreeListState>() as u64
+    }
+
+    fn initialize(segment: &Segment, _: &()) -> Result<()> {
+        let ptr = segment.allocator_state::<FreeListState>()?;
+        // SAFETY: the creator runs this before *ready*, so nobody else uses
+        // the state; `allocator_state` checked size and alignment. All-zero
+        // bytes are a valid state (atomics), written before any reference.
+        unsafe {
+            ptr.as_ptr().write_bytes(0, 1);
+            std::ptr::addr_of_mut!((*ptr.as_ptr()).lock).write(RobustLock::new());
+        }
+        // SAFETY: just initialized; atomics only.
+        let state = unsafe { ptr.as_ref() };
+        let start = heap_start_of(segment);
+        let end = segment.size() & !(GRANULE - 1);
+        if end < start || end - start < MIN_BLOCK {
+            return Err(Error::invalid_size(format!(
+                "the segment leaves {} bytes for the heap, at least {MIN_BLOCK} are needed",
+                end.saturating_sub(start)
+            )));
+        }
+        state.heap_start.store(start, Ordering::Relaxed);
+        state.heap_end.store(end, Ordering::Relaxed);
+        state.last_block.store(start, Ordering::Relaxed);
+        let mut heap = Heap {
+            segment,
+            state,
+            start,
+            end,
+        };
+        heap.write_header(start, end - start, FREE, 0, 0)?;
+        heap.insert(start, end - start)?;
+        state.magic.store(STATE_MAGIC, Ordering::Release);
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        let state = segment.allocator_state::<FreeListState>()?;
+        let heap_start = heap_start_of(&segment);
+        let allocator = FreeListAllocator {
+            segment,
+            state,
+            heap_start,
+        };
+        let recorded = allocator.state().heap_start.load(Ordering::Acquire);
+        if allocator.state().magic.load(Ordering::Acquire) != STATE_MAGIC {
+            return Err(Error::corrupt("free-list state has a bad magic word"));
+        }
+        if recorded != heap_start {
+            return Err(Error::corrupt(format!(
+                "free-list heap starts at {recorded}, expected {heap_start}"
+            )));
+        }
+        Ok(allocator)
+    }
+}
+
+fn heap_start_of(segment: &Segment) -> u64 {
+    segment.data_offset().next_multiple_of(GRANULE)
+}
+
+impl FreeListAllocator {
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// How many times the structure was rebuilt from its blocks (after a
+    /// process died holding the lock, or after an inconsistency was found).
+    pub fn repairs(&self) -> u64 {
+        self.state().repairs.load(Ordering::Acquire)
+    }
+
+    /// Rebuilds the free lists, bitmaps and counters from the physical
+    /// chain of blocks now, as the recovery after a dead lock owner does.
+    /// Fails with [`Error::CorruptHeader`] when the chain itself is broken.
+    pub fn repair(&self) -> Result<()> {
+        self.locked(false, |heap| heap.rebuild())
+    }
+
+    fn state(&self) -> &FreeListState {
+        // SAFETY: `state` points into the segment, which lives as long as
+        // `self`; `allocator_state` checked size and alignment; it is made of
+        // atomics, valid for any bytes.
+        unsafe { self.state.as_ref() }
+    }
+
+    /// Runs `op` under the lock, after repairing the structure if the
+    /// previous owner died (or an earlier repair failed). When `mutating`
+    /// and `op` finds an inconsistency, the structure is rebuilt before the
+    /// lock is released.
+    fn locked<R>(&self, mutating: bool, op: impl FnOnce(&mut Heap<'_>) -> Result<R>) -> Result<R> {
+        let state = self.state();
+        let guard: RobustGuard<'_> = state.lock.lock(LOCK_PATIENCE)?;
+        let mut heap = Heap {
+            segment: &self.segment,
+            state,
+            start: self.heap_start,
+            end: state.heap_end.load(Ordering::Acquire),
+        };
+        if guard.recovered() || state.needs_repair.load(Ordering::Acquire) != 0 {
+            heap.rebuild()?;
+        }
+        let result = heap.check_end().and_then(|()| op(&mut heap));
+        if mutating && matches!(result, Err(Error::CorruptHeader { .. })) {
+            // The report stands; the rebuild only makes the next call work.
+            let _ = heap.rebuild();
+        }
+        drop(guard);
+        result
+    }
+}
+
+/// The heap as seen under the lock: the segment, the state and the bounds.
+struct Heap<'a> {
+    segment: &'a Segment,
+    state: &'a FreeListState,
+    start: u64,
+    end: u64,
+}
+
+/// A live block, validated.
+struct UsedBlock<'a> {
+    header: &'a BlockHeader,
+    block: u64,
+    size: u64,
+    flags: u64,
+    requested: u64,
+}
+
+impl<'a> Heap<'a> {
+    /// Checks the heap end recorded in the state against this mapping.
+    fn check_end(&self) -> Result<()> {
+        let end = self.end;
+        if end % GRANULE != 0
+            || end < self.start
+            || end - self.start < MIN_BLOCK
+            || end > self.segment.size()
+        {
+            return Err(Error::corrupt(format!(
+                "free-list heap end {end} is impossible (heap start {}, segment size {})",
+                self.start,
+                self.segment.size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The header at `block`, which must leave room for a minimal block
+    /// before `limit`.
+    fn header_before(&self, block: u64, limit: u64) -> Result<&'a BlockHeader> {
+        if block < self.start
+            || block % GRANULE != 0
+            || block.checked_add(MIN_BLOCK).is_none_or(|end| end > limit)
+        {
+            return Err(Error::corrupt(format!(
+                "block offset {block} is outside the heap {}..{limit}",
+                self.start
+            )));
+        }
+        let ptr = self
+            .segment
+            .resolve(Offset::<BlockHeader>::from_raw(block))?;
+        // SAFETY: `resolve` checked bounds and alignment; the header is made
+        // of atomics, valid for any bytes, and lives as long as the segment.
+        Ok(unsafe { ptr.as_ref() })
+    }
+
+    fn header(&self, block: u64) -> Result<&'a BlockHeader> {
+        self.header_before(block, self.end)
+    }
+
+    /// The free-list links of the block at `block`.
+    fn links(&self, block: u64) -> Result<&'a FreeLinks> {
+        self.header(block)?;
+        let ptr = self
+            .segment
+            .resolve(Offset::<FreeLinks>::from_raw(block + HEADER))?;
+        // SAFETY: as in `header_before`; the links lie inside the block
+        // (`MIN_BLOCK` leaves room for them).
+        Ok(unsafe { ptr.as_ref() })
+    }
+
+    /// The block at `block`: header, size and flags, checked to lie in the
+    /// heap.
+    fn block(&self, block: u64) -> Result<(&'a BlockHeader, u64, u64)> {
+        let header = self.header(block)?;
+        let word = header.size_flags.load(Ordering::Acquire);
+        let (size, flags) = (word & !FLAGS, word & FLAGS);
+        if flags & !(FREE | PREV_FREE) != 0
+            || size < MIN_BLOCK
+            || block.checked_add(size).is_none_or(|end| end > self.end)
+        {
+            return Err(Error::corrupt(format!(
+                "block at {block} has an impossible size word {word:#x} (heap end {})",
+                self.end
+            )));
+        }
+        Ok((header, size, flags))
+    }
+
+    /// Writes a complete header at `block` (a place no walk reaches yet).
+    fn write_header(
+        &self,
+        block: u64,
+        size: u64,
+        flags: u64,
+        prev: u64,
+        requested: u64,
+    ) -> Result<()> {
+        let header = self.header_before(block, block.saturating_add(size))?;
+        header.prev_phys.store(prev, Ordering::Relaxed);
+        header.requested.store(requested, Ordering::Relaxed);
+        header.size_flags.store(size | flags, Ordering::Release);
+        header.seal.store(
+            seal(block, size | (flags & FREE), requested),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// Commits a new size and flags for an existing block (one store), then
+    /// reseals it.
+    fn commit(&self, header: &BlockHeader, block: u64, size: u64, flags: u64, requested: u64) {
+        header.requested.store(requested, Ordering::Relaxed);
+        header.size_flags.store(size | flags, Ordering::Release);
+        header.seal.store(
+            seal(block, size | (flags & FREE), requested),
+            Ordering::Release,
+        );
+    }
+
+    /// Points the block at `next` (if inside the heap) back at `prev`.
+    fn link_next(&self, next: u64, prev: u64, prev_free: bool) -> Result<()> {
+        if next >= self.end {
+            return Ok(());
+        }
+        let header = self.header(next)?;
+        header.prev_phys.store(prev, Ordering::Release);
+        if prev_free {
+            header.size_flags.fetch_or(PREV_FREE, Ordering::AcqRel);
+        } else {
+            header.size_flags.fetch_and(!PREV_FREE, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    fn head(&self, (fl, sl): (usize, usize)) -> &'a AtomicU64 {
+        &self.state.heads[fl][sl]
+    }
+
+    fn class(&self, size: u64) -> Result<(usize, usize)> {
+        class_of(size).ok_or_else(|| Error::corrupt(format!("free block size {size} has no class")))
+    }
+
+    /// Files the free block `block` of `size` bytes.
+    fn insert(&mut self, block: u64, size: u64) -> Result<()> {
+        let class = self.class(size)?;
+        let head = self.head(class);
+        let first = head.load(Ordering::Acquire);
+        let first_links = if first != 0 {
+            Some(self.links(first)?)
+        } else {
+            None
+        };
+        let links = self.links(block)?;
+        links.next.store(first, Ordering::Relaxed);
+        links.prev.store(0, Ordering::Relaxed);
+        if let Some(first_links) = first_links {
+            first_links.prev.store(block, Ordering::Relaxed);
+        }
+        head.store(block, Ordering::Release);
+        let (fl, sl) = class;
+        self.state.sl_bitmap[fl].fetch_or(1 << sl, Ordering::AcqRel);
+        self.state.fl_bitmap.fetch_or(1 << fl, Ordering::AcqRel);
+        self.state.free_bytes.fetch_add(size, Ordering::AcqRel);
+        self.state.free_blocks.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Takes the free block `block` of `size` bytes off its list, after
+    /// checking that its neighbours in the list point back at it.
+    fn unlink(&mut self, block: u64, size: u64) -> Result<()> {
+        let class = self.class(size)?;
+        let head = self.head(class);
+        let links = self.links(block)?;
+        let next = links.next.load(Ordering::Acquire);
+        let prev = links.prev.load(Ordering::Acquire);
+        let broken = || Error::corrupt(format!("free-list links of block {block} are broken"));
+        let next_links = if next != 0 {
+            let next_links = self.links(next)?;
+            if next_links.prev.load(Ordering::Acquire) != block {
+                return Err(broken());
+            }
+            Some(next_links)
+        } else {
+            None
+        };
+        let prev_links = if prev != 0 {
+            let prev_links = self.links(prev)?;
+            if prev_links.next.load(Ordering::Acquire) != block {
+                return Err(broken());
+            }
+            Some(prev_links)
+        } else {
+            if head.load(Ordering::Acquire) != block {
+                return Err(broken());
+            }
+            None
+        };
+        let free_bytes = self.state.free_bytes.load(Ordering::Acquire);
+        let free_blocks = self.state.free_blocks.load(Ordering::Acquire);
+        if free_bytes < size || free_blocks == 0 {
+            return Err(Error::corrupt("free-list totals are below a listed block"));
+        }
+        if let Some(next_links) = next_links {
+            next_links.prev.store(prev, Ordering::Relaxed);
+        }
+        match prev_links {
+            Some(prev_links) => prev_links.next.store(next, Ordering::Relaxed),
+            None => {
+                head.store(next, Ordering::Release);
+                if next == 0 {
+                    let (fl, sl) = class;
+                    let left = self.state.sl_bitmap[fl].fetch_and(!(1 << sl), Ordering::AcqRel)
+                        & !(1 << sl);
+                    if left == 0 {
+                        self.state.fl_bitmap.fetch_and(!(1 << fl), Ordering::AcqRel);
+                    }
+                }
+            }
+        }
+        self.state
+            .free_bytes
+            .store(free_bytes - size, Ordering::Release);
+        self.state
+            .free_blocks
+            .store(free_blocks - 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// The first non-empty class at or above `(fl, sl)`.
+    fn find_suitable(&self, (fl, sl): (usize, usize)) -> Option<(usize, usize)> {
+        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire) & (!0u32 << sl);
+        if sl_map != 0 {
+            return Some((fl, sl_map.trailing_zeros() as usize));
+        }
+        let fl_map =
+            self.state.fl_bitmap.load(Ordering::Acquire) & (!0u64).checked_shl(fl as u32 + 1)?;
+        if fl_map == 0 {
+            return None;
+        }
+        let fl = fl_map.trailing_zeros() as usize;
+        if fl >= FL_COUNT {
+            return None;
+        }
+        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+        (sl_map != 0).then(|| (fl, sl_map.trailing_zeros() as usize))
+    }
+
+    /// A bound on any list walk, so a corrupt cycle cannot spin forever.
+    fn walk_bound(&self) -> u64 {
+        self.end.saturating_sub(self.start) / MIN_BLOCK + 1
+    }
+
+    /// A free block that can serve `need` bytes aligned to `align`: O(1)
+    /// through the bitmaps, else a scan of the classes the rounding skipped.
+    fn find(&self, need: u64, search: u64, align: u64) -> Result<Option<(u64, u64)>> {
+        if let Some(class) = search_class(search).and_then(|c| self.find_suitable(c)) {
+            let block = self.head(class).load(Ordering::Acquire);
+            let (_, size, flags) = self.block(block)?;
+            if flags & FREE == 0 || front_gap(block, align) + need > size {
+                return Err(Error::corrupt(format!(
+                    "block {block} listed in class {class:?} is not free or too small"
+                )));
+            }
+            return Ok(Some((block, size)));
+        }
+        // The lists between the request's own class and the rounded one.
+        let Some(first) = class_of(need) else {
+            return Ok(None);
+        };
+        let last = class_of(search).unwrap_or((FL_COUNT - 1, SL_COUNT - 1));
+        let mut class = first;
+        loop {
+            let mut block = self.head(class).load(Ordering::Acquire);
+            let mut steps = 0;
+            while block != 0 {
+                steps += 1;
+                if steps > self.walk_bound() {
+                    return Err(Error::corrupt("a free list loops"));
+                }
+                let (_, size, flags) = self.block(block)?;
+                if flags & FREE == 0 {
+                    return Err(Error::corrupt(format!("listed block {block} is not free")));
+                }
+                if front_gap(block, align) + need <= size {
+                    return Ok(Some((block, size)));
+                }
+                block = self.links(block)?.next.load(Ordering::Acquire);
+            }
+            if class >= last {
+                return Ok(None);
+            }
+            class = if class.1 + 1 < SL_COUNT {
+                (class.0, class.1 + 1)
+            } else {
+                (class.0 + 1, 0)
+            };
+        }
+    }
+
+    /// Turns the free block `block` (`size` bytes) into a live block of
+    /// `need` bytes aligned to `align`, splitting off front padding and the
+    /// tail as free blocks. Returns the live block's offset.
+    fn carve(
+        &mut self,
+        block: u64,
+        size: u64,
+        need: u64,
+        align: u64,
+        requested: u64,
+    ) -> Result<u64> {
+        let (header, _, flags) = self.block(block)?;
+        self.unlink(block, size)?;
+        let last = self.state.last_block.load(Ordering::Acquire);
+        let gap = front_gap(block, align);
+        let (mut live, mut live_size, mut live_flags) = (block, size, flags);
+        if gap > 0 {
+            // `block` keeps the first `gap` bytes, free; the rest follows.
+            live = block + gap;
+            live_size = size - gap;
+            live_flags = FREE | PREV_FREE;
+            self.write_header(live, live_size, live_flags, block, 0)?;
+            self.link_next(live + live_size, live, true)?;
+            self.commit(header, block, gap, flags, 0);
+            self.insert(block, gap)?;
+            if last == block {
+                self.state.last_block.store(live, Ordering::Release);
+            }
+        }
+        let live_header = self.header(live)?;
+        if live_size - need >= MIN_BLOCK {
+            let rest = live + need;
+            let rest_size = live_size - need;
+            self.write_header(rest, rest_size, FREE, live, 0)?;
+            self.link_next(rest + rest_size, rest, true)?;
+            self.commit(live_header, live, need, live_flags, 0);
+            self.insert(rest, rest_size)?;
+            if self.state.last_block.load(Ordering::Acquire) == live {
+                self.state.last_block.store(rest, Ordering::Release);
+            }
+            live_size = need;
+        }
+        self.commit(
+            live_header,
+            live,
+            live_size,
+            live_flags & PREV_FREE,
+            requested,
+        );
+        self.link_next(live + live_size, live, false)?;
+        Ok(live)
+    }
+
+    /// Validates `offset` as the payload of a live block; anything else is
+    /// [`Error::InvalidFree`].
+    fn used_block(&self, offset: u64) -> Result<UsedBlock<'a>> {
+        let invalid = Error::InvalidFree { offset };
+        if offset % GRANULE != 0 || offset < self.start + HEADER || offset >= self.end {
+            return Err(invalid);
+        }
+        let block = offset - HEADER;
+        let (header, size, flags) = self
+            .block(block)
+            .map_err(|_| Error::InvalidFree { offset })?;
+        let requested = header.requested.load(Ordering::Acquire);
+        if flags & FREE != 0
+            || requested > size - HEADER
+            || header.seal.load(Ordering::Acquire) != seal(block, size, requested)
+        {
+            return Err(invalid);
+        }
+        // A real block start is where its neighbours say it is.
+        let prev = header.prev_phys.load(Ordering::Acquire);
+        if block == self.start {
+            if prev != 0 || flags & PREV_FREE != 0 {
+                return Err(invalid);
+            }
+        } else {
+            let (_, prev_size, prev_flags) = self
+                .block(prev)
+                .map_err(|_| Error::InvalidFree { offset })?;
+            if prev.checked_add(prev_size) != Some(block)
+                || (prev_flags & FREE != 0) != (flags & PREV_FREE != 0)
+            {
+                return Err(invalid);
+            }
+        }
+        let next = block + size;
+        if next < self.end {
+            let (next_header, _, next_flags) = self
+                .block(next)
+                .map_err(|_| Error::InvalidFree { offset })?;
+            if next_header.prev_phys.load(Ordering::Acquire) != block || next_flags & PREV_FREE != 0
+            {
+                return Err(invalid);
+            }
+        }
+        Ok(UsedBlock {
+            header,
+            block,
+            size,
+            flags,
+            requested,
+        })
+    }
+
+    /// Frees the live block whose payload is at `offset`, coalescing it
+    /// with free neighbours; returns the length it recorded.
+    fn free(&mut self, offset: u64) -> Result<u64> {
+        let UsedBlock {
+            header,
+            block,
+            size,
+            flags,
+            requested,
+        } = self.used_block(offset)?;
+        let last = self.state.last_block.load(Ordering::Acquire);
+        let mut is_last = last == block;
+        // Mark it free (the commit), then tell the next block.
+        let own_flags = FREE | (flags & PREV_FREE);
+        self.commit(header, block, size, own_flags, 0);
+        let next = block + size;
+        self.link_next(next, block, true)?;
+        let (mut merged, mut merged_size) = (block, size);
+        if next < self.end {
+            let (_, next_size, next_flags) = self.block(next)?;
+            if next_flags & FREE != 0 {
+                self.unlink(next, next_size)?;
+                merged_size += next_size;
+                self.commit(header, block, merged_size, own_flags, 0);
+                self.link_next(block + merged_size, block, true)?;
+                is_last |= last == next;
+            }
+        }
+        if flags & PREV_FREE != 0 {
+            let prev = header.prev_phys.load(Ordering::Acquire);
+            let (prev_header, prev_size, prev_flags) = self.block(prev)?;
+            if prev_flags & FREE == 0 || prev + prev_size != block {
+                return Err(Error::corrupt(format!(
+                    "block {block} says its previous block {prev} is free; it is not"
+                )));
+            }
+            self.unlink(prev, prev_size)?;
+            merged = prev;
+            merged_size += prev_size;
+            self.commit(prev_header, prev, merged_size, prev_flags, 0);
+            self.link_next(prev + merged_size, prev, true)?;
+        }
+        if is_last {
+            self.state.last_block.store(merged, Ordering::Release);
+        }
+        self.insert(merged, merged_size)?;
+        Ok(requested)
+    }
+
+    /// Resizes the live block at `offset` in place if it can: shrinking
+    /// splits the tail off, growing takes from a free next neighbour.
+    fn resize(&mut self, offset: u64, new_size: u64) -> Result<Option<u64>> {
+        let used = self.used_block(offset)?;
+        let Some(need) = block_size_for(new_size) else {
+            return Ok(None);
+        };
+        let UsedBlock {
+            header,
+            block,
+            size,
+            flags,
+            requested,
+        } = used;
+        let next = block + size;
+        let next_free = if next < self.end {
+            let (_, next_size, next_flags) = self.block(next)?;
+            (next_flags & FREE != 0).then_some(next_size)
+        } else {
+            None
+        };
+        let available = size + next_free.unwrap_or(0);
+        if need > available {
+            return Ok(None);
+        }
+        let last = self.state.last_block.load(Ordering::Acquire);
+        let flags = flags & PREV_FREE;
+        if need <= size && size - need < MIN_BLOCK {
+            // Fits as it is: only the recorded length changes.
+            self.commit(header, block, size, flags, new_size);
+            return Ok(Some(requested));
+        }
+        if let Some(next_size) = next_free {
+            self.unlink(next, next_size)?;
+        }
+        let end = block + available;
+        if available - need >= MIN_BLOCK {
+            let rest = block + need;
+            self.write_header(rest, available - need, FREE, block, 0)?;
+            self.link_next(end, rest, true)?;
+            self.commit(header, block, need, flags, new_size);
+            self.insert(rest, available - need)?;
+            if last == block || (next_free.is_some() && last == next) {
+                self.state.last_block.store(rest, Ordering::Release);
+            }
+        } else {
+            self.commit(header, block, available, flags, new_size);
+            self.link_next(end, block, false)?;
+            if next_free.is_some() && last == next {
+                self.state.last_block.store(block, Ordering::Release);
+            }
+        }
+        Ok(Some(requested))
+    }
+
+    /// The size of the last block if it is free (growth merges with it).
+    fn free_tail(&self) -> Result<u64> {
+        let last = self.state.last_block.load(Ordering::Acquire);
+        let (_, size, flags) = self.block(last)?;
+        Ok(if flags & FREE != 0 { size } else { 0 })
+    }
+
+    /// Turns the space between the heap end and the segment's current size
+    /// into a free block (merged with a free last block).
+    fn absorb_growth(&mut self) -> Result<()> {
+        let new_end = self.segment.size() & !(GRANULE - 1);
+        if new_end <= self.end || new_end - self.end < MIN_BLOCK {
+            return Ok(());
+        }
+        let old_end = self.end;
+        let last = self.state.last_block.load(Ordering::Acquire);
+        let (last_header, last_size, last_flags) = self.block(last)?;
+        if last + last_size != old_end {
+            return Err(Error::corrupt(format!(
+                "last block {last} does not reach the heap end {old_end}"
+            )));
+        }
+        let last_free = last_flags & FREE != 0;
+        let extra = new_end - old_end;
+        let prev_flag = if last_free { PREV_FREE } else { 0 };
+        self.write_header(old_end, extra, FREE | prev_flag, last, 0)?;
+        // Commit: the chain now ends with the new block.
+        self.state.heap_end.store(new_end, Ordering::Release);
+        self.end = new_end;
+        if last_free {
+            self.unlink(last, last_size)?;
+            let total = last_size + extra;
+            self.commit(last_header, last, total, last_flags, 0);
+            self.insert(last, total)?;
+        } else {
+            self.state.last_block.store(old_end, Ordering::Release);
+            self.insert(old_end, extra)?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds everything but the sizes from the physical chain: prev
+    /// links, flags, seals, coalescing, lists, bitmaps, totals, counters.
+    fn rebuild(&mut self) -> Result<()> {
+        let state = self.state;
+        state.needs_repair.store(1, Ordering::Release);
+        self.end = state.heap_end.load(Ordering::Acquire);
+        self.check_end()?;
+        state.fl_bitmap.store(0, Ordering::Relaxed);
+        for fl in 0..FL_COUNT {
+            state.sl_bitmap[fl].store(0, Ordering::Relaxed);
+            for head in &state.heads[fl] {
+                head.store(0, Ordering::Relaxed);
+            }
+        }
+        state.free_bytes.store(0, Ordering::Relaxed);
+        state.free_blocks.store(0, Ordering::Relaxed);
+        let (mut live, mut live_bytes) = (0u64, 0u64);
+        let mut prev = 0u64;
+        // The free run being gathered: its first block and total size.
+        let mut run: Option<(u64, u64)> = None;
+        let mut block = self.start;
+        while block < self.end {
+            let (header, size, flags) = self.block(block).map_err(|_| {
+                Error::corrupt(format!(
+                    "block header at {block} is torn beyond repair: the chain breaks there"
+                ))
+            })?;
+            if flags & FREE != 0 {
+                if let Some((first, total)) = run {
+                    // Two adjacent free blocks: the first absorbs this one.
+                    let (first_header, _, first_flags) = self.block(first)?;
+                    self.commit(first_header, first, total + size, first_flags, 0);
+                    run = Some((first, total + size));
+                } else {
+                    header.prev_phys.store(prev, Ordering::Relaxed);
+                    self.commit(header, block, size, FREE, 0);
+                    run = Some((block, size));
+                    prev = block;
+                }
+            } else {
+                let prev_free = if let Some((first, total)) = run.take() {
+                    self.insert(first, total)?;
+                    PREV_FREE
+                } else {
+                    0
+                };
+                let requested = header.requested.load(Ordering::Acquire).min(size - HEADER);
+                header.prev_phys.store(prev, Ordering::Relaxed);
+                self.commit(header, block, size, prev_free, requested);
+                live += 1;
+                live_bytes += requested;
+                prev = block;
+            }
+            block += size;
+        }
+        if let Some((first, total)) = run {
+            self.insert(first, total)?;
+        }
+        state.last_block.store(prev, Ordering::Release);
+        state.counters.reset_to(live_bytes, live);
+        state.repairs.fetch_add(1, Ordering::AcqRel);
+        state.needs_repair.store(0, Ordering::Release);
+        Ok(())
+    }
+
+    /// (free bytes usable, largest single request that fits).
+    fn free_summary(&self) -> Result<(u64, u64)> {
+        let bytes = self.state.free_bytes.load(Ordering::Acquire);
+        let blocks = self.state.free_blocks.load(Ordering::Acquire);
+        let usable = bytes.saturating_sub(blocks.saturating_mul(HEADER));
+        let fl_map = self.state.fl_bitmap.load(Ordering::Acquire);
+        if fl_map == 0 {
+            return Ok((usable, 0));
+        }
+        let fl = 63 - fl_map.leading_zeros() as usize;
+        if fl >= FL_COUNT {
+            return Err(Error::corrupt("first-level bitmap out of range"));
+        }
+        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+        if sl_map == 0 {
+            return Err(Error::corrupt(format!(
+                "first-level class {fl} is marked but empty"
+            )));
+        }
+        let sl = 31 - sl_map.leading_zeros() as usize;
+        let mut largest = 0;
+        let mut block = self.head((fl, sl)).load(Ordering::Acquire);
+        let mut steps = 0;
+        while block != 0 {
+            steps += 1;
+            if steps > self.walk_bound() {
+                return Err(Error::corrupt("a free list loops"));
+            }
+            let (_, size, _) = self.block(block)?;
+            largest = largest.max(size);
+            block = self.links(block)?.next.load(Ordering::Acquire);
+        }
+        Ok((usable, largest.saturating_sub(HEADER)))
+    }
+
+    /// Walks the chain and every list; the first inconsistency is an error.
+    fn check(&self) -> Result<()> {
+        self.check_end()?;
+        let mut free_set = std::collections::HashSet::new();
+        let (mut free_bytes, mut live, mut live_bytes) = (0u64, 0u64, 0u64);
+        let (mut prev, mut prev_free) = (0u64, false);
+        let mut block = self.start;
+        while block < self.end {
+            let (header, size, flags) = self.block(block)?;
+            let free = flags & FREE != 0;
+            let requested = header.requested.load(Ordering::Acquire);
+            if header.prev_phys.load(Ordering::Acquire) != prev {
+                return Err(Error::corrupt(format!(
+                    "block {block} links back to {}, the previous block is {prev}",
+                    header.prev_phys.load(Ordering::Acquire)
+                )));
+            }
+            if (flags & PREV_FREE != 0) != prev_free {
+                return Err(Error::corrupt(format!(
+                    "block {block} has a wrong PREV_FREE bit"
+                )));
+            }
+            if free && prev_free {
+                return Err(Error::corrupt(format!(
+                    "blocks {prev} and {block} are adjacent and both free"
+                )));
+            }
+            let expected = seal(block, size | (flags & FREE), requested);
+            if header.seal.load(Ordering::Acquire) != expected {
+                return Err(Error::corrupt(format!("block {block} has a bad seal")));
+            }
+            if free {
+                if requested != 0 {
+                    return Err(Error::corrupt(format!(
+                        "free block {block} records a length"
+                    )));
+                }
+                free_set.insert(block);
+                free_bytes += size;
+            } else {
+                if requested > size - HEADER {
+                    return Err(Error::corrupt(format!(
+                        "block {block} records too long a length"
+                    )));
+                }
+                live += 1;
+                live_bytes += requested;
+            }
+            prev = block;
+            prev_free = free;
+            block += size;
+        }
+        let last = self.state.last_block.load(Ordering::Acquire);
+        if last != prev {
+            return Err(Error::corrupt(format!(
+                "last block is {prev}, the state says {last}"
+            )));
+        }
+        // Every list: free blocks of the right class, consistent links.
+        let mut listed = 0u64;
+        let fl_map = self.state.fl_bitmap.load(Ordering::Acquire);
+        if fl_map >> FL_COUNT != 0 {
+            return Err(Error::corrupt("first-level bitmap out of range"));
+        }
+        for fl in 0..FL_COUNT {
+            let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+            if (sl_map != 0) != (fl_map & (1 << fl) != 0) {
+                return Err(Error::corrupt(format!("bitmaps disagree on class {fl}")));
+            }
+            for sl in 0..SL_COUNT {
+                let mut block = self.head((fl, sl)).load(Ordering::Acquire);
+                if (block != 0) != (sl_map & (1 << sl) != 0) {
+                    return Err(Error::corrupt(format!(
+                        "bitmap disagrees on list ({fl}, {sl})"
+                    )));
+                }
+                let mut prev = 0;
+                while block != 0 {
+                    if !free_set.remove(&block) {
+                        return Err(Error::corrupt(format!(
+                            "list ({fl}, {sl}) holds {block}, which is not a free block (or is listed twice)"
+                        )));
+                    }
+                    let (_, size, _) = self.block(block)?;
+                    if class_of(size) != Some((fl, sl)) {
+                        return Err(Error::corrupt(format!(
+                            "block {block} of {size} bytes is filed in class ({fl}, {sl})"
+                        )));
+                    }
+                    let links = self.links(block)?;
+                    if links.prev.load(Ordering::Acquire) != prev {
+                        return Err(Error::corrupt(format!(
+                            "block {block} has a wrong list back link"
+                        )));
+                    }
+                    listed += 1;
+                    prev = block;
+                    block = links.next.load(Ordering::Acquire);
+                }
+            }
+        }
+        if let Some(block) = free_set.iter().next() {
+            return Err(Error::corrupt(format!("free block {block} is on no list")));
+        }
+        let state_blocks = self.state.free_blocks.load(Ordering::Acquire);
+        let state_bytes = self.state.free_bytes.load(Ordering::Acquire);
+        if state_blocks != listed || state_bytes != free_bytes {
+            return Err(Error::corrupt(format!(
+                "free totals say {state_blocks} blocks / {state_bytes} bytes, the heap has {listed} / {free_bytes}"
+            )));
+        }
+        let (counted_bytes, counted_live, _) = self.state.counters.snapshot();
+        if counted_live != live || counted_bytes != live_bytes {
+            return Err(Error::corrupt(format!(
+                "counters say {counted_live} blocks / {counted_bytes} bytes live, the heap has {live} / {live_bytes}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl ShmAllocator for FreeListAllocator {
+    fn kind(&self) -> AllocatorKind {
+        AllocatorKind::FreeList
+    }
+
+    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+        let align = power_of_two_align(align, self.segment.max_align())? as u64;
+        let requested = size as u64;
+        let out_of_memory = |available| Error::OutOfMemory {
+            requested,
+            available,
+        };
+        let need = block_size_for(requested).ok_or(out_of_memory(0))?;
+        let search = if align <= GRANULE {
+            Some(need)
+        } else {
+            need.checked_add(align + HEADER)
+        }
+        .ok_or(out_of_memory(0))?;
+        self.locked(true, |heap| {
+            heap.absorb_growth()?;
+            loop {
+                if let Some((block, block_size)) = heap.find(need, search, align)? {
+                    let live = heap.carve(block, block_size, need, align, requested)?;
+                    heap.state.counters.on_allocate(requested);
+                    return Ok(live + HEADER);
+                }
+                let current = heap.segment.size();
+                let max = heap.segment.max_size();
+                let wanted = (heap.end - heap.free_tail()?)
+                    .checked_add(search)
+                    .and_then(|e| e.checked_add(MIN_BLOCK));
+                match wanted {
+                    Some(wanted) if current < max && wanted <= max => {
+                        let target = wanted.max(current.saturating_mul(2)).min(max);
+                        heap.segment.grow(target)?;
+                        let before = heap.end;
+                        heap.absorb_growth()?;
+                        if heap.end == before {
+                            return Err(out_of_memory(heap.free_summary()?.1));
+                        }
+                    }
+                    _ => return Err(out_of_memory(heap.free_summary()?.1)),
+                }
+            }
+        })
+    }
+
+    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        self.locked(true, |heap| {
+            let requested = heap.free(offset)?;
+            heap.state.counters.on_free(requested);
+            Ok(())
+        })
+    }
+
+    fn usable_size(&self, offset: u64) -> Result<usize> {
+        self.locked(false, |heap| {
+            let used = heap.used_block(offset)?;
+            Ok((used.size - HEADER) as usize)
+        })
+    }
+
+    fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
+        if offset % GRANULE != 0
+            || offset < self.heap_start + HEADER
+            || offset >= self.segment.size()
+        {
+            return Err(Error::InvalidFree { offset });
+        }
+        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+    }
+
+    fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
+        self.segment
+            .offset_of(ptr.as_ptr().cast_const())
+            .map(|offset| offset.raw())
+    }
+
+    fn stats(&self) -> AllocStats {
+        let state = self.state();
+        let (allocated_bytes, live_allocations, peak_bytes) = state.counters.snapshot();
+        let summary = self.locked(false, |heap| {
+            Ok((heap.free_summary()?, heap.end - heap.start))
+        });
+        let ((free_bytes, largest_free_block), capacity) = summary.unwrap_or_else(|_| {
+            // Busy or broken: what the shared words say, without the walk.
+            let end = state.heap_end.load(Ordering::Acquire);
+            let bytes = state.free_bytes.load(Ordering::Acquire);
+            let blocks = state.free_blocks.load(Ordering::Acquire);
+            (
+                (bytes.saturating_sub(blocks.saturating_mul(HEADER)), 0),
+                end.saturating_sub(self.heap_start),
+            )
+        });
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block,
+            capacity,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        self.locked(false, |heap| heap.check())
+    }
+
+    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        self.locked(true, |heap| {
+            Ok(match heap.resize(offset, new_size as u64)? {
+                Some(old) => {
+                    heap.state.counters.on_free(old);
+                    heap.state.counters.on_allocate(new_size as u64);
+                    true
+                }
+                None => false,
+            })
+        })
+    }
+}
+
+impl_allocator_api2!(FreeListAllocator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The smallest block size filed in `class`.
+    fn class_floor((fl, sl): (usize, usize)) -> u64 {
+        if fl == 0 {
+            return sl as u64 * (SMALL / SL_COUNT as u64);
+        }
+        let base = 1u64 << (fl as u32 + FL_SHIFT - 1);
+        base + sl as u64 * (base >> SL_LOG2)
+    }
+
+    #[test]
+    fn classes_cover_sizes_in_order() {
+        let mut last = (0, 0);
+        let sizes = (MIN_BLOCK..1 << 20).step_by(GRANULE as usize).chain(
+            (20..47).flat_map(|shift| [(1u64 << shift) - 16, 1 << shift, (1 << shift) + 16]),
+        );
+        for size in sizes {
+            let class = class_of(size).unwrap();
+            assert!(class >= last, "size {size}");
+            last = class;
+            assert!(class_floor(class) <= size, "size {size}");
+            // Every block of the search class (and above) holds `size`.
+            let search = search_class(size).unwrap();
+            assert!(search >= class);
+            assert!(class_floor(search) >= size, "size {size}");
+            assert_eq!(class_of(class_floor(search)), Some(search));
+        }
+        assert_eq!(class_of(1 << 47).map(|c| c.0), Some(40));
+    }
+
+    #[test]
+    fn front_gaps_align_and_leave_room() {
+        for align in [32u64, 64, 128, 256, 4096] {
+            for block in (0..8192u64).step_by(16) {
+                let gap = front_gap(block, align);
+                assert_eq!((block + gap + HEADER) % align, 0);
+                assert!(gap == 0 || gap >= MIN_BLOCK);
+                assert!(gap <= align + HEADER);
+            }
+        }
+    }
+}
