@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use shmkit::{
-    BuddyAllocator, MallocAllocator, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator,
+    BuddyAllocator, FreeListAllocator, MallocAllocator, MemContext, SegmentAllocator,
+    SegmentOptions, ShmAllocator,
 };
 
 /// What the workloads need from an allocator: a token per block.
