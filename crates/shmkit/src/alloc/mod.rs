@@ -11,6 +11,7 @@ mod linear;
 mod malloc;
 mod segment_allocator;
 pub(crate) mod shm_allocator;
+mod size_class;
 mod stack;
 
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
@@ -19,4 +20,5 @@ pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use malloc::MallocAllocator;
 pub use segment_allocator::{InBuffer, SegmentAllocator};
 pub use shm_allocator::{current_thread_index, AllocStats, MemContext, ShmAllocator};
+pub use size_class::SizeClassAllocator;
 pub use stack::StackAllocator;
