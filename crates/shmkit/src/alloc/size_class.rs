@@ -141,6 +141,12 @@ const fn build_classes() -> [ClassInfo; NUM_CLASSES] {
 
 const CLASSES: [ClassInfo; NUM_CLASSES] = build_classes();
 
+/// The block size of a class.
+#[inline]
+pub(crate) fn class_block_size(class: usize) -> u64 {
+    CLASSES.get(class).map_or(0, |info| info.size)
+}
+
 /// The smallest class whose size is at least `size` (1..=LARGE_THRESHOLD).
 #[inline]
 fn natural_class(size: u64) -> usize {
@@ -157,7 +163,7 @@ fn natural_class(size: u64) -> usize {
 /// The class serving `size` bytes aligned to `align`, or `None` for a run
 /// of pages.
 #[inline]
-fn class_for(size: u64, align: u64) -> Option<usize> {
+pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
     if size > LARGE_THRESHOLD as u64 || align > MAX_CLASS_ALIGN {
         return None;
     }
@@ -169,6 +175,30 @@ fn class_for(size: u64, align: u64) -> Option<usize> {
 }
 
 // ---------------------------------------------------------------- state
+
+/// The slack of a block that no user holds (being freed, or in a cache):
+/// larger than any real slack of its class.
+#[inline]
+fn sentinel(info: &ClassInfo) -> u64 {
+    if info.slack_width == 1 {
+        0xff
+    } else {
+        0xffff
+    }
+}
+
+/// What [`SizeClassAllocator::take_for_free`] took.
+pub(crate) enum Freed {
+    /// A small block, marked but still holding its bit.
+    Small {
+        page: u32,
+        class: usize,
+        index: u64,
+        requested: u64,
+    },
+    /// A large block, already back in the page heap.
+    Large { requested: u64 },
+}
 
 /// Page phases, in the low byte of the state word.
 const FREE: u64 = 0;
@@ -355,6 +385,18 @@ impl SegmentAllocator for SizeClassAllocator {
 
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
+        Self::open(segment)
+    }
+}
+
+impl SizeClassAllocator {
+    /// Bytes of state the size-class machinery needs at the start of the
+    /// allocator state area (the thread-local allocator puts more after it).
+    pub(crate) const CORE_STATE_LEN: u64 = std::mem::size_of::<SizeClassState>() as u64;
+
+    /// The view over a segment whose state area starts with initialized
+    /// size-class state, whatever the allocator kind recorded.
+    pub(crate) fn open(segment: Segment) -> Result<Self> {
         let state = segment.allocator_state::<SizeClassState>()?;
         // SAFETY: checked by `allocator_state`; the plain words are written
         // once before *ready* and only read afterwards.
@@ -504,6 +546,28 @@ impl SizeClassAllocator {
             } else {
                 (*(page.add(at as usize) as *const AtomicU16))
                     .store(slack as u16, Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Replaces a block's slack if it is `old`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slack`](Self::slack).
+    #[inline]
+    unsafe fn cas_slack(page: *mut u8, info: &ClassInfo, index: u64, old: u64, new: u64) -> bool {
+        let at = info.words * 8 + index * info.slack_width;
+        // SAFETY: as in `slack`.
+        unsafe {
+            if info.slack_width == 1 {
+                (*(page.add(at as usize) as *const AtomicU8))
+                    .compare_exchange(old as u8, new as u8, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else {
+                (*(page.add(at as usize) as *const AtomicU16))
+                    .compare_exchange(old as u16, new as u16, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
             }
         }
     }
@@ -944,38 +1008,8 @@ impl SizeClassAllocator {
         }
     }
 
-    // ------------------------------------------------------------ lookup
-
-    /// The page of an offset and the position in it.
-    fn locate(&self, offset: u64) -> Option<(u32, u64, &PageDesc)> {
-        let relative = offset.checked_sub(self.heap_base)?;
-        let page = u32::try_from(relative / PAGE_SIZE).ok()?;
-        let desc = self.desc(page)?;
-        Some((page, relative % PAGE_SIZE, desc))
-    }
-
-    /// A live small block: (class, index, page address).
-    fn small_block(&self, page: u32, within: u64, state: u64) -> Option<(usize, u64, *mut u8)> {
-        let class = class_of(state);
-        let info = CLASSES.get(class)?;
-        let from_first = within.checked_sub(info.first)?;
-        if from_first % info.size != 0 || from_first / info.size >= info.count {
-            return None;
-        }
-        let index = from_first / info.size;
-        let base = self.page_ptr(page).ok()?;
-        // SAFETY: `index < count`.
-        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
-        (word & (1 << (index % 64)) != 0).then_some((class, index, base))
-    }
-}
-
-impl ShmAllocator for SizeClassAllocator {
-    fn kind(&self) -> AllocatorKind {
-        AllocatorKind::SizeClass
-    }
-
-    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+    /// Allocates a block without touching the counters.
+    pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Result<u64> {
         let align = power_of_two_align(align, self.segment.max_align())? as u64;
         if align > PAGE_SIZE {
             return Err(Error::InvalidAlignment {
@@ -1006,11 +1040,14 @@ impl ShmAllocator for SizeClassAllocator {
                 self.page_offset(head)
             }
         };
-        self.state().counters.on_allocate(requested);
         Ok(offset)
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+    /// Takes a block away from its user: a small block is marked (its slack
+    /// set to the sentinel, so a racing second free fails) but still holds
+    /// its bit; a large block is freed outright. Refuses anything that is not
+    /// a live block with `InvalidFree`, changing nothing.
+    pub(crate) fn take_for_free(&self, offset: u64) -> Result<Freed> {
         let invalid = || Error::InvalidFree { offset };
         let (page, within, desc) = self.locate(offset).ok_or_else(invalid)?;
         let state = desc.state.load(Ordering::Acquire);
@@ -1020,18 +1057,19 @@ impl ShmAllocator for SizeClassAllocator {
                     self.small_block(page, within, state).ok_or_else(invalid)?;
                 let info = &CLASSES[class];
                 // SAFETY: `index < count` (checked by `small_block`).
-                let requested =
-                    info.size - unsafe { Self::slack(base, info, index) }.min(info.size);
-                let mask = 1u64 << (index % 64);
+                let slack = unsafe { Self::slack(base, info, index) };
                 // SAFETY: as above.
-                let old =
-                    unsafe { Self::bitmap(base, index / 64) }.fetch_and(!mask, Ordering::AcqRel);
-                if old & mask == 0 {
+                if slack > info.size
+                    || !unsafe { Self::cas_slack(base, info, index, slack, sentinel(info)) }
+                {
                     return Err(invalid()); // a racing double free won
                 }
-                self.release_block(page, desc, class);
-                self.state().counters.on_free(requested);
-                Ok(())
+                Ok(Freed::Small {
+                    page,
+                    class,
+                    index,
+                    requested: info.size - slack,
+                })
             }
             LARGE if within == 0 => {
                 let requested = desc.requested.load(Ordering::Relaxed);
@@ -1054,11 +1092,127 @@ impl ShmAllocator for SizeClassAllocator {
                     }
                 }
                 self.push_run(page, len as u32);
-                self.state().counters.on_free(requested);
-                Ok(())
+                Ok(Freed::Large { requested })
             }
             _ => Err(invalid()),
         }
+    }
+
+    /// Gives a small block taken by [`take_for_free`](Self::take_for_free)
+    /// (or held in a cache) back to its page.
+    pub(crate) fn release_small(&self, page: u32, class: usize, index: u64) -> Result<()> {
+        let desc = self
+            .desc(page)
+            .ok_or_else(|| Error::corrupt(format!("page {page} out of range")))?;
+        let base = self.page_ptr(page)?;
+        if CLASSES.get(class).is_none_or(|info| index >= info.count) {
+            return Err(Error::corrupt(format!("class {class} block {index}")));
+        }
+        let mask = 1u64 << (index % 64);
+        // SAFETY: `index < count`, inside the page header.
+        let old = unsafe { Self::bitmap(base, index / 64) }.fetch_and(!mask, Ordering::AcqRel);
+        if old & mask == 0 {
+            return Err(Error::corrupt(format!(
+                "page {page} block {index} was released twice"
+            )));
+        }
+        self.release_block(page, desc, class);
+        Ok(())
+    }
+
+    /// A cached block (bit set, sentinel slack) of `class` at `offset`:
+    /// (page, index), or `None` if `offset` is not one.
+    pub(crate) fn cached_block(&self, offset: u64, class: usize) -> Option<(u32, u64)> {
+        let (page, within, desc) = self.locate(offset)?;
+        let state = desc.state.load(Ordering::Acquire);
+        if phase(state) != SMALL || class_of(state) != class {
+            return None;
+        }
+        let info = CLASSES.get(class)?;
+        let from_first = within.checked_sub(info.first)?;
+        if from_first % info.size != 0 || from_first / info.size >= info.count {
+            return None;
+        }
+        let index = from_first / info.size;
+        let base = self.page_ptr(page).ok()?;
+        // SAFETY: `index < count`.
+        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+        // SAFETY: as above.
+        let slack = unsafe { Self::slack(base, info, index) };
+        (word & (1 << (index % 64)) != 0 && slack == sentinel(info)).then_some((page, index))
+    }
+
+    /// Hands a cached block of `class` to a user who asked for `requested`
+    /// bytes; false if `offset` is not a cached block of that class.
+    pub(crate) fn reuse_cached(&self, offset: u64, class: usize, requested: u64) -> bool {
+        let Some((page, index)) = self.cached_block(offset, class) else {
+            return false;
+        };
+        let info = &CLASSES[class];
+        if requested > info.size {
+            return false;
+        }
+        let Ok(base) = self.page_ptr(page) else {
+            return false;
+        };
+        // SAFETY: `index < count` (checked by `cached_block`).
+        unsafe { Self::cas_slack(base, info, index, sentinel(info), info.size - requested) }
+    }
+
+    // ------------------------------------------------------------ lookup
+
+    /// The page of an offset and the position in it.
+    fn locate(&self, offset: u64) -> Option<(u32, u64, &PageDesc)> {
+        let relative = offset.checked_sub(self.heap_base)?;
+        let page = u32::try_from(relative / PAGE_SIZE).ok()?;
+        let desc = self.desc(page)?;
+        Some((page, relative % PAGE_SIZE, desc))
+    }
+
+    /// A live small block: (class, index, page address).
+    fn small_block(&self, page: u32, within: u64, state: u64) -> Option<(usize, u64, *mut u8)> {
+        let class = class_of(state);
+        let info = CLASSES.get(class)?;
+        let from_first = within.checked_sub(info.first)?;
+        if from_first % info.size != 0 || from_first / info.size >= info.count {
+            return None;
+        }
+        let index = from_first / info.size;
+        let base = self.page_ptr(page).ok()?;
+        // SAFETY: `index < count`.
+        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+        // SAFETY: as above.
+        let slack = unsafe { Self::slack(base, info, index) };
+        (word & (1 << (index % 64)) != 0 && slack != sentinel(info)).then_some((class, index, base))
+    }
+}
+
+impl ShmAllocator for SizeClassAllocator {
+    fn kind(&self) -> AllocatorKind {
+        AllocatorKind::SizeClass
+    }
+
+    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+        let offset = self.alloc_block(size, align)?;
+        self.state().counters.on_allocate(size as u64);
+        Ok(offset)
+    }
+
+    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        let requested = match self.take_for_free(offset)? {
+            Freed::Small {
+                page,
+                class,
+                index,
+                requested,
+            } => {
+                self.release_small(page, class, index)?;
+                requested
+            }
+            Freed::Large { requested } => requested,
+        };
+        self.state().counters.on_free(requested);
+        Ok(())
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {
@@ -1169,7 +1323,40 @@ impl ShmAllocator for SizeClassAllocator {
     }
 
     fn check(&self) -> Result<()> {
+        let (live_total, bytes_total, cached) = self.check_parts()?;
+        if cached != 0 {
+            return Err(Error::corrupt(format!(
+                "{cached} blocks are marked free but still held"
+            )));
+        }
+        self.check_counters(live_total, bytes_total)
+    }
+}
+
+impl SizeClassAllocator {
+    /// Compares the shared counters with what the pages hold.
+    pub(crate) fn check_counters(&self, live_total: u64, bytes_total: u64) -> Result<()> {
+        let (allocated, live_count, _) = self.state().counters.snapshot();
+        if live_count != live_total || allocated != bytes_total {
+            return Err(Error::corrupt(format!(
+                "counters say {live_count} blocks / {allocated} bytes, pages hold \
+                 {live_total} / {bytes_total}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shared counters.
+    pub(crate) fn counters(&self) -> &AllocCounters {
+        &self.state().counters
+    }
+
+    /// Walks pages, class lists and free runs; returns the blocks users
+    /// hold, their requested bytes, and the blocks marked free but still
+    /// holding their bit (cached).
+    pub(crate) fn check_parts(&self) -> Result<(u64, u64, u64)> {
         let state = self.state();
+        let mut cached = 0u64;
         let bump = state.bump.load(Ordering::Acquire);
         if bump > u64::from(self.max_pages) {
             return Err(Error::corrupt(format!("page cursor {bump} out of range")));
@@ -1232,6 +1419,11 @@ impl ShmAllocator for SizeClassAllocator {
                             rest &= rest - 1;
                             // SAFETY: `index < count`.
                             let slack = unsafe { Self::slack(base, info, index) };
+                            if slack == sentinel(info) {
+                                cached += 1;
+                                set += 1;
+                                continue;
+                            }
                             if slack > info.size {
                                 return Err(Error::corrupt(format!(
                                     "page {page} block {index}: slack {slack}"
@@ -1324,14 +1516,7 @@ impl ShmAllocator for SizeClassAllocator {
             next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
                 .map_err(|bad| bad_link("free-run stack", bad))?;
         }
-        let (allocated, live_count, _) = state.counters.snapshot();
-        if live_count != live_total || allocated != bytes_total {
-            return Err(Error::corrupt(format!(
-                "counters say {live_count} blocks / {allocated} bytes, pages hold \
-                 {live_total} / {bytes_total}"
-            )));
-        }
-        Ok(())
+        Ok((live_total - cached, bytes_total, cached))
     }
 }
 
