@@ -51,7 +51,7 @@ mod sync;
 pub use alloc::{
     AllocStats, AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator,
     Mark, MemContext, Scope, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
-    CACHE_LINE, SIMD_ALIGN,
+    ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

@@ -13,6 +13,7 @@ mod segment_allocator;
 pub(crate) mod shm_allocator;
 mod size_class;
 mod stack;
+mod thread_local;
 
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
@@ -22,3 +23,4 @@ pub use segment_allocator::{InBuffer, SegmentAllocator};
 pub use shm_allocator::{current_thread_index, AllocStats, MemContext, ShmAllocator};
 pub use size_class::SizeClassAllocator;
 pub use stack::StackAllocator;
+pub use thread_local::ThreadLocalAllocator;
