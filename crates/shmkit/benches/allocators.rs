@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use shmkit::{
     BuddyAllocator, FreeListAllocator, MallocAllocator, MemContext, SegmentAllocator,
-    SegmentOptions, ShmAllocator,
+    SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
 };
 
 /// What the workloads need from an allocator: a token per block.
@@ -95,6 +95,14 @@ fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
         ("shmkit-malloc", Box::new(Shm(MallocAllocator::new()))),
         ("shmkit-free-list", shared::<FreeListAllocator>("free-list")),
         ("shmkit-buddy", shared::<BuddyAllocator>("buddy")),
+        (
+            "shmkit-size-class",
+            shared::<SizeClassAllocator>("size-class"),
+        ),
+        (
+            "shmkit-thread-local",
+            shared::<ThreadLocalAllocator>("thread-local"),
+        ),
     ]
 }
 

@@ -51,7 +51,7 @@ mod sync;
 pub use alloc::{
     AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, FreeListAllocator,
     InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext, Scope, SegmentAllocator,
-    ShmAllocator, StackAllocator, CACHE_LINE, SIMD_ALIGN,
+    ShmAllocator, SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

@@ -277,3 +277,5 @@ macro_rules! family_tests {
 // One line per shared allocator of the family.
 family_tests!(buddy, shmkit::BuddyAllocator);
 family_tests!(free_list, shmkit::FreeListAllocator);
+family_tests!(size_class, shmkit::SizeClassAllocator);
+family_tests!(thread_local, shmkit::ThreadLocalAllocator);

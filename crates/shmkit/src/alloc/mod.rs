@@ -13,7 +13,9 @@ mod linear;
 mod malloc;
 mod segment_allocator;
 pub(crate) mod shm_allocator;
+mod size_class;
 mod stack;
+mod thread_local;
 
 pub use buddy::{BuddyAllocator, BuddyParams};
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
@@ -23,4 +25,6 @@ pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use malloc::MallocAllocator;
 pub use segment_allocator::{InBuffer, SegmentAllocator};
 pub use shm_allocator::{current_thread_index, AllocStats, MemContext, ShmAllocator};
+pub use size_class::SizeClassAllocator;
 pub use stack::StackAllocator;
+pub use thread_local::ThreadLocalAllocator;

@@ -1,0 +1,1554 @@
+//! The size-class allocator: fine size classes carved out of 64 KiB pages,
+//! which come from a lock-free page heap shared by every class, so memory
+//! freed at one size is reusable at any other.
+//!
+//! Three layers, each lock-free:
+//!
+//! * **Page heap.** A bump cursor over the pages of the data area (growing
+//!   the segment when it runs out) and a tagged stack of free *runs* of
+//!   pages. A large request takes a whole run; a class takes one page.
+//!   When neither the stack nor the cursor can serve a request, a *collect*
+//!   pass takes every free run, retires the empty pages of every class,
+//!   sorts and merges the runs, gives a free tail back to the cursor and
+//!   pushes the rest back.
+//! * **Pages.** Each page in use has a descriptor in a table at the start of
+//!   the data area (sized from `max_size`, so growth needs no new table): a
+//!   state word (phase, class, live count, *listed* flag), a link for the
+//!   stack it is on, a run length and the requested size of a large block.
+//!   A small page starts with an allocation bitmap and a *slack* array (the
+//!   class size minus the size requested, for exact accounting), then its
+//!   blocks.
+//! * **Classes.** Each class has a tagged stack of its pages that may have
+//!   room. Allocation reserves a block by raising the page's live count with
+//!   a compare-and-swap, then claims a bit of the bitmap; free clears the bit
+//!   (`fetch_and`, so a double free is detected exactly) and lowers the live
+//!   count.
+//!
+//! ## Why retiring an empty page cannot race an allocation
+//!
+//! A page leaves its class only through one compare-and-swap of its state
+//! word from `SMALL, class c, live 0` to `FREE`, done by the thread that
+//! holds the page's *listed token* (it popped the page off the class stack,
+//! or it is the freer of the last block of an unlisted page). An allocation
+//! must first move the same word from `SMALL, class c, live k` to `live k+1`.
+//! The two compare-and-swaps are on one word, so exactly one of them wins:
+//! either the allocation reserved a block first (the retire fails, sees
+//! `live 1` and puts the page back on its stack), or the retire won (the
+//! allocation fails, since the phase is no longer `SMALL`, and looks for
+//! another page). A free cannot race the retire at all: it only lowers the
+//! live count after clearing a set bit, and a set bit means `live >= 1`.
+//! Since every set bit is counted in `live` (bits are set after the count is
+//! raised and cleared before it is lowered), `live 0` means an all-clear
+//! bitmap: a retired page holds no block.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::counters::AllocCounters;
+use super::segment_allocator::SegmentAllocator;
+use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::Segment;
+use crate::sync::tagged_stack::{self, BadLink};
+
+/// Bytes in a page of the page heap.
+const PAGE_SIZE: u64 = 64 << 10;
+/// Requests above this size take a run of whole pages.
+const LARGE_THRESHOLD: usize = 32 << 10;
+/// Number of size classes: 16-byte steps up to 128, then four classes per
+/// power of two up to [`LARGE_THRESHOLD`](Self::LARGE_THRESHOLD).
+const NUM_CLASSES: usize = 40;
+/// The largest alignment a size class serves; larger ones take pages.
+const MAX_CLASS_ALIGN: u64 = 4096;
+const STATE_MAGIC: u64 = 0x5349_5a45_434c_5331; // "SIZECLS1"
+
+// ---------------------------------------------------------------- classes
+
+#[derive(Clone, Copy, Debug)]
+struct ClassInfo {
+    /// Block size.
+    size: u64,
+    /// Alignment every block of the class has (largest power of two that
+    /// divides the size, at most 4096).
+    align: u64,
+    /// Bytes per slack entry (1 below 256, else 2).
+    slack_width: u64,
+    /// Blocks per page.
+    count: u64,
+    /// Offset of block 0 in its page.
+    first: u64,
+    /// Bitmap words.
+    words: u64,
+}
+
+const fn class_size(index: usize) -> u64 {
+    if index < 8 {
+        16 * (index as u64 + 1)
+    } else {
+        let group = (index - 8) / 4;
+        let k = ((index - 8) % 4 + 1) as u64;
+        let b = 7 + group as u32;
+        (1u64 << b) + k * (1u64 << (b - 2))
+    }
+}
+
+const fn build_classes() -> [ClassInfo; NUM_CLASSES] {
+    let mut out = [ClassInfo {
+        size: 0,
+        align: 0,
+        slack_width: 0,
+        count: 0,
+        first: 0,
+        words: 0,
+    }; NUM_CLASSES];
+    let mut i = 0;
+    while i < NUM_CLASSES {
+        let size = class_size(i);
+        let low = size & size.wrapping_neg();
+        let align = if low > MAX_CLASS_ALIGN {
+            MAX_CLASS_ALIGN
+        } else {
+            low
+        };
+        let slack_width = if size < 256 { 1 } else { 2 };
+        let mut count = PAGE_SIZE / size;
+        loop {
+            let words = count.div_ceil(64);
+            let header = words * 8 + count * slack_width;
+            let first = header.div_ceil(align) * align;
+            if first + count * size <= PAGE_SIZE {
+                out[i] = ClassInfo {
+                    size,
+                    align,
+                    slack_width,
+                    count,
+                    first,
+                    words,
+                };
+                break;
+            }
+            count -= 1;
+        }
+        i += 1;
+    }
+    out
+}
+
+const CLASSES: [ClassInfo; NUM_CLASSES] = build_classes();
+
+/// The block size of a class.
+#[inline]
+pub(crate) fn class_block_size(class: usize) -> u64 {
+    CLASSES.get(class).map_or(0, |info| info.size)
+}
+
+/// The smallest class whose size is at least `size` (1..=LARGE_THRESHOLD).
+#[inline]
+fn natural_class(size: u64) -> usize {
+    if size <= 128 {
+        (size.max(1) as usize).div_ceil(16) - 1
+    } else {
+        let b = 63 - (size - 1).leading_zeros() as u64;
+        let step = 1u64 << (b - 2);
+        let k = (size - (1u64 << b)).div_ceil(step);
+        8 + (b as usize - 7) * 4 + k as usize - 1
+    }
+}
+
+/// The class serving `size` bytes aligned to `align`, or `None` for a run
+/// of pages.
+#[inline]
+pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
+    if size > LARGE_THRESHOLD as u64 || align > MAX_CLASS_ALIGN {
+        return None;
+    }
+    let natural = natural_class(size);
+    if align <= 16 {
+        return Some(natural);
+    }
+    (natural..NUM_CLASSES).find(|&c| CLASSES[c].align >= align)
+}
+
+// ---------------------------------------------------------------- state
+
+/// The slack of a block that no user holds (being freed, or in a cache):
+/// larger than any real slack of its class.
+#[inline]
+fn sentinel(info: &ClassInfo) -> u64 {
+    if info.slack_width == 1 {
+        0xff
+    } else {
+        0xffff
+    }
+}
+
+/// What [`SizeClassAllocator::take_for_free`] took.
+pub(crate) enum Freed {
+    /// A small block, marked but still holding its bit.
+    Small {
+        page: u32,
+        class: usize,
+        index: u64,
+        requested: u64,
+    },
+    /// A large block, already back in the page heap.
+    Large { requested: u64 },
+}
+
+/// Page phases, in the low byte of the state word.
+const FREE: u64 = 0;
+const SMALL: u64 = 1;
+const LARGE: u64 = 2;
+const TAIL: u64 = 3;
+
+const LIVE_SHIFT: u32 = 16;
+const LIVE_ONE: u64 = 1 << LIVE_SHIFT;
+const LISTED: u64 = 1 << 32;
+
+#[inline]
+fn phase(state: u64) -> u64 {
+    state & 0xff
+}
+#[inline]
+fn class_of(state: u64) -> usize {
+    ((state >> 8) & 0xff) as usize
+}
+#[inline]
+fn live(state: u64) -> u64 {
+    (state >> LIVE_SHIFT) & 0xffff
+}
+#[inline]
+fn small_state(class: usize, live: u64, listed: bool) -> u64 {
+    SMALL | ((class as u64) << 8) | (live << LIVE_SHIFT) | if listed { LISTED } else { 0 }
+}
+
+/// One page's metadata, in the table at the start of the data area.
+#[repr(C)]
+struct PageDesc {
+    /// Phase, class, live count, listed flag.
+    state: AtomicU64,
+    /// `index + 1` of the next page on the stack this page is on.
+    link: AtomicU64,
+    /// Length of the run this page heads (free runs and large blocks).
+    run: AtomicU64,
+    /// Bytes requested for the large block this page heads.
+    requested: AtomicU64,
+}
+
+const DESC_LEN: u64 = std::mem::size_of::<PageDesc>() as u64;
+
+#[repr(C)]
+struct SizeClassState {
+    magic: u64,
+    /// Offset of page 0 (the table sits between the data offset and here).
+    heap_base: u64,
+    /// Pages the table describes (the most `max_size` can hold).
+    max_pages: u64,
+    /// Pages handed out by the bump cursor so far.
+    bump: CachePadded<AtomicU64>,
+    /// Tagged head of the stack of free runs.
+    free_runs: CachePadded<AtomicU64>,
+    /// Collect passes under way (an allocation that finds nothing while one
+    /// runs waits for it rather than fail).
+    collecting: CachePadded<AtomicU64>,
+    /// Tagged heads of the per-class stacks of pages that may have room.
+    classes: [CachePadded<AtomicU64>; NUM_CLASSES],
+    counters: AllocCounters,
+}
+
+/// Where the heap lies, for a segment's data offset, max size and alignment.
+fn heap_layout(data_offset: u64, max_size: u64, max_align: u64) -> (u64, u64) {
+    let estimate = max_size.saturating_sub(data_offset) / PAGE_SIZE;
+    let align = max_align.max(MAX_CLASS_ALIGN);
+    let heap_base = (data_offset + estimate * DESC_LEN).div_ceil(align) * align;
+    let pages = (max_size.saturating_sub(heap_base) / PAGE_SIZE)
+        .min(estimate)
+        .min(u64::from(u32::MAX - 1));
+    (heap_base, pages)
+}
+
+// ---------------------------------------------------------------- allocator
+
+/// Fine size classes over a shared, lock-free page heap (Hermes SHM's
+/// ScalablePageAllocator, with pages that go back to the heap when empty).
+///
+/// Requests up to [`LARGE_THRESHOLD`](Self::LARGE_THRESHOLD) bytes are served from one of
+/// [`NUM_CLASSES`](Self::NUM_CLASSES) size classes (16-byte steps to 128, then four per power
+/// of two), each carving [`PAGE_SIZE`](Self::PAGE_SIZE) pages into equal blocks; larger
+/// requests take a run of whole pages. Every page whose last block is freed
+/// goes back to the page heap, so memory freed at one size is reusable at
+/// any other. Allocation and free are lock-free, shared by every thread and
+/// process that attaches the segment; freeing validates the offset (a page
+/// in use, a block boundary of its class, a block that is live) and refuses
+/// anything else with [`Error::InvalidFree`], changing nothing.
+///
+/// ```
+/// use shmkit::{SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator};
+///
+/// let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let small = heap.allocate(24)?;
+/// let large = heap.allocate(100 << 10)?;
+/// heap.free(small)?;
+/// assert!(heap.free(small).is_err()); // double free
+/// heap.free(large)?;
+/// heap.check()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct SizeClassAllocator {
+    segment: Segment,
+    state: NonNull<SizeClassState>,
+    table: NonNull<PageDesc>,
+    heap_base: u64,
+    max_pages: u32,
+}
+
+// SAFETY: the state, the descriptors and the page headers are reached
+// through atomics only, and the segment handle is itself `Send + Sync`.
+unsafe impl Send for SizeClassAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for SizeClassAllocator {}
+
+impl std::fmt::Debug for SizeClassAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SizeClassAllocator")
+            .field("segment", &self.segment)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SegmentAllocator for SizeClassAllocator {
+    const KIND: AllocatorKind = AllocatorKind::SizeClass;
+    type Params = ();
+
+    fn encode_params(_: &()) -> [u64; PARAM_WORDS] {
+        let mut words = [0; PARAM_WORDS];
+        words[0] = PAGE_SIZE;
+        words[1] = NUM_CLASSES as u64;
+        words
+    }
+
+    fn state_len(_: &()) -> u64 {
+        std::mem::size_of::<SizeClassState>() as u64
+    }
+
+    fn initialize(segment: &Segment, _: &()) -> Result<()> {
+        let state = segment.allocator_state::<SizeClassState>()?;
+        let data_offset = segment.data_offset();
+        let (heap_base, max_pages) =
+            heap_layout(data_offset, segment.max_size(), segment.max_align() as u64);
+        if max_pages == 0 {
+            return Err(Error::invalid_size(format!(
+                "a size-class segment needs room for its page table and one {PAGE_SIZE}-byte \
+                 page; {} bytes is too small",
+                segment.max_size()
+            )));
+        }
+        if segment.size() < heap_base {
+            segment.grow(heap_base)?;
+        }
+        let table = segment.resolve_array(Offset::<PageDesc>::from_raw(data_offset), max_pages)?;
+        for index in 0..max_pages as usize {
+            // SAFETY: runs in the creator before *ready*; `resolve_array`
+            // checked that `max_pages` descriptors fit and are aligned.
+            unsafe {
+                table.as_ptr().add(index).write(PageDesc {
+                    state: AtomicU64::new(FREE),
+                    link: AtomicU64::new(0),
+                    run: AtomicU64::new(0),
+                    requested: AtomicU64::new(0),
+                })
+            };
+        }
+        // SAFETY: as above; `allocator_state` checked size and alignment.
+        unsafe {
+            state.as_ptr().write(SizeClassState {
+                magic: STATE_MAGIC,
+                heap_base,
+                max_pages,
+                bump: CachePadded::new(AtomicU64::new(0)),
+                free_runs: CachePadded::new(AtomicU64::new(tagged_stack::EMPTY)),
+                collecting: CachePadded::new(AtomicU64::new(0)),
+                classes: std::array::from_fn(|_| {
+                    CachePadded::new(AtomicU64::new(tagged_stack::EMPTY))
+                }),
+                counters: AllocCounters::new(),
+            })
+        };
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        Self::open(segment)
+    }
+}
+
+impl SizeClassAllocator {
+    /// Bytes of state the size-class machinery needs at the start of the
+    /// allocator state area (the thread-local allocator puts more after it).
+    pub(crate) const CORE_STATE_LEN: u64 = std::mem::size_of::<SizeClassState>() as u64;
+
+    /// The view over a segment whose state area starts with initialized
+    /// size-class state, whatever the allocator kind recorded.
+    pub(crate) fn open(segment: Segment) -> Result<Self> {
+        let state = segment.allocator_state::<SizeClassState>()?;
+        // SAFETY: checked by `allocator_state`; the plain words are written
+        // once before *ready* and only read afterwards.
+        let (magic, heap_base, max_pages) = unsafe {
+            let s = state.as_ref();
+            (s.magic, s.heap_base, s.max_pages)
+        };
+        let data_offset = segment.data_offset();
+        let plausible = magic == STATE_MAGIC
+            && max_pages > 0
+            && max_pages < u64::from(u32::MAX)
+            && heap_base % 128 == 0
+            && heap_base >= data_offset + max_pages * DESC_LEN
+            && heap_base + max_pages * PAGE_SIZE <= segment.max_size()
+            && heap_base <= segment.size();
+        if !plausible {
+            return Err(Error::corrupt(format!(
+                "size-class state: heap base {heap_base}, {max_pages} pages"
+            )));
+        }
+        let table = segment.resolve_array(Offset::<PageDesc>::from_raw(data_offset), max_pages)?;
+        let allocator = SizeClassAllocator {
+            segment,
+            state,
+            table,
+            heap_base,
+            max_pages: max_pages as u32,
+        };
+        let bump = allocator.state().bump.load(Ordering::Acquire);
+        if bump > max_pages {
+            return Err(Error::corrupt(format!(
+                "page cursor {bump} beyond {max_pages}"
+            )));
+        }
+        Ok(allocator)
+    }
+}
+
+/// Outcome of a pop from a stack whose links are descriptors.
+fn bad_link(what: &str, link: BadLink) -> Error {
+    Error::corrupt(format!("{what}: link {:#x} out of range", link.0))
+}
+
+impl SizeClassAllocator {
+    /// Bytes in a page of the page heap.
+    pub const PAGE_SIZE: u64 = PAGE_SIZE;
+    /// Requests above this many bytes take a run of whole pages.
+    pub const LARGE_THRESHOLD: usize = LARGE_THRESHOLD;
+    /// Number of size classes.
+    pub const NUM_CLASSES: usize = NUM_CLASSES;
+
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// The size a request of `size` bytes (alignment up to 16) is rounded up
+    /// to: its class size, or whole pages above [`LARGE_THRESHOLD`](Self::LARGE_THRESHOLD).
+    pub fn rounded_size(size: usize) -> usize {
+        match class_for(size.max(1) as u64, 1) {
+            Some(class) => CLASSES[class].size as usize,
+            None => (size as u64).div_ceil(PAGE_SIZE).saturating_mul(PAGE_SIZE) as usize,
+        }
+    }
+
+    fn state(&self) -> &SizeClassState {
+        // SAFETY: `state` points into the segment, which lives as long as
+        // `self`; checked at construction; shared fields are atomics.
+        unsafe { self.state.as_ref() }
+    }
+
+    #[inline]
+    fn desc(&self, page: u32) -> Option<&PageDesc> {
+        if page < self.max_pages {
+            // SAFETY: the table holds `max_pages` descriptors (checked by
+            // `resolve_array` at construction), made of atomics.
+            Some(unsafe { &*self.table.as_ptr().add(page as usize) })
+        } else {
+            None
+        }
+    }
+
+    #[inline]
+    fn link_of(&self, page: u32) -> Option<&AtomicU64> {
+        self.desc(page).map(|d| &d.link)
+    }
+
+    #[inline]
+    fn page_offset(&self, page: u32) -> u64 {
+        self.heap_base + u64::from(page) * PAGE_SIZE
+    }
+
+    /// The local address of a page, checked to lie inside the segment.
+    #[inline]
+    fn page_ptr(&self, page: u32) -> Result<*mut u8> {
+        let offset = self.page_offset(page);
+        self.segment.check_range(offset, PAGE_SIZE)?;
+        // SAFETY: `check_range` put the whole page inside the mapping.
+        Ok(unsafe { self.segment.base().as_ptr().add(offset as usize) })
+    }
+
+    /// A bitmap word of a page.
+    ///
+    /// # Safety
+    ///
+    /// `page` must come from [`page_ptr`](Self::page_ptr) and `word` be below
+    /// the class's word count.
+    #[inline]
+    unsafe fn bitmap(page: *mut u8, word: u64) -> &'static AtomicU64 {
+        // SAFETY: inside the page (caller), 8-aligned (the page is 4096-
+        // aligned and the mapping 128-aligned); any bytes are a valid
+        // AtomicU64. The 'static is narrowed by every caller to its use.
+        unsafe { &*(page.add(word as usize * 8) as *const AtomicU64) }
+    }
+
+    /// Reads a block's slack.
+    ///
+    /// # Safety
+    ///
+    /// As for [`bitmap`](Self::bitmap), with `index < info.count`.
+    #[inline]
+    unsafe fn slack(page: *mut u8, info: &ClassInfo, index: u64) -> u64 {
+        let at = info.words * 8 + index * info.slack_width;
+        // SAFETY: the slack array lies inside the page header (see
+        // `build_classes`), aligned to its width.
+        unsafe {
+            if info.slack_width == 1 {
+                u64::from((*(page.add(at as usize) as *const AtomicU8)).load(Ordering::Relaxed))
+            } else {
+                u64::from((*(page.add(at as usize) as *const AtomicU16)).load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// Writes a block's slack.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slack`](Self::slack).
+    #[inline]
+    unsafe fn set_slack(page: *mut u8, info: &ClassInfo, index: u64, slack: u64) {
+        let at = info.words * 8 + index * info.slack_width;
+        // SAFETY: as in `slack`.
+        unsafe {
+            if info.slack_width == 1 {
+                (*(page.add(at as usize) as *const AtomicU8)).store(slack as u8, Ordering::Relaxed)
+            } else {
+                (*(page.add(at as usize) as *const AtomicU16))
+                    .store(slack as u16, Ordering::Relaxed)
+            }
+        }
+    }
+
+    /// Replaces a block's slack if it is `old`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`slack`](Self::slack).
+    #[inline]
+    unsafe fn cas_slack(page: *mut u8, info: &ClassInfo, index: u64, old: u64, new: u64) -> bool {
+        let at = info.words * 8 + index * info.slack_width;
+        // SAFETY: as in `slack`.
+        unsafe {
+            if info.slack_width == 1 {
+                (*(page.add(at as usize) as *const AtomicU8))
+                    .compare_exchange(old as u8, new as u8, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            } else {
+                (*(page.add(at as usize) as *const AtomicU16))
+                    .compare_exchange(old as u16, new as u16, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            }
+        }
+    }
+
+    /// Pages the segment holds at its current size.
+    fn pages_now(&self) -> u32 {
+        let size = self.segment.size();
+        (size.saturating_sub(self.heap_base) / PAGE_SIZE).min(u64::from(self.max_pages)) as u32
+    }
+
+    fn bump_now(&self) -> u32 {
+        (self.state().bump.load(Ordering::Acquire)).min(u64::from(self.max_pages)) as u32
+    }
+
+    // ------------------------------------------------------------ page heap
+
+    /// Claims `n` pages from the bump cursor, growing the segment if allowed.
+    fn bump_pages(&self, n: u32, grow: bool) -> Result<Option<u32>> {
+        let cursor = &self.state().bump;
+        let mut current = cursor.load(Ordering::Acquire);
+        loop {
+            if current > u64::from(self.max_pages) {
+                return Err(Error::corrupt(format!(
+                    "page cursor {current} out of range"
+                )));
+            }
+            let end = current + u64::from(n);
+            if end > u64::from(self.max_pages) {
+                return Ok(None);
+            }
+            let needed = self.heap_base + end * PAGE_SIZE;
+            if needed > self.segment.size() {
+                if !grow || self.segment.max_size() <= self.segment.size() {
+                    return Ok(None);
+                }
+                self.segment.grow(needed)?;
+                if needed > self.segment.size() {
+                    return Ok(None);
+                }
+            }
+            match cursor.compare_exchange_weak(current, end, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(Some(current as u32)),
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Pushes a run of FREE pages onto the free-run stack.
+    fn push_run(&self, head: u32, len: u32) {
+        if let Some(desc) = self.desc(head) {
+            desc.run.store(u64::from(len), Ordering::Relaxed);
+            tagged_stack::push(&*self.state().free_runs, head, &desc.link);
+        }
+    }
+
+    /// The validated length of a free run popped off the stack.
+    fn run_len(&self, head: u32) -> Result<u32> {
+        let len = self.desc(head).map_or(0, |d| d.run.load(Ordering::Relaxed));
+        if len == 0 || u64::from(head) + len > u64::from(self.max_pages) {
+            return Err(Error::corrupt(format!(
+                "free run at page {head}: length {len}"
+            )));
+        }
+        Ok(len as u32)
+    }
+
+    /// Pops one page off the free-run stack (splitting its run).
+    fn pop_free_page(&self) -> Result<Option<u32>> {
+        let popped = tagged_stack::pop(&*self.state().free_runs, self.max_pages, |p| {
+            self.link_of(p)
+        })
+        .map_err(|bad| bad_link("free-run stack", bad))?;
+        let Some(head) = popped else {
+            return Ok(None);
+        };
+        let len = self.run_len(head)?;
+        if len > 1 {
+            self.push_run(head + 1, len - 1);
+        }
+        Ok(Some(head))
+    }
+
+    /// One page for a size class.
+    fn take_page(&self) -> Result<u32> {
+        for attempt in 0..64 {
+            if let Some(page) = self.pop_free_page()? {
+                return Ok(page);
+            }
+            if let Some(page) = self.bump_pages(1, false)? {
+                return Ok(page);
+            }
+            if let Some(page) = self.collect(Some(1), true)? {
+                return Ok(page);
+            }
+            if let Some(page) = self.bump_pages(1, true)? {
+                return Ok(page);
+            }
+            if !self.wait_for_collectors(attempt) {
+                break;
+            }
+        }
+        Err(self.out_of_memory(PAGE_SIZE))
+    }
+
+    /// A run of `n` pages for a large block.
+    fn take_run(&self, n: u32, requested: u64) -> Result<u32> {
+        for attempt in 0..64 {
+            let free_runs = self.state().free_runs.load(Ordering::Acquire);
+            if tagged_stack::top(free_runs).is_some() {
+                if let Some(head) = self.collect(Some(n), false)? {
+                    return Ok(head);
+                }
+            }
+            if let Some(head) = self.bump_pages(n, false)? {
+                return Ok(head);
+            }
+            if let Some(head) = self.collect(Some(n), true)? {
+                return Ok(head);
+            }
+            if let Some(head) = self.bump_pages(n, true)? {
+                return Ok(head);
+            }
+            if !self.wait_for_collectors(attempt) {
+                break;
+            }
+        }
+        Err(self.out_of_memory(requested))
+    }
+
+    /// While another collect pass holds pages, yields and says to retry.
+    fn wait_for_collectors(&self, attempt: u32) -> bool {
+        if self.state().collecting.load(Ordering::Acquire) == 0 && attempt > 0 {
+            return false;
+        }
+        std::thread::yield_now();
+        true
+    }
+
+    fn out_of_memory(&self, requested: u64) -> Error {
+        Error::OutOfMemory {
+            requested,
+            available: self.stats().largest_free_block,
+        }
+    }
+
+    /// Takes every free run (and, with `ghosts`, retires every empty page
+    /// of every class), merges neighbouring runs, gives a free tail back to
+    /// the bump cursor, and keeps a run of `want` pages if one exists.
+    ///
+    /// Concurrent allocations meanwhile see fewer free pages; they wait
+    /// (`collecting`) before reporting out of memory. A process that dies
+    /// here leaks the runs it held.
+    fn collect(&self, want: Option<u32>, ghosts: bool) -> Result<Option<u32>> {
+        let state = self.state();
+        state.collecting.fetch_add(1, Ordering::AcqRel);
+        let result = self.collect_inner(want, ghosts);
+        state.collecting.fetch_sub(1, Ordering::AcqRel);
+        result
+    }
+
+    fn collect_inner(&self, want: Option<u32>, ghosts: bool) -> Result<Option<u32>> {
+        let state = self.state();
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut error = None;
+        if ghosts {
+            for (class, head) in state.classes.iter().enumerate() {
+                let mut next = tagged_stack::take_all(&**head);
+                let mut steps = 0u32;
+                while let Some(page) = next {
+                    steps += 1;
+                    let Some(desc) = self.desc(page).filter(|_| steps <= self.max_pages) else {
+                        error = Some(Error::corrupt(format!("class {class} page list")));
+                        break;
+                    };
+                    next = match tagged_stack::decode_link(
+                        desc.link.load(Ordering::Acquire),
+                        self.max_pages,
+                    ) {
+                        Ok(next) => next,
+                        Err(bad) => {
+                            error = Some(bad_link("class page list", bad));
+                            None
+                        }
+                    };
+                    // We hold the page's listed token: retire it if empty.
+                    let current = desc.state.load(Ordering::Acquire);
+                    let empty = small_state(class, 0, true);
+                    if current == empty
+                        && desc
+                            .state
+                            .compare_exchange(empty, FREE, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        runs.push((page, 1));
+                    } else {
+                        tagged_stack::push(&**head, page, &desc.link);
+                    }
+                }
+            }
+        }
+        let mut next = tagged_stack::take_all(&*state.free_runs);
+        let mut steps = 0u32;
+        while let Some(head) = next {
+            steps += 1;
+            let Some(desc) = self.desc(head).filter(|_| steps <= self.max_pages) else {
+                error = Some(Error::corrupt("free-run stack loops"));
+                break;
+            };
+            next = match tagged_stack::decode_link(
+                desc.link.load(Ordering::Acquire),
+                self.max_pages,
+            ) {
+                Ok(next) => next,
+                Err(bad) => {
+                    error = Some(bad_link("free-run stack", bad));
+                    None
+                }
+            };
+            match self.run_len(head) {
+                Ok(len) => runs.push((head, len)),
+                Err(e) => error = Some(e),
+            }
+        }
+        // Merge neighbours.
+        runs.sort_unstable();
+        let mut merged: Vec<(u32, u32)> = Vec::with_capacity(runs.len());
+        for (head, len) in runs {
+            match merged.last_mut() {
+                Some(last) if last.0 + last.1 == head => last.1 += len,
+                _ => merged.push((head, len)),
+            }
+        }
+        // A run that ends at the cursor goes back to it.
+        if let Some(&(head, len)) = merged.last() {
+            let end = u64::from(head) + u64::from(len);
+            if state
+                .bump
+                .compare_exchange(end, u64::from(head), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                merged.pop();
+            }
+        }
+        let mut taken = None;
+        if let Some(n) = want {
+            if let Some(best) = (0..merged.len())
+                .filter(|&i| merged[i].1 >= n)
+                .min_by_key(|&i| merged[i].1)
+            {
+                let (head, len) = merged.swap_remove(best);
+                if len > n {
+                    merged.push((head + n, len - n));
+                }
+                taken = Some(head);
+            }
+        }
+        for (head, len) in merged {
+            self.push_run(head, len);
+        }
+        match error {
+            Some(e) => {
+                if let Some(head) = taken {
+                    self.push_run(head, want.unwrap_or(1));
+                }
+                Err(e)
+            }
+            None => Ok(taken),
+        }
+    }
+
+    // ------------------------------------------------------------ small blocks
+
+    fn block_offset(&self, page: u32, info: &ClassInfo, index: u64) -> u64 {
+        self.page_offset(page) + info.first + index * info.size
+    }
+
+    /// Claims a clear bit in a page where a block is reserved.
+    fn claim_bit(&self, page: u32, info: &ClassInfo, hint: u64) -> Result<u64> {
+        let base = self.page_ptr(page)?;
+        let start = (hint / 64).min(info.words - 1);
+        for _ in 0..1024 {
+            for step in 0..info.words {
+                let word = (start + step) % info.words;
+                let valid = if (word + 1) * 64 <= info.count {
+                    u64::MAX
+                } else {
+                    (1u64 << (info.count - word * 64)) - 1
+                };
+                // SAFETY: `word < info.words`, inside the page header.
+                let cell = unsafe { Self::bitmap(base, word) };
+                let mut bits = cell.load(Ordering::Relaxed);
+                while !bits & valid != 0 {
+                    let bit = (!bits & valid).trailing_zeros();
+                    let mask = 1u64 << bit;
+                    let old = cell.fetch_or(mask, Ordering::AcqRel);
+                    if old & mask == 0 {
+                        return Ok(word * 64 + u64::from(bit));
+                    }
+                    bits = old | mask;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        Err(Error::corrupt(format!(
+            "page {page}: a block was reserved but its bitmap is full"
+        )))
+    }
+
+    fn alloc_small(&self, class: usize, requested: u64) -> Result<u64> {
+        let info = &CLASSES[class];
+        let head_cell = &*self.state().classes[class];
+        loop {
+            let head = head_cell.load(Ordering::Acquire);
+            let Some(page) = tagged_stack::top(head) else {
+                return self.alloc_from_new_page(class, requested);
+            };
+            let desc = self
+                .desc(page)
+                .ok_or_else(|| Error::corrupt(format!("class {class} lists page {page}")))?;
+            let current = desc.state.load(Ordering::Acquire);
+            if phase(current) != SMALL || class_of(current) != class {
+                // Popped and reused meanwhile, or corrupt if still on top.
+                if head_cell.load(Ordering::Acquire) == head {
+                    return Err(Error::corrupt(format!(
+                        "class {class} lists page {page} in state {current:#x}"
+                    )));
+                }
+                continue;
+            }
+            let used = live(current);
+            if used < info.count {
+                if desc
+                    .state
+                    .compare_exchange_weak(
+                        current,
+                        current + LIVE_ONE,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    )
+                    .is_ok()
+                {
+                    let index = self.claim_bit(page, info, used)?;
+                    let base = self.page_ptr(page)?;
+                    // SAFETY: `index < info.count`, a block we just claimed.
+                    unsafe { Self::set_slack(base, info, index, info.size - requested) };
+                    return Ok(self.block_offset(page, info, index));
+                }
+                continue;
+            }
+            // Full: take it off the stack (if it is still on top) and drop
+            // its listed flag; the first free will list it again.
+            match tagged_stack::pop_exact(head_cell, head, self.max_pages, |p| self.link_of(p)) {
+                Ok(Ok(Some(_))) => self.unlist(head_cell, page, desc, info),
+                Ok(_) => {}
+                Err(bad) => return Err(bad_link("class page list", bad)),
+            }
+        }
+    }
+
+    /// Called by the holder of a page's listed token after popping it.
+    fn unlist(&self, head_cell: &AtomicU64, page: u32, desc: &PageDesc, info: &ClassInfo) {
+        let mut current = desc.state.load(Ordering::Acquire);
+        loop {
+            if live(current) < info.count {
+                // Frees made room meanwhile: keep it listed.
+                tagged_stack::push(head_cell, page, &desc.link);
+                return;
+            }
+            match desc.state.compare_exchange_weak(
+                current,
+                current & !LISTED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn alloc_from_new_page(&self, class: usize, requested: u64) -> Result<u64> {
+        let info = &CLASSES[class];
+        let page = self.take_page()?;
+        let base = match self.page_ptr(page) {
+            Ok(base) => base,
+            Err(e) => {
+                self.push_run(page, 1);
+                return Err(e);
+            }
+        };
+        for word in 0..info.words {
+            // SAFETY: `word < info.words`; the page is ours alone until its
+            // state is published below.
+            unsafe { Self::bitmap(base, word) }.store(u64::from(word == 0), Ordering::Relaxed);
+        }
+        // SAFETY: block 0, ours.
+        unsafe { Self::set_slack(base, info, 0, info.size - requested) };
+        let Some(desc) = self.desc(page) else {
+            return Err(Error::corrupt(format!("page {page} out of range")));
+        };
+        desc.state
+            .store(small_state(class, 1, true), Ordering::Release);
+        tagged_stack::push(&*self.state().classes[class], page, &desc.link);
+        Ok(self.block_offset(page, info, 0))
+    }
+
+    /// Lowers the live count of a page after one of its bits was cleared.
+    fn release_block(&self, page: u32, desc: &PageDesc, class: usize) {
+        let mut current = desc.state.load(Ordering::Acquire);
+        loop {
+            let used = live(current);
+            let listed = current & LISTED != 0;
+            // Only an unlisted page is full; its first free lists it again,
+            // or (a one-block page) retires it at once.
+            let (new, action) = if !listed && used <= 1 {
+                (FREE, 2)
+            } else if !listed {
+                (current - LIVE_ONE + LISTED, 1)
+            } else {
+                (current.saturating_sub(LIVE_ONE), 0)
+            };
+            match desc.state.compare_exchange_weak(
+                current,
+                new,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    match action {
+                        1 => tagged_stack::push(&*self.state().classes[class], page, &desc.link),
+                        2 => self.push_run(page, 1),
+                        _ => {}
+                    }
+                    return;
+                }
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Allocates a block without touching the counters.
+    pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Result<u64> {
+        let align = power_of_two_align(align, self.segment.max_align())? as u64;
+        if align > PAGE_SIZE {
+            return Err(Error::InvalidAlignment {
+                align: align as usize,
+                max: PAGE_SIZE as usize,
+            });
+        }
+        let requested = size as u64;
+        let offset = match class_for(requested.max(1), align) {
+            Some(class) => self.alloc_small(class, requested)?,
+            None => {
+                let pages = requested.max(1).div_ceil(PAGE_SIZE);
+                if pages > u64::from(self.max_pages) {
+                    return Err(self.out_of_memory(requested));
+                }
+                let head = self.take_run(pages as u32, requested)?;
+                let Some(desc) = self.desc(head) else {
+                    return Err(Error::corrupt(format!("page {head} out of range")));
+                };
+                for tail in head + 1..head + pages as u32 {
+                    if let Some(d) = self.desc(tail) {
+                        d.state.store(TAIL, Ordering::Relaxed);
+                    }
+                }
+                desc.run.store(pages, Ordering::Relaxed);
+                desc.requested.store(requested, Ordering::Relaxed);
+                desc.state.store(LARGE, Ordering::Release);
+                self.page_offset(head)
+            }
+        };
+        Ok(offset)
+    }
+
+    /// Takes a block away from its user: a small block is marked (its slack
+    /// set to the sentinel, so a racing second free fails) but still holds
+    /// its bit; a large block is freed outright. Refuses anything that is not
+    /// a live block with `InvalidFree`, changing nothing.
+    pub(crate) fn take_for_free(&self, offset: u64) -> Result<Freed> {
+        let invalid = || Error::InvalidFree { offset };
+        let (page, within, desc) = self.locate(offset).ok_or_else(invalid)?;
+        let state = desc.state.load(Ordering::Acquire);
+        match phase(state) {
+            SMALL => {
+                let (class, index, base) =
+                    self.small_block(page, within, state).ok_or_else(invalid)?;
+                let info = &CLASSES[class];
+                // SAFETY: `index < count` (checked by `small_block`).
+                let slack = unsafe { Self::slack(base, info, index) };
+                // SAFETY: as above.
+                if slack > info.size
+                    || !unsafe { Self::cas_slack(base, info, index, slack, sentinel(info)) }
+                {
+                    return Err(invalid()); // a racing double free won
+                }
+                Ok(Freed::Small {
+                    page,
+                    class,
+                    index,
+                    requested: info.size - slack,
+                })
+            }
+            LARGE if within == 0 => {
+                let requested = desc.requested.load(Ordering::Relaxed);
+                let len = desc.run.load(Ordering::Relaxed);
+                if len == 0 || u64::from(page) + len > u64::from(self.max_pages) {
+                    return Err(Error::corrupt(format!(
+                        "large block at page {page}: {len} pages"
+                    )));
+                }
+                if desc
+                    .state
+                    .compare_exchange(state, FREE, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    return Err(invalid());
+                }
+                for tail in page + 1..page + len as u32 {
+                    if let Some(d) = self.desc(tail) {
+                        d.state.store(FREE, Ordering::Relaxed);
+                    }
+                }
+                self.push_run(page, len as u32);
+                Ok(Freed::Large { requested })
+            }
+            _ => Err(invalid()),
+        }
+    }
+
+    /// Gives a small block taken by [`take_for_free`](Self::take_for_free)
+    /// (or held in a cache) back to its page.
+    pub(crate) fn release_small(&self, page: u32, class: usize, index: u64) -> Result<()> {
+        let desc = self
+            .desc(page)
+            .ok_or_else(|| Error::corrupt(format!("page {page} out of range")))?;
+        let base = self.page_ptr(page)?;
+        if CLASSES.get(class).is_none_or(|info| index >= info.count) {
+            return Err(Error::corrupt(format!("class {class} block {index}")));
+        }
+        let mask = 1u64 << (index % 64);
+        // SAFETY: `index < count`, inside the page header.
+        let old = unsafe { Self::bitmap(base, index / 64) }.fetch_and(!mask, Ordering::AcqRel);
+        if old & mask == 0 {
+            return Err(Error::corrupt(format!(
+                "page {page} block {index} was released twice"
+            )));
+        }
+        self.release_block(page, desc, class);
+        Ok(())
+    }
+
+    /// A cached block (bit set, sentinel slack) of `class` at `offset`:
+    /// (page, index), or `None` if `offset` is not one.
+    pub(crate) fn cached_block(&self, offset: u64, class: usize) -> Option<(u32, u64)> {
+        let (page, within, desc) = self.locate(offset)?;
+        let state = desc.state.load(Ordering::Acquire);
+        if phase(state) != SMALL || class_of(state) != class {
+            return None;
+        }
+        let info = CLASSES.get(class)?;
+        let from_first = within.checked_sub(info.first)?;
+        if from_first % info.size != 0 || from_first / info.size >= info.count {
+            return None;
+        }
+        let index = from_first / info.size;
+        let base = self.page_ptr(page).ok()?;
+        // SAFETY: `index < count`.
+        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+        // SAFETY: as above.
+        let slack = unsafe { Self::slack(base, info, index) };
+        (word & (1 << (index % 64)) != 0 && slack == sentinel(info)).then_some((page, index))
+    }
+
+    /// Hands a cached block of `class` to a user who asked for `requested`
+    /// bytes; false if `offset` is not a cached block of that class.
+    pub(crate) fn reuse_cached(&self, offset: u64, class: usize, requested: u64) -> bool {
+        let Some((page, index)) = self.cached_block(offset, class) else {
+            return false;
+        };
+        let info = &CLASSES[class];
+        if requested > info.size {
+            return false;
+        }
+        let Ok(base) = self.page_ptr(page) else {
+            return false;
+        };
+        // SAFETY: `index < count` (checked by `cached_block`).
+        unsafe { Self::cas_slack(base, info, index, sentinel(info), info.size - requested) }
+    }
+
+    // ------------------------------------------------------------ lookup
+
+    /// The page of an offset and the position in it.
+    fn locate(&self, offset: u64) -> Option<(u32, u64, &PageDesc)> {
+        let relative = offset.checked_sub(self.heap_base)?;
+        let page = u32::try_from(relative / PAGE_SIZE).ok()?;
+        let desc = self.desc(page)?;
+        Some((page, relative % PAGE_SIZE, desc))
+    }
+
+    /// A live small block: (class, index, page address).
+    fn small_block(&self, page: u32, within: u64, state: u64) -> Option<(usize, u64, *mut u8)> {
+        let class = class_of(state);
+        let info = CLASSES.get(class)?;
+        let from_first = within.checked_sub(info.first)?;
+        if from_first % info.size != 0 || from_first / info.size >= info.count {
+            return None;
+        }
+        let index = from_first / info.size;
+        let base = self.page_ptr(page).ok()?;
+        // SAFETY: `index < count`.
+        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+        // SAFETY: as above.
+        let slack = unsafe { Self::slack(base, info, index) };
+        (word & (1 << (index % 64)) != 0 && slack != sentinel(info)).then_some((class, index, base))
+    }
+}
+
+impl ShmAllocator for SizeClassAllocator {
+    fn kind(&self) -> AllocatorKind {
+        AllocatorKind::SizeClass
+    }
+
+    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+        let offset = self.alloc_block(size, align)?;
+        self.state().counters.on_allocate(size as u64);
+        Ok(offset)
+    }
+
+    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        let requested = match self.take_for_free(offset)? {
+            Freed::Small {
+                page,
+                class,
+                index,
+                requested,
+            } => {
+                self.release_small(page, class, index)?;
+                requested
+            }
+            Freed::Large { requested } => requested,
+        };
+        self.state().counters.on_free(requested);
+        Ok(())
+    }
+
+    fn usable_size(&self, offset: u64) -> Result<usize> {
+        let invalid = || Error::InvalidFree { offset };
+        let (page, within, desc) = self.locate(offset).ok_or_else(invalid)?;
+        let state = desc.state.load(Ordering::Acquire);
+        match phase(state) {
+            SMALL => {
+                let (class, _, _) = self.small_block(page, within, state).ok_or_else(invalid)?;
+                Ok(CLASSES[class].size as usize)
+            }
+            LARGE if within == 0 => Ok((desc.run.load(Ordering::Relaxed) * PAGE_SIZE) as usize),
+            _ => Err(invalid()),
+        }
+    }
+
+    fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
+        self.usable_size(offset)?;
+        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+    }
+
+    fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
+        Ok(self.segment.offset_of(ptr.as_ptr() as *const u8)?.raw())
+    }
+
+    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        let invalid = || Error::InvalidFree { offset };
+        let (page, within, desc) = self.locate(offset).ok_or_else(invalid)?;
+        let state = desc.state.load(Ordering::Acquire);
+        let new = new_size as u64;
+        let old = match phase(state) {
+            SMALL => {
+                let (class, index, base) =
+                    self.small_block(page, within, state).ok_or_else(invalid)?;
+                if class_for(new.max(1), 1) != Some(class) {
+                    return Ok(false);
+                }
+                let info = &CLASSES[class];
+                // SAFETY: a live block of ours (`small_block`), index < count.
+                let old = info.size - unsafe { Self::slack(base, info, index) }.min(info.size);
+                // SAFETY: as above.
+                unsafe { Self::set_slack(base, info, index, info.size - new) };
+                old
+            }
+            LARGE if within == 0 => {
+                let len = desc.run.load(Ordering::Relaxed);
+                if new <= LARGE_THRESHOLD as u64 || new.div_ceil(PAGE_SIZE) != len {
+                    return Ok(false);
+                }
+                desc.requested.swap(new, Ordering::Relaxed)
+            }
+            _ => return Err(invalid()),
+        };
+        let counters = &self.state().counters;
+        counters.on_free(old);
+        counters.on_allocate(new);
+        Ok(true)
+    }
+
+    fn stats(&self) -> AllocStats {
+        let (allocated_bytes, live_allocations, peak_bytes) = self.state().counters.snapshot();
+        let pages_now = self.pages_now();
+        let bump = self.bump_now().min(pages_now);
+        let mut free_bytes = u64::from(pages_now - bump) * PAGE_SIZE;
+        let mut largest_run = 0u64;
+        let mut run = 0u64;
+        let mut largest_block = 0u64;
+        for page in 0..bump {
+            let Some(desc) = self.desc(page) else { break };
+            let state = desc.state.load(Ordering::Acquire);
+            let empty_page = match phase(state) {
+                FREE => true,
+                SMALL => {
+                    let info = CLASSES.get(class_of(state));
+                    let used = live(state);
+                    match info {
+                        Some(_) if used == 0 => true,
+                        Some(info) => {
+                            let free = info.count.saturating_sub(used);
+                            free_bytes += free * info.size;
+                            if free > 0 {
+                                largest_block = largest_block.max(info.size);
+                            }
+                            false
+                        }
+                        None => false,
+                    }
+                }
+                _ => false,
+            };
+            if empty_page {
+                free_bytes += PAGE_SIZE;
+                run += 1;
+                largest_run = largest_run.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        largest_run = largest_run.max(run + u64::from(pages_now - bump));
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block: (largest_run * PAGE_SIZE).max(largest_block),
+            capacity: u64::from(pages_now) * PAGE_SIZE,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        let (live_total, bytes_total, cached) = self.check_parts()?;
+        if cached != 0 {
+            return Err(Error::corrupt(format!(
+                "{cached} blocks are marked free but still held"
+            )));
+        }
+        self.check_counters(live_total, bytes_total)
+    }
+}
+
+impl SizeClassAllocator {
+    /// Compares the shared counters with what the pages hold.
+    pub(crate) fn check_counters(&self, live_total: u64, bytes_total: u64) -> Result<()> {
+        let (allocated, live_count, _) = self.state().counters.snapshot();
+        if live_count != live_total || allocated != bytes_total {
+            return Err(Error::corrupt(format!(
+                "counters say {live_count} blocks / {allocated} bytes, pages hold \
+                 {live_total} / {bytes_total}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The shared counters.
+    pub(crate) fn counters(&self) -> &AllocCounters {
+        &self.state().counters
+    }
+
+    /// Walks pages, class lists and free runs; returns the blocks users
+    /// hold, their requested bytes, and the blocks marked free but still
+    /// holding their bit (cached).
+    pub(crate) fn check_parts(&self) -> Result<(u64, u64, u64)> {
+        let state = self.state();
+        let mut cached = 0u64;
+        let bump = state.bump.load(Ordering::Acquire);
+        if bump > u64::from(self.max_pages) {
+            return Err(Error::corrupt(format!("page cursor {bump} out of range")));
+        }
+        let bump = bump as u32;
+        let mut live_total = 0u64;
+        let mut bytes_total = 0u64;
+        let mut listed = [0u64; NUM_CLASSES];
+        let mut page = 0u32;
+        while page < self.max_pages {
+            let Some(desc) = self.desc(page) else { break };
+            let current = desc.state.load(Ordering::Acquire);
+            if page >= bump {
+                if current != FREE {
+                    return Err(Error::corrupt(format!(
+                        "page {page} beyond the cursor in state {current:#x}"
+                    )));
+                }
+                page += 1;
+                continue;
+            }
+            match phase(current) {
+                FREE => page += 1,
+                SMALL => {
+                    let class = class_of(current);
+                    let info = CLASSES.get(class).ok_or_else(|| {
+                        Error::corrupt(format!("page {page}: class {class} out of range"))
+                    })?;
+                    let used = live(current);
+                    if used > info.count || current >> 33 != 0 {
+                        return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
+                    }
+                    if current & LISTED != 0 {
+                        listed[class] += 1;
+                    } else if used != info.count {
+                        return Err(Error::corrupt(format!(
+                            "page {page} is off its class list with {used} of {} blocks",
+                            info.count
+                        )));
+                    }
+                    let base = self.page_ptr(page)?;
+                    let mut set = 0;
+                    for word in 0..info.words {
+                        let valid = if (word + 1) * 64 <= info.count {
+                            u64::MAX
+                        } else {
+                            (1u64 << (info.count - word * 64)) - 1
+                        };
+                        // SAFETY: `word < words`, inside the page header.
+                        let bits = unsafe { Self::bitmap(base, word) }.load(Ordering::Acquire);
+                        if bits & !valid != 0 {
+                            return Err(Error::corrupt(format!(
+                                "page {page}: bits set past its {} blocks",
+                                info.count
+                            )));
+                        }
+                        let mut rest = bits;
+                        while rest != 0 {
+                            let index = word * 64 + u64::from(rest.trailing_zeros());
+                            rest &= rest - 1;
+                            // SAFETY: `index < count`.
+                            let slack = unsafe { Self::slack(base, info, index) };
+                            if slack == sentinel(info) {
+                                cached += 1;
+                                set += 1;
+                                continue;
+                            }
+                            if slack > info.size {
+                                return Err(Error::corrupt(format!(
+                                    "page {page} block {index}: slack {slack}"
+                                )));
+                            }
+                            bytes_total += info.size - slack;
+                            set += 1;
+                        }
+                    }
+                    if set != used {
+                        return Err(Error::corrupt(format!(
+                            "page {page}: {set} blocks marked, {used} counted live"
+                        )));
+                    }
+                    live_total += used;
+                    page += 1;
+                }
+                LARGE => {
+                    let len = desc.run.load(Ordering::Relaxed);
+                    if len == 0 || u64::from(page) + len > u64::from(bump) {
+                        return Err(Error::corrupt(format!(
+                            "large block at {page}: {len} pages"
+                        )));
+                    }
+                    for tail in page + 1..page + len as u32 {
+                        let tail_state = self.desc(tail).map(|d| d.state.load(Ordering::Acquire));
+                        if tail_state != Some(TAIL) {
+                            return Err(Error::corrupt(format!(
+                                "page {tail} inside the large block at {page} is {tail_state:?}"
+                            )));
+                        }
+                    }
+                    live_total += 1;
+                    bytes_total += desc.requested.load(Ordering::Relaxed);
+                    page += len as u32;
+                }
+                _ => {
+                    return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
+                }
+            }
+        }
+        // Class lists: each listed page exactly once, of its class.
+        for (class, head) in state.classes.iter().enumerate() {
+            let mut next = tagged_stack::top(head.load(Ordering::Acquire));
+            let mut count = 0u64;
+            while let Some(page) = next {
+                count += 1;
+                let desc = self
+                    .desc(page)
+                    .filter(|_| count <= listed[class])
+                    .ok_or_else(|| Error::corrupt(format!("class {class} list is too long")))?;
+                let current = desc.state.load(Ordering::Acquire);
+                if phase(current) != SMALL || class_of(current) != class || current & LISTED == 0 {
+                    return Err(Error::corrupt(format!(
+                        "class {class} lists page {page} in state {current:#x}"
+                    )));
+                }
+                next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
+                    .map_err(|bad| bad_link("class page list", bad))?;
+            }
+            if count != listed[class] {
+                return Err(Error::corrupt(format!(
+                    "class {class}: {} pages flagged listed, {count} on the list",
+                    listed[class]
+                )));
+            }
+        }
+        // Free runs: free pages below the cursor.
+        let mut next = tagged_stack::top(state.free_runs.load(Ordering::Acquire));
+        let mut steps = 0u32;
+        while let Some(head) = next {
+            steps += 1;
+            let desc = self
+                .desc(head)
+                .filter(|_| steps <= self.max_pages)
+                .ok_or_else(|| Error::corrupt("free-run stack loops"))?;
+            let len = self.run_len(head)?;
+            if head + len > bump {
+                return Err(Error::corrupt(format!(
+                    "free run at {head} passes the cursor"
+                )));
+            }
+            for p in head..head + len {
+                if self.desc(p).map(|d| d.state.load(Ordering::Acquire)) != Some(FREE) {
+                    return Err(Error::corrupt(format!(
+                        "free run at {head}: page {p} in use"
+                    )));
+                }
+            }
+            next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
+                .map_err(|bad| bad_link("free-run stack", bad))?;
+        }
+        Ok((live_total - cached, bytes_total, cached))
+    }
+}
+
+impl_allocator_api2!(SizeClassAllocator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes_are_sound() {
+        let mut previous = 0;
+        for (index, info) in CLASSES.iter().enumerate() {
+            assert!(info.size > previous, "class {index}");
+            previous = info.size;
+            assert!(info.count >= 1);
+            assert_eq!(info.first % info.align, 0);
+            assert!(info.first >= info.words * 8 + info.count * info.slack_width);
+            assert!(info.first + info.count * info.size <= PAGE_SIZE);
+            assert_eq!(info.size % info.align, 0);
+            assert!(info.slack_width == 2 || info.size < 256);
+        }
+        assert_eq!(CLASSES[NUM_CLASSES - 1].size, LARGE_THRESHOLD as u64);
+        for size in 1..=LARGE_THRESHOLD as u64 {
+            let class = natural_class(size);
+            assert!(CLASSES[class].size >= size, "size {size}");
+            assert!(class == 0 || CLASSES[class - 1].size < size, "size {size}");
+        }
+        for shift in 0..=12 {
+            let align = 1u64 << shift;
+            let class = class_for(1, align).expect("a class");
+            assert!(CLASSES[class].align >= align);
+        }
+    }
+}
