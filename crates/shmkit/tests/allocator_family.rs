@@ -262,6 +262,24 @@ macro_rules! family_tests {
             }
 
             #[test]
+            fn ecosystem_containers_run_on_it() {
+                let allocator = fresh(8 << 20, 8 << 20);
+                let mut numbers = allocator_api2::vec::Vec::new_in(&allocator);
+                numbers.extend(0..20_000u64);
+                assert_eq!(numbers.iter().sum::<u64>(), 199_990_000);
+                let boxed = allocator_api2::boxed::Box::new_in([9u8; 500], &allocator);
+                let mut map = hashbrown::HashMap::new_in(&allocator);
+                for i in 0..2000u32 {
+                    map.insert(i, i + 1);
+                }
+                assert_eq!((boxed[499], map[&1999]), (9, 2000));
+                assert!(allocator.stats().live_allocations >= 3);
+                drop((numbers, boxed, map));
+                assert_eq!(allocator.stats().live_allocations, 0);
+                allocator.check().unwrap();
+            }
+
+            #[test]
             fn a_segment_of_another_kind_is_refused() {
                 let (options, _cleanup) = common::fresh_shm(stringify!($module));
                 let _bump = shmkit::BumpAllocator::create(&options.clone().size(1 << 20)).unwrap();
