@@ -50,8 +50,8 @@ mod sync;
 
 pub use alloc::{
     AllocStats, AllocatorKind, BumpAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator,
-    Mark, MemContext, Scope, SegmentAllocator, ShmAllocator, StackAllocator, CACHE_LINE,
-    SIMD_ALIGN,
+    Mark, MemContext, PoolAllocator, PoolParams, Scope, SegmentAllocator, ShmAllocator,
+    StackAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

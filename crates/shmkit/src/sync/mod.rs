@@ -6,3 +6,4 @@
 
 pub(crate) mod cursor;
 pub(crate) mod robust_lock;
+pub(crate) mod tagged_stack;
