@@ -284,6 +284,12 @@ struct SlotRef {
 /// change nothing. When the segment was created with a maximum size above
 /// its size, running out of pages grows it.
 ///
+/// A process killed mid-operation loses at most the slot or page it was
+/// handling (between claiming a slot's marker and pushing it, or between
+/// claiming a page and installing it); the pool stays usable, and
+/// [`check`](ShmAllocator::check) reports the lost slots until a recovery
+/// pass reclaims them.
+///
 /// ```
 /// use shmkit::{PoolAllocator, PoolParams, SegmentAllocator, SegmentOptions, ShmAllocator};
 ///
