@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use shmkit::{
-    BuddyAllocator, FreeListAllocator, MallocAllocator, MemContext, SegmentAllocator,
-    SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
+    BuddyAllocator, FreeListAllocator, MallocAllocator, MemContext, PoolAllocator,
+    SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
 };
 
 /// What the workloads need from an allocator: a token per block.
@@ -93,6 +93,7 @@ fn subjects() -> Vec<(&'static str, Box<dyn Subject>)> {
         ("mimalloc", Box::new(Global(mimalloc::MiMalloc))),
         ("talc", Box::new(talc_peer())),
         ("shmkit-malloc", Box::new(Shm(MallocAllocator::new()))),
+        ("shmkit-pool", shared::<PoolAllocator>("pool")),
         ("shmkit-free-list", shared::<FreeListAllocator>("free-list")),
         ("shmkit-buddy", shared::<BuddyAllocator>("buddy")),
         (

@@ -50,8 +50,9 @@ mod sync;
 
 pub use alloc::{
     AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, FreeListAllocator,
-    InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext, Scope, SegmentAllocator,
-    ShmAllocator, SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
+    InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext, PoolAllocator, PoolParams,
+    Scope, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
+    ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

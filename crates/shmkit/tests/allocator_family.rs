@@ -223,35 +223,40 @@ fn grows_instead_of_failing(allocator: &dyn ShmAllocator, initial: u64) {
     assert_eq!(allocator.stats().live_allocations, 0);
 }
 
-/// Instantiates the family tests for one allocator type.
+/// Instantiates the family tests for one allocator type (segments are
+/// private mappings: untouched pages cost nothing, so they are generous).
 macro_rules! family_tests {
     ($module:ident, $allocator:ty) => {
+        family_tests!($module, $allocator, Default::default());
+    };
+    ($module:ident, $allocator:ty, $params:expr) => {
         mod $module {
             use super::*;
 
             fn fresh(size: u64, max: u64) -> $allocator {
-                <$allocator>::create(&SegmentOptions::private().size(size).max_size(max)).unwrap()
+                let options = SegmentOptions::private().size(size).max_size(max);
+                <$allocator>::create_with(&options, &$params).unwrap()
             }
 
             proptest! {
                 #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
                 #[test]
                 fn random_workloads_match_the_model(ops in proptest::collection::vec(op(), 1..120)) {
-                    let allocator = fresh(4 << 20, 4 << 20);
+                    let allocator = fresh(32 << 20, 32 << 20);
                     run_model(&allocator, &ops)?;
                 }
             }
 
             #[test]
             fn bad_frees_are_refused_and_change_nothing() {
-                let allocator = fresh(4 << 20, 4 << 20);
+                let allocator = fresh(32 << 20, 32 << 20);
                 let size = allocator.segment().size();
                 bad_frees_change_nothing(&allocator, size);
             }
 
             #[test]
             fn every_power_of_two_alignment_is_honoured() {
-                every_power_of_two_alignment(&fresh(4 << 20, 4 << 20));
+                every_power_of_two_alignment(&fresh(32 << 20, 32 << 20));
             }
 
             #[test]
@@ -263,7 +268,7 @@ macro_rules! family_tests {
 
             #[test]
             fn ecosystem_containers_run_on_it() {
-                let allocator = fresh(8 << 20, 8 << 20);
+                let allocator = fresh(64 << 20, 64 << 20);
                 let mut numbers = allocator_api2::vec::Vec::new_in(&allocator);
                 numbers.extend(0..20_000u64);
                 assert_eq!(numbers.iter().sum::<u64>(), 199_990_000);
@@ -293,6 +298,12 @@ macro_rules! family_tests {
 }
 
 // One line per shared allocator of the family.
+// Slots up to 256 KiB, so the pool serves the general-purpose workloads too.
+family_tests!(
+    pool,
+    shmkit::PoolAllocator,
+    shmkit::PoolParams::new(&[64, 1024, 16384, 256 << 10]).unwrap()
+);
 family_tests!(buddy, shmkit::BuddyAllocator);
 family_tests!(free_list, shmkit::FreeListAllocator);
 family_tests!(size_class, shmkit::SizeClassAllocator);

@@ -6,4 +6,7 @@
 
 pub(crate) mod cursor;
 pub(crate) mod robust_lock;
+/// The pool's free stack of slot indices, links kept in the free slots.
+pub(crate) mod slot_stack;
+/// The size-class allocator's stacks of page runs and blocks.
 pub(crate) mod tagged_stack;

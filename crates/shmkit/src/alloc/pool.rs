@@ -1,0 +1,1020 @@
+//! The pool (slab) allocator: fixed-size slots, a slab per slot size, one
+//! ABA-safe lock-free free stack per slab.
+//!
+//! # Layout
+//!
+//! The data area, from `base` (the data offset rounded up to the largest slot
+//! alignment), is a sequence of equal *pages* claimed one at a time from a
+//! shared lock-free page cursor, so the slabs share the space and the
+//! segment grows when it runs out. A page belongs to one slab and holds:
+//!
+//! ```text
+//! page + 0   PageHeader { slab: 1-based slab number (0 = not yet set up), seal }
+//! page + 8   markers: [AtomicU32; per_page]   0 = free, else requested size + 1
+//! page + first (aligned to the slot alignment)   per_page slots of `slot` bytes
+//! ```
+//!
+//! A slot is named by a 32-bit index, `page * per_page + slot`, which the
+//! free stacks link through (the `next` index is stored in the first four
+//! bytes of a free slot). Slots are handed out lazily: each slab has a
+//! *fresh* word `(page, used)` and carves the next slot of its current page
+//! with one compare-and-swap, claiming a new page when that one is full.
+//!
+//! Free finds the page from the offset, the slab from the page header, checks
+//! that the offset is exactly a slot boundary, and claims the slot's marker
+//! from "live" to 0 with a compare-and-swap before pushing it: a double free
+//! or a foreign offset is refused and never reaches the stack.
+
+use std::collections::HashSet;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::counters::AllocCounters;
+use super::segment_allocator::SegmentAllocator;
+use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset};
+use crate::segment::header::PARAM_WORDS;
+use crate::segment::Segment;
+use crate::sync::cursor::align_up;
+use crate::sync::slot_stack::{self, Links, PopError, EMPTY, EMPTY_HEAD};
+
+/// The most slot sizes (slabs) one pool holds: one per header word.
+pub const POOL_MAX_SLABS: usize = PARAM_WORDS;
+/// The smallest slot size (a slot must hold its free-stack link).
+pub const POOL_MIN_SLOT: u32 = 8;
+/// The largest slot size.
+pub const POOL_MAX_SLOT: u32 = 256 << 10;
+/// The smallest page size; pages are larger when the largest slot needs it.
+const MIN_PAGE: u64 = 64 << 10;
+/// A page holds at least this many of the largest slots (about).
+const SLOTS_PER_PAGE_HINT: u64 = 32;
+const PAGE_HEADER: u64 = std::mem::size_of::<PageHeader>() as u64;
+const MARKER: u64 = std::mem::size_of::<AtomicU32>() as u64;
+const PAGE_KEY: u32 = 0x9a6e_51ab;
+
+/// The slot sizes of a [`PoolAllocator`], recorded in the segment header
+/// (one word per size, 0 for an unused one).
+///
+/// Between one and four sizes, strictly ascending, each a multiple of 8
+/// from [`POOL_MIN_SLOT`] to [`POOL_MAX_SLOT`]. A slot is aligned to the
+/// largest power of two that divides its size (so a 4096-byte slot is
+/// 4096-aligned, a 24-byte slot 8-aligned). The default is 64, 256, 1024 and
+/// 4096 bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolParams {
+    slot_sizes: [u32; POOL_MAX_SLABS],
+}
+
+impl Default for PoolParams {
+    fn default() -> Self {
+        PoolParams {
+            slot_sizes: [64, 256, 1024, 4096],
+        }
+    }
+}
+
+impl PoolParams {
+    /// Parameters with these slot sizes (checked as described on the type).
+    ///
+    /// ```
+    /// use shmkit::PoolParams;
+    ///
+    /// assert!(PoolParams::new(&[32, 128]).is_ok());
+    /// assert!(PoolParams::new(&[128, 32]).is_err()); // not ascending
+    /// assert!(PoolParams::new(&[12]).is_err());      // not a multiple of 8
+    /// ```
+    pub fn new(slot_sizes: &[u32]) -> Result<PoolParams> {
+        if slot_sizes.is_empty() || slot_sizes.len() > POOL_MAX_SLABS {
+            return Err(Error::invalid_size(format!(
+                "a pool has 1 to {POOL_MAX_SLABS} slot sizes, not {}",
+                slot_sizes.len()
+            )));
+        }
+        let mut words = [0u64; POOL_MAX_SLABS];
+        for (word, &size) in words.iter_mut().zip(slot_sizes) {
+            *word = u64::from(size);
+        }
+        let slot_sizes = check_sizes(&words).map_err(Error::invalid_size)?;
+        Ok(PoolParams { slot_sizes })
+    }
+
+    /// The slot sizes, ascending.
+    pub fn slot_sizes(&self) -> &[u32] {
+        let count = self.slot_sizes.iter().take_while(|&&s| s != 0).count();
+        &self.slot_sizes[..count]
+    }
+
+    /// The size of the pages the slabs are carved from.
+    pub fn page_size(&self) -> u64 {
+        page_size_for(self.slot_sizes().last().copied().unwrap_or(POOL_MIN_SLOT))
+    }
+}
+
+fn page_size_for(largest_slot: u32) -> u64 {
+    (u64::from(largest_slot) * SLOTS_PER_PAGE_HINT)
+        .next_power_of_two()
+        .max(MIN_PAGE)
+}
+
+/// Validates slot-size words (as stored in a header, say).
+fn check_sizes(words: &[u64; PARAM_WORDS]) -> std::result::Result<[u32; POOL_MAX_SLABS], String> {
+    let mut sizes = [0u32; POOL_MAX_SLABS];
+    let count = words.iter().take_while(|&&w| w != 0).count();
+    if count == 0 {
+        return Err("a pool needs at least one slot size".into());
+    }
+    if words[count..].iter().any(|&w| w != 0) {
+        return Err(format!("slot sizes {words:?} have a gap"));
+    }
+    for (index, &word) in words[..count].iter().enumerate() {
+        if word < u64::from(POOL_MIN_SLOT) || word > u64::from(POOL_MAX_SLOT) || word % 8 != 0 {
+            return Err(format!(
+                "slot size {word} is not a multiple of 8 from {POOL_MIN_SLOT} to {POOL_MAX_SLOT}"
+            ));
+        }
+        if index > 0 && word <= words[index - 1] {
+            return Err(format!("slot sizes {words:?} are not strictly ascending"));
+        }
+        sizes[index] = word as u32;
+    }
+    Ok(sizes)
+}
+
+/// Where one slab's slots sit in its pages.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slab {
+    /// Slot size in bytes.
+    slot: u64,
+    /// Alignment of every slot (offset and, up to the segment's
+    /// `max_align`, address).
+    align: u64,
+    /// Slots per page.
+    per_page: u32,
+    /// Offset of the first slot from the start of its page.
+    first: u64,
+}
+
+/// The pool's shape, derived from the parameters in the header.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    slabs: [Slab; POOL_MAX_SLABS],
+    count: usize,
+    page: u64,
+    /// Offset of page 0.
+    base: u64,
+    /// Pages that can be numbered without a slot index reaching `EMPTY`.
+    max_pages: u64,
+}
+
+impl Geometry {
+    fn new(words: &[u64; PARAM_WORDS], data_offset: u64) -> Result<Geometry> {
+        let sizes = check_sizes(words)
+            .map_err(|reason| Error::corrupt(format!("pool parameters: {reason}")))?;
+        let count = sizes.iter().take_while(|&&s| s != 0).count();
+        let page = page_size_for(sizes[count - 1]);
+        let mut slabs = [Slab::default(); POOL_MAX_SLABS];
+        let mut max_align = 8;
+        let mut max_per_page = 1u64;
+        for (slab, &size) in slabs.iter_mut().zip(&sizes[..count]) {
+            let slot = u64::from(size);
+            let align = 1u64 << slot.trailing_zeros();
+            let first_for = |n: u64| align_up(PAGE_HEADER + MARKER * n, align).unwrap_or(u64::MAX);
+            let mut per_page = (page - PAGE_HEADER) / (slot + MARKER);
+            while per_page > 0 && first_for(per_page).saturating_add(per_page * slot) > page {
+                per_page -= 1;
+            }
+            if per_page == 0 {
+                return Err(Error::corrupt(format!(
+                    "a pool page holds no {slot}-byte slot"
+                )));
+            }
+            *slab = Slab {
+                slot,
+                align,
+                per_page: per_page as u32,
+                first: first_for(per_page),
+            };
+            max_align = max_align.max(align);
+            max_per_page = max_per_page.max(per_page);
+        }
+        let base = align_up(data_offset, max_align)
+            .ok_or_else(|| Error::corrupt("pool base overflows"))?;
+        Ok(Geometry {
+            slabs,
+            count,
+            page,
+            base,
+            max_pages: u64::from(EMPTY) / max_per_page,
+        })
+    }
+
+    fn slabs(&self) -> &[Slab] {
+        &self.slabs[..self.count]
+    }
+
+    fn page_offset(&self, page: u64) -> u64 {
+        // page < max_pages <= 2^32 and page size <= 2^23: no overflow.
+        self.base + page * self.page
+    }
+}
+
+#[repr(C)]
+struct PageHeader {
+    /// 1-based number of the slab that owns the page; 0 until set up.
+    slab: AtomicU32,
+    /// `page ^ PAGE_KEY`, written with the slab number.
+    seal: AtomicU32,
+}
+
+/// The head of a slab's free stack and the count of slots on it, touched
+/// together on every pop and push.
+#[repr(C)]
+struct SlabHot {
+    head: AtomicU64,
+    /// At least the number of slots on the stack (raised before a push,
+    /// lowered after a pop), exact when no one is mid-operation.
+    free_slots: AtomicU64,
+}
+
+#[repr(C)]
+struct SlabState {
+    hot: CachePadded<SlabHot>,
+    /// `(page << 32) | used`: the page slots are carved from and how many of
+    /// its slots have been handed out; page `EMPTY` when there is none yet.
+    fresh: CachePadded<AtomicU64>,
+}
+
+#[repr(C)]
+struct PoolState {
+    counters: AllocCounters,
+    /// Pages claimed so far from the shared region.
+    pages: CachePadded<AtomicU64>,
+    slabs: [SlabState; POOL_MAX_SLABS],
+}
+
+fn pack_fresh(page: u32, used: u32) -> u64 {
+    (u64::from(page) << 32) | u64::from(used)
+}
+
+fn unpack_fresh(word: u64) -> (u32, u32) {
+    ((word >> 32) as u32, word as u32)
+}
+
+/// A slot located from an index or an offset.
+#[derive(Clone, Copy, Debug)]
+struct SlotRef {
+    slab: usize,
+    page: u32,
+    slot: u32,
+}
+
+/// A pool of fixed-size slots in several sizes, shared by every process
+/// that attaches its segment.
+///
+/// A request goes to the smallest slab whose slots hold its size and
+/// alignment; allocation pops that slab's free stack (or carves a fresh slot)
+/// and freeing pushes the slot back, each with one compare-and-swap on an
+/// ABA-safe tagged head in the segment: no lock, no syscall, O(1). A slot
+/// freed by one process is reused by any other. Double frees and offsets
+/// that are not a live slot are refused with [`Error::InvalidFree`] and
+/// change nothing. When the segment was created with a maximum size above
+/// its size, running out of pages grows it.
+///
+/// A process killed mid-operation loses at most the slot or page it was
+/// handling (between claiming a slot's marker and pushing it, or between
+/// claiming a page and installing it); the pool stays usable, and
+/// [`check`](ShmAllocator::check) reports the lost slots until a recovery
+/// pass reclaims them.
+///
+/// ```
+/// use shmkit::{PoolAllocator, PoolParams, SegmentAllocator, SegmentOptions, ShmAllocator};
+///
+/// let params = PoolParams::new(&[32, 256, 4096])?;
+/// let pool = PoolAllocator::create_with(&SegmentOptions::private().size(1 << 20), &params)?;
+/// let small = pool.allocate(20)?;                 // a 32-byte slot
+/// let page = pool.allocate_aligned(100, 4096)?;   // a 4096-byte slot, 4096-aligned
+/// assert_eq!(pool.usable_size(small.offset().raw())?, 32);
+/// assert_eq!(page.offset().raw() % 4096, 0);
+/// pool.free(small)?;
+/// assert!(pool.free(small).is_err());             // double free: refused
+/// assert_eq!(pool.allocate(30)?.offset(), small.offset()); // the slot is reused
+/// pool.check()?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub struct PoolAllocator {
+    segment: Segment,
+    state: NonNull<PoolState>,
+    geometry: Geometry,
+}
+
+// SAFETY: the state, page headers, markers and links are reached through
+// atomics only, and the segment handle is itself `Send + Sync`.
+unsafe impl Send for PoolAllocator {}
+// SAFETY: as above.
+unsafe impl Sync for PoolAllocator {}
+
+impl std::fmt::Debug for PoolAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolAllocator")
+            .field("segment", &self.segment)
+            .field("slot_sizes", &self.slot_sizes())
+            .field("page_size", &self.geometry.page)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl SegmentAllocator for PoolAllocator {
+    const KIND: AllocatorKind = AllocatorKind::Pool;
+    type Params = PoolParams;
+
+    fn encode_params(params: &PoolParams) -> [u64; PARAM_WORDS] {
+        params.slot_sizes.map(u64::from)
+    }
+
+    fn state_len(_: &PoolParams) -> u64 {
+        std::mem::size_of::<PoolState>() as u64
+    }
+
+    fn initialize(segment: &Segment, params: &PoolParams) -> Result<()> {
+        Geometry::new(&Self::encode_params(params), segment.data_offset())?;
+        let state = segment.allocator_state::<PoolState>()?;
+        let slab = || SlabState {
+            hot: CachePadded::new(SlabHot {
+                head: AtomicU64::new(EMPTY_HEAD),
+                free_slots: AtomicU64::new(0),
+            }),
+            fresh: CachePadded::new(AtomicU64::new(pack_fresh(EMPTY, 0))),
+        };
+        // SAFETY: the creator runs this before *ready*, so no other process
+        // uses the state yet; `allocator_state` checked size and alignment.
+        unsafe {
+            state.as_ptr().write(PoolState {
+                counters: AllocCounters::new(),
+                pages: CachePadded::new(AtomicU64::new(0)),
+                slabs: std::array::from_fn(|_| slab()),
+            })
+        };
+        Ok(())
+    }
+
+    fn from_segment(segment: Segment) -> Result<Self> {
+        segment.expect_allocator(Self::KIND, None)?;
+        let geometry = Geometry::new(&segment.allocator_params(), segment.data_offset())?;
+        let state = segment.allocator_state::<PoolState>()?;
+        let pool = PoolAllocator {
+            segment,
+            state,
+            geometry,
+        };
+        let pages = pool.pages();
+        if pages > geometry.max_pages || geometry.page_offset(pages) > pool.segment.max_size() {
+            return Err(Error::corrupt(format!(
+                "pool page count {pages} out of range"
+            )));
+        }
+        Ok(pool)
+    }
+}
+
+/// The links of one slab's free stack, stored in its free slots.
+struct SlabLinks<'a> {
+    pool: &'a PoolAllocator,
+    slab: usize,
+}
+
+impl Links for SlabLinks<'_> {
+    #[inline]
+    fn next(&self, index: u32) -> Option<u32> {
+        // Relaxed: the head was acquired, which orders this after the
+        // pusher's store of the link.
+        self.pool
+            .link(self.slab, index)
+            .map(|link| link.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn set_next(&self, index: u32, next: u32) {
+        // The caller owns `index` and has validated it, so it resolves.
+        if let Some(link) = self.pool.link(self.slab, index) {
+            link.store(next, Ordering::Relaxed);
+        }
+    }
+}
+
+impl PoolAllocator {
+    /// The segment this allocator manages.
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// The slot sizes, ascending.
+    pub fn slot_sizes(&self) -> Vec<u64> {
+        self.geometry.slabs().iter().map(|s| s.slot).collect()
+    }
+
+    /// The size of the pages slots are carved from.
+    pub fn page_size(&self) -> u64 {
+        self.geometry.page
+    }
+
+    #[inline]
+    fn state(&self) -> &PoolState {
+        // SAFETY: `state` points into the segment, which lives as long as
+        // `self`; `allocator_state` checked size and alignment; it is made
+        // of atomics only.
+        unsafe { self.state.as_ref() }
+    }
+
+    #[inline]
+    fn pages(&self) -> u64 {
+        self.state().pages.load(Ordering::Acquire)
+    }
+
+    /// An atomic in the segment at `offset`, bounds- and alignment-checked.
+    #[inline]
+    fn atomic_at<T>(&self, offset: u64) -> Option<&T> {
+        let ptr = self.segment.resolve(Offset::<T>::from_raw(offset)).ok()?;
+        // SAFETY: `resolve` checked bounds and alignment; callers use it for
+        // atomics only (valid for any bytes), which live as long as the
+        // segment, so as long as `self`.
+        Some(unsafe { ptr.as_ref() })
+    }
+
+    #[inline]
+    fn page_header(&self, page: u32) -> Option<&PageHeader> {
+        self.atomic_at(self.geometry.page_offset(u64::from(page)))
+    }
+
+    /// The 0-based slab that owns a claimed, set-up page.
+    #[inline]
+    fn page_slab(&self, page: u32) -> Option<usize> {
+        if u64::from(page) >= self.pages() {
+            return None;
+        }
+        let header = self.page_header(page)?;
+        let slab = header.slab.load(Ordering::Acquire) as usize;
+        if slab == 0 || slab > self.geometry.count {
+            return None;
+        }
+        (header.seal.load(Ordering::Relaxed) == page ^ PAGE_KEY).then_some(slab - 1)
+    }
+
+    #[inline]
+    fn slot_offset(&self, at: SlotRef) -> u64 {
+        let slab = self.geometry.slabs[at.slab];
+        self.geometry.page_offset(u64::from(at.page)) + slab.first + u64::from(at.slot) * slab.slot
+    }
+
+    #[inline]
+    fn index_of(&self, at: SlotRef) -> u32 {
+        // Page numbers stay below `max_pages`, so this is below `EMPTY`.
+        at.page * self.geometry.slabs[at.slab].per_page + at.slot
+    }
+
+    #[inline]
+    fn marker(&self, at: SlotRef) -> Option<&AtomicU32> {
+        self.atomic_at(
+            self.geometry.page_offset(u64::from(at.page))
+                + PAGE_HEADER
+                + MARKER * u64::from(at.slot),
+        )
+    }
+
+    /// The slot named by `index` in `slab`, if it is one.
+    #[inline]
+    fn decode_index(&self, slab: usize, index: u32) -> Option<SlotRef> {
+        let per_page = self.geometry.slabs[slab].per_page;
+        let at = SlotRef {
+            slab,
+            page: index / per_page,
+            slot: index % per_page,
+        };
+        (self.page_slab(at.page)? == slab).then_some(at)
+    }
+
+    #[inline]
+    fn link(&self, slab: usize, index: u32) -> Option<&AtomicU32> {
+        let at = self.decode_index(slab, index)?;
+        self.atomic_at(self.slot_offset(at))
+    }
+
+    /// The slot that starts exactly at `offset`, if any.
+    fn locate(&self, offset: u64) -> Option<SlotRef> {
+        let relative = offset.checked_sub(self.geometry.base)?;
+        let page = u32::try_from(relative / self.geometry.page).ok()?;
+        let slab = self.page_slab(page)?;
+        let shape = self.geometry.slabs[slab];
+        let within = (relative % self.geometry.page).checked_sub(shape.first)?;
+        if within % shape.slot != 0 {
+            return None;
+        }
+        let slot = u32::try_from(within / shape.slot).ok()?;
+        (slot < shape.per_page).then_some(SlotRef { slab, page, slot })
+    }
+
+    /// The live slot at `offset` and its marker value (requested size + 1).
+    fn live_slot(&self, offset: u64) -> Result<(SlotRef, &AtomicU32, u32)> {
+        let invalid = || Error::InvalidFree { offset };
+        let at = self.locate(offset).ok_or_else(invalid)?;
+        let marker = self.marker(at).ok_or_else(invalid)?;
+        match marker.load(Ordering::Acquire) {
+            0 => Err(invalid()),
+            value => Ok((at, marker, value)),
+        }
+    }
+
+    fn links(&self, slab: usize) -> SlabLinks<'_> {
+        SlabLinks { pool: self, slab }
+    }
+
+    /// The smallest slab that holds `size` bytes aligned to `align`.
+    #[inline]
+    fn pick(&self, size: u64, align: u64) -> Result<usize> {
+        if let Some(slab) = self
+            .geometry
+            .slabs()
+            .iter()
+            .position(|s| s.slot >= size && s.align >= align)
+        {
+            return Ok(slab);
+        }
+        let largest = self.geometry.slabs[self.geometry.count - 1].slot;
+        if size > largest {
+            return Err(Error::OutOfMemory {
+                requested: size,
+                available: largest,
+            });
+        }
+        let best = self
+            .geometry
+            .slabs()
+            .iter()
+            .map(|s| s.align)
+            .max()
+            .unwrap_or(8);
+        Err(Error::InvalidAlignment {
+            align: align as usize,
+            max: (best as usize).min(self.segment.max_align()),
+        })
+    }
+
+    /// A slot of `slab` that nobody holds: from the free stack, else fresh.
+    fn take_slot(&self, slab: usize) -> Result<SlotRef> {
+        let hot = &self.state().slabs[slab].hot;
+        match slot_stack::pop(&hot.head, &self.links(slab)) {
+            Ok(Some(index)) => {
+                hot.free_slots.fetch_sub(1, Ordering::Relaxed);
+                self.decode_index(slab, index).ok_or_else(|| {
+                    Error::corrupt(format!("slab {slab}: popped slot {index} vanished"))
+                })
+            }
+            Ok(None) => self.carve(slab),
+            Err(PopError::Corrupt { index }) => Err(Error::corrupt(format!(
+                "slab {slab}: free stack names slot {index}, which is none of its slots"
+            ))),
+        }
+    }
+
+    /// Pushes a slot that the caller holds (and has marked free).
+    fn give_slot(&self, at: SlotRef) {
+        let hot = &self.state().slabs[at.slab].hot;
+        hot.free_slots.fetch_add(1, Ordering::Relaxed);
+        slot_stack::push(&hot.head, &self.links(at.slab), self.index_of(at));
+    }
+
+    /// Carves a never-used slot from the slab's current page, claiming a
+    /// new page when it is full.
+    fn carve(&self, slab: usize) -> Result<SlotRef> {
+        let per_page = self.geometry.slabs[slab].per_page;
+        let fresh = &self.state().slabs[slab].fresh;
+        let mut current = fresh.load(Ordering::Acquire);
+        loop {
+            let (page, used) = unpack_fresh(current);
+            if page == EMPTY || used >= per_page {
+                break;
+            }
+            if self.page_slab(page) != Some(slab) {
+                return Err(Error::corrupt(format!(
+                    "slab {slab}: fresh page {page} is not one of its pages"
+                )));
+            }
+            match fresh.compare_exchange_weak(
+                current,
+                pack_fresh(page, used + 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(SlotRef {
+                        slab,
+                        page,
+                        slot: used,
+                    })
+                }
+                Err(actual) => current = actual,
+            }
+        }
+        let page = self.claim_page(slab)?;
+        let first = SlotRef {
+            slab,
+            page,
+            slot: 0,
+        };
+        if fresh
+            .compare_exchange(
+                current,
+                pack_fresh(page, 1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            // Another thread installed a page first. This one is ours all
+            // the same: keep its first slot, put the others on the stack
+            // (a rare race; each pushed slot serves a later request in O(1)).
+            for slot in (1..per_page).rev() {
+                self.give_slot(SlotRef { slab, page, slot });
+            }
+        }
+        Ok(first)
+    }
+
+    /// Claims the next page of the shared region for `slab` (growing the
+    /// segment if it may) and sets up its header and markers.
+    fn claim_page(&self, slab: usize) -> Result<u32> {
+        let pages = &self.state().pages;
+        let mut claimed = pages.load(Ordering::Acquire);
+        loop {
+            if claimed >= self.geometry.max_pages {
+                return Err(self.out_of_pages(slab));
+            }
+            let end = self.geometry.page_offset(claimed + 1);
+            if end > self.segment.size() {
+                self.grow_for(end, slab)?;
+                claimed = pages.load(Ordering::Acquire);
+                continue;
+            }
+            match pages.compare_exchange_weak(
+                claimed,
+                claimed + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(actual) => claimed = actual,
+            }
+        }
+        // `claimed < max_pages <= EMPTY`.
+        let page = claimed as u32;
+        let start = self.geometry.page_offset(claimed);
+        let per_page = self.geometry.slabs[slab].per_page;
+        let markers = self
+            .segment
+            .resolve_array(
+                Offset::<AtomicU32>::from_raw(start + PAGE_HEADER),
+                u64::from(per_page),
+            )
+            .map_err(|_| Error::corrupt(format!("claimed page {page} is out of bounds")))?;
+        // SAFETY: `resolve_array` checked bounds and alignment for
+        // `per_page` atomics; the page was just claimed, so it is ours.
+        let markers = unsafe { std::slice::from_raw_parts(markers.as_ptr(), per_page as usize) };
+        for marker in markers {
+            marker.store(0, Ordering::Relaxed);
+        }
+        let header = self
+            .page_header(page)
+            .ok_or_else(|| Error::corrupt(format!("claimed page {page} is out of bounds")))?;
+        header.seal.store(page ^ PAGE_KEY, Ordering::Relaxed);
+        // Release: whoever sees the slab number sees the zeroed markers.
+        header.slab.store(slab as u32 + 1, Ordering::Release);
+        Ok(page)
+    }
+
+    #[cold]
+    fn grow_for(&self, end: u64, slab: usize) -> Result<()> {
+        let current = self.segment.size();
+        let max = self.segment.max_size();
+        if end > max || current >= max {
+            return Err(self.out_of_pages(slab));
+        }
+        let target = end.max(current.saturating_mul(2)).min(max);
+        self.segment.grow(target)?;
+        if self.segment.size() < end {
+            return Err(self.out_of_pages(slab));
+        }
+        Ok(())
+    }
+
+    #[cold]
+    fn out_of_pages(&self, slab: usize) -> Error {
+        Error::OutOfMemory {
+            requested: self.geometry.slabs[slab].slot,
+            available: self.stats().largest_free_block,
+        }
+    }
+}
+
+impl ShmAllocator for PoolAllocator {
+    fn kind(&self) -> AllocatorKind {
+        AllocatorKind::Pool
+    }
+
+    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+        let align = power_of_two_align(align, self.segment.max_align())?;
+        let size = size.max(1) as u64;
+        let slab = self.pick(size, align as u64)?;
+        let at = self.take_slot(slab)?;
+        let marker = self
+            .marker(at)
+            .ok_or_else(|| Error::corrupt(format!("slot {at:?} has no marker")))?;
+        // `size <= slot <= POOL_MAX_SLOT`, so `size + 1` fits a u32.
+        if marker
+            .compare_exchange(0, size as u32 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::corrupt(format!(
+                "slot {at:?} came off the free list while live"
+            )));
+        }
+        self.state().counters.on_allocate(size);
+        Ok(self.slot_offset(at))
+    }
+
+    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        let (at, marker, value) = self.live_slot(offset)?;
+        // Claiming the marker makes this free the only one: a second free,
+        // racing or later, finds 0 and is refused.
+        if marker
+            .compare_exchange(value, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::InvalidFree { offset });
+        }
+        self.state().counters.on_free(u64::from(value - 1));
+        self.give_slot(at);
+        Ok(())
+    }
+
+    fn usable_size(&self, offset: u64) -> Result<usize> {
+        let (at, _, _) = self.live_slot(offset)?;
+        Ok(self.geometry.slabs[at.slab].slot as usize)
+    }
+
+    fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
+        self.live_slot(offset)?;
+        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+    }
+
+    fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
+        self.segment.offset_of(ptr.as_ptr()).map(|o| o.raw())
+    }
+
+    /// A block is resized in place whenever the new size fits its slot (so
+    /// shrinking never moves a block, and it keeps its alignment).
+    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        let (at, marker, value) = self.live_slot(offset)?;
+        let new_size = new_size.max(1) as u64;
+        if new_size > self.geometry.slabs[at.slab].slot {
+            return Ok(false);
+        }
+        if marker
+            .compare_exchange(
+                value,
+                new_size as u32 + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_err()
+        {
+            return Err(Error::InvalidFree { offset });
+        }
+        let counters = &self.state().counters;
+        counters.on_free(u64::from(value - 1));
+        counters.on_allocate(new_size);
+        Ok(true)
+    }
+
+    /// `free_bytes` counts free slots, the unused rest of each slab's
+    /// current page and the space no page has claimed yet;
+    /// `largest_free_block` is the largest slot size that can be served now
+    /// without growing; `capacity` is the page area at the current size.
+    fn stats(&self) -> AllocStats {
+        let (allocated_bytes, live_allocations, peak_bytes) = self.state().counters.snapshot();
+        let size = self.segment.size();
+        let pages = self.pages().min(self.geometry.max_pages);
+        let untouched = size.saturating_sub(self.geometry.page_offset(pages));
+        let mut free_bytes = untouched;
+        let mut largest_free_block = 0;
+        for (slab, shape) in self.geometry.slabs().iter().enumerate() {
+            let state = &self.state().slabs[slab];
+            let free_slots = state
+                .hot
+                .free_slots
+                .load(Ordering::Relaxed)
+                .min(pages * u64::from(shape.per_page));
+            let (page, used) = unpack_fresh(state.fresh.load(Ordering::Relaxed));
+            let fresh = if page == EMPTY {
+                0
+            } else {
+                u64::from(shape.per_page.saturating_sub(used))
+            };
+            free_bytes = free_bytes.saturating_add((free_slots + fresh).saturating_mul(shape.slot));
+            if free_slots + fresh > 0 || untouched >= self.geometry.page {
+                largest_free_block = largest_free_block.max(shape.slot);
+            }
+        }
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block,
+            capacity: size.saturating_sub(self.geometry.base),
+        }
+    }
+
+    /// Walks every claimed page (header, seal, markers) and every slab's
+    /// free stack (bounded by the slab's slot count; every index must be a
+    /// free, carved slot of that slab, none twice), then checks that every
+    /// slot is live, free or not yet carved, and that the counters agree.
+    /// Meant for a quiescent pool: a concurrent allocation may look like an
+    /// inconsistency.
+    fn check(&self) -> Result<()> {
+        let geometry = &self.geometry;
+        let pages = self.pages();
+        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment.size() {
+            return Err(Error::corrupt(format!(
+                "pool: {pages} pages do not fit the segment"
+            )));
+        }
+        let mut slab_pages = [0u64; POOL_MAX_SLABS];
+        let mut live = [0u64; POOL_MAX_SLABS];
+        let mut live_bytes = 0u64;
+        for page in 0..pages as u32 {
+            let slab = self
+                .page_slab(page)
+                .ok_or_else(|| Error::corrupt(format!("pool: page {page} belongs to no slab")))?;
+            slab_pages[slab] += 1;
+            let shape = geometry.slabs[slab];
+            for slot in 0..shape.per_page {
+                let at = SlotRef { slab, page, slot };
+                let value = self
+                    .marker(at)
+                    .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?
+                    .load(Ordering::Acquire);
+                if value == 0 {
+                    continue;
+                }
+                if u64::from(value - 1) > shape.slot {
+                    return Err(Error::corrupt(format!(
+                        "pool: slot {at:?} records {} bytes, more than its {}",
+                        value - 1,
+                        shape.slot
+                    )));
+                }
+                live[slab] += 1;
+                live_bytes += u64::from(value - 1);
+            }
+        }
+        for (slab, shape) in geometry.slabs().iter().enumerate() {
+            let state = &self.state().slabs[slab];
+            let (fresh_page, used) = unpack_fresh(state.fresh.load(Ordering::Acquire));
+            let mut uncarved = 0;
+            if fresh_page != EMPTY {
+                if self.page_slab(fresh_page) != Some(slab) || used > shape.per_page {
+                    return Err(Error::corrupt(format!(
+                        "pool: slab {slab} carves from ({fresh_page}, {used}), not one of its pages"
+                    )));
+                }
+                for slot in used..shape.per_page {
+                    let at = SlotRef {
+                        slab,
+                        page: fresh_page,
+                        slot,
+                    };
+                    if self
+                        .marker(at)
+                        .is_some_and(|m| m.load(Ordering::Acquire) != 0)
+                    {
+                        return Err(Error::corrupt(format!(
+                            "pool: uncarved slot {at:?} is live"
+                        )));
+                    }
+                }
+                uncarved = u64::from(shape.per_page - used);
+            }
+            let total = slab_pages[slab] * u64::from(shape.per_page);
+            let mut seen = HashSet::new();
+            let (_, mut index) = slot_stack::unpack(state.hot.head.load(Ordering::Acquire));
+            while index != EMPTY {
+                if seen.len() as u64 >= total {
+                    return Err(Error::corrupt(format!(
+                        "pool: slab {slab}'s free stack is longer than its {total} slots (a cycle)"
+                    )));
+                }
+                let at = self.decode_index(slab, index).ok_or_else(|| {
+                    Error::corrupt(format!(
+                        "pool: slab {slab}'s free stack names bad slot {index}"
+                    ))
+                })?;
+                if !seen.insert(index) {
+                    return Err(Error::corrupt(format!(
+                        "pool: slot {at:?} is on slab {slab}'s free stack twice"
+                    )));
+                }
+                if self
+                    .marker(at)
+                    .is_some_and(|m| m.load(Ordering::Acquire) != 0)
+                {
+                    return Err(Error::corrupt(format!(
+                        "pool: live slot {at:?} is on the free stack"
+                    )));
+                }
+                if at.page == fresh_page && at.slot >= used {
+                    return Err(Error::corrupt(format!(
+                        "pool: uncarved slot {at:?} is on the free stack"
+                    )));
+                }
+                index = self
+                    .link(slab, index)
+                    .map(|link| link.load(Ordering::Acquire))
+                    .ok_or_else(|| Error::corrupt(format!("pool: link of {at:?} out of bounds")))?;
+            }
+            let free = seen.len() as u64;
+            let counted = state.hot.free_slots.load(Ordering::Acquire);
+            if counted != free {
+                return Err(Error::corrupt(format!(
+                    "pool: slab {slab} counts {counted} free slots, its stack holds {free}"
+                )));
+            }
+            if live[slab] + free + uncarved != total {
+                return Err(Error::corrupt(format!(
+                    "pool: slab {slab} has {total} slots: {} live, {free} free, {uncarved} uncarved",
+                    live[slab]
+                )));
+            }
+        }
+        let (allocated, live_count, _) = self.state().counters.snapshot();
+        let live_total: u64 = live.iter().sum();
+        if live_count != live_total || allocated != live_bytes {
+            return Err(Error::corrupt(format!(
+                "pool: counters say {live_count} blocks / {allocated} bytes, slots say {live_total} / {live_bytes}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl_allocator_api2!(PoolAllocator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_fits_its_page_aligned() {
+        for sizes in [
+            vec![8u32],
+            vec![24, 40, 72, 136],
+            vec![64, 256, 1024, 4096],
+            vec![POOL_MAX_SLOT],
+            vec![8, 4096, 65536, POOL_MAX_SLOT],
+        ] {
+            let params = PoolParams::new(&sizes).unwrap();
+            let words = PoolAllocator::encode_params(&params);
+            let geometry = Geometry::new(&words, 2176 + 128).unwrap();
+            assert_eq!(geometry.page, params.page_size());
+            for slab in geometry.slabs() {
+                assert!(slab.per_page >= 1);
+                assert!(slab.first >= PAGE_HEADER + MARKER * u64::from(slab.per_page));
+                assert_eq!(slab.first % slab.align, 0);
+                assert!(slab.first + u64::from(slab.per_page) * slab.slot <= geometry.page);
+                // One more slot would not fit.
+                let more = u64::from(slab.per_page) + 1;
+                let first = align_up(PAGE_HEADER + MARKER * more, slab.align).unwrap();
+                assert!(first + more * slab.slot > geometry.page, "{sizes:?}");
+                assert_eq!(geometry.base % slab.align, 0);
+                assert!(geometry.max_pages * u64::from(slab.per_page) <= u64::from(EMPTY));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_parameter_words_are_refused() {
+        for words in [
+            [0, 0, 0, 0],
+            [64, 0, 128, 0],
+            [64, 64, 0, 0],
+            [12, 0, 0, 0],
+            [u64::from(POOL_MAX_SLOT) + 8, 0, 0, 0],
+            [u64::MAX, 0, 0, 0],
+        ] {
+            assert!(Geometry::new(&words, 4096).is_err(), "{words:?}");
+        }
+    }
+}
