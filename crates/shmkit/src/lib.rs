@@ -12,7 +12,11 @@
 //!   form). Only [`ShmSafe`] types, which hold no addresses, go into a segment.
 //! * Allocators keep their whole state in the segment, so every attached
 //!   process allocates from the same structure: [`BumpAllocator`] (one
-//!   lock-free compare-and-swap per allocation) and [`StackAllocator`] (LIFO).
+//!   lock-free compare-and-swap per allocation) and [`StackAllocator`] (LIFO)
+//!   carve; [`PoolAllocator`], [`FreeListAllocator`], [`BuddyAllocator`],
+//!   [`SizeClassAllocator`] and [`ThreadLocalAllocator`] also free, behind
+//!   one trait, [`ShmAllocator`] (with [`MallocAllocator`] for process-local
+//!   code).
 //!
 //! ```
 //! use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
