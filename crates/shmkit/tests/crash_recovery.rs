@@ -134,12 +134,13 @@ fn survive_kills<A: SegmentAllocator + ShmAllocator>(
 
     let mut workers: Vec<_> = (0..3).map(|_| spawn_worker(&name, kind)).collect();
     let mut killed = 0;
-    for victim in 0..2 {
+    // Kill the first two workers, one after the other, and replace them.
+    for worker in workers.iter_mut().take(2) {
         std::thread::sleep(Duration::from_millis(150));
-        workers[victim].kill().unwrap();
-        workers[victim].wait().unwrap();
+        worker.kill().unwrap();
+        worker.wait().unwrap();
         killed += 1;
-        workers[victim] = spawn_worker(&name, kind);
+        *worker = spawn_worker(&name, kind);
     }
     std::thread::sleep(Duration::from_millis(300));
     // SAFETY: as above.
