@@ -808,16 +808,16 @@ impl Heap<'_> {
         // units is garbage that no loop should chase.
         let limit = self.geo.units;
         if live > current_live && live - current_live <= limit {
-            (current_live..live).for_each(|_| counters.on_allocate(0));
+            (current_live..live).for_each(|_| counters.on_allocate_locked(0));
         } else if current_live > live && current_live - live <= limit {
-            (live..current_live).for_each(|_| counters.on_free(0));
+            (live..current_live).for_each(|_| counters.on_free_locked(0));
         }
         if bytes > current_bytes {
-            counters.on_allocate(bytes - current_bytes);
-            counters.on_free(0);
+            counters.on_allocate_locked(bytes - current_bytes);
+            counters.on_free_locked(0);
         } else if current_bytes > bytes {
-            counters.on_free(current_bytes - bytes);
-            counters.on_allocate(0);
+            counters.on_free_locked(current_bytes - bytes);
+            counters.on_allocate_locked(0);
         }
     }
 
@@ -838,7 +838,7 @@ impl Heap<'_> {
                 self.record_size(unit, order, size);
                 // The commit: the block is live from here on.
                 self.set(unit, HEAD | ALLOCATED | order as u8);
-                self.state.counters.on_allocate(size);
+                self.state.counters.on_allocate_locked(size);
                 return Ok(self.offset(unit));
             }
             if !self.grow_for(order)? {
@@ -865,7 +865,7 @@ impl Heap<'_> {
         let size = self.read_size(unit, order);
         // The commit: the block is free from here on.
         self.set(unit, HEAD | order as u8);
-        self.state.counters.on_free(size);
+        self.state.counters.on_free_locked(size);
         if let Err(err) = self.coalesce_and_push(unit, order, end) {
             // The table already says free; the lists follow from it.
             self.rebuild().map_err(|_| err)?;
@@ -881,8 +881,8 @@ impl Heap<'_> {
         if new_order <= order {
             // The new size fits every order between the two.
             self.record_size(unit, order, new_size);
-            counters.on_free(old_size);
-            counters.on_allocate(new_size);
+            counters.on_free_locked(old_size);
+            counters.on_allocate_locked(new_size);
             let mut k = order;
             while k > new_order {
                 k -= 1;
@@ -916,8 +916,8 @@ impl Heap<'_> {
             self.set(buddy, 0);
         }
         self.record_size(unit, new_order, new_size);
-        counters.on_free(old_size);
-        counters.on_allocate(new_size);
+        counters.on_free_locked(old_size);
+        counters.on_allocate_locked(new_size);
         Ok(true)
     }
 

@@ -65,6 +65,40 @@ impl AllocCounters {
             .fetch_max(allocated_bytes, Ordering::Relaxed);
     }
 
+    /// [`on_allocate`](Self::on_allocate) for allocators that update these
+    /// counters only under one lock: plain loads and stores, no locked
+    /// instruction.
+    #[inline]
+    pub(crate) fn on_allocate_locked(&self, bytes: u64) {
+        let c = &self.inner;
+        let now = c
+            .allocated_bytes
+            .load(Ordering::Relaxed)
+            .wrapping_add(bytes);
+        c.allocated_bytes.store(now, Ordering::Relaxed);
+        let live = c.live_allocations.load(Ordering::Relaxed);
+        c.live_allocations
+            .store(live.wrapping_add(1), Ordering::Relaxed);
+        if now > c.peak_bytes.load(Ordering::Relaxed) {
+            c.peak_bytes.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// [`on_free`](Self::on_free) for allocators that update these counters
+    /// only under one lock.
+    #[inline]
+    pub(crate) fn on_free_locked(&self, bytes: u64) {
+        let c = &self.inner;
+        let now = c
+            .allocated_bytes
+            .load(Ordering::Relaxed)
+            .wrapping_sub(bytes);
+        c.allocated_bytes.store(now, Ordering::Relaxed);
+        let live = c.live_allocations.load(Ordering::Relaxed);
+        c.live_allocations
+            .store(live.wrapping_sub(1), Ordering::Relaxed);
+    }
+
     /// (allocated bytes, live allocations, peak bytes).
     pub(crate) fn snapshot(&self) -> (u64, u64, u64) {
         (

@@ -511,9 +511,9 @@ impl<'a> Heap<'a> {
         let header = self.header(next)?;
         header.prev_phys.store(prev, Ordering::Release);
         if prev_free {
-            header.size_flags.fetch_or(PREV_FREE, Ordering::AcqRel);
+            locked_update(&header.size_flags, |flags| flags | PREV_FREE);
         } else {
-            header.size_flags.fetch_and(!PREV_FREE, Ordering::AcqRel);
+            locked_update(&header.size_flags, |flags| flags & !PREV_FREE);
         }
         Ok(())
     }
@@ -544,10 +544,10 @@ impl<'a> Heap<'a> {
         }
         head.store(block, Ordering::Release);
         let (fl, sl) = class;
-        self.state.sl_bitmap[fl].fetch_or(1 << sl, Ordering::AcqRel);
-        self.state.fl_bitmap.fetch_or(1 << fl, Ordering::AcqRel);
-        self.state.free_bytes.fetch_add(size, Ordering::AcqRel);
-        self.state.free_blocks.fetch_add(1, Ordering::AcqRel);
+        locked_update32(&self.state.sl_bitmap[fl], |bits| bits | 1 << sl);
+        locked_update(&self.state.fl_bitmap, |bits| bits | 1 << fl);
+        locked_update(&self.state.free_bytes, |bytes| bytes.wrapping_add(size));
+        locked_update(&self.state.free_blocks, |blocks| blocks.wrapping_add(1));
         Ok(())
     }
 
@@ -595,10 +595,10 @@ impl<'a> Heap<'a> {
                 head.store(next, Ordering::Release);
                 if next == 0 {
                     let (fl, sl) = class;
-                    let left = self.state.sl_bitmap[fl].fetch_and(!(1 << sl), Ordering::AcqRel)
+                    let left = locked_update32(&self.state.sl_bitmap[fl], |bits| bits & !(1 << sl))
                         & !(1 << sl);
                     if left == 0 {
-                        self.state.fl_bitmap.fetch_and(!(1 << fl), Ordering::AcqRel);
+                        locked_update(&self.state.fl_bitmap, |bits| bits & !(1 << fl));
                     }
                 }
             }
@@ -1179,7 +1179,7 @@ impl ShmAllocator for FreeListAllocator {
             loop {
                 if let Some((block, block_size)) = heap.find(need, search, align)? {
                     let live = heap.carve(block, block_size, need, align, requested)?;
-                    heap.state.counters.on_allocate(requested);
+                    heap.state.counters.on_allocate_locked(requested);
                     return Ok(live + HEADER);
                 }
                 let current = heap.segment.size();
@@ -1206,7 +1206,7 @@ impl ShmAllocator for FreeListAllocator {
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         self.locked(true, |heap| {
             let requested = heap.free(offset)?;
-            heap.state.counters.on_free(requested);
+            heap.state.counters.on_free_locked(requested);
             Ok(())
         })
     }
@@ -1268,8 +1268,8 @@ impl ShmAllocator for FreeListAllocator {
         self.locked(true, |heap| {
             Ok(match heap.resize(offset, new_size as u64)? {
                 Some(old) => {
-                    heap.state.counters.on_free(old);
-                    heap.state.counters.on_allocate(new_size as u64);
+                    heap.state.counters.on_free_locked(old);
+                    heap.state.counters.on_allocate_locked(new_size as u64);
                     true
                 }
                 None => false,
@@ -1279,6 +1279,24 @@ impl ShmAllocator for FreeListAllocator {
 }
 
 impl_allocator_api2!(FreeListAllocator);
+
+/// Read-modify-write of a word that only the holder of the heap's lock
+/// writes: a plain load and a release store, with no locked instruction
+/// (the lock already orders every writer). Returns the old value.
+#[inline]
+fn locked_update(word: &AtomicU64, change: impl FnOnce(u64) -> u64) -> u64 {
+    let old = word.load(Ordering::Relaxed);
+    word.store(change(old), Ordering::Release);
+    old
+}
+
+/// [`locked_update`] for 32-bit words.
+#[inline]
+fn locked_update32(word: &AtomicU32, change: impl FnOnce(u32) -> u32) -> u32 {
+    let old = word.load(Ordering::Relaxed);
+    word.store(change(old), Ordering::Release);
+    old
+}
 
 #[cfg(test)]
 mod tests {
