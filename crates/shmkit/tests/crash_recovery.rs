@@ -47,7 +47,9 @@ fn child_crash_worker() {
     let mut live: Vec<(u64, usize)> = Vec::new();
     let (mut ops, mut slowest, mut seq) = (0u64, Duration::ZERO, 0u64);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stop.load(Ordering::Acquire) == 0 && Instant::now() < deadline {
+    // Every worker makes some progress before it honours the stop flag, so a
+    // replacement started late on a busy machine still proves it could work.
+    while (stop.load(Ordering::Acquire) == 0 || ops < 1000) && Instant::now() < deadline {
         seq += 1;
         let started = Instant::now();
         if live.len() < 64 && seq % 3 != 0 {
@@ -160,7 +162,7 @@ fn survive_kills<A: SegmentAllocator + ShmAllocator>(
             .find_map(|l| l.split("worker-result ").nth(1))
             .unwrap_or_else(|| panic!("{kind} worker {index} reported nothing: {stdout}"));
         let fields: Vec<u64> = line.split(' ').map(|f| f.trim().parse().unwrap()).collect();
-        assert!(fields[0] > 0, "{kind} worker {index} made no progress");
+        assert!(fields[0] >= 1000, "{kind} worker {index} made too little progress: {line}");
         assert!(
             Duration::from_micros(fields[1]) < LATENCY_BOUND,
             "{kind} worker {index} waited {} us for one operation",
