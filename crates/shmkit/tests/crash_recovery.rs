@@ -162,7 +162,10 @@ fn survive_kills<A: SegmentAllocator + ShmAllocator>(
             .find_map(|l| l.split("worker-result ").nth(1))
             .unwrap_or_else(|| panic!("{kind} worker {index} reported nothing: {stdout}"));
         let fields: Vec<u64> = line.split(' ').map(|f| f.trim().parse().unwrap()).collect();
-        assert!(fields[0] >= 1000, "{kind} worker {index} made too little progress: {line}");
+        assert!(
+            fields[0] >= 1000,
+            "{kind} worker {index} made too little progress: {line}"
+        );
         assert!(
             Duration::from_micros(fields[1]) < LATENCY_BOUND,
             "{kind} worker {index} waited {} us for one operation",
