@@ -35,7 +35,7 @@ impl AllocCounters {
             .inner
             .allocated_bytes
             .fetch_add(bytes, Ordering::Relaxed)
-            + bytes;
+            .wrapping_add(bytes);
         self.inner.live_allocations.fetch_add(1, Ordering::Relaxed);
         // The peak line is only written when a new peak is reached.
         if now > self.inner.peak_bytes.load(Ordering::Relaxed) {

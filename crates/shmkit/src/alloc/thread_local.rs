@@ -3,8 +3,9 @@
 //!
 //! The segment's state area holds the size-class state followed by a
 //! bounded array of thread slots. A slot has an owner word (`pid << 32 |
-//! token`, claimed by compare-and-swap), a *busy* word, and for each cached
-//! class a small magazine (a count and a few block offsets).
+//! token`, claimed by compare-and-swap), the owner's share of the
+//! accounting, and for each cached class a small magazine (a count and a
+//! few block offsets).
 //!
 //! * **Free** marks the block as no longer the user's (its slack becomes
 //!   the sentinel, by compare-and-swap, so a double free fails exactly),
@@ -14,9 +15,19 @@
 //! * **Allocate** pops the magazine of its class and hands the block out
 //!   again (sentinel slack -> the new slack, by compare-and-swap); an empty
 //!   magazine falls through to the size-class allocator.
-//! * A slot is used only under its busy word (taken by compare-and-swap), so
-//!   even two threads passing the same [`MemContext::thread`] cannot share a
-//!   magazine at once; one of them simply goes uncached.
+//! * A slot's magazines and counters are written only by the thread whose
+//!   owner word it holds, with plain stores (no locked instruction on the
+//!   fast path). Nobody else touches a slot whose owner is alive: releasing
+//!   (by the owner at thread exit, or by the view's drop once no thread can
+//!   use the view) and taking over a dead owner's slot first move the owner
+//!   word by compare-and-swap to a *releasing* value carrying the
+//!   releaser's pid, so two releasers never flush at once and a releaser
+//!   that dies midway leaves a slot the next claimer takes over.
+//! * **Accounting**: a thread with a slot counts its allocations and frees
+//!   in the slot (any thread may free any block, so a slot's share may be
+//!   negative); threads without one use the shared counters. `stats()` sums
+//!   them. The peak is sampled: every 64th allocation of a slot, and every
+//!   `stats()`, raise it to the current total.
 //! * **Thread exit**: a thread-local destructor flushes the thread's slots
 //!   back to the pages and frees them. **Allocator drop**: the view releases
 //!   every slot it claimed. **Process death**: a claimer that meets a slot
@@ -60,16 +71,39 @@ struct Magazine {
 
 #[repr(C)]
 struct Slot {
-    /// `pid << 32 | token`, 0 when free.
+    /// `pid << 32 | token`, 0 when free, `pid << 32` while being released.
     owner: AtomicU64,
-    /// 1 while a thread works on the magazines.
-    busy: AtomicU64,
+    /// This slot's share of the requested bytes and live blocks (wrapping:
+    /// frees of blocks allocated elsewhere make it negative).
+    bytes: AtomicU64,
+    live: AtomicU64,
+    /// Allocations through this slot, to sample the peak.
+    allocations: AtomicU64,
     magazines: [Magazine; CACHED_CLASSES],
 }
 
+/// Allocations between two samples of the peak.
+const PEAK_SAMPLE: u64 = 64;
+
+impl Slot {
+    /// Adds to a word only the owner writes: plain load and store.
+    #[inline]
+    fn owner_add(word: &AtomicU64, delta: u64) -> u64 {
+        let now = word.load(Ordering::Relaxed).wrapping_add(delta);
+        word.store(now, Ordering::Relaxed);
+        now
+    }
+}
+
 /// Where the slots start in the state area (after the size-class state).
-fn slots_offset_in_state() -> u64 {
+/// Where the thread-local allocator's peak word sits in the state area
+/// (after the size-class state), and where the slots start (after it).
+fn peak_offset_in_state() -> u64 {
     SizeClassAllocator::CORE_STATE_LEN.div_ceil(128) * 128
+}
+
+fn slots_offset_in_state() -> u64 {
+    peak_offset_in_state() + 128
 }
 
 /// Per-thread caches in the segment over the size-class allocator (Hermes
@@ -103,6 +137,7 @@ pub struct ThreadLocalAllocator {
 struct Inner {
     core: SizeClassAllocator,
     slots: NonNull<Slot>,
+    peak: NonNull<AtomicU64>,
     /// Tells this view apart from other views in the same process.
     view: u64,
     /// Slots this view claimed: (slot, owner word).
@@ -141,6 +176,9 @@ impl SegmentAllocator for ThreadLocalAllocator {
 
     fn initialize(segment: &Segment, _: &()) -> Result<()> {
         SizeClassAllocator::initialize(segment, &())?;
+        // SAFETY: runs in the creator before *ready*; `peak_of` checked bounds
+        // and alignment.
+        unsafe { peak_of(segment)?.as_ptr().write(AtomicU64::new(0)) };
         let slots = slots_of(segment)?;
         for index in 0..SLOTS {
             // SAFETY: runs in the creator before *ready*; `slots_of` checked
@@ -154,12 +192,14 @@ impl SegmentAllocator for ThreadLocalAllocator {
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
         let slots = slots_of(&segment)?;
+        let peak = peak_of(&segment)?;
         let core = SizeClassAllocator::open(segment)?;
         static VIEWS: AtomicU64 = AtomicU64::new(1);
         Ok(ThreadLocalAllocator {
             inner: Arc::new(Inner {
                 core,
                 slots,
+                peak,
                 view: VIEWS.fetch_add(1, Ordering::Relaxed),
                 claimed: Mutex::new(Vec::new()),
             }),
@@ -177,6 +217,16 @@ fn slots_of(segment: &Segment) -> Result<NonNull<Slot>> {
         return Err(Error::corrupt("thread-local state area too small"));
     }
     segment.resolve_array(Offset::<Slot>::from_raw(first), SLOTS as u64)
+}
+
+/// The sampled peak of requested bytes (slots keep the live totals, so the
+/// shared counters' own peak does not apply).
+fn peak_of(segment: &Segment) -> Result<NonNull<AtomicU64>> {
+    let state = segment.allocator_state::<[u8; 1]>()?;
+    let state_offset = segment.offset_of(state.as_ptr() as *const u8)?.raw();
+    segment.resolve(Offset::<AtomicU64>::from_raw(
+        state_offset + peak_offset_in_state(),
+    ))
 }
 
 /// The slots a thread holds, given back when the thread exits.
@@ -206,6 +256,12 @@ impl Drop for Held {
 
 thread_local! {
     static HELD: RefCell<Held> = const { RefCell::new(Held(Vec::new())) };
+}
+
+/// The owner word of a slot this process is releasing (token 0, which no
+/// owner uses).
+fn releasing_word() -> u64 {
+    u64::from(std::process::id()) << 32
 }
 
 fn new_owner() -> u64 {
@@ -247,10 +303,9 @@ impl Inner {
                     .compare_exchange(current, owner, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
             {
-                // Ours now; a dead owner may have left blocks (and `busy`).
-                slot.busy.store(1, Ordering::Release);
+                // Ours now; a dead owner may have left blocks. Its share of
+                // the accounting stays: those allocations and frees happened.
                 self.flush(slot);
-                slot.busy.store(0, Ordering::Release);
                 return Some(index);
             }
         }
@@ -260,24 +315,47 @@ impl Inner {
     /// Gives a slot's cached blocks back to the pages and frees the slot.
     fn release_slot(&self, index: u32, owner: u64) {
         let Some(slot) = self.slot(index) else { return };
-        if slot.owner.load(Ordering::Acquire) != owner {
-            return; // taken over meanwhile
-        }
+        let releasing = releasing_word();
         if slot
-            .busy
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .owner
+            .compare_exchange(owner, releasing, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
-            return; // in use: whoever holds it is using it
+            return; // taken over meanwhile
         }
         self.flush(slot);
-        slot.busy.store(0, Ordering::Release);
-        let _ = slot
-            .owner
-            .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Acquire);
+        slot.owner.store(0, Ordering::Release);
     }
 
-    /// Empties every magazine of a slot we hold busy. Entries that are not
+    /// Raises the sampled peak to `bytes` if it is higher.
+    fn raise_peak(&self, bytes: u64) {
+        // SAFETY: checked at construction; an atomic in the segment, which
+        // lives as long as `self`.
+        let peak = unsafe { self.peak.as_ref() };
+        if bytes > peak.load(Ordering::Relaxed) {
+            peak.fetch_max(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn sampled_peak(&self) -> u64 {
+        // SAFETY: as in `raise_peak`.
+        unsafe { self.peak.as_ref() }.load(Ordering::Relaxed)
+    }
+
+    /// (requested bytes, live blocks): the shared counters plus every slot's
+    /// share.
+    fn totals(&self) -> (u64, u64) {
+        let (mut bytes, mut live, _) = self.core.counters().snapshot();
+        for index in 0..SLOTS as u32 {
+            if let Some(slot) = self.slot(index) {
+                bytes = bytes.wrapping_add(slot.bytes.load(Ordering::Relaxed));
+                live = live.wrapping_add(slot.live.load(Ordering::Relaxed));
+            }
+        }
+        (bytes, live)
+    }
+
+    /// Empties every magazine of a slot whose owner word we hold. Entries that are not
     /// cached blocks of their class (corruption, a torn push) are dropped.
     fn flush(&self, slot: &Slot) {
         for (class, magazine) in slot.magazines.iter().enumerate() {
@@ -292,8 +370,7 @@ impl Inner {
         }
     }
 
-    /// Runs `work` on a slot's magazine of `class` if we own the slot and
-    /// it is not busy.
+    /// Runs `work` on a slot's magazine of `class` if we own the slot.
     fn with_magazine<R>(
         &self,
         index: u32,
@@ -303,12 +380,9 @@ impl Inner {
     ) -> Option<R> {
         let slot = self.slot(index)?;
         let magazine = slot.magazines.get(class)?;
-        slot.busy
-            .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)
-            .ok()?;
-        let result = (slot.owner.load(Ordering::Acquire) == owner).then(|| work(magazine));
-        slot.busy.store(0, Ordering::Release);
-        result
+        // Only the owner thread runs this, and nobody releases or takes over
+        // a slot whose owner is alive: no lock is needed.
+        (slot.owner.load(Ordering::Relaxed) == owner).then(|| work(magazine))
     }
 }
 
@@ -362,19 +436,19 @@ impl ThreadLocalAllocator {
             if current == 0 || pid == std::process::id() || process_alive(pid) {
                 continue;
             }
-            // Claim it as a fresh owner, flush, and free it again.
-            let owner = new_owner();
+            // Take it over as a releaser, flush, and free it.
             if slot
                 .owner
-                .compare_exchange(current, owner, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(
+                    current,
+                    releasing_word(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
                 .is_ok()
             {
-                slot.busy.store(1, Ordering::Release);
                 self.inner.flush(slot);
-                slot.busy.store(0, Ordering::Release);
-                let _ = slot
-                    .owner
-                    .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Acquire);
+                slot.owner.store(0, Ordering::Release);
                 reclaimed += 1;
             }
         }
@@ -410,6 +484,46 @@ impl ThreadLocalAllocator {
         })
         .ok()
         .flatten()
+    }
+
+    /// Counts an allocation in the calling thread's slot (plain stores), or
+    /// in the shared counters for a thread without one.
+    #[inline]
+    fn count_allocation(&self, ctx: &MemContext, requested: u64) {
+        match self
+            .slot_for(ctx)
+            .and_then(|(index, _)| self.inner.slot(index))
+        {
+            Some(slot) => {
+                Slot::owner_add(&slot.bytes, requested);
+                Slot::owner_add(&slot.live, 1);
+                if Slot::owner_add(&slot.allocations, 1) % PEAK_SAMPLE == 0 {
+                    let (bytes, _) = self.inner.totals();
+                    self.inner.raise_peak(bytes);
+                }
+            }
+            None => {
+                // Rare (more threads than slots): sample the peak every time.
+                self.inner.core.counters().on_allocate(requested);
+                let (bytes, _) = self.inner.totals();
+                self.inner.raise_peak(bytes);
+            }
+        }
+    }
+
+    /// Counts a free like [`count_allocation`](Self::count_allocation).
+    #[inline]
+    fn count_free(&self, ctx: &MemContext, requested: u64) {
+        match self
+            .slot_for(ctx)
+            .and_then(|(index, _)| self.inner.slot(index))
+        {
+            Some(slot) => {
+                Slot::owner_add(&slot.bytes, requested.wrapping_neg());
+                Slot::owner_add(&slot.live, 1u64.wrapping_neg());
+            }
+            None => self.inner.core.counters().on_free(requested),
+        }
     }
 
     fn cached_allocate(&self, ctx: &MemContext, class: usize, requested: u64) -> Option<u64> {
@@ -465,7 +579,7 @@ impl ShmAllocator for ThreadLocalAllocator {
             Some(offset) => offset,
             None => core.alloc_block(size, align)?,
         };
-        core.counters().on_allocate(requested);
+        self.count_allocation(ctx, requested);
         Ok(offset)
     }
 
@@ -485,7 +599,7 @@ impl ShmAllocator for ThreadLocalAllocator {
             }
             Freed::Large { requested } => requested,
         };
-        core.counters().on_free(requested);
+        self.count_free(ctx, requested);
         Ok(())
     }
 
@@ -507,6 +621,11 @@ impl ShmAllocator for ThreadLocalAllocator {
 
     fn stats(&self) -> AllocStats {
         let mut stats = self.inner.core.stats();
+        let (bytes, live) = self.inner.totals();
+        stats.allocated_bytes = bytes;
+        stats.live_allocations = live;
+        self.inner.raise_peak(bytes);
+        stats.peak_bytes = self.inner.sampled_peak().max(bytes);
         for index in 0..SLOTS as u32 {
             let Some(slot) = self.inner.slot(index) else {
                 break;
@@ -551,7 +670,14 @@ impl ShmAllocator for ThreadLocalAllocator {
                 "{cached} blocks marked cached, {in_magazines} in magazines"
             )));
         }
-        core.check_counters(live, bytes)
+        let (counted_bytes, counted_live) = self.inner.totals();
+        if counted_live != live || counted_bytes != bytes {
+            return Err(Error::corrupt(format!(
+                "counters say {counted_live} blocks / {counted_bytes} bytes, pages hold \
+                 {live} / {bytes}"
+            )));
+        }
+        Ok(())
     }
 }
 
