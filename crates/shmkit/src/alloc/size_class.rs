@@ -1143,7 +1143,8 @@ impl SizeClassAllocator {
     }
 
     /// Hands a cached block of `class` to a user who asked for `requested`
-    /// bytes; false if `offset` is not a cached block of that class.
+    /// bytes; false if `offset` is not a cached block of that class. Only the
+    /// thread whose magazine holds the block may call this.
     pub(crate) fn reuse_cached(&self, offset: u64, class: usize, requested: u64) -> bool {
         let Some((page, index)) = self.cached_block(offset, class) else {
             return false;
@@ -1155,8 +1156,13 @@ impl SizeClassAllocator {
         let Ok(base) = self.page_ptr(page) else {
             return false;
         };
+        // A plain store is enough: the block sits in the calling thread's own
+        // magazine (it is the only one that can hand it out), and a racing
+        // bogus free sees either the sentinel (refused) or the new slack
+        // (the user's own double free of a block just handed out again).
         // SAFETY: `index < count` (checked by `cached_block`).
-        unsafe { Self::cas_slack(base, info, index, sentinel(info), info.size - requested) }
+        unsafe { Self::set_slack(base, info, index, info.size - requested) };
+        true
     }
 
     // ------------------------------------------------------------ lookup
