@@ -4,62 +4,19 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use common::paged::{self, ctx, mailbox, op, tag_block, verify_block, MAILBOX, PAGE};
 use common::{child_env, fresh_shm, spawn_self};
 use proptest::prelude::*;
 use shmkit::{
-    AllocStats, Error, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator,
-    SizeClassAllocator, StackAllocator, ThreadLocalAllocator,
+    Error, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
+    StackAllocator, ThreadLocalAllocator,
 };
-
-const PAGE: u64 = SizeClassAllocator::PAGE_SIZE;
 
 fn private(size: u64) -> ThreadLocalAllocator {
     ThreadLocalAllocator::create(&SegmentOptions::private().size(size)).unwrap()
-}
-
-fn ctx() -> MemContext {
-    MemContext::default()
-}
-
-/// Fills a block with a pattern derived from (owner, seq): word 0 = owner,
-/// word 1 = seq, then a mix of both and the word index.
-fn tag_block(heap: &ThreadLocalAllocator, offset: u64, size: usize, owner: u64, seq: u64) {
-    let ptr = heap.full_ptr(offset).unwrap().as_ptr() as *mut u64;
-    for i in 0..size / 8 {
-        let value = match i {
-            0 => owner,
-            1 => seq,
-            _ => mix(owner, seq, i as u64),
-        };
-        // SAFETY: inside the live block of `size` bytes; 8-aligned.
-        unsafe { ptr.add(i).write(value) };
-    }
-}
-
-/// Checks a tagged block and returns its (owner, seq).
-fn verify_block(heap: &ThreadLocalAllocator, offset: u64, size: usize) -> (u64, u64) {
-    let ptr = heap.full_ptr(offset).unwrap().as_ptr() as *const u64;
-    // SAFETY: inside the live block; 8-aligned.
-    let (owner, seq) = unsafe { (ptr.read(), ptr.add(1).read()) };
-    for i in 2..size / 8 {
-        // SAFETY: as above.
-        let value = unsafe { ptr.add(i).read() };
-        assert_eq!(
-            value,
-            mix(owner, seq, i as u64),
-            "block at {offset} (owner {owner}, seq {seq}) overwritten at word {i}"
-        );
-    }
-    (owner, seq)
-}
-
-fn mix(owner: u64, seq: u64, i: u64) -> u64 {
-    (owner.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq.rotate_left(17) ^ i.wrapping_mul(0x2545_f491))
-        | 1
 }
 
 #[test]
@@ -179,128 +136,17 @@ fn memory_freed_at_one_size_is_reusable_at_another() {
 
 #[test]
 fn bad_frees_are_refused_and_change_nothing() {
-    let heap = private(2 << 20);
-    let small = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-    let other = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-    let large = heap.allocate_offset(&ctx(), 3 * PAGE as usize, 8).unwrap();
-    let freed = heap.allocate_offset(&ctx(), 300, 8).unwrap();
-    heap.free_offset(&ctx(), freed).unwrap();
-    let before: AllocStats = heap.stats();
-    let size = heap.segment().size();
-    let bogus = [
-        0,
-        1,
-        small + 1,
-        small + 8,
-        small + 32,     // the middle of a live block
-        other - 64 * 4, // a never-allocated block boundary of a page in use
-        freed,          // double free
-        large + 8,
-        large + PAGE, // a tail page of a large block
-        large + 5 * PAGE,
-        size + 64,
-        u64::MAX,
-        heap.segment().data_offset(), // the page table
-    ];
-    for offset in bogus {
-        let result = heap.free_offset(&ctx(), offset);
-        assert!(
-            matches!(result, Err(Error::InvalidFree { offset: o }) if o == offset),
-            "free({offset}) gave {result:?}"
-        );
-        assert_eq!(heap.stats(), before, "free({offset}) changed the stats");
-        heap.check().unwrap();
-    }
-    // The live blocks are still live and freeable exactly once.
-    for offset in [small, other, large] {
-        heap.free_offset(&ctx(), offset).unwrap();
-        assert!(matches!(
-            heap.free_offset(&ctx(), offset),
-            Err(Error::InvalidFree { .. })
-        ));
-    }
-    assert!(heap.usable_size(small).is_err());
-    heap.check().unwrap();
+    paged::bad_frees_are_refused_and_change_nothing::<ThreadLocalAllocator>();
 }
 
 #[test]
 fn alignment_of_every_power_of_two() {
-    let heap = private(8 << 20);
-    assert!(heap.segment().max_align() >= 4096);
-    let mut blocks = Vec::new();
-    for shift in 0..=12 {
-        let align = 1usize << shift;
-        for size in [1usize, 24, 100, 3000, 5000, 40_000] {
-            let offset = heap.allocate_offset(&ctx(), size, align).unwrap();
-            let ptr = heap.full_ptr(offset).unwrap();
-            assert_eq!(
-                offset % align as u64,
-                0,
-                "offset, size {size} align {align}"
-            );
-            assert_eq!(
-                ptr.as_ptr() as usize % align,
-                0,
-                "address, size {size} align {align}"
-            );
-            blocks.push(offset);
-        }
-    }
-    for bad in [3usize, 24, heap.segment().max_align() * 2] {
-        assert!(matches!(
-            heap.allocate_offset(&ctx(), 8, bad),
-            Err(Error::InvalidAlignment { .. })
-        ));
-    }
-    heap.check().unwrap();
-    for offset in blocks {
-        heap.free_offset(&ctx(), offset).unwrap();
-    }
-    heap.check().unwrap();
+    paged::alignment_of_every_power_of_two::<ThreadLocalAllocator>();
 }
 
 #[test]
 fn out_of_memory_then_growth() {
-    // A fixed segment runs out.
-    let heap = private(1 << 20);
-    let mut blocks = Vec::new();
-    let error = loop {
-        match heap.allocate_offset(&ctx(), 10_000, 8) {
-            Ok(offset) => blocks.push(offset),
-            Err(e) => break e,
-        }
-    };
-    assert!(matches!(error, Error::OutOfMemory { .. }), "{error}");
-    let too_big = heap.allocate_offset(&ctx(), 64 << 20, 8);
-    assert!(
-        matches!(too_big, Err(Error::OutOfMemory { requested, .. }) if requested == 64 << 20),
-        "{too_big:?}"
-    );
-    heap.check().unwrap();
-
-    // A segment with room grows instead, for small and large blocks alike.
-    let (options, _cleanup) = fresh_shm("tl-grow");
-    let heap = ThreadLocalAllocator::create(&options.size(256 << 10).max_size(16 << 20)).unwrap();
-    let start = heap.segment().size();
-    let mut blocks = Vec::new();
-    for seq in 0..200u64 {
-        let size = if seq % 10 == 0 { 100_000 } else { 3000 };
-        let offset = heap.allocate_offset(&ctx(), size, 8).unwrap();
-        tag_block(&heap, offset, size, 7, seq);
-        blocks.push((offset, size));
-    }
-    assert!(heap.segment().size() > start, "the segment never grew");
-    for (seq, &(offset, size)) in blocks.iter().enumerate() {
-        assert_eq!(verify_block(&heap, offset, size), (7, seq as u64));
-    }
-    heap.check().unwrap();
-    // Past the maximum: out of memory, nothing changed.
-    let before = heap.stats();
-    assert!(matches!(
-        heap.allocate_offset(&ctx(), 32 << 20, 8),
-        Err(Error::OutOfMemory { .. })
-    ));
-    assert_eq!(heap.stats(), before);
+    paged::out_of_memory_then_growth::<ThreadLocalAllocator>("tl-grow");
 }
 
 #[test]
@@ -389,21 +235,6 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
 }
 
 const PROCESSES: u64 = 3;
-const MAILBOX: usize = 256;
-
-/// The mailbox through which processes pass blocks for others to free.
-fn mailbox(heap: &ThreadLocalAllocator) -> &[AtomicU64] {
-    let offset = heap
-        .segment()
-        .root::<AtomicU64>("mailbox")
-        .expect("published by the parent");
-    let ptr = heap
-        .segment()
-        .resolve_array(offset, MAILBOX as u64)
-        .unwrap();
-    // SAFETY: resolved for MAILBOX atomics; lives as long as the segment.
-    unsafe { std::slice::from_raw_parts(ptr.as_ptr(), MAILBOX) }
-}
 
 #[test]
 #[ignore = "child process of processes_share_one_thread_local_allocator"]
@@ -411,7 +242,7 @@ fn child_thread_local_worker() {
     let name = child_env("SHMKIT_TEST_SEGMENT");
     let worker: u64 = child_env("SHMKIT_TEST_WORKER").parse().unwrap();
     let heap = ThreadLocalAllocator::attach(&SegmentOptions::shm(name)).unwrap();
-    let mailbox = mailbox(&heap);
+    let mailbox = mailbox(heap.segment());
     // Start together, so the processes really race (slot 0 counts arrivals).
     mailbox[0].fetch_add(1, Ordering::AcqRel);
     let started = std::time::Instant::now();
@@ -538,7 +369,7 @@ fn processes_share_one_thread_local_allocator() {
     }
     // The parent frees what is left in the mailbox, written by the children.
     let mut left = 0;
-    for slot in &mailbox(&parent)[1..] {
+    for slot in &mailbox(parent.segment())[1..] {
         let word = slot.swap(0, Ordering::AcqRel);
         if word != 0 {
             let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
@@ -610,102 +441,11 @@ fn stats_and_check() {
     heap.check().unwrap();
 }
 
-#[derive(Clone, Debug)]
-enum Op {
-    Alloc(usize, u32),
-    Free(usize),
-    Realloc(usize, usize),
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    let size = prop_oneof![8 => 0usize..600, 2 => 600usize..40_000, 1 => 40_000usize..200_000];
-    prop_oneof![
-        4 => (size.clone(), 0u32..=12).prop_map(|(s, a)| Op::Alloc(s, a)),
-        3 => any::<usize>().prop_map(Op::Free),
-        2 => (any::<usize>(), size).prop_map(|(i, s)| Op::Realloc(i, s)),
-    ]
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
     fn random_sequences_match_a_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let heap = private(2 << 20);
-        // offset -> (size, fill byte)
-        let mut model: HashMap<u64, (usize, u8)> = HashMap::new();
-        let mut fill = 0u8;
-        for op in ops {
-            fill = fill.wrapping_add(1);
-            match op {
-                Op::Alloc(size, shift) => {
-                    match heap.allocate_offset(&ctx(), size, 1 << shift) {
-                        Ok(offset) => {
-                            prop_assert_eq!(offset % (1u64 << shift), 0);
-                            let ptr = heap.full_ptr(offset).unwrap().as_ptr();
-                            // SAFETY: `size` bytes of a fresh block.
-                            unsafe { std::ptr::write_bytes(ptr, fill, size) };
-                            model.insert(offset, (size, fill));
-                        }
-                        Err(Error::OutOfMemory { .. }) => {}
-                        Err(other) => prop_assert!(false, "{}", other),
-                    }
-                }
-                Op::Free(pick) if !model.is_empty() => {
-                    let mut keys: Vec<u64> = model.keys().copied().collect();
-                    keys.sort_unstable();
-                    let offset = keys[pick % keys.len()];
-                    heap.free_offset(&ctx(), offset).unwrap();
-                    model.remove(&offset);
-                    prop_assert!(heap.free_offset(&ctx(), offset).is_err());
-                }
-                Op::Realloc(pick, new_size) if !model.is_empty() => {
-                    let mut keys: Vec<u64> = model.keys().copied().collect();
-                    keys.sort_unstable();
-                    let offset = keys[pick % keys.len()];
-                    let (size, byte) = model[&offset];
-                    let ptr = heap.full_ptr(offset).unwrap();
-                    match heap.reallocate(ptr, new_size) {
-                        Ok(moved) => {
-                            let kept = size.min(new_size);
-                            // SAFETY: `kept` bytes of a live block.
-                            let bytes = unsafe { std::slice::from_raw_parts(moved.as_ptr(), kept) };
-                            prop_assert!(bytes.iter().all(|&b| b == byte));
-                            // SAFETY: `new_size` bytes of the block.
-                            unsafe { std::ptr::write_bytes(moved.as_ptr(), byte, new_size) };
-                            model.remove(&offset);
-                            model.insert(moved.offset().raw(), (new_size, byte));
-                        }
-                        Err(Error::OutOfMemory { .. }) => {
-                            prop_assert!(heap.usable_size(offset).is_ok());
-                        }
-                        Err(other) => prop_assert!(false, "{}", other),
-                    }
-                }
-                _ => {}
-            }
-            // No two live blocks overlap, and their contents are intact.
-            let mut spans: Vec<(u64, u64)> = model
-                .keys()
-                .map(|&o| (o, heap.usable_size(o).unwrap() as u64))
-                .collect();
-            spans.sort_unstable();
-            for pair in spans.windows(2) {
-                prop_assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?}", pair);
-            }
-            for (&offset, &(size, byte)) in &model {
-                let ptr = heap.full_ptr(offset).unwrap().as_ptr();
-                // SAFETY: `size` bytes of a live block.
-                let bytes = unsafe { std::slice::from_raw_parts(ptr, size) };
-                prop_assert!(bytes.iter().all(|&b| b == byte), "block {} changed", offset);
-            }
-            let stats = heap.stats();
-            prop_assert_eq!(stats.live_allocations, model.len() as u64);
-            prop_assert_eq!(
-                stats.allocated_bytes,
-                model.values().map(|v| v.0 as u64).sum::<u64>()
-            );
-            prop_assert!(heap.check().is_ok(), "{:?}", heap.check());
-        }
+        paged::random_sequence_matches_a_model::<ThreadLocalAllocator>(ops)?;
     }
 }
 

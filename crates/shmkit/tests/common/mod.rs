@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod paged;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use shmkit::{Location, SegmentOptions};

@@ -1,0 +1,314 @@
+//! Tests shared by the size-class allocator and the thread-local caching
+//! allocator built on it: the same pages, classes and validation, so the
+//! same expectations.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+
+use proptest::prelude::*;
+use shmkit::{
+    AllocStats, Error, MemContext, Segment, SegmentAllocator, SegmentOptions, ShmAllocator,
+    SizeClassAllocator, ThreadLocalAllocator,
+};
+
+use super::fresh_shm;
+
+/// The page size of the size-class machinery.
+pub const PAGE: u64 = SizeClassAllocator::PAGE_SIZE;
+/// Blocks the processes' mailbox holds.
+pub const MAILBOX: usize = 256;
+
+/// An allocator over the size-class pages.
+pub trait PagedHeap: ShmAllocator + SegmentAllocator<Params = ()> {
+    /// The segment it manages.
+    fn segment_of(&self) -> &Segment;
+}
+
+impl PagedHeap for SizeClassAllocator {
+    fn segment_of(&self) -> &Segment {
+        self.segment()
+    }
+}
+
+impl PagedHeap for ThreadLocalAllocator {
+    fn segment_of(&self) -> &Segment {
+        self.segment()
+    }
+}
+
+/// A fresh allocator in private memory.
+pub fn private<A: PagedHeap>(size: u64) -> A {
+    A::create(&SegmentOptions::private().size(size)).unwrap()
+}
+
+pub fn ctx() -> MemContext {
+    MemContext::default()
+}
+
+/// Fills a block with a pattern derived from (owner, seq): word 0 = owner,
+/// word 1 = seq, then a mix of both and the word index.
+pub fn tag_block(heap: &dyn ShmAllocator, offset: u64, size: usize, owner: u64, seq: u64) {
+    let ptr = heap.full_ptr(offset).unwrap().as_ptr() as *mut u64;
+    for i in 0..size / 8 {
+        let value = match i {
+            0 => owner,
+            1 => seq,
+            _ => mix(owner, seq, i as u64),
+        };
+        // SAFETY: inside the live block of `size` bytes; 8-aligned.
+        unsafe { ptr.add(i).write(value) };
+    }
+}
+
+/// Checks a tagged block and returns its (owner, seq).
+pub fn verify_block(heap: &dyn ShmAllocator, offset: u64, size: usize) -> (u64, u64) {
+    let ptr = heap.full_ptr(offset).unwrap().as_ptr() as *const u64;
+    // SAFETY: inside the live block; 8-aligned.
+    let (owner, seq) = unsafe { (ptr.read(), ptr.add(1).read()) };
+    for i in 2..size / 8 {
+        // SAFETY: as above.
+        let value = unsafe { ptr.add(i).read() };
+        assert_eq!(
+            value,
+            mix(owner, seq, i as u64),
+            "block at {offset} (owner {owner}, seq {seq}) overwritten at word {i}"
+        );
+    }
+    (owner, seq)
+}
+
+pub fn mix(owner: u64, seq: u64, i: u64) -> u64 {
+    (owner.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ seq.rotate_left(17) ^ i.wrapping_mul(0x2545_f491))
+        | 1
+}
+
+pub fn bad_frees_are_refused_and_change_nothing<A: PagedHeap>() {
+    let heap = private::<A>(2 << 20);
+    let small = heap.allocate_offset(&ctx(), 64, 8).unwrap();
+    let other = heap.allocate_offset(&ctx(), 64, 8).unwrap();
+    let large = heap.allocate_offset(&ctx(), 3 * PAGE as usize, 8).unwrap();
+    let freed = heap.allocate_offset(&ctx(), 300, 8).unwrap();
+    heap.free_offset(&ctx(), freed).unwrap();
+    let before: AllocStats = heap.stats();
+    let size = heap.segment_of().size();
+    let bogus = [
+        0,
+        1,
+        small + 1,
+        small + 8,
+        small + 32,     // the middle of a live block
+        other - 64 * 4, // a never-allocated block boundary of a page in use
+        freed,          // double free
+        large + 8,
+        large + PAGE, // a tail page of a large block
+        large + 5 * PAGE,
+        size + 64,
+        u64::MAX,
+        heap.segment_of().data_offset(), // the page table
+    ];
+    for offset in bogus {
+        let result = heap.free_offset(&ctx(), offset);
+        assert!(
+            matches!(result, Err(Error::InvalidFree { offset: o }) if o == offset),
+            "free({offset}) gave {result:?}"
+        );
+        assert_eq!(heap.stats(), before, "free({offset}) changed the stats");
+        heap.check().unwrap();
+    }
+    // The live blocks are still live and freeable exactly once.
+    for offset in [small, other, large] {
+        heap.free_offset(&ctx(), offset).unwrap();
+        assert!(matches!(
+            heap.free_offset(&ctx(), offset),
+            Err(Error::InvalidFree { .. })
+        ));
+    }
+    assert!(heap.usable_size(small).is_err());
+    heap.check().unwrap();
+}
+
+pub fn alignment_of_every_power_of_two<A: PagedHeap>() {
+    let heap = private::<A>(8 << 20);
+    assert!(heap.segment_of().max_align() >= 4096);
+    let mut blocks = Vec::new();
+    for shift in 0..=12 {
+        let align = 1usize << shift;
+        for size in [1usize, 24, 100, 3000, 5000, 40_000] {
+            let offset = heap.allocate_offset(&ctx(), size, align).unwrap();
+            let ptr = heap.full_ptr(offset).unwrap();
+            assert_eq!(
+                offset % align as u64,
+                0,
+                "offset, size {size} align {align}"
+            );
+            assert_eq!(
+                ptr.as_ptr() as usize % align,
+                0,
+                "address, size {size} align {align}"
+            );
+            blocks.push(offset);
+        }
+    }
+    for bad in [3usize, 24, heap.segment_of().max_align() * 2] {
+        assert!(matches!(
+            heap.allocate_offset(&ctx(), 8, bad),
+            Err(Error::InvalidAlignment { .. })
+        ));
+    }
+    heap.check().unwrap();
+    for offset in blocks {
+        heap.free_offset(&ctx(), offset).unwrap();
+    }
+    heap.check().unwrap();
+}
+
+pub fn out_of_memory_then_growth<A: PagedHeap>(tag: &str) {
+    // A fixed segment runs out.
+    let heap = private::<A>(1 << 20);
+    let mut blocks = Vec::new();
+    let error = loop {
+        match heap.allocate_offset(&ctx(), 10_000, 8) {
+            Ok(offset) => blocks.push(offset),
+            Err(e) => break e,
+        }
+    };
+    assert!(matches!(error, Error::OutOfMemory { .. }), "{error}");
+    let too_big = heap.allocate_offset(&ctx(), 64 << 20, 8);
+    assert!(
+        matches!(too_big, Err(Error::OutOfMemory { requested, .. }) if requested == 64 << 20),
+        "{too_big:?}"
+    );
+    heap.check().unwrap();
+
+    // A segment with room grows instead, for small and large blocks alike.
+    let (options, _cleanup) = fresh_shm(tag);
+    let heap = A::create(&options.size(256 << 10).max_size(16 << 20)).unwrap();
+    let start = heap.segment_of().size();
+    let mut blocks = Vec::new();
+    for seq in 0..200u64 {
+        let size = if seq % 10 == 0 { 100_000 } else { 3000 };
+        let offset = heap.allocate_offset(&ctx(), size, 8).unwrap();
+        tag_block(&heap, offset, size, 7, seq);
+        blocks.push((offset, size));
+    }
+    assert!(heap.segment_of().size() > start, "the segment never grew");
+    for (seq, &(offset, size)) in blocks.iter().enumerate() {
+        assert_eq!(verify_block(&heap, offset, size), (7, seq as u64));
+    }
+    heap.check().unwrap();
+    // Past the maximum: out of memory, nothing changed.
+    let before = heap.stats();
+    assert!(matches!(
+        heap.allocate_offset(&ctx(), 32 << 20, 8),
+        Err(Error::OutOfMemory { .. })
+    ));
+    assert_eq!(heap.stats(), before);
+}
+
+/// The mailbox through which processes pass blocks for others to free.
+pub fn mailbox(segment: &Segment) -> &[AtomicU64] {
+    let offset = segment
+        .root::<AtomicU64>("mailbox")
+        .expect("published by the parent");
+    let ptr = segment.resolve_array(offset, MAILBOX as u64).unwrap();
+    // SAFETY: resolved for MAILBOX atomics; lives as long as the segment.
+    unsafe { std::slice::from_raw_parts(ptr.as_ptr(), MAILBOX) }
+}
+
+#[derive(Clone, Debug)]
+pub enum Op {
+    Alloc(usize, u32),
+    Free(usize),
+    Realloc(usize, usize),
+}
+
+pub fn op() -> impl Strategy<Value = Op> {
+    let size = prop_oneof![8 => 0usize..600, 2 => 600usize..40_000, 1 => 40_000usize..200_000];
+    prop_oneof![
+        4 => (size.clone(), 0u32..=12).prop_map(|(s, a)| Op::Alloc(s, a)),
+        3 => any::<usize>().prop_map(Op::Free),
+        2 => (any::<usize>(), size).prop_map(|(i, s)| Op::Realloc(i, s)),
+    ]
+}
+
+/// Random allocate / free / reallocate sequences against a model: no two
+/// live blocks overlap, contents survive, accounting is exact, `check()` holds.
+pub fn random_sequence_matches_a_model<A: PagedHeap>(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let heap = private::<A>(2 << 20);
+    // offset -> (size, fill byte)
+    let mut model: HashMap<u64, (usize, u8)> = HashMap::new();
+    let mut fill = 0u8;
+    for op in ops {
+        fill = fill.wrapping_add(1);
+        match op {
+            Op::Alloc(size, shift) => {
+                match heap.allocate_offset(&ctx(), size, 1 << shift) {
+                    Ok(offset) => {
+                        prop_assert_eq!(offset % (1u64 << shift), 0);
+                        let ptr = heap.full_ptr(offset).unwrap().as_ptr();
+                        // SAFETY: `size` bytes of a fresh block.
+                        unsafe { std::ptr::write_bytes(ptr, fill, size) };
+                        model.insert(offset, (size, fill));
+                    }
+                    Err(Error::OutOfMemory { .. }) => {}
+                    Err(other) => prop_assert!(false, "{}", other),
+                }
+            }
+            Op::Free(pick) if !model.is_empty() => {
+                let mut keys: Vec<u64> = model.keys().copied().collect();
+                keys.sort_unstable();
+                let offset = keys[pick % keys.len()];
+                heap.free_offset(&ctx(), offset).unwrap();
+                model.remove(&offset);
+                prop_assert!(heap.free_offset(&ctx(), offset).is_err());
+            }
+            Op::Realloc(pick, new_size) if !model.is_empty() => {
+                let mut keys: Vec<u64> = model.keys().copied().collect();
+                keys.sort_unstable();
+                let offset = keys[pick % keys.len()];
+                let (size, byte) = model[&offset];
+                let ptr = heap.full_ptr(offset).unwrap();
+                match heap.reallocate(ptr, new_size) {
+                    Ok(moved) => {
+                        let kept = size.min(new_size);
+                        // SAFETY: `kept` bytes of a live block.
+                        let bytes = unsafe { std::slice::from_raw_parts(moved.as_ptr(), kept) };
+                        prop_assert!(bytes.iter().all(|&b| b == byte));
+                        // SAFETY: `new_size` bytes of the block.
+                        unsafe { std::ptr::write_bytes(moved.as_ptr(), byte, new_size) };
+                        model.remove(&offset);
+                        model.insert(moved.offset().raw(), (new_size, byte));
+                    }
+                    Err(Error::OutOfMemory { .. }) => {
+                        prop_assert!(heap.usable_size(offset).is_ok());
+                    }
+                    Err(other) => prop_assert!(false, "{}", other),
+                }
+            }
+            _ => {}
+        }
+        // No two live blocks overlap, and their contents are intact.
+        let mut spans: Vec<(u64, u64)> = model
+            .keys()
+            .map(|&o| (o, heap.usable_size(o).unwrap() as u64))
+            .collect();
+        spans.sort_unstable();
+        for pair in spans.windows(2) {
+            prop_assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{:?}", pair);
+        }
+        for (&offset, &(size, byte)) in &model {
+            let ptr = heap.full_ptr(offset).unwrap().as_ptr();
+            // SAFETY: `size` bytes of a live block.
+            let bytes = unsafe { std::slice::from_raw_parts(ptr, size) };
+            prop_assert!(bytes.iter().all(|&b| b == byte), "block {} changed", offset);
+        }
+        let stats = heap.stats();
+        prop_assert_eq!(stats.live_allocations, model.len() as u64);
+        prop_assert_eq!(
+            stats.allocated_bytes,
+            model.values().map(|v| v.0 as u64).sum::<u64>()
+        );
+        prop_assert!(heap.check().is_ok(), "{:?}", heap.check());
+    }
+    Ok(())
+}
