@@ -6,7 +6,7 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{child_env, dead_pid, fresh_file, fresh_shm, spawn_self};
+use common::{child_env, dead_pid, fresh_file, fresh_shm, shm_name, spawn_self};
 use shmkit::segment::header::FORMAT_VERSION;
 use shmkit::{
     AllocatorKind, BumpAllocator, Error, Opened, Segment, SegmentAllocator, SegmentOptions,
@@ -264,9 +264,7 @@ fn child_creator_that_stalls() {
 #[test]
 fn a_creator_killed_before_ready_is_reported() {
     let (options, _cleanup) = fresh_shm("killed");
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
+    let name = shm_name(&options);
     let mut child = spawn_self(
         "child_creator_that_stalls",
         &[("SHMKIT_TEST_SEGMENT", name)],
@@ -324,9 +322,7 @@ fn permission_denied_is_reported() {
         return;
     }
     // Root bypasses permission bits: attach from a child that drops to `nobody`.
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
+    let name = shm_name(&options);
     let mut cmd = spawn_self(
         "child_attach_as_another_user",
         &[("SHMKIT_TEST_SEGMENT", name)],
@@ -365,9 +361,7 @@ fn names_with_slashes_or_dots_are_refused() {
 #[test]
 fn new_segments_get_exactly_the_mode_asked_for() {
     let (options, _cleanup) = fresh_shm("mode");
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
+    let name = shm_name(&options);
     let _default = Segment::create(&options.clone().size(1 << 20)).unwrap();
     let mode = std::fs::metadata(format!("/dev/shm/{name}"))
         .unwrap()

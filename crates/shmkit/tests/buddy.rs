@@ -8,7 +8,10 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-use common::{assert_disjoint, child_env, dead_pid, fresh_shm, ranges_from_threads, spawn_self};
+use common::{
+    assert_disjoint, child_env, dead_pid, fresh_shm, ranges_from_threads, shm_name, spawn_workers,
+    worker_stdout,
+};
 use proptest::prelude::*;
 use shmkit::{
     AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, Error, MemContext, SegmentAllocator,
@@ -522,32 +525,10 @@ fn processes_share_one_buddy_heap() {
         }))
         .unwrap();
     parent.segment().set_root("slots", slots.offset()).unwrap();
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
-    let children: Vec<_> = (0..WORKERS)
-        .map(|worker| {
-            spawn_self(
-                "child_buddy_worker",
-                &[
-                    ("SHMKIT_TEST_SEGMENT", name.clone()),
-                    ("SHMKIT_TEST_WORKER", worker.to_string()),
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let children = spawn_workers("child_buddy_worker", &shm_name(&options), WORKERS as usize);
     let mut foreign = 0u64;
     for (worker, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "worker {worker} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = worker_stdout(worker, child);
         let line = stdout
             .lines()
             .find_map(|l| l.find("foreign ").map(|at| l[at + 8..].to_string()))

@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{child_env, fresh_shm, spawn_self};
+use common::{child_env, fresh_shm, shm_name, spawn_self};
 use shmkit::{
     BuddyAllocator, Error, FreeListAllocator, MemContext, Offset, PoolAllocator, SegmentAllocator,
     SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
@@ -130,9 +130,7 @@ fn survive_kills<A: SegmentAllocator + ShmAllocator>(
             .write(AtomicU32::new(0))
     };
     segment.set_root(STOP_ROOT, stop).unwrap();
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
+    let name = shm_name(&options);
 
     let mut workers: Vec<_> = (0..3).map(|_| spawn_worker(&name, kind)).collect();
     let mut killed = 0;

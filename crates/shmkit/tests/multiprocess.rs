@@ -5,7 +5,7 @@ mod common;
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use common::{assert_disjoint, child_env, fresh_shm, spawn_self};
+use common::{assert_disjoint, child_env, fresh_shm, shm_name, spawn_workers, worker_stdout};
 use shmkit::{BumpAllocator, Error, LinearAlloc, SegmentAllocator, SegmentOptions};
 
 const WORKERS: usize = 4;
@@ -74,34 +74,13 @@ fn processes_share_one_bump_allocator() {
         BumpAllocator::create(&options.clone().size(256 << 10).max_size(64 << 20)).unwrap();
     let arrived = parent.make_handle(AtomicU32::new(0)).unwrap();
     parent.segment().set_root("arrived", arrived).unwrap();
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
-    let children: Vec<_> = (0..WORKERS)
-        .map(|worker| {
-            spawn_self(
-                "child_bump_worker",
-                &[
-                    ("SHMKIT_TEST_SEGMENT", name.clone()),
-                    ("SHMKIT_TEST_WORKER", worker.to_string()),
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let children = spawn_workers("child_bump_worker", &shm_name(&options), WORKERS);
 
     let mut ranges = Vec::new();
     for (worker, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "worker {worker} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = worker_stdout(worker, child);
         let mut count = 0;
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
+        for line in stdout.lines() {
             // The test harness may print its own words before our first line.
             let Some(at) = line.find("block ") else {
                 continue;

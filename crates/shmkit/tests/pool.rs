@@ -7,7 +7,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use common::{assert_disjoint, child_env, fresh_shm, spawn_self};
+use common::{assert_disjoint, child_env, fresh_shm, shm_name, spawn_workers, worker_stdout};
 use proptest::prelude::*;
 use shmkit::{
     Error, FullPtr, Offset, PoolAllocator, PoolParams, SegmentAllocator, SegmentOptions,
@@ -596,31 +596,9 @@ fn processes_share_one_pool() {
         .segment()
         .set_root("control", control_block.offset())
         .unwrap();
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
-    let children: Vec<_> = (0..WORKERS)
-        .map(|worker| {
-            spawn_self(
-                "child_pool_worker",
-                &[
-                    ("SHMKIT_TEST_SEGMENT", name.clone()),
-                    ("SHMKIT_TEST_WORKER", worker.to_string()),
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let children = spawn_workers("child_pool_worker", &shm_name(&options), WORKERS);
     for (worker, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "worker {worker} failed: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = worker_stdout(worker, child);
         assert!(
             stdout.contains(&format!("pool-worker {worker} allocated")),
             "{stdout}"

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use common::paged::{self, ctx, mailbox, op, tag_block, verify_block, MAILBOX, PAGE};
-use common::{child_env, fresh_shm, spawn_self};
+use common::{child_env, fresh_shm, shm_name, spawn_workers, worker_stdout};
 use proptest::prelude::*;
 use shmkit::{
     Error, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, StackAllocator,
@@ -305,32 +305,14 @@ fn processes_share_one_size_class_allocator() {
         StackAllocator::attach(&options),
         Err(Error::WrongAllocator { .. })
     ));
-    let shmkit::Location::Shm(name) = options.location().clone() else {
-        unreachable!()
-    };
-    let children: Vec<_> = (0..PROCESSES)
-        .map(|worker| {
-            spawn_self(
-                "child_size_class_worker",
-                &[
-                    ("SHMKIT_TEST_SEGMENT", name.clone()),
-                    ("SHMKIT_TEST_WORKER", worker.to_string()),
-                ],
-            )
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-        })
-        .collect();
+    let children = spawn_workers(
+        "child_size_class_worker",
+        &shm_name(&options),
+        PROCESSES as usize,
+    );
     let mut foreign = 0u64;
     for (worker, child) in children.into_iter().enumerate() {
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "worker {worker} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stdout = worker_stdout(worker, child);
         let line = stdout
             .lines()
             .find_map(|l| l.split("freed-foreign ").nth(1))

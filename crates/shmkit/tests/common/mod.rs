@@ -73,6 +73,47 @@ pub fn spawn_self(test_name: &str, env: &[(&str, String)]) -> std::process::Comm
     cmd
 }
 
+/// The name of a POSIX shared-memory segment's options.
+pub fn shm_name(options: &SegmentOptions) -> String {
+    match options.location() {
+        Location::Shm(name) => name.clone(),
+        other => panic!("not a shared-memory segment: {other:?}"),
+    }
+}
+
+/// Starts `count` copies of the `#[ignore]`d child test `test_name`, each
+/// told the segment's name (`SHMKIT_TEST_SEGMENT`) and its worker number
+/// (`SHMKIT_TEST_WORKER`), with stdout captured.
+pub fn spawn_workers(test_name: &str, segment: &str, count: usize) -> Vec<std::process::Child> {
+    (0..count)
+        .map(|worker| {
+            spawn_self(
+                test_name,
+                &[
+                    ("SHMKIT_TEST_SEGMENT", segment.to_owned()),
+                    ("SHMKIT_TEST_WORKER", worker.to_string()),
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start a worker process")
+        })
+        .collect()
+}
+
+/// Waits for worker `worker`, asserts that it succeeded, and returns what it
+/// printed.
+pub fn worker_stdout(worker: usize, child: std::process::Child) -> String {
+    let output = child.wait_with_output().expect("wait for a worker process");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "worker {worker} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// Reads a required environment variable of a child-process test.
 pub fn child_env(key: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| {
