@@ -1128,18 +1128,8 @@ impl SizeClassAllocator {
         if phase(state) != SMALL || class_of(state) != class {
             return None;
         }
-        let info = CLASSES.get(class)?;
-        let from_first = within.checked_sub(info.first)?;
-        if from_first % info.size != 0 || from_first / info.size >= info.count {
-            return None;
-        }
-        let index = from_first / info.size;
-        let base = self.page_ptr(page).ok()?;
-        // SAFETY: `index < count`.
-        let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
-        // SAFETY: as above.
-        let slack = unsafe { Self::slack(base, info, index) };
-        (word & (1 << (index % 64)) != 0 && slack == sentinel(info)).then_some((page, index))
+        let (index, _, cached) = self.allocated_block(page, within, class)?;
+        cached.then_some((page, index))
     }
 
     /// Hands a cached block of `class` to a user who asked for `requested`
@@ -1178,6 +1168,19 @@ impl SizeClassAllocator {
     /// A live small block: (class, index, page address).
     fn small_block(&self, page: u32, within: u64, state: u64) -> Option<(usize, u64, *mut u8)> {
         let class = class_of(state);
+        let (index, base, cached) = self.allocated_block(page, within, class)?;
+        (!cached).then_some((class, index, base))
+    }
+
+    /// The block of `class` starting `within` bytes into `page`, if one
+    /// starts there and its allocation bit is set: (index, page address,
+    /// whether it is cached, i.e. its slack is the sentinel).
+    fn allocated_block(
+        &self,
+        page: u32,
+        within: u64,
+        class: usize,
+    ) -> Option<(u64, *mut u8, bool)> {
         let info = CLASSES.get(class)?;
         let from_first = within.checked_sub(info.first)?;
         if from_first % info.size != 0 || from_first / info.size >= info.count {
@@ -1187,9 +1190,12 @@ impl SizeClassAllocator {
         let base = self.page_ptr(page).ok()?;
         // SAFETY: `index < count`.
         let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+        if word & (1 << (index % 64)) == 0 {
+            return None;
+        }
         // SAFETY: as above.
         let slack = unsafe { Self::slack(base, info, index) };
-        (word & (1 << (index % 64)) != 0 && slack != sentinel(info)).then_some((class, index, base))
+        Some((index, base, slack == sentinel(info)))
     }
 }
 

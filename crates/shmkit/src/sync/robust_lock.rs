@@ -57,18 +57,24 @@ impl RobustLock {
     #[inline]
     pub(crate) fn lock(&self, patience: Duration) -> Result<RobustGuard<'_>> {
         let token = own_token();
-        if self
-            .owner
-            .compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed)
-            .is_ok()
-        {
-            return Ok(RobustGuard {
+        match self.take_from(0, token, false) {
+            Some(guard) => Ok(guard),
+            None => self.lock_slow(token, patience),
+        }
+    }
+
+    /// Moves the lock word from `expected` to `token`; `recovered` says
+    /// whether `expected` was a dead owner.
+    #[inline]
+    fn take_from(&self, expected: u64, token: u64, recovered: bool) -> Option<RobustGuard<'_>> {
+        self.owner
+            .compare_exchange(expected, token, Ordering::Acquire, Ordering::Relaxed)
+            .ok()
+            .map(|_| RobustGuard {
                 lock: self,
                 token,
-                recovered: false,
-            });
-        }
-        self.lock_slow(token, patience)
+                recovered,
+            })
     }
 
     #[cold]
@@ -79,16 +85,8 @@ impl RobustLock {
         loop {
             let owner = self.owner.load(Ordering::Relaxed);
             if owner == 0 {
-                if self
-                    .owner
-                    .compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-                {
-                    return Ok(RobustGuard {
-                        lock: self,
-                        token,
-                        recovered: false,
-                    });
+                if let Some(guard) = self.take_from(0, token, false) {
+                    return Ok(guard);
                 }
                 continue;
             }
@@ -101,17 +99,10 @@ impl RobustLock {
             if now.duration_since(last_check) >= LIVENESS_PERIOD {
                 last_check = now;
                 let pid = (owner >> 32) as u32;
-                if !process_alive(pid)
-                    && self
-                        .owner
-                        .compare_exchange(owner, token, Ordering::Acquire, Ordering::Relaxed)
-                        .is_ok()
-                {
-                    return Ok(RobustGuard {
-                        lock: self,
-                        token,
-                        recovered: true,
-                    });
+                if !process_alive(pid) {
+                    if let Some(guard) = self.take_from(owner, token, true) {
+                        return Ok(guard);
+                    }
                 }
                 if now.duration_since(started) >= patience {
                     return Err(Error::LockTimeout {
