@@ -8,7 +8,7 @@
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
-use crate::ptr::{FullPtr, Offset, ShmSafe};
+use crate::ptr::{FullPtr, ShmSafe};
 
 use super::AllocatorKind;
 
@@ -263,14 +263,6 @@ pub trait ShmAllocator: Send + Sync {
         // SAFETY: the caller guarantees `count` live values.
         unsafe { drop_prefix(ptr.local(), count) };
         self.free(ptr.cast())
-    }
-
-    /// The offset of a block as a typed handle.
-    fn handle<T>(&self, ptr: FullPtr<T>) -> Offset<T>
-    where
-        Self: Sized,
-    {
-        ptr.offset()
     }
 }
 

@@ -65,8 +65,7 @@ impl Segment {
     /// all zeros is reported as `NotReady` after the timeout: it may be a
     /// creator that died before writing anything, or a foreign zero-filled file.
     pub fn attach(options: &SegmentOptions) -> Result<Segment> {
-        let segment = attach(options)?;
-        Ok(segment)
+        attach(options)
     }
 
     /// Attaches if the segment exists, creates it otherwise, and says which.
