@@ -6,6 +6,8 @@
 
 pub(crate) mod cursor;
 pub(crate) mod robust_lock;
+/// The owner word of a per-thread slot: claim, release, take over the dead.
+pub(crate) mod slot_owner;
 /// The pool's free stack of slot indices, links kept in the free slots.
 pub(crate) mod slot_stack;
 /// The size-class allocator's stacks of page runs and blocks.
