@@ -42,7 +42,7 @@
 //! bitmap: a retired page holds no block.
 
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -84,6 +84,10 @@ struct ClassInfo {
     first: u64,
     /// Bitmap words.
     words: u64,
+    /// `ceil(2^32 / size)`: `(n * recip) >> 32 == n / size` for every
+    /// `n < PAGE_SIZE` (the error term stays below one), which spares the
+    /// lookup of a block a division.
+    recip: u64,
 }
 
 const fn class_size(index: usize) -> u64 {
@@ -105,6 +109,7 @@ const fn build_classes() -> [ClassInfo; NUM_CLASSES] {
         count: 0,
         first: 0,
         words: 0,
+        recip: 0,
     }; NUM_CLASSES];
     let mut i = 0;
     while i < NUM_CLASSES {
@@ -129,6 +134,7 @@ const fn build_classes() -> [ClassInfo; NUM_CLASSES] {
                     count,
                     first,
                     words,
+                    recip: (1u64 << 32).div_ceil(size),
                 };
                 break;
             }
@@ -185,6 +191,18 @@ fn sentinel(info: &ClassInfo) -> u64 {
     } else {
         0xffff
     }
+}
+
+/// A small block in use, located by [`SizeClassAllocator::small_block_at`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SmallBlock {
+    pub(crate) page: u32,
+    pub(crate) class: usize,
+    pub(crate) index: u64,
+    /// Local address of the page.
+    base: *mut u8,
+    /// Local address of the block.
+    at: *mut u8,
 }
 
 /// What [`SizeClassAllocator::take_for_free`] took.
@@ -305,6 +323,9 @@ pub struct SizeClassAllocator {
     table: NonNull<PageDesc>,
     heap_base: u64,
     max_pages: u32,
+    /// Pages this process has seen inside the segment. The segment never
+    /// shrinks, so a page below this needs no look at the shared size word.
+    known_pages: AtomicU32,
 }
 
 // SAFETY: the state, the descriptors and the page headers are reached
@@ -424,6 +445,7 @@ impl SizeClassAllocator {
             table,
             heap_base,
             max_pages: max_pages as u32,
+            known_pages: AtomicU32::new(0),
         };
         let bump = allocator.state().bump.load(Ordering::Acquire);
         if bump > max_pages {
@@ -468,7 +490,7 @@ impl SizeClassAllocator {
         unsafe { self.state.as_ref() }
     }
 
-    #[inline]
+    #[inline(always)]
     fn desc(&self, page: u32) -> Option<&PageDesc> {
         if page < self.max_pages {
             // SAFETY: the table holds `max_pages` descriptors (checked by
@@ -490,12 +512,33 @@ impl SizeClassAllocator {
     }
 
     /// The local address of a page, checked to lie inside the segment.
-    #[inline]
+    #[inline(always)]
     fn page_ptr(&self, page: u32) -> Result<*mut u8> {
         let offset = self.page_offset(page);
-        self.segment.check_range(offset, PAGE_SIZE)?;
-        // SAFETY: `check_range` put the whole page inside the mapping.
+        if page >= self.known_pages.load(Ordering::Relaxed) {
+            self.segment.check_range(offset, PAGE_SIZE)?;
+            self.known_pages.fetch_max(page + 1, Ordering::Relaxed);
+        }
+        // SAFETY: this page, or a later one, passed `check_range`: it lies
+        // inside the segment (which never shrinks) and so inside the mapping.
         Ok(unsafe { self.segment.base().as_ptr().add(offset as usize) })
+    }
+
+    /// The first word at `offset` if it is 16-aligned and inside a page this
+    /// process knows to be in the segment (no other check: for entries the
+    /// caller validates by content).
+    #[inline(always)]
+    pub(crate) fn heap_word(&self, offset: u64) -> Option<&AtomicU64> {
+        let page = u32::try_from(offset.checked_sub(self.heap_base)? / PAGE_SIZE).ok()?;
+        if offset % 16 != 0 || page >= self.max_pages {
+            return None;
+        }
+        let page_base = self.page_ptr(page).ok()?;
+        let within = (offset - self.page_offset(page)) as usize;
+        // SAFETY: `within < PAGE_SIZE` and 16-aligned, inside a page that is
+        // inside the mapping; any bytes are a valid AtomicU64; the reference
+        // lives no longer than `self`, which keeps the mapping.
+        Some(unsafe { &*(page_base.add(within) as *const AtomicU64) })
     }
 
     /// A bitmap word of a page.
@@ -1120,44 +1163,70 @@ impl SizeClassAllocator {
         Ok(())
     }
 
-    /// A cached block (bit set, sentinel slack) of `class` at `offset`:
-    /// (page, index), or `None` if `offset` is not one.
-    pub(crate) fn cached_block(&self, offset: u64, class: usize) -> Option<(u32, u64)> {
+    // ------------------------------------------------------------ thread caches
+
+    /// The small block that starts at `offset` and holds its allocation bit
+    /// (a user's block, or one a thread cache keeps), or `None`.
+    #[inline(always)]
+    pub(crate) fn small_block_at(&self, offset: u64) -> Option<SmallBlock> {
         let (page, within, desc) = self.locate(offset)?;
         let state = desc.state.load(Ordering::Acquire);
-        if phase(state) != SMALL || class_of(state) != class {
+        if phase(state) != SMALL {
             return None;
         }
-        let (index, _, cached) = self.allocated_block(page, within, class)?;
-        cached.then_some((page, index))
+        let class = class_of(state);
+        let (index, base, _) = self.allocated_block(page, within, class)?;
+        Some(SmallBlock {
+            page,
+            class,
+            index,
+            base,
+            // SAFETY: `allocated_block` found a block starting `within`
+            // bytes into the page.
+            at: unsafe { base.add(within as usize) },
+        })
     }
 
-    /// Hands a cached block of `class` to a user who asked for `requested`
-    /// bytes; false if `offset` is not a cached block of that class. Only the
-    /// thread whose magazine holds the block may call this.
-    pub(crate) fn reuse_cached(&self, offset: u64, class: usize, requested: u64) -> bool {
-        let Some((page, index)) = self.cached_block(offset, class) else {
-            return false;
-        };
-        let info = &CLASSES[class];
-        if requested > info.size {
-            return false;
+    /// The bytes requested for a block, or `None` while a free has marked
+    /// it (its slack is the sentinel).
+    #[inline(always)]
+    pub(crate) fn requested_of(&self, block: &SmallBlock) -> Option<u64> {
+        let info = &CLASSES[block.class];
+        // SAFETY: `small_block_at` checked `index < count` and the page.
+        let slack = unsafe { Self::slack(block.base, info, block.index) };
+        (slack <= info.size).then(|| info.size - slack)
+    }
+
+    /// Records a new requested size for a block the caller holds alone.
+    /// Writes only when it changes: the slack array is shared by the
+    /// page's blocks, and an unneeded store would bounce its cache line
+    /// between threads that use neighbouring blocks.
+    #[inline(always)]
+    pub(crate) fn set_requested(&self, block: &SmallBlock, requested: u64) {
+        let info = &CLASSES[block.class];
+        let slack = info.size - requested.min(info.size);
+        // SAFETY: as in `requested_of`.
+        unsafe {
+            if Self::slack(block.base, info, block.index) != slack {
+                Self::set_slack(block.base, info, block.index, slack);
+            }
         }
-        let Ok(base) = self.page_ptr(page) else {
-            return false;
-        };
-        // A plain store is enough: the block sits in the calling thread's own
-        // magazine (it is the only one that can hand it out), and a racing
-        // bogus free sees either the sentinel (refused) or the new slack
-        // (the user's own double free of a block just handed out again).
-        // SAFETY: `index < count` (checked by `cached_block`).
-        unsafe { Self::set_slack(base, info, index, info.size - requested) };
-        true
+    }
+
+    /// The first word of a block's own bytes.
+    #[inline(always)]
+    pub(crate) fn first_word(&self, block: &SmallBlock) -> &AtomicU64 {
+        // SAFETY: `small_block_at` found the block inside a page that lies
+        // inside the mapping; blocks are at least 16 bytes and 16-aligned;
+        // any bytes are a valid AtomicU64. The reference lives no longer
+        // than `self`, which keeps the mapping.
+        unsafe { &*(block.at as *const AtomicU64) }
     }
 
     // ------------------------------------------------------------ lookup
 
     /// The page of an offset and the position in it.
+    #[inline(always)]
     fn locate(&self, offset: u64) -> Option<(u32, u64, &PageDesc)> {
         let relative = offset.checked_sub(self.heap_base)?;
         let page = u32::try_from(relative / PAGE_SIZE).ok()?;
@@ -1174,7 +1243,8 @@ impl SizeClassAllocator {
 
     /// The block of `class` starting `within` bytes into `page`, if one
     /// starts there and its allocation bit is set: (index, page address,
-    /// whether it is cached, i.e. its slack is the sentinel).
+    /// whether a free has marked it, i.e. its slack is the sentinel).
+    #[inline(always)]
     fn allocated_block(
         &self,
         page: u32,
@@ -1183,10 +1253,14 @@ impl SizeClassAllocator {
     ) -> Option<(u64, *mut u8, bool)> {
         let info = CLASSES.get(class)?;
         let from_first = within.checked_sub(info.first)?;
-        if from_first % info.size != 0 || from_first / info.size >= info.count {
+        if from_first >= PAGE_SIZE {
             return None;
         }
-        let index = from_first / info.size;
+        let index = (from_first * info.recip) >> 32;
+        debug_assert_eq!(index, from_first / info.size);
+        if index * info.size != from_first || index >= info.count {
+            return None;
+        }
         let base = self.page_ptr(page).ok()?;
         // SAFETY: `index < count`.
         let word = unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
@@ -1365,7 +1439,7 @@ impl SizeClassAllocator {
 
     /// Walks pages, class lists and free runs; returns the blocks users
     /// hold, their requested bytes, and the blocks marked free but still
-    /// holding their bit (cached).
+    /// holding their bit (a free that has not finished).
     pub(crate) fn check_parts(&self) -> Result<(u64, u64, u64)> {
         let state = self.state();
         let mut cached = 0u64;
@@ -1550,6 +1624,9 @@ mod tests {
             assert!(info.first + info.count * info.size <= PAGE_SIZE);
             assert_eq!(info.size % info.align, 0);
             assert!(info.slack_width == 2 || info.size < 256);
+            for n in 0..PAGE_SIZE {
+                assert_eq!((n * info.recip) >> 32, n / info.size, "class {index}, {n}");
+            }
         }
         assert_eq!(CLASSES[NUM_CLASSES - 1].size, LARGE_THRESHOLD as u64);
         for size in 1..=LARGE_THRESHOLD as u64 {

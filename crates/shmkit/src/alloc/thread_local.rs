@@ -1,58 +1,70 @@
 //! The thread-local caching allocator: per-thread magazines of freed blocks,
 //! kept in the segment, over the size-class allocator's pages and classes.
 //!
-//! The segment's state area holds the size-class state followed by a
-//! bounded array of thread slots. A slot has an owner word (`pid << 32 |
-//! token`, claimed by compare-and-swap), the owner's share of the
-//! accounting, and for each cached class a small magazine (a count and a
-//! few block offsets).
+//! The segment's state area holds the size-class state, a line with the
+//! sampled peak and the segment's cache key, then a bounded array of thread
+//! slots. A slot has an owner word (see `sync::slot_owner`), the owner's
+//! share of the accounting, and for each cached class a small magazine (a
+//! count and a few block offsets).
 //!
-//! * **Free** marks the block as no longer the user's (its slack becomes
-//!   the sentinel, by compare-and-swap, so a double free fails exactly),
-//!   then pushes it into the freeing thread's magazine (whatever thread or
-//!   process allocated it); a full magazine, a class too large to cache or a
-//!   thread without a slot sends it straight back to the pages.
-//! * **Allocate** pops the magazine of its class and hands the block out
-//!   again (sentinel slack -> the new slack, by compare-and-swap); an empty
-//!   magazine falls through to the size-class allocator.
-//! * A slot's magazines and counters are written only by the thread whose
-//!   owner word it holds, with plain stores (no locked instruction on the
-//!   fast path). Nobody else touches a slot whose owner is alive: releasing
-//!   (by the owner at thread exit, or by the view's drop once no thread can
-//!   use the view) and taking over a dead owner's slot first move the owner
-//!   word by compare-and-swap to a *releasing* value carrying the
-//!   releaser's pid, so two releasers never flush at once and a releaser
-//!   that dies midway leaves a slot the next claimer takes over.
+//! The fast paths run no locked instruction and write no cache line that
+//! another thread uses: only the thread's own slot and the block itself.
+//!
+//! * **Free** checks that the offset is a block in use, then pushes it into
+//!   the freeing thread's magazine (whatever thread or process allocated
+//!   it) and writes the *cache key* (a per-segment secret mixed with the
+//!   offset) into the block's first word. At page level a cached block
+//!   still looks in use. A full magazine first gives half its blocks back
+//!   to the pages; a class too large to cache, or a thread without a slot,
+//!   gives the block straight back.
+//! * **Double free**: a block whose first word holds its key may be cached;
+//!   the free then looks for it in every slot's magazine of its class and,
+//!   if it is there, refuses with `InvalidFree` and changes nothing. (User
+//!   data that happens to equal the key costs that search, never a wrong
+//!   answer.) Two frees of one block at the same instant by two threads are
+//!   a race the fast path does not arbitrate, as in other thread-caching
+//!   allocators; the block then sits in two magazines, and the first
+//!   thread to hand it out again clears its key, so the second drops its
+//!   copy instead of handing it out, unless those two reuses race as well.
+//! * **Allocate** pops the magazine of its class, checks the entry is still
+//!   a cached block of that class (its key), clears the key and records the
+//!   requested size (only if it changed); an empty magazine falls through
+//!   to the size-class allocator.
 //! * **Accounting**: a thread with a slot counts its allocations and frees
 //!   in the slot (any thread may free any block, so a slot's share may be
 //!   negative); threads without one use the shared counters. `stats()` sums
-//!   them. The peak is sampled: every 64th allocation of a slot, and every
+//!   them. The peak is sampled: every 1024th allocation of a slot, and every
 //!   `stats()`, raise it to the current total.
-//! * **Thread exit**: a thread-local destructor flushes the thread's slots
-//!   back to the pages and frees them. **Allocator drop**: the view releases
-//!   every slot it claimed. **Process death**: a claimer that meets a slot
-//!   whose owner pid is dead takes it over and flushes it first (and
-//!   [`ThreadLocalAllocator::reclaim_dead_slots`] does so for all of them).
+//! * **Thread exit**: a thread-local destructor gives the thread's slots
+//!   back (flushing their magazines to the pages). **Allocator drop**: the
+//!   view releases every slot it claimed. **Process death**: a claimer that
+//!   meets a slot whose owner or releaser pid is dead takes it over and
+//!   flushes it first (and [`ThreadLocalAllocator::reclaim_dead_slots`]
+//!   does so for all of them).
 //! * **More threads than slots**: the extra threads use the uncached
 //!   size-class allocator directly (correct, just slower); no error.
 //!
 //! A process killed in the middle of a magazine push or pop can lose that
-//! one block (it stays marked and is counted by no magazine, which
-//! `check` reports); nothing is ever handed out twice.
+//! one block (it stays in use at page level and is counted by no magazine,
+//! which `check` reports); every entry is validated before it is handed out
+//! or given back, so nothing is ever handed out twice.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{current_thread_index, impl_allocator_api2, power_of_two_align};
-use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator};
+use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator, SmallBlock};
 use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::{process_alive, Segment};
+use crate::sync::slot_owner::{self, Claimed};
 
 /// Thread slots in a segment.
 const SLOTS: usize = 64;
@@ -62,16 +74,44 @@ const CACHED_CLASSES: usize = 28;
 const MAGAZINE: usize = 8;
 /// Marks a thread that found no free slot.
 const NO_SLOT: u32 = u32::MAX;
+/// Allocations between two samples of the peak.
+const PEAK_SAMPLE: u64 = 1024;
+/// Version of this layout, in the allocator parameters (a segment made
+/// with another layout is refused on attach).
+const LAYOUT_VERSION: u64 = 2;
 
 #[repr(C)]
 struct Magazine {
     count: AtomicU64,
+    /// Entries: see [`entry`].
     items: [AtomicU64; MAGAZINE],
+}
+
+/// Offsets a magazine entry can hold.
+const ENTRY_OFFSET_BITS: u32 = 48;
+
+/// A magazine entry: the block's offset and the size its last user asked
+/// for, so that handing it out again at that size needs no look at the
+/// page's metadata.
+#[inline]
+fn entry(offset: u64, requested: u64) -> Option<u64> {
+    (offset >> ENTRY_OFFSET_BITS == 0 && requested <= u64::from(u16::MAX))
+        .then_some(offset | (requested << ENTRY_OFFSET_BITS))
+}
+
+#[inline]
+fn entry_offset(entry: u64) -> u64 {
+    entry & ((1 << ENTRY_OFFSET_BITS) - 1)
+}
+
+#[inline]
+fn entry_requested(entry: u64) -> u64 {
+    entry >> ENTRY_OFFSET_BITS
 }
 
 #[repr(C)]
 struct Slot {
-    /// `pid << 32 | token`, 0 when free, `pid << 32` while being released.
+    /// The owner word (`sync::slot_owner`).
     owner: AtomicU64,
     /// This slot's share of the requested bytes and live blocks (wrapping:
     /// frees of blocks allocated elsewhere make it negative).
@@ -81,9 +121,6 @@ struct Slot {
     allocations: AtomicU64,
     magazines: [Magazine; CACHED_CLASSES],
 }
-
-/// Allocations between two samples of the peak.
-const PEAK_SAMPLE: u64 = 64;
 
 impl Slot {
     /// Adds to a word only the owner writes: plain load and store.
@@ -95,15 +132,36 @@ impl Slot {
     }
 }
 
-/// Where the slots start in the state area (after the size-class state).
-/// Where the thread-local allocator's peak word sits in the state area
-/// (after the size-class state), and where the slots start (after it).
-fn peak_offset_in_state() -> u64 {
+/// The line after the size-class state: the sampled peak and the key.
+#[repr(C)]
+struct CacheState {
+    /// The sampled peak of requested bytes (slots keep the live totals, so
+    /// the shared counters' own peak does not apply).
+    peak: AtomicU64,
+    /// The per-segment secret mixed into every cache key.
+    secret: AtomicU64,
+}
+
+fn cache_state_offset_in_state() -> u64 {
     SizeClassAllocator::CORE_STATE_LEN.div_ceil(128) * 128
 }
 
 fn slots_offset_in_state() -> u64 {
-    peak_offset_in_state() + 128
+    cache_state_offset_in_state() + 128
+}
+
+/// A secret for a new segment: randomly keyed hashing of the time, the pid
+/// and an address (no dependency needed, and never zero).
+fn new_secret() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.write_u32(std::process::id());
+    hasher.write_usize(&hasher as *const _ as usize);
+    hasher.finish() | 1
 }
 
 /// Per-thread caches in the segment over the size-class allocator (Hermes
@@ -111,12 +169,17 @@ fn slots_offset_in_state() -> u64 {
 ///
 /// Each thread that allocates or frees claims one of 64 slots in the
 /// segment and keeps up to 8 freed blocks of each class up to 4 KiB in it,
-/// so a thread that frees and allocates again rarely touches shared pages.
-/// A block may be freed by any thread of any process: it goes to the
-/// freeing thread's cache, or back to the pages. Slots are given back when
-/// their thread exits, when the allocator is dropped, and (by the next
-/// claimer) when their process has died. Threads beyond the 64th use the
-/// size-class allocator without a cache.
+/// so a thread that frees and allocates again touches only its own slot
+/// and the block: no locked instruction, no shared cache line. A block may
+/// be freed by any thread of any process: it goes to the freeing thread's
+/// cache, or back to the pages. Slots are given back when their thread
+/// exits, when the allocator is dropped, and (by the next claimer) when
+/// their process has died. Threads beyond the 64th use the size-class
+/// allocator without a cache.
+///
+/// A double free is refused with [`Error::InvalidFree`] unless the two frees
+/// race each other on two threads (see the module notes); use the
+/// [`SizeClassAllocator`] where racing frees of one block must be caught.
 ///
 /// ```
 /// use shmkit::{SegmentAllocator, SegmentOptions, ShmAllocator, ThreadLocalAllocator};
@@ -137,15 +200,17 @@ pub struct ThreadLocalAllocator {
 struct Inner {
     core: SizeClassAllocator,
     slots: NonNull<Slot>,
-    peak: NonNull<AtomicU64>,
+    cache_state: NonNull<CacheState>,
+    /// The segment's secret, read once.
+    secret: u64,
     /// Tells this view apart from other views in the same process.
     view: u64,
     /// Slots this view claimed: (slot, owner word).
     claimed: Mutex<Vec<(u32, u64)>>,
 }
 
-// SAFETY: the slots are reached through atomics only; the core view is
-// `Send + Sync`; `claimed` is a mutex.
+// SAFETY: the slots and the cache state are reached through atomics only;
+// the core view is `Send + Sync`; `claimed` is a mutex.
 unsafe impl Send for Inner {}
 // SAFETY: as above.
 unsafe impl Sync for Inner {}
@@ -166,7 +231,7 @@ impl SegmentAllocator for ThreadLocalAllocator {
     fn encode_params(_: &()) -> [u64; PARAM_WORDS] {
         let mut words = SizeClassAllocator::encode_params(&());
         words[2] = SLOTS as u64;
-        words[3] = (CACHED_CLASSES * 1000 + MAGAZINE) as u64;
+        words[3] = (LAYOUT_VERSION << 32) | (CACHED_CLASSES * 1000 + MAGAZINE) as u64;
         words
     }
 
@@ -176,9 +241,14 @@ impl SegmentAllocator for ThreadLocalAllocator {
 
     fn initialize(segment: &Segment, _: &()) -> Result<()> {
         SizeClassAllocator::initialize(segment, &())?;
-        // SAFETY: runs in the creator before *ready*; `peak_of` checked bounds
-        // and alignment.
-        unsafe { peak_of(segment)?.as_ptr().write(AtomicU64::new(0)) };
+        // SAFETY: runs in the creator before *ready*; `cache_state_of`
+        // checked bounds and alignment.
+        unsafe {
+            cache_state_of(segment)?.as_ptr().write(CacheState {
+                peak: AtomicU64::new(0),
+                secret: AtomicU64::new(new_secret()),
+            })
+        };
         let slots = slots_of(segment)?;
         for index in 0..SLOTS {
             // SAFETY: runs in the creator before *ready*; `slots_of` checked
@@ -192,14 +262,22 @@ impl SegmentAllocator for ThreadLocalAllocator {
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
         let slots = slots_of(&segment)?;
-        let peak = peak_of(&segment)?;
+        let cache_state = cache_state_of(&segment)?;
+        // SAFETY: checked by `cache_state_of`; atomics in the segment.
+        let secret = unsafe { cache_state.as_ref() }
+            .secret
+            .load(Ordering::Relaxed);
+        if secret == 0 {
+            return Err(Error::corrupt("thread-local cache key is zero"));
+        }
         let core = SizeClassAllocator::open(segment)?;
         static VIEWS: AtomicU64 = AtomicU64::new(1);
         Ok(ThreadLocalAllocator {
             inner: Arc::new(Inner {
                 core,
                 slots,
-                peak,
+                cache_state,
+                secret,
                 view: VIEWS.fetch_add(1, Ordering::Relaxed),
                 claimed: Mutex::new(Vec::new()),
             }),
@@ -207,26 +285,25 @@ impl SegmentAllocator for ThreadLocalAllocator {
     }
 }
 
-/// The slot array, checked to lie inside the state area.
-fn slots_of(segment: &Segment) -> Result<NonNull<Slot>> {
+/// The offset of the allocator state area, checked to hold this layout.
+fn state_offset(segment: &Segment) -> Result<u64> {
     let state = segment.allocator_state::<[u8; 1]>()?;
     let state_offset = segment.offset_of(state.as_ptr() as *const u8)?.raw();
-    let needed = ThreadLocalAllocator::state_len(&());
-    let first = state_offset + slots_offset_in_state();
-    if segment.data_offset() < state_offset + needed {
+    if segment.data_offset() < state_offset + ThreadLocalAllocator::state_len(&()) {
         return Err(Error::corrupt("thread-local state area too small"));
     }
+    Ok(state_offset)
+}
+
+/// The slot array, checked to lie inside the state area.
+fn slots_of(segment: &Segment) -> Result<NonNull<Slot>> {
+    let first = state_offset(segment)? + slots_offset_in_state();
     segment.resolve_array(Offset::<Slot>::from_raw(first), SLOTS as u64)
 }
 
-/// The sampled peak of requested bytes (slots keep the live totals, so the
-/// shared counters' own peak does not apply).
-fn peak_of(segment: &Segment) -> Result<NonNull<AtomicU64>> {
-    let state = segment.allocator_state::<[u8; 1]>()?;
-    let state_offset = segment.offset_of(state.as_ptr() as *const u8)?.raw();
-    segment.resolve(Offset::<AtomicU64>::from_raw(
-        state_offset + peak_offset_in_state(),
-    ))
+fn cache_state_of(segment: &Segment) -> Result<NonNull<CacheState>> {
+    let at = state_offset(segment)? + cache_state_offset_in_state();
+    segment.resolve(Offset::<CacheState>::from_raw(at))
 }
 
 /// The slots a thread holds, given back when the thread exits.
@@ -241,6 +318,8 @@ struct HeldSlot {
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // The fast lookup must not name a slot that is about to be freed.
+        LAST.with(|last| last.set(LastSlot::NONE));
         for held in self.0.drain(..) {
             if held.slot == NO_SLOT {
                 continue;
@@ -254,14 +333,29 @@ impl Drop for Held {
     }
 }
 
-thread_local! {
-    static HELD: RefCell<Held> = const { RefCell::new(Held(Vec::new())) };
+/// The slot of the view this thread used last: one compare on the fast
+/// path instead of a search of [`Held`].
+#[derive(Clone, Copy)]
+struct LastSlot {
+    view: u64,
+    slot: u32,
+    owner: u64,
 }
 
-/// The owner word of a slot this process is releasing (token 0, which no
-/// owner uses).
-fn releasing_word() -> u64 {
-    u64::from(std::process::id()) << 32
+impl LastSlot {
+    /// Matches no view (view numbers start at 1).
+    const NONE: LastSlot = LastSlot {
+        view: 0,
+        slot: NO_SLOT,
+        owner: 0,
+    };
+}
+
+thread_local! {
+    static HELD: RefCell<Held> = const { RefCell::new(Held(Vec::new())) };
+    // No destructor, so it stays usable while other thread-locals are torn
+    // down; `Held::drop` clears it.
+    static LAST: Cell<LastSlot> = const { Cell::new(LastSlot::NONE) };
 }
 
 fn new_owner() -> u64 {
@@ -272,10 +366,16 @@ fn new_owner() -> u64 {
             break token;
         }
     };
-    (u64::from(std::process::id()) << 32) | u64::from(token)
+    slot_owner::owner_value(std::process::id(), token)
+}
+
+/// Whether `pid` (another process than ours) is gone.
+fn is_dead(pid: u32) -> bool {
+    pid != std::process::id() && !process_alive(pid)
 }
 
 impl Inner {
+    #[inline]
     fn slot(&self, index: u32) -> Option<&Slot> {
         if (index as usize) < SLOTS {
             // SAFETY: SLOTS slots were checked at construction; atomics only.
@@ -285,104 +385,225 @@ impl Inner {
         }
     }
 
-    /// Claims a free slot, or takes over one whose process died, starting
-    /// the search at `hint`.
-    fn claim_slot(&self, hint: u32, owner: u64) -> Option<u32> {
-        let pid = (owner >> 32) as u32;
-        for step in 0..SLOTS as u32 {
-            let index = (hint.wrapping_add(step)) % SLOTS as u32;
-            let slot = self.slot(index)?;
-            let current = slot.owner.load(Ordering::Acquire);
-            let dead = current != 0 && {
-                let other = (current >> 32) as u32;
-                other != pid && !process_alive(other)
-            };
-            if (current == 0 || dead)
-                && slot
-                    .owner
-                    .compare_exchange(current, owner, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
+    fn all_slots(&self) -> impl Iterator<Item = (u32, &Slot)> {
+        (0..SLOTS as u32).filter_map(|index| Some((index, self.slot(index)?)))
+    }
+
+    /// The key a cached block at `offset` carries in its first word.
+    #[inline]
+    fn key(&self, offset: u64) -> u64 {
+        self.secret ^ offset.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    /// The block at `offset` if it is a cached block of `class` (in use at
+    /// page level, its key in place).
+    #[inline]
+    fn cached_block(&self, offset: u64, class: usize) -> Option<SmallBlock> {
+        let block = self.core.small_block_at(offset)?;
+        (block.class == class
+            && self.core.first_word(&block).load(Ordering::Relaxed) == self.key(offset))
+        .then_some(block)
+    }
+
+    /// Whether some slot's magazine of `class` holds `offset`.
+    fn in_some_magazine(&self, offset: u64, class: usize) -> bool {
+        self.all_slots().any(|(_, slot)| {
+            slot.magazines.get(class).is_some_and(|magazine| {
+                let count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
+                magazine.items[..count]
+                    .iter()
+                    .any(|item| entry_offset(item.load(Ordering::Relaxed)) == offset)
+            })
+        })
+    }
+
+    /// Refuses an offset that names a cached (already freed) block.
+    fn refuse_cached(&self, offset: u64) -> Result<()> {
+        match self.core.small_block_at(offset) {
+            Some(block)
+                if self.core.first_word(&block).load(Ordering::Relaxed) == self.key(offset)
+                    && self.in_some_magazine(offset, block.class) =>
             {
-                // Ours now; a dead owner may have left blocks. Its share of
-                // the accounting stays: those allocations and frees happened.
-                self.flush(slot);
-                return Some(index);
+                Err(Error::InvalidFree { offset })
             }
-        }
-        None
-    }
-
-    /// Gives a slot's cached blocks back to the pages and frees the slot.
-    fn release_slot(&self, index: u32, owner: u64) {
-        let Some(slot) = self.slot(index) else { return };
-        let releasing = releasing_word();
-        if slot
-            .owner
-            .compare_exchange(owner, releasing, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return; // taken over meanwhile
-        }
-        self.flush(slot);
-        slot.owner.store(0, Ordering::Release);
-    }
-
-    /// Raises the sampled peak to `bytes` if it is higher.
-    fn raise_peak(&self, bytes: u64) {
-        // SAFETY: checked at construction; an atomic in the segment, which
-        // lives as long as `self`.
-        let peak = unsafe { self.peak.as_ref() };
-        if bytes > peak.load(Ordering::Relaxed) {
-            peak.fetch_max(bytes, Ordering::Relaxed);
+            _ => Ok(()),
         }
     }
 
-    fn sampled_peak(&self) -> u64 {
-        // SAFETY: as in `raise_peak`.
-        unsafe { self.peak.as_ref() }.load(Ordering::Relaxed)
-    }
-
-    /// (requested bytes, live blocks): the shared counters plus every slot's
-    /// share.
-    fn totals(&self) -> (u64, u64) {
-        let (mut bytes, mut live, _) = self.core.counters().snapshot();
-        for index in 0..SLOTS as u32 {
-            if let Some(slot) = self.slot(index) {
-                bytes = bytes.wrapping_add(slot.bytes.load(Ordering::Relaxed));
-                live = live.wrapping_add(slot.live.load(Ordering::Relaxed));
-            }
+    /// Gives a cached block back to its page; an entry that is no longer a
+    /// cached block of `class` (a torn push, a copy another thread already
+    /// handed out, corruption) is dropped.
+    fn give_back(&self, offset: u64, class: usize) {
+        if let Some(block) = self.cached_block(offset, class) {
+            // Clear the key first: once the bit is clear the block may be
+            // someone else's, and a stale copy of this entry must not match.
+            self.core.first_word(&block).store(0, Ordering::Relaxed);
+            let _ = self.core.release_small(block.page, class, block.index);
         }
-        (bytes, live)
     }
 
-    /// Empties every magazine of a slot whose owner word we hold. Entries that are not
-    /// cached blocks of their class (corruption, a torn push) are dropped.
+    /// Empties every magazine of a slot whose owner word we hold.
     fn flush(&self, slot: &Slot) {
         for (class, magazine) in slot.magazines.iter().enumerate() {
             let count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
             for item in &magazine.items[..count] {
-                let offset = item.load(Ordering::Relaxed);
-                if let Some((page, index)) = self.core.cached_block(offset, class) {
-                    let _ = self.core.release_small(page, class, index);
-                }
+                self.give_back(entry_offset(item.load(Ordering::Relaxed)), class);
             }
             magazine.count.store(0, Ordering::Release);
         }
     }
 
-    /// Runs `work` on a slot's magazine of `class` if we own the slot.
-    fn with_magazine<R>(
-        &self,
-        index: u32,
-        owner: u64,
-        class: usize,
-        work: impl FnOnce(&Magazine) -> R,
-    ) -> Option<R> {
-        let slot = self.slot(index)?;
+    /// Claims a free slot, or takes over one whose process died, starting
+    /// the search at `hint`.
+    fn claim_slot(&self, hint: u32, owner: u64) -> Option<u32> {
+        for step in 0..SLOTS as u32 {
+            let index = hint.wrapping_add(step) % SLOTS as u32;
+            let slot = self.slot(index)?;
+            match slot_owner::try_claim(&slot.owner, owner, is_dead) {
+                Some(Claimed::FromDead) => {
+                    // A dead owner may have left blocks. Its share of the
+                    // accounting stays: those allocations and frees happened.
+                    self.flush(slot);
+                    return Some(index);
+                }
+                Some(Claimed::Fresh) => return Some(index),
+                None => {}
+            }
+        }
+        None
+    }
+
+    /// Gives a slot's cached blocks back to the pages and frees the slot,
+    /// if `expected` still holds it.
+    fn release_slot_from(&self, slot: &Slot, expected: u64) -> bool {
+        if !slot_owner::begin_release(&slot.owner, expected, std::process::id()) {
+            return false; // taken over meanwhile
+        }
+        self.flush(slot);
+        slot_owner::finish_release(&slot.owner);
+        true
+    }
+
+    fn release_slot(&self, index: u32, owner: u64) {
+        if let Some(slot) = self.slot(index) {
+            self.release_slot_from(slot, owner);
+        }
+    }
+
+    fn cache_state(&self) -> &CacheState {
+        // SAFETY: checked at construction; atomics in the segment, which
+        // lives as long as `self`.
+        unsafe { self.cache_state.as_ref() }
+    }
+
+    /// Raises the sampled peak to `bytes` if it is higher.
+    fn raise_peak(&self, bytes: u64) {
+        let peak = &self.cache_state().peak;
+        if bytes > peak.load(Ordering::Relaxed) {
+            peak.fetch_max(bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// (requested bytes, live blocks): the shared counters plus every slot's
+    /// share.
+    fn totals(&self) -> (u64, u64) {
+        let (bytes, live, _) = self.core.counters().snapshot();
+        self.all_slots()
+            .fold((bytes, live), |(bytes, live), (_, slot)| {
+                (
+                    bytes.wrapping_add(slot.bytes.load(Ordering::Relaxed)),
+                    live.wrapping_add(slot.live.load(Ordering::Relaxed)),
+                )
+            })
+    }
+
+    /// Counts an allocation in the calling thread's slot (plain stores), or
+    /// in the shared counters for a thread without one.
+    #[inline]
+    fn count_allocation(&self, slot: Option<&Slot>, requested: u64) {
+        match slot {
+            Some(slot) => {
+                Slot::owner_add(&slot.bytes, requested);
+                Slot::owner_add(&slot.live, 1);
+                if Slot::owner_add(&slot.allocations, 1) % PEAK_SAMPLE == 0 {
+                    self.raise_peak(self.totals().0);
+                }
+            }
+            None => {
+                // Rare (more threads than slots): sample the peak every time.
+                self.core.counters().on_allocate(requested);
+                self.raise_peak(self.totals().0);
+            }
+        }
+    }
+
+    /// Counts a free like [`count_allocation`](Self::count_allocation).
+    #[inline]
+    fn count_free(&self, slot: Option<&Slot>, requested: u64) {
+        match slot {
+            Some(slot) => {
+                Slot::owner_add(&slot.bytes, requested.wrapping_neg());
+                Slot::owner_add(&slot.live, 1u64.wrapping_neg());
+            }
+            None => self.core.counters().on_free(requested),
+        }
+    }
+
+    /// Hands out the newest valid block of the calling thread's magazine of
+    /// `class`. An entry whose block no longer carries its key (a copy
+    /// another thread handed out, a torn push, corruption) is dropped.
+    #[inline]
+    fn pop_cached(&self, slot: &Slot, class: usize, requested: u64) -> Option<u64> {
         let magazine = slot.magazines.get(class)?;
-        // Only the owner thread runs this, and nobody releases or takes over
-        // a slot whose owner is alive: no lock is needed.
-        (slot.owner.load(Ordering::Relaxed) == owner).then(|| work(magazine))
+        let mut count = (magazine.count.load(Ordering::Relaxed) as usize).min(MAGAZINE);
+        while count > 0 {
+            count -= 1;
+            let item = magazine.items[count].load(Ordering::Relaxed);
+            magazine.count.store(count as u64, Ordering::Relaxed);
+            let offset = entry_offset(item);
+            let Some(word) = self.core.heap_word(offset) else {
+                continue;
+            };
+            if word.load(Ordering::Relaxed) != self.key(offset) {
+                continue;
+            }
+            if entry_requested(item) != requested {
+                // A new size to record in the page's metadata.
+                let Some(block) = self.cached_block(offset, class) else {
+                    continue;
+                };
+                self.core.set_requested(&block, requested);
+            }
+            word.store(0, Ordering::Relaxed);
+            return Some(offset);
+        }
+        None
+    }
+
+    /// Caches a block the caller just took from its user (false if its
+    /// entry cannot be encoded); a full magazine first gives its newer half
+    /// back to the pages (never leaving an entry in two places, so a crash
+    /// midway loses nothing but that half-step).
+    #[inline]
+    fn push_cached(&self, slot: &Slot, block: &SmallBlock, offset: u64, requested: u64) -> bool {
+        let (Some(magazine), Some(item)) =
+            (slot.magazines.get(block.class), entry(offset, requested))
+        else {
+            return false;
+        };
+        let mut count = (magazine.count.load(Ordering::Relaxed) as usize).min(MAGAZINE);
+        if count == MAGAZINE {
+            for old in &magazine.items[MAGAZINE / 2..] {
+                self.give_back(entry_offset(old.load(Ordering::Relaxed)), block.class);
+            }
+            count = MAGAZINE / 2;
+        }
+        self.core
+            .first_word(block)
+            .store(self.key(offset), Ordering::Relaxed);
+        magazine.items[count].store(item, Ordering::Relaxed);
+        magazine.count.store(count as u64 + 1, Ordering::Release);
+        true
     }
 }
 
@@ -408,11 +629,8 @@ impl ThreadLocalAllocator {
     pub fn cache_usage(&self) -> (usize, u64) {
         let mut slots = 0;
         let mut blocks = 0;
-        for index in 0..SLOTS as u32 {
-            let Some(slot) = self.inner.slot(index) else {
-                break;
-            };
-            if slot.owner.load(Ordering::Acquire) != 0 {
+        for (_, slot) in self.inner.all_slots() {
+            if slot.owner.load(Ordering::Acquire) != slot_owner::FREE {
                 slots += 1;
             }
             for magazine in &slot.magazines {
@@ -426,140 +644,69 @@ impl ThreadLocalAllocator {
     /// blocks back; returns how many. (Claimers do this as they meet such
     /// slots; this is the explicit recovery pass.)
     pub fn reclaim_dead_slots(&self) -> usize {
-        let mut reclaimed = 0;
-        for index in 0..SLOTS as u32 {
-            let Some(slot) = self.inner.slot(index) else {
-                break;
-            };
-            let current = slot.owner.load(Ordering::Acquire);
-            let pid = (current >> 32) as u32;
-            if current == 0 || pid == std::process::id() || process_alive(pid) {
-                continue;
-            }
-            // Take it over as a releaser, flush, and free it.
-            if slot
-                .owner
-                .compare_exchange(
-                    current,
-                    releasing_word(),
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-            {
-                self.inner.flush(slot);
-                slot.owner.store(0, Ordering::Release);
-                reclaimed += 1;
-            }
-        }
-        reclaimed
+        self.inner
+            .all_slots()
+            .filter(|(_, slot)| {
+                let current = slot.owner.load(Ordering::Acquire);
+                current != slot_owner::FREE
+                    && is_dead(slot_owner::pid_of(current))
+                    && self.inner.release_slot_from(slot, current)
+            })
+            .count()
     }
 
-    /// The calling thread's slot in this view: (slot, owner word), claimed
-    /// on first use; `None` past the bound on slots or during thread exit.
+    /// The calling thread's slot in this view, claimed on first use; `None`
+    /// past the bound on slots or during thread exit.
+    #[inline]
+    fn my_slot(&self, ctx: &MemContext) -> Option<&Slot> {
+        let inner = &*self.inner;
+        let mut last = LAST.with(Cell::get);
+        if last.view != inner.view {
+            let (slot, owner) = self.slot_for(ctx)?;
+            last = LastSlot {
+                view: inner.view,
+                slot,
+                owner,
+            };
+            LAST.with(|cell| cell.set(last));
+        }
+        let slot = inner.slot(last.slot)?;
+        // Ours unless something took it (which a live owner never allows):
+        // then run uncached rather than share it.
+        (slot.owner.load(Ordering::Relaxed) == last.owner).then_some(slot)
+    }
+
+    /// The slow lookup behind [`my_slot`](Self::my_slot): (slot or
+    /// `NO_SLOT`, owner word) from the thread's list, claiming a slot the
+    /// first time.
     fn slot_for(&self, ctx: &MemContext) -> Option<(u32, u64)> {
         let inner = &self.inner;
         HELD.try_with(|held| {
             let mut held = held.try_borrow_mut().ok()?;
             if let Some(found) = held.0.iter().find(|h| h.view == inner.view) {
-                return (found.slot != NO_SLOT).then_some((found.slot, found.owner));
+                return Some((found.slot, found.owner));
             }
             let hint = ctx.thread.unwrap_or_else(current_thread_index);
             let owner = new_owner();
-            let slot = inner.claim_slot(hint, owner);
+            let slot = inner.claim_slot(hint, owner).unwrap_or(NO_SLOT);
             held.0.retain(|h| h.inner.strong_count() > 0);
             held.0.push(HeldSlot {
                 view: inner.view,
                 inner: Arc::downgrade(inner),
-                slot: slot.unwrap_or(NO_SLOT),
+                slot,
                 owner,
             });
-            let slot = slot?;
-            inner
-                .claimed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((slot, owner));
+            if slot != NO_SLOT {
+                inner
+                    .claimed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((slot, owner));
+            }
             Some((slot, owner))
         })
         .ok()
         .flatten()
-    }
-
-    /// Counts an allocation in the calling thread's slot (plain stores), or
-    /// in the shared counters for a thread without one.
-    #[inline]
-    fn count_allocation(&self, ctx: &MemContext, requested: u64) {
-        match self
-            .slot_for(ctx)
-            .and_then(|(index, _)| self.inner.slot(index))
-        {
-            Some(slot) => {
-                Slot::owner_add(&slot.bytes, requested);
-                Slot::owner_add(&slot.live, 1);
-                if Slot::owner_add(&slot.allocations, 1) % PEAK_SAMPLE == 0 {
-                    let (bytes, _) = self.inner.totals();
-                    self.inner.raise_peak(bytes);
-                }
-            }
-            None => {
-                // Rare (more threads than slots): sample the peak every time.
-                self.inner.core.counters().on_allocate(requested);
-                let (bytes, _) = self.inner.totals();
-                self.inner.raise_peak(bytes);
-            }
-        }
-    }
-
-    /// Counts a free like [`count_allocation`](Self::count_allocation).
-    #[inline]
-    fn count_free(&self, ctx: &MemContext, requested: u64) {
-        match self
-            .slot_for(ctx)
-            .and_then(|(index, _)| self.inner.slot(index))
-        {
-            Some(slot) => {
-                Slot::owner_add(&slot.bytes, requested.wrapping_neg());
-                Slot::owner_add(&slot.live, 1u64.wrapping_neg());
-            }
-            None => self.inner.core.counters().on_free(requested),
-        }
-    }
-
-    fn cached_allocate(&self, ctx: &MemContext, class: usize, requested: u64) -> Option<u64> {
-        let (slot, owner) = self.slot_for(ctx)?;
-        let core = &self.inner.core;
-        self.inner
-            .with_magazine(slot, owner, class, |magazine| {
-                let mut count = (magazine.count.load(Ordering::Relaxed) as usize).min(MAGAZINE);
-                while count > 0 {
-                    count -= 1;
-                    let offset = magazine.items[count].load(Ordering::Relaxed);
-                    magazine.count.store(count as u64, Ordering::Relaxed);
-                    if core.reuse_cached(offset, class, requested) {
-                        return Some(offset);
-                    }
-                }
-                None
-            })
-            .flatten()
-    }
-
-    fn cache_push(&self, ctx: &MemContext, class: usize, offset: u64) -> bool {
-        let Some((slot, owner)) = self.slot_for(ctx) else {
-            return false;
-        };
-        self.inner
-            .with_magazine(slot, owner, class, |magazine| {
-                let count = magazine.count.load(Ordering::Relaxed) as usize;
-                if count >= MAGAZINE {
-                    return false;
-                }
-                magazine.items[count].store(offset, Ordering::Relaxed);
-                magazine.count.store(count as u64 + 1, Ordering::Release);
-                true
-            })
-            .unwrap_or(false)
     }
 }
 
@@ -568,46 +715,70 @@ impl ShmAllocator for ThreadLocalAllocator {
         AllocatorKind::ThreadLocal
     }
 
+    #[inline]
     fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
-        let core = &self.inner.core;
+        let inner = &*self.inner;
         let align = power_of_two_align(align, self.segment().max_align())?;
         let requested = size as u64;
-        let cached = class_for(requested.max(1), align as u64)
-            .filter(|&class| class < CACHED_CLASSES)
-            .and_then(|class| self.cached_allocate(ctx, class, requested));
+        let slot = self.my_slot(ctx);
+        let cached = match (slot, class_for(requested.max(1), align as u64)) {
+            (Some(slot), Some(class)) if class < CACHED_CLASSES => {
+                inner.pop_cached(slot, class, requested)
+            }
+            _ => None,
+        };
         let offset = match cached {
             Some(offset) => offset,
-            None => core.alloc_block(size, align)?,
+            None => inner.core.alloc_block(size, align)?,
         };
-        self.count_allocation(ctx, requested);
+        inner.count_allocation(slot, requested);
         Ok(offset)
     }
 
+    #[inline]
     fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
-        let core = &self.inner.core;
-        let requested = match core.take_for_free(offset)? {
+        let inner = &*self.inner;
+        let slot = self.my_slot(ctx);
+        if let Some(block) = inner.core.small_block_at(offset) {
+            let requested = inner
+                .core
+                .requested_of(&block)
+                .ok_or(Error::InvalidFree { offset })?;
+            if inner.core.first_word(&block).load(Ordering::Relaxed) == inner.key(offset)
+                && inner.in_some_magazine(offset, block.class)
+            {
+                return Err(Error::InvalidFree { offset });
+            }
+            if let Some(slot) = slot.filter(|_| block.class < CACHED_CLASSES) {
+                if inner.push_cached(slot, &block, offset, requested) {
+                    inner.count_free(Some(slot), requested);
+                    return Ok(());
+                }
+            }
+        }
+        let requested = match inner.core.take_for_free(offset)? {
             Freed::Small {
                 page,
                 class,
                 index,
                 requested,
             } => {
-                if class >= CACHED_CLASSES || !self.cache_push(ctx, class, offset) {
-                    core.release_small(page, class, index)?;
-                }
+                inner.core.release_small(page, class, index)?;
                 requested
             }
             Freed::Large { requested } => requested,
         };
-        self.count_free(ctx, requested);
+        inner.count_free(slot, requested);
         Ok(())
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {
+        self.inner.refuse_cached(offset)?;
         self.inner.core.usable_size(offset)
     }
 
     fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
+        self.inner.refuse_cached(offset)?;
         self.inner.core.full_ptr(offset)
     }
 
@@ -616,20 +787,19 @@ impl ShmAllocator for ThreadLocalAllocator {
     }
 
     fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        self.inner.refuse_cached(offset)?;
         self.inner.core.resize_in_place(ctx, offset, new_size)
     }
 
     fn stats(&self) -> AllocStats {
-        let mut stats = self.inner.core.stats();
-        let (bytes, live) = self.inner.totals();
+        let inner = &*self.inner;
+        let mut stats = inner.core.stats();
+        let (bytes, live) = inner.totals();
         stats.allocated_bytes = bytes;
         stats.live_allocations = live;
-        self.inner.raise_peak(bytes);
-        stats.peak_bytes = self.inner.sampled_peak().max(bytes);
-        for index in 0..SLOTS as u32 {
-            let Some(slot) = self.inner.slot(index) else {
-                break;
-            };
+        inner.raise_peak(bytes);
+        stats.peak_bytes = inner.cache_state().peak.load(Ordering::Relaxed).max(bytes);
+        for (_, slot) in inner.all_slots() {
             for (class, magazine) in slot.magazines.iter().enumerate() {
                 let count = magazine.count.load(Ordering::Acquire).min(MAGAZINE as u64);
                 stats.free_bytes += count * class_block_size(class);
@@ -639,42 +809,55 @@ impl ShmAllocator for ThreadLocalAllocator {
     }
 
     fn check(&self) -> Result<()> {
-        let core = &self.inner.core;
-        let (live, bytes, cached) = core.check_parts()?;
-        let mut in_magazines = 0u64;
-        for index in 0..SLOTS as u32 {
-            let Some(slot) = self.inner.slot(index) else {
-                break;
-            };
+        let inner = &*self.inner;
+        let core = &inner.core;
+        let (live, bytes, marked) = core.check_parts()?;
+        if marked != 0 {
+            return Err(Error::corrupt(format!(
+                "{marked} blocks are marked free but still held"
+            )));
+        }
+        let mut seen = HashSet::new();
+        let mut cached_bytes = 0u64;
+        for (index, slot) in inner.all_slots() {
             let owner = slot.owner.load(Ordering::Acquire);
             for (class, magazine) in slot.magazines.iter().enumerate() {
                 let count = magazine.count.load(Ordering::Acquire);
-                if count > MAGAZINE as u64 || (owner == 0 && count != 0) {
+                if count > MAGAZINE as u64 || (owner == slot_owner::FREE && count != 0) {
                     return Err(Error::corrupt(format!(
                         "slot {index} (owner {owner:#x}) class {class}: {count} cached"
                     )));
                 }
                 for item in &magazine.items[..count as usize] {
-                    let offset = item.load(Ordering::Relaxed);
-                    if core.cached_block(offset, class).is_none() {
-                        return Err(Error::corrupt(format!(
+                    let item = item.load(Ordering::Relaxed);
+                    let offset = entry_offset(item);
+                    let block = inner.cached_block(offset, class).ok_or_else(|| {
+                        Error::corrupt(format!(
                             "slot {index} class {class} caches {offset}, not a cached block"
+                        ))
+                    })?;
+                    if !seen.insert(offset) {
+                        return Err(Error::corrupt(format!("block {offset} is cached twice")));
+                    }
+                    let requested = core.requested_of(&block).unwrap_or(0);
+                    if requested != entry_requested(item) {
+                        return Err(Error::corrupt(format!(
+                            "block {offset} is cached as {} bytes, its page says {requested}",
+                            entry_requested(item)
                         )));
                     }
+                    cached_bytes += requested;
                 }
-                in_magazines += count;
             }
         }
-        if in_magazines != cached {
+        let (counted_bytes, counted_live) = inner.totals();
+        let cached = seen.len() as u64;
+        if counted_live.wrapping_add(cached) != live
+            || counted_bytes.wrapping_add(cached_bytes) != bytes
+        {
             return Err(Error::corrupt(format!(
-                "{cached} blocks marked cached, {in_magazines} in magazines"
-            )));
-        }
-        let (counted_bytes, counted_live) = self.inner.totals();
-        if counted_live != live || counted_bytes != bytes {
-            return Err(Error::corrupt(format!(
-                "counters say {counted_live} blocks / {counted_bytes} bytes, pages hold \
-                 {live} / {bytes}"
+                "counters say {counted_live} blocks / {counted_bytes} bytes and caches hold \
+                 {cached} / {cached_bytes}, but pages hold {live} / {bytes}"
             )));
         }
         Ok(())
@@ -682,3 +865,51 @@ impl ShmAllocator for ThreadLocalAllocator {
 }
 
 impl_allocator_api2!(ThreadLocalAllocator);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SegmentOptions;
+
+    fn heap() -> ThreadLocalAllocator {
+        ThreadLocalAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap()
+    }
+
+    #[test]
+    fn user_bytes_equal_to_the_cache_key_are_not_a_double_free() {
+        let heap = heap();
+        let block = heap.allocate(64).unwrap();
+        let offset = block.offset().raw();
+        // The user happens to store exactly the key: the free must search
+        // the magazines, find nothing, and succeed.
+        // SAFETY: a live 64-byte block of ours.
+        unsafe { (block.as_ptr() as *mut u64).write(heap.inner.key(offset)) };
+        heap.free(block).unwrap();
+        assert!(matches!(heap.free(block), Err(Error::InvalidFree { .. })));
+        heap.check().unwrap();
+    }
+
+    #[test]
+    fn a_copy_of_an_entry_is_dropped_once_the_block_was_handed_out() {
+        let heap = heap();
+        let first = heap.allocate(64).unwrap();
+        let second = heap.allocate(64).unwrap();
+        heap.free(first).unwrap();
+        heap.free(second).unwrap();
+        // Forge what two racing frees of `second` leave: a second copy of
+        // its entry, below the first.
+        let slot = heap.my_slot(&MemContext::default()).unwrap();
+        let class = class_for(64, 8).unwrap();
+        let magazine = &slot.magazines[class];
+        assert_eq!(magazine.count.load(Ordering::Relaxed), 2);
+        let copy = magazine.items[1].load(Ordering::Relaxed);
+        magazine.items[0].store(copy, Ordering::Relaxed);
+        // The first pop hands `second` out and clears its key; the copy is
+        // then refused and the magazine runs dry instead of repeating it.
+        let again = heap.allocate(64).unwrap();
+        assert_eq!(again.offset(), second.offset());
+        let other = heap.allocate(64).unwrap();
+        assert_ne!(other.offset(), second.offset());
+        assert_eq!(magazine.count.load(Ordering::Relaxed), 0);
+    }
+}
