@@ -535,3 +535,41 @@ fn more_threads_than_slots_fall_back_to_the_shared_pages() {
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
     heap.check().unwrap();
 }
+
+#[test]
+fn a_forked_child_claims_its_own_slot_and_leaves_the_parents_alone() {
+    let (options, _cleanup) = fresh_shm("tl-fork");
+    let heap = ThreadLocalAllocator::create(&options.size(4 << 20)).unwrap();
+    let cached = heap.allocate(64).unwrap();
+    heap.free(cached).unwrap(); // now in this thread's magazine
+                                // SAFETY: the child only allocates, frees and checks through the
+                                // allocator (whose locks no other thread holds), then leaves with _exit.
+    let child = unsafe { libc::fork() };
+    assert!(child >= 0, "fork failed");
+    if child == 0 {
+        // The parent's cached block must not come out of the child's
+        // allocate: the child has a slot of its own.
+        let code = match heap.allocate(64) {
+            Ok(block) if block.offset() != cached.offset() => {
+                i32::from(heap.free(block).is_err() || heap.check().is_err())
+            }
+            _ => 2,
+        };
+        // SAFETY: leave without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status), "child status {status:#x}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "the child used the parent's slot"
+    );
+    // The parent's cache is intact; the dead child's slot is reclaimed.
+    assert_eq!(heap.allocate(64).unwrap().offset(), cached.offset());
+    assert_eq!(heap.reclaim_dead_slots(), 1);
+    heap.free(cached).unwrap();
+    heap.check().unwrap();
+}

@@ -248,6 +248,20 @@ impl BumpAllocator {
     /// that no scope is open; across processes it is the caller's protocol
     /// (for example: reset only after the workers that shared it have exited).
     pub fn reset(&mut self) {
+        // SAFETY: `&mut self` rules out scopes and blocks of this view.
+        unsafe { self.reset_shared() }
+    }
+
+    /// [`reset`](Self::reset) through a shared reference, for bindings that
+    /// never hold a reference into a block across calls (every access goes
+    /// through an offset checked again at use).
+    ///
+    /// # Safety
+    ///
+    /// No reference into a block of this allocator, and no open
+    /// [`Scope`] or [`LocalBump`], may be used after the call; the
+    /// quiescence rule of [`reset`](Self::reset) applies across processes.
+    pub unsafe fn reset_shared(&self) {
         self.cursor_cell()
             .store(self.segment.data_offset(), Ordering::Release);
     }

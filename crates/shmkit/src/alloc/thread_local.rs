@@ -64,6 +64,7 @@ use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::{process_alive, Segment};
+use crate::sync::pid::cached_pid;
 use crate::sync::slot_owner::{self, Claimed};
 
 /// Thread slots in a segment.
@@ -320,9 +321,10 @@ impl Drop for Held {
     fn drop(&mut self) {
         // The fast lookup must not name a slot that is about to be freed.
         LAST.with(|last| last.set(LastSlot::NONE));
+        let pid = cached_pid();
         for held in self.0.drain(..) {
-            if held.slot == NO_SLOT {
-                continue;
+            if held.slot == NO_SLOT || slot_owner::pid_of(held.owner) != pid {
+                continue; // no slot, or a forked parent's
             }
             if let Some(inner) = held.inner.upgrade() {
                 inner.release_slot(held.slot, held.owner);
@@ -335,11 +337,14 @@ impl Drop for Held {
 
 /// The slot of the view this thread used last: one compare on the fast
 /// path instead of a search of [`Held`].
+/// Its `pid` tells a forked child (which inherits this thread-local) that
+/// the slot is its parent's, never to be used or released by the child.
 #[derive(Clone, Copy)]
 struct LastSlot {
     view: u64,
     slot: u32,
     owner: u64,
+    pid: u32,
 }
 
 impl LastSlot {
@@ -348,6 +353,7 @@ impl LastSlot {
         view: 0,
         slot: NO_SLOT,
         owner: 0,
+        pid: 0,
     };
 }
 
@@ -366,12 +372,12 @@ fn new_owner() -> u64 {
             break token;
         }
     };
-    slot_owner::owner_value(std::process::id(), token)
+    slot_owner::owner_value(cached_pid(), token)
 }
 
 /// Whether `pid` (another process than ours) is gone.
 fn is_dead(pid: u32) -> bool {
-    pid != std::process::id() && !process_alive(pid)
+    pid != cached_pid() && !process_alive(pid)
 }
 
 impl Inner {
@@ -476,7 +482,7 @@ impl Inner {
     /// Gives a slot's cached blocks back to the pages and frees the slot,
     /// if `expected` still holds it.
     fn release_slot_from(&self, slot: &Slot, expected: u64) -> bool {
-        if !slot_owner::begin_release(&slot.owner, expected, std::process::id()) {
+        if !slot_owner::begin_release(&slot.owner, expected, cached_pid()) {
             return false; // taken over meanwhile
         }
         self.flush(slot);
@@ -610,8 +616,13 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let claimed = std::mem::take(&mut *self.claimed.lock().unwrap_or_else(|e| e.into_inner()));
+        let pid = cached_pid();
+        // A forked child inherits its parent's list; those slots stay the
+        // parent's.
         for (slot, owner) in claimed {
-            self.release_slot(slot, owner);
+            if slot_owner::pid_of(owner) == pid {
+                self.release_slot(slot, owner);
+            }
         }
     }
 }
@@ -661,12 +672,14 @@ impl ThreadLocalAllocator {
     fn my_slot(&self, ctx: &MemContext) -> Option<&Slot> {
         let inner = &*self.inner;
         let mut last = LAST.with(Cell::get);
-        if last.view != inner.view {
+        let pid = cached_pid();
+        if last.view != inner.view || last.pid != pid {
             let (slot, owner) = self.slot_for(ctx)?;
             last = LastSlot {
                 view: inner.view,
                 slot,
                 owner,
+                pid,
             };
             LAST.with(|cell| cell.set(last));
         }
@@ -683,6 +696,9 @@ impl ThreadLocalAllocator {
         let inner = &self.inner;
         HELD.try_with(|held| {
             let mut held = held.try_borrow_mut().ok()?;
+            // After a fork, the slots listed are the parent's: forget them.
+            let pid = cached_pid();
+            held.0.retain(|h| slot_owner::pid_of(h.owner) == pid);
             if let Some(found) = held.0.iter().find(|h| h.view == inner.view) {
                 return Some((found.slot, found.owner));
             }

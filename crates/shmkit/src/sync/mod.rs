@@ -5,6 +5,8 @@
 //! the `loom` model checks (on `loom` atomics) execute the same lines.
 
 pub(crate) mod cursor;
+/// The cached process id, reset in a forked child.
+pub(crate) mod pid;
 pub(crate) mod robust_lock;
 /// The owner word of a per-thread slot: claim, release, take over the dead.
 pub(crate) mod slot_owner;

@@ -6,8 +6,7 @@
 //! step. Nobody waits forever: a lock that stays busy past the caller's
 //! patience is an error.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -122,31 +121,8 @@ impl RobustLock {
 
 /// This thread's lock token.
 fn own_token() -> u64 {
-    (u64::from(cached_pid()) << 32) | (u64::from(crate::alloc::current_thread_index()) + 1)
-}
-
-static PID: AtomicU32 = AtomicU32::new(0);
-
-extern "C" fn forget_pid_in_child() {
-    PID.store(0, Ordering::Relaxed);
-}
-
-/// The process id without a system call per lock; a forked child (which has
-/// a new pid) drops the cached value through a `pthread_atfork` hook.
-fn cached_pid() -> u32 {
-    static HOOK: Once = Once::new();
-    let pid = PID.load(Ordering::Relaxed);
-    if pid != 0 {
-        return pid;
-    }
-    HOOK.call_once(|| {
-        // SAFETY: registers a plain function with no captured state; it
-        // only stores to an atomic, which is async-signal-safe.
-        unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
-    });
-    let pid = std::process::id();
-    PID.store(pid, Ordering::Relaxed);
-    pid
+    (u64::from(super::pid::cached_pid()) << 32)
+        | (u64::from(crate::alloc::current_thread_index()) + 1)
 }
 
 #[cfg(test)]
