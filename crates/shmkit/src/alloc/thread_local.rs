@@ -23,9 +23,11 @@
 //!   data that happens to equal the key costs that search, never a wrong
 //!   answer.) Two frees of one block at the same instant by two threads are
 //!   a race the fast path does not arbitrate, as in other thread-caching
-//!   allocators; the block then sits in two magazines, and the first
-//!   thread to hand it out again clears its key, so the second drops its
-//!   copy instead of handing it out, unless those two reuses race as well.
+//!   allocators: the block then sits in two magazines, and while the first
+//!   copy to be used clears the key (so the other is dropped when it is
+//!   met), a later free of the block sets the key again and revives the
+//!   stale copy. A racing double free is a bug that can hand a block out
+//!   twice later; use the size-class allocator where it must be caught.
 //! * **Allocate** pops the magazine of its class, checks the entry is still
 //!   a cached block of that class (its key), clears the key and records the
 //!   requested size (only if it changed); an empty magazine falls through
@@ -44,10 +46,11 @@
 //! * **More threads than slots**: the extra threads use the uncached
 //!   size-class allocator directly (correct, just slower); no error.
 //!
-//! A process killed in the middle of a magazine push or pop can lose that
-//! one block (it stays in use at page level and is counted by no magazine,
-//! which `check` reports); every entry is validated before it is handed out
-//! or given back, so nothing is ever handed out twice.
+//! A process killed in the middle of a free or an allocation can lose that
+//! one block (in use at page level, in no magazine) or leave its slot's
+//! count off by that one operation, which `check` then reports. Entries
+//! leave a magazine before their blocks go back to the pages, so a killed
+//! releaser never leaves an entry for a block that may be someone else's.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
@@ -395,10 +398,12 @@ impl Inner {
         (0..SLOTS as u32).filter_map(|index| Some((index, self.slot(index)?)))
     }
 
-    /// The key a cached block at `offset` carries in its first word.
+    /// The key a cached block of `class` at `offset` carries in its first
+    /// word (the class too: a page retired and reused for another class can
+    /// have a block at the same offset).
     #[inline]
-    fn key(&self, offset: u64) -> u64 {
-        self.secret ^ offset.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    fn key(&self, offset: u64, class: usize) -> u64 {
+        self.secret ^ (offset ^ ((class as u64) << 56)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
     /// The block at `offset` if it is a cached block of `class` (in use at
@@ -407,7 +412,7 @@ impl Inner {
     fn cached_block(&self, offset: u64, class: usize) -> Option<SmallBlock> {
         let block = self.core.small_block_at(offset)?;
         (block.class == class
-            && self.core.first_word(&block).load(Ordering::Relaxed) == self.key(offset))
+            && self.core.first_word(&block).load(Ordering::Relaxed) == self.key(offset, class))
         .then_some(block)
     }
 
@@ -427,7 +432,8 @@ impl Inner {
     fn refuse_cached(&self, offset: u64) -> Result<()> {
         match self.core.small_block_at(offset) {
             Some(block)
-                if self.core.first_word(&block).load(Ordering::Relaxed) == self.key(offset)
+                if self.core.first_word(&block).load(Ordering::Relaxed)
+                    == self.key(offset, block.class)
                     && self.in_some_magazine(offset, block.class) =>
             {
                 Err(Error::InvalidFree { offset })
@@ -449,11 +455,17 @@ impl Inner {
     }
 
     /// Empties every magazine of a slot whose owner word we hold.
+    /// Each entry leaves the magazine (the count drops) before its block
+    /// goes back, so a releaser killed midway leaks at most one block and
+    /// never leaves an entry for a block that may be someone else's.
     fn flush(&self, slot: &Slot) {
         for (class, magazine) in slot.magazines.iter().enumerate() {
-            let count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
-            for item in &magazine.items[..count] {
-                self.give_back(entry_offset(item.load(Ordering::Relaxed)), class);
+            let mut count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
+            while count > 0 {
+                count -= 1;
+                let item = magazine.items[count].load(Ordering::Relaxed);
+                magazine.count.store(count as u64, Ordering::Release);
+                self.give_back(entry_offset(item), class);
             }
             magazine.count.store(0, Ordering::Release);
         }
@@ -570,7 +582,7 @@ impl Inner {
             let Some(word) = self.core.heap_word(offset) else {
                 continue;
             };
-            if word.load(Ordering::Relaxed) != self.key(offset) {
+            if word.load(Ordering::Relaxed) != self.key(offset, class) {
                 continue;
             }
             if entry_requested(item) != requested {
@@ -588,8 +600,7 @@ impl Inner {
 
     /// Caches a block the caller just took from its user (false if its
     /// entry cannot be encoded); a full magazine first gives its newer half
-    /// back to the pages (never leaving an entry in two places, so a crash
-    /// midway loses nothing but that half-step).
+    /// back to the pages.
     #[inline]
     fn push_cached(&self, slot: &Slot, block: &SmallBlock, offset: u64, requested: u64) -> bool {
         let (Some(magazine), Some(item)) =
@@ -599,14 +610,18 @@ impl Inner {
         };
         let mut count = (magazine.count.load(Ordering::Relaxed) as usize).min(MAGAZINE);
         if count == MAGAZINE {
-            for old in &magazine.items[MAGAZINE / 2..] {
-                self.give_back(entry_offset(old.load(Ordering::Relaxed)), block.class);
-            }
+            // Out of the magazine first, then back to the pages (see `flush`).
+            let spilled: [u64; MAGAZINE / 2] =
+                std::array::from_fn(|i| magazine.items[MAGAZINE / 2 + i].load(Ordering::Relaxed));
             count = MAGAZINE / 2;
+            magazine.count.store(count as u64, Ordering::Release);
+            for item in spilled {
+                self.give_back(entry_offset(item), block.class);
+            }
         }
         self.core
             .first_word(block)
-            .store(self.key(offset), Ordering::Relaxed);
+            .store(self.key(offset, block.class), Ordering::Relaxed);
         magazine.items[count].store(item, Ordering::Relaxed);
         magazine.count.store(count as u64 + 1, Ordering::Release);
         true
@@ -760,7 +775,8 @@ impl ShmAllocator for ThreadLocalAllocator {
                 .core
                 .requested_of(&block)
                 .ok_or(Error::InvalidFree { offset })?;
-            if inner.core.first_word(&block).load(Ordering::Relaxed) == inner.key(offset)
+            if inner.core.first_word(&block).load(Ordering::Relaxed)
+                == inner.key(offset, block.class)
                 && inner.in_some_magazine(offset, block.class)
             {
                 return Err(Error::InvalidFree { offset });
@@ -788,6 +804,10 @@ impl ShmAllocator for ThreadLocalAllocator {
         Ok(())
     }
 
+    // A freed (cached) block is refused here too. Telling it apart reads the
+    // block's first word, which its user may be writing: a relaxed load that
+    // sees either value is enough, since a live block only matches its key
+    // by accident and the magazine search then settles it.
     fn usable_size(&self, offset: u64) -> Result<usize> {
         self.inner.refuse_cached(offset)?;
         self.inner.core.usable_size(offset)
@@ -899,7 +919,9 @@ mod tests {
         // The user happens to store exactly the key: the free must search
         // the magazines, find nothing, and succeed.
         // SAFETY: a live 64-byte block of ours.
-        unsafe { (block.as_ptr() as *mut u64).write(heap.inner.key(offset)) };
+        unsafe {
+            (block.as_ptr() as *mut u64).write(heap.inner.key(offset, class_for(64, 8).unwrap()))
+        };
         heap.free(block).unwrap();
         assert!(matches!(heap.free(block), Err(Error::InvalidFree { .. })));
         heap.check().unwrap();

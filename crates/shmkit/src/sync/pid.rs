@@ -12,12 +12,18 @@ extern "C" fn forget_pid_in_child() {
 
 /// The process id without a system call per lock; a forked child (which has
 /// a new pid) drops the cached value through a `pthread_atfork` hook.
+#[inline]
 pub(crate) fn cached_pid() -> u32 {
-    static HOOK: Once = Once::new();
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
         return pid;
     }
+    learn_pid()
+}
+
+#[cold]
+fn learn_pid() -> u32 {
+    static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         // SAFETY: registers a plain function with no captured state; it
         // only stores to an atomic, which is async-signal-safe.
