@@ -1,0 +1,34 @@
+"""Shared fixtures: a fresh segment name per test, removed afterwards."""
+
+import os
+import uuid
+
+import pytest
+
+import shmkit
+
+KINDS = {
+    "bump": lambda name, **kw: shmkit.BumpAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+    "stack": lambda name, **kw: shmkit.StackAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+    "free_list": lambda name, **kw: shmkit.FreeListAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+    "slab": lambda name, **kw: shmkit.SlabAllocator(name, slab_size=kw.get("slab_size", 256), num_slabs=kw.get("num_slabs", 4096)),
+    "buddy": lambda name, **kw: shmkit.BuddyAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+    "size_class": lambda name, **kw: shmkit.SizeClassAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+    "thread_local": lambda name, **kw: shmkit.ThreadLocalAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+}
+
+# Allocators that free single blocks in any order.
+FREEING = ["free_list", "slab", "buddy", "size_class", "thread_local"]
+
+
+def shm_exists(name):
+    return os.path.exists(f"/dev/shm/{name}")
+
+
+@pytest.fixture
+def name():
+    """A fresh shared-memory name, unlinked after the test if still there."""
+    fresh = f"shmkit-py-test-{uuid.uuid4().hex[:12]}"
+    yield fresh
+    if shm_exists(fresh):
+        os.unlink(f"/dev/shm/{fresh}")
