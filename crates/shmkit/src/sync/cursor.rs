@@ -6,33 +6,7 @@
 //! ranges because each range is claimed by a single successful CAS from the
 //! value the range starts above.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// An atomic 64-bit cell the cursor algorithm can run on.
-pub(crate) trait CursorCell {
-    fn load_acquire(&self) -> u64;
-    /// Strong compare-and-swap, acquire-release on success.
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64>;
-    /// Weak compare-and-swap (may fail spuriously), for loops.
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
-}
-
-impl CursorCell for AtomicU64 {
-    #[inline]
-    fn load_acquire(&self) -> u64 {
-        self.load(Ordering::Acquire)
-    }
-
-    #[inline]
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, Ordering::AcqRel, Ordering::Acquire)
-    }
-
-    #[inline]
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
-    }
-}
+use super::atomic_word::AtomicWord;
 
 /// Why a bump did not happen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,7 +59,7 @@ fn place(
 ///
 /// `end` is re-read on every attempt because a segment may grow meanwhile.
 #[inline(always)]
-pub(crate) fn bump<C: CursorCell>(
+pub(crate) fn bump<C: AtomicWord>(
     cursor: &C,
     size: u64,
     align: u64,
@@ -105,7 +79,7 @@ pub(crate) fn bump<C: CursorCell>(
 /// One attempt to claim `size` bytes exactly at `expected` (for scopes that
 /// must stay contiguous); fails with `Moved` if anyone else moved the cursor.
 #[inline]
-pub(crate) fn bump_at<C: CursorCell>(
+pub(crate) fn bump_at<C: AtomicWord>(
     cursor: &C,
     expected: u64,
     size: u64,
@@ -122,7 +96,7 @@ pub(crate) fn bump_at<C: CursorCell>(
 /// Moves the cursor from `expected` back to `mark`; fails (changing nothing)
 /// if anyone allocated after `expected`.
 #[inline]
-pub(crate) fn rewind<C: CursorCell>(cursor: &C, expected: u64, mark: u64) -> bool {
+pub(crate) fn rewind<C: AtomicWord>(cursor: &C, expected: u64, mark: u64) -> bool {
     cursor.compare_exchange(expected, mark).is_ok()
 }
 
@@ -131,32 +105,8 @@ mod loom_models {
     //! Model checks of the cursor under every interleaving `loom` explores.
 
     use super::*;
-    use loom::sync::atomic::AtomicU64 as LoomU64;
+    use crate::sync::atomic_word::LoomWord;
     use loom::sync::Arc;
-
-    struct LoomCursor(LoomU64);
-
-    impl CursorCell for LoomCursor {
-        fn load_acquire(&self) -> u64 {
-            self.0.load(loom::sync::atomic::Ordering::Acquire)
-        }
-        fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-            self.0.compare_exchange(
-                current,
-                new,
-                loom::sync::atomic::Ordering::AcqRel,
-                loom::sync::atomic::Ordering::Acquire,
-            )
-        }
-        fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-            self.0.compare_exchange_weak(
-                current,
-                new,
-                loom::sync::atomic::Ordering::AcqRel,
-                loom::sync::atomic::Ordering::Acquire,
-            )
-        }
-    }
 
     fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
         a.0 < b.1 && b.0 < a.1
@@ -168,7 +118,7 @@ mod loom_models {
     #[test]
     fn concurrent_bumps_never_overlap() {
         loom::model(|| {
-            let cursor = Arc::new(LoomCursor(LoomU64::new(16)));
+            let cursor = Arc::new(LoomWord::new(16));
             let requests = [(24u64, 8u64), (10, 16), (7, 3)];
             let handles: Vec<_> = requests
                 .iter()
@@ -201,7 +151,7 @@ mod loom_models {
     #[test]
     fn a_failed_bump_consumes_nothing() {
         loom::model(|| {
-            let cursor = Arc::new(LoomCursor(LoomU64::new(0)));
+            let cursor = Arc::new(LoomWord::new(0));
             let handles: Vec<_> = (0..2)
                 .map(|_| {
                     let cursor = cursor.clone();
@@ -223,7 +173,7 @@ mod loom_models {
     fn rewind_never_frees_a_concurrent_allocation() {
         loom::model(|| {
             // A scope took mark 0 and allocated [0, 32).
-            let cursor = Arc::new(LoomCursor(LoomU64::new(32)));
+            let cursor = Arc::new(LoomWord::new(32));
             let other = {
                 let cursor = cursor.clone();
                 loom::thread::spawn(move || bump(&*cursor, 16, 8, 0, || 1024).expect("fits"))

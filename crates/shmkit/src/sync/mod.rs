@@ -4,6 +4,8 @@
 //! run on, so that the production code (on `std` atomics in a segment) and
 //! the `loom` model checks (on `loom` atomics) execute the same lines.
 
+/// The atomic word the algorithms run on, in a segment or under loom.
+pub(crate) mod atomic_word;
 pub(crate) mod cursor;
 /// The cached process id, reset in a forked child.
 pub(crate) mod pid;

@@ -18,7 +18,7 @@
 //! guarantees that the compare-and-swap that would install it fails; the
 //! read itself goes through an atomic of the link's width.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use super::atomic_word::AtomicWord;
 
 /// The index that means "no slot": the empty stack, the end of the links.
 pub(crate) const EMPTY: u32 = u32::MAX;
@@ -38,26 +38,6 @@ pub(crate) fn unpack(word: u64) -> (u32, u32) {
 /// The head word of an empty stack.
 pub(crate) const EMPTY_HEAD: u64 = EMPTY as u64;
 
-/// An atomic 64-bit cell the stack's head can live in.
-pub(crate) trait HeadCell {
-    fn load_acquire(&self) -> u64;
-    /// Weak compare-and-swap (may fail spuriously), acquire-release on
-    /// success, acquire on failure.
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
-}
-
-impl HeadCell for AtomicU64 {
-    #[inline]
-    fn load_acquire(&self) -> u64 {
-        self.load(Ordering::Acquire)
-    }
-
-    #[inline]
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
-    }
-}
-
 /// Where the `next` links of the slots live.
 pub(crate) trait Links {
     /// The link stored in slot `index`, or `None` when `index` names no slot
@@ -69,7 +49,7 @@ pub(crate) trait Links {
 
 /// Pushes slot `index` (owned by the caller, already validated) on the stack.
 #[inline]
-pub(crate) fn push<C: HeadCell, L: Links>(head: &C, links: &L, index: u32) {
+pub(crate) fn push<C: AtomicWord, L: Links>(head: &C, links: &L, index: u32) {
     let mut current = head.load_acquire();
     loop {
         let (tag, top) = unpack(current);
@@ -92,7 +72,7 @@ pub(crate) enum PopError {
 
 /// Pops the top slot; `Ok(None)` when the stack is empty.
 #[inline]
-pub(crate) fn pop<C: HeadCell, L: Links>(head: &C, links: &L) -> Result<Option<u32>, PopError> {
+pub(crate) fn pop<C: AtomicWord, L: Links>(head: &C, links: &L) -> Result<Option<u32>, PopError> {
     let mut current = head.load_acquire();
     loop {
         let (tag, top) = unpack(current);
@@ -111,6 +91,7 @@ pub(crate) fn pop<C: HeadCell, L: Links>(head: &C, links: &L) -> Result<Option<u
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     struct Slots(Vec<AtomicU32>);
 
@@ -150,29 +131,23 @@ mod loom_models {
     //! with the classic ABA schedule among them.
 
     use super::*;
+    use crate::sync::atomic_word::LoomWord;
     use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64 as LoomU64, Ordering as O};
     use loom::sync::Arc;
-
-    /// The head on a loom atomic.
-    struct LoomHead(LoomU64);
-
-    impl HeadCell for LoomHead {
-        fn load_acquire(&self) -> u64 {
-            self.0.load(O::Acquire)
-        }
-        fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-            self.0
-                .compare_exchange_weak(current, new, O::AcqRel, O::Acquire)
-        }
-    }
 
     /// A head whose compare-and-swap ignores the tag: the untagged stack,
     /// to show that the model catches ABA when the tag is missing.
     struct UntaggedHead(LoomU64);
 
-    impl HeadCell for UntaggedHead {
+    impl AtomicWord for UntaggedHead {
         fn load_acquire(&self) -> u64 {
             self.0.load(O::Acquire)
+        }
+        fn store_release(&self, value: u64) {
+            self.0.store(value, O::Release)
+        }
+        fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
+            self.compare_exchange_weak(current, new)
         }
         fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
             let mut seen = self.0.load(O::Acquire);
@@ -214,7 +189,7 @@ mod loom_models {
             }
         }
 
-        fn take<C: HeadCell>(&self, head: &C) -> Option<u32> {
+        fn take<C: AtomicWord>(&self, head: &C) -> Option<u32> {
             let index = pop(head, self).expect("only valid indices are pushed")?;
             assert!(
                 !self.held[index as usize].swap(true, O::Relaxed),
@@ -223,7 +198,7 @@ mod loom_models {
             Some(index)
         }
 
-        fn give<C: HeadCell>(&self, head: &C, index: u32) {
+        fn give<C: AtomicWord>(&self, head: &C, index: u32) {
             assert!(self.held[index as usize].swap(false, O::Relaxed));
             push(head, self, index);
         }
@@ -232,7 +207,7 @@ mod loom_models {
     /// One thread pops once and pushes back; the other runs the ABA
     /// schedule (pop A, pop B, push A). No slot is ever held twice, and
     /// afterwards the stack holds every slot exactly once.
-    fn aba_race<C: HeadCell + Send + Sync + 'static>(make: fn(u64) -> C) {
+    fn aba_race<C: AtomicWord + Send + Sync + 'static>(make: fn(u64) -> C) {
         loom::model(move || {
             let slots = Arc::new(Slots::new(3));
             // Stack: 0 (top) -> 1 -> 2.
@@ -269,7 +244,7 @@ mod loom_models {
 
     #[test]
     fn tagged_stack_survives_aba() {
-        aba_race(|word| LoomHead(LoomU64::new(word)));
+        aba_race(LoomWord::new);
     }
 
     /// The same model without the tag must fail: evidence that the model
@@ -290,7 +265,7 @@ mod loom_models {
         builder.preemption_bound = Some(3);
         builder.check(|| {
             let slots = Arc::new(Slots::new(2));
-            let head = Arc::new(LoomHead(LoomU64::new(EMPTY_HEAD)));
+            let head = Arc::new(LoomWord::new(EMPTY_HEAD));
             push(&*head, &*slots, 1);
             push(&*head, &*slots, 0);
             let workers: Vec<_> = (0..2)

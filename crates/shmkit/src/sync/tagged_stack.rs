@@ -12,32 +12,7 @@
 //! thrown away when the tagged compare-and-swap fails. A link that decodes to
 //! an index out of range is reported as corruption, never followed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-/// An atomic 64-bit cell the stack algorithm can run on.
-pub(crate) trait StackCell {
-    fn load_acquire(&self) -> u64;
-    fn store_release(&self, value: u64);
-    /// Weak compare-and-swap (acquire-release on success).
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
-}
-
-impl StackCell for AtomicU64 {
-    #[inline]
-    fn load_acquire(&self) -> u64 {
-        self.load(Ordering::Acquire)
-    }
-
-    #[inline]
-    fn store_release(&self, value: u64) {
-        self.store(value, Ordering::Release)
-    }
-
-    #[inline]
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
-    }
-}
+use super::atomic_word::AtomicWord;
 
 /// The head word of an empty stack.
 pub(crate) const EMPTY: u64 = 0;
@@ -74,7 +49,7 @@ pub(crate) fn decode_link(link: u64, bound: u32) -> Result<Option<u32>, BadLink>
 
 /// Pushes node `index`, whose link word is `link`.
 #[inline]
-pub(crate) fn push<C: StackCell>(head: &C, index: u32, link: &C) {
+pub(crate) fn push<C: AtomicWord>(head: &C, index: u32, link: &C) {
     let mut current = head.load_acquire();
     loop {
         link.store_release(current & 0xffff_ffff);
@@ -88,7 +63,7 @@ pub(crate) fn push<C: StackCell>(head: &C, index: u32, link: &C) {
 /// Pops the top node, if any. `link_of` returns the link word of a node, or
 /// `None` for an index out of range (reported as `BadLink`).
 #[inline]
-pub(crate) fn pop<'a, C: StackCell + 'a>(
+pub(crate) fn pop<'a, C: AtomicWord + 'a>(
     head: &C,
     bound: u32,
     link_of: impl Fn(u32) -> Option<&'a C>,
@@ -105,7 +80,7 @@ pub(crate) fn pop<'a, C: StackCell + 'a>(
 /// One attempt to pop, only if the head is still `expected` (tag
 /// included). `Ok(Err(actual))` when it moved.
 #[inline]
-pub(crate) fn pop_exact<'a, C: StackCell + 'a>(
+pub(crate) fn pop_exact<'a, C: AtomicWord + 'a>(
     head: &C,
     expected: u64,
     bound: u32,
@@ -137,7 +112,7 @@ pub(crate) fn pop_exact<'a, C: StackCell + 'a>(
 /// Empties the stack and returns the old top: the caller now owns the whole
 /// chain (follow the links with [`decode_link`]).
 #[inline]
-pub(crate) fn take_all<C: StackCell>(head: &C) -> Option<u32> {
+pub(crate) fn take_all<C: AtomicWord>(head: &C) -> Option<u32> {
     let mut current = head.load_acquire();
     loop {
         let old_top = top(current)?;
@@ -151,6 +126,7 @@ pub(crate) fn take_all<C: StackCell>(head: &C) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn push_pop_take_all() {
@@ -180,35 +156,19 @@ mod loom_models {
     //! Model checks of the stack under every interleaving `loom` explores.
 
     use super::*;
-    use loom::sync::atomic::AtomicU64 as LoomU64;
-    use loom::sync::atomic::Ordering as LoomOrdering;
+    use crate::sync::atomic_word::LoomWord;
     use loom::sync::Arc;
 
-    struct Cell(LoomU64);
-
-    impl StackCell for Cell {
-        fn load_acquire(&self) -> u64 {
-            self.0.load(LoomOrdering::Acquire)
-        }
-        fn store_release(&self, value: u64) {
-            self.0.store(value, LoomOrdering::Release)
-        }
-        fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-            self.0
-                .compare_exchange_weak(current, new, LoomOrdering::AcqRel, LoomOrdering::Acquire)
-        }
-    }
-
     struct Stack {
-        head: Cell,
-        links: Vec<Cell>,
+        head: LoomWord,
+        links: Vec<LoomWord>,
     }
 
     impl Stack {
         fn new(nodes: u32) -> Stack {
             let stack = Stack {
-                head: Cell(LoomU64::new(EMPTY)),
-                links: (0..3).map(|_| Cell(LoomU64::new(0))).collect(),
+                head: LoomWord::new(EMPTY),
+                links: (0..3).map(|_| LoomWord::new(0)).collect(),
             };
             for i in 0..nodes {
                 push(&stack.head, i, &stack.links[i as usize]);
