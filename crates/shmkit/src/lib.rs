@@ -53,10 +53,10 @@ pub mod segment;
 mod sync;
 
 pub use alloc::{
-    AllocStats, AllocatorKind, BuddyAllocator, BuddyParams, BumpAllocator, FreeListAllocator,
-    InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext, PoolAllocator, PoolParams,
-    Scope, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
-    ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
+    AllocStats, AllocatorKind, AnyAllocator, BuddyAllocator, BuddyParams, BumpAllocator,
+    FreeListAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext,
+    PoolAllocator, PoolParams, Region, Scope, SegmentAllocator, ShmAllocator, SizeClassAllocator,
+    StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

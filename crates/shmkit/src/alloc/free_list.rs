@@ -79,7 +79,7 @@ use std::time::Duration;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -1262,6 +1262,23 @@ impl ShmAllocator for FreeListAllocator {
 
     fn check(&self) -> Result<()> {
         self.locked(false, |heap| heap.check())
+    }
+
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        self.locked(false, |heap| {
+            let mut block = heap.start;
+            while block < heap.end {
+                let (_, size, flags) = heap.block(block)?;
+                let used = if flags & FREE != 0 { 0 } else { size };
+                visit(Region {
+                    offset: block,
+                    len: size,
+                    used,
+                });
+                block += size;
+            }
+            Ok(())
+        })
     }
 
     fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {

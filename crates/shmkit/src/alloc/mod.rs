@@ -4,6 +4,7 @@
 //! [`SegmentAllocator`] (creation, attachment, buffers) and the linear ones
 //! share the allocation methods of [`LinearAlloc`].
 
+mod any;
 mod buddy;
 mod bump;
 mod counters;
@@ -18,6 +19,7 @@ mod size_class;
 mod stack;
 mod thread_local;
 
+pub use any::AnyAllocator;
 pub use buddy::{BuddyAllocator, BuddyParams};
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use free_list::FreeListAllocator;
@@ -26,7 +28,7 @@ pub use linear::{LinearAlloc, CACHE_LINE, SIMD_ALIGN};
 pub use malloc::MallocAllocator;
 pub use pool::{PoolAllocator, PoolParams, POOL_MAX_SLABS, POOL_MAX_SLOT, POOL_MIN_SLOT};
 pub use segment_allocator::{InBuffer, SegmentAllocator};
-pub use shm_allocator::{current_thread_index, AllocStats, MemContext, ShmAllocator};
+pub use shm_allocator::{current_thread_index, AllocStats, MemContext, Region, ShmAllocator};
 pub use size_class::SizeClassAllocator;
 pub use stack::StackAllocator;
 pub use thread_local::ThreadLocalAllocator;

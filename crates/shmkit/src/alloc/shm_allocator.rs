@@ -40,6 +40,19 @@ pub fn current_thread_index() -> u32 {
     INDEX.with(|index| *index)
 }
 
+/// A stretch of a segment's data area, as [`ShmAllocator::regions`] reports
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// Where it starts (segment offset).
+    pub offset: u64,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Bytes of it in use: `len` for a live block, 0 for a free one, in
+    /// between for a page whose slots are partly in use.
+    pub used: u64,
+}
+
 /// A snapshot of an allocator's accounting.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct AllocStats {
@@ -106,6 +119,14 @@ pub trait ShmAllocator: Send + Sync {
 
     /// Walks the allocator's structures and reports the first inconsistency.
     fn check(&self) -> Result<()>;
+
+    /// Calls `visit` for each region of the data area, in offset order: a
+    /// block, a page or a run, with how many of its bytes are in use (for
+    /// pictures of a segment). The default says the allocator cannot.
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        let _ = visit;
+        Err(Error::Unsupported("this allocator cannot list its regions"))
+    }
 
     /// Tries to resize the block in place; returns whether it did. The
     /// default never does.

@@ -49,7 +49,7 @@ use crossbeam_utils::CachePadded;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -1408,6 +1408,10 @@ impl ShmAllocator for SizeClassAllocator {
         }
     }
 
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        self.page_regions(visit)
+    }
+
     fn check(&self) -> Result<()> {
         let (live_total, bytes_total, cached) = self.check_parts()?;
         if cached != 0 {
@@ -1428,6 +1432,46 @@ impl SizeClassAllocator {
                 "counters say {live_count} blocks / {allocated} bytes, pages hold \
                  {live_total} / {bytes_total}"
             )));
+        }
+        Ok(())
+    }
+
+    /// The pages handed out so far, each (or each large run) as a region:
+    /// a small page is in use in proportion to its live blocks.
+    pub(crate) fn page_regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        let bump = self.bump_now().min(self.pages_now());
+        let mut page = 0;
+        while page < bump {
+            let Some(desc) = self.desc(page) else { break };
+            let state = desc.state.load(Ordering::Acquire);
+            let mut pages = 1;
+            let used = match phase(state) {
+                SMALL => CLASSES
+                    .get(class_of(state))
+                    .map_or(0, |info| live(state).min(info.count) * info.size),
+                LARGE => {
+                    pages = desc
+                        .run
+                        .load(Ordering::Relaxed)
+                        .clamp(1, u64::from(bump - page)) as u32;
+                    u64::from(pages) * PAGE_SIZE
+                }
+                _ => 0,
+            };
+            visit(Region {
+                offset: self.page_offset(page),
+                len: u64::from(pages) * PAGE_SIZE,
+                used,
+            });
+            page += pages;
+        }
+        let end = self.pages_now();
+        if end > bump {
+            visit(Region {
+                offset: self.page_offset(bump),
+                len: u64::from(end - bump) * PAGE_SIZE,
+                used: 0,
+            });
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ use std::sync::{Arc, Mutex, Weak};
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{current_thread_index, impl_allocator_api2, power_of_two_align};
 use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator, SmallBlock};
-use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -842,6 +842,11 @@ impl ShmAllocator for ThreadLocalAllocator {
             }
         }
         stats
+    }
+
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        // Cached blocks count as in use: their pages still hold them.
+        self.inner.core.page_regions(visit)
     }
 
     fn check(&self) -> Result<()> {

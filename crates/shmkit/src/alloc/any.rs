@@ -1,0 +1,168 @@
+//! Attaching a segment whatever allocator manages it: for tools that look
+//! into segments (the command line) rather than allocate from a known kind.
+
+use super::{
+    AllocStats, AllocatorKind, BuddyAllocator, BumpAllocator, FreeListAllocator, PoolAllocator,
+    Region, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
+    ThreadLocalAllocator,
+};
+use crate::error::{Error, Result};
+use crate::segment::{Segment, SegmentOptions};
+
+/// Any of shmkit's segment allocators, chosen by the kind in the header.
+///
+/// ```
+/// use shmkit::{AnyAllocator, AllocatorKind, SegmentAllocator, SegmentOptions, SizeClassAllocator};
+///
+/// # let name = format!("shmkit-doc-any-{}", std::process::id());
+/// let options = SegmentOptions::shm(&name).size(1 << 20);
+/// let heap = SizeClassAllocator::create(&options)?;
+/// let any = AnyAllocator::attach(&SegmentOptions::shm(&name))?;
+/// assert_eq!(any.kind(), AllocatorKind::SizeClass);
+/// any.check()?;
+/// # shmkit::segment::remove(&shmkit::Location::Shm(name))?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[derive(Debug)]
+pub enum AnyAllocator {
+    /// A bump allocator.
+    Bump(BumpAllocator),
+    /// A stack allocator.
+    Stack(StackAllocator),
+    /// A pool of fixed-size slots.
+    Pool(PoolAllocator),
+    /// A general-purpose free list.
+    FreeList(FreeListAllocator),
+    /// A buddy allocator.
+    Buddy(BuddyAllocator),
+    /// A size-class page allocator.
+    SizeClass(SizeClassAllocator),
+    /// A thread-local caching allocator.
+    ThreadLocal(ThreadLocalAllocator),
+}
+
+impl AnyAllocator {
+    /// Attaches the segment and the allocator its header names.
+    pub fn attach(options: &SegmentOptions) -> Result<AnyAllocator> {
+        let segment = Segment::attach(options)?;
+        Self::from_segment(segment)
+    }
+
+    /// The allocator of an attached segment.
+    pub fn from_segment(segment: Segment) -> Result<AnyAllocator> {
+        Ok(match segment.allocator_kind() {
+            AllocatorKind::Bump => AnyAllocator::Bump(BumpAllocator::from_segment(segment)?),
+            AllocatorKind::Stack => AnyAllocator::Stack(StackAllocator::from_segment(segment)?),
+            AllocatorKind::Pool => AnyAllocator::Pool(PoolAllocator::from_segment(segment)?),
+            AllocatorKind::FreeList => {
+                AnyAllocator::FreeList(FreeListAllocator::from_segment(segment)?)
+            }
+            AllocatorKind::Buddy => AnyAllocator::Buddy(BuddyAllocator::from_segment(segment)?),
+            AllocatorKind::SizeClass => {
+                AnyAllocator::SizeClass(SizeClassAllocator::from_segment(segment)?)
+            }
+            AllocatorKind::ThreadLocal => {
+                AnyAllocator::ThreadLocal(ThreadLocalAllocator::from_segment(segment)?)
+            }
+            other => {
+                return Err(Error::WrongAllocator {
+                    expected: AllocatorKind::None,
+                    found: other,
+                })
+            }
+        })
+    }
+
+    /// The kind recorded in the header.
+    pub fn kind(&self) -> AllocatorKind {
+        self.segment().allocator_kind()
+    }
+
+    /// The segment.
+    pub fn segment(&self) -> &Segment {
+        match self {
+            AnyAllocator::Bump(a) => a.segment(),
+            AnyAllocator::Stack(a) => a.segment(),
+            AnyAllocator::Pool(a) => a.segment(),
+            AnyAllocator::FreeList(a) => a.segment(),
+            AnyAllocator::Buddy(a) => a.segment(),
+            AnyAllocator::SizeClass(a) => a.segment(),
+            AnyAllocator::ThreadLocal(a) => a.segment(),
+        }
+    }
+
+    /// The allocators that free single blocks, through their common trait.
+    pub fn as_shm_allocator(&self) -> Option<&dyn ShmAllocator> {
+        match self {
+            AnyAllocator::Bump(_) | AnyAllocator::Stack(_) => None,
+            AnyAllocator::Pool(a) => Some(a),
+            AnyAllocator::FreeList(a) => Some(a),
+            AnyAllocator::Buddy(a) => Some(a),
+            AnyAllocator::SizeClass(a) => Some(a),
+            AnyAllocator::ThreadLocal(a) => Some(a),
+        }
+    }
+
+    /// The allocator's accounting. The linear allocators count the bytes
+    /// below their cursor (live blocks are not counted one by one).
+    pub fn stats(&self) -> AllocStats {
+        let linear = |used: u64, capacity: u64| AllocStats {
+            allocated_bytes: used,
+            peak_bytes: used,
+            live_allocations: 0,
+            free_bytes: capacity.saturating_sub(used),
+            largest_free_block: capacity.saturating_sub(used),
+            capacity,
+        };
+        match self {
+            AnyAllocator::Bump(a) => linear(a.used(), a.capacity()),
+            AnyAllocator::Stack(a) => linear(a.used(), a.capacity()),
+            other => other
+                .as_shm_allocator()
+                .map(|a| a.stats())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The integrity walk ([`ShmAllocator::check`]; the linear allocators
+    /// check their cursor against the segment).
+    pub fn check(&self) -> Result<()> {
+        match self.as_shm_allocator() {
+            Some(a) => a.check(),
+            None => {
+                let stats = self.stats();
+                if stats.allocated_bytes > stats.capacity {
+                    return Err(Error::corrupt(format!(
+                        "cursor {} bytes past a {}-byte data area",
+                        stats.allocated_bytes, stats.capacity
+                    )));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The data area as regions ([`ShmAllocator::regions`]); the linear
+    /// allocators are one used and one free stretch.
+    pub fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        match self.as_shm_allocator() {
+            Some(a) => a.regions(visit),
+            None => {
+                let start = self.segment().data_offset();
+                let stats = self.stats();
+                let used = stats.allocated_bytes.min(stats.capacity);
+                visit(Region {
+                    offset: start,
+                    len: used,
+                    used,
+                });
+                visit(Region {
+                    offset: start + used,
+                    len: stats.capacity - used,
+                    used: 0,
+                });
+                Ok(())
+            }
+        }
+    }
+}
