@@ -1,6 +1,8 @@
 //! `shmkit`: the command line of the shmkit toolkit.
 
 mod demo;
+mod inspect;
+mod map;
 mod units;
 
 use std::process::ExitCode;
@@ -8,6 +10,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 /// Memory that several processes share.
+///
+/// Exit codes: 0 success; 1 the operation failed (no such segment, not a
+/// shmkit segment, refused); 2 bad usage; 3 `check` found an inconsistency;
+/// 130 interrupted.
 #[derive(Parser)]
 #[command(name = "shmkit", version, about, long_about = None)]
 struct Cli {
@@ -24,6 +30,19 @@ enum Command {
     /// One worker of `shmkit demo` (started by the demo itself).
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
+    /// List the shmkit segments in /dev/shm (other files are skipped).
+    Ls(inspect::LsArgs),
+    /// Show a segment's header and its allocator's accounting.
+    Stat(inspect::NameArgs),
+    /// Walk a segment's allocator; exit 0 when sound, 3 with the first
+    /// inconsistency otherwise.
+    Check(inspect::NameArgs),
+    /// Draw a segment's used and free regions (terminal strip, or --svg).
+    Map(map::MapArgs),
+    /// Create a segment managed by an allocator.
+    Create(inspect::CreateArgs),
+    /// Remove a segment's name (refuses a non-shmkit name unless --force).
+    Rm(inspect::RmArgs),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +50,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::DemoWorker(args) => demo::worker::run(&args),
+        Command::Ls(args) => inspect::ls(&args),
+        Command::Stat(args) => inspect::stat(&args),
+        Command::Check(args) => inspect::check(&args),
+        Command::Map(args) => map::run(&args),
+        Command::Create(args) => inspect::create(&args),
+        Command::Rm(args) => inspect::rm(&args),
     };
     match result {
         Ok(code) => code,

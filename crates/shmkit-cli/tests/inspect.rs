@@ -1,0 +1,207 @@
+//! `shmkit ls`, `stat`, `check`, `map`, `create` and `rm` against real
+//! segments, a deliberately corrupted one and foreign files.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use shmkit::{FreeListAllocator, SegmentAllocator, SegmentOptions, ShmAllocator};
+
+fn shmkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shmkit"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A fresh shared-memory name, removed (whatever is there) on drop.
+struct Name(String);
+
+impl Name {
+    fn new(tag: &str) -> Name {
+        Name(format!("shmkit-cli-{tag}-{}", std::process::id()))
+    }
+    fn path(&self) -> String {
+        format!("/dev/shm/{}", self.0)
+    }
+}
+
+impl Drop for Name {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.path());
+    }
+}
+
+fn create(name: &Name, size: &str, allocator: &str) {
+    let out = shmkit(&["create", &name.0, "--size", size, "--allocator", allocator]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for sub in ["ls", "stat", "check", "map", "create", "rm", "demo"] {
+        let out = shmkit(&[sub, "--help"]);
+        assert!(out.status.success(), "{sub}");
+        assert!(stdout(&out).contains("Usage"), "{sub}: {}", stdout(&out));
+    }
+}
+
+#[test]
+fn ls_lists_shmkit_segments_and_skips_foreign_files() {
+    let ours = Name::new("ls");
+    let foreign = Name::new("ls-foreign");
+    let empty = Name::new("ls-empty");
+    create(&ours, "4MiB", "size-class");
+    std::fs::write(foreign.path(), b"someone else's bytes").unwrap();
+    std::fs::write(empty.path(), b"").unwrap();
+    let out = shmkit(&["ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&ours.0))
+        .expect("our segment listed");
+    assert!(
+        row.contains("size-class") && row.contains("4.0 MiB"),
+        "{row}"
+    );
+    assert!(
+        !text.contains(&foreign.0) && !text.contains(&empty.0),
+        "{text}"
+    );
+    // The same as JSON, for scripts.
+    let out = shmkit(&["ls", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == ours.0.as_str())
+        .expect("listed in JSON");
+    assert_eq!(row["allocator"], "size-class");
+    assert_eq!(
+        row["creator_alive"], false,
+        "the creating command has exited"
+    );
+    assert_eq!(row["format_version"], 1);
+}
+
+#[test]
+fn stat_reports_the_accounting_of_live_blocks() {
+    let name = Name::new("stat");
+    create(&name, "2MiB", "free-list");
+    let heap = FreeListAllocator::attach(&SegmentOptions::shm(&name.0)).unwrap();
+    for size in [100, 200, 300] {
+        heap.allocate(size).unwrap();
+    }
+    let out = shmkit(&["stat", &name.0, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["allocator"], "free-list");
+    assert_eq!(report["live_allocations"], 3);
+    assert_eq!(report["allocated_bytes"], 600);
+    assert_eq!(report["size"], 2 << 20);
+    let text = stdout(&shmkit(&["stat", &name.0]));
+    assert!(text.contains("live allocations   3"), "{text}");
+}
+
+#[test]
+fn check_passes_a_sound_segment_and_fails_a_corrupted_one() {
+    let name = Name::new("check");
+    create(&name, "1MiB", "free-list");
+    let heap = FreeListAllocator::attach(&SegmentOptions::shm(&name.0)).unwrap();
+    let block = heap.allocate(64).unwrap();
+    let out = shmkit(&["check", &name.0]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("sound"));
+    // Scribble over the block's boundary tag, just below the block.
+    // SAFETY: our own live block; the 32 bytes before it are its header.
+    unsafe { std::ptr::write_bytes(block.as_ptr().sub(32), 0xA5, 32) };
+    let out = shmkit(&["check", &name.0]);
+    assert_eq!(out.status.code(), Some(3), "{}", stdout(&out));
+    let message = stderr(&out);
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(message.contains(&name.0), "{message}");
+    let out = shmkit(&["check", &name.0, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sound"], false);
+    assert!(report["error"].as_str().is_some());
+}
+
+#[test]
+fn map_draws_used_and_free_regions_and_writes_svg() {
+    let name = Name::new("map");
+    create(&name, "4MiB", "size-class");
+    let heap = shmkit::SizeClassAllocator::attach(&SegmentOptions::shm(&name.0)).unwrap();
+    for _ in 0..2000 {
+        heap.allocate(512).unwrap();
+    }
+    let svg = std::env::temp_dir().join(format!("{}.svg", name.0));
+    let out = shmkit(&["map", &name.0, "--width", "40", "--rows", "4", "--svg"])
+        .status
+        .code();
+    assert_eq!(out, Some(2), "--svg needs a file");
+    let out = shmkit(&[
+        "map",
+        &name.0,
+        "--width",
+        "40",
+        "--rows",
+        "4",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let strip: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(strip.len(), 4, "{text}");
+    let cells: String = strip.concat().replace('|', "");
+    // About 1 MiB of 4 MiB is in use: a quarter of the 160 cells.
+    let used = cells.chars().filter(|&c| c != '.').count();
+    assert!((35..=50).contains(&used), "{used} used cells: {text}");
+    assert!(cells.contains('.'), "free pages show: {text}");
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
+    assert!(picture.matches("<rect").count() >= 2, "{picture}");
+}
+
+#[test]
+fn create_refuses_an_existing_name_and_rm_refuses_foreign_files() {
+    let name = Name::new("rm");
+    create(&name, "1MiB", "bump");
+    let again = shmkit(&["create", &name.0, "--size", "1MiB", "--allocator", "bump"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let bad = shmkit(&["create", &name.0, "--size", "lots", "--allocator", "bump"]);
+    assert_eq!(bad.status.code(), Some(2), "bad usage");
+
+    let foreign = Name::new("rm-foreign");
+    std::fs::write(foreign.path(), b"not ours").unwrap();
+    let out = shmkit(&["rm", &foreign.0]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert!(
+        Path::new(&foreign.path()).exists(),
+        "a refused rm keeps the file"
+    );
+    assert!(shmkit(&["rm", &foreign.0, "--force"]).status.success());
+    assert!(!Path::new(&foreign.path()).exists());
+
+    assert!(shmkit(&["rm", &name.0]).status.success());
+    assert!(!Path::new(&name.path()).exists());
+    let missing = shmkit(&["stat", &name.0]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(stderr(&missing).lines().count(), 1, "{}", stderr(&missing));
+}
