@@ -771,52 +771,24 @@ impl SizeClassAllocator {
         result
     }
 
-    fn collect_inner(&self, want: Option<u32>, ghosts: bool) -> Result<Option<u32>> {
-        let state = self.state();
-        let mut runs: Vec<(u32, u32)> = Vec::new();
-        let mut error = None;
-        if ghosts {
-            for (class, head) in state.classes.iter().enumerate() {
-                let mut next = tagged_stack::take_all(&**head);
-                let mut steps = 0u32;
-                while let Some(page) = next {
-                    steps += 1;
-                    let Some(desc) = self.desc(page).filter(|_| steps <= self.max_pages) else {
-                        error = Some(Error::corrupt(format!("class {class} page list")));
-                        break;
-                    };
-                    next = match tagged_stack::decode_link(
-                        desc.link.load(Ordering::Acquire),
-                        self.max_pages,
-                    ) {
-                        Ok(next) => next,
-                        Err(bad) => {
-                            error = Some(bad_link("class page list", bad));
-                            None
-                        }
-                    };
-                    // We hold the page's listed token: retire it if empty.
-                    let current = desc.state.load(Ordering::Acquire);
-                    let empty = small_state(class, 0, true);
-                    if current == empty
-                        && desc
-                            .state
-                            .compare_exchange(empty, FREE, Ordering::AcqRel, Ordering::Acquire)
-                            .is_ok()
-                    {
-                        runs.push((page, 1));
-                    } else {
-                        tagged_stack::push(&**head, page, &desc.link);
-                    }
-                }
-            }
-        }
-        let mut next = tagged_stack::take_all(&*state.free_runs);
+    /// Follows a chain that `take_all` handed to the caller, calling `visit`
+    /// on each page after reading its link (so `visit` may push the page on
+    /// another stack). A chain longer than the table, or a link out of range,
+    /// ends the walk; it and any error of `visit` are recorded in `error`.
+    fn drain_chain(
+        &self,
+        first: Option<u32>,
+        what: &str,
+        looped: impl Fn() -> Error,
+        error: &mut Option<Error>,
+        mut visit: impl FnMut(u32, &PageDesc) -> Result<()>,
+    ) {
+        let mut next = first;
         let mut steps = 0u32;
-        while let Some(head) = next {
+        while let Some(page) = next {
             steps += 1;
-            let Some(desc) = self.desc(head).filter(|_| steps <= self.max_pages) else {
-                error = Some(Error::corrupt("free-run stack loops"));
+            let Some(desc) = self.desc(page).filter(|_| steps <= self.max_pages) else {
+                *error = Some(looped());
                 break;
             };
             next = match tagged_stack::decode_link(
@@ -825,15 +797,54 @@ impl SizeClassAllocator {
             ) {
                 Ok(next) => next,
                 Err(bad) => {
-                    error = Some(bad_link("free-run stack", bad));
+                    *error = Some(bad_link(what, bad));
                     None
                 }
             };
-            match self.run_len(head) {
-                Ok(len) => runs.push((head, len)),
-                Err(e) => error = Some(e),
+            if let Err(e) = visit(page, desc) {
+                *error = Some(e);
             }
         }
+    }
+
+    fn collect_inner(&self, want: Option<u32>, ghosts: bool) -> Result<Option<u32>> {
+        let state = self.state();
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        let mut error = None;
+        if ghosts {
+            for (class, head) in state.classes.iter().enumerate() {
+                let taken = tagged_stack::take_all(&**head);
+                let looped = || Error::corrupt(format!("class {class} page list"));
+                self.drain_chain(
+                    taken,
+                    "class page list",
+                    looped,
+                    &mut error,
+                    |page, desc| {
+                        // We hold the page's listed token: retire it if empty.
+                        let current = desc.state.load(Ordering::Acquire);
+                        let empty = small_state(class, 0, true);
+                        if current == empty
+                            && desc
+                                .state
+                                .compare_exchange(empty, FREE, Ordering::AcqRel, Ordering::Acquire)
+                                .is_ok()
+                        {
+                            runs.push((page, 1));
+                        } else {
+                            tagged_stack::push(&**head, page, &desc.link);
+                        }
+                        Ok(())
+                    },
+                );
+            }
+        }
+        let taken = tagged_stack::take_all(&*state.free_runs);
+        let looped = || Error::corrupt("free-run stack loops");
+        self.drain_chain(taken, "free-run stack", looped, &mut error, |head, _| {
+            runs.push((head, self.run_len(head)?));
+            Ok(())
+        });
         // Merge neighbours.
         runs.sort_unstable();
         let mut merged: Vec<(u32, u32)> = Vec::with_capacity(runs.len());
