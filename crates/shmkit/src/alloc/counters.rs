@@ -71,14 +71,8 @@ impl AllocCounters {
     #[inline]
     pub(crate) fn on_allocate_locked(&self, bytes: u64) {
         let c = &self.inner;
-        let now = c
-            .allocated_bytes
-            .load(Ordering::Relaxed)
-            .wrapping_add(bytes);
-        c.allocated_bytes.store(now, Ordering::Relaxed);
-        let live = c.live_allocations.load(Ordering::Relaxed);
-        c.live_allocations
-            .store(live.wrapping_add(1), Ordering::Relaxed);
+        let now = single_writer_add(&c.allocated_bytes, bytes);
+        single_writer_add(&c.live_allocations, 1);
         if now > c.peak_bytes.load(Ordering::Relaxed) {
             c.peak_bytes.store(now, Ordering::Relaxed);
         }
@@ -89,14 +83,8 @@ impl AllocCounters {
     #[inline]
     pub(crate) fn on_free_locked(&self, bytes: u64) {
         let c = &self.inner;
-        let now = c
-            .allocated_bytes
-            .load(Ordering::Relaxed)
-            .wrapping_sub(bytes);
-        c.allocated_bytes.store(now, Ordering::Relaxed);
-        let live = c.live_allocations.load(Ordering::Relaxed);
-        c.live_allocations
-            .store(live.wrapping_sub(1), Ordering::Relaxed);
+        single_writer_add(&c.allocated_bytes, bytes.wrapping_neg());
+        single_writer_add(&c.live_allocations, 1u64.wrapping_neg());
     }
 
     /// (allocated bytes, live allocations, peak bytes).
@@ -107,4 +95,14 @@ impl AllocCounters {
             self.inner.peak_bytes.load(Ordering::Relaxed),
         )
     }
+}
+
+/// Adds `delta` (wrapping) to a word that only one writer at a time updates
+/// (the holder of a lock, or the owner of a thread slot): a plain load and
+/// store, no locked instruction. Returns the new value.
+#[inline]
+pub(crate) fn single_writer_add(word: &AtomicU64, delta: u64) -> u64 {
+    let now = word.load(Ordering::Relaxed).wrapping_add(delta);
+    word.store(now, Ordering::Relaxed);
+    now
 }

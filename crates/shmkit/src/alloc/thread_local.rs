@@ -59,6 +59,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use super::counters::single_writer_add;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{current_thread_index, impl_allocator_api2, power_of_two_align};
 use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator, SmallBlock};
@@ -124,16 +125,6 @@ struct Slot {
     /// Allocations through this slot, to sample the peak.
     allocations: AtomicU64,
     magazines: [Magazine; CACHED_CLASSES],
-}
-
-impl Slot {
-    /// Adds to a word only the owner writes: plain load and store.
-    #[inline]
-    fn owner_add(word: &AtomicU64, delta: u64) -> u64 {
-        let now = word.load(Ordering::Relaxed).wrapping_add(delta);
-        word.store(now, Ordering::Relaxed);
-        now
-    }
 }
 
 /// The line after the size-class state: the sampled peak and the key.
@@ -541,9 +532,9 @@ impl Inner {
     fn count_allocation(&self, slot: Option<&Slot>, requested: u64) {
         match slot {
             Some(slot) => {
-                Slot::owner_add(&slot.bytes, requested);
-                Slot::owner_add(&slot.live, 1);
-                if Slot::owner_add(&slot.allocations, 1) % PEAK_SAMPLE == 0 {
+                single_writer_add(&slot.bytes, requested);
+                single_writer_add(&slot.live, 1);
+                if single_writer_add(&slot.allocations, 1) % PEAK_SAMPLE == 0 {
                     self.raise_peak(self.totals().0);
                 }
             }
@@ -560,8 +551,8 @@ impl Inner {
     fn count_free(&self, slot: Option<&Slot>, requested: u64) {
         match slot {
             Some(slot) => {
-                Slot::owner_add(&slot.bytes, requested.wrapping_neg());
-                Slot::owner_add(&slot.live, 1u64.wrapping_neg());
+                single_writer_add(&slot.bytes, requested.wrapping_neg());
+                single_writer_add(&slot.live, 1u64.wrapping_neg());
             }
             None => self.core.counters().on_free(requested),
         }
