@@ -9,14 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, ValueEnum};
+use clap::Args;
 use serde_json::{json, Value};
 use shmkit::segment::header::MAGIC;
 use shmkit::segment::process_alive;
-use shmkit::{
-    AnyAllocator, BuddyAllocator, BumpAllocator, FreeListAllocator, Location, PoolAllocator,
-    SegmentAllocator, SegmentOptions, SizeClassAllocator, StackAllocator, ThreadLocalAllocator,
-};
+use shmkit::{AllocatorKind, AnyAllocator, Location, SegmentOptions};
 
 use crate::units::{format_bytes, parse_size};
 
@@ -211,16 +208,16 @@ pub fn check(args: &NameArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// The allocators `create` can set up.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum Kind {
-    Bump,
-    Stack,
-    Pool,
-    FreeList,
-    Buddy,
-    SizeClass,
-    ThreadLocal,
+/// Parses an allocator name as `create` takes it (the names of
+/// [`AnyAllocator::KINDS`]).
+fn parse_kind(text: &str) -> Result<AllocatorKind, String> {
+    AnyAllocator::KINDS
+        .into_iter()
+        .find(|kind| kind.name() == text)
+        .ok_or_else(|| {
+            let names: Vec<&str> = AnyAllocator::KINDS.iter().map(|k| k.name()).collect();
+            format!("`{text}` is not one of: {}", names.join(", "))
+        })
 }
 
 #[derive(Args)]
@@ -233,9 +230,10 @@ pub struct CreateArgs {
     /// The size it may grow to (default: its size).
     #[arg(long, value_parser = parse_size)]
     max_size: Option<u64>,
-    /// The allocator that manages it.
-    #[arg(long, value_enum)]
-    allocator: Kind,
+    /// The allocator that manages it: bump, stack, pool, free-list, buddy,
+    /// size-class or thread-local.
+    #[arg(long, value_parser = parse_kind)]
+    allocator: AllocatorKind,
     /// Permission bits, in octal (default 600).
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
@@ -256,16 +254,8 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
     if let Some(mode) = args.mode {
         options = options.mode(mode);
     }
-    let made = match args.allocator {
-        Kind::Bump => BumpAllocator::create(&options).map(AnyAllocator::Bump),
-        Kind::Stack => StackAllocator::create(&options).map(AnyAllocator::Stack),
-        Kind::Pool => PoolAllocator::create(&options).map(AnyAllocator::Pool),
-        Kind::FreeList => FreeListAllocator::create(&options).map(AnyAllocator::FreeList),
-        Kind::Buddy => BuddyAllocator::create(&options).map(AnyAllocator::Buddy),
-        Kind::SizeClass => SizeClassAllocator::create(&options).map(AnyAllocator::SizeClass),
-        Kind::ThreadLocal => ThreadLocalAllocator::create(&options).map(AnyAllocator::ThreadLocal),
-    }
-    .map_err(|e| format!("{}: {e}", args.name))?;
+    let made = AnyAllocator::create(args.allocator, &options)
+        .map_err(|e| format!("{}: {e}", args.name))?;
     println!(
         "created /{} ({}, {} allocator)",
         shm_name(&args.name),

@@ -42,6 +42,40 @@ pub enum AnyAllocator {
 }
 
 impl AnyAllocator {
+    /// The kinds [`create`](Self::create) can set up.
+    pub const KINDS: [AllocatorKind; 7] = [
+        AllocatorKind::Bump,
+        AllocatorKind::Stack,
+        AllocatorKind::Pool,
+        AllocatorKind::FreeList,
+        AllocatorKind::Buddy,
+        AllocatorKind::SizeClass,
+        AllocatorKind::ThreadLocal,
+    ];
+
+    /// Creates a segment managed by an allocator of `kind`, with its
+    /// default parameters.
+    pub fn create(kind: AllocatorKind, options: &SegmentOptions) -> Result<AnyAllocator> {
+        Ok(match kind {
+            AllocatorKind::Bump => AnyAllocator::Bump(BumpAllocator::create(options)?),
+            AllocatorKind::Stack => AnyAllocator::Stack(StackAllocator::create(options)?),
+            AllocatorKind::Pool => AnyAllocator::Pool(PoolAllocator::create(options)?),
+            AllocatorKind::FreeList => AnyAllocator::FreeList(FreeListAllocator::create(options)?),
+            AllocatorKind::Buddy => AnyAllocator::Buddy(BuddyAllocator::create(options)?),
+            AllocatorKind::SizeClass => {
+                AnyAllocator::SizeClass(SizeClassAllocator::create(options)?)
+            }
+            AllocatorKind::ThreadLocal => {
+                AnyAllocator::ThreadLocal(ThreadLocalAllocator::create(options)?)
+            }
+            _ => {
+                return Err(Error::Unsupported(
+                    "only the segment allocators (AnyAllocator::KINDS) create segments",
+                ))
+            }
+        })
+    }
+
     /// Attaches the segment and the allocator its header names.
     pub fn attach(options: &SegmentOptions) -> Result<AnyAllocator> {
         let segment = Segment::attach(options)?;
