@@ -17,100 +17,38 @@
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use shmkit_lib::{
-    AllocStats, BumpAllocator, Error, LinearAlloc, MemContext, Offset, Result, Segment,
-    ShmAllocator, StackAllocator,
-};
+use shmkit_lib::{AnyAllocator, Error, LinearAlloc, MemContext, Offset, Result, Segment};
 
 /// Bytes of the header in front of every block.
 pub const HEADER: u64 = 16;
 /// Sizes a header can record.
 const SIZE_BITS: u32 = 56;
 
-/// A general-purpose allocator with its segment.
-pub trait SharedAllocator: ShmAllocator + Send + Sync {
-    fn segment(&self) -> &Segment;
-}
-
-macro_rules! shared_allocator {
-    ($($allocator:ty),*) => {$(
-        impl SharedAllocator for $allocator {
-            fn segment(&self) -> &Segment {
-                <$allocator>::segment(self)
-            }
+/// Allocates a raw block (header included) from whichever allocator.
+fn allocate_raw(allocator: &AnyAllocator, size: u64, align: u64) -> Result<u64> {
+    match allocator {
+        AnyAllocator::Bump(bump) => Ok(bump.alloc(size as usize, align as usize)?.offset().raw()),
+        AnyAllocator::Stack(stack) => {
+            Ok(stack.alloc(size as usize, align as usize)?.offset().raw())
         }
-    )*};
-}
-
-shared_allocator!(
-    shmkit_lib::FreeListAllocator,
-    shmkit_lib::PoolAllocator,
-    shmkit_lib::BuddyAllocator,
-    shmkit_lib::SizeClassAllocator,
-    shmkit_lib::ThreadLocalAllocator
-);
-
-/// The allocator behind a Python object.
-pub enum Backend {
-    Bump(BumpAllocator),
-    Stack(StackAllocator),
-    General(Box<dyn SharedAllocator>),
-}
-
-impl Backend {
-    pub fn segment(&self) -> &Segment {
-        match self {
-            Backend::Bump(bump) => bump.segment(),
-            Backend::Stack(stack) => stack.segment(),
-            Backend::General(general) => general.segment(),
-        }
-    }
-
-    fn allocate(&self, size: u64, align: u64) -> Result<u64> {
-        match self {
-            Backend::Bump(bump) => Ok(bump.alloc(size as usize, align as usize)?.offset().raw()),
-            Backend::Stack(stack) => Ok(stack.alloc(size as usize, align as usize)?.offset().raw()),
-            Backend::General(general) => {
-                general.allocate_offset(&MemContext::default(), size as usize, align as usize)
-            }
-        }
-    }
-
-    fn free(&self, block: u64) -> Result<()> {
-        match self {
-            Backend::Bump(_) => Err(Error::Unsupported(
-                "a bump allocator frees everything at once, with reset()",
-            )),
-            Backend::Stack(stack) => stack.free(Offset::<u8>::from_raw(block)),
-            Backend::General(general) => general.free_offset(&MemContext::default(), block),
-        }
-    }
-
-    /// The allocator's own accounting (headers included).
-    pub fn stats(&self) -> AllocStats {
-        match self {
-            Backend::Bump(bump) => linear_stats(bump.used(), bump.capacity()),
-            Backend::Stack(stack) => linear_stats(stack.used(), stack.capacity()),
-            Backend::General(general) => general.stats(),
-        }
-    }
-
-    pub fn check(&self) -> Result<()> {
-        match self {
-            Backend::General(general) => general.check(),
-            _ => Ok(()),
-        }
+        other => other
+            .as_shm_allocator()
+            .ok_or(Error::Unsupported("this allocator cannot allocate"))?
+            .allocate_offset(&MemContext::default(), size as usize, align as usize),
     }
 }
 
-fn linear_stats(used: u64, capacity: u64) -> AllocStats {
-    AllocStats {
-        allocated_bytes: used,
-        peak_bytes: used,
-        live_allocations: 0,
-        free_bytes: capacity.saturating_sub(used),
-        largest_free_block: capacity.saturating_sub(used),
-        capacity,
+/// Frees a raw block; a bump allocator frees only with `reset`.
+fn free_raw(allocator: &AnyAllocator, block: u64) -> Result<()> {
+    match allocator {
+        AnyAllocator::Bump(_) => Err(Error::Unsupported(
+            "a bump allocator frees everything at once, with reset()",
+        )),
+        AnyAllocator::Stack(stack) => stack.free(Offset::<u8>::from_raw(block)),
+        other => other
+            .as_shm_allocator()
+            .ok_or(Error::Unsupported("this allocator cannot free"))?
+            .free_offset(&MemContext::default(), block),
     }
 }
 
@@ -126,13 +64,13 @@ pub const COUNTERS_LEN: u32 = std::mem::size_of::<UserCounters>() as u32;
 
 /// An allocator with block headers and user counters.
 pub struct Blocks {
-    pub backend: Backend,
+    pub allocator: AnyAllocator,
     counters: Option<NonNull<[AtomicU64; 2]>>,
     /// The largest request that can ever fit (a slab's slot), if bounded.
     max_request: Option<u64>,
 }
 
-// SAFETY: the backend is `Send + Sync`; the counters pointer points into the
+// SAFETY: the allocator is `Send + Sync`; the counters pointer points into the
 // segment the backend keeps mapped, and is used through atomics only.
 unsafe impl Send for Blocks {}
 // SAFETY: as above.
@@ -150,12 +88,12 @@ fn check_word(first: u64, offset: u64) -> u64 {
 }
 
 impl Blocks {
-    pub fn new(backend: Backend) -> Blocks {
+    pub fn new(allocator: AnyAllocator) -> Blocks {
         // Segments made by other tools may have no room for the counters:
         // the figures then come from the allocator's own accounting.
-        let counters = backend.segment().custom_header::<[AtomicU64; 2]>().ok();
+        let counters = allocator.segment().custom_header::<[AtomicU64; 2]>().ok();
         Blocks {
-            backend,
+            allocator,
             counters,
             max_request: None,
         }
@@ -169,7 +107,7 @@ impl Blocks {
     }
 
     pub fn segment(&self) -> &Segment {
-        self.backend.segment()
+        self.allocator.segment()
     }
 
     fn counters(&self) -> Option<&[AtomicU64; 2]> {
@@ -186,7 +124,7 @@ impl Blocks {
                 blocks.load(Ordering::Relaxed),
             ),
             None => {
-                let stats = self.backend.stats();
+                let stats = self.allocator.stats();
                 (stats.allocated_bytes, stats.live_allocations)
             }
         }
@@ -224,10 +162,10 @@ impl Blocks {
         let total = size.checked_add(prefix).ok_or_else(|| Error::InvalidSize {
             reason: format!("cannot allocate {size} bytes"),
         })?;
-        let block = self.backend.allocate(total, prefix)?;
+        let block = allocate_raw(&self.allocator, total, prefix)?;
         let offset = block + prefix;
         let Some(header) = self.header(offset) else {
-            let _ = self.backend.free(block);
+            let _ = free_raw(&self.allocator, block);
             return Err(Error::OutOfBounds {
                 offset,
                 len: size,
@@ -261,9 +199,11 @@ impl Blocks {
         Ok(block)
     }
 
-    /// The local address of `len` bytes at `offset`, inside its block.
-    pub fn bytes_at(&self, offset: u64, len: u64) -> Result<(NonNull<u8>, Block)> {
+    /// The local address of `len` bytes (default: the whole block) at
+    /// `offset`, inside its block, and that length.
+    pub fn bytes_at(&self, offset: u64, len: Option<u64>) -> Result<(NonNull<u8>, u64)> {
         let block = self.block(offset)?;
+        let len = len.unwrap_or(block.size);
         if len > block.size {
             return Err(Error::OutOfBounds {
                 offset,
@@ -274,7 +214,7 @@ impl Blocks {
         let ptr = self
             .segment()
             .resolve_array(Offset::<u8>::from_raw(offset), len)?;
-        Ok((ptr, block))
+        Ok((ptr, len))
     }
 
     /// Frees the block at `offset`; anything but a live block changes
@@ -285,7 +225,7 @@ impl Blocks {
         // Void the header first, so a stale offset is refused once the block
         // is someone else's; restore it if the allocator refuses the free.
         let check = header[1].swap(0, Ordering::AcqRel);
-        if let Err(err) = self.backend.free(offset - block.prefix) {
+        if let Err(err) = free_raw(&self.allocator, offset - block.prefix) {
             header[1].store(check, Ordering::Release);
             return Err(err);
         }
@@ -298,11 +238,11 @@ impl Blocks {
 
     /// Forgets every block of a bump allocator, for every process.
     pub fn reset_shared(&self) -> Result<()> {
-        match &self.backend {
+        match &self.allocator {
             // SAFETY: the bindings hold no reference into a block across
             // calls: every access re-checks its offset, and exported views
             // keep the mapping alive (their bytes merely get reused).
-            Backend::Bump(bump) => unsafe { bump.reset_shared() },
+            AnyAllocator::Bump(bump) => unsafe { bump.reset_shared() },
             _ => {
                 return Err(Error::Unsupported(
                     "only bump allocators reset; free blocks one by one",

@@ -18,12 +18,11 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyDict, PyTuple};
 use shmkit_lib::{
-    BumpAllocator as RustBump, FreeListAllocator as RustFreeList, PoolAllocator, PoolParams,
-    SegmentAllocator, SegmentOptions, SizeClassAllocator as RustSizeClass,
-    StackAllocator as RustStack, ThreadLocalAllocator as RustThreadLocal,
+    AnyAllocator, BumpAllocator as RustBump, PoolAllocator, PoolParams, SegmentAllocator,
+    SegmentOptions, StackAllocator as RustStack,
 };
 
-use blocks::{Backend, Blocks, COUNTERS_LEN, HEADER};
+use blocks::{Blocks, COUNTERS_LEN, HEADER};
 use errors::{to_py, CorruptSegmentError, WrongAllocatorError};
 
 /// Default segment size when `capacity` is not given.
@@ -104,6 +103,14 @@ fn size_arg(value: i64, what: &str) -> PyResult<u64> {
     Ok(value as u64)
 }
 
+/// An optional length argument (None: the whole block).
+fn len_arg(size: Option<i64>) -> PyResult<Option<u64>> {
+    size.map(|size| {
+        u64::try_from(size).map_err(|_| PyValueError::new_err(format!("size {size} is negative")))
+    })
+    .transpose()
+}
+
 fn offset_arg(value: i64) -> PyResult<u64> {
     u64::try_from(value).map_err(|_| PyValueError::new_err(format!("offset {value} is negative")))
 }
@@ -137,10 +144,12 @@ fn options(name: &str, capacity: u64) -> SegmentOptions {
 }
 
 /// Creates or attaches a general-purpose allocator.
-fn open_general<A>(name: &str, capacity: Option<i64>, create: bool) -> PyResult<Handle>
-where
-    A: SegmentAllocator + blocks::SharedAllocator + 'static,
-{
+fn open_general<A: SegmentAllocator>(
+    name: &str,
+    capacity: Option<i64>,
+    create: bool,
+    wrap: fn(A) -> AnyAllocator,
+) -> PyResult<Handle> {
     let allocator = if create {
         let capacity = match capacity {
             Some(c) => size_arg(c, "capacity")?,
@@ -151,10 +160,7 @@ where
         A::attach(&SegmentOptions::shm(shm_name(name)))
     }
     .map_err(to_py)?;
-    Ok(Handle::new(
-        Blocks::new(Backend::General(Box::new(allocator))),
-        name.to_owned(),
-    ))
+    Ok(Handle::new(Blocks::new(wrap(allocator)), name.to_owned()))
 }
 
 /// The methods every allocator class shares, and its class declaration.
@@ -194,7 +200,7 @@ macro_rules! allocator_class {
                 let offset = offset_arg(offset)?;
                 with_bytes(data, |bytes| {
                     self.handle.with(py, |open| {
-                        let (ptr, _) = open.blocks.bytes_at(offset, bytes.len() as u64)?;
+                        let (ptr, _) = open.blocks.bytes_at(offset, Some(bytes.len() as u64))?;
                         // SAFETY: `bytes_at` checked that `len` bytes at
                         // `ptr` lie in the block and the mapping.
                         unsafe {
@@ -216,22 +222,10 @@ macro_rules! allocator_class {
                 size: Option<i64>,
             ) -> PyResult<Bound<'py, PyBytes>> {
                 let offset = offset_arg(offset)?;
-                let len = match size {
-                    Some(size) if size < 0 => {
-                        return Err(PyValueError::new_err(format!("size {size} is negative")))
-                    }
-                    Some(size) => Some(size as u64),
-                    None => None,
-                };
+                let len = len_arg(size)?;
                 let (ptr, len) = self
                     .handle
-                    .with(py, |open| {
-                        let len = match len {
-                            Some(len) => len,
-                            None => open.blocks.block(offset)?.size,
-                        };
-                        open.blocks.bytes_at(offset, len).map(|(ptr, _)| (ptr, len))
-                    })?
+                    .with(py, |open| open.blocks.bytes_at(offset, len))?
                     .map_err(to_py)?;
                 PyBytes::new_with(py, len as usize, |buffer| {
                     // SAFETY: `bytes_at` checked the range; a bytes object
@@ -255,16 +249,11 @@ macro_rules! allocator_class {
                 size: Option<i64>,
             ) -> PyResult<Bound<'py, PyAny>> {
                 let offset = offset_arg(offset)?;
+                let len = len_arg(size)?;
                 let (ptr, len) = self
                     .handle
                     .with(py, |open| {
-                        let len = match size {
-                            Some(size) => u64::try_from(size).map_err(|_| shmkit_lib::Error::InvalidSize {
-                                reason: format!("size {size} is negative"),
-                            })?,
-                            None => open.blocks.block(offset)?.size,
-                        };
-                        let (ptr, _) = open.blocks.bytes_at(offset, len)?;
+                        let (ptr, len) = open.blocks.bytes_at(offset, len)?;
                         if !open.exported.swap(true, Ordering::Relaxed) {
                             EXPORTED
                                 .lock()
@@ -319,14 +308,14 @@ macro_rules! allocator_class {
             /// Bytes the allocator can still hand out (block headers and
             /// rounding come out of it).
             fn available_bytes(&self, py: Python<'_>) -> PyResult<u64> {
-                self.handle.with(py, |open| open.blocks.backend.stats().free_bytes)
+                self.handle.with(py, |open| open.blocks.allocator.stats().free_bytes)
             }
 
             /// The allocator's accounting, as a dict.
             fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
                 let (stats, user, kind, size) = self.handle.with(py, |open| {
                     (
-                        open.blocks.backend.stats(),
+                        open.blocks.allocator.stats(),
                         open.blocks.user_totals(),
                         open.blocks.segment().allocator_kind().to_string(),
                         open.blocks.segment().size(),
@@ -350,7 +339,7 @@ macro_rules! allocator_class {
             /// Walks the allocator's structure; raises ValueError with the
             /// first inconsistency.
             fn check(&self, py: Python<'_>) -> PyResult<()> {
-                self.handle.with(py, |open| open.blocks.backend.check())?.map_err(to_py)
+                self.handle.with(py, |open| open.blocks.allocator.check())?.map_err(to_py)
             }
 
             /// The segment's size in bytes.
@@ -439,7 +428,7 @@ allocator_class!(
             }
             .map_err(to_py)?;
             Ok(BumpAllocator {
-                handle: Handle::new(Blocks::new(Backend::Bump(bump)), name.to_owned()),
+                handle: Handle::new(Blocks::new(AnyAllocator::Bump(bump)), name.to_owned()),
             })
         }
     }
@@ -460,7 +449,7 @@ allocator_class!(
             }
             .map_err(to_py)?;
             Ok(StackAllocator {
-                handle: Handle::new(Blocks::new(Backend::Stack(stack)), name.to_owned()),
+                handle: Handle::new(Blocks::new(AnyAllocator::Stack(stack)), name.to_owned()),
             })
         }
     }
@@ -497,7 +486,7 @@ allocator_class!(
                 _ => None,
             };
             Ok(FreeListAllocator {
-                handle: open_general::<RustFreeList>(name, capacity, create)?,
+                handle: open_general(name, capacity, create, AnyAllocator::FreeList)?,
             })
         }
     }
@@ -530,7 +519,7 @@ allocator_class!(
             }
             .map_err(to_py)?;
             let largest = pool.slot_sizes().last().copied().unwrap_or(0);
-            let blocks = Blocks::new(Backend::General(Box::new(pool)))
+            let blocks = Blocks::new(AnyAllocator::Pool(pool))
                 .with_max_request(largest.saturating_sub(HEADER));
             Ok(SlabAllocator {
                 handle: Handle::new(blocks, name.to_owned()),
@@ -547,7 +536,7 @@ allocator_class!(
         #[pyo3(signature = (name, capacity = None, create = true))]
         fn new(name: &str, capacity: Option<i64>, create: bool) -> PyResult<Self> {
             Ok(BuddyAllocator {
-                handle: open_general::<shmkit_lib::BuddyAllocator>(name, capacity, create)?,
+                handle: open_general(name, capacity, create, AnyAllocator::Buddy)?,
             })
         }
     }
@@ -562,7 +551,7 @@ allocator_class!(
         #[pyo3(signature = (name, capacity = None, create = true))]
         fn new(name: &str, capacity: Option<i64>, create: bool) -> PyResult<Self> {
             Ok(SizeClassAllocator {
-                handle: open_general::<RustSizeClass>(name, capacity, create)?,
+                handle: open_general(name, capacity, create, AnyAllocator::SizeClass)?,
             })
         }
     }
@@ -577,7 +566,7 @@ allocator_class!(
         #[pyo3(signature = (name, capacity = None, create = true))]
         fn new(name: &str, capacity: Option<i64>, create: bool) -> PyResult<Self> {
             Ok(ThreadLocalAllocator {
-                handle: open_general::<RustThreadLocal>(name, capacity, create)?,
+                handle: open_general(name, capacity, create, AnyAllocator::ThreadLocal)?,
             })
         }
     }
