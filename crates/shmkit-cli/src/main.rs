@@ -1,5 +1,6 @@
 //! `shmkit`: the command line of the shmkit toolkit.
 
+mod bench;
 mod demo;
 mod inspect;
 mod map;
@@ -43,6 +44,13 @@ enum Command {
     Create(inspect::CreateArgs),
     /// Remove a segment's name (refuses a non-shmkit name unless --force).
     Rm(inspect::RmArgs),
+    /// Measure pair64, churn and bulk on one thread, two threads and two
+    /// processes for every allocator and peer, with ratios to the system
+    /// allocator.
+    Bench(bench::BenchArgs),
+    /// One worker process of `shmkit bench` (started by the benchmark).
+    #[command(hide = true)]
+    BenchWorker(bench::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +64,8 @@ fn main() -> ExitCode {
         Command::Map(args) => map::run(&args),
         Command::Create(args) => inspect::create(&args),
         Command::Rm(args) => inspect::rm(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::BenchWorker(args) => bench::worker(&args),
     };
     match result {
         Ok(code) => code,

@@ -46,7 +46,9 @@ fn create(name: &Name, size: &str, allocator: &str) {
 
 #[test]
 fn every_subcommand_has_help() {
-    for sub in ["ls", "stat", "check", "map", "create", "rm", "demo"] {
+    for sub in [
+        "ls", "stat", "check", "map", "create", "rm", "demo", "bench",
+    ] {
         let out = shmkit(&[sub, "--help"]);
         assert!(out.status.success(), "{sub}");
         assert!(stdout(&out).contains("Usage"), "{sub}: {}", stdout(&out));
