@@ -70,13 +70,14 @@ fn glyph(fill: f64) -> char {
 pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
     let heap = open(&args.name)?;
     let mut regions = Vec::new();
-    let detailed = heap.regions(&mut |region| regions.push(region)).is_ok();
+    let walk = heap.regions(&mut |region| regions.push(region));
+    let detailed = walk.is_ok();
     let segment = heap.segment();
     let start = segment.data_offset();
     let end = segment.size().max(start + 1);
     if !detailed {
-        // No region walk for this allocator: one used and one free stretch,
-        // in proportion to its accounting.
+        // The walk found an inconsistency: still draw something useful, one
+        // used and one free stretch in proportion to the accounting.
         regions.clear();
         let stats = heap.stats();
         let used = (stats.capacity - stats.free_bytes.min(stats.capacity)).min(end - start);
@@ -101,10 +102,9 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
         heap.kind(),
         format_bytes(end - start),
         format_bytes(per_cell),
-        if detailed {
-            ""
-        } else {
-            " (proportional: no region walk for this allocator)"
+        match &walk {
+            Ok(()) => String::new(),
+            Err(e) => format!(" (proportional: the region walk failed: {e})"),
         }
     );
     for row in fill.chunks(args.width.max(1)) {
@@ -141,7 +141,11 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if walk.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(crate::inspect::EXIT_INCONSISTENT)
+    })
 }
 
 /// The regions as rows of rectangles (one row per 1/16 of the data area),

@@ -135,6 +135,14 @@ fn check_passes_a_sound_segment_and_fails_a_corrupted_one() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sound"], false);
     assert!(report["error"].as_str().is_some());
+    // `map` still draws the segment, in proportion, and says why.
+    let out = shmkit(&["map", &name.0]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("the region walk failed"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -173,6 +181,51 @@ fn map_draws_used_and_free_regions_and_writes_svg() {
     let _ = std::fs::remove_file(&svg);
     assert!(picture.starts_with("<svg") && picture.trim_end().ends_with("</svg>"));
     assert!(picture.matches("<rect").count() >= 2, "{picture}");
+}
+
+/// The cells of `shmkit map`'s strip that show some use, and the strip.
+fn map_used_cells(name: &Name) -> (usize, String) {
+    let out = shmkit(&["map", &name.0, "--width", "40", "--rows", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("proportional"), "a region walk: {text}");
+    let strip: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+    assert_eq!(strip.len(), 4, "{text}");
+    let cells: String = strip.concat().replace('|', "");
+    (cells.chars().filter(|&c| c != '.').count(), text)
+}
+
+#[test]
+fn map_walks_pool_and_buddy_segments() {
+    let pool = Name::new("map-pool");
+    create(&pool, "4MiB", "pool");
+    let heap = shmkit::PoolAllocator::attach(&SegmentOptions::shm(&pool.0)).unwrap();
+    let (used, text) = map_used_cells(&pool);
+    assert_eq!(used, 0, "a fresh pool: {text}");
+    assert!(text.contains("0 B in use in 1 regions"), "{text}");
+    // 1000 256-byte slots: a quarter MiB of 4 MiB, a few of 160 cells.
+    let blocks: Vec<_> = (0..1000).map(|_| heap.allocate(200).unwrap()).collect();
+    let (used, text) = map_used_cells(&pool);
+    assert!((8..=14).contains(&used), "{used} used cells: {text}");
+    for block in blocks.iter().step_by(2) {
+        heap.free(*block).unwrap();
+    }
+    let (half, text) = map_used_cells(&pool);
+    assert!((2..=used).contains(&half), "{half} used cells: {text}");
+    assert!(text.contains("125.0 KiB in use"), "500 live slots: {text}");
+
+    let buddy = Name::new("map-buddy");
+    create(&buddy, "4MiB", "buddy");
+    let heap = shmkit::BuddyAllocator::attach(&SegmentOptions::shm(&buddy.0)).unwrap();
+    let (used, text) = map_used_cells(&buddy);
+    assert_eq!(used, 0, "a fresh buddy heap: {text}");
+    // 256 blocks of 4 KiB: 1 MiB of 4 MiB, about a quarter of the cells.
+    for _ in 0..256 {
+        heap.allocate(3000).unwrap();
+    }
+    let (used, text) = map_used_cells(&buddy);
+    assert!((35..=50).contains(&used), "{used} used cells: {text}");
+    assert!(text.contains("1.0 MiB in use"), "{text}");
 }
 
 #[test]

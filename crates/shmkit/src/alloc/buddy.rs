@@ -64,7 +64,7 @@ use std::time::Duration;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -654,10 +654,8 @@ impl Heap<'_> {
     /// blocks of the largest orders that fit; returns the heap's units.
     fn absorb(&self) -> Result<usize> {
         let geo = self.geo;
-        let min = 1u64 << geo.min_order;
         let end = self.heap_end()?;
-        let limit = self.segment.size().min(geo.heap_limit);
-        let limit_rel = limit.saturating_sub(geo.heap_start) & !(min - 1);
+        let limit_rel = self.absorbable_end() - geo.heap_start;
         let mut rel = end - geo.heap_start;
         while rel < limit_rel {
             let fits = 63 - (limit_rel - rel).leading_zeros();
@@ -682,6 +680,16 @@ impl Heap<'_> {
             self.coalesce_and_push(unit, order, unit + span)?;
         }
         Ok((rel >> geo.min_order) as usize)
+    }
+
+    /// Where the heap ends once [`absorb`](Self::absorb) has taken in all
+    /// the segment holds now: its size, cut to the heap limit and the unit
+    /// grid.
+    fn absorbable_end(&self) -> u64 {
+        let geo = &self.geo;
+        let min = 1u64 << geo.min_order;
+        let limit = self.segment.size().min(geo.heap_limit);
+        geo.heap_start + (limit.saturating_sub(geo.heap_start) & !(min - 1))
     }
 
     /// After a failed search: grows the segment so that a block of `order`
@@ -921,6 +929,41 @@ impl Heap<'_> {
         Ok(true)
     }
 
+    /// The data area as regions, for [`ShmAllocator::regions`]: the tables,
+    /// then every block of the heap, then the space the heap has yet to take
+    /// in. Reads the state table only (the authority), never a block.
+    fn regions_locked(&self) -> Result<Vec<Region>> {
+        let end = self.end_units()?;
+        let mut regions = Vec::new();
+        let mut push = |offset: u64, len: u64, used: u64| {
+            if len > 0 {
+                regions.push(Region { offset, len, used });
+            }
+        };
+        // The tables: no block's bytes.
+        push(
+            self.geo.table_offset,
+            self.geo.heap_start - self.geo.table_offset,
+            0,
+        );
+        let mut unit = 0;
+        while unit < end {
+            let Some((order, allocated)) = self.head_at(unit, end) else {
+                return Err(Error::corrupt(format!(
+                    "buddy state table: no valid block starts at unit {unit} (offset {})",
+                    self.offset(unit)
+                )));
+            };
+            let len = 1u64 << order;
+            push(self.offset(unit), len, if allocated { len } else { 0 });
+            unit += self.span(order);
+        }
+        // Growth not yet taken in: free blocks at the next allocation.
+        let heap_end = self.offset(end);
+        push(heap_end, self.absorbable_end() - heap_end, 0);
+        Ok(regions)
+    }
+
     fn check_locked(&self) -> Result<()> {
         let end = self.end_units()?;
         let mut free_per_order = [0u64; ORDERS];
@@ -1098,6 +1141,26 @@ impl ShmAllocator for BuddyAllocator {
         heap.check_locked()
     }
 
+    /// Reports every block in offset order, a live one wholly in use (the
+    /// whole power of two, the bytes it may use) and a free one wholly free;
+    /// before them the state and size tables, after them the space the
+    /// segment has grown by and the heap has not yet taken in (each free:
+    /// bytes no block holds). Walks the state table under the lock, as
+    /// [`check`](ShmAllocator::check) does, and reports a table that does
+    /// not tile the heap as an error; `visit` runs after the lock is
+    /// released, so it may use the allocator.
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        let heap = self.heap();
+        let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
+        if guard.recovered() {
+            heap.rebuild()?;
+        }
+        let regions = heap.regions_locked();
+        drop(guard);
+        regions?.into_iter().for_each(visit);
+        Ok(())
+    }
+
     fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
         let Some(new_order) = self.order_for(new_size, 1) else {
             // Too large for any block: leave it to allocate-copy-free (which
@@ -1114,6 +1177,143 @@ impl_allocator_api2!(BuddyAllocator);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SegmentOptions;
+
+    /// The allocator's regions, checked to tile the data area in offset
+    /// order up to `end`.
+    fn tiling(buddy: &BuddyAllocator, end: u64) -> Vec<Region> {
+        let mut regions = Vec::new();
+        buddy.regions(&mut |region| regions.push(region)).unwrap();
+        let mut next = buddy.segment().data_offset();
+        for region in &regions {
+            assert_eq!(region.offset, next, "gap or overlap: {regions:?}");
+            assert!(region.len > 0 && region.used <= region.len, "{region:?}");
+            next = region.offset + region.len;
+        }
+        assert_eq!(next, end, "the data area is covered: {regions:?}");
+        regions
+    }
+
+    /// The regions inside the heap: every one a block.
+    fn blocks(buddy: &BuddyAllocator, regions: &[Region]) -> Vec<Region> {
+        let start = buddy.geo.heap_start;
+        let blocks: Vec<Region> = regions
+            .iter()
+            .copied()
+            .filter(|r| r.offset >= start)
+            .collect();
+        for block in &blocks {
+            assert!(block.len.is_power_of_two() && block.len >= buddy.min_block());
+            assert_eq!((block.offset - start) % block.len, 0, "{block:?}");
+            assert!(block.used == 0 || block.used == block.len, "{block:?}");
+        }
+        blocks
+    }
+
+    #[test]
+    fn regions_list_every_block_in_offset_order() {
+        let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let sizes = [100usize, 64, 1000, 5000, 64, 300, 20_000, 7];
+        let mut live = Vec::new();
+        let mut freed = Vec::new();
+        for (index, &size) in sizes.iter().enumerate() {
+            let block = buddy.allocate(size).unwrap();
+            if index % 3 == 1 {
+                freed.push(block);
+            } else {
+                live.push((block, size as u64));
+            }
+        }
+        for &block in &freed {
+            buddy.free(block).unwrap();
+        }
+        let regions = tiling(&buddy, buddy.segment().size());
+        assert_eq!(regions[0].offset, buddy.segment().data_offset());
+        assert_eq!(regions[0].used, 0, "the tables hold no block");
+        let blocks = blocks(&buddy, &regions);
+        assert_eq!(blocks.len(), regions.len() - 1);
+        let used: Vec<Region> = blocks.iter().copied().filter(|b| b.used > 0).collect();
+        assert_eq!(used.len(), live.len(), "{blocks:?}");
+        for (block, size) in &live {
+            let offset = block.offset().raw();
+            let usable = buddy.usable_size(offset).unwrap() as u64;
+            assert!(usable >= *size);
+            assert!(
+                used.contains(&Region {
+                    offset,
+                    len: usable,
+                    used: usable
+                }),
+                "live block {offset} of {usable} bytes in {blocks:?}"
+            );
+        }
+        let requested: u64 = live.iter().map(|(_, size)| size).sum();
+        let total: u64 = used.iter().map(|b| b.used).sum();
+        assert!(total >= requested);
+        assert_eq!(total, buddy.stats().capacity - buddy.stats().free_bytes);
+    }
+
+    #[test]
+    fn regions_of_a_fresh_or_emptied_buddy_hold_nothing() {
+        let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let end = buddy.segment().size();
+        let fresh = tiling(&buddy, end);
+        assert_eq!(fresh.iter().map(|r| r.used).sum::<u64>(), 0);
+        let live: Vec<_> = (0..100)
+            .map(|i| buddy.allocate(64 + i * 13).unwrap())
+            .collect();
+        assert!(tiling(&buddy, end).iter().map(|r| r.used).sum::<u64>() > 100 * 64);
+        for block in live {
+            buddy.free(block).unwrap();
+        }
+        // Every buddy merged again: the same blocks as at the start.
+        assert_eq!(tiling(&buddy, end), fresh);
+        buddy.check().unwrap();
+    }
+
+    #[test]
+    fn regions_count_growth_not_yet_taken_in_as_free() {
+        let options = SegmentOptions::private().size(256 << 10).max_size(1 << 20);
+        let buddy = BuddyAllocator::create(&options).unwrap();
+        let block = buddy.allocate(1000).unwrap();
+        let before = buddy.segment().size();
+        buddy.segment().grow(512 << 10).unwrap();
+        let regions = tiling(&buddy, 512 << 10);
+        let tail = regions.last().unwrap();
+        assert_eq!((tail.offset, tail.used), (before, 0), "{regions:?}");
+        assert_eq!(regions.iter().map(|r| r.used).sum::<u64>(), 1024);
+        buddy.free(block).unwrap();
+    }
+
+    #[test]
+    fn regions_refuse_a_broken_state_table() {
+        let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let block = buddy.allocate(100).unwrap();
+        let heap = buddy.heap();
+        let unit = heap.unit(block.offset().raw()).unwrap();
+        let byte = heap.byte(unit);
+        // An order below the minimum: the walk cannot step over it.
+        heap.set(unit, HEAD | ALLOCATED | 2);
+        assert!(matches!(
+            buddy.regions(&mut |_| {}),
+            Err(Error::CorruptHeader { .. })
+        ));
+        // An order past the heap end.
+        heap.set(unit, HEAD | ALLOCATED | MAX_ORDER as u8);
+        assert!(buddy.regions(&mut |_| {}).is_err());
+        heap.set(unit, byte);
+        let end = heap.state.heap_end.load(Ordering::Relaxed);
+        heap.state.heap_end.store(u64::MAX, Ordering::Relaxed);
+        assert!(
+            buddy.regions(&mut |_| {}).is_err(),
+            "a heap end past the segment"
+        );
+        heap.state.heap_end.store(end, Ordering::Relaxed);
+        let mut count = 0;
+        buddy.regions(&mut |_| count += 1).unwrap();
+        assert!(count > 2);
+        buddy.check().unwrap();
+    }
 
     #[test]
     fn geometry_puts_the_heap_on_a_page_after_both_tables() {

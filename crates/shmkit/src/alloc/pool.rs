@@ -34,7 +34,7 @@ use crossbeam_utils::CachePadded;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -272,6 +272,51 @@ struct SlotRef {
     slot: u32,
 }
 
+/// Merges stretches reported in offset order into runs: adjacent stretches
+/// that are both wholly in use, or both wholly free, become one region.
+struct Runs<'a> {
+    visit: &'a mut dyn FnMut(Region),
+    pending: Option<Region>,
+}
+
+impl<'a> Runs<'a> {
+    fn new(visit: &'a mut dyn FnMut(Region)) -> Self {
+        Runs {
+            visit,
+            pending: None,
+        }
+    }
+
+    /// Adds `[start, end)`, wholly in use when `live`, else wholly free.
+    fn push(&mut self, start: u64, end: u64, live: bool) {
+        if end <= start {
+            return;
+        }
+        let len = end - start;
+        let used = if live { len } else { 0 };
+        if let Some(pending) = &mut self.pending {
+            let pending_live = pending.used == pending.len;
+            if pending.offset + pending.len == start && pending_live == live {
+                pending.len += len;
+                pending.used += used;
+                return;
+            }
+            (self.visit)(*pending);
+        }
+        self.pending = Some(Region {
+            offset: start,
+            len,
+            used,
+        });
+    }
+
+    fn finish(mut self) {
+        if let Some(pending) = self.pending.take() {
+            (self.visit)(pending);
+        }
+    }
+}
+
 /// A pool of fixed-size slots in several sizes, shared by every process
 /// that attaches its segment.
 ///
@@ -462,6 +507,26 @@ impl PoolAllocator {
             return None;
         }
         (header.seal.load(Ordering::Relaxed) == page ^ PAGE_KEY).then_some(slab - 1)
+    }
+
+    /// The slab of claimed page `page` for [`regions`](ShmAllocator::regions):
+    /// `None` while its header is not set up (a claim in progress, or a
+    /// claimer that died first), an error when the header is garbage.
+    fn walked_page_slab(&self, page: u32) -> Result<Option<usize>> {
+        let header = self
+            .page_header(page)
+            .ok_or_else(|| Error::corrupt(format!("pool: page {page} is out of bounds")))?;
+        let slab = header.slab.load(Ordering::Acquire);
+        if slab == 0 {
+            return Ok(None);
+        }
+        let seal = header.seal.load(Ordering::Relaxed);
+        if slab as usize > self.geometry.count || seal != page ^ PAGE_KEY {
+            return Err(Error::corrupt(format!(
+                "pool: page {page} has slab {slab} and seal {seal:#x}, not a set-up page"
+            )));
+        }
+        Ok(Some(slab as usize - 1))
     }
 
     #[inline]
@@ -838,6 +903,65 @@ impl ShmAllocator for PoolAllocator {
         }
     }
 
+    /// Reports the data area slot by slot, merged into runs: consecutive
+    /// live slots form one region wholly in use (a slot counts whole, the
+    /// bytes a block may use), consecutive free or not yet carved slots one
+    /// region wholly free. A page's header and markers, the slack after its
+    /// last slot, the padding before the first page and the space no page
+    /// has claimed yet are bytes no block holds, so they count as free too
+    /// and merge with the free runs around them. Slot runs rather than
+    /// pages, because a page is one slot size only and its live slots may
+    /// sit anywhere in it: a page-sized region would smear them.
+    ///
+    /// The walk reads only the page headers and markers, each bounds-checked;
+    /// a page whose header is garbage or a marker that records more than
+    /// its slot is an error. On a busy pool it is a snapshot slot by slot.
+    fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        let geometry = &self.geometry;
+        let pages = self.pages();
+        let size = self.segment.size();
+        if pages > geometry.max_pages || geometry.page_offset(pages) > size {
+            return Err(Error::corrupt(format!(
+                "pool: {pages} pages do not fit the segment"
+            )));
+        }
+        let mut runs = Runs::new(visit);
+        runs.push(self.segment.data_offset(), geometry.base, false);
+        // `pages <= max_pages <= EMPTY`, so every page number fits a u32.
+        for page in 0..pages as u32 {
+            let start = geometry.page_offset(u64::from(page));
+            let end = start + geometry.page;
+            let Some(slab) = self.walked_page_slab(page)? else {
+                // Not set up: none of its slots was handed out.
+                runs.push(start, end, false);
+                continue;
+            };
+            let shape = geometry.slabs[slab];
+            runs.push(start, start + shape.first, false);
+            for slot in 0..shape.per_page {
+                let at = SlotRef { slab, page, slot };
+                let value = self
+                    .marker(at)
+                    .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?
+                    .load(Ordering::Acquire);
+                if u64::from(value.saturating_sub(1)) > shape.slot {
+                    return Err(Error::corrupt(format!(
+                        "pool: slot {at:?} records {} bytes, more than its {}",
+                        value - 1,
+                        shape.slot
+                    )));
+                }
+                let offset = self.slot_offset(at);
+                runs.push(offset, offset + shape.slot, value != 0);
+            }
+            let slots_end = start + shape.first + u64::from(shape.per_page) * shape.slot;
+            runs.push(slots_end, end, false);
+        }
+        runs.push(geometry.page_offset(pages), size, false);
+        runs.finish();
+        Ok(())
+    }
+
     /// Walks every claimed page (header, seal, markers) and every slab's
     /// free stack (bounded by the slab's slot count; every index must be a
     /// free, carved slot of that slab, none twice), then checks that every
@@ -975,6 +1099,127 @@ impl_allocator_api2!(PoolAllocator);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{SegmentAllocator, SegmentOptions};
+
+    fn pool(size: u64) -> PoolAllocator {
+        let params = PoolParams::new(&[24, 256, 4096]).unwrap();
+        PoolAllocator::create_with(&SegmentOptions::private().size(size), &params).unwrap()
+    }
+
+    /// The pool's regions, checked to tile the data area in offset order.
+    fn tiling(pool: &PoolAllocator) -> Vec<Region> {
+        let mut regions = Vec::new();
+        pool.regions(&mut |region| regions.push(region)).unwrap();
+        let mut next = pool.segment().data_offset();
+        for region in &regions {
+            assert_eq!(region.offset, next, "gap or overlap: {regions:?}");
+            assert!(region.len > 0 && region.used <= region.len, "{region:?}");
+            next = region.offset + region.len;
+        }
+        assert_eq!(next, pool.segment().size(), "the data area is covered");
+        regions
+    }
+
+    fn region_at(regions: &[Region], offset: u64) -> Region {
+        *regions
+            .iter()
+            .find(|r| (r.offset..r.offset + r.len).contains(&offset))
+            .unwrap()
+    }
+
+    #[test]
+    fn regions_show_live_and_free_slot_runs() {
+        let pool = pool(1 << 20);
+        let mut live = Vec::new();
+        let mut freed = Vec::new();
+        for (index, size) in [20usize, 200, 3000].repeat(12).into_iter().enumerate() {
+            let block = pool.allocate(size).unwrap();
+            if index % 3 == 1 || index % 5 == 0 {
+                freed.push(block);
+            } else {
+                live.push((block, size as u64));
+            }
+        }
+        for &block in &freed {
+            pool.free(block).unwrap();
+        }
+        let regions = tiling(&pool);
+        let used: u64 = regions.iter().map(|r| r.used).sum();
+        let usable: u64 = live
+            .iter()
+            .map(|(b, _)| pool.usable_size(b.offset().raw()).unwrap() as u64)
+            .sum();
+        let requested: u64 = live.iter().map(|(_, size)| size).sum();
+        assert_eq!(used, usable, "live slots count whole: {regions:?}");
+        assert!(used >= requested);
+        for (block, _) in &live {
+            let region = region_at(&regions, block.offset().raw());
+            assert_eq!(region.used, region.len, "live block in {region:?}");
+        }
+        for block in &freed {
+            let region = region_at(&regions, block.offset().raw());
+            assert_eq!(region.used, 0, "freed block in {region:?}");
+        }
+        // Runs merge, but live and freed slots alternate in places.
+        assert!(regions.len() > 4, "{regions:?}");
+        for pair in regions.windows(2) {
+            let full = |r: &Region| r.used == r.len;
+            assert_ne!(full(&pair[0]), full(&pair[1]), "unmerged: {pair:?}");
+        }
+    }
+
+    #[test]
+    fn regions_of_a_fresh_or_emptied_pool_hold_nothing() {
+        let pool = pool(1 << 20);
+        let fresh = tiling(&pool);
+        assert_eq!(fresh.iter().map(|r| r.used).sum::<u64>(), 0);
+        let blocks: Vec<_> = [20usize, 200, 3000]
+            .repeat(50)
+            .into_iter()
+            .map(|size| pool.allocate(size).unwrap())
+            .collect();
+        let busy = tiling(&pool);
+        assert!(busy.iter().map(|r| r.used).sum::<u64>() >= 50 * 3220);
+        for block in blocks {
+            pool.free(block).unwrap();
+        }
+        let emptied = tiling(&pool);
+        assert_eq!(emptied.iter().map(|r| r.used).sum::<u64>(), 0);
+        // Headers, free slots and the untouched tail merge into one run.
+        assert_eq!(emptied.len(), 1, "{emptied:?}");
+        pool.check().unwrap();
+    }
+
+    #[test]
+    fn regions_refuse_a_broken_page_instead_of_guessing() {
+        let pool = pool(1 << 20);
+        let block = pool.allocate(200).unwrap();
+        let header = pool.page_header(0).unwrap();
+        let seal = header.seal.load(Ordering::Relaxed);
+        header.seal.store(seal ^ 1, Ordering::Relaxed);
+        assert!(matches!(
+            pool.regions(&mut |_| {}),
+            Err(Error::CorruptHeader { .. })
+        ));
+        header.seal.store(seal, Ordering::Relaxed);
+        let at = pool.locate(block.offset().raw()).unwrap();
+        let marker = pool.marker(at).unwrap();
+        marker.store(u32::MAX, Ordering::Relaxed);
+        assert!(pool.regions(&mut |_| {}).is_err(), "a marker past its slot");
+        marker.store(201, Ordering::Relaxed);
+        let pages = &pool.state().pages;
+        pages.store(u64::MAX, Ordering::Relaxed);
+        assert!(
+            pool.regions(&mut |_| {}).is_err(),
+            "a page count past the end"
+        );
+        // A claimed page whose header is not set up yet holds no block.
+        pages.store(2, Ordering::Relaxed);
+        let regions = tiling(&pool);
+        assert_eq!(regions.iter().map(|r| r.used).sum::<u64>(), 256);
+        pages.store(1, Ordering::Relaxed);
+        pool.check().unwrap();
+    }
 
     #[test]
     fn every_slot_fits_its_page_aligned() {
