@@ -125,6 +125,17 @@ impl Report {
         out
     }
 
+    /// Allocator names in the order they were measured.
+    fn allocators(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for row in &self.rows {
+            if !names.contains(&row.allocator.as_str()) {
+                names.push(&row.allocator);
+            }
+        }
+        names
+    }
+
     /// Everything, for machines.
     pub fn json(&self) -> Value {
         let rows: Vec<Value> = self
@@ -159,6 +170,7 @@ impl Report {
                 "round_ms": self.plan.round_time.as_millis() as u64,
                 "bulk_blocks": self.plan.bulk_blocks,
             },
+            "allocators": self.allocators(),
             "unit": "ns per operation: one allocate and its free (pair64, churn step, bulk block); with 2 workers, wall time over both workers' operations",
             "rows": rows,
             "notes": self.notes,
@@ -299,6 +311,7 @@ mod tests {
         assert_eq!(rows[1]["ratio_to_system"], json!(0.5));
         assert_eq!(rows[1]["mode"], "2p");
         assert_eq!(rows[1]["workers"], 2);
+        assert_eq!(value["allocators"], json!(["system", "mimalloc"]));
         assert!(value["machine"]["cores"].as_u64().unwrap() >= 1);
         assert_eq!(value["date"].as_str().unwrap().len(), 10);
     }
