@@ -148,6 +148,42 @@ fn markdown_output_is_a_table() {
 }
 
 #[test]
+fn a_saved_run_prints_again_without_measuring() {
+    let out = bench(
+        &[
+            "--allocators",
+            "mimalloc",
+            "--workloads",
+            "pair64",
+            "--modes",
+            "1t",
+            "--json",
+        ],
+        &[],
+    );
+    let saved = json_of(&out);
+    let path = format!("{}/saved-run.json", env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(&path, &out.stdout).unwrap();
+    let again = Command::new(env!("CARGO_BIN_EXE_shmkit"))
+        .args(["bench", "--from", &path, "--markdown"])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let md = String::from_utf8_lossy(&again.stdout);
+    let mimalloc = &saved["rows"][1];
+    assert_eq!(mimalloc["allocator"], "mimalloc");
+    let ratio = format!("{:.2} |", mimalloc["ratio_to_system"].as_f64().unwrap());
+    assert!(
+        md.contains("| pair64 | 1 thread | mimalloc |") && md.contains(&ratio),
+        "{md}"
+    );
+}
+
+#[test]
 fn unknown_names_are_usage_errors() {
     let out = bench(&["--allocators", "tcmalloc"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Target length of one timed round of pair64 and churn, in milliseconds.
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     round_ms: Option<u64>,
+    /// Print a saved `--json` run again (as a table or --markdown) instead
+    /// of measuring.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["json", "peers"])]
+    from: Option<PathBuf>,
     /// Blocks of 64 B per bulk round.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     bulk_blocks: Option<u64>,
@@ -98,7 +102,65 @@ fn selected_subjects(asked: &[Subject]) -> Vec<Subject> {
         .collect()
 }
 
+/// A report read back from `--json` output.
+fn load_report(path: &std::path::Path) -> Result<Report, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let settings = &value["settings"];
+    let number = |key: &str| {
+        settings[key]
+            .as_u64()
+            .ok_or_else(|| format!("{}: no settings.{key}", path.display()))
+    };
+    let plan = Plan {
+        samples: number("samples")? as u32,
+        round_time: Duration::from_millis(number("round_ms")?),
+        bulk_blocks: number("bulk_blocks")?,
+    };
+    let rows = value["rows"]
+        .as_array()
+        .ok_or_else(|| format!("{}: no rows", path.display()))?
+        .iter()
+        .map(Row::from_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    let notes = value["notes"]
+        .as_array()
+        .map(|n| {
+            n.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Report {
+        plan,
+        quick: settings["quick"].as_bool().unwrap_or(false),
+        rows,
+        notes,
+    })
+}
+
+fn print(report: &Report, args: &BenchArgs) {
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
+        );
+        for note in &report.notes {
+            eprintln!("shmkit: {note}");
+        }
+    } else if args.markdown {
+        print!("{}", report.markdown());
+    } else {
+        print!("{}", report.table());
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
+    if let Some(path) = &args.from {
+        print(&load_report(path)?, args);
+        return Ok(ExitCode::SUCCESS);
+    }
     let plan = Plan {
         samples: args.samples.unwrap_or(if args.quick { 3 } else { 5 }),
         round_time: Duration::from_millis(args.round_ms.unwrap_or(if args.quick {
@@ -190,21 +252,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     }
     progress.finish_and_clear();
 
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report.json()).expect("JSON values serialize")
-        );
-    } else if args.markdown {
-        print!("{}", report.markdown());
-    } else {
-        print!("{}", report.table());
-    }
-    for note in &report.notes {
-        if args.json {
-            eprintln!("shmkit: {note}");
-        }
-    }
+    print(&report, args);
     Ok(if failed {
         ExitCode::FAILURE
     } else {

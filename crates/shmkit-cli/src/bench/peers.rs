@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use super::driver::{Measurement, Plan};
+use super::driver::Plan;
 use super::report::Row;
 use super::workload::{Mode, Workload};
 
@@ -123,36 +123,7 @@ pub fn run(
 fn parse_row(line: &str) -> Result<Row, String> {
     let value: serde_json::Value =
         serde_json::from_str(line).map_err(|e| format!("harness line `{line}`: {e}"))?;
-    let text = |key: &str| {
-        value[key]
-            .as_str()
-            .map(str::to_string)
-            .ok_or_else(|| format!("harness line without `{key}`: {line}"))
-    };
-    let workload = text("workload")?;
-    let mode = text("mode")?;
-    let workload =
-        Workload::from_name(&workload).ok_or(format!("unknown workload `{workload}`"))?;
-    let mode = Mode::from_name(&mode).ok_or(format!("unknown mode `{mode}`"))?;
-    let outcome = match value["error"].as_str() {
-        Some(error) => Err(error.to_string()),
-        None => Ok(Measurement {
-            ns_per_op: value["ns_per_op"]
-                .as_f64()
-                .ok_or(format!("harness line without ns_per_op: {line}"))?,
-            samples: value["samples"]
-                .as_array()
-                .map(|s| s.iter().filter_map(|v| v.as_f64()).collect())
-                .unwrap_or_default(),
-            ops_per_round: value["ops_per_round"].as_u64().unwrap_or(0),
-        }),
-    };
-    Ok(Row {
-        allocator: text("allocator")?,
-        workload,
-        mode,
-        outcome,
-    })
+    Row::from_json(&value)
 }
 
 #[cfg(test)]

@@ -18,6 +18,42 @@ pub struct Row {
     pub outcome: Result<Measurement, String>,
 }
 
+impl Row {
+    /// A row as `shmkit bench --json` and the peer harness write it.
+    pub fn from_json(value: &Value) -> Result<Row, String> {
+        let text = |key: &str| {
+            value[key]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("a row without `{key}`: {value}"))
+        };
+        let workload = text("workload")?;
+        let mode = text("mode")?;
+        let workload =
+            Workload::from_name(&workload).ok_or(format!("unknown workload `{workload}`"))?;
+        let mode = Mode::from_name(&mode).ok_or(format!("unknown mode `{mode}`"))?;
+        let outcome = match value["error"].as_str() {
+            Some(error) => Err(error.to_string()),
+            None => Ok(Measurement {
+                ns_per_op: value["ns_per_op"]
+                    .as_f64()
+                    .ok_or(format!("a row without ns_per_op: {value}"))?,
+                samples: value["samples"]
+                    .as_array()
+                    .map(|s| s.iter().filter_map(|v| v.as_f64()).collect())
+                    .unwrap_or_default(),
+                ops_per_round: value["ops_per_round"].as_u64().unwrap_or(0),
+            }),
+        };
+        Ok(Row {
+            allocator: text("allocator")?,
+            workload,
+            mode,
+            outcome,
+        })
+    }
+}
+
 /// Everything one run produced.
 pub struct Report {
     pub plan: Plan,
