@@ -3,8 +3,11 @@
 
 use std::alloc::Layout;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ptr::NonNull;
 use std::sync::Mutex;
+
+use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
@@ -15,6 +18,35 @@ use crate::segment::SegmentOptions;
 
 /// Shards of the table of live blocks, so threads rarely share a lock.
 const SHARDS: usize = 16;
+
+/// Hashes a block address with one multiply: addresses are unique and not
+/// chosen by an adversary, and SipHash cost more than the malloc it guarded.
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    #[inline]
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits (which pick the bucket) as weak
+        // as the aligned address's: fold the high half down.
+        self.0 ^ (self.0 >> 32)
+    }
+}
+
+type LiveBlocks = HashMap<usize, Layout, BuildHasherDefault<AddressHasher>>;
 
 /// The process's system allocator as a [`ShmAllocator`].
 ///
@@ -34,7 +66,8 @@ const SHARDS: usize = 16;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct MallocAllocator {
-    live: [Mutex<HashMap<usize, Layout>>; SHARDS],
+    /// One cache line or more per shard: neighbours never share a line.
+    live: [CachePadded<Mutex<LiveBlocks>>; SHARDS],
     counters: AllocCounters,
 }
 
@@ -56,7 +89,7 @@ impl MallocAllocator {
     /// A new, empty allocator.
     pub fn new() -> MallocAllocator {
         MallocAllocator {
-            live: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            live: std::array::from_fn(|_| CachePadded::new(Mutex::new(LiveBlocks::default()))),
             counters: AllocCounters::new(),
         }
     }
@@ -69,7 +102,7 @@ impl MallocAllocator {
         ))
     }
 
-    fn shard(&self, addr: usize) -> std::sync::MutexGuard<'_, HashMap<usize, Layout>> {
+    fn shard(&self, addr: usize) -> std::sync::MutexGuard<'_, LiveBlocks> {
         let index = (addr >> 4).wrapping_mul(0x9e37_79b9) % SHARDS;
         // A panic while holding a shard cannot leave the map half-updated
         // (each operation is one insert or remove), so poisoning is ignored.
