@@ -143,8 +143,9 @@ fn markdown_output_is_a_table() {
     );
     assert!(out.status.success());
     let md = String::from_utf8_lossy(&out.stdout);
-    assert!(md.starts_with("| workload |"), "{md}");
-    assert!(md.contains("| bulk | 1 thread | bumpalo |"), "{md}");
+    assert!(md.contains("**bulk**"), "{md}");
+    assert!(md.contains("| allocator | 1 thread |"), "{md}");
+    assert!(md.contains("| bumpalo | "), "{md}");
 }
 
 #[test]
@@ -176,11 +177,9 @@ fn a_saved_run_prints_again_without_measuring() {
     let md = String::from_utf8_lossy(&again.stdout);
     let mimalloc = &saved["rows"][1];
     assert_eq!(mimalloc["allocator"], "mimalloc");
-    let ratio = format!("{:.2} |", mimalloc["ratio_to_system"].as_f64().unwrap());
-    assert!(
-        md.contains("| pair64 | 1 thread | mimalloc |") && md.contains(&ratio),
-        "{md}"
-    );
+    let ratio = format!("({:.2}) |", mimalloc["ratio_to_system"].as_f64().unwrap());
+    let line = md.lines().find(|l| l.starts_with("| mimalloc |"));
+    assert!(line.is_some_and(|l| l.ends_with(&ratio)), "{md}");
 }
 
 #[test]

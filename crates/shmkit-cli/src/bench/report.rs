@@ -133,27 +133,54 @@ impl Report {
         out
     }
 
-    /// The same table in Markdown, for reports.
+    /// Markdown for reports: a table per workload, an allocator per row,
+    /// a column per worker setup, each cell "ns/op (x system)".
     pub fn markdown(&self) -> String {
-        let mut out = String::from(
-            "| workload | workers | allocator | ns/op | x system |\n|---|---|---|---:|---:|\n",
-        );
-        for row in self.ordered() {
-            let figures = match &row.outcome {
-                Ok(m) => format!(
-                    "{} | {}",
-                    format_ns(m.ns_per_op),
-                    self.ratio(row).map_or("-".into(), |r| format!("{r:.2}"))
-                ),
-                Err(e) => format!("{e} | -"),
-            };
-            let _ = writeln!(
+        let mut out = String::new();
+        for workload in Workload::ALL {
+            let modes: Vec<Mode> = Mode::ALL
+                .into_iter()
+                .filter(|&m| {
+                    self.rows
+                        .iter()
+                        .any(|r| r.workload == workload && r.mode == m)
+                })
+                .collect();
+            if modes.is_empty() {
+                continue;
+            }
+            let _ = write!(
                 out,
-                "| {} | {} | {} | {figures} |",
-                row.workload,
-                row.mode.describe(),
-                row.allocator
+                "\n**{workload}**: ns per operation (ratio to system)\n\n| allocator |"
             );
+            for mode in &modes {
+                let _ = write!(out, " {} |", mode.describe());
+            }
+            out.push_str("\n|---|");
+            out.push_str(&"---:|".repeat(modes.len()));
+            out.push('\n');
+            for allocator in self.allocators() {
+                let cells: Vec<String> = modes
+                    .iter()
+                    .map(|&mode| {
+                        let row = self.rows.iter().find(|r| {
+                            r.allocator == allocator && r.workload == workload && r.mode == mode
+                        });
+                        match row.map(|r| (r, &r.outcome)) {
+                            None => "n/a".into(),
+                            Some((_, Err(e))) => e.clone(),
+                            Some((r, Ok(m))) => match self.ratio(r) {
+                                Some(ratio) => format!("{} ({ratio:.2})", format_ns(m.ns_per_op)),
+                                None => format_ns(m.ns_per_op),
+                            },
+                        }
+                    })
+                    .collect();
+                if cells.iter().all(|c| c == "n/a") {
+                    continue;
+                }
+                let _ = writeln!(out, "| {allocator} | {} |", cells.join(" | "));
+            }
         }
         for note in &self.notes {
             let _ = write!(out, "\nNote: {note}\n");
@@ -361,15 +388,15 @@ mod tests {
     }
 
     #[test]
-    fn markdown_has_one_line_per_row() {
+    fn markdown_has_a_table_per_workload_and_a_line_per_allocator() {
         let md = report(vec![
             measured("system", Workload::Bulk, Mode::OneThread, 20.0),
             measured("bumpalo", Workload::Bulk, Mode::OneThread, 2.0),
         ])
         .markdown();
-        assert!(
-            md.contains("| bulk | 1 thread | bumpalo | 2.00 | 0.10 |"),
-            "{md}"
-        );
+        assert!(md.contains("**bulk**"), "{md}");
+        assert!(md.contains("| allocator | 1 thread |"), "{md}");
+        assert!(md.contains("| bumpalo | 2.00 (0.10) |"), "{md}");
+        assert!(!md.contains("**pair64**"), "no rows, no table: {md}");
     }
 }
