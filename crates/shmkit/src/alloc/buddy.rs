@@ -462,6 +462,17 @@ impl Heap<'_> {
         }
     }
 
+    /// [`head_at`](Self::head_at) for walks that must tile the heap: a unit
+    /// where no valid block starts is corruption.
+    fn walked_head(&self, unit: usize, end_units: usize) -> Result<(u32, bool)> {
+        self.head_at(unit, end_units).ok_or_else(|| {
+            Error::corrupt(format!(
+                "buddy state table: no valid block starts at unit {unit} (offset {})",
+                self.offset(unit)
+            ))
+        })
+    }
+
     /// The block starting at `unit`: its order and whether it is live, if
     /// the state byte there describes a whole block inside the heap.
     fn head_at(&self, unit: usize, end_units: usize) -> Option<(u32, bool)> {
@@ -742,12 +753,7 @@ impl Heap<'_> {
         // 1. The walk must tile the heap; change nothing if it does not.
         let mut unit = 0;
         while unit < end {
-            let Some((order, _)) = self.head_at(unit, end) else {
-                return Err(Error::corrupt(format!(
-                    "buddy state table: no valid block starts at unit {unit} (offset {})",
-                    self.offset(unit)
-                )));
-            };
+            let (order, _) = self.walked_head(unit, end)?;
             unit += self.span(order);
         }
         // 2. Forget the lists.
@@ -948,12 +954,7 @@ impl Heap<'_> {
         );
         let mut unit = 0;
         while unit < end {
-            let Some((order, allocated)) = self.head_at(unit, end) else {
-                return Err(Error::corrupt(format!(
-                    "buddy state table: no valid block starts at unit {unit} (offset {})",
-                    self.offset(unit)
-                )));
-            };
+            let (order, allocated) = self.walked_head(unit, end)?;
             let len = 1u64 << order;
             push(self.offset(unit), len, if allocated { len } else { 0 });
             unit += self.span(order);
@@ -970,12 +971,7 @@ impl Heap<'_> {
         let (mut live, mut bytes) = (0u64, 0u64);
         let mut unit = 0;
         while unit < end {
-            let Some((order, allocated)) = self.head_at(unit, end) else {
-                return Err(Error::corrupt(format!(
-                    "buddy state table: no valid block starts at unit {unit} (offset {})",
-                    self.offset(unit)
-                )));
-            };
+            let (order, allocated) = self.walked_head(unit, end)?;
             let span = self.span(order);
             if let Some(stale) = (unit + 1..unit + span).find(|&u| self.byte(u) != 0) {
                 return Err(Error::corrupt(format!(

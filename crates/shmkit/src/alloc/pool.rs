@@ -541,6 +541,15 @@ impl PoolAllocator {
         at.page * self.geometry.slabs[at.slab].per_page + at.slot
     }
 
+    /// A slot's marker for the walks (`check`, `regions`): out of bounds is
+    /// corruption.
+    fn walked_marker(&self, at: SlotRef) -> Result<u32> {
+        let marker = self
+            .marker(at)
+            .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?;
+        Ok(marker.load(Ordering::Acquire))
+    }
+
     #[inline]
     fn marker(&self, at: SlotRef) -> Option<&AtomicU32> {
         self.atomic_at(
@@ -940,10 +949,7 @@ impl ShmAllocator for PoolAllocator {
             runs.push(start, start + shape.first, false);
             for slot in 0..shape.per_page {
                 let at = SlotRef { slab, page, slot };
-                let value = self
-                    .marker(at)
-                    .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?
-                    .load(Ordering::Acquire);
+                let value = self.walked_marker(at)?;
                 if u64::from(value.saturating_sub(1)) > shape.slot {
                     return Err(Error::corrupt(format!(
                         "pool: slot {at:?} records {} bytes, more than its {}",
@@ -987,10 +993,7 @@ impl ShmAllocator for PoolAllocator {
             let shape = geometry.slabs[slab];
             for slot in 0..shape.per_page {
                 let at = SlotRef { slab, page, slot };
-                let value = self
-                    .marker(at)
-                    .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?
-                    .load(Ordering::Acquire);
+                let value = self.walked_marker(at)?;
                 if value == 0 {
                     continue;
                 }
