@@ -102,6 +102,8 @@ const PREV_FREE: u64 = 2;
 /// log2 of the number of second-level lists per first-level class.
 const SL_LOG2: u32 = 4;
 const SL_COUNT: usize = 1 << SL_LOG2;
+/// The bits of a second-level bitmap that name a list.
+const SL_MASK: u32 = ((1u64 << SL_COUNT) - 1) as u32;
 /// Sizes below `1 << FL_SHIFT` share first-level class 0.
 const FL_SHIFT: u32 = SL_LOG2 + GRANULE.trailing_zeros();
 const SMALL: u64 = 1 << FL_SHIFT;
@@ -522,6 +524,13 @@ impl<'a> Heap<'a> {
         &self.state.heads[fl][sl]
     }
 
+    /// The second-level bitmap of class `fl`, without bits past
+    /// [`SL_COUNT`]: a corrupt word must not name a list that does not
+    /// exist (`check` reports such bits).
+    fn sl_map(&self, fl: usize) -> u32 {
+        self.state.sl_bitmap[fl].load(Ordering::Acquire) & SL_MASK
+    }
+
     fn class(&self, size: u64) -> Result<(usize, usize)> {
         class_of(size).ok_or_else(|| Error::corrupt(format!("free block size {size} has no class")))
     }
@@ -614,7 +623,7 @@ impl<'a> Heap<'a> {
 
     /// The first non-empty class at or above `(fl, sl)`.
     fn find_suitable(&self, (fl, sl): (usize, usize)) -> Option<(usize, usize)> {
-        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire) & (!0u32 << sl);
+        let sl_map = self.sl_map(fl) & (!0u32 << sl);
         if sl_map != 0 {
             return Some((fl, sl_map.trailing_zeros() as usize));
         }
@@ -627,7 +636,7 @@ impl<'a> Heap<'a> {
         if fl >= FL_COUNT {
             return None;
         }
-        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+        let sl_map = self.sl_map(fl);
         (sl_map != 0).then(|| (fl, sl_map.trailing_zeros() as usize))
     }
 
@@ -1012,7 +1021,7 @@ impl<'a> Heap<'a> {
         if fl >= FL_COUNT {
             return Err(Error::corrupt("first-level bitmap out of range"));
         }
-        let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+        let sl_map = self.sl_map(fl);
         if sl_map == 0 {
             return Err(Error::corrupt(format!(
                 "first-level class {fl} is marked but empty"
@@ -1100,6 +1109,11 @@ impl<'a> Heap<'a> {
         }
         for fl in 0..FL_COUNT {
             let sl_map = self.state.sl_bitmap[fl].load(Ordering::Acquire);
+            if sl_map & !SL_MASK != 0 {
+                return Err(Error::corrupt(format!(
+                    "second-level bitmap of class {fl} out of range"
+                )));
+            }
             if (sl_map != 0) != (fl_map & (1 << fl) != 0) {
                 return Err(Error::corrupt(format!("bitmaps disagree on class {fl}")));
             }
@@ -1358,5 +1372,24 @@ mod tests {
                 assert!(gap <= align + HEADER);
             }
         }
+    }
+
+    #[test]
+    fn a_stray_second_level_bit_is_reported_not_followed() {
+        let mut buffer = vec![0u8; 1 << 20];
+        let heap = FreeListAllocator::in_buffer(&mut buffer).unwrap();
+        let ctx = MemContext::default();
+        let block = heap.allocate_offset(&ctx, 100, 8).unwrap();
+        heap.free_offset(&ctx, block).unwrap();
+        // Mark a list past the last one in every class, as a flipped bit would.
+        for fl in 0..FL_COUNT {
+            heap.state().sl_bitmap[fl].fetch_or(1 << SL_COUNT, Ordering::Relaxed);
+        }
+        let err = heap.check().unwrap_err();
+        assert!(err.to_string().contains("out of range"), "{err}");
+        // Allocation ignores the bit instead of indexing past the lists.
+        let again = heap.allocate_offset(&ctx, 100, 8).unwrap();
+        heap.free_offset(&ctx, again).unwrap();
+        let _ = heap.stats();
     }
 }

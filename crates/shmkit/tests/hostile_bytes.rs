@@ -1,0 +1,293 @@
+//! Hostile bytes: a live segment of every allocator kind has bytes of its
+//! header, its allocator state and its blocks overwritten, then is attached,
+//! checked, allocated from and freed into. Every step may fail, but only
+//! with an error: no panic, no crash, no read outside the mapping (which
+//! would kill this process), no hang (a watchdog aborts a case that stalls).
+//! A second property frees, resolves and sizes arbitrary offsets on a sound
+//! allocator: each is refused and nothing changes.
+
+mod common;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::fresh_shm;
+use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
+use shmkit::{AllocatorKind, AnyAllocator, Error, MemContext, Offset, SegmentOptions};
+
+/// Segment size for every case: room for the size-class pages.
+const SEGMENT: u64 = 4 << 20;
+/// The longest one case may take before the watchdog calls it a hang.
+const STALL: Duration = Duration::from_secs(60);
+
+/// Cases finished, across both properties: the watchdog's sign of life.
+static CASES: AtomicU64 = AtomicU64::new(0);
+/// The case running now, for the watchdog to name when it fires.
+static CURRENT: Mutex<String> = Mutex::new(String::new());
+
+fn starting(case: String) {
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = case;
+}
+
+/// Starts (once) a thread that aborts the process when no case has
+/// finished for [`STALL`]: a hang must fail the run, not freeze it.
+fn watchdog() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        std::thread::spawn(|| {
+            let mut last = (CASES.load(Ordering::Relaxed), Instant::now());
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = CASES.load(Ordering::Relaxed);
+                if now != last.0 {
+                    last = (now, Instant::now());
+                } else if last.1.elapsed() > STALL {
+                    let case = CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    eprintln!("hostile bytes: a case ran over {STALL:?} (a hang): {case}");
+                    std::process::abort();
+                }
+            }
+        });
+    });
+}
+
+/// A segment of `kind` with live and freed blocks in it, and the offsets
+/// still live.
+fn populated(kind: AllocatorKind, options: &SegmentOptions) -> (AnyAllocator, Vec<u64>) {
+    let heap = AnyAllocator::create(kind, &options.clone().size(SEGMENT)).expect("create");
+    let mut live = Vec::new();
+    match &heap {
+        AnyAllocator::Bump(bump) => {
+            use shmkit::LinearAlloc;
+            for size in [24usize, 100, 7, 512] {
+                live.push(bump.alloc_handle(size, 8).expect("bump").raw());
+            }
+        }
+        AnyAllocator::Stack(stack) => {
+            use shmkit::LinearAlloc;
+            for size in [24usize, 100, 7, 512] {
+                live.push(stack.alloc_handle(size, 8).expect("stack").raw());
+            }
+        }
+        other => {
+            let heap = other.as_shm_allocator().expect("frees blocks");
+            let ctx = MemContext::default();
+            let mut blocks: Vec<u64> = [16usize, 40, 64, 200, 1000, 3000, 24, 64, 128, 4096]
+                .iter()
+                .map(|&size| heap.allocate_offset(&ctx, size, 8).expect("allocate"))
+                .collect();
+            // Free every other block so free lists and bitmaps are non-trivial.
+            let mut index = 0;
+            blocks.retain(|&offset| {
+                index += 1;
+                index % 2 == 0 || heap.free_offset(&ctx, offset).is_err()
+            });
+            live = blocks;
+        }
+    }
+    (heap, live)
+}
+
+/// Where a flip lands: the header, the allocator's state (between the
+/// header and the data), or anywhere in the segment.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Header,
+    State,
+    Anywhere,
+}
+
+fn target_range(heap: &AnyAllocator, target: Target) -> (u64, u64) {
+    let segment = heap.segment();
+    let data = segment.data_offset();
+    match target {
+        Target::Header => (0, 2176.min(data)),
+        Target::State => (2176.min(data), data.max(2177)),
+        Target::Anywhere => (0, segment.size()),
+    }
+}
+
+/// A lock word that names a live stranger (a flipped byte can turn the
+/// owner into any running process) makes each locked operation wait out its
+/// patience and fail: bounded, but slow, so the case stops at the first one.
+fn lock_timed_out<T>(result: &shmkit::Result<T>) -> bool {
+    matches!(result, Err(Error::LockTimeout { .. }))
+}
+
+/// Everything a process might do with what it attached; errors are fine.
+/// Returns false when a lock timed out.
+fn exercise(heap: &AnyAllocator, live: &[u64], stray: &[u64]) -> bool {
+    if lock_timed_out(&heap.check()) {
+        return false;
+    }
+    let _ = heap.stats();
+    let mut regions = 0u64;
+    if lock_timed_out(&heap.regions(&mut |_| regions += 1)) {
+        return false;
+    }
+    let Some(alloc) = heap.as_shm_allocator() else {
+        return true;
+    };
+    let ctx = MemContext::default();
+    for &offset in live.iter().chain(stray) {
+        let _ = alloc.usable_size(offset);
+        let _ = alloc.full_ptr(offset);
+    }
+    let mut fresh = Vec::new();
+    for size in [8usize, 64, 300, 2048, 5000] {
+        match alloc.allocate_offset(&ctx, size, 8) {
+            Ok(offset) => fresh.push(offset),
+            Err(Error::LockTimeout { .. }) => return false,
+            Err(_) => {}
+        }
+    }
+    for &offset in live.iter().chain(stray).chain(&fresh) {
+        if lock_timed_out(&alloc.free_offset(&ctx, offset)) {
+            return false;
+        }
+    }
+    !lock_timed_out(&alloc.check())
+}
+
+fn kinds() -> impl Strategy<Value = AllocatorKind> {
+    prop::sample::select(AnyAllocator::KINDS.to_vec())
+}
+
+fn targets() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        Just(Target::Header),
+        Just(Target::State),
+        Just(Target::Anywhere)
+    ]
+}
+
+/// Cases per property: enough to reach every kind and target many times,
+/// few enough for the normal suite (`SHMKIT_HOSTILE_CASES` raises it).
+fn cases() -> u32 {
+    std::env::var("SHMKIT_HOSTILE_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(512)
+}
+
+fn runner() -> TestRunner {
+    TestRunner::new(ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })
+}
+
+#[test]
+fn flipped_bytes_give_errors_never_crashes() {
+    watchdog();
+    let inputs = (
+        kinds(),
+        targets(),
+        // (position in the target range as a fraction, value to xor in)
+        prop::collection::vec((0.0f64..1.0, 1u8..=255), 1..12),
+        prop::collection::vec(any::<u64>(), 0..6),
+    );
+    let attached = AtomicU64::new(0);
+    let timed_out = AtomicU64::new(0);
+    let ran = AtomicU64::new(0);
+    runner()
+        .run(&inputs, |(kind, target, flips, stray)| {
+            starting(format!(
+                "{kind:?} {target:?} flips {flips:?} stray {stray:?}"
+            ));
+            let (options, _cleanup) = fresh_shm("hostile");
+            let (heap, live) = populated(kind, &options);
+            let (from, to) = target_range(&heap, target);
+            let size = heap.segment().size();
+            let base = heap.segment().base().as_ptr();
+            for &(at, xor) in &flips {
+                let offset = (from + ((to - from) as f64 * at) as u64).min(size - 1);
+                // SAFETY: `offset` is inside the mapping; the test owns the
+                // segment and holds no reference into it across the write.
+                unsafe { *base.add(offset as usize) ^= xor };
+            }
+            drop(heap);
+            // A second process's view: attach whatever is there now.
+            if let Ok(heap) = AnyAllocator::attach(&options) {
+                attached.fetch_add(1, Ordering::Relaxed);
+                if !exercise(&heap, &live, &stray) {
+                    timed_out.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            ran.fetch_add(1, Ordering::Relaxed);
+            CASES.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+    let (ran, attached) = (ran.into_inner(), attached.into_inner());
+    eprintln!(
+        "hostile bytes: {ran} corrupted segments, {attached} of them attached and exercised, \
+         {} stopped by a lock timeout",
+        timed_out.into_inner()
+    );
+    assert_eq!(ran, u64::from(cases()));
+}
+
+#[test]
+fn arbitrary_offsets_are_refused_and_change_nothing() {
+    watchdog();
+    let inputs = (
+        prop::sample::select(vec![
+            AllocatorKind::Pool,
+            AllocatorKind::FreeList,
+            AllocatorKind::Buddy,
+            AllocatorKind::SizeClass,
+            AllocatorKind::ThreadLocal,
+        ]),
+        prop::collection::vec(any::<u64>(), 1..16),
+        prop::collection::vec(-64i64..64, 1..16),
+    );
+    let refused = AtomicU64::new(0);
+    runner()
+        .run(&inputs, |(kind, stray, near)| {
+            starting(format!("{kind:?} stray {stray:?} near {near:?}"));
+            let (options, _cleanup) = fresh_shm("stray");
+            let (heap, live) = populated(kind, &options);
+            let alloc = heap.as_shm_allocator().expect("frees blocks");
+            let ctx = MemContext::default();
+            let before = alloc.stats();
+            // Offsets near live blocks (inside them, just before, just
+            // after) are the likeliest to fool a check; block starts excluded.
+            let close = live
+                .iter()
+                .zip(near.iter().cycle())
+                .filter_map(|(&block, &delta)| {
+                    let offset = block.checked_add_signed(delta)?;
+                    (!live.contains(&offset)).then_some(offset)
+                });
+            let strays: Vec<u64> = stray
+                .iter()
+                .copied()
+                .filter(|o| !live.contains(o))
+                .chain(close)
+                .collect();
+            for &offset in &strays {
+                prop_assert!(alloc.free_offset(&ctx, offset).is_err(), "freed {offset}");
+                let _ = heap.segment().resolve(Offset::<u64>::from_raw(offset));
+                let _ = alloc.usable_size(offset);
+            }
+            refused.fetch_add(strays.len() as u64, Ordering::Relaxed);
+            prop_assert_eq!(alloc.stats(), before);
+            prop_assert!(alloc.check().is_ok());
+            for &offset in &live {
+                prop_assert!(alloc.free_offset(&ctx, offset).is_ok());
+            }
+            prop_assert_eq!(alloc.stats().live_allocations, 0);
+            CASES.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        })
+        .unwrap();
+    eprintln!(
+        "hostile offsets: {} stray offsets refused over {} allocators",
+        refused.into_inner(),
+        cases()
+    );
+}
