@@ -3,15 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use common::paged::{self, ctx, mailbox, op, tag_block, verify_block, MAILBOX, PAGE};
-use common::{child_env, fresh_shm, shm_name, spawn_workers, worker_stdout};
+use common::child_env;
+use common::paged::{self, ctx, op, tag_block, verify_block, PAGE};
 use proptest::prelude::*;
-use shmkit::{
-    Error, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, StackAllocator,
-};
+use shmkit::{Error, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator};
 
 fn private(size: u64) -> SizeClassAllocator {
     SizeClassAllocator::create(&SegmentOptions::private().size(size)).unwrap()
@@ -209,129 +206,22 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
     heap.free_offset(&ctx(), all).unwrap();
 }
 
-const PROCESSES: u64 = 3;
-
 #[test]
 #[ignore = "child process of processes_share_one_size_class_allocator"]
 fn child_size_class_worker() {
     let name = child_env("SHMKIT_TEST_SEGMENT");
     let worker: u64 = child_env("SHMKIT_TEST_WORKER").parse().unwrap();
     let heap = SizeClassAllocator::attach(&SegmentOptions::shm(name)).unwrap();
-    let mailbox = mailbox(heap.segment());
-    // Start together, so the processes really race (slot 0 counts arrivals).
-    mailbox[0].fetch_add(1, Ordering::AcqRel);
-    let started = std::time::Instant::now();
-    while mailbox[0].load(Ordering::Acquire) < PROCESSES {
-        assert!(started.elapsed().as_secs() < 30, "the others never arrived");
-        std::hint::spin_loop();
-    }
-    let pid = u64::from(std::process::id());
-    let mut rng = worker * 104_729 + pid;
-    let mut mine: Vec<(u64, usize, u64)> = Vec::new();
-    let mut freed_foreign = 0;
-    for seq in 0..10_000u64 {
-        rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        let pick = rng >> 33;
-        let size = if pick % 64 == 0 {
-            33_000 + (pick % 100_000) as usize
-        } else {
-            (16 + (pick % 2000) as usize) & !7
-        };
-        let offset = heap.allocate_offset(&ctx(), size, 8).unwrap();
-        tag_block(&heap, offset, size, pid, seq);
-        mine.push((offset, size, seq));
-        let slot = &mailbox[1 + (pick as usize / 7) % (MAILBOX - 1)];
-        match pick % 5 {
-            0 | 1 => {
-                let (offset, size, seq) = mine.swap_remove((pick as usize / 5) % mine.len());
-                assert_eq!(verify_block(&heap, offset, size), (pid, seq));
-                heap.free_offset(&ctx(), offset).unwrap();
-            }
-            2 => {
-                // Post a block (offset and size) for another process.
-                let (offset, size, _) = *mine.last().unwrap();
-                let word = offset << 20 | size as u64;
-                if slot
-                    .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    mine.pop();
-                }
-            }
-            3 => {
-                let word = slot.swap(0, Ordering::AcqRel);
-                if word != 0 {
-                    let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
-                    let (owner, _) = verify_block(&heap, offset, size);
-                    if owner != pid {
-                        freed_foreign += 1;
-                    }
-                    heap.free_offset(&ctx(), offset).unwrap();
-                }
-            }
-            _ => {}
-        }
-        while mine.len() > 256 {
-            let (offset, size, seq) = mine.swap_remove((pick as usize / 8) % mine.len());
-            assert_eq!(verify_block(&heap, offset, size), (pid, seq));
-            heap.free_offset(&ctx(), offset).unwrap();
-        }
-    }
-    for (offset, size, seq) in mine {
-        assert_eq!(verify_block(&heap, offset, size), (pid, seq));
-        heap.free_offset(&ctx(), offset).unwrap();
-    }
+    let freed_foreign = paged::exchange_blocks(&heap, worker);
     println!("freed-foreign {freed_foreign}");
 }
 
 #[test]
 fn processes_share_one_size_class_allocator() {
-    let (options, _cleanup) = fresh_shm("sizeclass-multi");
-    let parent =
-        SizeClassAllocator::create(&options.clone().size(1 << 20).max_size(64 << 20)).unwrap();
-    // The mailbox itself comes from the allocator.
-    let words = parent.allocate_offset(&ctx(), MAILBOX * 8, 8).unwrap();
-    let ptr = parent.full_ptr(words).unwrap().as_ptr();
-    // SAFETY: a fresh block of MAILBOX words.
-    unsafe { std::ptr::write_bytes(ptr, 0, MAILBOX * 8) };
-    parent
-        .segment()
-        .set_root("mailbox", shmkit::Offset::<AtomicU64>::from_raw(words))
-        .unwrap();
-    // Another kind is refused on attach.
-    assert!(matches!(
-        StackAllocator::attach(&options),
-        Err(Error::WrongAllocator { .. })
-    ));
-    let children = spawn_workers(
+    let (parent, _cleanup) = paged::share_between_processes::<SizeClassAllocator>(
+        "sizeclass-multi",
         "child_size_class_worker",
-        &shm_name(&options),
-        PROCESSES as usize,
     );
-    let mut foreign = 0u64;
-    for (worker, child) in children.into_iter().enumerate() {
-        let stdout = worker_stdout(worker, child);
-        let line = stdout
-            .lines()
-            .find_map(|l| l.split("freed-foreign ").nth(1))
-            .expect("the worker reports");
-        foreign += line.trim().parse::<u64>().unwrap();
-    }
-    // The parent frees what is left in the mailbox, written by the children.
-    let mut left = 0;
-    for slot in &mailbox(parent.segment())[1..] {
-        let word = slot.swap(0, Ordering::AcqRel);
-        if word != 0 {
-            let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
-            verify_block(&parent, offset, size);
-            parent.free_offset(&ctx(), offset).unwrap();
-            left += 1;
-        }
-    }
-    eprintln!("blocks freed by another process: {foreign} + {left} by the parent");
-    parent.free_offset(&ctx(), words).unwrap();
     let stats = parent.stats();
     assert_eq!(
         (stats.live_allocations, stats.allocated_bytes),

@@ -3,15 +3,15 @@
 //! same expectations.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use shmkit::{
     AllocStats, Error, MemContext, Segment, SegmentAllocator, SegmentOptions, ShmAllocator,
-    SizeClassAllocator, ThreadLocalAllocator,
+    SizeClassAllocator, StackAllocator, ThreadLocalAllocator,
 };
 
-use super::fresh_shm;
+use super::{fresh_shm, shm_name, spawn_workers, worker_stdout, Cleanup};
 
 /// The page size of the size-class machinery.
 pub const PAGE: u64 = SizeClassAllocator::PAGE_SIZE;
@@ -311,4 +311,129 @@ pub fn random_sequence_matches_a_model<A: PagedHeap>(ops: Vec<Op>) -> Result<(),
         prop_assert!(heap.check().is_ok(), "{:?}", heap.check());
     }
     Ok(())
+}
+
+/// Worker processes of the cross-process tests.
+pub const PROCESSES: u64 = 3;
+
+/// One worker process of [`share_between_processes`]: waits for the others,
+/// then allocates, tags, checks and frees 10,000 blocks, posting some to the
+/// mailbox for another process to free and freeing what others posted.
+/// Returns how many blocks of another process it freed.
+pub fn exchange_blocks<A: PagedHeap>(heap: &A, worker: u64) -> u64 {
+    let mailbox = mailbox(heap.segment_of());
+    // Start together, so the processes really race (slot 0 counts arrivals).
+    mailbox[0].fetch_add(1, Ordering::AcqRel);
+    let started = std::time::Instant::now();
+    while mailbox[0].load(Ordering::Acquire) < PROCESSES {
+        assert!(started.elapsed().as_secs() < 30, "the others never arrived");
+        std::hint::spin_loop();
+    }
+    let pid = u64::from(std::process::id());
+    let mut rng = worker * 104_729 + pid;
+    let mut mine: Vec<(u64, usize, u64)> = Vec::new();
+    let mut freed_foreign = 0;
+    for seq in 0..10_000u64 {
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let pick = rng >> 33;
+        let size = if pick % 64 == 0 {
+            33_000 + (pick % 100_000) as usize
+        } else {
+            (16 + (pick % 2000) as usize) & !7
+        };
+        let offset = heap.allocate_offset(&ctx(), size, 8).unwrap();
+        tag_block(heap, offset, size, pid, seq);
+        mine.push((offset, size, seq));
+        let slot = &mailbox[1 + (pick as usize / 7) % (MAILBOX - 1)];
+        match pick % 5 {
+            0 | 1 => {
+                let (offset, size, seq) = mine.swap_remove((pick as usize / 5) % mine.len());
+                assert_eq!(verify_block(heap, offset, size), (pid, seq));
+                heap.free_offset(&ctx(), offset).unwrap();
+            }
+            2 => {
+                // Post a block (offset and size) for another process.
+                let (offset, size, _) = *mine.last().unwrap();
+                let word = offset << 20 | size as u64;
+                if slot
+                    .compare_exchange(0, word, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    mine.pop();
+                }
+            }
+            3 => {
+                let word = slot.swap(0, Ordering::AcqRel);
+                if word != 0 {
+                    let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
+                    let (owner, _) = verify_block(heap, offset, size);
+                    if owner != pid {
+                        freed_foreign += 1;
+                    }
+                    heap.free_offset(&ctx(), offset).unwrap();
+                }
+            }
+            _ => {}
+        }
+        while mine.len() > 256 {
+            let (offset, size, seq) = mine.swap_remove((pick as usize / 8) % mine.len());
+            assert_eq!(verify_block(heap, offset, size), (pid, seq));
+            heap.free_offset(&ctx(), offset).unwrap();
+        }
+    }
+    for (offset, size, seq) in mine {
+        assert_eq!(verify_block(heap, offset, size), (pid, seq));
+        heap.free_offset(&ctx(), offset).unwrap();
+    }
+    freed_foreign
+}
+
+/// Creates a shared segment managed by `A`, publishes a mailbox in it, runs
+/// [`PROCESSES`] copies of the ignored test `child_test` (each calling
+/// [`exchange_blocks`] and printing `freed-foreign N`), then frees what they
+/// left in the mailbox. Returns the parent's view, every block given back,
+/// and the guard that removes the segment.
+pub fn share_between_processes<A: PagedHeap>(tag: &str, child_test: &str) -> (A, Cleanup) {
+    let (options, cleanup) = fresh_shm(tag);
+    let parent = A::create(&options.clone().size(1 << 20).max_size(64 << 20)).unwrap();
+    // The mailbox itself comes from the allocator.
+    let words = parent.allocate_offset(&ctx(), MAILBOX * 8, 8).unwrap();
+    let ptr = parent.full_ptr(words).unwrap().as_ptr();
+    // SAFETY: a fresh block of MAILBOX words.
+    unsafe { std::ptr::write_bytes(ptr, 0, MAILBOX * 8) };
+    parent
+        .segment_of()
+        .set_root("mailbox", shmkit::Offset::<AtomicU64>::from_raw(words))
+        .unwrap();
+    // Another kind is refused on attach.
+    assert!(matches!(
+        StackAllocator::attach(&options),
+        Err(Error::WrongAllocator { .. })
+    ));
+    let children = spawn_workers(child_test, &shm_name(&options), PROCESSES as usize);
+    let mut foreign = 0u64;
+    for (worker, child) in children.into_iter().enumerate() {
+        let stdout = worker_stdout(worker, child);
+        let line = stdout
+            .lines()
+            .find_map(|l| l.split("freed-foreign ").nth(1))
+            .expect("the worker reports");
+        foreign += line.trim().parse::<u64>().unwrap();
+    }
+    // The parent frees what is left in the mailbox, written by the children.
+    let mut left = 0;
+    for slot in &mailbox(parent.segment_of())[1..] {
+        let word = slot.swap(0, Ordering::AcqRel);
+        if word != 0 {
+            let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
+            verify_block(&parent, offset, size);
+            parent.free_offset(&ctx(), offset).unwrap();
+            left += 1;
+        }
+    }
+    eprintln!("blocks freed by another process: {foreign} + {left} by the parent");
+    parent.free_offset(&ctx(), words).unwrap();
+    (parent, cleanup)
 }
