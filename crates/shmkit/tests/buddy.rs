@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use common::{
     assert_disjoint, child_env, dead_pid, fresh_shm, ranges_from_threads, shm_name, spawn_workers,
-    worker_stdout,
+    worker_stdout, Rng,
 };
 use proptest::prelude::*;
 use shmkit::{
@@ -24,22 +24,6 @@ fn private(size: u64) -> BuddyAllocator {
 
 fn growable(size: u64, max: u64) -> BuddyAllocator {
     BuddyAllocator::create(&SegmentOptions::private().size(size).max_size(max)).unwrap()
-}
-
-/// A tiny deterministic generator (xorshift).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Writes a tag into a block: (owner, seq, size) then a fill derived from them.

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 use common::{
     assert_disjoint, child_env, dead_pid, fresh_shm, ranges_from_threads, shm_name, spawn_workers,
-    worker_stdout,
+    worker_stdout, Rng,
 };
 use proptest::prelude::*;
 use shmkit::{
@@ -86,22 +86,6 @@ fn verify_tag(block: FullPtr<u8>) -> [u32; 4] {
         block.offset().raw()
     );
     words
-}
-
-/// A small deterministic generator for the stress tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]

@@ -153,3 +153,19 @@ pub fn assert_disjoint(ranges: &mut [(u64, u64)]) {
         );
     }
 }
+
+/// A tiny deterministic generator (xorshift) for the stress tests.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
