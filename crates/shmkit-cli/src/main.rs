@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod map;
+mod remove_on_drop;
 mod units;
 
 use std::process::ExitCode;

@@ -5,11 +5,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::num::NonZeroUsize;
 
 use shmkit::{
-    AllocatorKind, AnyAllocator, BumpAllocator, LinearAlloc, Location, MallocAllocator, MemContext,
-    Offset, SegmentOptions, ShmAllocator, StackAllocator,
+    AllocatorKind, AnyAllocator, BumpAllocator, LinearAlloc, MallocAllocator, MemContext, Offset,
+    SegmentOptions, ShmAllocator, StackAllocator,
 };
 
 use super::workload::{Discipline, Worker};
+use crate::remove_on_drop::RemoveOnDrop;
 
 /// Where a subject's memory comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,17 +108,6 @@ impl Subject {
                 })
             }
             _ => self.instantiate(segment_name, 0),
-        }
-    }
-}
-
-/// Removes a benchmark segment's name on every exit path.
-pub struct RemoveOnDrop(Location);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Err(err) = shmkit::segment::remove(&self.0) {
-            eprintln!("shmkit: could not remove a benchmark segment: {err}");
         }
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use shmkit::{BumpAllocator, LinearAlloc, Location, SegmentAllocator, SegmentOptions};
 
+use crate::remove_on_drop::RemoveOnDrop;
 use crate::units::{format_bytes, format_rate, parse_size};
 
 /// Named root of the start barrier (an `AtomicU32` of arrived workers).
@@ -54,17 +55,6 @@ pub struct WorkerArgs {
 /// The byte a worker writes into every byte of its block `seq`.
 fn block_tag(worker: u32, seq: u64) -> u8 {
     (u64::from(worker) * 97 + seq * 31 + 1) as u8
-}
-
-/// Removes the demo segment on every exit path: success, error, Ctrl-C.
-struct RemoveOnDrop(Location);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Err(err) = shmkit::segment::remove(&self.0) {
-            eprintln!("shmkit: could not remove the demo segment: {err}");
-        }
-    }
 }
 
 /// What one worker reported.
