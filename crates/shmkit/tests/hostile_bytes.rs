@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::fresh_shm;
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
-use shmkit::{AllocatorKind, AnyAllocator, Error, MemContext, Offset, SegmentOptions};
+use shmkit::{AllocatorKind, AnyAllocator, Error, LinearAlloc, MemContext, Offset, SegmentOptions};
 
 /// Segment size for every case: room for the size-class pages.
 const SEGMENT: u64 = 4 << 20;
@@ -57,20 +57,15 @@ fn watchdog() {
 /// still live.
 fn populated(kind: AllocatorKind, options: &SegmentOptions) -> (AnyAllocator, Vec<u64>) {
     let heap = AnyAllocator::create(kind, &options.clone().size(SEGMENT)).expect("create");
-    let mut live = Vec::new();
-    match &heap {
-        AnyAllocator::Bump(bump) => {
-            use shmkit::LinearAlloc;
-            for size in [24usize, 100, 7, 512] {
-                live.push(bump.alloc_handle(size, 8).expect("bump").raw());
-            }
-        }
-        AnyAllocator::Stack(stack) => {
-            use shmkit::LinearAlloc;
-            for size in [24usize, 100, 7, 512] {
-                live.push(stack.alloc_handle(size, 8).expect("stack").raw());
-            }
-        }
+    let carve = |linear: &dyn Fn(usize) -> shmkit::Result<u64>| -> Vec<u64> {
+        [24usize, 100, 7, 512]
+            .into_iter()
+            .map(|size| linear(size).expect("carve"))
+            .collect()
+    };
+    let live = match &heap {
+        AnyAllocator::Bump(bump) => carve(&|size| Ok(bump.alloc_handle(size, 8)?.raw())),
+        AnyAllocator::Stack(stack) => carve(&|size| Ok(stack.alloc_handle(size, 8)?.raw())),
         other => {
             let heap = other.as_shm_allocator().expect("frees blocks");
             let ctx = MemContext::default();
@@ -84,9 +79,9 @@ fn populated(kind: AllocatorKind, options: &SegmentOptions) -> (AnyAllocator, Ve
                 index += 1;
                 index % 2 == 0 || heap.free_offset(&ctx, offset).is_err()
             });
-            live = blocks;
+            blocks
         }
-    }
+    };
     (heap, live)
 }
 
