@@ -156,6 +156,14 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// Another live process uses what the operation would rebuild (a
+    /// recovery pass while the segment is still in use, say).
+    #[error("segment is in use: {reason}")]
+    InUse {
+        /// Who uses it.
+        reason: String,
+    },
+
     /// The operation does not apply to this segment or allocator.
     #[error("unsupported operation: {0}")]
     Unsupported(&'static str),

@@ -55,8 +55,8 @@ mod sync;
 pub use alloc::{
     AllocStats, AllocatorKind, AnyAllocator, BuddyAllocator, BuddyParams, BumpAllocator,
     FreeListAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext,
-    PoolAllocator, PoolParams, Region, Scope, SegmentAllocator, ShmAllocator, SizeClassAllocator,
-    StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
+    PoolAllocator, PoolParams, RecoveryReport, Region, Scope, SegmentAllocator, ShmAllocator,
+    SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use error::{Error, Result};
 

@@ -3,7 +3,7 @@
 
 use super::{
     AllocStats, AllocatorKind, BuddyAllocator, BumpAllocator, FreeListAllocator, PoolAllocator,
-    Region, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
+    RecoveryReport, Region, SegmentAllocator, ShmAllocator, SizeClassAllocator, StackAllocator,
     ThreadLocalAllocator,
 };
 use crate::error::{Error, Result};
@@ -173,6 +173,16 @@ impl AnyAllocator {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The recovery pass ([`ShmAllocator::recover`]). The linear
+    /// allocators have nothing to mend: a dead process's blocks are space
+    /// below the cursor, and the cursor moves in one atomic step.
+    pub fn recover(&self) -> Result<RecoveryReport> {
+        match self.as_shm_allocator() {
+            Some(a) => a.recover(),
+            None => Ok(RecoveryReport::unchanged(self.stats())),
         }
     }
 

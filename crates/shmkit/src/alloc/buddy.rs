@@ -64,7 +64,7 @@ use std::time::Duration;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -1137,6 +1137,25 @@ impl ShmAllocator for BuddyAllocator {
         heap.check_locked()
     }
 
+    /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
+    /// the free lists and counters from the state table, as the next locker
+    /// after a crash would.
+    fn recover(&self) -> Result<RecoveryReport> {
+        let before = self.stats();
+        let heap = self.heap();
+        let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
+        heap.rebuild()?;
+        let took_over = guard.recovered();
+        drop(guard);
+        Ok(RecoveryReport {
+            locks_taken_over: u64::from(took_over),
+            rebuilt: true,
+            before,
+            after: self.stats(),
+            ..RecoveryReport::default()
+        })
+    }
+
     /// Reports every block in offset order, a live one wholly in use (the
     /// whole power of two, the bytes it may use) and a free one wholly free;
     /// before them the state and size tables, after them the space the
@@ -1173,6 +1192,22 @@ impl_allocator_api2!(BuddyAllocator);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_takes_over_a_lock_a_dead_process_held() {
+        use crate::sync::robust_lock::testing;
+        let heap = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let ctx = MemContext::default();
+        let kept = heap.allocate_offset(&ctx, 100, 8).unwrap();
+        testing::forge_owner(&heap.heap().state.lock, testing::dead_pid());
+        let report = heap.recover().unwrap();
+        assert_eq!(report.locks_taken_over, 1, "{report}");
+        assert!(report.rebuilt);
+        assert_eq!(report.after.live_allocations, 1);
+        assert_eq!(heap.recover().unwrap().locks_taken_over, 0);
+        heap.free_offset(&ctx, kept).unwrap();
+        heap.check().unwrap();
+    }
     use crate::SegmentOptions;
 
     /// The allocator's regions, checked to tile the data area in offset

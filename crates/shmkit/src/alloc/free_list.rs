@@ -79,7 +79,7 @@ use std::time::Duration;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -353,6 +353,31 @@ impl FreeListAllocator {
         self.locked(false, |heap| heap.rebuild())
     }
 
+    /// The accounting, with the free-space figures of a walk under the lock
+    /// (`(free bytes, largest free block), capacity`) when there is one, else
+    /// what the shared words say.
+    fn stats_from(&self, walked: Option<((u64, u64), u64)>) -> AllocStats {
+        let state = self.state();
+        let (allocated_bytes, live_allocations, peak_bytes) = state.counters.snapshot();
+        let ((free_bytes, largest_free_block), capacity) = walked.unwrap_or_else(|| {
+            let end = state.heap_end.load(Ordering::Acquire);
+            let bytes = state.free_bytes.load(Ordering::Acquire);
+            let blocks = state.free_blocks.load(Ordering::Acquire);
+            (
+                (bytes.saturating_sub(blocks.saturating_mul(HEADER)), 0),
+                end.saturating_sub(self.heap_start),
+            )
+        });
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block,
+            capacity,
+        }
+    }
+
     fn state(&self) -> &FreeListState {
         // SAFETY: `state` points into the segment, which lives as long as
         // `self`; `allocator_state` checked size and alignment; it is made of
@@ -365,6 +390,16 @@ impl FreeListAllocator {
     /// and `op` finds an inconsistency, the structure is rebuilt before the
     /// lock is released.
     fn locked<R>(&self, mutating: bool, op: impl FnOnce(&mut Heap<'_>) -> Result<R>) -> Result<R> {
+        self.locked_noting_takeover(mutating, |heap, _| op(heap))
+    }
+
+    /// [`locked`](Self::locked), telling `op` whether the lock was taken
+    /// over from a dead owner.
+    fn locked_noting_takeover<R>(
+        &self,
+        mutating: bool,
+        op: impl FnOnce(&mut Heap<'_>, bool) -> Result<R>,
+    ) -> Result<R> {
         let state = self.state();
         let guard: RobustGuard<'_> = state.lock.lock(LOCK_PATIENCE)?;
         let mut heap = Heap {
@@ -376,7 +411,8 @@ impl FreeListAllocator {
         if guard.recovered() || state.needs_repair.load(Ordering::Acquire) != 0 {
             heap.rebuild()?;
         }
-        let result = heap.check_end().and_then(|()| op(&mut heap));
+        let took_over = guard.recovered();
+        let result = heap.check_end().and_then(|()| op(&mut heap, took_over));
         if mutating && matches!(result, Err(Error::CorruptHeader { .. })) {
             // The report stands; the rebuild only makes the next call work.
             let _ = heap.rebuild();
@@ -1249,33 +1285,33 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn stats(&self) -> AllocStats {
-        let state = self.state();
-        let (allocated_bytes, live_allocations, peak_bytes) = state.counters.snapshot();
         let summary = self.locked(false, |heap| {
             Ok((heap.free_summary()?, heap.end - heap.start))
         });
-        let ((free_bytes, largest_free_block), capacity) = summary.unwrap_or_else(|_| {
-            // Busy or broken: what the shared words say, without the walk.
-            let end = state.heap_end.load(Ordering::Acquire);
-            let bytes = state.free_bytes.load(Ordering::Acquire);
-            let blocks = state.free_blocks.load(Ordering::Acquire);
-            (
-                (bytes.saturating_sub(blocks.saturating_mul(HEADER)), 0),
-                end.saturating_sub(self.heap_start),
-            )
-        });
-        AllocStats {
-            allocated_bytes,
-            peak_bytes,
-            live_allocations,
-            free_bytes,
-            largest_free_block,
-            capacity,
-        }
+        self.stats_from(summary.ok())
     }
 
     fn check(&self) -> Result<()> {
         self.locked(false, |heap| heap.check())
+    }
+
+    /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
+    /// the lists and counters from the chain, as the next locker after a
+    /// crash would. `before` is what the shared words said (a walk would
+    /// take the lock, and with it repair first).
+    fn recover(&self) -> Result<RecoveryReport> {
+        let before = self.stats_from(None);
+        let took_over = self.locked_noting_takeover(true, |heap, took_over| {
+            heap.rebuild()?;
+            Ok(took_over)
+        })?;
+        Ok(RecoveryReport {
+            locks_taken_over: u64::from(took_over),
+            rebuilt: true,
+            before,
+            after: self.stats(),
+            ..RecoveryReport::default()
+        })
     }
 
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
@@ -1332,6 +1368,23 @@ fn locked_update32(word: &AtomicU32, change: impl FnOnce(u32) -> u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recovery_takes_over_a_lock_a_dead_process_held() {
+        use crate::sync::robust_lock::testing;
+        let heap =
+            FreeListAllocator::create(&crate::SegmentOptions::private().size(1 << 20)).unwrap();
+        let ctx = MemContext::default();
+        let kept = heap.allocate_offset(&ctx, 100, 8).unwrap();
+        testing::forge_owner(&heap.state().lock, testing::dead_pid());
+        let report = heap.recover().unwrap();
+        assert_eq!(report.locks_taken_over, 1, "{report}");
+        assert!(report.rebuilt);
+        assert_eq!(report.after.live_allocations, 1);
+        assert_eq!(heap.recover().unwrap().locks_taken_over, 0);
+        heap.free_offset(&ctx, kept).unwrap();
+        heap.check().unwrap();
+    }
 
     /// The smallest block size filed in `class`.
     fn class_floor((fl, sl): (usize, usize)) -> u64 {

@@ -34,7 +34,7 @@ use crossbeam_utils::CachePadded;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -745,7 +745,13 @@ impl PoolAllocator {
         }
         // `claimed < max_pages <= EMPTY`.
         let page = claimed as u32;
-        let start = self.geometry.page_offset(claimed);
+        self.set_up_page(page, slab)?;
+        Ok(page)
+    }
+
+    /// Zeroes a claimed page's markers and publishes it as `slab`'s.
+    fn set_up_page(&self, page: u32, slab: usize) -> Result<()> {
+        let start = self.geometry.page_offset(u64::from(page));
         let per_page = self.geometry.slabs[slab].per_page;
         let markers = self
             .segment
@@ -766,7 +772,7 @@ impl PoolAllocator {
         header.seal.store(page ^ PAGE_KEY, Ordering::Relaxed);
         // Release: whoever sees the slab number sees the zeroed markers.
         header.slab.store(slab as u32 + 1, Ordering::Release);
-        Ok(page)
+        Ok(())
     }
 
     #[cold]
@@ -790,6 +796,111 @@ impl PoolAllocator {
             requested: self.geometry.slabs[slab].slot,
             available: self.stats().largest_free_block,
         }
+    }
+
+    /// Length of `slab`'s free stack, walked at most `bound` steps (a broken
+    /// or looping stack counts what could be walked).
+    fn stack_len(&self, slab: usize, bound: u64) -> u64 {
+        let (_, mut index) =
+            slot_stack::unpack(self.state().slabs[slab].hot.head.load(Ordering::Acquire));
+        let mut len = 0;
+        while index != EMPTY && len < bound {
+            len += 1;
+            match self.link(slab, index) {
+                Some(link) if self.decode_index(slab, index).is_some() => {
+                    index = link.load(Ordering::Acquire)
+                }
+                _ => break,
+            }
+        }
+        len
+    }
+
+    /// The recovery pass (see [`ShmAllocator::recover`]): the slot markers
+    /// are the record of which slots are live, so every slab's free stack is
+    /// rebuilt from them, a page whose claimer died before setting it up is
+    /// set up, and the counters are recounted.
+    fn recover_slabs(&self) -> Result<RecoveryReport> {
+        let before = self.stats();
+        let geometry = &self.geometry;
+        let pages = self.pages();
+        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment.size() {
+            return Err(Error::corrupt(format!(
+                "pool: {pages} pages do not fit the segment"
+            )));
+        }
+        // Validate everything before changing anything.
+        let mut page_slabs = Vec::with_capacity(pages as usize);
+        for page in 0..pages as u32 {
+            let slab = self.walked_page_slab(page)?;
+            if let Some(slab) = slab {
+                let shape = geometry.slabs[slab];
+                for slot in 0..shape.per_page {
+                    let value = self.walked_marker(SlotRef { slab, page, slot })?;
+                    if u64::from(value.saturating_sub(1)) > shape.slot {
+                        return Err(Error::corrupt(format!(
+                            "pool: page {page} slot {slot} records {} bytes",
+                            value - 1
+                        )));
+                    }
+                }
+            }
+            page_slabs.push(slab);
+        }
+        let mut fresh = [(EMPTY, 0u32); POOL_MAX_SLABS];
+        for (slab, shape) in geometry.slabs().iter().enumerate() {
+            let (page, used) = unpack_fresh(self.state().slabs[slab].fresh.load(Ordering::Acquire));
+            if page != EMPTY && (self.page_slab(page) != Some(slab) || used > shape.per_page) {
+                return Err(Error::corrupt(format!(
+                    "pool: slab {slab} carves from ({page}, {used}), not one of its pages"
+                )));
+            }
+            fresh[slab] = (page, used);
+        }
+        let mut on_stacks = 0;
+        for (slab, shape) in geometry.slabs().iter().enumerate() {
+            on_stacks += self.stack_len(slab, pages * u64::from(shape.per_page));
+            let hot = &self.state().slabs[slab].hot;
+            hot.head.store(slot_stack::EMPTY_HEAD, Ordering::Release);
+            hot.free_slots.store(0, Ordering::Release);
+        }
+        let (mut live, mut live_bytes, mut free) = (0u64, 0u64, 0u64);
+        // Pushed from the last page down, so the lowest slots come off first.
+        for page in (0..pages as u32).rev() {
+            let slab = match page_slabs[page as usize] {
+                Some(slab) => slab,
+                None => {
+                    // Its claimer died before setting it up: give it to the
+                    // first slab.
+                    self.set_up_page(page, 0)?;
+                    0
+                }
+            };
+            let shape = geometry.slabs[slab];
+            let (fresh_page, used) = fresh[slab];
+            for slot in (0..shape.per_page).rev() {
+                let at = SlotRef { slab, page, slot };
+                if page == fresh_page && slot >= used {
+                    continue; // not carved yet
+                }
+                let value = self.walked_marker(at)?;
+                if value == 0 {
+                    self.give_slot(at);
+                    free += 1;
+                } else {
+                    live += 1;
+                    live_bytes += u64::from(value - 1);
+                }
+            }
+        }
+        self.state().counters.reset_to(live_bytes, live);
+        Ok(RecoveryReport {
+            blocks_reclaimed: free.saturating_sub(on_stacks),
+            rebuilt: true,
+            before,
+            after: self.stats(),
+            ..RecoveryReport::default()
+        })
     }
 }
 
@@ -832,6 +943,13 @@ impl ShmAllocator for PoolAllocator {
         self.state().counters.on_free(u64::from(value - 1));
         self.give_slot(at);
         Ok(())
+    }
+
+    /// Rebuilds every free stack from the slot markers: slots a process
+    /// freed or took but died before pushing or marking are free again. A
+    /// page whose claimer died before setting it up joins the first slab.
+    fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_slabs()
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {
@@ -1107,6 +1225,61 @@ mod tests {
     fn pool(size: u64) -> PoolAllocator {
         let params = PoolParams::new(&[24, 256, 4096]).unwrap();
         PoolAllocator::create_with(&SegmentOptions::private().size(size), &params).unwrap()
+    }
+
+    #[test]
+    fn recovery_puts_back_slots_and_pages_that_a_crash_left_in_no_stack() {
+        let pool = pool(1 << 20);
+        let ctx = MemContext::default();
+        let kept = pool.allocate_offset(&ctx, 20, 8).unwrap();
+        let cut_short = pool.allocate_offset(&ctx, 200, 8).unwrap();
+        pool.free_offset(&ctx, pool.allocate_offset(&ctx, 10, 8).unwrap())
+            .unwrap();
+        // A free that died after clearing the marker, before counting and
+        // pushing; then a page claim that died before setting the page up.
+        let (_, marker, _) = pool.live_slot(cut_short).unwrap();
+        marker.store(0, Ordering::Release);
+        pool.state().pages.fetch_add(1, Ordering::AcqRel);
+        assert!(pool.check().is_err());
+
+        let report = pool.recover().unwrap();
+        pool.check().unwrap();
+        let lost_page_slots = u64::from(pool.geometry.slabs[0].per_page);
+        assert_eq!(report.blocks_reclaimed, 1 + lost_page_slots, "{report}");
+        assert_eq!(report.after.live_allocations, 1);
+        assert_eq!(report.after.allocated_bytes, 20);
+        assert_eq!(report.before.live_allocations, 2);
+        // The reclaimed slot serves again, and the kept block is untouched.
+        let again = pool.allocate_offset(&ctx, 200, 8).unwrap();
+        assert_eq!(again, cut_short);
+        assert_eq!(pool.usable_size(kept).unwrap(), 24);
+        pool.free_offset(&ctx, again).unwrap();
+        pool.free_offset(&ctx, kept).unwrap();
+        pool.check().unwrap();
+        // A second pass finds nothing more.
+        assert_eq!(pool.recover().unwrap().blocks_reclaimed, 0);
+    }
+
+    #[test]
+    fn recovery_refuses_a_garbage_page_and_changes_nothing() {
+        let pool = pool(1 << 20);
+        let ctx = MemContext::default();
+        let block = pool.allocate_offset(&ctx, 20, 8).unwrap();
+        pool.free_offset(&ctx, pool.allocate_offset(&ctx, 20, 8).unwrap())
+            .unwrap();
+        pool.page_header(0)
+            .unwrap()
+            .seal
+            .store(7, Ordering::Relaxed);
+        let head = pool.state().slabs[0].hot.head.load(Ordering::Relaxed);
+        assert!(matches!(pool.recover(), Err(Error::CorruptHeader { .. })));
+        assert_eq!(pool.state().slabs[0].hot.head.load(Ordering::Relaxed), head);
+        pool.page_header(0)
+            .unwrap()
+            .seal
+            .store(PAGE_KEY, Ordering::Relaxed);
+        pool.free_offset(&ctx, block).unwrap();
+        pool.check().unwrap();
     }
 
     /// The pool's regions, checked to tile the data area in offset order.

@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, ShmSafe};
 
-use super::AllocatorKind;
+use super::{AllocatorKind, RecoveryReport};
 
 /// Per-thread information an allocator may use (the thread-local allocator
 /// picks its cache slot from it; the others ignore it).
@@ -126,6 +126,23 @@ pub trait ShmAllocator: Send + Sync {
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         let _ = visit;
         Err(Error::Unsupported("this allocator cannot list its regions"))
+    }
+
+    /// Mends what processes that died in the middle of an operation left
+    /// behind, as far as the allocator's own records prove it: takes over
+    /// locks a dead process held, empties dead processes' thread caches,
+    /// puts free blocks that sit on no free structure back, and recounts the
+    /// accounting from the blocks. Blocks still marked in use stay in use
+    /// (the allocator does not know who owned them).
+    ///
+    /// Run it while no other process uses the allocator (after a crash, or
+    /// with the workers stopped): it rebuilds shared structures that a
+    /// concurrent operation would be changing. Allocators that can tell
+    /// refuse with [`Error::InUse`] when another live process holds part of
+    /// their state; `shmkit recover` also refuses while another process has
+    /// the segment mapped. The default has nothing to mend.
+    fn recover(&self) -> Result<RecoveryReport> {
+        Ok(RecoveryReport::unchanged(self.stats()))
     }
 
     /// Tries to resize the block in place; returns whether it did. The

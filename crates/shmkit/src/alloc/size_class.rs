@@ -49,7 +49,7 @@ use crossbeam_utils::CachePadded;
 use super::counters::AllocCounters;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
-use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -1423,6 +1423,22 @@ impl ShmAllocator for SizeClassAllocator {
         self.page_regions(visit)
     }
 
+    /// Rebuilds the class lists, the free-run stack and the counters from
+    /// the pages: blocks whose free never finished are released, pages that
+    /// a dying process held in no structure (a collect pass, a page being
+    /// set up) are free again.
+    fn recover(&self) -> Result<RecoveryReport> {
+        let before = self.stats();
+        let rebuilt = self.rebuild_from_pages(&|_, _| false)?;
+        Ok(RecoveryReport {
+            blocks_reclaimed: rebuilt.blocks_released + rebuilt.pages_reclaimed,
+            rebuilt: true,
+            before,
+            after: self.stats(),
+            ..RecoveryReport::default()
+        })
+    }
+
     fn check(&self) -> Result<()> {
         let (live_total, bytes_total, cached) = self.check_parts()?;
         if cached != 0 {
@@ -1661,11 +1677,277 @@ impl SizeClassAllocator {
     }
 }
 
+/// What [`SizeClassAllocator::rebuild_from_pages`] found.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Rebuilt {
+    /// Marked or orphaned blocks whose bits were cleared.
+    pub(crate) blocks_released: u64,
+    /// Free pages that were not on the free-run stack (a collect pass or an
+    /// allocation cut short held them) and are on it again.
+    pub(crate) pages_reclaimed: u64,
+    /// Blocks users hold, and their requested bytes.
+    pub(crate) live: u64,
+    pub(crate) live_bytes: u64,
+}
+
+impl SizeClassAllocator {
+    /// Pages on the free-run stack, walked at most `max_pages` steps.
+    fn pages_on_free_runs(&self) -> u64 {
+        let mut next = tagged_stack::top(self.state().free_runs.load(Ordering::Acquire));
+        let (mut pages, mut steps) = (0u64, 0u32);
+        while let Some(head) = next {
+            steps += 1;
+            let Some(desc) = self.desc(head).filter(|_| steps <= self.max_pages) else {
+                break;
+            };
+            pages += desc
+                .run
+                .load(Ordering::Relaxed)
+                .min(u64::from(self.max_pages));
+            next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
+                .unwrap_or(None);
+        }
+        pages
+    }
+
+    /// The recovery pass's core: the page states, bitmaps and slacks are the
+    /// record, and every class list, the free-run stack and the counters are
+    /// rebuilt from them. A block marked by a free that never finished, or
+    /// one `orphan` names (a thread cache's block left in no magazine), is
+    /// released; a page in no structure is free again; the collect count is
+    /// cleared. Everything is validated before anything changes. Needs a
+    /// quiescent allocator (see [`ShmAllocator::recover`]).
+    pub(crate) fn rebuild_from_pages(
+        &self,
+        orphan: &dyn Fn(u64, &SmallBlock) -> bool,
+    ) -> Result<Rebuilt> {
+        let state = self.state();
+        let bump = state.bump.load(Ordering::Acquire);
+        if bump > u64::from(self.max_pages)
+            || self.heap_base + bump * PAGE_SIZE > self.segment.size()
+        {
+            return Err(Error::corrupt(format!("page cursor {bump} out of range")));
+        }
+        let bump = bump as u32;
+        self.validate_pages(bump)?;
+        let free_before = self.pages_on_free_runs();
+        for head in state.classes.iter() {
+            head.store(tagged_stack::EMPTY, Ordering::Release);
+        }
+        state
+            .free_runs
+            .store(tagged_stack::EMPTY, Ordering::Release);
+        state.collecting.store(0, Ordering::Release);
+        let mut rebuilt = Rebuilt::default();
+        let mut free_pages: Vec<u32> = Vec::new();
+        let mut were_free = 0u64;
+        let mut page = 0u32;
+        while page < bump {
+            let Some(desc) = self.desc(page) else { break };
+            let current = desc.state.load(Ordering::Acquire);
+            match phase(current) {
+                SMALL => {
+                    let class = class_of(current);
+                    let info = &CLASSES[class];
+                    let base = self.page_ptr(page)?;
+                    let mut held = 0;
+                    for index in 0..info.count {
+                        let mask = 1u64 << (index % 64);
+                        // SAFETY: `index < count`, inside the page header.
+                        let word = unsafe { Self::bitmap(base, index / 64) };
+                        if word.load(Ordering::Acquire) & mask == 0 {
+                            continue;
+                        }
+                        // SAFETY: as above.
+                        let slack = unsafe { Self::slack(base, info, index) };
+                        let offset = self.block_offset(page, info, index);
+                        let block = SmallBlock {
+                            page,
+                            class,
+                            index,
+                            base,
+                            // SAFETY: block `index` of this page.
+                            at: unsafe { base.add((info.first + index * info.size) as usize) },
+                        };
+                        if slack == sentinel(info) || orphan(offset, &block) {
+                            word.fetch_and(!mask, Ordering::AcqRel);
+                            rebuilt.blocks_released += 1;
+                            continue;
+                        }
+                        held += 1;
+                        rebuilt.live += 1;
+                        rebuilt.live_bytes += info.size - slack;
+                    }
+                    // Bits past the last block are never set by this code.
+                    for word in 0..info.words {
+                        let valid = if (word + 1) * 64 <= info.count {
+                            u64::MAX
+                        } else {
+                            (1u64 << (info.count - word * 64)) - 1
+                        };
+                        // SAFETY: `word < words`, inside the page header.
+                        unsafe { Self::bitmap(base, word) }.fetch_and(valid, Ordering::AcqRel);
+                    }
+                    if held == 0 {
+                        desc.state.store(FREE, Ordering::Release);
+                        free_pages.push(page);
+                    } else {
+                        let listed = held < info.count;
+                        desc.state
+                            .store(small_state(class, held, listed), Ordering::Release);
+                        if listed {
+                            tagged_stack::push(&*state.classes[class], page, &desc.link);
+                        }
+                    }
+                    page += 1;
+                }
+                LARGE => {
+                    rebuilt.live += 1;
+                    rebuilt.live_bytes += desc.requested.load(Ordering::Relaxed);
+                    page += desc.run.load(Ordering::Relaxed) as u32;
+                }
+                _ => {
+                    // FREE, or the tail of a large block whose head never
+                    // became LARGE (an allocation cut short).
+                    desc.state.store(FREE, Ordering::Release);
+                    free_pages.push(page);
+                    were_free += 1;
+                    page += 1;
+                }
+            }
+        }
+        rebuilt.pages_reclaimed = were_free.saturating_sub(free_before);
+        // Free pages into runs; a run that ends at the cursor goes back to it.
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for page in free_pages {
+            match runs.last_mut() {
+                Some(last) if last.0 + last.1 == page => last.1 += 1,
+                _ => runs.push((page, 1)),
+            }
+        }
+        if let Some(&(head, len)) = runs.last() {
+            if head + len == bump {
+                state.bump.store(u64::from(head), Ordering::Release);
+                runs.pop();
+            }
+        }
+        for (head, len) in runs.into_iter().rev() {
+            self.push_run(head, len);
+        }
+        state.counters.reset_to(rebuilt.live_bytes, rebuilt.live);
+        Ok(rebuilt)
+    }
+
+    /// Checks what [`rebuild_from_pages`](Self::rebuild_from_pages) relies
+    /// on, changing nothing: every page below the cursor has a known phase, a
+    /// small page a valid class and bitmap, a large block a run of tails
+    /// inside the cursor; every page above it is free.
+    fn validate_pages(&self, bump: u32) -> Result<()> {
+        let mut page = 0u32;
+        while page < self.max_pages {
+            let Some(desc) = self.desc(page) else { break };
+            let current = desc.state.load(Ordering::Acquire);
+            if page >= bump {
+                if current != FREE {
+                    return Err(Error::corrupt(format!(
+                        "page {page} beyond the cursor in state {current:#x}"
+                    )));
+                }
+                page += 1;
+                continue;
+            }
+            match phase(current) {
+                FREE | TAIL => page += 1,
+                SMALL => {
+                    let class = class_of(current);
+                    let info = CLASSES.get(class).ok_or_else(|| {
+                        Error::corrupt(format!("page {page}: class {class} out of range"))
+                    })?;
+                    let base = self.page_ptr(page)?;
+                    for index in 0..info.count {
+                        // SAFETY: `index < count`, inside the page header.
+                        let bits =
+                            unsafe { Self::bitmap(base, index / 64) }.load(Ordering::Acquire);
+                        // SAFETY: as above.
+                        let slack = unsafe { Self::slack(base, info, index) };
+                        if bits & (1 << (index % 64)) != 0
+                            && slack > info.size
+                            && slack != sentinel(info)
+                        {
+                            return Err(Error::corrupt(format!(
+                                "page {page} block {index}: slack {slack}"
+                            )));
+                        }
+                    }
+                    page += 1;
+                }
+                LARGE => {
+                    let len = desc.run.load(Ordering::Relaxed);
+                    if len == 0 || u64::from(page) + len > u64::from(bump) {
+                        return Err(Error::corrupt(format!(
+                            "large block at {page}: {len} pages"
+                        )));
+                    }
+                    for tail in page + 1..page + len as u32 {
+                        let tail_state = self.desc(tail).map(|d| d.state.load(Ordering::Acquire));
+                        if tail_state != Some(TAIL) {
+                            return Err(Error::corrupt(format!(
+                                "page {tail} inside the large block at {page} is {tail_state:?}"
+                            )));
+                        }
+                    }
+                    page += len as u32;
+                }
+                _ => return Err(Error::corrupt(format!("page {page}: state {current:#x}"))),
+            }
+        }
+        Ok(())
+    }
+}
+
 impl_allocator_api2!(SizeClassAllocator);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::SegmentOptions;
+
+    #[test]
+    fn recovery_finishes_cut_short_frees_and_returns_lost_pages() {
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
+        let ctx = MemContext::default();
+        let kept = heap.allocate_offset(&ctx, 40, 8).unwrap();
+        let marked = heap.allocate_offset(&ctx, 40, 8).unwrap();
+        let large = heap.allocate_offset(&ctx, 100 << 10, 8).unwrap();
+        heap.free_offset(&ctx, large).unwrap();
+        // A free that died after marking the block, before releasing its
+        // bit; a collect pass that died holding a free run; a collect count
+        // nobody will lower.
+        assert!(matches!(
+            heap.take_for_free(marked).unwrap(),
+            Freed::Small { .. }
+        ));
+        assert_eq!(heap.pop_free_page().unwrap(), Some(1));
+        heap.state().collecting.fetch_add(1, Ordering::AcqRel);
+        assert!(heap.check().is_err());
+
+        let report = heap.recover().unwrap();
+        heap.check().unwrap();
+        assert_eq!(heap.state().collecting.load(Ordering::Acquire), 0);
+        // One marked block; the popped page of the two-page run.
+        assert_eq!(report.blocks_reclaimed, 2, "{report}");
+        assert_eq!(report.after.live_allocations, 1);
+        assert_eq!(report.after.allocated_bytes, 40);
+        assert!(heap.full_ptr(marked).is_err());
+        heap.full_ptr(kept).unwrap();
+        // Every page is reachable again: the heap fills to its old extent.
+        let whole = heap.allocate_offset(&ctx, 100 << 10, 8).unwrap();
+        assert_eq!(whole, large);
+        heap.free_offset(&ctx, whole).unwrap();
+        heap.free_offset(&ctx, kept).unwrap();
+        heap.check().unwrap();
+        assert_eq!(heap.stats().live_allocations, 0);
+    }
 
     #[test]
     fn classes_are_sound() {

@@ -63,7 +63,7 @@ use super::counters::single_writer_add;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::{current_thread_index, impl_allocator_api2, power_of_two_align};
 use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator, SmallBlock};
-use super::{AllocStats, AllocatorKind, MemContext, Region, ShmAllocator};
+use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -835,6 +835,77 @@ impl ShmAllocator for ThreadLocalAllocator {
         stats
     }
 
+    /// Empties the caches of dead processes, releases blocks that carry
+    /// their cache key but sit in no magazine (a free or an allocation cut
+    /// short between the block and the magazine), rebuilds the pages as the
+    /// size-class allocator does, and recounts: the shares of free slots
+    /// fold into the shared counters. Refuses with [`Error::InUse`] while
+    /// another live process holds a slot. (A user block whose first word
+    /// happens to equal its 64-bit key would be taken for a lost cached
+    /// block: a chance of 2^-64 per block for data not made to collide.)
+    fn recover(&self) -> Result<RecoveryReport> {
+        let inner = &*self.inner;
+        let before = self.stats();
+        let caches_reclaimed = self.reclaim_dead_slots() as u64;
+        let me = cached_pid();
+        let mut cached = HashSet::new();
+        let (mut cached_bytes, mut owned_bytes, mut owned_live) = (0u64, 0u64, 0u64);
+        for (index, slot) in inner.all_slots() {
+            let owner = slot.owner.load(Ordering::Acquire);
+            if owner == slot_owner::FREE {
+                continue;
+            }
+            let pid = slot_owner::pid_of(owner);
+            if pid != me {
+                return Err(Error::InUse {
+                    reason: format!("thread slot {index} belongs to live process {pid}"),
+                });
+            }
+            owned_bytes = owned_bytes.wrapping_add(slot.bytes.load(Ordering::Relaxed));
+            owned_live = owned_live.wrapping_add(slot.live.load(Ordering::Relaxed));
+            for magazine in &slot.magazines {
+                let count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
+                for item in &magazine.items[..count] {
+                    let item = item.load(Ordering::Relaxed);
+                    if cached.insert(entry_offset(item)) {
+                        cached_bytes += entry_requested(item);
+                    }
+                }
+            }
+        }
+        let core = &inner.core;
+        let rebuilt = core.rebuild_from_pages(&|offset, block| {
+            !cached.contains(&offset)
+                && core.first_word(block).load(Ordering::Relaxed) == inner.key(offset, block.class)
+        })?;
+        // Slots this process holds keep their shares; free slots' shares
+        // are history the recount replaces.
+        for (_, slot) in inner.all_slots() {
+            if slot.owner.load(Ordering::Acquire) == slot_owner::FREE {
+                slot.bytes.store(0, Ordering::Relaxed);
+                slot.live.store(0, Ordering::Relaxed);
+            }
+        }
+        core.counters().reset_to(
+            rebuilt
+                .live_bytes
+                .wrapping_sub(cached_bytes)
+                .wrapping_sub(owned_bytes),
+            rebuilt
+                .live
+                .wrapping_sub(cached.len() as u64)
+                .wrapping_sub(owned_live),
+        );
+        Ok(RecoveryReport {
+            caches_reclaimed,
+            blocks_reclaimed: rebuilt.blocks_released + rebuilt.pages_reclaimed,
+            rebuilt: true,
+            before,
+            after: self.stats(),
+            ..RecoveryReport::default()
+        })
+    }
+
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         // Cached blocks count as in use: their pages still hold them.
         self.inner.core.page_regions(visit)
@@ -905,6 +976,47 @@ mod tests {
 
     fn heap() -> ThreadLocalAllocator {
         ThreadLocalAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap()
+    }
+
+    #[test]
+    fn recovery_releases_a_block_a_cut_short_free_left_in_no_magazine() {
+        let heap = heap();
+        let kept = heap.allocate(100).unwrap();
+        let torn = heap.allocate(64).unwrap();
+        let offset = torn.offset().raw();
+        // A free that died after keying the block, before its magazine
+        // entry: in use at page level, in no magazine.
+        let class = class_for(64, 8).unwrap();
+        // SAFETY: a live 64-byte block of ours.
+        unsafe { (torn.as_ptr() as *mut u64).write(heap.inner.key(offset, class)) };
+        let cached = heap.allocate(48).unwrap();
+        heap.free(cached).unwrap(); // a legitimately cached block stays cached
+
+        let report = heap.recover().unwrap();
+        assert_eq!(report.blocks_reclaimed, 1, "{report}");
+        assert_eq!(report.after.live_allocations, 1);
+        assert_eq!(report.after.allocated_bytes, 100);
+        heap.check().unwrap();
+        assert!(heap.full_ptr(offset).is_err());
+        assert_eq!(heap.allocate(48).unwrap().offset(), cached.offset());
+        heap.free(kept).unwrap();
+        heap.check().unwrap();
+    }
+
+    #[test]
+    fn recovery_refuses_while_another_live_process_holds_a_slot() {
+        let heap = heap();
+        heap.free(heap.allocate(64).unwrap()).unwrap();
+        // Our parent (the test runner) is alive; make it a slot's owner.
+        // SAFETY: no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        let slot = heap.inner.slot(63).unwrap();
+        slot.owner
+            .store(slot_owner::owner_value(parent, 1), Ordering::Release);
+        assert!(matches!(heap.recover(), Err(Error::InUse { .. })));
+        slot.owner.store(slot_owner::FREE, Ordering::Release);
+        heap.recover().unwrap();
+        heap.check().unwrap();
     }
 
     #[test]

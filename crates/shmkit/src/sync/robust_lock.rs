@@ -125,6 +125,26 @@ fn own_token() -> u64 {
         | (u64::from(crate::alloc::current_thread_index()) + 1)
 }
 
+/// Helpers for tests that forge what a crashed process leaves behind.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// The pid of a process that has exited and been reaped.
+    pub(crate) fn dead_pid() -> u32 {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
+    /// Marks the lock as held by thread 0 of `pid`.
+    pub(crate) fn forge_owner(lock: &RobustLock, pid: u32) {
+        lock.owner
+            .store(u64::from(pid) << 32 | 1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,12 +152,7 @@ mod tests {
     #[test]
     fn a_dead_owner_is_taken_over_and_reported() {
         let lock = RobustLock::new();
-        // Forge an owner: a process that has exited and been reaped.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let dead = child.id();
-        child.wait().unwrap();
-        lock.owner
-            .store(u64::from(dead) << 32 | 1, Ordering::Relaxed);
+        testing::forge_owner(&lock, testing::dead_pid());
         let guard = lock.lock(Duration::from_secs(5)).unwrap();
         assert!(guard.recovered());
         drop(guard);

@@ -1,0 +1,60 @@
+//! What a recovery pass ([`ShmAllocator::recover`](super::ShmAllocator::recover))
+//! found and mended after processes died in the middle of an operation.
+
+use super::AllocStats;
+
+/// The outcome of [`ShmAllocator::recover`](super::ShmAllocator::recover).
+///
+/// A pass mends what the allocator's own records can prove: locks held by
+/// dead processes, thread caches of dead processes, and free blocks that sit
+/// on no free structure because a free or an allocation was cut short. It
+/// cannot know who owned a block that is still marked in use: a block a dead
+/// process held stays allocated until someone who knows (the application,
+/// which may keep its own ledger) frees it.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Locks that a dead process held, taken over and released.
+    pub locks_taken_over: u64,
+    /// Thread caches of dead processes whose blocks went back to the heap.
+    pub caches_reclaimed: u64,
+    /// Free blocks (slots, pages, marked blocks) that were on no free
+    /// structure and are allocatable again.
+    pub blocks_reclaimed: u64,
+    /// Whether the free structures and the accounting were rebuilt from the
+    /// blocks' own records.
+    pub rebuilt: bool,
+    /// The accounting before the pass.
+    pub before: AllocStats,
+    /// The accounting after the pass, recounted from the blocks.
+    pub after: AllocStats,
+}
+
+impl RecoveryReport {
+    /// A report for an allocator with nothing to mend.
+    pub(crate) fn unchanged(stats: AllocStats) -> RecoveryReport {
+        RecoveryReport {
+            before: stats,
+            after: stats,
+            ..RecoveryReport::default()
+        }
+    }
+}
+
+impl std::fmt::Display for RecoveryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} locks taken over, {} caches and {} blocks reclaimed{}; in use: {} blocks / {} \
+             bytes before, {} / {} after",
+            self.locks_taken_over,
+            self.caches_reclaimed,
+            self.blocks_reclaimed,
+            if self.rebuilt { ", rebuilt" } else { "" },
+            self.before.live_allocations,
+            self.before.allocated_bytes,
+            self.after.live_allocations,
+            self.after.allocated_bytes,
+        )
+    }
+}
