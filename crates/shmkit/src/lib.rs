@@ -65,4 +65,4 @@ pub use error::{Error, Result};
 #[doc = include_str!("../../../README.md")]
 struct ReadmeDoctests;
 pub use ptr::{AtomicOffset, FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
-pub use segment::{Location, Opened, Segment, SegmentOptions};
+pub use segment::{Location, Opened, ReadOnlySegment, Segment, SegmentOptions};

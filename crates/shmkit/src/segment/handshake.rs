@@ -7,14 +7,15 @@
 //!
 //! Attacher: open, wait (bounded) for the magic word and READY (acquire),
 //! telling a dead creator from a slow one, then validate every field before
-//! the segment is used.
+//! the segment is used. Read-write and read-only attachers share this path,
+//! so it only ever loads from the segment.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::backend::{self, Mapping};
+use super::backend::{self, Access, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
@@ -258,7 +259,7 @@ fn map_new_object(
             backend::set_mode(fd.as_fd(), options.mode, name)?;
         }
         backend::reserve(fd.as_fd(), 0, size, name)?;
-        Mapping::map_shared(fd.as_fd(), max_size, name)
+        Mapping::map_shared(fd.as_fd(), max_size, Access::ReadWrite, name)
     })();
     if result.is_err() {
         let _ = remove(&options.location);
@@ -288,10 +289,39 @@ fn random_segment_id() -> Result<u64> {
 
 /// Opens, waits for and validates an existing segment.
 fn attach(options: &SegmentOptions) -> Result<Segment> {
+    let Validated { fd, fixed, mapping } = open_validated(options, Access::ReadWrite)?;
+    Ok(Segment {
+        mapping,
+        fd: Some(fd),
+        location: options.location.clone(),
+        fixed,
+        max_align: super::page_size() as usize,
+        ready_timeout: options.ready_timeout,
+    })
+}
+
+/// An existing segment, opened and mapped whole with the access asked for,
+/// whose header was seen READY and validated.
+pub(super) struct Validated {
+    pub fd: OwnedFd,
+    pub fixed: Fixed,
+    pub mapping: Mapping,
+}
+
+/// Opens an existing segment, waits for it and validates its header: the one
+/// path behind both read-write and read-only attachment.
+///
+/// Nothing here stores to the segment or does an atomic read-modify-write:
+/// the header is read through a read-only probe mapping with relaxed loads
+/// and fences (see [`header::load_acquire_u64`]), so this works unchanged on
+/// an object opened read-only.
+pub(super) fn open_validated(options: &SegmentOptions, access: Access) -> Result<Validated> {
     let name = options.location.display_name();
     let fd = match &options.location {
-        Location::Shm(shm_name) => backend::open_shm(shm_name)?,
-        Location::File(path) => backend::open_file(path)?,
+        Location::Shm(shm_name) => backend::open_shm(shm_name, access)?,
+        Location::File(path) => backend::open_file(path, access)?,
+        // A duplicate keeps the caller's access mode; a read-only mapping of
+        // it still refuses writes.
         Location::Fd(fd) => backend::dup_fd(fd.as_fd())?,
         Location::Memfd(_) | Location::Private => {
             return Err(Error::Unsupported(
@@ -314,7 +344,8 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
         return Err(Error::NotReady { waited: patience });
     }
     len = backend::object_len(fd.as_fd(), &name)?;
-    let probe = Mapping::map_shared(fd.as_fd(), len, &name)?;
+    // Validation only reads, so the probe never needs write access.
+    let probe = Mapping::map_shared(fd.as_fd(), len, Access::ReadOnly, &name)?;
     if len < header_len {
         return Err(short_object_error(&probe, len, header_len, &name));
     }
@@ -323,7 +354,7 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
     wait_until_ready(header, &name, patience.saturating_sub(started.elapsed()))?;
     header.validate()?;
 
-    let size = header.size.load(Ordering::Acquire);
+    let size = header::load_acquire_u64(&header.size);
     let len = backend::object_len(fd.as_fd(), &name)?;
     if len < size {
         return Err(Error::Truncated {
@@ -333,15 +364,8 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
     }
     let fixed = Fixed::from_header(header);
     drop(probe);
-    let mapping = Mapping::map_shared(fd.as_fd(), fixed.max_size, &name)?;
-    Ok(Segment {
-        mapping,
-        fd: Some(fd),
-        location: options.location.clone(),
-        fixed,
-        max_align: super::page_size() as usize,
-        ready_timeout: options.ready_timeout,
-    })
+    let mapping = Mapping::map_shared(fd.as_fd(), fixed.max_size, access, &name)?;
+    Ok(Validated { fd, fixed, mapping })
 }
 
 /// Classifies an object shorter than a header: a shmkit segment cut short
@@ -371,7 +395,7 @@ fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<(
     let started = Instant::now();
     let backoff = crossbeam_utils::Backoff::new();
     loop {
-        match header.magic.load(Ordering::Acquire) {
+        match header::load_acquire_u64(&header.magic) {
             MAGIC => {
                 if header.format_version != header::FORMAT_VERSION {
                     return Err(Error::UnsupportedVersion {
@@ -379,7 +403,7 @@ fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<(
                         supported: header::FORMAT_VERSION,
                     });
                 }
-                match header.state.load(Ordering::Acquire) {
+                match header::load_acquire_u32(&header.state) {
                     state::READY => return Ok(()),
                     state::FAILED => {
                         return Err(Error::CreationFailed {
@@ -389,7 +413,7 @@ fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<(
                     state::INITIALIZING | state::BLANK => {
                         if !process_alive(header.creator_pid) {
                             // Re-check: it may have finished just before dying.
-                            if header.state.load(Ordering::Acquire) == state::READY {
+                            if header::load_acquire_u32(&header.state) == state::READY {
                                 return Ok(());
                             }
                             return Err(Error::CreatorDied {

@@ -26,7 +26,7 @@
 //! still be recognised and refused with a clear error.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
@@ -222,7 +222,7 @@ impl Header {
         if expected != found {
             return Err(Error::corrupt("area offsets are inconsistent"));
         }
-        let size = self.size.load(Ordering::Acquire);
+        let size = load_acquire_u64(&self.size);
         if size < self.data_offset || size > self.max_size {
             return Err(Error::corrupt(format!(
                 "size {size} outside [{}, {}]",
@@ -309,7 +309,8 @@ impl Header {
         })
     }
 
-    /// The offset published under `name`, if any.
+    /// The offset published under `name`, if any. Only loads: safe on a
+    /// read-only mapping.
     pub fn root(&self, name: &str) -> Option<u64> {
         let bytes = name.as_bytes();
         if bytes.is_empty() || bytes.len() > ROOT_NAME_MAX {
@@ -318,10 +319,11 @@ impl Header {
         let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
         for probe in 0..ROOT_SLOTS {
             let slot = &self.roots[(start + probe) % ROOT_SLOTS];
-            match slot.state.load(Ordering::Acquire) {
+            match load_acquire_u32(&slot.state) {
                 slot::EMPTY => return None,
                 slot::SET if slot.name() == Some(bytes) => {
-                    return Some(slot.offset.load(Ordering::Acquire));
+                    // Written before SET was released, never changed after.
+                    return Some(slot.offset.load(Ordering::Relaxed));
                 }
                 _ => {}
             }
@@ -329,14 +331,15 @@ impl Header {
         None
     }
 
-    /// Every published root, in slot order.
+    /// Every published root, in slot order. Only loads: safe on a read-only
+    /// mapping.
     pub fn roots(&self) -> Vec<(String, u64)> {
         self.roots
             .iter()
-            .filter(|slot| slot.state.load(Ordering::Acquire) == slot::SET)
+            .filter(|slot| load_acquire_u32(&slot.state) == slot::SET)
             .filter_map(|slot| {
                 let name = String::from_utf8_lossy(slot.name()?).into_owned();
-                Some((name, slot.offset.load(Ordering::Acquire)))
+                Some((name, slot.offset.load(Ordering::Relaxed)))
             })
             .collect()
     }
@@ -395,6 +398,24 @@ fn check_root_name(name: &str) -> Result<&[u8]> {
         });
     }
     Ok(bytes)
+}
+
+/// An acquire load that is also sound on a read-only mapping. Rust promises
+/// only that *relaxed* loads no wider than a pointer never fault on read-only
+/// pages (an acquire load may be built from a compare-exchange), so load
+/// relaxed and order with an acquire fence: that synchronizes with the same
+/// release stores.
+pub(crate) fn load_acquire_u64(word: &AtomicU64) -> u64 {
+    let value = word.load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    value
+}
+
+/// The 32-bit twin of [`load_acquire_u64`].
+pub(crate) fn load_acquire_u32(word: &AtomicU32) -> u32 {
+    let value = word.load(Ordering::Relaxed);
+    fence(Ordering::Acquire);
+    value
 }
 
 /// Spins, then sleeps, while `busy()` holds, for at most `patience`.

@@ -3,6 +3,7 @@
 //! A [`Segment`] is this process's handle on the region. Creating one writes
 //! the header, initializes the allocator and publishes *ready*; attaching one
 //! waits (bounded) for *ready* and validates every header field before use.
+//! A [`ReadOnlySegment`] is attached the same way but can only read.
 //! See [`header`] for the on-segment layout.
 
 mod backend;
@@ -10,6 +11,7 @@ mod handshake;
 pub(crate) use handshake::AllocatorSetup;
 pub mod header;
 mod options;
+mod read_only;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
@@ -18,6 +20,7 @@ use std::sync::atomic::Ordering;
 pub use handshake::process_alive;
 pub use handshake::Opened;
 pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
+pub use read_only::ReadOnlySegment;
 
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
@@ -75,6 +78,82 @@ impl Fixed {
             data_offset: header.data_offset,
         }
     }
+
+    /// The custom header's offset, checked to hold a `T`.
+    fn custom_header_offset<T>(&self) -> Result<Offset<T>> {
+        let needed = std::mem::size_of::<T>() as u64;
+        if needed > u64::from(self.custom_len) {
+            return Err(Error::invalid_size(format!(
+                "custom header holds {} bytes, {} needs {needed}",
+                self.custom_len,
+                std::any::type_name::<T>()
+            )));
+        }
+        Ok(Offset::from_raw(self.custom_offset))
+    }
+
+    /// Refuses anything but allocator `expected` (with exactly `params`,
+    /// when given).
+    fn expect_allocator(
+        &self,
+        expected: AllocatorKind,
+        params: Option<&[u64; PARAM_WORDS]>,
+    ) -> Result<()> {
+        if self.kind != expected {
+            return Err(Error::WrongAllocator {
+                expected,
+                found: self.kind,
+            });
+        }
+        if let Some(params) = params {
+            if *params != self.params {
+                return Err(Error::WrongAllocatorParams {
+                    kind: expected,
+                    expected: params.to_vec(),
+                    found: self.params.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `len` bytes at `offset` end within `size`.
+fn check_range_within(size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::OutOfBounds { offset, len, size }),
+    }
+}
+
+/// Decodes an offset into `count` consecutive `T`s of the mapped bytes
+/// `base..base + size`, checking null, bounds and alignment. `size` must not
+/// exceed the mapping's length.
+fn resolve_within<T>(
+    base: NonNull<u8>,
+    size: u64,
+    offset: Offset<T>,
+    count: u64,
+) -> Result<NonNull<T>> {
+    if offset.is_null() {
+        return Err(Error::NullOffset);
+    }
+    let len = count
+        .checked_mul(std::mem::size_of::<T>() as u64)
+        .ok_or_else(|| Error::invalid_size("array length overflows"))?;
+    check_range_within(size, offset.raw(), len)?;
+    let align = std::mem::align_of::<T>();
+    // The range check bounds the offset by the mapping length (a `usize`).
+    let ptr = base.as_ptr().wrapping_add(offset.raw() as usize);
+    if (ptr as usize) % align != 0 {
+        return Err(Error::Misaligned {
+            offset: offset.raw(),
+            align,
+        });
+    }
+    // SAFETY: `ptr` is inside the mapping, whose base is non-null, so it is
+    // non-null too.
+    Ok(unsafe { NonNull::new_unchecked(ptr.cast()) })
 }
 
 impl std::fmt::Debug for Segment {
@@ -177,11 +256,7 @@ impl Segment {
     /// Checks that `len` bytes at `offset` lie inside the segment's current
     /// size.
     pub fn check_range(&self, offset: u64, len: u64) -> Result<()> {
-        let size = self.size();
-        match offset.checked_add(len) {
-            Some(end) if end <= size => Ok(()),
-            _ => Err(Error::OutOfBounds { offset, len, size }),
-        }
+        check_range_within(self.size(), offset, len)
     }
 
     /// Decodes an offset into a local pointer, checking null, bounds (for one
@@ -193,25 +268,7 @@ impl Segment {
     /// Decodes an offset to `count` consecutive `T`s, checking null, bounds
     /// and alignment.
     pub fn resolve_array<T>(&self, offset: Offset<T>, count: u64) -> Result<NonNull<T>> {
-        if offset.is_null() {
-            return Err(Error::NullOffset);
-        }
-        let len = count
-            .checked_mul(std::mem::size_of::<T>() as u64)
-            .ok_or_else(|| Error::invalid_size("array length overflows"))?;
-        self.check_range(offset.raw(), len)?;
-        let align = std::mem::align_of::<T>();
-        // `check_range` bounds the offset by the mapping length (a `usize`).
-        let ptr = self.base().as_ptr().wrapping_add(offset.raw() as usize);
-        if (ptr as usize) % align != 0 {
-            return Err(Error::Misaligned {
-                offset: offset.raw(),
-                align,
-            });
-        }
-        // SAFETY: `ptr` is inside the mapping, whose base is non-null, so it
-        // is non-null too.
-        Ok(unsafe { NonNull::new_unchecked(ptr.cast()) })
+        resolve_within(self.base(), self.size(), offset, count)
     }
 
     /// The offset of a local pointer into this segment.
@@ -263,15 +320,7 @@ impl Segment {
     /// reach them through `unsafe { ptr.as_ref() }`, or read plain fields with
     /// volatile or atomic loads.
     pub fn custom_header<T: ShmSafe>(&self) -> Result<NonNull<T>> {
-        let needed = std::mem::size_of::<T>() as u64;
-        if needed > u64::from(self.fixed.custom_len) {
-            return Err(Error::invalid_size(format!(
-                "custom header holds {} bytes, {} needs {needed}",
-                self.fixed.custom_len,
-                std::any::type_name::<T>()
-            )));
-        }
-        self.resolve(Offset::<T>::from_raw(self.fixed.custom_offset))
+        self.resolve(self.fixed.custom_header_offset()?)
     }
 
     /// Publishes `offset` under `name` (1 to 48 bytes) so other processes can
@@ -351,21 +400,7 @@ impl Segment {
         expected: AllocatorKind,
         params: Option<&[u64; PARAM_WORDS]>,
     ) -> Result<()> {
-        let found = self.allocator_kind();
-        if found != expected {
-            return Err(Error::WrongAllocator { expected, found });
-        }
-        if let Some(params) = params {
-            let recorded = self.allocator_params();
-            if *params != recorded {
-                return Err(Error::WrongAllocatorParams {
-                    kind: expected,
-                    expected: params.to_vec(),
-                    found: recorded.to_vec(),
-                });
-            }
-        }
-        Ok(())
+        self.fixed.expect_allocator(expected, params)
     }
 }
 

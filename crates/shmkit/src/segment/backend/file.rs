@@ -5,7 +5,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use super::open_error;
+use super::{open_error, Access};
 use crate::error::{Error, Result};
 
 fn c_path(path: &Path) -> Result<CString> {
@@ -24,9 +24,9 @@ pub(crate) fn create_file(path: &Path, mode: u32) -> Result<OwnedFd> {
     )
 }
 
-/// Opens an existing file read-write.
-pub(crate) fn open_file(path: &Path) -> Result<OwnedFd> {
-    open(path, libc::O_RDWR, 0)
+/// Opens an existing file with the access asked for.
+pub(crate) fn open_file(path: &Path, access: Access) -> Result<OwnedFd> {
+    open(path, access.open_flags(), 0)
 }
 
 fn open(path: &Path, flags: i32, mode: u32) -> Result<OwnedFd> {

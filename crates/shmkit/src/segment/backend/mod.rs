@@ -19,6 +19,34 @@ pub(crate) use file::{create_file, open_file};
 pub(crate) use memfd::create_memfd;
 pub(crate) use shm::{create_shm, open_shm, unlink_shm};
 
+/// What a process may do with an existing segment: decides both how its
+/// object is opened and how it is mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Opened `O_RDWR` and mapped `PROT_READ | PROT_WRITE`.
+    ReadWrite,
+    /// Opened `O_RDONLY` and mapped `PROT_READ`: the kernel refuses writes,
+    /// and `mprotect` cannot add `PROT_WRITE` to a mapping of a read-only
+    /// descriptor.
+    ReadOnly,
+}
+
+impl Access {
+    fn open_flags(self) -> i32 {
+        match self {
+            Access::ReadWrite => libc::O_RDWR,
+            Access::ReadOnly => libc::O_RDONLY,
+        }
+    }
+
+    fn protection(self) -> i32 {
+        match self {
+            Access::ReadWrite => libc::PROT_READ | libc::PROT_WRITE,
+            Access::ReadOnly => libc::PROT_READ,
+        }
+    }
+}
+
 /// A mapped address range that is unmapped on drop (unless borrowed).
 pub(crate) struct Mapping {
     base: NonNull<u8>,
@@ -33,34 +61,26 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    /// Maps `len` bytes of `fd` shared and read-write. `len` may exceed the
-    /// object's current size: the pages past its end become usable as soon as
-    /// the object is grown, in every process, without a new mapping.
-    pub fn map_shared(fd: BorrowedFd<'_>, len: u64, what: &str) -> Result<Mapping> {
-        Self::map(len, libc::MAP_SHARED, fd.as_raw_fd(), what)
+    /// Maps `len` bytes of `fd` shared, with the access asked for. `len` may
+    /// exceed the object's current size: the pages past its end become usable
+    /// as soon as the object is grown, in every process, without a new mapping.
+    pub fn map_shared(fd: BorrowedFd<'_>, len: u64, access: Access, what: &str) -> Result<Mapping> {
+        Self::map(len, access, libc::MAP_SHARED, fd.as_raw_fd(), what)
     }
 
     /// Maps `len` bytes of private, zero-filled memory. Pages are committed
     /// only when touched, so a large maximum size costs address space only.
     pub fn map_private(len: u64) -> Result<Mapping> {
         let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
-        Self::map(len, flags, -1, "private memory")
+        Self::map(len, Access::ReadWrite, flags, -1, "private memory")
     }
 
-    fn map(len: u64, flags: i32, fd: i32, what: &str) -> Result<Mapping> {
+    fn map(len: u64, access: Access, flags: i32, fd: i32, what: &str) -> Result<Mapping> {
         let len = usize::try_from(len).map_err(|_| Error::invalid_size("segment too large"))?;
         // SAFETY: a fresh mapping chosen by the kernel (no MAP_FIXED) cannot
         // overlap any existing Rust object; the arguments are plain values.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
+        let addr =
+            unsafe { libc::mmap(std::ptr::null_mut(), len, access.protection(), flags, fd, 0) };
         if addr == libc::MAP_FAILED {
             return Err(Error::last_os(format!("mapping {what}")));
         }

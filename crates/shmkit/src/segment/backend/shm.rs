@@ -3,7 +3,7 @@
 use std::ffi::CString;
 use std::os::fd::{FromRawFd, OwnedFd};
 
-use super::open_error;
+use super::{open_error, Access};
 use crate::error::{Error, Result};
 
 /// Checks a POSIX shared-memory name and returns it in `/name` form.
@@ -48,10 +48,10 @@ pub(crate) fn create_shm(name: &str, mode: u32) -> Result<OwnedFd> {
     )
 }
 
-/// Opens an existing object read-write.
-pub(crate) fn open_shm(name: &str) -> Result<OwnedFd> {
+/// Opens an existing object with the access asked for.
+pub(crate) fn open_shm(name: &str, access: Access) -> Result<OwnedFd> {
     let c_name = shm_name(name)?;
-    open(name, &c_name, libc::O_RDWR, 0)
+    open(name, &c_name, access.open_flags(), 0)
 }
 
 fn open(name: &str, c_name: &CString, flags: i32, mode: u32) -> Result<OwnedFd> {
