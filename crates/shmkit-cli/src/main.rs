@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod inspect;
 mod map;
+mod recover;
 mod remove_on_drop;
 mod units;
 
@@ -15,7 +16,7 @@ use clap::{Parser, Subcommand};
 ///
 /// Exit codes: 0 success; 1 the operation failed (no such segment, not a
 /// shmkit segment, refused); 2 bad usage; 3 `check` found an inconsistency;
-/// 130 interrupted.
+/// 4 `recover` refused a segment other processes use; 130 interrupted.
 #[derive(Parser)]
 #[command(name = "shmkit", version, about, long_about = None)]
 struct Cli {
@@ -41,6 +42,10 @@ enum Command {
     Check(inspect::NameArgs),
     /// Draw a segment's used and free regions (terminal strip, or --svg).
     Map(map::MapArgs),
+    /// Mend what processes that died mid-operation left in a segment (their
+    /// locks, thread caches, half-freed blocks) and recount its accounting;
+    /// refuses (exit 4) while other processes have it mapped.
+    Recover(recover::RecoverArgs),
     /// Create a segment managed by an allocator.
     Create(inspect::CreateArgs),
     /// Remove a segment's name (refuses a non-shmkit name unless --force).
@@ -63,6 +68,7 @@ fn main() -> ExitCode {
         Command::Stat(args) => inspect::stat(&args),
         Command::Check(args) => inspect::check(&args),
         Command::Map(args) => map::run(&args),
+        Command::Recover(args) => recover::run(&args),
         Command::Create(args) => inspect::create(&args),
         Command::Rm(args) => inspect::rm(&args),
         Command::Bench(args) => bench::run(&args),

@@ -47,7 +47,7 @@ fn create(name: &Name, size: &str, allocator: &str) {
 #[test]
 fn every_subcommand_has_help() {
     for sub in [
-        "ls", "stat", "check", "map", "create", "rm", "demo", "bench",
+        "ls", "stat", "check", "map", "create", "rm", "demo", "bench", "recover",
     ] {
         let out = shmkit(&[sub, "--help"]);
         assert!(out.status.success(), "{sub}");
