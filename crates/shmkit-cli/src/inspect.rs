@@ -66,6 +66,7 @@ fn summary(name: &str, heap: &AnyAllocator) -> Value {
         "used": stats.allocated_bytes,
         "allocator": heap.kind().to_string(),
         "format_version": segment.format_version(),
+        "zero_on_free": segment.zero_on_free(),
         "creator_pid": segment.creator_pid(),
         "creator_alive": process_alive(segment.creator_pid()),
     })
@@ -163,6 +164,7 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
     println!("allocator          {}", heap.kind());
     println!("format version     {}", segment.format_version());
     println!("segment id         {}", segment.id());
+    println!("zero on free       {}", segment.zero_on_free());
     println!("creator            pid {} ({alive})", segment.creator_pid());
     println!(
         "size               {} (max {})",
@@ -237,6 +239,10 @@ pub struct CreateArgs {
     /// Permission bits, in octal (default 600).
     #[arg(long, value_parser = parse_mode)]
     mode: Option<u32>,
+    /// Zero every block as it is freed, in every process, so freed data
+    /// does not linger (the allocators that free single blocks).
+    #[arg(long)]
+    zero_on_free: bool,
 }
 
 fn parse_mode(text: &str) -> Result<u32, String> {
@@ -254,6 +260,7 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
     if let Some(mode) = args.mode {
         options = options.mode(mode);
     }
+    options = options.zero_on_free(args.zero_on_free);
     let made = AnyAllocator::create(args.allocator, &options)
         .map_err(|e| format!("{}: {e}", args.name))?;
     println!(

@@ -92,7 +92,7 @@ fn ls_lists_shmkit_segments_and_skips_foreign_files() {
         row["creator_alive"], false,
         "the creating command has exited"
     );
-    assert_eq!(row["format_version"], 1);
+    assert_eq!(row["format_version"], 2);
 }
 
 #[test]
@@ -110,8 +110,24 @@ fn stat_reports_the_accounting_of_live_blocks() {
     assert_eq!(report["live_allocations"], 3);
     assert_eq!(report["allocated_bytes"], 600);
     assert_eq!(report["size"], 2 << 20);
+    assert_eq!(report["zero_on_free"], false);
     let text = stdout(&shmkit(&["stat", &name.0]));
     assert!(text.contains("live allocations   3"), "{text}");
+
+    let zeroing = Name::new("stat-zero");
+    let out = shmkit(&[
+        "create",
+        &zeroing.0,
+        "--size",
+        "1MiB",
+        "--allocator",
+        "pool",
+        "--zero-on-free",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_slice(&shmkit(&["stat", &zeroing.0, "--json"]).stdout).unwrap();
+    assert_eq!(report["zero_on_free"], true, "{report}");
 }
 
 #[test]

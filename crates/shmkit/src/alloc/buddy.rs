@@ -1092,7 +1092,12 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        self.locked(|heap| heap.free_locked(offset))
+        self.locked(|heap| {
+            let (_, order) = heap.live_block(offset, heap.end_units()?)?;
+            // Under the lock the live block is ours alone.
+            self.segment.scrub(offset, 1 << order);
+            heap.free_locked(offset)
+        })
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {

@@ -272,16 +272,8 @@ impl BumpAllocator {
     pub fn secure_reset(&mut self) {
         let start = self.segment.data_offset();
         let end = self.cursor().min(self.segment.size());
-        if end > start {
-            // SAFETY: `[start, end)` lies inside the mapped, current size of
-            // the segment; `&mut self` and the quiescence rule mean nobody
-            // uses these bytes now.
-            unsafe {
-                let base = self.segment.base().as_ptr().add(start as usize);
-                std::ptr::write_bytes(base, 0, (end - start) as usize);
-            }
-            std::sync::atomic::compiler_fence(Ordering::SeqCst);
-        }
+        // `&mut self` and the quiescence rule: nobody uses these bytes now.
+        self.segment.zero_bytes(start, end.saturating_sub(start));
         self.reset();
     }
 

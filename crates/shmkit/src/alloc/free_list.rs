@@ -1255,6 +1255,9 @@ impl ShmAllocator for FreeListAllocator {
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         self.locked(true, |heap| {
+            let used = heap.used_block(offset)?;
+            // Under the lock the live block is ours alone.
+            heap.segment.scrub(offset, used.size - HEADER);
             let requested = heap.free(offset)?;
             heap.state.counters.on_free_locked(requested);
             Ok(())

@@ -940,6 +940,8 @@ impl ShmAllocator for PoolAllocator {
         {
             return Err(Error::InvalidFree { offset });
         }
+        self.segment
+            .scrub(offset, self.geometry.slabs[at.slab].slot);
         self.state().counters.on_free(u64::from(value - 1));
         self.give_slot(at);
         Ok(())

@@ -1118,6 +1118,8 @@ impl SizeClassAllocator {
                 {
                     return Err(invalid()); // a racing double free won
                 }
+                // The mark makes the block ours alone until its bit clears.
+                self.segment.scrub(offset, info.size);
                 Ok(Freed::Small {
                     page,
                     class,
@@ -1140,6 +1142,8 @@ impl SizeClassAllocator {
                 {
                     return Err(invalid());
                 }
+                // FREE but on no stack yet: nobody else can take these pages.
+                self.segment.scrub(offset, len * PAGE_SIZE);
                 for tail in page + 1..page + len as u32 {
                     if let Some(d) = self.desc(tail) {
                         d.state.store(FREE, Ordering::Relaxed);

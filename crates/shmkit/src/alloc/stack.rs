@@ -273,6 +273,17 @@ impl StackAllocator {
         self.top_cell()
             .store(self.segment.data_offset(), Ordering::Release);
     }
+
+    /// Zeroes every byte below the top (blocks and their headers), then
+    /// frees everything like [`reset`](Self::reset) (same quiescence rule),
+    /// so no data lingers for the next user of the memory.
+    pub fn secure_reset(&mut self) {
+        let start = self.segment.data_offset();
+        let end = self.top().min(self.segment.size());
+        // `&mut self` and the quiescence rule: nobody uses these bytes now.
+        self.segment.zero_bytes(start, end.saturating_sub(start));
+        self.reset();
+    }
 }
 
 /// The least common multiple of `align` and 8, or `None` on overflow.

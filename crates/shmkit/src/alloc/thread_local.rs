@@ -773,6 +773,11 @@ impl ShmAllocator for ThreadLocalAllocator {
                 return Err(Error::InvalidFree { offset });
             }
             if let Some(slot) = slot.filter(|_| block.class < CACHED_CLASSES) {
+                // Before the key goes in: a cached block is free to the user.
+                inner
+                    .core
+                    .segment()
+                    .scrub(offset, class_block_size(block.class));
                 if inner.push_cached(slot, &block, offset, requested) {
                     inner.count_free(Some(slot), requested);
                     return Ok(());

@@ -87,6 +87,11 @@ impl Segment {
             kind: setup.kind,
             params: setup.params,
             layout,
+            flags: if options.zero_on_free {
+                header::flags::ZERO_ON_FREE
+            } else {
+                0
+            },
         };
         let name = options.location.display_name();
         let (mapping, fd, max_align) = match &options.location {
@@ -188,6 +193,7 @@ impl Segment {
             kind: setup.kind,
             params: setup.params,
             layout,
+            flags: 0,
         };
         let base = NonNull::new(start).ok_or(Error::NullOffset)?;
         // SAFETY: the caller guarantees the region is valid and outlives us.

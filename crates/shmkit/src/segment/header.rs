@@ -20,6 +20,7 @@
 //! 112   state_len        u64
 //! 120   data_offset      u64        first byte the allocator manages
 //! 128   roots            [RootSlot; 32], 64 bytes each
+//! 2176  flags            u64        features every process must honour
 //! ```
 //!
 //! The magic word and the format version never move, so any future format can
@@ -34,8 +35,17 @@ use crate::error::{Error, Result};
 /// The magic word: `\x7fSHMKIT\0` read as a native-endian `u64`.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
 
-/// The on-segment format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-segment format this build writes and reads (2: the flags word).
+pub const FORMAT_VERSION: u32 = 2;
+
+/// Bits of the header's flags word: features fixed at creation that every
+/// attached process must honour.
+pub mod flags {
+    /// Every free zeroes the block's bytes before the block can be reused.
+    pub const ZERO_ON_FREE: u64 = 1;
+    /// Every flag this build knows; a segment with another is refused.
+    pub const KNOWN: u64 = ZERO_ON_FREE;
+}
 
 /// Number of named root slots in every header.
 pub const ROOT_SLOTS: usize = 32;
@@ -99,10 +109,11 @@ pub(crate) struct Header {
     pub state_len: u64,
     pub data_offset: u64,
     roots: [RootSlot; ROOT_SLOTS],
+    pub flags: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<RootSlot>() == 64);
-const _: () = assert!(std::mem::size_of::<Header>() == 128 + 64 * ROOT_SLOTS);
+const _: () = assert!(std::mem::size_of::<Header>() == 128 + 64 * ROOT_SLOTS + 64);
 
 /// Where each area of a segment goes, computed from the creation parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -173,6 +184,7 @@ impl Header {
             self.state_offset,
             self.state_len,
             self.data_offset,
+            self.flags,
         ];
         fnv1a(fixed.into_iter().chain(self.allocator_params))
     }
@@ -193,6 +205,7 @@ impl Header {
         self.state_offset = fields.layout.state_offset;
         self.state_len = fields.layout.state_len;
         self.data_offset = fields.layout.data_offset;
+        self.flags = fields.flags;
         self.layout_hash = self.compute_layout_hash();
     }
 
@@ -209,6 +222,12 @@ impl Header {
         }
         if self.layout_hash != self.compute_layout_hash() {
             return Err(Error::corrupt("layout hash mismatch"));
+        }
+        if self.flags & !flags::KNOWN != 0 {
+            return Err(Error::corrupt(format!(
+                "feature flags {:#x} unknown to this build",
+                self.flags & !flags::KNOWN
+            )));
         }
         let expected = Layout::new(self.custom_len, self.state_len)
             .map_err(|_| Error::corrupt(format!("allocator state length {}", self.state_len)))?;
@@ -368,6 +387,7 @@ pub(crate) struct NewHeader {
     pub kind: AllocatorKind,
     pub params: [u64; PARAM_WORDS],
     pub layout: Layout,
+    pub flags: u64,
 }
 
 impl NewHeader {
@@ -385,6 +405,7 @@ impl NewHeader {
             state_offset: self.layout.state_offset,
             state_len: self.layout.state_len,
             data_offset: self.layout.data_offset,
+            flags: self.flags,
         }
     }
 }
@@ -443,3 +464,39 @@ const _: () = assert!(std::mem::offset_of!(Header, format_version) == 8);
 const _: () = assert!(std::mem::offset_of!(Header, state) == 24);
 const _: () = assert!(std::mem::offset_of!(Header, data_offset) == 120);
 const _: () = assert!(std::mem::offset_of!(Header, roots) == 128);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A header as a creator fills it, with these flags.
+    fn filled(flags: u64) -> Box<Header> {
+        // SAFETY: every field of `Header` is an integer, an atomic or an
+        // array of them, for which all-zero bytes are valid (a blank header).
+        let mut header: Box<Header> = unsafe { Box::new(std::mem::zeroed()) };
+        let layout = Layout::new(0, 128).unwrap();
+        header.fill(&NewHeader {
+            size: 1 << 20,
+            max_size: 1 << 20,
+            segment_id: 7,
+            kind: AllocatorKind::Bump,
+            params: [0; PARAM_WORDS],
+            layout,
+            flags,
+        });
+        header
+    }
+
+    #[test]
+    fn flags_are_bound_by_the_hash_and_unknown_ones_refused() {
+        filled(flags::ZERO_ON_FREE).validate().unwrap();
+        // A flag from a newer build: the hash matches, the flag is refused.
+        let err = filled(1 << 40).validate().unwrap_err().to_string();
+        assert!(err.contains("unknown to this build"), "{err}");
+        // A flag flipped after creation breaks the hash.
+        let mut header = filled(0);
+        header.flags = flags::ZERO_ON_FREE;
+        let err = header.validate().unwrap_err().to_string();
+        assert!(err.contains("layout hash"), "{err}");
+    }
+}

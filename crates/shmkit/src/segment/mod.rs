@@ -60,6 +60,7 @@ pub(crate) struct Fixed {
     pub state_offset: u64,
     pub state_len: u64,
     pub data_offset: u64,
+    pub flags: u64,
 }
 
 impl Fixed {
@@ -76,6 +77,7 @@ impl Fixed {
             state_offset: header.state_offset,
             state_len: header.state_len,
             data_offset: header.data_offset,
+            flags: header.flags,
         }
     }
 
@@ -228,6 +230,45 @@ impl Segment {
     /// The on-segment format version.
     pub fn format_version(&self) -> u32 {
         self.fixed.format_version
+    }
+
+    /// Whether every free zeroes the block before it can be reused (set at
+    /// creation with [`SegmentOptions::zero_on_free`], honoured by every
+    /// process).
+    #[inline]
+    pub fn zero_on_free(&self) -> bool {
+        self.fixed.flags & header::flags::ZERO_ON_FREE != 0
+    }
+
+    /// Zeroes `len` bytes at `offset` when the segment asks for it: called
+    /// by allocators on a block they hold alone, before anyone can reuse it.
+    /// The block was validated by the caller; a range outside the segment
+    /// (a bug) zeroes nothing rather than touch memory it must not.
+    #[inline]
+    pub(crate) fn scrub(&self, offset: u64, len: u64) {
+        if self.zero_on_free() {
+            self.zero_bytes(offset, len);
+        }
+    }
+
+    /// Zeroes `len` bytes at `offset` that the caller holds alone (nobody
+    /// else reads or writes them meanwhile); a range outside the segment (a
+    /// bug) zeroes nothing.
+    pub(crate) fn zero_bytes(&self, offset: u64, len: u64) {
+        let inside = self.check_range(offset, len).is_ok();
+        debug_assert!(
+            inside,
+            "zeroing {len} bytes at {offset}: outside the segment"
+        );
+        if inside {
+            // SAFETY: inside the segment (checked); the caller holds the
+            // bytes alone.
+            unsafe {
+                std::ptr::write_bytes(self.base().as_ptr().add(offset as usize), 0, len as usize)
+            };
+            // Not an optimizable dead store: other processes read these bytes.
+            std::sync::atomic::compiler_fence(Ordering::SeqCst);
+        }
     }
 
     /// Offset of the first byte the allocator manages.

@@ -61,6 +61,7 @@ pub struct SegmentOptions {
     pub(crate) mode: u32,
     pub(crate) custom_header_len: u32,
     pub(crate) ready_timeout: Duration,
+    pub(crate) zero_on_free: bool,
 }
 
 impl SegmentOptions {
@@ -73,6 +74,7 @@ impl SegmentOptions {
             mode: 0o600,
             custom_header_len: 0,
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            zero_on_free: false,
         }
     }
 
@@ -129,6 +131,19 @@ impl SegmentOptions {
     /// (see [`Segment::custom_header`](crate::Segment::custom_header)).
     pub fn custom_header_len(mut self, bytes: u32) -> Self {
         self.custom_header_len = bytes;
+        self
+    }
+
+    /// Makes every free, in every process, zero the block's bytes before the
+    /// block can be handed out again, so freed data does not linger in the
+    /// segment (default off: it costs a write of every freed byte). Recorded
+    /// in the header at creation; ignored on attach. Honoured by the
+    /// allocators that free single blocks (pool, free list, buddy,
+    /// size-class, thread-local); the bump and stack allocators have
+    /// `secure_reset` instead, since a block freed off a stack's top can be
+    /// reused by a racing allocation before it could be zeroed.
+    pub fn zero_on_free(mut self, on: bool) -> Self {
+        self.zero_on_free = on;
         self
     }
 
