@@ -7,6 +7,8 @@
 /// The atomic word the algorithms run on, in a segment or under loom.
 pub(crate) mod atomic_word;
 pub(crate) mod cursor;
+/// Whether a process maps a segment, from `/proc/PID/maps`.
+pub(crate) mod mapped_by;
 /// The cached process id, reset in a forked child.
 pub(crate) mod pid;
 pub(crate) mod robust_lock;

@@ -3,12 +3,16 @@
 //! The lock word records its owner (pid and thread). A waiter that finds the
 //! owner's process gone takes the lock over and is told so, through
 //! [`RobustGuard::recovered`], so it can repair or roll back the half-done
-//! step. Nobody waits forever: a lock that stays busy past the caller's
-//! patience is an error.
+//! step. An owner pid that is alive but does not map the lock's segment (a
+//! pid reused after its owner died, or one a stray write left in the word)
+//! counts as dead too, once the wait has lasted [`MAPS_CHECK_AFTER`]. Nobody
+//! waits forever: a lock that stays busy past the caller's patience is an
+//! error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::mapped_by::{self, MappedObject};
 use crate::error::{Error, Result};
 use crate::segment::process_alive;
 
@@ -45,6 +49,11 @@ impl Drop for RobustGuard<'_> {
 /// How often a waiter checks whether the owner is still alive.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(2);
 
+/// How long a waiter waits before it also checks, every this long, that a
+/// live owner maps the lock's segment (reading `/proc`, too slow for every
+/// contended lock).
+const MAPS_CHECK_AFTER: Duration = Duration::from_millis(50);
+
 impl RobustLock {
     pub(crate) const fn new() -> RobustLock {
         RobustLock {
@@ -80,6 +89,9 @@ impl RobustLock {
     fn lock_slow(&self, token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
         let started = Instant::now();
         let mut last_check = started;
+        let mut last_maps_check = started;
+        // The object this lock lives in, found on first need.
+        let mut object: Option<Option<MappedObject>> = None;
         let backoff = crossbeam_utils::Backoff::new();
         loop {
             let owner = self.owner.load(Ordering::Relaxed);
@@ -98,7 +110,17 @@ impl RobustLock {
             if now.duration_since(last_check) >= LIVENESS_PERIOD {
                 last_check = now;
                 let pid = (owner >> 32) as u32;
-                if !process_alive(pid) {
+                let mut dead = !process_alive(pid);
+                if !dead && now.duration_since(last_maps_check) >= MAPS_CHECK_AFTER {
+                    last_maps_check = now;
+                    let object = object.get_or_insert_with(|| {
+                        mapped_by::object_at(self as *const RobustLock as usize)
+                    });
+                    dead = object
+                        .as_ref()
+                        .is_some_and(|object| mapped_by::process_maps(pid, object) == Some(false));
+                }
+                if dead {
                     if let Some(guard) = self.take_from(owner, token, true) {
                         return Ok(guard);
                     }
@@ -158,6 +180,24 @@ mod tests {
         drop(guard);
         let again = lock.lock(Duration::from_secs(5)).unwrap();
         assert!(!again.recovered());
+    }
+
+    #[test]
+    fn a_live_pid_that_does_not_map_the_segment_is_taken_over() {
+        let segment =
+            crate::Segment::create(&crate::SegmentOptions::memfd("robust-lock").size(1 << 16))
+                .unwrap();
+        let at = segment
+            .resolve(crate::Offset::<RobustLock>::from_raw(segment.data_offset()))
+            .unwrap();
+        // SAFETY: in bounds and aligned (checked); zero bytes are a free
+        // lock; the segment outlives the reference.
+        let lock = unsafe { at.as_ref() };
+        // Our parent (the test runner) lives but does not map this memfd.
+        // SAFETY: no preconditions.
+        testing::forge_owner(lock, unsafe { libc::getppid() } as u32);
+        let guard = lock.lock(Duration::from_secs(5)).unwrap();
+        assert!(guard.recovered());
     }
 
     #[test]

@@ -1,0 +1,63 @@
+//! Whether a process maps the object behind an address of ours: the second
+//! test a lock waiter applies to a live owner pid, so that a pid reused by an
+//! unrelated process (or one a stray write put in a lock word) does not hold
+//! a lock forever. Read from `/proc/PID/maps`, on the slow path only.
+
+/// The backing object of a mapping: device (as `/proc/PID/maps` prints it,
+/// `major:minor` in hex) and inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct MappedObject {
+    device: String,
+    inode: u64,
+}
+
+/// The object behind the mapping of this process that contains `addr`, or
+/// `None` for anonymous memory (inode 0) or when `/proc` cannot say.
+pub(crate) fn object_at(addr: usize) -> Option<MappedObject> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (start, end) = fields.next()?.split_once('-')?;
+        let start = usize::from_str_radix(start, 16).ok()?;
+        let end = usize::from_str_radix(end, 16).ok()?;
+        if !(start..end).contains(&addr) {
+            return None;
+        }
+        let device = fields.nth(2)?.to_owned();
+        let inode = fields.next()?.parse::<u64>().ok()?;
+        (inode != 0).then_some(MappedObject { device, inode })
+    })
+}
+
+/// Whether process `pid` maps `object`: `Some(false)` only when its maps
+/// were read and the object is not there; `None` when they cannot be read
+/// (another user's process, say), which the caller must treat as "maybe".
+pub(crate) fn process_maps(pid: u32, object: &MappedObject) -> Option<bool> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    Some(maps.lines().any(|line| {
+        let mut fields = line.split_whitespace().skip(3);
+        fields.next() == Some(object.device.as_str())
+            && fields.next().and_then(|i| i.parse::<u64>().ok()) == Some(object.inode)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shared_object_is_found_in_its_mappers_and_not_elsewhere() {
+        let segment =
+            crate::Segment::create(&crate::SegmentOptions::memfd("mapped-by").size(1 << 16))
+                .unwrap();
+        let object = object_at(segment.base().as_ptr() as usize).expect("a memfd has an inode");
+        assert_eq!(process_maps(std::process::id(), &object), Some(true));
+        // Our parent (the test runner) does not map our memfd.
+        // SAFETY: no preconditions.
+        let parent = unsafe { libc::getppid() } as u32;
+        assert_eq!(process_maps(parent, &object), Some(false));
+        // Heap memory is anonymous: nothing to compare.
+        let on_heap = Box::new(0u64);
+        assert_eq!(object_at(&*on_heap as *const u64 as usize), None);
+    }
+}
