@@ -85,6 +85,9 @@ fn populated(kind: AllocatorKind, options: &SegmentOptions) -> (AnyAllocator, Ve
     (heap, live)
 }
 
+/// Bytes in a segment header (format 2).
+const HEADER_LEN: u64 = 2240;
+
 /// Where a flip lands: the header, the allocator's state (between the
 /// header and the data), or anywhere in the segment.
 #[derive(Clone, Copy, Debug)]
@@ -98,8 +101,8 @@ fn target_range(heap: &AnyAllocator, target: Target) -> (u64, u64) {
     let segment = heap.segment();
     let data = segment.data_offset();
     match target {
-        Target::Header => (0, 2176.min(data)),
-        Target::State => (2176.min(data), data.max(2177)),
+        Target::Header => (0, HEADER_LEN.min(data)),
+        Target::State => (HEADER_LEN.min(data), data.max(HEADER_LEN + 1)),
         Target::Anywhere => (0, segment.size()),
     }
 }

@@ -426,13 +426,16 @@ impl SizeClassAllocator {
             (s.magic, s.heap_base, s.max_pages)
         };
         let data_offset = segment.data_offset();
+        // Checked arithmetic: both words are whatever the segment holds.
         let plausible = magic == STATE_MAGIC
             && max_pages > 0
             && max_pages < u64::from(u32::MAX)
             && heap_base % 128 == 0
+            && heap_base <= segment.size()
             && heap_base >= data_offset + max_pages * DESC_LEN
-            && heap_base + max_pages * PAGE_SIZE <= segment.max_size()
-            && heap_base <= segment.size();
+            && heap_base
+                .checked_add(max_pages * PAGE_SIZE)
+                .is_some_and(|end| end <= segment.max_size());
         if !plausible {
             return Err(Error::corrupt(format!(
                 "size-class state: heap base {heap_base}, {max_pages} pages"
@@ -1915,6 +1918,22 @@ impl_allocator_api2!(SizeClassAllocator);
 mod tests {
     use super::*;
     use crate::SegmentOptions;
+
+    #[test]
+    fn a_heap_base_near_the_end_of_the_address_space_is_refused() {
+        // Found by the attach_bytes fuzz target: the bound check overflowed.
+        let options = SegmentOptions::memfd("heap-base").size(1 << 20);
+        let heap = SizeClassAllocator::create(&options).unwrap();
+        // SAFETY: the plain state words are only read after creation, and
+        // nothing else uses this segment.
+        unsafe { (*heap.state.as_ptr()).heap_base = !127 };
+        let fd = heap.segment().fd().unwrap().try_clone_to_owned().unwrap();
+        let again = Segment::attach(&SegmentOptions::fd(fd)).unwrap();
+        assert!(matches!(
+            SizeClassAllocator::open(again),
+            Err(Error::CorruptHeader { .. })
+        ));
+    }
 
     #[test]
     fn recovery_finishes_cut_short_frees_and_returns_lost_pages() {
