@@ -24,9 +24,9 @@ use shmkit::{AllocatorKind, AnyAllocator, Error, MemContext, SegmentOptions};
 use shmkit_fuzz::{populated, take_le, SEGMENT};
 
 const PAGE: usize = 4096;
-/// Where the header ends, for patches aimed at it: the fixed header and
-/// its table of roots (the hostile-bytes test's bound).
-const HEADER_END: u64 = 2176;
+/// Where a header records its own length (a native-endian `u32`), which
+/// every format keeps in place.
+const HEADER_LEN_AT: usize = 12;
 
 /// A populated segment's bytes, taken once per kind and copied into a
 /// fresh memfd for every input.
@@ -35,6 +35,9 @@ struct Template {
     /// Pages with a non-zero byte: a fresh memfd reads zeros elsewhere, so
     /// only these are written.
     touched_pages: Vec<usize>,
+    /// Where the header ends and the allocator state begins.
+    header_len: u64,
+    /// Where the state ends and the data begins.
     data_offset: u64,
     live: Vec<u64>,
 }
@@ -54,6 +57,11 @@ fn template(kind: AllocatorKind) -> Template {
     File::from(fd)
         .read_exact_at(&mut bytes, 0)
         .expect("read the template");
+    let header_len = u32::from_ne_bytes(
+        bytes[HEADER_LEN_AT..HEADER_LEN_AT + 4]
+            .try_into()
+            .expect("four bytes"),
+    );
     let touched_pages = bytes
         .chunks(PAGE)
         .enumerate()
@@ -63,6 +71,7 @@ fn template(kind: AllocatorKind) -> Template {
     Template {
         bytes,
         touched_pages,
+        header_len: u64::from(header_len),
         data_offset,
         live: live.iter().map(|block| block.offset).collect(),
     }
@@ -143,8 +152,11 @@ fuzz_target!(|data: &[u8]| {
     {
         let len = (control & 0x3f) as usize;
         let (from, to) = match control >> 6 {
-            0 => (0, HEADER_END),
-            1 => (HEADER_END, template.data_offset.max(HEADER_END + 1)),
+            0 => (0, template.header_len),
+            1 => (
+                template.header_len,
+                template.data_offset.max(template.header_len + 1),
+            ),
             _ => (0, SEGMENT),
         };
         let at = from + position % (to - from);
