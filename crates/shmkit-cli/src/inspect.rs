@@ -21,13 +21,13 @@ use crate::units::{format_bytes, parse_size};
 pub const EXIT_INCONSISTENT: u8 = 3;
 
 /// Where POSIX shared-memory names live.
-pub const SHM_DIR: &str = "/dev/shm";
+const SHM_DIR: &str = "/dev/shm";
 
 /// How long to wait for a segment that is still being created.
 const READY_WAIT: Duration = Duration::from_millis(200);
 
 /// A shared-memory name, as `shmkit` takes it (with or without a leading `/`).
-pub fn shm_name(name: &str) -> &str {
+fn shm_name(name: &str) -> &str {
     name.strip_prefix('/').unwrap_or(name)
 }
 

@@ -3,7 +3,6 @@
 //! segment mapped, since it rebuilds structures a live user would be
 //! changing.
 
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -30,8 +29,11 @@ pub struct RecoverArgs {
 }
 
 pub fn run(args: &RecoverArgs) -> Result<ExitCode, String> {
-    let path = Path::new(inspect::SHM_DIR).join(inspect::shm_name(&args.name));
-    let users = processes_mapping(&path).map_err(|e| format!("{}: {e}", args.name))?;
+    let heap = inspect::open(&args.name)?;
+    let users = heap
+        .segment()
+        .other_processes()
+        .map_err(|e| format!("{}: {e}", args.name))?;
     if !users.is_empty() && !args.force {
         eprintln!(
             "shmkit: {}: mapped by {} other process(es), pid {}: stop them first, or pass \
@@ -46,7 +48,6 @@ pub fn run(args: &RecoverArgs) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::from(EXIT_IN_USE));
     }
-    let heap = inspect::open(&args.name)?;
     let report = match heap.recover() {
         Ok(report) => report,
         Err(err @ Error::InUse { .. }) => {
@@ -87,44 +88,4 @@ pub fn run(args: &RecoverArgs) -> Result<ExitCode, String> {
     } else {
         ExitCode::from(EXIT_INCONSISTENT)
     })
-}
-
-/// The pids of other processes that have the file at `path` mapped, read
-/// from `/proc/PID/maps` (matched by device and inode, so a name removed
-/// and made again is not mistaken for the old object). Processes whose maps
-/// this user may not read are skipped.
-fn processes_mapping(path: &Path) -> std::io::Result<Vec<u32>> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)?;
-    let (device, inode) = (meta.dev(), meta.ino());
-    // The form /proc/PID/maps shows a device in: major:minor in hex.
-    let (major, minor) = (libc::major(device), libc::minor(device));
-    let wanted_device = format!("{major:02x}:{minor:02x}");
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        let maps_it = maps.lines().any(|line| {
-            let mut fields = line.split_whitespace().skip(3);
-            fields.next() == Some(wanted_device.as_str())
-                && fields.next().and_then(|i| i.parse::<u64>().ok()) == Some(inode)
-        });
-        if maps_it {
-            pids.push(pid);
-        }
-    }
-    pids.sort_unstable();
-    Ok(pids)
 }

@@ -240,6 +240,24 @@ impl Segment {
         self.fixed.flags & header::flags::ZERO_ON_FREE != 0
     }
 
+    /// The pids of the other processes that have this segment mapped, read
+    /// from `/proc/PID/maps` (matched by device and inode, so an object
+    /// removed and made again under the same name is not mistaken for this
+    /// one). Processes whose maps this user may not read are left out.
+    /// Anonymous memory (a private segment, a caller's buffer) has nothing
+    /// to match and is `Unsupported`.
+    pub fn other_processes(&self) -> Result<Vec<u32>> {
+        let object = crate::sync::mapped_by::object_at(self.base().as_ptr() as usize).ok_or(
+            Error::Unsupported(
+                "only a segment backed by an object can be found in other processes",
+            ),
+        )?;
+        crate::sync::mapped_by::other_processes_mapping(&object).map_err(|source| Error::Io {
+            context: "listing the processes in /proc".to_owned(),
+            source,
+        })
+    }
+
     /// Zeroes `len` bytes at `offset` when the segment asks for it: called
     /// by allocators on a block they hold alone, before anyone can reuse it.
     /// The block was validated by the caller; a range outside the segment

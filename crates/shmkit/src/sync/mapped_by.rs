@@ -41,6 +41,27 @@ pub(crate) fn process_maps(pid: u32, object: &MappedObject) -> Option<bool> {
     }))
 }
 
+/// The other processes that map `object`, as far as this user may read
+/// their maps (processes whose maps cannot be read are left out).
+pub(crate) fn other_processes_mapping(object: &MappedObject) -> std::io::Result<Vec<u32>> {
+    let me = std::process::id();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != me && process_maps(pid, object) == Some(true) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    Ok(pids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
