@@ -193,6 +193,17 @@ fn sentinel(info: &ClassInfo) -> u64 {
     }
 }
 
+/// The bits of bitmap word `word` that stand for blocks of the class (the
+/// last word of a page may cover fewer than 64).
+#[inline]
+fn valid_bits(info: &ClassInfo, word: u64) -> u64 {
+    if (word + 1) * 64 <= info.count {
+        u64::MAX
+    } else {
+        (1u64 << (info.count - word * 64)) - 1
+    }
+}
+
 /// A small block in use, located by [`SizeClassAllocator::small_block_at`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct SmallBlock {
@@ -908,11 +919,7 @@ impl SizeClassAllocator {
         for _ in 0..1024 {
             for step in 0..info.words {
                 let word = (start + step) % info.words;
-                let valid = if (word + 1) * 64 <= info.count {
-                    u64::MAX
-                } else {
-                    (1u64 << (info.count - word * 64)) - 1
-                };
+                let valid = valid_bits(info, word);
                 // SAFETY: `word < info.words`, inside the page header.
                 let cell = unsafe { Self::bitmap(base, word) };
                 let mut bits = cell.load(Ordering::Relaxed);
@@ -1564,11 +1571,7 @@ impl SizeClassAllocator {
                     let base = self.page_ptr(page)?;
                     let mut set = 0;
                     for word in 0..info.words {
-                        let valid = if (word + 1) * 64 <= info.count {
-                            u64::MAX
-                        } else {
-                            (1u64 << (info.count - word * 64)) - 1
-                        };
+                        let valid = valid_bits(info, word);
                         // SAFETY: `word < words`, inside the page header.
                         let bits = unsafe { Self::bitmap(base, word) }.load(Ordering::Acquire);
                         if bits & !valid != 0 {
@@ -1606,23 +1609,10 @@ impl SizeClassAllocator {
                     page += 1;
                 }
                 LARGE => {
-                    let len = desc.run.load(Ordering::Relaxed);
-                    if len == 0 || u64::from(page) + len > u64::from(bump) {
-                        return Err(Error::corrupt(format!(
-                            "large block at {page}: {len} pages"
-                        )));
-                    }
-                    for tail in page + 1..page + len as u32 {
-                        let tail_state = self.desc(tail).map(|d| d.state.load(Ordering::Acquire));
-                        if tail_state != Some(TAIL) {
-                            return Err(Error::corrupt(format!(
-                                "page {tail} inside the large block at {page} is {tail_state:?}"
-                            )));
-                        }
-                    }
+                    let len = self.large_run_len(page, desc, bump)?;
                     live_total += 1;
                     bytes_total += desc.requested.load(Ordering::Relaxed);
-                    page += len as u32;
+                    page += len;
                 }
                 _ => {
                     return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
@@ -1787,11 +1777,7 @@ impl SizeClassAllocator {
                     }
                     // Bits past the last block are never set by this code.
                     for word in 0..info.words {
-                        let valid = if (word + 1) * 64 <= info.count {
-                            u64::MAX
-                        } else {
-                            (1u64 << (info.count - word * 64)) - 1
-                        };
+                        let valid = valid_bits(info, word);
                         // SAFETY: `word < words`, inside the page header.
                         unsafe { Self::bitmap(base, word) }.fetch_and(valid, Ordering::AcqRel);
                     }
@@ -1845,6 +1831,27 @@ impl SizeClassAllocator {
         Ok(rebuilt)
     }
 
+    /// The length of the large block at `page`, checked to lie below the
+    /// cursor with every page after its head a tail.
+    fn large_run_len(&self, page: u32, desc: &PageDesc, bump: u32) -> Result<u32> {
+        let len = desc.run.load(Ordering::Relaxed);
+        if len == 0 || u64::from(page) + len > u64::from(bump) {
+            return Err(Error::corrupt(format!(
+                "large block at {page}: {len} pages"
+            )));
+        }
+        let len = len as u32;
+        for tail in page + 1..page + len {
+            let tail_state = self.desc(tail).map(|d| d.state.load(Ordering::Acquire));
+            if tail_state != Some(TAIL) {
+                return Err(Error::corrupt(format!(
+                    "page {tail} inside the large block at {page} is {tail_state:?}"
+                )));
+            }
+        }
+        Ok(len)
+    }
+
     /// Checks what [`rebuild_from_pages`](Self::rebuild_from_pages) relies
     /// on, changing nothing: every page below the cursor has a known phase, a
     /// small page a valid class and bitmap, a large block a run of tails
@@ -1889,21 +1896,7 @@ impl SizeClassAllocator {
                     page += 1;
                 }
                 LARGE => {
-                    let len = desc.run.load(Ordering::Relaxed);
-                    if len == 0 || u64::from(page) + len > u64::from(bump) {
-                        return Err(Error::corrupt(format!(
-                            "large block at {page}: {len} pages"
-                        )));
-                    }
-                    for tail in page + 1..page + len as u32 {
-                        let tail_state = self.desc(tail).map(|d| d.state.load(Ordering::Acquire));
-                        if tail_state != Some(TAIL) {
-                            return Err(Error::corrupt(format!(
-                                "page {tail} inside the large block at {page} is {tail_state:?}"
-                            )));
-                        }
-                    }
-                    page += len as u32;
+                    page += self.large_run_len(page, desc, bump)?;
                 }
                 _ => return Err(Error::corrupt(format!("page {page}: state {current:#x}"))),
             }
