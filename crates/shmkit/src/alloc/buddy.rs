@@ -1154,10 +1154,7 @@ impl ShmAllocator for BuddyAllocator {
         drop(guard);
         Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
-            rebuilt: true,
-            before,
-            after: self.stats(),
-            ..RecoveryReport::default()
+            ..RecoveryReport::rebuilt(before, self.stats())
         })
     }
 

@@ -1310,10 +1310,7 @@ impl ShmAllocator for FreeListAllocator {
         })?;
         Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
-            rebuilt: true,
-            before,
-            after: self.stats(),
-            ..RecoveryReport::default()
+            ..RecoveryReport::rebuilt(before, self.stats())
         })
     }
 

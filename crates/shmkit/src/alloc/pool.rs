@@ -896,10 +896,7 @@ impl PoolAllocator {
         self.state().counters.reset_to(live_bytes, live);
         Ok(RecoveryReport {
             blocks_reclaimed: free.saturating_sub(on_stacks),
-            rebuilt: true,
-            before,
-            after: self.stats(),
-            ..RecoveryReport::default()
+            ..RecoveryReport::rebuilt(before, self.stats())
         })
     }
 }

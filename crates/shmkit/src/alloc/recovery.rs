@@ -31,6 +31,17 @@ pub struct RecoveryReport {
 }
 
 impl RecoveryReport {
+    /// A report of a pass that rebuilt the free structures and the
+    /// accounting; the caller adds what it found.
+    pub(crate) fn rebuilt(before: AllocStats, after: AllocStats) -> RecoveryReport {
+        RecoveryReport {
+            rebuilt: true,
+            before,
+            after,
+            ..RecoveryReport::default()
+        }
+    }
+
     /// A report for an allocator with nothing to mend.
     pub(crate) fn unchanged(stats: AllocStats) -> RecoveryReport {
         RecoveryReport {

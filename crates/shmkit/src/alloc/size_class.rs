@@ -1445,11 +1445,8 @@ impl ShmAllocator for SizeClassAllocator {
         let before = self.stats();
         let rebuilt = self.rebuild_from_pages(&|_, _| false)?;
         Ok(RecoveryReport {
-            blocks_reclaimed: rebuilt.blocks_released + rebuilt.pages_reclaimed,
-            rebuilt: true,
-            before,
-            after: self.stats(),
-            ..RecoveryReport::default()
+            blocks_reclaimed: rebuilt.reclaimed(),
+            ..RecoveryReport::rebuilt(before, self.stats())
         })
     }
 
@@ -1685,6 +1682,13 @@ pub(crate) struct Rebuilt {
     /// Blocks users hold, and their requested bytes.
     pub(crate) live: u64,
     pub(crate) live_bytes: u64,
+}
+
+impl Rebuilt {
+    /// Blocks and pages made allocatable again.
+    pub(crate) fn reclaimed(&self) -> u64 {
+        self.blocks_released + self.pages_reclaimed
+    }
 }
 
 impl SizeClassAllocator {

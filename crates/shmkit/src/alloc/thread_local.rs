@@ -903,11 +903,8 @@ impl ShmAllocator for ThreadLocalAllocator {
         );
         Ok(RecoveryReport {
             caches_reclaimed,
-            blocks_reclaimed: rebuilt.blocks_released + rebuilt.pages_reclaimed,
-            rebuilt: true,
-            before,
-            after: self.stats(),
-            ..RecoveryReport::default()
+            blocks_reclaimed: rebuilt.reclaimed(),
+            ..RecoveryReport::rebuilt(before, self.stats())
         })
     }
 
