@@ -877,6 +877,8 @@ impl Heap<'_> {
         let end = self.end_units()?;
         let (unit, order) = self.live_block(offset, end)?;
         let size = self.read_size(unit, order);
+        // Under the lock the live block is ours alone.
+        self.segment.scrub(offset, 1 << order);
         // The commit: the block is free from here on.
         self.set(unit, HEAD | order as u8);
         self.state.counters.on_free_locked(size);
@@ -1092,12 +1094,7 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        self.locked(|heap| {
-            let (_, order) = heap.live_block(offset, heap.end_units()?)?;
-            // Under the lock the live block is ours alone.
-            self.segment.scrub(offset, 1 << order);
-            heap.free_locked(offset)
-        })
+        self.locked(|heap| heap.free_locked(offset))
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {

@@ -844,6 +844,8 @@ impl<'a> Heap<'a> {
             flags,
             requested,
         } = self.used_block(offset)?;
+        // Under the lock the live block is ours alone.
+        self.segment.scrub(offset, size - HEADER);
         let last = self.state.last_block.load(Ordering::Acquire);
         let mut is_last = last == block;
         // Mark it free (the commit), then tell the next block.
@@ -1255,9 +1257,6 @@ impl ShmAllocator for FreeListAllocator {
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         self.locked(true, |heap| {
-            let used = heap.used_block(offset)?;
-            // Under the lock the live block is ours alone.
-            heap.segment.scrub(offset, used.size - HEADER);
             let requested = heap.free(offset)?;
             heap.state.counters.on_free_locked(requested);
             Ok(())
