@@ -238,6 +238,41 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// No named object has this name.
+    #[error("no object named `{name}`")]
+    NameNotFound {
+        /// The name that was looked up.
+        name: String,
+    },
+
+    /// A named object with this name already exists.
+    #[error("an object named `{name}` already exists")]
+    NameExists {
+        /// The name that was taken.
+        name: String,
+    },
+
+    /// A named object exists but holds another type than the one asked for.
+    #[error("object `{name}` holds {found}, not {expected}")]
+    WrongType {
+        /// The name that was looked up.
+        name: String,
+        /// The type the caller asked for (name, size, alignment).
+        expected: String,
+        /// The type recorded with the object.
+        found: String,
+    },
+
+    /// A structure that lives in the segment (a container, a queue, a lock,
+    /// the name directory) holds values it could never have written.
+    #[error("corrupt {what} in the segment: {reason}")]
+    CorruptData {
+        /// Which structure.
+        what: &'static str,
+        /// What did not hold.
+        reason: String,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
@@ -260,6 +295,13 @@ impl Error {
 
     pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
         Error::CorruptHeader {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn corrupt_data(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::CorruptData {
+            what,
             reason: reason.into(),
         }
     }

@@ -47,10 +47,11 @@
 #![warn(missing_docs)]
 
 pub mod alloc;
+pub mod containers;
 mod error;
 pub mod ptr;
 pub mod segment;
-mod sync;
+pub mod sync;
 
 pub use alloc::{
     AllocStats, AllocatorKind, AnyAllocator, BuddyAllocator, BuddyParams, BumpAllocator,

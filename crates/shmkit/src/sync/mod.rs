@@ -7,6 +7,8 @@
 /// The atomic word the algorithms run on, in a segment or under loom.
 pub(crate) mod atomic_word;
 pub(crate) mod cursor;
+/// Shared futex wait and wake on a word in a segment.
+pub(crate) mod futex;
 /// Whether a process maps a segment, from `/proc/PID/maps`.
 pub(crate) mod mapped_by;
 /// The cached process id, reset in a forked child.
