@@ -50,6 +50,7 @@ pub mod alloc;
 pub mod containers;
 mod error;
 pub mod ptr;
+pub mod registry;
 pub mod segment;
 pub mod sync;
 

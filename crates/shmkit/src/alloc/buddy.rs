@@ -1078,6 +1078,10 @@ impl BuddyAllocator {
 }
 
 impl ShmAllocator for BuddyAllocator {
+    fn backing_segment(&self) -> Option<&Segment> {
+        Some(self.segment())
+    }
+
     fn kind(&self) -> AllocatorKind {
         AllocatorKind::Buddy
     }

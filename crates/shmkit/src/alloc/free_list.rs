@@ -1208,6 +1208,10 @@ impl<'a> Heap<'a> {
 }
 
 impl ShmAllocator for FreeListAllocator {
+    fn backing_segment(&self) -> Option<&Segment> {
+        Some(self.segment())
+    }
+
     fn kind(&self) -> AllocatorKind {
         AllocatorKind::FreeList
     }

@@ -902,6 +902,10 @@ impl PoolAllocator {
 }
 
 impl ShmAllocator for PoolAllocator {
+    fn backing_segment(&self) -> Option<&Segment> {
+        Some(self.segment())
+    }
+
     fn kind(&self) -> AllocatorKind {
         AllocatorKind::Pool
     }

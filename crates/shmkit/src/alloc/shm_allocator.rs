@@ -9,6 +9,7 @@ use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, ShmSafe};
+use crate::segment::Segment;
 
 use super::{AllocatorKind, RecoveryReport};
 
@@ -116,6 +117,13 @@ pub trait ShmAllocator: Send + Sync {
 
     /// Current accounting.
     fn stats(&self) -> AllocStats;
+
+    /// The segment whose memory this allocator hands out, when it has one
+    /// (every shmkit allocator but [`MallocAllocator`](crate::MallocAllocator)).
+    /// Named objects and the registry reach the segment through it.
+    fn backing_segment(&self) -> Option<&Segment> {
+        None
+    }
 
     /// Walks the allocator's structures and reports the first inconsistency.
     fn check(&self) -> Result<()>;

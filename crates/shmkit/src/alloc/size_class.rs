@@ -1299,6 +1299,10 @@ impl SizeClassAllocator {
 }
 
 impl ShmAllocator for SizeClassAllocator {
+    fn backing_segment(&self) -> Option<&Segment> {
+        Some(self.segment())
+    }
+
     fn kind(&self) -> AllocatorKind {
         AllocatorKind::SizeClass
     }

@@ -733,6 +733,10 @@ impl ThreadLocalAllocator {
 }
 
 impl ShmAllocator for ThreadLocalAllocator {
+    fn backing_segment(&self) -> Option<&Segment> {
+        Some(self.segment())
+    }
+
     fn kind(&self) -> AllocatorKind {
         AllocatorKind::ThreadLocal
     }

@@ -122,6 +122,7 @@ impl Segment {
             }
         };
         let segment = Segment {
+            registration: None,
             mapping,
             fd,
             location: options.location.clone(),
@@ -133,7 +134,7 @@ impl Segment {
             // Nobody can use a half-made segment; take its name away too.
             let _ = remove(&segment.location);
         })?;
-        Ok(segment)
+        Ok(segment.registered())
     }
 
     pub(crate) fn open_or_create_with(
@@ -202,6 +203,7 @@ impl Segment {
         // that stale bytes cannot be mistaken for a published segment.
         unsafe { std::ptr::write_bytes(start, 0, std::mem::size_of::<Header>()) };
         let segment = Segment {
+            registration: None,
             mapping,
             fd: None,
             location: Location::Private,
@@ -210,7 +212,7 @@ impl Segment {
             ready_timeout: super::DEFAULT_READY_TIMEOUT,
         };
         segment.initialize(&fields, setup)?;
-        Ok(segment)
+        Ok(segment.registered())
     }
 
     /// Writes the header, initializes the allocator and publishes READY.
@@ -273,7 +275,18 @@ fn map_new_object(
     result
 }
 
+/// Draws a fresh segment id: 64 random bits, drawn again when zero (the
+/// null id) or when this process already maps a segment with that id.
 fn random_segment_id() -> Result<u64> {
+    loop {
+        let id = random_u64()?;
+        if id != 0 && !crate::registry::is_mapped(id) {
+            return Ok(id);
+        }
+    }
+}
+
+fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
     loop {
         // SAFETY: `bytes` is a valid, writable 8-byte buffer.
@@ -289,21 +302,22 @@ fn random_segment_id() -> Result<u64> {
             });
         }
     }
-    // Zero is the null segment id; never hand it out.
-    Ok(u64::from_ne_bytes(bytes).max(1))
+    Ok(u64::from_ne_bytes(bytes))
 }
 
 /// Opens, waits for and validates an existing segment.
 fn attach(options: &SegmentOptions) -> Result<Segment> {
     let Validated { fd, fixed, mapping } = open_validated(options, Access::ReadWrite)?;
     Ok(Segment {
+        registration: None,
         mapping,
         fd: Some(fd),
         location: options.location.clone(),
         fixed,
         max_align: super::page_size() as usize,
         ready_timeout: options.ready_timeout,
-    })
+    }
+    .registered())
 }
 
 /// An existing segment, opened and mapped whole with the access asked for,

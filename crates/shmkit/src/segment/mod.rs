@@ -34,6 +34,9 @@ use header::{Header, PARAM_WORDS};
 /// the segment (see [`unlink`](Self::unlink)). A `Segment` is `Send + Sync`:
 /// every in-segment structure it exposes is made of atomics.
 pub struct Segment {
+    /// This mapping's entry in the process registry; declared first so it
+    /// is dropped (unregistered) before the mapping is unmapped.
+    registration: Option<crate::registry::Registration>,
     mapping: Mapping,
     fd: Option<OwnedFd>,
     location: Location,
@@ -131,7 +134,7 @@ fn check_range_within(size: u64, offset: u64, len: u64) -> Result<()> {
 /// Decodes an offset into `count` consecutive `T`s of the mapped bytes
 /// `base..base + size`, checking null, bounds and alignment. `size` must not
 /// exceed the mapping's length.
-fn resolve_within<T>(
+pub(crate) fn resolve_within<T>(
     base: NonNull<u8>,
     size: u64,
     offset: Offset<T>,
@@ -171,6 +174,16 @@ impl std::fmt::Debug for Segment {
 }
 
 impl Segment {
+    /// Enters this ready, validated segment in the process registry.
+    pub(crate) fn registered(mut self) -> Segment {
+        self.registration = Some(crate::registry::register(
+            self.id(),
+            self.mapping.base(),
+            self.mapping.len(),
+        ));
+        self
+    }
+
     /// The header. Valid for the life of `self`: every constructor validates
     /// it before returning a `Segment`.
     pub(crate) fn header(&self) -> &Header {
