@@ -49,6 +49,7 @@
 pub mod alloc;
 pub mod containers;
 mod error;
+pub mod named;
 pub mod ptr;
 pub mod registry;
 pub mod segment;

@@ -1,0 +1,571 @@
+//! Named objects: find each other's objects in a segment by name.
+//!
+//! [`NamedObjects`] is the segment's directory of names, kept in the segment
+//! itself, so every attached process sees the same names:
+//! [`construct`](NamedObjects::construct), [`find`](NamedObjects::find),
+//! [`find_or_construct`](NamedObjects::find_or_construct) (two racing
+//! callers, in any processes, get the same object),
+//! [`destroy`](NamedObjects::destroy) and [`list`](NamedObjects::list).
+//!
+//! Each object records its type's size, alignment and a hash of its path
+//! (without the crate name, so two programs sharing a module agree), and
+//! finding a name as another type is [`Error::WrongType`]. Any number of
+//! names fit: the directory grows.
+//!
+//! The directory lives in blocks of the segment's allocator and is found
+//! through the root `shmkit.named-objects`. No user code runs under its
+//! lock, which survives a dead holder (the next caller repairs the table).
+//!
+//! ```
+//! use shmkit::named::NamedObjects;
+//! use shmkit::{SegmentAllocator, SegmentOptions, SizeClassAllocator};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! let heap = SizeClassAllocator::create(&SegmentOptions::memfd("named-doc").size(1 << 20))?;
+//! let names = NamedObjects::open(&heap)?;
+//! let hits = names.find_or_construct("hits", || AtomicU64::new(0))?;
+//! // SAFETY: the object stays until someone destroys "hits".
+//! unsafe { hits.local().as_ref() }.fetch_add(1, Ordering::Relaxed);
+//!
+//! // Another process (here: the same one) finds it by name and type.
+//! let again = names.find::<AtomicU64>("hits")?.expect("constructed above");
+//! assert_eq!(unsafe { again.local().as_ref() }.load(Ordering::Relaxed), 1);
+//! assert!(names.find::<u32>("hits").is_err()); // another type
+//! # Ok::<(), shmkit::Error>(())
+//! ```
+
+mod directory;
+mod type_identity;
+
+use crate::alloc::{MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{FullPtr, Offset, ShmSafe};
+use crate::segment::Segment;
+use directory::{Directory, Locked, NewEntry, Record};
+use type_identity::TypeIdentity;
+
+/// The named objects of one segment, reached through its allocator.
+///
+/// Opening is cheap (it finds the directory, creating it on first use), and
+/// a `NamedObjects` may be shared between threads.
+///
+/// The pointers it returns stay valid until the object is destroyed, by any
+/// process: coordinate destruction with the users of an object, as with any
+/// shared allocation.
+pub struct NamedObjects<'a, A: ShmAllocator + ?Sized> {
+    alloc: &'a A,
+    segment: &'a Segment,
+    directory: &'a Directory,
+}
+
+/// A named object, as listed by [`NamedObjects::list`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedObject {
+    /// The object's name.
+    pub name: String,
+    /// The type's path (without its crate name), as recorded.
+    pub type_name: String,
+    /// Where the object starts in the segment.
+    pub offset: u64,
+    /// The type's size in bytes.
+    pub size: u64,
+    /// The type's alignment.
+    pub align: u64,
+}
+
+impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
+    /// The directory of `alloc`'s segment, created on first use (racing
+    /// creators agree on one). Fails with [`Error::Unsupported`] for an
+    /// allocator without a segment, and with [`Error::CorruptData`] when the
+    /// directory's root points at something else.
+    pub fn open(alloc: &'a A) -> Result<NamedObjects<'a, A>> {
+        let segment = alloc.backing_segment().ok_or(Error::Unsupported(
+            "named objects need an allocator in a segment",
+        ))?;
+        let offset = match segment.root::<u8>(directory::ROOT_NAME) {
+            Some(offset) => offset.raw(),
+            None => {
+                let ours = directory::create(segment, alloc)?;
+                match segment.set_root(directory::ROOT_NAME, Offset::<u8>::from_raw(ours)) {
+                    Ok(()) => ours,
+                    Err(error) => {
+                        // Another process published its directory first:
+                        // use that one. Any other failure is the caller's.
+                        let theirs = segment.root::<u8>(directory::ROOT_NAME);
+                        let _ = directory::discard(segment, alloc, ours);
+                        theirs.ok_or(error)?.raw()
+                    }
+                }
+            }
+        };
+        Ok(NamedObjects {
+            alloc,
+            segment,
+            directory: directory::open(segment, offset)?,
+        })
+    }
+
+    /// Places `value` in the segment under `name`. Fails with
+    /// [`Error::NameExists`] when the name is taken (and `value` is
+    /// dropped).
+    pub fn construct<T: ShmSafe>(&self, name: &str, value: T) -> Result<FullPtr<T>> {
+        match self.insert(name, value)? {
+            Inserted::New(ptr) => Ok(ptr),
+            Inserted::Existing(_) => Err(Error::NameExists {
+                name: name.to_owned(),
+            }),
+        }
+    }
+
+    /// The object named `name`, if there is one. Fails with
+    /// [`Error::WrongType`] when it holds another type.
+    pub fn find<T: ShmSafe>(&self, name: &str) -> Result<Option<FullPtr<T>>> {
+        let name = check_name(name)?;
+        let locked = self.lock()?;
+        match locked.find(name)? {
+            Some((_, record)) => self.typed(&record).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The object named `name`, constructed from `make()` if there is none.
+    /// Atomic with respect to every process: racing callers all get the
+    /// same object. `make` runs without any lock held, and may run in a
+    /// caller that then loses the race; its value is then dropped.
+    pub fn find_or_construct<T: ShmSafe>(
+        &self,
+        name: &str,
+        make: impl FnOnce() -> T,
+    ) -> Result<FullPtr<T>> {
+        if let Some(found) = self.find(name)? {
+            return Ok(found);
+        }
+        match self.insert(name, make())? {
+            Inserted::New(ptr) | Inserted::Existing(ptr) => Ok(ptr),
+        }
+    }
+
+    /// Removes `name`, drops its value in place and frees its memory. Fails
+    /// with [`Error::NameNotFound`], or [`Error::WrongType`] (nothing
+    /// changes).
+    pub fn destroy<T: ShmSafe>(&self, name: &str) -> Result<()> {
+        let name_bytes = check_name(name)?;
+        let (object, names_block) = {
+            let mut locked = self.lock()?;
+            let (index, record) = locked
+                .find(name_bytes)?
+                .ok_or_else(|| Error::NameNotFound {
+                    name: name.to_owned(),
+                })?;
+            let object = self.typed::<T>(&record)?;
+            locked.remove(index);
+            (object, record.names_block)
+        };
+        // SAFETY: the entry was LIVE with `T`'s identity, so the block holds
+        // a `T` placed by `insert`; removing the entry made this caller its
+        // only owner.
+        unsafe { std::ptr::drop_in_place(object.as_ptr()) };
+        let ctx = MemContext::default();
+        self.alloc.free_offset(&ctx, object.offset().raw())?;
+        self.alloc.free_offset(&ctx, names_block)
+    }
+
+    /// Every named object, in directory order.
+    pub fn list(&self) -> Result<Vec<NamedObject>> {
+        let locked = self.lock()?;
+        Ok(locked
+            .records()?
+            .iter()
+            .map(|record| NamedObject {
+                name: String::from_utf8_lossy(record.name).into_owned(),
+                type_name: String::from_utf8_lossy(record.type_name).into_owned(),
+                offset: record.object,
+                size: record.size,
+                align: record.align,
+            })
+            .collect())
+    }
+
+    /// How many names there are.
+    pub fn len(&self) -> Result<usize> {
+        Ok(self.lock()?.records()?.len())
+    }
+
+    /// Whether there are no names.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Walks the directory and reports the first inconsistency.
+    pub fn check(&self) -> Result<()> {
+        self.lock()?.check()
+    }
+
+    fn lock(&self) -> Result<Locked<'a>> {
+        self.directory.lock(self.segment, self.alloc)
+    }
+
+    /// `record`'s object as a `T`, after checking its identity.
+    fn typed<T: ShmSafe>(&self, record: &Record<'_>) -> Result<FullPtr<T>> {
+        record.expect_type(&TypeIdentity::of::<T>())?;
+        self.segment
+            .full_ptr_from_offset(Offset::<T>::from_raw(record.object))
+    }
+
+    /// Places `value` and files it under `name` unless the name is taken,
+    /// in which case the existing object (checked to be a `T`) is returned
+    /// and `value` is dropped. Blocks are allocated and filled before the
+    /// lock is taken, so the locked step is short.
+    fn insert<T: ShmSafe>(&self, name: &str, value: T) -> Result<Inserted<T>> {
+        let name = check_name(name)?;
+        let identity = TypeIdentity::of::<T>();
+        let placed = Placed::new(self.segment, self.alloc, name, &identity, value)?;
+        let existing = {
+            let mut locked = self.lock()?;
+            match locked.find(name)? {
+                Some((_, record)) => Some(self.typed::<T>(&record)),
+                None => {
+                    locked.insert(
+                        self.alloc,
+                        &NewEntry {
+                            name,
+                            identity: &identity,
+                            object: placed.object.offset().raw(),
+                            names_block: placed.names_block,
+                        },
+                    )?;
+                    None
+                }
+            }
+        };
+        match existing {
+            Some(found) => {
+                placed.discard()?;
+                Ok(Inserted::Existing(found?))
+            }
+            None => Ok(Inserted::New(placed.keep())),
+        }
+    }
+}
+
+enum Inserted<T> {
+    New(FullPtr<T>),
+    Existing(FullPtr<T>),
+}
+
+/// A value and its name written into fresh blocks, not yet filed: dropped
+/// (value and blocks) unless kept.
+struct Placed<'a, T, A: ShmAllocator + ?Sized> {
+    alloc: &'a A,
+    object: FullPtr<T>,
+    names_block: u64,
+    kept: bool,
+}
+
+impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
+    fn new(
+        segment: &Segment,
+        alloc: &'a A,
+        name: &[u8],
+        identity: &TypeIdentity,
+        value: T,
+    ) -> Result<Self> {
+        let ctx = MemContext::default();
+        let names_len = name.len() + identity.name.len();
+        let names_block = alloc.allocate_offset(&ctx, names_len, 1)?;
+        let object_offset = match alloc.allocate_offset(
+            &ctx,
+            std::mem::size_of::<T>().max(1),
+            std::mem::align_of::<T>(),
+        ) {
+            Ok(offset) => offset,
+            Err(error) => {
+                let _ = alloc.free_offset(&ctx, names_block);
+                return Err(error);
+            }
+        };
+        let blocks = segment
+            .resolve_array(Offset::<u8>::from_raw(names_block), names_len as u64)
+            .and_then(|names| {
+                Ok((
+                    names,
+                    segment.full_ptr_from_offset(Offset::<T>::from_raw(object_offset))?,
+                ))
+            });
+        let (names, object) = match blocks {
+            Ok(blocks) => blocks,
+            Err(error) => {
+                let _ = alloc.free_offset(&ctx, names_block);
+                let _ = alloc.free_offset(&ctx, object_offset);
+                return Err(error);
+            }
+        };
+        // SAFETY: both are fresh blocks of this allocator, owned by this
+        // thread alone, in bounds and aligned (checked by the resolves).
+        unsafe {
+            std::ptr::copy_nonoverlapping(name.as_ptr(), names.as_ptr(), name.len());
+            std::ptr::copy_nonoverlapping(
+                identity.name.as_ptr(),
+                names.as_ptr().add(name.len()),
+                identity.name.len(),
+            );
+            object.as_ptr().write(value);
+        }
+        Ok(Placed {
+            alloc,
+            object,
+            names_block,
+            kept: false,
+        })
+    }
+
+    /// The placed object, now filed: nothing is undone.
+    fn keep(mut self) -> FullPtr<T> {
+        self.kept = true;
+        self.object
+    }
+
+    /// Drops the value and frees both blocks, reporting a failed free.
+    fn discard(mut self) -> Result<()> {
+        self.kept = true;
+        self.release()
+    }
+
+    fn release(&self) -> Result<()> {
+        // SAFETY: the block holds the `T` written in `new`, never filed, so
+        // this is its only owner.
+        unsafe { std::ptr::drop_in_place(self.object.as_ptr()) };
+        let ctx = MemContext::default();
+        self.alloc.free_offset(&ctx, self.object.offset().raw())?;
+        self.alloc.free_offset(&ctx, self.names_block)
+    }
+}
+
+impl<T, A: ShmAllocator + ?Sized> Drop for Placed<'_, T, A> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = self.release();
+        }
+    }
+}
+
+/// The name's bytes, checked: 1 to 4096 bytes.
+fn check_name(name: &str) -> Result<&[u8]> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() > directory::MAX_NAME_LEN {
+        return Err(Error::InvalidName {
+            name: name.chars().take(64).collect(),
+            reason: "an object name has 1 to 4096 bytes",
+        });
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SegmentAllocator, SegmentOptions, SizeClassAllocator};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn heap(label: &str) -> SizeClassAllocator {
+        SizeClassAllocator::create(&SegmentOptions::memfd(label).size(4 << 20)).unwrap()
+    }
+
+    crate::shm_struct! {
+        struct Pair { left: u64, right: u64 }
+    }
+
+    #[test]
+    fn construct_find_destroy() {
+        let heap = heap("named-basic");
+        let names = NamedObjects::open(&heap).unwrap();
+        let pair = names.construct("pair", Pair { left: 1, right: 2 }).unwrap();
+        let found = names.find::<Pair>("pair").unwrap().unwrap();
+        assert_eq!(found, pair);
+        // SAFETY: the object is live.
+        assert_eq!(unsafe { found.local().as_ref() }.right, 2);
+        assert!(names.find::<Pair>("other").unwrap().is_none());
+        assert!(matches!(
+            names.construct("pair", Pair { left: 0, right: 0 }),
+            Err(Error::NameExists { .. })
+        ));
+        let in_use = heap.stats().live_allocations;
+        names.destroy::<Pair>("pair").unwrap();
+        assert_eq!(heap.stats().live_allocations, in_use - 2);
+        assert!(names.find::<Pair>("pair").unwrap().is_none());
+        assert!(matches!(
+            names.destroy::<Pair>("pair"),
+            Err(Error::NameNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn the_wrong_type_is_refused_and_nothing_changes() {
+        let heap = heap("named-types");
+        let names = NamedObjects::open(&heap).unwrap();
+        names.construct("count", 5u64).unwrap();
+        for result in [
+            names.find::<i64>("count").map(|_| ()),
+            names.find::<u32>("count").map(|_| ()),
+            names.destroy::<Pair>("count"),
+        ] {
+            match result {
+                Err(Error::WrongType {
+                    name,
+                    expected,
+                    found,
+                }) => {
+                    assert_eq!(name, "count");
+                    assert!(found.contains("u64"), "{found}");
+                    assert!(!expected.contains("u64"), "{expected}");
+                }
+                other => panic!("expected WrongType, got {other:?}"),
+            }
+        }
+        assert!(names.find::<u64>("count").unwrap().is_some());
+        assert!(names
+            .find_or_construct::<u32>("count", || 1)
+            .is_err_and(|error| matches!(error, Error::WrongType { .. })));
+    }
+
+    #[test]
+    fn many_names_grow_the_directory_and_survive_removals() {
+        let heap = heap("named-many");
+        let names = NamedObjects::open(&heap).unwrap();
+        for i in 0..1000u64 {
+            names.construct(&format!("object-{i}"), i).unwrap();
+        }
+        for i in (0..1000u64).step_by(3) {
+            names.destroy::<u64>(&format!("object-{i}")).unwrap();
+        }
+        // Reuse the tombstones' slots, then check every survivor.
+        for i in 0..200u64 {
+            names.construct(&format!("again-{i}"), i + 5000).unwrap();
+        }
+        names.check().unwrap();
+        for i in 0..1000u64 {
+            let found = names.find::<u64>(&format!("object-{i}")).unwrap();
+            match found {
+                // SAFETY: live object.
+                Some(ptr) => assert_eq!(unsafe { *ptr.as_ptr() }, i),
+                None => assert_eq!(i % 3, 0),
+            }
+        }
+        assert_eq!(names.len().unwrap(), 1000 - 334 + 200);
+        let listed = names.list().unwrap();
+        assert_eq!(listed.len(), 866);
+        assert!(listed
+            .iter()
+            .any(|object| object.name == "again-7" && object.type_name == "u64"));
+    }
+
+    #[test]
+    fn racing_threads_get_one_object_per_name() {
+        let heap = heap("named-race");
+        let made = AtomicU64::new(0);
+        let offsets: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let names = NamedObjects::open(&heap).unwrap();
+                        (0..200)
+                            .map(|i| {
+                                names
+                                    .find_or_construct(&format!("shared-{i}"), || {
+                                        made.fetch_add(1, Ordering::Relaxed);
+                                        AtomicU64::new(i)
+                                    })
+                                    .unwrap()
+                                    .offset()
+                                    .raw()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for other in &offsets[1..] {
+            assert_eq!(other, &offsets[0]);
+        }
+        let names = NamedObjects::open(&heap).unwrap();
+        assert_eq!(names.len().unwrap(), 200);
+        names.check().unwrap();
+        // Losers' values were dropped and their blocks freed: only the 200
+        // objects, their names, the directory and its table remain.
+        assert!(made.load(Ordering::Relaxed) >= 200);
+        assert_eq!(heap.stats().live_allocations, 2 + 2 * 200);
+    }
+
+    #[test]
+    fn a_dead_holder_is_mended_by_the_next_caller() {
+        let heap = heap("named-mend");
+        let names = NamedObjects::open(&heap).unwrap();
+        for i in 0..10u64 {
+            names.construct(&format!("n{i}"), i).unwrap();
+        }
+        let before = heap.stats().live_allocations;
+        let stray = directory::testing::abandon_growth(heap.segment(), &heap, names.directory);
+        assert!(heap.usable_size(stray).is_ok());
+        directory::testing::skew_counter(names.directory);
+        assert!(names.check().is_err(), "the forged damage must be visible");
+        directory::testing::abandon_lock(names.directory);
+        // The next locker takes the lock over and mends.
+        names.check().unwrap();
+        assert_eq!(heap.stats().live_allocations, before);
+        assert_eq!(names.len().unwrap(), 10);
+    }
+
+    #[test]
+    fn garbage_in_the_directory_is_an_error() {
+        let heap = heap("named-garbage");
+        let names = NamedObjects::open(&heap).unwrap();
+        names.construct("x", 1u64).unwrap();
+        directory::testing::scribble_states(heap.segment(), names.directory, 77);
+        assert!(matches!(
+            names.find::<u64>("x"),
+            Err(Error::CorruptData { .. })
+        ));
+        assert!(matches!(names.list(), Err(Error::CorruptData { .. })));
+    }
+
+    #[test]
+    fn a_root_that_is_not_a_directory_is_refused() {
+        let heap = heap("named-foreign-root");
+        let other = heap.new_obj([0u64; 8]).unwrap();
+        heap.segment()
+            .set_root(directory::ROOT_NAME, other.offset())
+            .unwrap();
+        assert!(matches!(
+            NamedObjects::open(&heap),
+            Err(Error::CorruptData { .. })
+        ));
+    }
+
+    #[test]
+    fn names_are_checked() {
+        let heap = heap("named-names");
+        let names = NamedObjects::open(&heap).unwrap();
+        assert!(matches!(
+            names.construct("", 1u8),
+            Err(Error::InvalidName { .. })
+        ));
+        let long = "n".repeat(directory::MAX_NAME_LEN + 1);
+        assert!(matches!(
+            names.find::<u8>(&long),
+            Err(Error::InvalidName { .. })
+        ));
+        let longest = "n".repeat(directory::MAX_NAME_LEN);
+        names.construct(&longest, 3u8).unwrap();
+        assert!(names.find::<u8>(&longest).unwrap().is_some());
+    }
+
+    #[test]
+    fn an_allocator_without_a_segment_is_refused() {
+        let local = crate::MallocAllocator::new();
+        assert!(matches!(
+            NamedObjects::open(&local),
+            Err(Error::Unsupported(_))
+        ));
+    }
+}
