@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde_json::{json, Value};
+use shmkit::named::{NamedObject, NamedObjects};
 use shmkit::segment::header::MAGIC;
 use shmkit::segment::process_alive;
 use shmkit::{AllocatorKind, AnyAllocator, Location, SegmentOptions};
@@ -144,6 +145,17 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
         .into_iter()
         .map(|(name, offset)| json!({"name": name, "offset": offset}))
         .collect::<Vec<_>>());
+    let named = named_objects(&heap)?;
+    report["named_objects"] = json!(named
+        .iter()
+        .map(|object| json!({
+            "name": object.name,
+            "type": object.type_name,
+            "offset": object.offset,
+            "size": object.size,
+            "align": object.align,
+        }))
+        .collect::<Vec<_>>());
     report["allocated_bytes"] = json!(stats.allocated_bytes);
     report["peak_bytes"] = json!(stats.peak_bytes);
     report["live_allocations"] = json!(stats.live_allocations);
@@ -185,7 +197,28 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
     for (name, offset) in segment.roots() {
         println!("root               {name} -> {offset}");
     }
+    for object in named {
+        println!(
+            "named object       {} -> {} ({}, {})",
+            object.name,
+            object.offset,
+            object.type_name,
+            format_bytes(object.size)
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The segment's named objects, without creating a directory.
+fn named_objects(heap: &AnyAllocator) -> Result<Vec<NamedObject>, String> {
+    let Some(alloc) = heap.as_shm_allocator() else {
+        return Ok(Vec::new());
+    };
+    match NamedObjects::open_existing(alloc) {
+        Ok(Some(names)) => names.list().map_err(|error| error.to_string()),
+        Ok(None) => Ok(Vec::new()),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 pub fn check(args: &NameArgs) -> Result<ExitCode, String> {

@@ -131,6 +131,29 @@ fn stat_reports_the_accounting_of_live_blocks() {
 }
 
 #[test]
+fn stat_lists_named_objects_and_never_creates_a_directory() {
+    let name = Name::new("stat-named");
+    create(&name, "2MiB", "size-class");
+    let bare = shmkit(&["stat", &name.0, "--json"]);
+    assert!(bare.status.success(), "{}", stderr(&bare));
+    let report: serde_json::Value = serde_json::from_slice(&bare.stdout).unwrap();
+    assert_eq!(report["named_objects"], serde_json::json!([]));
+    assert_eq!(report["roots"], serde_json::json!([]), "stat wrote a root");
+
+    let heap = shmkit::SizeClassAllocator::attach(&SegmentOptions::shm(&name.0)).unwrap();
+    let names = shmkit::named::NamedObjects::open(&heap).unwrap();
+    names.construct("answer", 42u64).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&shmkit(&["stat", &name.0, "--json"]).stdout).unwrap();
+    let listed = &report["named_objects"][0];
+    assert_eq!(listed["name"], "answer", "{report}");
+    assert_eq!(listed["type"], "u64");
+    assert_eq!(listed["size"], 8);
+    let text = stdout(&shmkit(&["stat", &name.0]));
+    assert!(text.contains("named object       answer"), "{text}");
+}
+
+#[test]
 fn check_passes_a_sound_segment_and_fails_a_corrupted_one() {
     let name = Name::new("check");
     create(&name, "1MiB", "free-list");

@@ -105,6 +105,22 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
         })
     }
 
+    /// The directory of `alloc`'s segment if one was ever created; unlike
+    /// [`open`](Self::open) this never writes (for tools that only look).
+    pub fn open_existing(alloc: &'a A) -> Result<Option<NamedObjects<'a, A>>> {
+        let segment = alloc.backing_segment().ok_or(Error::Unsupported(
+            "named objects need an allocator in a segment",
+        ))?;
+        let Some(offset) = segment.root::<u8>(directory::ROOT_NAME) else {
+            return Ok(None);
+        };
+        Ok(Some(NamedObjects {
+            alloc,
+            segment,
+            directory: directory::open(segment, offset.raw())?,
+        }))
+    }
+
     /// Places `value` in the segment under `name`. Fails with
     /// [`Error::NameExists`] when the name is taken (and `value` is
     /// dropped).
@@ -558,6 +574,19 @@ mod tests {
         let longest = "n".repeat(directory::MAX_NAME_LEN);
         names.construct(&longest, 3u8).unwrap();
         assert!(names.find::<u8>(&longest).unwrap().is_some());
+    }
+
+    #[test]
+    fn looking_never_creates_a_directory() {
+        let heap = heap("named-existing");
+        assert!(NamedObjects::open_existing(&heap).unwrap().is_none());
+        assert!(heap.segment().roots().is_empty());
+        NamedObjects::open(&heap)
+            .unwrap()
+            .construct("a", 1u8)
+            .unwrap();
+        let names = NamedObjects::open_existing(&heap).unwrap().unwrap();
+        assert_eq!(names.list().unwrap()[0].name, "a");
     }
 
     #[test]
