@@ -11,3 +11,5 @@ mod mpmc_ring;
 mod spsc_ring;
 mod string;
 mod vec;
+
+pub use vec::ShmVec;
