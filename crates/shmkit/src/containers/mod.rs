@@ -12,4 +12,5 @@ mod spsc_ring;
 mod string;
 mod vec;
 
+pub use string::ShmString;
 pub use vec::ShmVec;
