@@ -12,5 +12,6 @@ mod spsc_ring;
 mod string;
 mod vec;
 
+pub use boxed::ShmBox;
 pub use string::ShmString;
 pub use vec::ShmVec;
