@@ -13,5 +13,6 @@ mod string;
 mod vec;
 
 pub use boxed::ShmBox;
+pub use hash_map::ShmHashMap;
 pub use string::ShmString;
 pub use vec::ShmVec;
