@@ -238,6 +238,15 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An index past the end of a container.
+    #[error("index {index} is out of range for length {len}")]
+    IndexOutOfRange {
+        /// The index asked for.
+        index: usize,
+        /// The container's length.
+        len: usize,
+    },
+
     /// No named object has this name.
     #[error("no object named `{name}`")]
     NameNotFound {

@@ -61,6 +61,7 @@ pub use alloc::{
     PoolAllocator, PoolParams, RecoveryReport, Region, Scope, SegmentAllocator, ShmAllocator,
     SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
+pub use containers::{ShmBox, ShmHashMap, ShmString, ShmVec};
 pub use error::{Error, Result};
 
 /// The README's examples, compiled and run as doctests.

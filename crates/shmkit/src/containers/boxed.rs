@@ -9,7 +9,7 @@ use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmPtr, ShmSafe};
 
-use super::vec::{allocate_block, free_block, Storage};
+use super::storage::{allocate_block, free_block, Storage, UNBOUND};
 
 /// One value of type `T` in its own block of a segment; the shared-memory
 /// counterpart of `Box<T>`.
@@ -54,7 +54,7 @@ impl<T: ShmSafe> ShmBox<T> {
 
     /// Moves `value` into a new block from `alloc`.
     pub fn new_in<A: ShmAllocator + ?Sized>(alloc: &A, value: T) -> Result<Self> {
-        let block = allocate_block(alloc, super::vec::UNBOUND, size_of::<T>(), align_of::<T>())?;
+        let block = allocate_block(alloc, UNBOUND, size_of::<T>(), align_of::<T>())?;
         // SAFETY: the block is fresh, ours alone, and at least `size_of::<T>()`
         // bytes aligned for `T`.
         unsafe { block.ptr.cast::<T>().as_ptr().write(value) };

@@ -35,7 +35,7 @@ use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmSafe};
 
-use super::vec::{allocate_block, free_block, recorded_count, Storage, UNBOUND};
+use super::storage::{allocate_block, free_block, recorded_count, Storage, UNBOUND};
 
 const EMPTY: u8 = 0;
 const FULL: u8 = 0x80;

@@ -40,6 +40,7 @@ mod boxed;
 mod hash_map;
 mod mpmc_ring;
 mod spsc_ring;
+mod storage;
 mod string;
 mod vec;
 

@@ -1,196 +1,14 @@
-//! `ShmVec<T>`: a growable array that lives in a segment, and the storage
-//! helpers the other containers share.
+//! `ShmVec<T>`: a growable array that lives in a segment.
 
 use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 
+use super::storage::{allocate_block, free_block, index_error, recorded_count, Storage, UNBOUND};
 use crate::alloc::{MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmSafe};
-
-// ---------------------------------------------------------------------------
-// Storage blocks, shared by every container of this module.
-// ---------------------------------------------------------------------------
-
-/// The `segment` field of a container that has not allocated yet. (A segment
-/// whose random id happens to be 0 simply never gets the foreign-allocator
-/// check; every other check still applies.)
-pub(super) const UNBOUND: u64 = 0;
-
-/// A container's record of its storage block, as read from the container's
-/// (untrusted) fields.
-#[derive(Clone, Copy)]
-pub(super) struct Storage {
-    /// Which container, for error messages (`"vector"`, `"hash map"`...).
-    pub what: &'static str,
-    /// The recorded segment id, or [`UNBOUND`].
-    pub segment: u64,
-    /// The recorded block offset (not null).
-    pub offset: u64,
-}
-
-impl Storage {
-    /// Decodes the block through `alloc` and checks everything the container
-    /// is about to rely on: the allocator serves the recorded segment, the
-    /// offset names a live block of at least `bytes` bytes, aligned to
-    /// `align`, and the block does not contain the container `owner` itself
-    /// (which would let a `&mut` to the elements alias the container).
-    pub fn resolve<A, O>(
-        self,
-        alloc: &A,
-        bytes: usize,
-        align: usize,
-        owner: &O,
-    ) -> Result<NonNull<u8>>
-    where
-        A: ShmAllocator + ?Sized,
-    {
-        let full = alloc
-            .full_ptr(self.offset)
-            .map_err(|err| self.not_live(alloc, err))?;
-        check_segment(self.segment, full.segment_id())?;
-        let usable = alloc
-            .usable_size(self.offset)
-            .map_err(|err| self.not_live(alloc, err))?;
-        if usable < bytes {
-            return Err(Error::corrupt_data(
-                self.what,
-                format!(
-                    "its storage block at offset {:#x} has {usable} usable bytes, {bytes} are recorded",
-                    self.offset
-                ),
-            ));
-        }
-        let start = full.local().as_ptr() as usize;
-        if start % align.max(1) != 0 {
-            return Err(Error::corrupt_data(
-                self.what,
-                format!(
-                    "its storage block at offset {:#x} is not aligned to {align}",
-                    self.offset
-                ),
-            ));
-        }
-        let owner_start = owner as *const O as usize;
-        let owner_end = owner_start.saturating_add(size_of::<O>());
-        if owner_start < start.saturating_add(bytes) && start < owner_end {
-            return Err(Error::corrupt_data(
-                self.what,
-                format!(
-                    "its storage block at offset {:#x} contains the {} itself",
-                    self.offset, self.what
-                ),
-            ));
-        }
-        Ok(full.local())
-    }
-
-    /// The error for a recorded offset that the allocator does not know as a
-    /// live block: `ForeignPointer` when the allocator serves another segment
-    /// than the recorded one, corrupt data otherwise.
-    fn not_live<A: ShmAllocator + ?Sized>(self, alloc: &A, err: Error) -> Error {
-        if self.segment != UNBOUND {
-            if let Some(id) = allocator_segment(alloc) {
-                if id.0 != self.segment {
-                    return Error::ForeignPointer;
-                }
-            }
-        }
-        Error::corrupt_data(
-            self.what,
-            format!(
-                "its storage offset {:#x} is not a live block of this allocator ({err})",
-                self.offset
-            ),
-        )
-    }
-}
-
-/// Refuses a block of another segment than the one recorded.
-pub(super) fn check_segment(recorded: u64, found: SegmentId) -> Result<()> {
-    if recorded != UNBOUND && recorded != found.0 {
-        return Err(Error::ForeignPointer);
-    }
-    Ok(())
-}
-
-/// The segment `alloc` serves. `ShmAllocator` has no method that names it,
-/// so this allocates and frees one byte; it runs only on error paths, to
-/// tell a foreign allocator from a corrupt offset.
-fn allocator_segment<A: ShmAllocator + ?Sized>(alloc: &A) -> Option<SegmentId> {
-    let ctx = MemContext::default();
-    let offset = alloc.allocate_offset(&ctx, 1, 1).ok()?;
-    let id = alloc.full_ptr(offset).map(|full| full.segment_id());
-    let _ = alloc.free_offset(&ctx, offset);
-    id.ok()
-}
-
-/// A block fresh from the allocator.
-pub(super) struct NewBlock {
-    /// Its offset.
-    pub offset: u64,
-    /// Its address in this process.
-    pub ptr: NonNull<u8>,
-    /// The segment it belongs to.
-    pub segment: u64,
-}
-
-/// Allocates `bytes` (at least one) aligned to `align` for a container whose
-/// recorded segment is `segment`; a block of another segment is given back
-/// and refused with `ForeignPointer`.
-pub(super) fn allocate_block<A: ShmAllocator + ?Sized>(
-    alloc: &A,
-    segment: u64,
-    bytes: usize,
-    align: usize,
-) -> Result<NewBlock> {
-    let ctx = MemContext::default();
-    let offset = alloc.allocate_offset(&ctx, bytes.max(1), align)?;
-    let checked = alloc.full_ptr(offset).and_then(|full| {
-        check_segment(segment, full.segment_id())?;
-        if full.local().as_ptr() as usize % align.max(1) != 0 {
-            return Err(Error::InvalidAlignment {
-                align,
-                max: 1 << (full.local().as_ptr() as usize).trailing_zeros(),
-            });
-        }
-        Ok(full)
-    });
-    match checked {
-        Ok(full) => Ok(NewBlock {
-            offset,
-            ptr: full.local(),
-            segment: full.segment_id().0,
-        }),
-        Err(err) => {
-            let _ = alloc.free_offset(&ctx, offset);
-            Err(err)
-        }
-    }
-}
-
-/// Frees a container's block.
-pub(super) fn free_block<A: ShmAllocator + ?Sized>(alloc: &A, offset: u64) -> Result<()> {
-    alloc.free_offset(&MemContext::default(), offset)
-}
-
-/// A count recorded in shared memory, as a `usize`.
-pub(super) fn recorded_count(what: &'static str, field: &str, value: u64) -> Result<usize> {
-    usize::try_from(value).map_err(|_| {
-        Error::corrupt_data(what, format!("its {field} {value} does not fit in memory"))
-    })
-}
-
-/// The error for an index past the end.
-pub(super) fn index_error(index: usize, len: usize) -> Error {
-    Error::invalid_size(format!("index {index} is out of range for length {len}"))
-}
-
-// ---------------------------------------------------------------------------
-// ShmVec
-// ---------------------------------------------------------------------------
 
 /// A growable array whose elements live in a segment; the shared-memory
 /// counterpart of `Vec<T>`.
@@ -460,7 +278,7 @@ impl<T: ShmSafe> ShmVec<T> {
     }
 
     /// Inserts `value` at `index`, shifting the later elements up; an index
-    /// past the length is an error ([`Error::InvalidSize`]).
+    /// past the length is an error ([`Error::IndexOutOfRange`]).
     pub fn insert<A: ShmAllocator + ?Sized>(
         &mut self,
         alloc: &A,
@@ -724,11 +542,11 @@ pub(super) mod tests {
         assert_eq!(v.get(&heap, 999).unwrap(), None);
         assert!(matches!(
             v.insert(&heap, 5000, 1),
-            Err(Error::InvalidSize { .. })
+            Err(Error::IndexOutOfRange { .. })
         ));
         assert!(matches!(
             v.remove(&heap, 999),
-            Err(Error::InvalidSize { .. })
+            Err(Error::IndexOutOfRange { .. })
         ));
         v.truncate(&heap, 10).unwrap();
         assert_eq!(v.as_slice(&heap).unwrap().len(), 10);
