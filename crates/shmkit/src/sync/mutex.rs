@@ -686,6 +686,28 @@ mod tests {
     }
 
     #[test]
+    fn a_forked_childs_copy_of_a_guard_does_not_unlock() {
+        let mutex = ShmMutex::new(0u32);
+        let guard = mutex.lock().unwrap();
+        // SAFETY: the child only drops the guard (a thread-id lookup, a
+        // failing compare-and-swap) and reads an atomic before `_exit`.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            drop(guard);
+            let still_held = mutex.word.load(Ordering::Relaxed) & OWNER != 0;
+            // SAFETY: ends the child without running the test harness.
+            unsafe { libc::_exit(if still_held { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        drop(guard);
+        assert_eq!(mutex.word.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
     fn garbage_words_give_a_usable_lock() {
         let mutex = ShmMutex::new(0u8);
         // WAITERS alone: free.
