@@ -647,24 +647,29 @@ mod tests {
     use super::*;
     use crate::sync::thread_id::testing::{dead_tid, live_tid};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
-    use std::sync::Barrier;
 
     #[test]
     fn two_readers_hold_the_lock_at_once() {
         let lock = ShmRwLock::new(3u32);
-        let both_in = Barrier::new(2);
+        let (first_in, wait_first) = std::sync::mpsc::channel();
+        let (second_in, wait_second) = std::sync::mpsc::channel();
+        let lock = &lock;
         std::thread::scope(|scope| {
-            for _ in 0..2 {
-                scope.spawn(|| {
-                    let guard = lock.read().unwrap();
-                    // Neither passes until the other also holds a read
-                    // guard: a lock that excluded readers would hang here
-                    // (and the test time out).
-                    both_in.wait();
-                    assert_eq!(*guard, 3);
-                    both_in.wait();
-                });
-            }
+            scope.spawn(move || {
+                let guard = lock.read().unwrap();
+                first_in.send(()).unwrap();
+                // Hold on until the second reader is in too (or gave up).
+                let _ = wait_second.recv_timeout(Duration::from_secs(20));
+                drop(guard);
+            });
+            scope.spawn(move || {
+                wait_first.recv().unwrap();
+                // The first reader still holds its guard: a lock that
+                // excluded readers would time out here.
+                let guard = lock.read_timeout(Duration::from_secs(10)).unwrap();
+                assert_eq!(*guard, 3);
+                second_in.send(()).unwrap();
+            });
         });
         // And a held read lets another thread's try_read in.
         let guard = lock.read().unwrap();
