@@ -87,11 +87,8 @@ impl RobustLock {
 
     #[cold]
     fn lock_slow(&self, token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
-        let started = Instant::now();
-        let mut last_check = started;
-        let mut last_maps_check = started;
-        // The object this lock lives in, found on first need.
-        let mut object: Option<Option<MappedObject>> = None;
+        let mut watch = DeathWatch::new(self as *const RobustLock as usize);
+        let mut last_check = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
         loop {
             let owner = self.owner.load(Ordering::Relaxed);
@@ -110,25 +107,16 @@ impl RobustLock {
             if now.duration_since(last_check) >= LIVENESS_PERIOD {
                 last_check = now;
                 let pid = (owner >> 32) as u32;
-                let mut dead = !process_alive(pid);
-                if !dead && now.duration_since(last_maps_check) >= MAPS_CHECK_AFTER {
-                    last_maps_check = now;
-                    let object = object.get_or_insert_with(|| {
-                        mapped_by::object_at(self as *const RobustLock as usize)
-                    });
-                    dead = object
-                        .as_ref()
-                        .is_some_and(|object| mapped_by::process_maps(pid, object) == Some(false));
-                }
-                if dead {
+                if watch.is_dead(pid) {
                     if let Some(guard) = self.take_from(owner, token, true) {
                         return Ok(guard);
                     }
                 }
-                if now.duration_since(started) >= patience {
+                let waited = watch.waited();
+                if waited >= patience {
                     return Err(Error::LockTimeout {
                         owner_pid: pid,
-                        waited: now.duration_since(started),
+                        waited,
                     });
                 }
             }
@@ -138,6 +126,59 @@ impl RobustLock {
                 backoff.snooze();
             }
         }
+    }
+}
+
+/// The rule by which a lock waiter decides that the owner named in a lock
+/// word (a process id, or a kernel thread id: `kill(id, 0)` and
+/// `/proc/ID/maps` answer for both) is dead, over one wait: the id is gone,
+/// or, once the wait has lasted [`MAPS_CHECK_AFTER`] (and then every that
+/// long), it is alive but does not map the object the lock lives in (an id
+/// reused by an unrelated process or thread, or garbage in the word).
+/// Shared by every lock of this module, so they all judge owners alike.
+pub(crate) struct DeathWatch {
+    /// Where the lock lives, to find its mapped object on first need.
+    addr: usize,
+    started: Instant,
+    last_maps_check: Instant,
+    /// The object the lock lives in (`None` inside: anonymous memory, no
+    /// maps check possible), found on first need.
+    object: Option<Option<MappedObject>>,
+}
+
+impl DeathWatch {
+    /// Starts watching for a wait on the lock at `addr`.
+    pub(crate) fn new(addr: usize) -> DeathWatch {
+        let now = Instant::now();
+        DeathWatch {
+            addr,
+            started: now,
+            last_maps_check: now,
+            object: None,
+        }
+    }
+
+    /// How long the wait has lasted.
+    pub(crate) fn waited(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Whether owner `id` is dead by the rule above (one `kill(id, 0)`;
+    /// sometimes a read of its `/proc` maps).
+    pub(crate) fn is_dead(&mut self, id: u32) -> bool {
+        if !process_alive(id) {
+            return true;
+        }
+        let now = Instant::now();
+        if now.duration_since(self.last_maps_check) < MAPS_CHECK_AFTER {
+            return false;
+        }
+        self.last_maps_check = now;
+        let addr = self.addr;
+        self.object
+            .get_or_insert_with(|| mapped_by::object_at(addr))
+            .as_ref()
+            .is_some_and(|object| mapped_by::process_maps(id, object) == Some(false))
     }
 }
 

@@ -1,0 +1,132 @@
+//! The kernel thread id (`gettid`) without a system call per lock: cached
+//! per thread, and forgotten in a forked child (whose only thread has a new
+//! id) through a `pthread_atfork` hook, as [`pid`](super::pid) does for the
+//! process id.
+
+use std::cell::Cell;
+use std::sync::Once;
+
+thread_local! {
+    /// This thread's id, 0 until first asked for.
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+extern "C" fn forget_tid_in_child() {
+    // The child's one thread is the one that called `fork`: its copy of the
+    // cache names the parent's thread. A constant-initialized cell without
+    // a destructor is plain thread-local memory, safe to touch here.
+    let _ = TID.try_with(|tid| tid.set(0));
+}
+
+/// The calling thread's kernel thread id.
+#[inline]
+pub(crate) fn current() -> u32 {
+    match TID.try_with(Cell::get) {
+        Ok(tid) if tid != 0 => tid,
+        _ => learn_tid(),
+    }
+}
+
+#[cold]
+fn learn_tid() -> u32 {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        // SAFETY: registers a plain function with no captured state; it only
+        // writes this thread's own cache cell.
+        unsafe { libc::pthread_atfork(None, None, Some(forget_tid_in_child)) };
+    });
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    let _ = TID.try_with(|cell| cell.set(tid));
+    tid
+}
+
+/// The process (thread group) that thread `tid` belongs to, from
+/// `/proc/TID/status`; `tid` itself when `/proc` cannot say. For messages
+/// and errors only (slow).
+pub(crate) fn process_of(tid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Tgid:"))
+                .and_then(|pid| pid.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
+/// Helpers for tests that forge what a dead thread leaves behind.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// The id of a thread that has exited (and whose id the kernel freed).
+    pub(crate) fn dead_tid() -> u32 {
+        let tid = std::thread::spawn(super::current).join().unwrap();
+        // A joined thread's id is released at its exit; wait until the
+        // kernel agrees, so a test never races the thread's last steps.
+        let started = std::time::Instant::now();
+        while crate::segment::process_alive(tid) {
+            assert!(started.elapsed().as_secs() < 10, "thread {tid} never went");
+            std::thread::yield_now();
+        }
+        tid
+    }
+
+    /// A thread that stays alive (parked) until the returned sender is
+    /// dropped, and its id.
+    pub(crate) fn live_tid() -> (
+        u32,
+        std::sync::mpsc::Sender<()>,
+        std::thread::JoinHandle<()>,
+    ) {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            tid_tx.send(super::current()).unwrap();
+            let _ = stop_rx.recv();
+        });
+        (tid_rx.recv().unwrap(), stop_tx, handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_per_thread_and_name_this_process() {
+        let mine = current();
+        assert_eq!(mine, current(), "cached");
+        assert_eq!(process_of(mine), std::process::id());
+        let (other, stop, handle) = testing::live_tid();
+        assert_ne!(other, mine);
+        // A live thread's id answers `kill(tid, 0)`; an exited one does not.
+        assert!(crate::segment::process_alive(other));
+        assert_eq!(process_of(other), std::process::id());
+        drop(stop);
+        handle.join().unwrap();
+        assert!(!crate::segment::process_alive(testing::dead_tid()));
+    }
+
+    #[test]
+    fn a_forked_child_learns_its_own_id() {
+        let parent = current();
+        // SAFETY: the child only calls async-signal-safe functions (getpid,
+        // gettid through our cache, _exit) before exiting.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let ok = current() != parent
+                // SAFETY: no preconditions.
+                && current() == unsafe { libc::getpid() } as u32;
+            // SAFETY: ends the child without running the parent's atexit
+            // handlers or test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        let waited = unsafe { libc::waitpid(child, &mut status, 0) };
+        assert_eq!(waited, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    }
+}
