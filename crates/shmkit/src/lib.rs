@@ -70,3 +70,4 @@ pub use error::{Error, Result};
 struct ReadmeDoctests;
 pub use ptr::{AtomicOffset, FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
 pub use segment::{Location, Opened, ReadOnlySegment, Segment, SegmentOptions};
+pub use sync::{ShmMutex, ShmRwLock};

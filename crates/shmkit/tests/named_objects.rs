@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::{child_env, fresh_shm, shm_name, spawn_workers, worker_stdout, Rng};
 use shmkit::named::NamedObjects;
-use shmkit::{Error, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator};
+use shmkit::{
+    Error, SegmentAllocator, SegmentOptions, ShmAllocator, ShmMutex, ShmVec, SizeClassAllocator,
+};
 
 const RACERS: usize = 4;
 const NAMES: u64 = 300;
@@ -175,4 +177,65 @@ fn directory_operations_survive_sigkill() {
     heap.check().unwrap();
     names.check().unwrap();
     assert!(kills >= 36);
+}
+
+const APPENDERS: u64 = 3;
+const APPENDS: u64 = 400;
+
+#[test]
+#[ignore = "child process of processes_append_to_a_named_vector_behind_a_named_mutex"]
+fn child_appender() {
+    let heap = attach(&child_env("SHMKIT_TEST_SEGMENT"));
+    let worker: u64 = child_env("SHMKIT_TEST_WORKER").parse().unwrap();
+    wait_for_start(&heap);
+    let names = NamedObjects::open(&heap).unwrap();
+    let log = names
+        .find_or_construct("log", || ShmMutex::new(ShmVec::<u64>::new()))
+        .unwrap();
+    // SAFETY: nobody destroys "log" while the children run; the mutex is
+    // made of atomics and guards the vector.
+    let log = unsafe { log.local().as_ref() };
+    for seq in 0..APPENDS {
+        let mut entries = log.lock().unwrap();
+        assert!(!entries.owner_died());
+        entries.push(&heap, worker << 32 | seq).unwrap();
+    }
+}
+
+#[test]
+fn processes_append_to_a_named_vector_behind_a_named_mutex() {
+    let (options, _cleanup) = fresh_shm("named-log");
+    let heap = SizeClassAllocator::create(&options.clone().size(8 << 20)).unwrap();
+    let start = heap.new_obj(AtomicU64::new(0)).unwrap();
+    heap.segment().set_root("start", start.offset()).unwrap();
+    let workers = spawn_workers("child_appender", &shm_name(&options), APPENDERS as usize);
+    // SAFETY: the block is live for the whole test.
+    unsafe { start.local().as_ref() }.store(1, Ordering::Release);
+    for (worker, child) in workers.into_iter().enumerate() {
+        worker_stdout(worker, child);
+    }
+    let names = NamedObjects::open(&heap).unwrap();
+    let log = names
+        .find::<ShmMutex<ShmVec<u64>>>("log")
+        .unwrap()
+        .expect("the appenders made the log");
+    // SAFETY: the children are gone; the object is live.
+    let entries = unsafe { log.local().as_ref() }.lock().unwrap();
+    let mut seen = entries.as_slice(&heap).unwrap().to_vec();
+    assert_eq!(seen.len() as u64, APPENDERS * APPENDS);
+    // Each appender's entries appear in its own order...
+    for worker in 0..APPENDERS {
+        let own: Vec<u64> = seen.iter().copied().filter(|e| e >> 32 == worker).collect();
+        let expected: Vec<u64> = (0..APPENDS).map(|seq| worker << 32 | seq).collect();
+        assert_eq!(own, expected, "appender {worker}");
+    }
+    // ...and none is lost or doubled.
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len() as u64, APPENDERS * APPENDS);
+    drop(entries);
+    assert!(matches!(
+        names.find::<ShmVec<u64>>("log"),
+        Err(Error::WrongType { .. })
+    ));
 }
