@@ -33,6 +33,23 @@
 //! segment, such as `shmkit::sync::ShmMutex` or `shmkit::sync::ShmRwLock`,
 //! and hold it for every operation, reads included.
 //!
+//! # Queues
+//!
+//! [`MpmcRing`] (any number of producers and consumers) and [`SpscRing`]
+//! (one of each, roles enforced) are bounded rings of `T: ShmSafe + Copy`.
+//! Each is created from an allocator and named by its offset; a process
+//! opens it into a handle ([`MpmcHandle`], or the [`SpscProducer`] and
+//! [`SpscConsumer`] endpoints) that validates the ring once and keeps the
+//! checked bounds locally. Every operation of an [`MpmcHandle`] is safe to
+//! call from many threads and processes at once; an SPSC endpoint is used
+//! by one thread at a time and exists once per role. Both have
+//! non-blocking (`try_push`, `try_pop`), blocking (`push`, `pop`) and
+//! timed (`push_timeout`, `pop_timeout`) operations; blocked callers sleep
+//! on a shared futex and are woken by the other side from any process,
+//! with no system call when nobody sleeps. What a process killed in the
+//! middle of an operation leaves behind differs: an SPSC ring stays
+//! consistent, an MPMC ring can stall (see [`MpmcRing`]).
+//!
 //! [`Error::CorruptData`]: crate::Error::CorruptData
 //! [`Error::ForeignPointer`]: crate::Error::ForeignPointer
 
@@ -46,5 +63,7 @@ mod vec;
 
 pub use boxed::ShmBox;
 pub use hash_map::ShmHashMap;
+pub use mpmc_ring::{InFlight, MpmcHandle, MpmcRing};
+pub use spsc_ring::{SpscConsumer, SpscProducer, SpscRing};
 pub use string::ShmString;
 pub use vec::ShmVec;

@@ -1,1 +1,1558 @@
-//! (being written)
+//! A bounded multi-producer multi-consumer queue that lives in a segment:
+//! Dmitry Vyukov's ring of cells, each with a sequence number.
+//!
+//! Every cell holds a sequence word and a value. Position `p` (a 64-bit
+//! counter that never wraps in practice) maps to cell `p & mask`. A
+//! producer at position `p` may write the cell when its sequence is `p`: it
+//! claims `p` by moving the tail from `p` to `p + 1` (compare-and-swap),
+//! writes the value, then publishes the cell by storing `p + 1` (release).
+//! A consumer at position `p` may read the cell when its sequence is
+//! `p + 1`: it claims `p` by moving the head, reads the value, then releases
+//! the cell for the next lap by storing `p + capacity`. Head and tail sit on
+//! cache lines of their own, so producers and consumers only meet on the
+//! cells they hand over.
+//!
+//! This file also holds what both rings share: the atomics the algorithms
+//! are written over (`std`'s in a segment, `loom`'s in the model checks),
+//! the fixed header every ring starts with, its validation, and the futex
+//! *signal* the blocking operations sleep on.
+//!
+//! ## Sleeping without lost wake-ups
+//!
+//! Each direction (not-empty for consumers, not-full for producers) has a
+//! waiter count and an event sequence, both 32-bit words on a line of their
+//! own. A sleeper raises the count, issues a `SeqCst` fence, reads the event
+//! sequence, tries its operation once more, and only then sleeps on the
+//! event word (futex) while it still holds the value it read. A push or pop
+//! that changed the ring issues a `SeqCst` fence and reads the count: only
+//! when it is not zero does it bump the event sequence and wake one sleeper
+//! (a system call). The two fences are ordered, so either the sleeper's
+//! re-check sees the change, or the changer sees the sleeper and changes
+//! the word the sleeper waits on (the kernel compares it atomically): a
+//! wake-up cannot be lost. The loom models below check exactly this code.
+//! Sleeps are still cut into slices (the *recheck interval*, 100 ms by
+//! default), so even a changer killed between its change and its wake
+//! delays a sleeper by at most one slice.
+
+use std::marker::PhantomData;
+use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::alloc::{MemContext, ShmAllocator};
+use crate::error::{Error, Result};
+use crate::ptr::{Offset, ShmSafe};
+
+// ------------------------------------------------------------- atomics
+
+/// A 64-bit atomic the ring algorithms run on: `std`'s in a segment,
+/// `loom`'s in the model checks.
+pub(super) trait Atomic64: Sync {
+    fn load(&self, order: Ordering) -> u64;
+    fn store(&self, value: u64, order: Ordering);
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u64, u64>;
+}
+
+/// A 32-bit atomic (the futex words), as [`Atomic64`].
+pub(super) trait Atomic32: Sync {
+    fn load(&self, order: Ordering) -> u32;
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32;
+    fn fetch_sub(&self, value: u32, order: Ordering) -> u32;
+}
+
+impl Atomic64 for AtomicU64 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u64 {
+        AtomicU64::load(self, order)
+    }
+    #[inline]
+    fn store(&self, value: u64, order: Ordering) {
+        AtomicU64::store(self, value, order)
+    }
+    #[inline]
+    fn compare_exchange_weak(
+        &self,
+        current: u64,
+        new: u64,
+        success: Ordering,
+        failure: Ordering,
+    ) -> std::result::Result<u64, u64> {
+        AtomicU64::compare_exchange_weak(self, current, new, success, failure)
+    }
+}
+
+impl Atomic32 for AtomicU32 {
+    #[inline]
+    fn load(&self, order: Ordering) -> u32 {
+        AtomicU32::load(self, order)
+    }
+    #[inline]
+    fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_add(self, value, order)
+    }
+    #[inline]
+    fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
+        AtomicU32::fetch_sub(self, value, order)
+    }
+}
+
+/// Where the algorithms run: which atomics, which fence, and how a thread
+/// sleeps on a word and wakes sleepers.
+pub(super) trait Env {
+    type U64: Atomic64;
+    type U32: Atomic32;
+    /// Whether a blocking operation spins a little before it sleeps.
+    const SPIN: bool;
+    fn fence_seqcst(&self);
+    /// Sleeps while `word` holds `expected`, at most about `timeout`; may
+    /// return early for any reason.
+    fn wait(&self, word: &Self::U32, expected: u32, timeout: Duration);
+    /// Wakes up to `count` sleepers of `word`.
+    fn wake(&self, word: &Self::U32, count: u32);
+}
+
+/// The real thing: `std` atomics in a segment and the shared futex.
+pub(super) struct Os;
+
+impl Env for Os {
+    type U64 = AtomicU64;
+    type U32 = AtomicU32;
+    const SPIN: bool = true;
+
+    #[inline]
+    fn fence_seqcst(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
+        crate::sync::futex::wait(word, expected, Some(timeout));
+    }
+
+    fn wake(&self, word: &AtomicU32, count: u32) {
+        crate::sync::futex::wake(word, count);
+    }
+}
+
+// ------------------------------------------------------------- layout
+
+/// A cache-line pair of its own (128 bytes: the adjacent-line prefetcher of
+/// x86 pulls lines in pairs), so words written by different sides never
+/// share one.
+#[repr(C, align(128))]
+pub(super) struct Line<X>(pub(super) X);
+
+/// The fixed fields every ring starts with, written once by the creator
+/// (the magic last, with release ordering) and validated by every opener.
+#[repr(C)]
+pub(super) struct Fixed<A> {
+    pub(super) magic: A,
+    pub(super) capacity: A,
+    pub(super) elem_size: A,
+    pub(super) elem_align: A,
+    /// Bytes from one cell to the next.
+    pub(super) stride: A,
+    /// Bytes from the start of the ring to its first cell.
+    pub(super) cells_at: A,
+}
+
+/// One direction's sleepers: how many, and the word they sleep on.
+#[repr(C)]
+pub(super) struct Signal<W> {
+    pub(super) waiters: W,
+    pub(super) event: W,
+}
+
+/// The largest capacity a ring may have.
+pub(super) const MAX_CAPACITY: u64 = 1 << 40;
+
+/// How long a sleeper sleeps at most before it re-checks on its own, unless
+/// the handle says otherwise.
+pub(super) const DEFAULT_RECHECK: Duration = Duration::from_millis(100);
+
+/// The shortest recheck interval a handle accepts.
+const MIN_RECHECK: Duration = Duration::from_millis(1);
+
+/// What a ring kind expects of its layout, from its element type.
+pub(super) struct Shape {
+    /// Which ring, for error messages.
+    pub(super) what: &'static str,
+    pub(super) magic: u64,
+    /// Size and alignment of the ring's header struct.
+    pub(super) header_size: usize,
+    pub(super) header_align: usize,
+    /// Size and alignment of the element type.
+    pub(super) elem_size: usize,
+    pub(super) elem_align: usize,
+    /// Bytes and alignment of one cell.
+    pub(super) stride: usize,
+    pub(super) cell_align: usize,
+    /// The element type's name, for error messages.
+    pub(super) type_name: &'static str,
+}
+
+/// Where a ring's cells start and how many bytes it takes.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Extent {
+    pub(super) cells_at: usize,
+    pub(super) total: usize,
+    pub(super) align: usize,
+}
+
+impl Shape {
+    /// The extent of a ring of `capacity` cells.
+    pub(super) fn extent(&self, capacity: u64) -> Result<Extent> {
+        let cells_at = self.header_size.next_multiple_of(self.cell_align);
+        let total = usize::try_from(capacity)
+            .ok()
+            .and_then(|capacity| capacity.checked_mul(self.stride))
+            .and_then(|cells| cells.checked_add(cells_at))
+            .ok_or_else(|| {
+                Error::invalid_size(format!(
+                    "{} of {capacity} cells of {} bytes overflows",
+                    self.what, self.stride
+                ))
+            })?;
+        Ok(Extent {
+            cells_at,
+            total,
+            align: self.header_align.max(self.cell_align),
+        })
+    }
+
+    /// Checks a capacity asked for at creation.
+    pub(super) fn check_capacity(&self, capacity: usize) -> Result<u64> {
+        let capacity = capacity as u64;
+        if capacity < 2 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+            return Err(Error::invalid_size(format!(
+                "{} capacity {capacity} must be a power of two from 2 to {MAX_CAPACITY}",
+                self.what
+            )));
+        }
+        Ok(capacity)
+    }
+
+    /// Allocates and zeroes the block of a ring of `capacity` cells; returns
+    /// its offset, local address and extent. The caller initializes it and
+    /// publishes the magic last.
+    pub(super) fn allocate<A: ShmAllocator + ?Sized>(
+        &self,
+        alloc: &A,
+        capacity: usize,
+    ) -> Result<(u64, NonNull<u8>, Extent, u64)> {
+        let capacity = self.check_capacity(capacity)?;
+        let extent = self.extent(capacity)?;
+        let offset = alloc.allocate_offset(&MemContext::default(), extent.total, extent.align)?;
+        let block = match alloc.full_ptr(offset) {
+            Ok(block) if block.as_ptr() as usize % extent.align == 0 => block,
+            Ok(_) => {
+                let _ = alloc.free_offset(&MemContext::default(), offset);
+                return Err(Error::Misaligned {
+                    offset,
+                    align: extent.align,
+                });
+            }
+            Err(error) => {
+                let _ = alloc.free_offset(&MemContext::default(), offset);
+                return Err(error);
+            }
+        };
+        // SAFETY: the block is fresh, ours alone and `extent.total` bytes
+        // long; zeroing gives every padding byte a defined value.
+        unsafe { std::ptr::write_bytes(block.as_ptr(), 0, extent.total) };
+        Ok((offset, block.local(), extent, capacity))
+    }
+
+    /// Finds and validates the ring at `offset`: a live block of `alloc`,
+    /// aligned, long enough for its header, with this shape's magic,
+    /// element size and alignment, a power-of-two capacity, and cells that
+    /// fit inside the block. Returns the header's address and the checked
+    /// capacity and extent, which the caller keeps (later changes to the
+    /// shared bytes cannot move them).
+    pub(super) fn validate<A: ShmAllocator + ?Sized>(
+        &self,
+        alloc: &A,
+        offset: u64,
+    ) -> Result<(NonNull<u8>, u64, Extent)> {
+        let usable = alloc.usable_size(offset)?;
+        let block = alloc.full_ptr(offset)?;
+        let corrupt = |reason: String| Error::corrupt_data(self.what, reason);
+        if usable < self.header_size {
+            return Err(corrupt(format!(
+                "the block at offset {offset} has {usable} bytes, a ring header needs {}",
+                self.header_size
+            )));
+        }
+        let align = self.header_align.max(self.cell_align);
+        if block.as_ptr() as usize % align != 0 {
+            return Err(Error::Misaligned { offset, align });
+        }
+        // SAFETY: the block is live, aligned for the header and long enough
+        // for it; every field is an atomic, valid for any bit pattern.
+        let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
+        let magic = fixed.magic.load(Ordering::Acquire);
+        if magic != self.magic {
+            return Err(corrupt(format!(
+                "no ring at offset {offset} (magic {magic:#018x}, expected {:#018x})",
+                self.magic
+            )));
+        }
+        let elem_size = fixed.elem_size.load(Ordering::Relaxed);
+        let elem_align = fixed.elem_align.load(Ordering::Relaxed);
+        let stride = fixed.stride.load(Ordering::Relaxed);
+        if elem_size != self.elem_size as u64
+            || elem_align != self.elem_align as u64
+            || stride != self.stride as u64
+        {
+            return Err(Error::WrongType {
+                name: format!("{} at offset {offset}", self.what),
+                expected: format!(
+                    "{} ({} bytes, align {})",
+                    self.type_name, self.elem_size, self.elem_align
+                ),
+                found: format!("elements of {elem_size} bytes, align {elem_align}"),
+            });
+        }
+        let capacity = fixed.capacity.load(Ordering::Relaxed);
+        if capacity < 2 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+            return Err(corrupt(format!(
+                "capacity {capacity} is not a power of two from 2 to {MAX_CAPACITY}"
+            )));
+        }
+        let extent = self.extent(capacity).map_err(|e| corrupt(e.to_string()))?;
+        let cells_at = fixed.cells_at.load(Ordering::Relaxed);
+        if cells_at != extent.cells_at as u64 {
+            return Err(corrupt(format!(
+                "cells start at byte {cells_at}, expected {}",
+                extent.cells_at
+            )));
+        }
+        if extent.total > usable {
+            return Err(corrupt(format!(
+                "{capacity} cells need {} bytes, the block has {usable}",
+                extent.total
+            )));
+        }
+        Ok((block.local(), capacity, extent))
+    }
+}
+
+/// The fixed fields of a new ring (magic still 0: publish it last).
+pub(super) fn fixed_for(shape: &Shape, capacity: u64, extent: &Extent) -> Fixed<AtomicU64> {
+    Fixed {
+        magic: AtomicU64::new(0),
+        capacity: AtomicU64::new(capacity),
+        elem_size: AtomicU64::new(shape.elem_size as u64),
+        elem_align: AtomicU64::new(shape.elem_align as u64),
+        stride: AtomicU64::new(shape.stride as u64),
+        cells_at: AtomicU64::new(extent.cells_at as u64),
+    }
+}
+
+pub(super) fn new_signal() -> Line<Signal<AtomicU32>> {
+    Line(Signal {
+        waiters: AtomicU32::new(0),
+        event: AtomicU32::new(0),
+    })
+}
+
+/// A deadline `timeout` from now (`None`: too far to represent, so never).
+pub(super) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+/// A recheck interval as handles accept it.
+pub(super) fn clamp_recheck(interval: Duration) -> Duration {
+    interval.max(MIN_RECHECK)
+}
+
+// ------------------------------------------------------------- sleeping
+
+impl<W: Atomic32> Signal<W> {
+    /// Called after a change that may let a sleeper proceed: wakes one
+    /// sleeper if there is any. Makes no system call when nobody sleeps.
+    #[inline]
+    pub(super) fn notify<E: Env<U32 = W>>(&self, env: &E) {
+        // Orders the caller's change before the read of the waiter count;
+        // pairs with the fence in `block_until`.
+        env.fence_seqcst();
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.notify_slow(env);
+        }
+    }
+
+    #[cold]
+    fn notify_slow<E: Env<U32 = W>>(&self, env: &E) {
+        self.event.fetch_add(1, Ordering::SeqCst);
+        env.wake(&self.event, 1);
+    }
+
+    /// Calls `attempt` until it succeeds, sleeping on this signal between
+    /// tries, until `deadline` (`None`: no deadline). `attempt` is always
+    /// tried once more after a sleep, before the deadline is looked at.
+    pub(super) fn block_until<E: Env<U32 = W>, R>(
+        &self,
+        env: &E,
+        deadline: Option<Instant>,
+        recheck: Duration,
+        mut attempt: impl FnMut() -> Option<R>,
+    ) -> Option<R> {
+        if E::SPIN {
+            // The other side is often a few hundred nanoseconds away:
+            // spin (then yield) briefly before paying for a sleep.
+            let backoff = crossbeam_utils::Backoff::new();
+            while !backoff.is_completed() {
+                if let Some(done) = attempt() {
+                    return Some(done);
+                }
+                backoff.snooze();
+            }
+        }
+        loop {
+            self.waiters.fetch_add(1, Ordering::SeqCst);
+            // Orders the registration before the re-check; pairs with the
+            // fence in `notify`.
+            env.fence_seqcst();
+            let seen = self.event.load(Ordering::SeqCst);
+            if let Some(done) = attempt() {
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                return Some(done);
+            }
+            let sleep = match deadline {
+                None => recheck,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(recheck),
+                    _ => {
+                        self.waiters.fetch_sub(1, Ordering::SeqCst);
+                        return None;
+                    }
+                },
+            };
+            env.wait(&self.event, seen, sleep);
+            self.waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+// ------------------------------------------------------------- cells
+
+/// The values of a ring's cells, read and written with plain accesses by
+/// whoever holds the cell.
+pub(super) trait Values<T: Copy> {
+    /// Writes cell `index`.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the capacity the cells were made with, and the
+    /// caller holds the cell (no one else reads or writes it meanwhile).
+    unsafe fn write(&self, index: usize, value: T);
+
+    /// Reads cell `index`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`write`](Self::write); the cell was written before.
+    unsafe fn read(&self, index: usize) -> T;
+}
+
+/// Cells that also carry a sequence word each (the MPMC ring's).
+pub(super) trait SeqCells<T: Copy>: Values<T> {
+    type Seq: Atomic64;
+
+    /// The sequence word of cell `index`.
+    ///
+    /// # Safety
+    ///
+    /// `index` is below the capacity the cells were made with.
+    unsafe fn seq(&self, index: usize) -> &Self::Seq;
+}
+
+impl<C: Values<T>, T: Copy> Values<T> for &C {
+    #[inline]
+    unsafe fn write(&self, index: usize, value: T) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).write(index, value) }
+    }
+    #[inline]
+    unsafe fn read(&self, index: usize) -> T {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).read(index) }
+    }
+}
+
+impl<C: SeqCells<T>, T: Copy> SeqCells<T> for &C {
+    type Seq = C::Seq;
+    #[inline]
+    unsafe fn seq(&self, index: usize) -> &C::Seq {
+        // SAFETY: forwarded from the caller.
+        unsafe { (**self).seq(index) }
+    }
+}
+
+/// One cell of the MPMC ring in a segment.
+#[repr(C)]
+struct Slot<T> {
+    seq: AtomicU64,
+    value: T,
+}
+
+/// The cells of an MPMC ring in a segment.
+struct SegSlots<T> {
+    first: NonNull<Slot<T>>,
+}
+
+impl<T: Copy> Values<T> for SegSlots<T> {
+    #[inline]
+    unsafe fn write(&self, index: usize, value: T) {
+        // SAFETY: the caller keeps `index` below the validated capacity, so
+        // the slot lies inside the ring's block; it holds the cell alone.
+        unsafe { (&raw mut (*self.first.as_ptr().add(index)).value).write(value) }
+    }
+
+    #[inline]
+    unsafe fn read(&self, index: usize) -> T {
+        // SAFETY: as in `write`; `T: ShmSafe` accepts whatever bytes the
+        // cell holds.
+        unsafe { (&raw const (*self.first.as_ptr().add(index)).value).read() }
+    }
+}
+
+impl<T: Copy> SeqCells<T> for SegSlots<T> {
+    type Seq = AtomicU64;
+
+    #[inline]
+    unsafe fn seq(&self, index: usize) -> &AtomicU64 {
+        // SAFETY: inside the block (the caller's bound); an atomic.
+        unsafe { &(*self.first.as_ptr().add(index)).seq }
+    }
+}
+
+// ------------------------------------------------------------- the algorithm
+
+/// The shared words of an MPMC ring, generic over the atomics so the loom
+/// models run the same code.
+#[repr(C)]
+pub(super) struct MpmcWords<A64, A32> {
+    pub(super) fixed: Line<Fixed<A64>>,
+    /// The next position to push to (producers).
+    pub(super) tail: Line<A64>,
+    /// The next position to pop from (consumers).
+    pub(super) head: Line<A64>,
+    /// Consumers sleep here while the ring is empty.
+    pub(super) not_empty: Line<Signal<A32>>,
+    /// Producers sleep here while the ring is full.
+    pub(super) not_full: Line<Signal<A32>>,
+}
+
+/// Vyukov's algorithm over some words, cells and environment.
+pub(super) struct MpmcCore<'r, T, E: Env, S> {
+    pub(super) words: &'r MpmcWords<E::U64, E::U32>,
+    pub(super) cells: S,
+    pub(super) mask: u64,
+    pub(super) env: &'r E,
+    pub(super) _values: PhantomData<fn(T) -> T>,
+}
+
+impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>> MpmcCore<'_, T, E, S> {
+    #[inline]
+    fn seq(&self, position: u64) -> &E::U64 {
+        // SAFETY: masked, so below the capacity (`mask + 1`).
+        unsafe { self.cells.seq((position & self.mask) as usize) }
+    }
+
+    /// Pushes unless the ring is full (or its shared words contradict each
+    /// other, which also reads as full).
+    #[inline]
+    pub(super) fn try_push(&self, value: T) -> std::result::Result<(), T> {
+        let tail = &self.words.tail.0;
+        let mut position = tail.load(Ordering::Relaxed);
+        loop {
+            let seq = self.seq(position);
+            let lap = seq.load(Ordering::Acquire);
+            let ahead = lap.wrapping_sub(position) as i64;
+            if ahead == 0 {
+                match tail.compare_exchange_weak(
+                    position,
+                    position.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: masked index; claiming `position` gave us
+                        // the cell until we publish it.
+                        unsafe { self.cells.write((position & self.mask) as usize, value) };
+                        seq.store(position.wrapping_add(1), Ordering::Release);
+                        self.words.not_empty.0.notify(self.env);
+                        return Ok(());
+                    }
+                    Err(actual) => position = actual,
+                }
+            } else if ahead < 0 {
+                // The cell still holds last lap's value: full.
+                return Err(value);
+            } else {
+                // Another producer took this position: the tail has moved
+                // (the acquire load above saw its publication, which
+                // follows its claim). If it has not, the words are corrupt.
+                let now = tail.load(Ordering::Relaxed);
+                if now == position {
+                    return Err(value);
+                }
+                position = now;
+            }
+        }
+    }
+
+    /// Pops unless the ring is empty (or inconsistent, which reads as
+    /// empty).
+    #[inline]
+    pub(super) fn try_pop(&self) -> Option<T> {
+        let head = &self.words.head.0;
+        let mut position = head.load(Ordering::Relaxed);
+        loop {
+            let seq = self.seq(position);
+            let lap = seq.load(Ordering::Acquire);
+            let ahead = lap.wrapping_sub(position.wrapping_add(1)) as i64;
+            if ahead == 0 {
+                match head.compare_exchange_weak(
+                    position,
+                    position.wrapping_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => {
+                        // SAFETY: masked index; the cell was published and
+                        // claiming `position` gave it to us.
+                        let value = unsafe { self.cells.read((position & self.mask) as usize) };
+                        seq.store(
+                            position.wrapping_add(self.mask).wrapping_add(1),
+                            Ordering::Release,
+                        );
+                        self.words.not_full.0.notify(self.env);
+                        return Some(value);
+                    }
+                    Err(actual) => position = actual,
+                }
+            } else if ahead < 0 {
+                // Not published yet: empty (at this position).
+                return None;
+            } else {
+                let now = head.load(Ordering::Relaxed);
+                if now == position {
+                    return None;
+                }
+                position = now;
+            }
+        }
+    }
+
+    pub(super) fn push_until(
+        &self,
+        value: T,
+        deadline: Option<Instant>,
+        recheck: Duration,
+    ) -> std::result::Result<(), T> {
+        if self.try_push(value).is_ok() {
+            return Ok(());
+        }
+        match self
+            .words
+            .not_full
+            .0
+            .block_until(self.env, deadline, recheck, || self.try_push(value).ok())
+        {
+            Some(()) => Ok(()),
+            None => Err(value),
+        }
+    }
+
+    pub(super) fn pop_until(&self, deadline: Option<Instant>, recheck: Duration) -> Option<T> {
+        if let Some(value) = self.try_pop() {
+            return Some(value);
+        }
+        self.words
+            .not_empty
+            .0
+            .block_until(self.env, deadline, recheck, || self.try_pop())
+    }
+
+    /// Values in the ring, clamped to the capacity (a snapshot: approximate
+    /// under concurrency).
+    pub(super) fn len(&self) -> u64 {
+        // Head first: the tail read after it is at least as new.
+        let head = self.words.head.0.load(Ordering::Acquire);
+        let tail = self.words.tail.0.load(Ordering::Acquire);
+        tail.wrapping_sub(head).min(self.mask + 1)
+    }
+
+    pub(super) fn in_flight(&self) -> InFlight {
+        let head = self.words.head.0.load(Ordering::Acquire);
+        let tail = self.words.tail.0.load(Ordering::Acquire);
+        let capacity = self.mask + 1;
+        // The next pop's cell was claimed by a push that has not published.
+        let push_at = (tail.wrapping_sub(head) as i64 > 0
+            && self.seq(head).load(Ordering::Acquire) == head)
+            .then_some(head);
+        // The next push's cell was claimed by a pop that has not released.
+        let behind = tail.wrapping_sub(capacity);
+        let pop_at = (head.wrapping_sub(behind) as i64 > 0
+            && self.seq(tail).load(Ordering::Acquire) == behind.wrapping_add(1))
+        .then_some(behind);
+        InFlight { push_at, pop_at }
+    }
+}
+
+// ------------------------------------------------------------- public face
+
+const MPMC_MAGIC: u64 = 0x314d_504d_4b4d_4853; // "SHMKMPM1"
+
+/// A bounded lock-free multi-producer multi-consumer queue of `T` that
+/// lives in a segment (Vyukov's ring of sequenced cells).
+///
+/// This is the in-segment part: fixed fields, head and tail on cache lines
+/// of their own, the two sleeper signals, followed in the same block by
+/// the cells. It holds offsets and atomics only. Create one with
+/// [`create`](Self::create), publish its offset (a root, a named object, a
+/// field of another shared structure), and use it through a process-side
+/// [`MpmcHandle`] from [`open`](Self::open).
+///
+/// All operations of a handle may be called from any number of threads and
+/// processes at once: pushes, pops, lengths, blocking and non-blocking.
+///
+/// The element type is checked by size and alignment (recorded in the
+/// ring), not by name: opening a ring of `u64` as `[u8; 8]` succeeds and
+/// reinterprets the bytes, which `T: ShmSafe` makes harmless.
+///
+/// # When a process dies in the middle
+///
+/// A push claims its position (moves the tail), writes the value, then
+/// publishes the cell; a pop claims its position (moves the head), reads,
+/// then releases the cell. A process killed *between claim and
+/// publish/release* leaves that cell half-done, and the ring cannot know
+/// whether the process is slow or dead:
+///
+/// * a dead **producer** leaves a cell that never becomes ready: pops see
+///   the ring as empty at that position from then on, whatever was pushed
+///   after it, and pushes fill the ring and then see it full. The ring is
+///   stalled for good.
+/// * a dead **consumer** loses the value it claimed, and its cell never
+///   becomes free: once the producers come round to it they see the ring
+///   as full. Also stalled for good.
+///
+/// Killed anywhere else (before the claim, after the publication), a
+/// process leaves the ring consistent; a sleeper it should have woken waits
+/// at most one recheck interval longer. A process killed while *sleeping*
+/// leaves its waiter registration behind, so every later operation of the
+/// other side makes one futex wake system call (slower, still correct).
+///
+/// [`MpmcHandle::in_flight`] detects a stall at no cost to the operations:
+/// it reports a claimed-but-unfinished cell at the head or tail; one that
+/// stays at the same position across calls far apart is a dead process's.
+/// Repairing it is not implemented: a consumer could only skip a dead
+/// producer's cell safely if the cell recorded who claimed it and if
+/// publishing were a compare-and-swap the skipper can make fail (one more
+/// store and one more atomic read-modify-write per push, plus the same for
+/// pops), which this ring does not pay for. Use [`SpscRing`](super::SpscRing)
+/// where a crash must never stall the queue.
+///
+/// ```
+/// use shmkit::containers::MpmcRing;
+/// use shmkit::{SegmentAllocator, SegmentOptions, SizeClassAllocator};
+///
+/// let alloc = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let offset = MpmcRing::<u64>::create(&alloc, 8)?;
+/// alloc.segment().set_root("jobs", offset)?;
+///
+/// // In any attached process:
+/// let found = alloc.segment().root::<MpmcRing<u64>>("jobs").expect("published");
+/// let jobs = MpmcRing::<u64>::open(&alloc, found)?;
+/// jobs.push(7);
+/// assert_eq!(jobs.try_push(8), Ok(()));
+/// assert_eq!(jobs.pop(), 7);
+/// assert_eq!(jobs.try_pop(), Some(8));
+/// assert_eq!(jobs.try_pop(), None);
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+#[repr(C)]
+pub struct MpmcRing<T> {
+    words: MpmcWords<AtomicU64, AtomicU32>,
+    _elements: PhantomData<fn() -> T>,
+}
+
+// SAFETY: `repr(C)`, made of atomics only (any bit pattern is a value) and
+// explicit alignment; no address. The cells after it are reached through
+// a validated handle, never through this type.
+unsafe impl<T: ShmSafe> ShmSafe for MpmcRing<T> {}
+
+impl<T: ShmSafe + Copy> MpmcRing<T> {
+    fn shape() -> Shape {
+        Shape {
+            what: "mpmc ring",
+            magic: MPMC_MAGIC,
+            header_size: size_of::<MpmcRing<T>>(),
+            header_align: align_of::<MpmcRing<T>>(),
+            elem_size: size_of::<T>(),
+            elem_align: align_of::<T>(),
+            stride: size_of::<Slot<T>>(),
+            cell_align: align_of::<Slot<T>>(),
+            type_name: std::any::type_name::<T>(),
+        }
+    }
+
+    /// Bytes of segment memory a ring of `capacity` values takes.
+    pub fn bytes_for(capacity: usize) -> Result<usize> {
+        let shape = Self::shape();
+        let capacity = shape.check_capacity(capacity)?;
+        Ok(shape.extent(capacity)?.total)
+    }
+
+    /// Creates an empty ring of `capacity` values (a power of two, at least
+    /// 2) in memory from `alloc`, and returns its offset.
+    ///
+    /// ```
+    /// use shmkit::containers::MpmcRing;
+    /// use shmkit::{Error, MallocAllocator};
+    ///
+    /// let alloc = MallocAllocator::new();
+    /// assert!(MpmcRing::<u32>::create(&alloc, 16).is_ok());
+    /// assert!(matches!(MpmcRing::<u32>::create(&alloc, 12), Err(Error::InvalidSize { .. })));
+    /// ```
+    pub fn create<A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        capacity: usize,
+    ) -> Result<Offset<MpmcRing<T>>> {
+        let shape = Self::shape();
+        let (offset, block, extent, capacity) = shape.allocate(alloc, capacity)?;
+        let ring = block.cast::<MpmcRing<T>>();
+        // SAFETY: the block is fresh, ours alone, aligned and long enough
+        // for the header and `capacity` slots after `cells_at`.
+        unsafe {
+            ring.as_ptr().write(MpmcRing {
+                words: MpmcWords {
+                    fixed: Line(fixed_for(&shape, capacity, &extent)),
+                    tail: Line(AtomicU64::new(0)),
+                    head: Line(AtomicU64::new(0)),
+                    not_empty: new_signal(),
+                    not_full: new_signal(),
+                },
+                _elements: PhantomData,
+            });
+            let first = block.as_ptr().add(extent.cells_at).cast::<Slot<T>>();
+            for index in 0..capacity {
+                (&raw mut (*first.add(index as usize)).seq).write(AtomicU64::new(index));
+            }
+            // Published last: an opener that sees the magic sees the rest.
+            (*ring.as_ptr())
+                .words
+                .fixed
+                .0
+                .magic
+                .store(MPMC_MAGIC, Ordering::Release);
+        }
+        Ok(Offset::from_raw(offset))
+    }
+
+    /// Opens the ring at `offset` (created by [`create`](Self::create) in
+    /// any process) for use from this process.
+    ///
+    /// Validated once: the offset must be a live block of `alloc`, aligned,
+    /// holding an MPMC ring ([`Error::CorruptData`] otherwise) of elements
+    /// with `T`'s size and alignment ([`Error::WrongType`] otherwise), with
+    /// a power-of-two capacity whose cells fit in the block. The handle
+    /// keeps the checked capacity and cell address, so nothing written to
+    /// the shared bytes later can make it reach outside the block.
+    pub fn open<A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        offset: Offset<MpmcRing<T>>,
+    ) -> Result<MpmcHandle<'_, T>> {
+        let shape = Self::shape();
+        let (block, capacity, extent) = shape.validate(alloc, offset.raw())?;
+        // SAFETY: validated: inside the block, aligned; the cells start
+        // `cells_at` bytes in and `capacity` of them fit.
+        let first = unsafe { block.add(extent.cells_at) }.cast::<Slot<T>>();
+        Ok(MpmcHandle {
+            ring: block.cast(),
+            slots: SegSlots { first },
+            mask: capacity - 1,
+            offset,
+            recheck: DEFAULT_RECHECK,
+            _memory: PhantomData,
+        })
+    }
+
+    /// Frees the ring's memory, after checking that `offset` holds a ring
+    /// of `T` (its magic is cleared first, so later opens fail).
+    ///
+    /// # Safety
+    ///
+    /// No handle of this ring, in any process, may be used afterwards (the
+    /// block may be handed out again at once).
+    pub unsafe fn destroy<A: ShmAllocator + ?Sized>(
+        alloc: &A,
+        offset: Offset<MpmcRing<T>>,
+    ) -> Result<()> {
+        let (block, _, _) = Self::shape().validate(alloc, offset.raw())?;
+        // SAFETY: validated header; an atomic.
+        let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
+        fixed.magic.store(0, Ordering::Release);
+        alloc.free_offset(&MemContext::default(), offset.raw())
+    }
+}
+
+/// What holds an MPMC ring up, from [`MpmcHandle::in_flight`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// The position the next pop needs, when a push has claimed it but not
+    /// published it yet.
+    pub push_at: Option<u64>,
+    /// The position of the value the next push must wait for, when a pop
+    /// has claimed it but not released its cell yet.
+    pub pop_at: Option<u64>,
+}
+
+/// A process-side handle on an [`MpmcRing`]: validated once, it borrows the
+/// allocator (hence the mapping) the ring lives in.
+///
+/// Every method may be called from many threads at once (the handle is
+/// `Sync`), and from many processes, each with its own handle.
+pub struct MpmcHandle<'a, T> {
+    ring: NonNull<MpmcRing<T>>,
+    slots: SegSlots<T>,
+    mask: u64,
+    offset: Offset<MpmcRing<T>>,
+    recheck: Duration,
+    _memory: PhantomData<&'a MpmcRing<T>>,
+}
+
+// SAFETY: the handle holds addresses into a mapping that outlives `'a` and
+// only touches the ring through atomics and cells it has claimed; values
+// of `T` move between threads, hence `T: Send`.
+unsafe impl<T: Send> Send for MpmcHandle<'_, T> {}
+// SAFETY: as above; every operation is safe to run concurrently (that is
+// the algorithm's point).
+unsafe impl<T: Send> Sync for MpmcHandle<'_, T> {}
+
+impl<T> std::fmt::Debug for MpmcHandle<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpmcHandle")
+            .field("offset", &self.offset)
+            .field("capacity", &(self.mask + 1))
+            .finish()
+    }
+}
+
+impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
+    #[inline]
+    fn core(&self) -> MpmcCore<'_, T, Os, &SegSlots<T>> {
+        MpmcCore {
+            // SAFETY: validated at open; the mapping lives as long as the
+            // borrow of the allocator; only atomics are reached through it.
+            words: unsafe { &self.ring.as_ref().words },
+            cells: &self.slots,
+            mask: self.mask,
+            env: &Os,
+            _values: PhantomData,
+        }
+    }
+
+    /// Pushes `value` unless the ring is full; gives it back if so.
+    #[inline]
+    pub fn try_push(&self, value: T) -> std::result::Result<(), T> {
+        self.core().try_push(value)
+    }
+
+    /// Pops the oldest value, if any is ready.
+    #[inline]
+    pub fn try_pop(&self) -> Option<T> {
+        self.core().try_pop()
+    }
+
+    /// Pushes `value`, sleeping while the ring is full.
+    pub fn push(&self, value: T) {
+        // Without a deadline the wait only ends in success.
+        let _ = self.core().push_until(value, None, self.recheck);
+    }
+
+    /// Pops the oldest value, sleeping while the ring is empty.
+    pub fn pop(&self) -> T {
+        loop {
+            if let Some(value) = self.core().pop_until(None, self.recheck) {
+                return value;
+            }
+        }
+    }
+
+    /// Pushes `value`, sleeping at most `timeout` while the ring is full;
+    /// gives the value back if it stayed full.
+    pub fn push_timeout(&self, value: T, timeout: Duration) -> std::result::Result<(), T> {
+        self.core()
+            .push_until(value, deadline_after(timeout), self.recheck)
+    }
+
+    /// Pops the oldest value, sleeping at most `timeout` while the ring is
+    /// empty.
+    pub fn pop_timeout(&self, timeout: Duration) -> Option<T> {
+        self.core().pop_until(deadline_after(timeout), self.recheck)
+    }
+
+    /// The number of values in the ring: a snapshot, approximate while
+    /// others push and pop.
+    pub fn len(&self) -> usize {
+        self.core().len() as usize
+    }
+
+    /// Whether the ring held no value at the moment of the call.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// How many values the ring holds at most.
+    pub fn capacity(&self) -> usize {
+        (self.mask + 1) as usize
+    }
+
+    /// The ring's offset in its segment.
+    pub fn offset(&self) -> Offset<MpmcRing<T>> {
+        self.offset
+    }
+
+    /// The longest a blocked operation sleeps before it re-checks the ring
+    /// by itself (a safety net against a process that died between its
+    /// change and its wake-up; ordinary wake-ups come at once). Default
+    /// 100 ms, at least 1 ms.
+    pub fn set_recheck_interval(&mut self, interval: Duration) {
+        self.recheck = clamp_recheck(interval);
+    }
+
+    /// Cells claimed but not finished at the head or the tail: ordinary
+    /// operations in flight, or (when the same position stays reported)
+    /// an operation whose process died, which stalls the ring (see
+    /// [`MpmcRing`]). Costs two loads of each index; nothing on the
+    /// ordinary operations.
+    pub fn in_flight(&self) -> InFlight {
+        self.core().in_flight()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{MallocAllocator, SegmentAllocator, SegmentOptions, SizeClassAllocator};
+
+    #[test]
+    fn fifo_through_wrap_around() {
+        let alloc = MallocAllocator::new();
+        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        let mut next_in = 0;
+        let mut next_out = 0;
+        for round in 0..50 {
+            for _ in 0..(round % 5) {
+                if ring.try_push(next_in).is_ok() {
+                    next_in += 1;
+                }
+            }
+            assert!(ring.len() <= 4);
+            while let Some(value) = ring.try_pop() {
+                assert_eq!(value, next_out);
+                next_out += 1;
+            }
+        }
+        assert_eq!(next_in, next_out);
+        assert!(next_in > 40);
+    }
+
+    #[test]
+    fn full_and_empty_give_the_value_back() {
+        let alloc = MallocAllocator::new();
+        let ring = MpmcRing::<u32>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()).unwrap();
+        assert_eq!(ring.try_pop(), None);
+        assert!(ring.is_empty());
+        ring.try_push(1).unwrap();
+        ring.try_push(2).unwrap();
+        assert_eq!(ring.try_push(3), Err(3));
+        assert_eq!(ring.len(), 2);
+        assert_eq!(ring.push_timeout(4, Duration::from_millis(5)), Err(4));
+        assert_eq!(ring.pop(), 1);
+        assert_eq!(ring.pop_timeout(Duration::from_millis(5)), Some(2));
+        assert_eq!(ring.pop_timeout(Duration::from_millis(5)), None);
+    }
+
+    /// A push that claimed its cell and never published it (its process
+    /// died) stalls the consumers, and `in_flight` says where.
+    #[test]
+    fn a_claimed_unpublished_push_is_reported() {
+        let alloc = MallocAllocator::new();
+        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        ring.try_push(10).unwrap();
+        assert_eq!(ring.in_flight(), InFlight::default());
+        // A producer claims position 1 and dies.
+        ring.core().words.tail.0.fetch_add(1, Ordering::Relaxed);
+        ring.try_push(12).unwrap();
+        assert_eq!(ring.try_pop(), Some(10));
+        assert_eq!(ring.try_pop(), None, "position 1 never becomes ready");
+        assert_eq!(
+            ring.in_flight(),
+            InFlight {
+                push_at: Some(1),
+                pop_at: None
+            }
+        );
+        assert_eq!(ring.len(), 2);
+    }
+
+    #[test]
+    fn a_claimed_unreleased_pop_is_reported() {
+        let alloc = MallocAllocator::new();
+        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()).unwrap();
+        ring.try_push(1).unwrap();
+        ring.try_push(2).unwrap();
+        // A consumer claims position 0 and dies before releasing the cell.
+        ring.core().words.head.0.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(ring.try_pop(), Some(2));
+        assert_eq!(ring.try_push(3), Err(3), "cell 0 is never released");
+        assert_eq!(
+            ring.in_flight(),
+            InFlight {
+                push_at: None,
+                pop_at: Some(0)
+            }
+        );
+    }
+
+    #[test]
+    fn corrupt_words_read_as_full_or_empty_never_loop() {
+        let alloc = MallocAllocator::new();
+        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        let core = ring.core();
+        // Cell 0 claims to hold position 7's value while the head says 0.
+        // SAFETY: index 0 < 4.
+        unsafe { core.cells.seq(0) }.store(9, Ordering::Relaxed);
+        assert_eq!(ring.try_pop(), None);
+        assert_eq!(ring.try_push(5), Err(5));
+        // Indices far apart only ever select cells inside the ring.
+        core.words.head.0.store(u64::MAX - 1, Ordering::Relaxed);
+        core.words.tail.0.store(3, Ordering::Relaxed);
+        assert!(ring.len() <= 4);
+        let _ = ring.try_pop();
+        let _ = ring.try_push(1);
+    }
+
+    #[test]
+    fn open_validates_and_destroy_frees() {
+        let alloc = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let offset = MpmcRing::<u64>::create(&alloc, 8).unwrap();
+        assert!(matches!(
+            MpmcRing::<u32>::open(&alloc, offset.cast()),
+            Err(Error::WrongType { .. })
+        ));
+        assert!(matches!(
+            crate::containers::SpscRing::<u64>::producer(&alloc, offset.cast()),
+            Err(Error::CorruptData { .. })
+        ));
+        let live = alloc.stats().live_allocations;
+        // SAFETY: no handle is open.
+        unsafe { MpmcRing::destroy(&alloc, offset) }.unwrap();
+        assert_eq!(alloc.stats().live_allocations, live - 1);
+        assert!(MpmcRing::open(&alloc, offset).is_err());
+    }
+}
+
+#[cfg(test)]
+pub(super) mod loom_support {
+    //! The loom side of the abstractions: atomics, cells with loom's
+    //! checked `UnsafeCell`, and a futex stand-in.
+
+    use super::*;
+    use loom::sync::atomic::{AtomicU32 as LoomU32, AtomicU64 as LoomU64};
+
+    impl Atomic64 for LoomU64 {
+        fn load(&self, order: Ordering) -> u64 {
+            LoomU64::load(self, order)
+        }
+        fn store(&self, value: u64, order: Ordering) {
+            LoomU64::store(self, value, order)
+        }
+        fn compare_exchange_weak(
+            &self,
+            current: u64,
+            new: u64,
+            success: Ordering,
+            failure: Ordering,
+        ) -> std::result::Result<u64, u64> {
+            LoomU64::compare_exchange_weak(self, current, new, success, failure)
+        }
+    }
+
+    impl Atomic32 for LoomU32 {
+        fn load(&self, order: Ordering) -> u32 {
+            LoomU32::load(self, order)
+        }
+        fn fetch_add(&self, value: u32, order: Ordering) -> u32 {
+            LoomU32::fetch_add(self, value, order)
+        }
+        fn fetch_sub(&self, value: u32, order: Ordering) -> u32 {
+            LoomU32::fetch_sub(self, value, order)
+        }
+    }
+
+    /// The futex, as loom can model it: a check-and-sleep under a lock (the
+    /// kernel's hash-bucket lock) and a wake of `count` sleepers of that
+    /// word under the same lock, one condition variable per word. Timeouts
+    /// are ignored, so a lost wake-up is a deadlock loom reports.
+    pub(crate) struct LoomEnv {
+        lock: loom::sync::Mutex<()>,
+        sleepers: [loom::sync::Condvar; 2],
+        /// The addresses of the two event words, set by `bind`.
+        words: std::sync::OnceLock<[usize; 2]>,
+    }
+
+    impl LoomEnv {
+        pub(crate) fn new() -> LoomEnv {
+            LoomEnv {
+                lock: loom::sync::Mutex::new(()),
+                sleepers: [loom::sync::Condvar::new(), loom::sync::Condvar::new()],
+                words: std::sync::OnceLock::new(),
+            }
+        }
+
+        /// Tells the stand-in which words sleepers will wait on.
+        pub(crate) fn bind(&self, not_empty: &Signal<LoomU32>, not_full: &Signal<LoomU32>) {
+            let address = |signal: &Signal<LoomU32>| &signal.event as *const LoomU32 as usize;
+            assert!(self
+                .words
+                .set([address(not_empty), address(not_full)])
+                .is_ok());
+        }
+
+        fn sleepers_of(&self, word: &LoomU32) -> &loom::sync::Condvar {
+            let address = word as *const LoomU32 as usize;
+            let words = self.words.get().expect("bound");
+            let index = words
+                .iter()
+                .position(|&w| w == address)
+                .expect("a bound word");
+            &self.sleepers[index]
+        }
+    }
+
+    impl Env for LoomEnv {
+        type U64 = LoomU64;
+        type U32 = LoomU32;
+        const SPIN: bool = false;
+
+        fn fence_seqcst(&self) {
+            loom::sync::atomic::fence(Ordering::SeqCst);
+        }
+
+        fn wait(&self, word: &LoomU32, expected: u32, _timeout: Duration) {
+            let guard = self.lock.lock().unwrap();
+            if word.load(Ordering::SeqCst) == expected {
+                drop(self.sleepers_of(word).wait(guard).unwrap());
+            }
+        }
+
+        fn wake(&self, word: &LoomU32, count: u32) {
+            let _guard = self.lock.lock().unwrap();
+            let sleepers = self.sleepers_of(word);
+            if count == 1 {
+                sleepers.notify_one();
+            } else {
+                sleepers.notify_all();
+            }
+        }
+    }
+
+    /// Runs a model with at most three preemptions per execution (the
+    /// bound under which these small models finish in seconds; bugs of
+    /// this kind of code show within two or three). `LOOM_MAX_PREEMPTIONS`
+    /// raises it for a deeper run.
+    pub(crate) fn model(body: impl Fn() + Sync + Send + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound.get_or_insert(3);
+        builder.check(body);
+    }
+
+    pub(crate) fn signal() -> Line<Signal<LoomU32>> {
+        Line(Signal {
+            waiters: LoomU32::new(0),
+            event: LoomU32::new(0),
+        })
+    }
+
+    pub(crate) fn fixed() -> Line<Fixed<LoomU64>> {
+        Line(Fixed {
+            magic: LoomU64::new(0),
+            capacity: LoomU64::new(0),
+            elem_size: LoomU64::new(0),
+            elem_align: LoomU64::new(0),
+            stride: LoomU64::new(0),
+            cells_at: LoomU64::new(0),
+        })
+    }
+
+    /// Plain cells whose accesses loom checks for races.
+    pub(crate) struct LoomValues(pub(crate) Vec<loom::cell::UnsafeCell<u64>>);
+
+    impl Values<u64> for LoomValues {
+        unsafe fn write(&self, index: usize, value: u64) {
+            // SAFETY: the caller holds the cell; loom checks it.
+            self.0[index].with_mut(|cell| unsafe { *cell = value });
+        }
+        unsafe fn read(&self, index: usize) -> u64 {
+            // SAFETY: as above.
+            self.0[index].with(|cell| unsafe { *cell })
+        }
+    }
+}
+
+#[cfg(test)]
+mod loom_models {
+    //! The ring's own code under every interleaving loom explores, on a
+    //! capacity-2 ring so that positions wrap around.
+
+    use super::loom_support::*;
+    use super::*;
+    use loom::sync::atomic::{AtomicU32 as LoomU32, AtomicU64 as LoomU64};
+    use loom::sync::Arc;
+
+    struct Cells {
+        seqs: Vec<LoomU64>,
+        values: LoomValues,
+    }
+
+    impl Values<u64> for Cells {
+        unsafe fn write(&self, index: usize, value: u64) {
+            // SAFETY: forwarded.
+            unsafe { self.values.write(index, value) }
+        }
+        unsafe fn read(&self, index: usize) -> u64 {
+            // SAFETY: forwarded.
+            unsafe { self.values.read(index) }
+        }
+    }
+
+    impl SeqCells<u64> for Cells {
+        type Seq = LoomU64;
+        unsafe fn seq(&self, index: usize) -> &LoomU64 {
+            &self.seqs[index]
+        }
+    }
+
+    struct Shared {
+        words: MpmcWords<LoomU64, LoomU32>,
+        cells: Cells,
+        env: LoomEnv,
+    }
+
+    const CAPACITY: u64 = 2;
+
+    impl Shared {
+        fn new() -> Arc<Shared> {
+            let shared = Arc::new(Shared {
+                words: MpmcWords {
+                    fixed: fixed(),
+                    tail: Line(LoomU64::new(0)),
+                    head: Line(LoomU64::new(0)),
+                    not_empty: signal(),
+                    not_full: signal(),
+                },
+                cells: Cells {
+                    seqs: (0..CAPACITY).map(LoomU64::new).collect(),
+                    values: LoomValues(
+                        (0..CAPACITY)
+                            .map(|_| loom::cell::UnsafeCell::new(0))
+                            .collect(),
+                    ),
+                },
+                env: LoomEnv::new(),
+            });
+            shared
+                .env
+                .bind(&shared.words.not_empty.0, &shared.words.not_full.0);
+            shared
+        }
+
+        fn core(&self) -> MpmcCore<'_, u64, LoomEnv, &Cells> {
+            MpmcCore {
+                words: &self.words,
+                cells: &self.cells,
+                mask: CAPACITY - 1,
+                env: &self.env,
+                _values: PhantomData,
+            }
+        }
+
+        /// A blocking push. The models use the blocking calls rather than
+        /// spinning on the non-blocking ones: loom cannot bound executions
+        /// in which two threads spin at once (a producer on a full ring, a
+        /// consumer on an empty one), while a sleeper is simply blocked.
+        /// The blocking calls run `try_push` / `try_pop` inside, so the
+        /// lock-free core is what the models check.
+        fn push(&self, value: u64) {
+            assert_eq!(self.core().push_until(value, None, DEFAULT_RECHECK), Ok(()));
+        }
+
+        fn pop(&self) -> u64 {
+            self.core()
+                .pop_until(None, DEFAULT_RECHECK)
+                .expect("no deadline")
+        }
+    }
+
+    /// Two producers push one value each through a two-cell ring to one
+    /// consumer that has already taken a first value, so the positions wrap
+    /// around the cells: every value arrives exactly once. (The deeper
+    /// models below take minutes; they run with `--ignored`.)
+    #[test]
+    fn two_producers_one_consumer_wrap_around() {
+        model(|| {
+            let shared = Shared::new();
+            shared.push(1);
+            assert_eq!(shared.pop(), 1);
+            let producers: Vec<_> = [10, 20]
+                .into_iter()
+                .map(|value| {
+                    let shared = shared.clone();
+                    loom::thread::spawn(move || shared.push(value))
+                })
+                .collect();
+            let mut got: Vec<u64> = (0..2).map(|_| shared.pop()).collect();
+            for producer in producers {
+                producer.join().unwrap();
+            }
+            got.sort_unstable();
+            assert_eq!(got, vec![10, 20]);
+            assert_eq!(shared.core().try_pop(), None);
+        });
+    }
+
+    /// Two consumers race a producer for its two values with non-blocking
+    /// pops: each value is taken exactly once, by a consumer or, after the
+    /// race, from the ring.
+    #[test]
+    fn two_consumers_race_a_producer_for_each_value_once() {
+        model(|| {
+            let shared = Shared::new();
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let shared = shared.clone();
+                    loom::thread::spawn(move || shared.core().try_pop())
+                })
+                .collect();
+            assert_eq!(shared.core().try_push(7), Ok(()));
+            assert_eq!(shared.core().try_push(8), Ok(()));
+            let mut all: Vec<u64> = consumers
+                .into_iter()
+                .filter_map(|consumer| consumer.join().unwrap())
+                .collect();
+            while let Some(value) = shared.core().try_pop() {
+                all.push(value);
+            }
+            all.sort_unstable();
+            assert_eq!(all, vec![7, 8]);
+        });
+    }
+
+    /// Two producers push two values each through a two-cell ring to one
+    /// consumer: every value arrives exactly once, each producer's in order,
+    /// and positions wrap around the cells.
+    #[test]
+    #[ignore = "deep model (minutes): cargo test -p shmkit --lib -- --ignored loom_models"]
+    fn two_producers_one_consumer_deliver_each_value_once() {
+        model(|| {
+            let shared = Shared::new();
+            let producers: Vec<_> = [10, 20]
+                .into_iter()
+                .map(|base| {
+                    let shared = shared.clone();
+                    loom::thread::spawn(move || {
+                        shared.push(base);
+                        shared.push(base + 1);
+                    })
+                })
+                .collect();
+            let got: Vec<u64> = (0..4).map(|_| shared.pop()).collect();
+            for producer in producers {
+                producer.join().unwrap();
+            }
+            let mine = |base: u64| -> Vec<u64> {
+                got.iter()
+                    .copied()
+                    .filter(|v| v / 10 == base / 10)
+                    .collect()
+            };
+            assert_eq!(mine(10), vec![10, 11]);
+            assert_eq!(mine(20), vec![20, 21]);
+            assert_eq!(shared.core().try_pop(), None);
+        });
+    }
+
+    /// One producer, two consumers racing for two values and one end marker
+    /// each, through a two-cell ring: each value is taken exactly once.
+    #[test]
+    #[ignore = "deep model (minutes): cargo test -p shmkit --lib -- --ignored loom_models"]
+    fn one_producer_two_consumers_deliver_each_value_once() {
+        model(|| {
+            let shared = Shared::new();
+            let consumers: Vec<_> = (0..2)
+                .map(|_| {
+                    let shared = shared.clone();
+                    loom::thread::spawn(move || {
+                        let mut got = Vec::new();
+                        // Each takes what it finds, until the end marker.
+                        loop {
+                            let value = shared.pop();
+                            if value == 0 {
+                                return got;
+                            }
+                            got.push(value);
+                        }
+                    })
+                })
+                .collect();
+            for value in [1, 2, 0, 0] {
+                shared.push(value);
+            }
+            let mut all: Vec<u64> = Vec::new();
+            for consumer in consumers {
+                let got = consumer.join().unwrap();
+                assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+                all.extend(got);
+            }
+            all.sort_unstable();
+            assert_eq!(all, vec![1, 2]);
+        });
+    }
+
+    /// The blocking handshake with the futex replaced by a stand-in that
+    /// never times out: a consumer that sleeps on an empty ring and a
+    /// producer that sleeps on a full one always wake each other (a lost
+    /// wake-up would be a deadlock, which loom reports).
+    #[test]
+    fn blocking_push_and_pop_never_lose_a_wake_up() {
+        model(|| {
+            let shared = Shared::new();
+            let consumer = {
+                let shared = shared.clone();
+                loom::thread::spawn(move || {
+                    let core = shared.core();
+                    let first = core.pop_until(None, DEFAULT_RECHECK);
+                    let second = core.pop_until(None, DEFAULT_RECHECK);
+                    let third = core.pop_until(None, DEFAULT_RECHECK);
+                    [first, second, third]
+                })
+            };
+            let core = shared.core();
+            for value in 1..=3 {
+                assert_eq!(core.push_until(value, None, DEFAULT_RECHECK), Ok(()));
+            }
+            assert_eq!(consumer.join().unwrap(), [Some(1), Some(2), Some(3)]);
+        });
+    }
+}
