@@ -1,0 +1,62 @@
+//! The consumer: takes offsets from the queue, reads each payload where the
+//! producer wrote it (no copy through the queue), checks it and frees it.
+//!
+//! Usage: `consumer [SEGMENT]`. Start it before or after the producer; it
+//! waits up to 30 s for the segment. It stops at an end-of-stream marker
+//! and removes the segment's name (attached processes keep their mapping).
+
+#[allow(dead_code)] // each example uses part of the shared module
+mod queue;
+
+use std::time::{Duration, Instant};
+
+use queue::END;
+use shmkit::containers::MpmcRing;
+use shmkit::{FullPtr, ShmAllocator};
+
+fn main() -> shmkit::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = queue::segment_name(&args);
+    let heap = queue::open_segment_patiently(&name, Duration::from_secs(30))?;
+    let ring = MpmcRing::open(&heap, queue::queue(&heap)?)?;
+    println!("consumer: waiting on segment /{name}");
+
+    let (mut messages, mut bytes, mut bad) = (0u64, 0u64, 0u64);
+    let mut started = None;
+    loop {
+        let message = ring.pop();
+        started.get_or_insert_with(Instant::now);
+        if message.len == END {
+            break;
+        }
+        // The shared pointer means the same here as in the producer; the
+        // registry finds the segment it names among those this process maps.
+        let block = FullPtr::from_shm(message.payload)?;
+        // SAFETY: the producer wrote `len` bytes there and handed the block
+        // over with the message; nobody else touches it until we free it.
+        let payload = unsafe { std::slice::from_raw_parts(block.as_ptr(), message.len as usize) };
+        if queue::checksum(payload) != message.checksum {
+            bad += 1;
+        }
+        messages += 1;
+        bytes += message.len;
+        heap.free(block)?;
+    }
+    let elapsed = started.map_or(0.0, |at| at.elapsed().as_secs_f64());
+    println!(
+        "consumer: {messages} messages, {bytes} bytes in {elapsed:.3} s ({:.0} messages/s), {bad} corrupt",
+        messages as f64 / elapsed.max(1e-9)
+    );
+    // The stream is over (the producer sent the marker after its last
+    // message), so the name can go; processes still attached keep their
+    // mapping. With several consumers, the first to finish removes it.
+    match heap.segment().unlink() {
+        Ok(()) => println!("consumer: removed /{name}"),
+        Err(shmkit::Error::NotFound { .. }) => {}
+        Err(other) => return Err(other),
+    }
+    if bad > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
