@@ -815,7 +815,7 @@ mod loom_models {
     /// cell is read while written).
     #[test]
     fn fifo_without_loss_across_wrap_around() {
-        model(|| {
+        model(4, || {
             let shared = Shared::new();
             let producer = {
                 let shared = shared.clone();
@@ -849,7 +849,7 @@ mod loom_models {
     /// report the deadlock).
     #[test]
     fn blocking_calls_never_lose_a_wake_up() {
-        model(|| {
+        model(3, || {
             let shared = Shared::new();
             let consumer = {
                 let shared = shared.clone();
