@@ -735,8 +735,10 @@ mod tests {
             .store(slot_owner::owner_value(dead, 1), Ordering::Release);
         let mut tx = SpscRing::producer(&alloc, offset).unwrap();
         tx.try_push(3).unwrap();
-        // A live owner (our parent, which does not map this memory: it is
-        // private to us) counts as gone too.
+        // A live owner keeps its role. (Only a live owner that provably does
+        // not map the ring's memory counts as gone; private memory is
+        // anonymous, so there is nothing to compare and the pid's life
+        // decides.)
         // SAFETY: no preconditions.
         let parent = unsafe { libc::getppid() } as u32;
         ring.words
@@ -744,8 +746,6 @@ mod tests {
             .0
             .owner
             .store(slot_owner::owner_value(parent, 1), Ordering::Release);
-        // Private memory is anonymous: no object to compare, so a live pid
-        // keeps the role.
         assert!(matches!(
             SpscRing::<u32>::consumer(&alloc, offset),
             Err(Error::InUse { .. })
