@@ -53,6 +53,7 @@ pub mod named;
 pub mod ptr;
 pub mod registry;
 pub mod segment;
+mod stable_hash;
 pub mod sync;
 
 pub use alloc::{

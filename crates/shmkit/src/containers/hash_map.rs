@@ -34,6 +34,7 @@ use std::ptr::NonNull;
 use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmSafe};
+use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 
 use super::storage::{allocate_block, free_block, recorded_count, Storage, UNBOUND};
 
@@ -62,16 +63,9 @@ const fn max_load(buckets: usize) -> usize {
 /// Changing this function changes the on-segment format.
 struct StableHasher(u64);
 
-impl StableHasher {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-}
-
 impl Hasher for StableHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(Self::PRIME);
-        }
+        self.0 = fnv1a_extend(self.0, bytes);
     }
 
     fn finish(&self) -> u64 {
@@ -85,7 +79,7 @@ impl Hasher for StableHasher {
 }
 
 fn hash_of<Q: Hash + ?Sized>(key: &Q) -> u64 {
-    let mut hasher = StableHasher(StableHasher::OFFSET_BASIS);
+    let mut hasher = StableHasher(FNV_OFFSET_BASIS);
     key.hash(&mut hasher);
     hasher.finish()
 }
@@ -757,7 +751,7 @@ mod tests {
             (&b"a"[..], 0xaf63_dc4c_8601_ec8c),
             (b"foobar", 0x8594_4171_f739_67e8),
         ] {
-            let mut hasher = StableHasher(StableHasher::OFFSET_BASIS);
+            let mut hasher = StableHasher(FNV_OFFSET_BASIS);
             hasher.write(input);
             assert_eq!(hasher.0, fnv);
         }

@@ -14,11 +14,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::type_identity::{stable_hash, TypeIdentity};
+use super::type_identity::TypeIdentity;
 use crate::alloc::{MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::Offset;
 use crate::segment::Segment;
+use crate::stable_hash::fnv1a as stable_hash;
 use crate::sync::robust_lock::{RobustGuard, RobustLock};
 
 /// "SHMKNAME", little-endian.

@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::stable_hash::fnv1a as stable_hash;
+
 /// Size, alignment and a hash of the type's path, as recorded with a named
 /// object.
 ///
@@ -65,17 +67,6 @@ fn without_crate_names(type_name: &str) -> String {
         rest = chars.as_str();
     }
     out
-}
-
-/// FNV-1a over bytes: the same in every process and every build, unlike
-/// `std`'s randomly keyed hasher.
-pub(crate) fn stable_hash(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
 }
 
 #[cfg(test)]

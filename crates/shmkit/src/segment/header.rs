@@ -31,6 +31,7 @@ use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
+use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 
 /// The magic word: `\x7fSHMKIT\0` read as a native-endian `u64`.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
@@ -152,14 +153,9 @@ pub(crate) fn align_up(value: u64, align: u64) -> u64 {
 /// FNV-1a over 64-bit words: stable across builds and processes, unlike
 /// `std`'s hasher.
 pub(crate) fn fnv1a(words: impl IntoIterator<Item = u64>) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for word in words {
-        for byte in word.to_le_bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    hash
+    words.into_iter().fold(FNV_OFFSET_BASIS, |hash, word| {
+        fnv1a_extend(hash, &word.to_le_bytes())
+    })
 }
 
 fn fnv1a_bytes(bytes: &[u8]) -> u64 {
