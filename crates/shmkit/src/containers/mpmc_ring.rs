@@ -226,6 +226,23 @@ impl Shape {
         })
     }
 
+    /// Bytes of segment memory a ring of `capacity` cells takes.
+    pub(super) fn bytes_for(&self, capacity: usize) -> Result<usize> {
+        let capacity = self.check_capacity(capacity)?;
+        Ok(self.extent(capacity)?.total)
+    }
+
+    /// Validates the ring at `offset`, clears its magic (so later opens
+    /// fail) and frees its block. The caller guarantees that no handle of
+    /// the ring is used afterwards.
+    pub(super) fn destroy<A: ShmAllocator + ?Sized>(&self, alloc: &A, offset: u64) -> Result<()> {
+        let (block, _, _) = self.validate(alloc, offset)?;
+        // SAFETY: validated header; an atomic.
+        let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
+        fixed.magic.store(0, Ordering::Release);
+        alloc.free_offset(&MemContext::default(), offset)
+    }
+
     /// Checks a capacity asked for at creation.
     pub(super) fn check_capacity(&self, capacity: usize) -> Result<u64> {
         let capacity = capacity as u64;
@@ -807,9 +824,7 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
 
     /// Bytes of segment memory a ring of `capacity` values takes.
     pub fn bytes_for(capacity: usize) -> Result<usize> {
-        let shape = Self::shape();
-        let capacity = shape.check_capacity(capacity)?;
-        Ok(shape.extent(capacity)?.total)
+        Self::shape().bytes_for(capacity)
     }
 
     /// Creates an empty ring of `capacity` values (a power of two, at least
@@ -897,11 +912,7 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
         alloc: &A,
         offset: Offset<MpmcRing<T>>,
     ) -> Result<()> {
-        let (block, _, _) = Self::shape().validate(alloc, offset.raw())?;
-        // SAFETY: validated header; an atomic.
-        let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
-        fixed.magic.store(0, Ordering::Release);
-        alloc.free_offset(&MemContext::default(), offset.raw())
+        Self::shape().destroy(alloc, offset.raw())
     }
 }
 

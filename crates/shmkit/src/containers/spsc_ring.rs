@@ -26,7 +26,7 @@ use super::mpmc_ring::{
     clamp_recheck, deadline_after, fixed_for, new_signal, Atomic64, Env, Fixed, Line, Os, Shape,
     Signal, Values, DEFAULT_RECHECK,
 };
-use crate::alloc::{MemContext, ShmAllocator};
+use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, ShmSafe};
 use crate::segment::process_alive;
@@ -305,9 +305,7 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
 
     /// Bytes of segment memory a ring of `capacity` values takes.
     pub fn bytes_for(capacity: usize) -> Result<usize> {
-        let shape = Self::shape();
-        let capacity = shape.check_capacity(capacity)?;
-        Ok(shape.extent(capacity)?.total)
+        Self::shape().bytes_for(capacity)
     }
 
     /// Creates an empty ring of `capacity` values (a power of two, at least
@@ -385,11 +383,7 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
         alloc: &A,
         offset: Offset<SpscRing<T>>,
     ) -> Result<()> {
-        let (block, _, _) = Self::shape().validate(alloc, offset.raw())?;
-        // SAFETY: validated header; an atomic.
-        let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
-        fixed.magic.store(0, Ordering::Release);
-        alloc.free_offset(&MemContext::default(), offset.raw())
+        Self::shape().destroy(alloc, offset.raw())
     }
 }
 
