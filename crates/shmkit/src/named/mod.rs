@@ -177,13 +177,16 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
             locked.remove(index);
             (object, record.names_block)
         };
-        // SAFETY: the entry was LIVE with `T`'s identity, so the block holds
-        // a `T` placed by `insert`; removing the entry made this caller its
-        // only owner.
-        unsafe { std::ptr::drop_in_place(object.as_ptr()) };
-        let ctx = MemContext::default();
-        self.alloc.free_offset(&ctx, object.offset().raw())?;
-        self.alloc.free_offset(&ctx, names_block)
+        // The entry was LIVE with `T`'s identity, so the block holds a `T`
+        // placed by `insert`; removing the entry made this caller its only
+        // owner, as it is of a value placed but never filed.
+        Placed {
+            alloc: self.alloc,
+            object,
+            names_block,
+            kept: false,
+        }
+        .discard()
     }
 
     /// Every named object, in directory order.
@@ -269,8 +272,9 @@ enum Inserted<T> {
     Existing(FullPtr<T>),
 }
 
-/// A value and its name written into fresh blocks, not yet filed: dropped
-/// (value and blocks) unless kept.
+/// A value and its name in blocks owned by this caller alone (written but
+/// not yet filed, or just removed from the directory): dropped (value and
+/// blocks) unless kept.
 struct Placed<'a, T, A: ShmAllocator + ?Sized> {
     alloc: &'a A,
     object: FullPtr<T>,
@@ -348,8 +352,8 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
     }
 
     fn release(&self) -> Result<()> {
-        // SAFETY: the block holds the `T` written in `new`, never filed, so
-        // this is its only owner.
+        // SAFETY: the block holds a `T` that no directory entry names (never
+        // filed, or its entry removed), so this is its only owner.
         unsafe { std::ptr::drop_in_place(self.object.as_ptr()) };
         let ctx = MemContext::default();
         self.alloc.free_offset(&ctx, self.object.offset().raw())?;
