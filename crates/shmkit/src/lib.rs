@@ -49,6 +49,7 @@
 pub mod alloc;
 pub mod containers;
 mod error;
+pub mod local;
 pub mod named;
 pub mod ptr;
 pub mod registry;

@@ -1,0 +1,5 @@
+//! Process-local tools: memory that one process uses on its own, built with
+//! the same care as the shared allocators.
+//!
+//! Nothing here lives in a segment, so any Rust type may be stored, and
+//! addresses (not offsets) are the handles.
