@@ -25,7 +25,7 @@ pub use read_only::ReadOnlySegment;
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
-use backend::Mapping;
+pub(crate) use backend::Mapping;
 use header::{Header, PARAM_WORDS};
 
 /// A process's handle on a segment.
