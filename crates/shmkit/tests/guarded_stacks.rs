@@ -6,6 +6,7 @@ mod common;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 
+use shmkit::local::arena::{Arena, ArenaPolicy, GuardedPolicy};
 use shmkit::local::guarded::{allocate_stack, FiberStack, GuardedRegion, Guards};
 
 const CASE: &str = "SHMKIT_GUARD_CASE";
@@ -48,6 +49,11 @@ fn writing_above_a_region_guarded_above_faults() {
 #[test]
 fn unbounded_recursion_on_a_fiber_stack_faults_on_the_guard() {
     assert_eq!(child_signal("recursion"), Some(libc::SIGSEGV));
+}
+
+#[test]
+fn writing_past_a_guarded_arena_chunk_faults() {
+    assert_eq!(child_signal("arena"), Some(libc::SIGSEGV));
 }
 
 #[test]
@@ -149,6 +155,15 @@ fn child_overflows_on_request() {
             let stack = allocate_stack(64 << 10).unwrap();
             println!("about to overflow");
             run_on_stack(&stack, u64::MAX);
+        }
+        "arena" => {
+            let arena: Arena<GuardedPolicy> = Arena::new();
+            let chunk = GuardedPolicy::MIN_CHUNK;
+            let block = arena.alloc(chunk, 1).unwrap();
+            println!("about to overflow");
+            // SAFETY: none; one byte past a block that fills its whole
+            // chunk is meant to fault on the chunk's guard page.
+            unsafe { block.as_ptr().add(chunk).write_volatile(1) };
         }
         "inside" => {
             let mut region = GuardedRegion::new(page, Guards::Both).unwrap();

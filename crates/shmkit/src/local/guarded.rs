@@ -1,5 +1,5 @@
 //! Guard-paged memory: regions fenced by inaccessible pages, and fiber
-//! stacks built on them.
+//! stacks built on them. The arena maps its chunks here too.
 //!
 //! A guard page is mapped with no access at all, so the first load or store
 //! that runs off the end of a region faults (SIGSEGV) at the faulting
@@ -23,6 +23,8 @@ use crate::segment::{page_size, Mapping};
 /// Where a [`GuardedRegion`] has guard pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Guards {
+    /// No guard page: plain mapped pages.
+    None,
     /// One guard page below the region (the end a stack grows towards).
     Below,
     /// One guard page above the region (the end a bump cursor runs towards).
@@ -192,10 +194,11 @@ pub fn allocate_stack(size: usize) -> Result<FiberStack> {
 
 impl FiberStack {
     /// A stack of at least `size` bytes with the guards asked for; a stack
-    /// always gets the guard below, so `Guards::Above` means both.
+    /// always gets the guard below, so `Guards::None` means `Below` and
+    /// `Guards::Above` means `Both`.
     pub fn new(size: usize, guards: Guards) -> Result<FiberStack> {
         let guards = match guards {
-            Guards::Below => Guards::Below,
+            Guards::None | Guards::Below => Guards::Below,
             Guards::Above | Guards::Both => Guards::Both,
         };
         Ok(FiberStack {

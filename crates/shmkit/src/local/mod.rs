@@ -4,4 +4,5 @@
 //! Nothing here lives in a segment, so any Rust type may be stored, and
 //! addresses (not offsets) are the handles.
 
+pub mod arena;
 pub mod guarded;
