@@ -3,14 +3,14 @@
 
 use std::alloc::Layout;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
-use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::shm_allocator::{impl_allocator_api2, power_of_two_align, AddressHasher};
 use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr};
@@ -18,33 +18,6 @@ use crate::segment::SegmentOptions;
 
 /// Shards of the table of live blocks, so threads rarely share a lock.
 const SHARDS: usize = 16;
-
-/// Hashes a block address with one multiply: addresses are unique and not
-/// chosen by an adversary, and SipHash cost more than the malloc it guarded.
-#[derive(Default)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-    #[inline]
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        // The multiply leaves the low bits (which pick the bucket) as weak
-        // as the aligned address's: fold the high half down.
-        self.0 ^ (self.0 >> 32)
-    }
-}
 
 type LiveBlocks = HashMap<usize, Layout, BuildHasherDefault<AddressHasher>>;
 

@@ -25,14 +25,14 @@ use crate::error::{Error, Result};
 ///
 /// fn fill(resource: &dyn MemoryResource, byte: u8) -> shmkit::Result<u8> {
 ///     let layout = Layout::from_size_align(256, 16).unwrap();
-///     let block = resource.allocate(layout)?;
+///     let block = resource.allocate_layout(layout)?;
 ///     // SAFETY: a fresh block of 256 bytes.
 ///     let last = unsafe {
 ///         block.as_ptr().write_bytes(byte, 256);
 ///         *block.as_ptr().add(255)
 ///     };
 ///     // SAFETY: the block came from this resource with this layout.
-///     unsafe { resource.deallocate(block, layout)? };
+///     unsafe { resource.deallocate_layout(block, layout)? };
 ///     Ok(last)
 /// }
 ///
@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 pub trait MemoryResource {
     /// Allocates a block of at least `layout.size()` bytes (a zero-size
     /// layout still gets a distinct block) aligned to `layout.align()`.
-    fn allocate(&self, layout: Layout) -> Result<NonNull<u8>>;
+    fn allocate_layout(&self, layout: Layout) -> Result<NonNull<u8>>;
 
     /// Gives a block back. Resources that can tell (every [`ShmAllocator`])
     /// refuse a block that is not a live one of theirs with an error and
@@ -52,10 +52,10 @@ pub trait MemoryResource {
     ///
     /// # Safety
     ///
-    /// `ptr` must come from [`allocate`](Self::allocate) of this resource
+    /// `ptr` must come from [`allocate_layout`](Self::allocate_layout) of this resource
     /// with this `layout`, and must not be used afterwards. (Resources that
     /// check turn a violation into an error; the others cannot.)
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()>;
+    unsafe fn deallocate_layout(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()>;
 
     /// A short name for diagnostics.
     fn name(&self) -> &'static str;
@@ -68,13 +68,13 @@ pub trait MemoryResource {
 }
 
 impl<A: ShmAllocator + ?Sized> MemoryResource for A {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<u8>> {
+    fn allocate_layout(&self, layout: Layout) -> Result<NonNull<u8>> {
         let offset =
             self.allocate_offset(&MemContext::default(), layout.size().max(1), layout.align())?;
         Ok(self.full_ptr(offset)?.local())
     }
 
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, _layout: Layout) -> Result<()> {
+    unsafe fn deallocate_layout(&self, ptr: NonNull<u8>, _layout: Layout) -> Result<()> {
         let offset = self.offset_of_local(ptr)?;
         self.free_offset(&MemContext::default(), offset)
     }
@@ -85,7 +85,7 @@ impl<A: ShmAllocator + ?Sized> MemoryResource for A {
 }
 
 impl MemoryResource for System {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<u8>> {
+    fn allocate_layout(&self, layout: Layout) -> Result<NonNull<u8>> {
         let layout = nonzero(layout);
         // SAFETY: the layout has a non-zero size.
         NonNull::new(unsafe { GlobalAlloc::alloc(self, layout) }).ok_or(Error::OutOfMemory {
@@ -94,7 +94,7 @@ impl MemoryResource for System {
         })
     }
 
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()> {
+    unsafe fn deallocate_layout(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()> {
         // SAFETY: the caller guarantees `ptr` came from `allocate` with this
         // layout, which allocated with the same non-zero layout.
         unsafe { GlobalAlloc::dealloc(self, ptr.as_ptr(), nonzero(layout)) };
@@ -120,7 +120,7 @@ unsafe impl allocator_api2::alloc::Allocator for dyn MemoryResource + '_ {
         &self,
         layout: Layout,
     ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let block = MemoryResource::allocate(self, layout)
+        let block = MemoryResource::allocate_layout(self, layout)
             .map_err(|_| allocator_api2::alloc::AllocError)?;
         Ok(NonNull::slice_from_raw_parts(block, layout.size()))
     }
@@ -128,7 +128,7 @@ unsafe impl allocator_api2::alloc::Allocator for dyn MemoryResource + '_ {
     unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
         // SAFETY: forwarded from the caller. A resource that detects a bad
         // free has changed nothing; the allocator API cannot report it.
-        let _ = unsafe { MemoryResource::deallocate(self, ptr, layout) };
+        let _ = unsafe { MemoryResource::deallocate_layout(self, ptr, layout) };
     }
 }
 
@@ -143,12 +143,12 @@ mod tests {
             FreeListAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
         let resource: &dyn MemoryResource = &free_list;
         let layout = Layout::from_size_align(100, 64).unwrap();
-        let block = resource.allocate(layout).unwrap();
+        let block = resource.allocate_layout(layout).unwrap();
         assert_eq!(block.as_ptr().addr() % 64, 0);
         // SAFETY: the block came from this resource.
-        unsafe { resource.deallocate(block, layout) }.unwrap();
+        unsafe { resource.deallocate_layout(block, layout) }.unwrap();
         // SAFETY: deliberately wrong: the free list detects it.
-        let again = unsafe { resource.deallocate(block, layout) };
+        let again = unsafe { resource.deallocate_layout(block, layout) };
         assert!(matches!(again, Err(Error::InvalidFree { .. })), "{again:?}");
         assert_eq!(resource.name(), "free-list");
     }
@@ -168,10 +168,10 @@ mod tests {
             Layout::from_size_align(0, 1).unwrap(),
             Layout::from_size_align(24, 4096).unwrap(),
         ] {
-            let block = System.allocate(layout).unwrap();
+            let block = System.allocate_layout(layout).unwrap();
             assert_eq!(block.as_ptr().addr() % layout.align(), 0);
             // SAFETY: allocated just above with this layout.
-            unsafe { System.deallocate(block, layout) }.unwrap();
+            unsafe { System.deallocate_layout(block, layout) }.unwrap();
         }
     }
 }

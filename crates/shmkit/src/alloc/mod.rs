@@ -7,7 +7,7 @@
 mod any;
 mod buddy;
 mod bump;
-mod counters;
+pub(crate) mod counters;
 mod free_list;
 mod kind;
 mod linear;

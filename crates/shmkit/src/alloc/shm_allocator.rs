@@ -5,6 +5,7 @@
 //! helpers, a per-thread [`MemContext`], always-on accounting ([`AllocStats`])
 //! and an integrity walk ([`ShmAllocator::check`]).
 
+use std::hash::Hasher;
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
@@ -329,6 +330,33 @@ fn array_bytes<T>(count: usize) -> Result<usize> {
 unsafe fn drop_prefix<T>(first: NonNull<T>, count: usize) {
     // SAFETY: forwarded from the caller.
     unsafe { std::ptr::drop_in_place(std::ptr::slice_from_raw_parts_mut(first.as_ptr(), count)) };
+}
+
+/// Hashes a block address with one multiply: addresses are unique and not
+/// chosen by an adversary, and SipHash cost more than the malloc it guarded.
+#[derive(Default)]
+pub(crate) struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+    #[inline]
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0 ^ value).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    #[inline]
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits (which pick the bucket) as weak
+        // as the aligned address's: fold the high half down.
+        self.0 ^ (self.0 >> 32)
+    }
 }
 
 /// Normalizes an alignment that must be a power of two (0 means 1) and at

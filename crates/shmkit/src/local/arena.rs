@@ -663,11 +663,11 @@ impl<P: ArenaPolicy> Arena<P> {
 }
 
 impl<P: ArenaPolicy> crate::alloc::MemoryResource for Arena<P> {
-    fn allocate(&self, layout: Layout) -> Result<NonNull<u8>> {
+    fn allocate_layout(&self, layout: Layout) -> Result<NonNull<u8>> {
         self.alloc_layout(layout)
     }
 
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()> {
+    unsafe fn deallocate_layout(&self, ptr: NonNull<u8>, layout: Layout) -> Result<()> {
         self.give_back_if_last(ptr, layout.size());
         Ok(())
     }

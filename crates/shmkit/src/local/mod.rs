@@ -6,3 +6,4 @@
 
 pub mod arena;
 pub mod guarded;
+pub mod tracker;
