@@ -3,3 +3,5 @@
 //!
 //! Nothing here lives in a segment, so any Rust type may be stored, and
 //! addresses (not offsets) are the handles.
+
+pub mod mapped_file;
