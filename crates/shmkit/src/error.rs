@@ -305,6 +305,15 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A NUMA node that is not online on this machine.
+    #[error("NUMA node {node} is not online (online nodes: {online:?})")]
+    NumaNodeOffline {
+        /// The node asked for.
+        node: u32,
+        /// The nodes that are online.
+        online: Vec<u32>,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {
