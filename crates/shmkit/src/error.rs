@@ -282,6 +282,38 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write to a file that was mapped read-only.
+    #[error(
+        "`{}` is mapped read-only; map it read-write or copy-on-write to change it",
+        .path.display()
+    )]
+    ReadOnlyMapping {
+        /// The mapped file.
+        path: std::path::PathBuf,
+    },
+
+    /// Locking pages into memory would pass the process's `RLIMIT_MEMLOCK`.
+    #[error(
+        "locking {requested} bytes would pass this process's locked-memory limit of {limit} \
+         bytes (RLIMIT_MEMLOCK, which also counts what the process has locked already); \
+         raise the limit or grant CAP_IPC_LOCK"
+    )]
+    LockLimit {
+        /// The bytes the failed lock asked for.
+        requested: u64,
+        /// The soft `RLIMIT_MEMLOCK` in force, in bytes.
+        limit: u64,
+    },
+
+    /// A NUMA node that is not online on this machine.
+    #[error("NUMA node {node} is not online (online nodes: {online:?})")]
+    NumaNodeOffline {
+        /// The node asked for.
+        node: u32,
+        /// The nodes that are online.
+        online: Vec<u32>,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

@@ -51,6 +51,7 @@ pub mod containers;
 mod error;
 pub mod local;
 pub mod named;
+pub mod numa;
 pub mod ptr;
 pub mod registry;
 pub mod segment;

@@ -6,4 +6,5 @@
 
 pub mod arena;
 pub mod guarded;
+pub mod mapped_file;
 pub mod tracker;

@@ -439,6 +439,17 @@ impl Segment {
         Ok(())
     }
 
+    /// Binds the memory of this process's mapping of the segment (its whole
+    /// mapped range, up to the maximum size) to NUMA node `node`; see
+    /// [`numa::bind`](crate::numa::bind) for what that does and when it is a
+    /// no-op. For POSIX shared memory and memfd segments the kernel keeps
+    /// the policy with the shared object, so it also holds for pages that
+    /// other processes touch first. A segment in a caller's buffer binds the
+    /// whole pages around the buffer.
+    pub fn bind_to_numa_node(&self, node: u32) -> Result<crate::numa::NumaBinding> {
+        crate::numa::bind(self.base(), self.mapping.len(), node)
+    }
+
     /// Removes the segment's name (POSIX shared memory) or file, so no new
     /// process can attach. Processes that have it mapped keep using it; the
     /// memory is freed when the last one unmaps. Anonymous segments have no
