@@ -237,3 +237,24 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn chunks_bind_to_a_numa_node_and_an_offline_node_is_an_error() {
+    let nodes = shmkit::numa::online_nodes().unwrap();
+    let bound: Arena = Arena::with_options(ArenaOptions::default().numa_node(nodes[0]));
+    let block = bound.make_slice_copy(&[3u8; 100_000]).unwrap();
+    assert!(block.iter().all(|&b| b == 3));
+
+    let missing = nodes[nodes.len() - 1] + 1;
+    let refused: Arena = Arena::with_options(ArenaOptions::default().numa_node(missing));
+    let error = refused.alloc(64, 8).unwrap_err();
+    assert!(
+        matches!(error, Error::NumaNodeOffline { node, .. } if node == missing),
+        "{error}"
+    );
+    assert_eq!(
+        refused.stats().reserved_bytes,
+        0,
+        "the refused chunk was unmapped"
+    );
+}

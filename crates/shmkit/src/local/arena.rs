@@ -82,6 +82,7 @@ impl ArenaPolicy for GuardedPolicy {
 pub struct ArenaOptions {
     first_chunk: usize,
     limit: Option<usize>,
+    numa_node: Option<u32>,
 }
 
 impl ArenaOptions {
@@ -96,6 +97,15 @@ impl ArenaOptions {
     /// need more fails with [`Error::OutOfMemory`].
     pub fn limit(mut self, bytes: usize) -> Self {
         self.limit = Some(bytes);
+        self
+    }
+
+    /// Binds every chunk to NUMA node `node` when it is mapped (see
+    /// [`crate::numa::bind`]); on a single-node machine binding node 0 is
+    /// a no-op, and a node that is not online fails the allocation that
+    /// needed the chunk.
+    pub fn numa_node(mut self, node: u32) -> Self {
+        self.numa_node = Some(node);
         self
     }
 }
@@ -525,6 +535,9 @@ impl<P: ArenaPolicy> Arena<P> {
             Guards::None
         };
         let region = GuardedRegion::new(len, guards)?;
+        if let Some(node) = self.options.numa_node {
+            crate::numa::bind(region.as_ptr(), region.len(), node)?;
+        }
         self.reserved.set(self.reserved.get() + region.len());
         Ok(Chunk { region, filled: 0 })
     }
