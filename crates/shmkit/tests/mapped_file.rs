@@ -62,17 +62,7 @@ fn a_second_process_sees_writes_and_its_writes_come_back() {
     )
     .output()
     .expect("run the child process");
-    assert!(
-        output.status.success(),
-        "child failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "the child test did not run: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert_child_passed(&output);
 
     // The child's writes show in this process's mapping, made before them.
     assert_eq!(file.read_vec(100, 14).unwrap(), b"from the child");
@@ -262,17 +252,7 @@ fn lock_past_a_lowered_limit_is_lock_limit() {
     let output = spawn_self("mapped_file_lock_limit_child", &[])
         .output()
         .expect("run the child process");
-    assert!(
-        output.status.success(),
-        "child failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&output.stdout).contains("1 passed"),
-        "the child test did not run: {}",
-        String::from_utf8_lossy(&output.stdout)
-    );
+    assert_child_passed(&output);
 }
 
 /// Gives up `CAP_IPC_LOCK` (which would lift the limit), so the limit applies
@@ -433,4 +413,18 @@ fn opening_a_missing_file_says_so() {
         }
     }
     assert!(!path.exists(), "open must not create the file");
+}
+
+/// Fails unless the child process ran its one test and passed.
+fn assert_child_passed(output: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child test did not run: {stdout}"
+    );
 }
