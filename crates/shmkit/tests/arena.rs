@@ -258,3 +258,19 @@ fn chunks_bind_to_a_numa_node_and_an_offline_node_is_an_error() {
         "the refused chunk was unmapped"
     );
 }
+
+#[test]
+fn an_arena_moves_to_another_thread_with_its_blocks() {
+    let arena: Arena = Arena::new();
+    let text = arena.make_str("made here").unwrap().as_ptr() as usize;
+    let used = std::thread::spawn(move || {
+        // SAFETY: the arena, which owns the 9-byte block, moved here with it.
+        let moved = unsafe { std::slice::from_raw_parts(text as *const u8, 9) };
+        assert_eq!(moved, b"made here");
+        arena.alloc(100, 8).unwrap();
+        arena.stats().allocations
+    })
+    .join()
+    .unwrap();
+    assert_eq!(used, 2);
+}

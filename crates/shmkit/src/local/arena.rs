@@ -173,6 +173,10 @@ pub struct Arena<P: ArenaPolicy = DefaultPolicy> {
     next: Cell<*mut u8>,
     /// The end of the current chunk (0 before the first chunk).
     end: Cell<usize>,
+    /// The start of the current chunk (0 before the first chunk): a block
+    /// given back or grown in place must lie at or after it, even when an
+    /// earlier chunk happens to end right where this one starts.
+    start: Cell<usize>,
     /// Index of the current chunk in `chunks`.
     current: Cell<usize>,
     allocations: Cell<u64>,
@@ -186,6 +190,11 @@ pub struct Arena<P: ArenaPolicy = DefaultPolicy> {
     options: ArenaOptions,
     _policy: PhantomData<P>,
 }
+
+// SAFETY: the arena owns its chunks (mappings no one else references) and
+// the cursor cells point into them only; moving it to another thread moves
+// that ownership whole. It stays `!Sync`: its cells are not atomic.
+unsafe impl<P: ArenaPolicy> Send for Arena<P> {}
 
 impl<P: ArenaPolicy> Default for Arena<P> {
     fn default() -> Self {
@@ -219,6 +228,7 @@ impl<P: ArenaPolicy> Arena<P> {
         Arena {
             next: Cell::new(std::ptr::null_mut()),
             end: Cell::new(0),
+            start: Cell::new(0),
             current: Cell::new(0),
             allocations: Cell::new(0),
             peak: Cell::new(0),
@@ -361,10 +371,12 @@ impl<P: ArenaPolicy> Arena<P> {
                 self.next
                     .set(chunk.region.as_ptr().as_ptr().with_addr(mark.next));
                 self.end.set(chunk.end());
+                self.start.set(chunk.start());
             }
             None => {
                 self.next.set(std::ptr::null_mut());
                 self.end.set(0);
+                self.start.set(0);
             }
         }
         self.allocations.set(mark.allocations);
@@ -500,6 +512,7 @@ impl<P: ArenaPolicy> Arena<P> {
         self.current.set(index);
         self.next.set(chunk.region.as_ptr().as_ptr());
         self.end.set(chunk.end());
+        self.start.set(chunk.start());
         self.bump(size, align)
             .ok_or_else(|| Error::invalid_size("a chunk chosen to fit a request did not"))
     }
@@ -620,7 +633,7 @@ unsafe impl<P: ArenaPolicy> allocator_api2::alloc::Allocator for Arena<P> {
         new: Layout,
     ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
         // The last block grows in place when the chunk has room.
-        let is_last = ptr.as_ptr().addr() + old.size().max(1) == self.next.get().addr();
+        let is_last = self.is_last_block(ptr, old.size());
         let aligned = ptr.as_ptr().addr() % new.align().max(P::MIN_ALIGN) == 0;
         if is_last && aligned {
             if let Some(stop) = ptr.as_ptr().addr().checked_add(new.size()) {
@@ -655,7 +668,7 @@ unsafe impl<P: ArenaPolicy> allocator_api2::alloc::Allocator for Arena<P> {
             return Ok(NonNull::slice_from_raw_parts(moved, new.size()));
         }
         // The block stays where it is; the tail comes back if it is last.
-        if ptr.as_ptr().addr() + old.size().max(1) == self.next.get().addr() {
+        if self.is_last_block(ptr, old.size()) {
             let stop = ptr.as_ptr().addr() + new.size().max(1);
             self.next.set(self.next.get().with_addr(stop));
         }
@@ -668,10 +681,18 @@ impl<P: ArenaPolicy> Arena<P> {
     /// handed out, so a container that frees its buffer right away (a
     /// temporary `Vec`) costs nothing.
     fn give_back_if_last(&self, ptr: NonNull<u8>, size: usize) {
-        if ptr.as_ptr().addr() + size.max(1) == self.next.get().addr() {
+        if self.is_last_block(ptr, size) {
             self.next
                 .set(self.next.get().with_addr(ptr.as_ptr().addr()));
         }
+    }
+
+    /// Whether the `size`-byte block at `ptr` is the last one handed out
+    /// from the current chunk.
+    #[inline]
+    fn is_last_block(&self, ptr: NonNull<u8>, size: usize) -> bool {
+        let start = ptr.as_ptr().addr();
+        start >= self.start.get() && start + size.max(1) == self.next.get().addr()
     }
 }
 

@@ -174,12 +174,18 @@ thread_local! {
 /// Runs `f` with this thread marked as doing bookkeeping, unless it already
 /// is; returns `None` in that case.
 fn bookkeeping<R>(f: impl FnOnce() -> R) -> Option<R> {
+    /// Clears the flag however `f` ends, a panic included.
+    struct Done;
+    impl Drop for Done {
+        fn drop(&mut self) {
+            IN_BOOKKEEPING.with(|flag| flag.set(false));
+        }
+    }
     if IN_BOOKKEEPING.with(|flag| flag.replace(true)) {
         return None;
     }
-    let result = f();
-    IN_BOOKKEEPING.with(|flag| flag.set(false));
-    Some(result)
+    let _done = Done;
+    Some(f())
 }
 
 /// The tracking engine: counters, optional records of live blocks, scopes.
