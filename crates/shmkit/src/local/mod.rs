@@ -3,3 +3,7 @@
 //!
 //! Nothing here lives in a segment, so any Rust type may be stored, and
 //! addresses (not offsets) are the handles.
+
+pub mod object_pool;
+
+pub use object_pool::{ObjectPool, Pooled};
