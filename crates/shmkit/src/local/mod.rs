@@ -6,4 +6,4 @@
 
 pub mod object_pool;
 
-pub use object_pool::{ObjectPool, Pooled};
+pub use object_pool::{ConcurrentPool, ConcurrentPooled, ObjectPool, Pooled};

@@ -45,6 +45,10 @@
 //! Passing a guard to [`std::mem::forget`] keeps its object out of the pool
 //! for good: it is never lent again, and never dropped (it leaks).
 
+mod concurrent;
+
+pub use concurrent::{ConcurrentPool, ConcurrentPooled};
+
 use std::cell::RefCell;
 use std::fmt;
 use std::marker::PhantomData;
