@@ -37,9 +37,12 @@
 //!   growth lock, before any index of the chunk leaves the lock, and loaded
 //!   with acquire ordering, so whoever finds a slot also sees the chunk's
 //!   initialized links.
-//! * The counters (`made`, `lent`) are statistics and use relaxed
-//!   ordering; `made` changes only under the growth lock, which also orders
-//!   the check against the maximum.
+//! * The statistics use relaxed ordering: the `made` counter, which changes
+//!   only under the growth lock (which also orders the check against the
+//!   maximum), and each slot's `lent` flag. The flag is a plain store, not
+//!   a shared counter: a counter would add two locked read-modify-writes on
+//!   one contended line to every acquire and release, doubling their cost,
+//!   to serve statistics that are read rarely.
 //!
 //! [`tagged_stack`]: crate::sync::tagged_stack
 
@@ -49,7 +52,7 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use crossbeam_utils::CachePadded;
@@ -98,7 +101,9 @@ trait Env: 'static {
 
     /// A word holding 0 (an empty head, a link to nothing).
     fn zero_word() -> Self::Word;
+    /// The growth lock around `growth`.
     fn new_lock(growth: Growth) -> Self::Lock;
+    /// Takes the growth lock.
     fn lock(lock: &Self::Lock) -> impl DerefMut<Target = Growth> + '_;
 }
 
@@ -128,6 +133,8 @@ impl Env for StdEnv {
 struct Slot<T, W> {
     /// `index + 1` of the slot below this one on the free stack (0: none).
     link: W,
+    /// Whether a holder has the object (statistics only).
+    lent: AtomicBool,
     value: UnsafeCell<MaybeUninit<T>>,
 }
 
@@ -171,6 +178,25 @@ impl<T, E: Env> Chunks<T, E> {
         Some(unsafe { &*base.add(offset) })
     }
 
+    /// How many slots have their object lent out: a walk over every slot.
+    fn count_lent(&self) -> usize {
+        let mut lent = 0;
+        for (chunk, base) in self.bases.iter().enumerate() {
+            let base = base.load(Ordering::Acquire);
+            if base.is_null() {
+                break; // chunks are allocated in order
+            }
+            // SAFETY: a non-null base points to `chunk_len(chunk)`
+            // initialized slots that live as long as `self`.
+            let slots = unsafe { std::slice::from_raw_parts(base, self.chunk_len(chunk)) };
+            lent += slots
+                .iter()
+                .filter(|slot| slot.lent.load(Ordering::Relaxed))
+                .count();
+        }
+        lent
+    }
+
     /// Allocates the chunk that holds `index`, unless it exists. Called with
     /// the growth lock held, so no chunk is allocated twice.
     fn make_room_for(&self, index: u32) -> Result<()> {
@@ -179,6 +205,7 @@ impl<T, E: Env> Chunks<T, E> {
         if base.load(Ordering::Relaxed).is_null() {
             let slots = alloc_chunk(self.chunk_len(chunk), || Slot {
                 link: E::zero_word(),
+                lent: AtomicBool::new(false),
                 value: UnsafeCell::new(MaybeUninit::<T>::uninit()),
             })?;
             // Release: the initialized links are visible to whoever loads
@@ -191,32 +218,22 @@ impl<T, E: Env> Chunks<T, E> {
 
 impl<T, E: Env> Drop for Chunks<T, E> {
     fn drop(&mut self) {
-        for (chunk, base) in self.bases.iter_mut().enumerate() {
-            let base = *base.get_mut();
+        for (chunk, base) in self.bases.iter().enumerate() {
+            let base = base.load(Ordering::Relaxed); // `&mut self`: no race
             if base.is_null() {
                 continue;
             }
-            let start = chunk_start(chunk);
-            let len = (FIRST_CHUNK << chunk).min(u64::from(self.limit) - start) as usize;
+            let len = self.chunk_len(chunk);
             // SAFETY: allocated by `alloc_chunk` as a boxed slice of `len`
-            // slots (the same length formula) and freed only here. The
-            // values are `MaybeUninit`, so no object is dropped.
+            // slots (`make_room_for`; the limit never changes) and freed
+            // only here. The values are `MaybeUninit`: no object is dropped.
             drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(base, len)) });
         }
     }
 }
 
-/// What every acquire and release touches, on one cache line of its own:
-/// one line bounces between threads, not two.
-struct Hot<W> {
-    /// The free stack of idle objects (see [`tagged_stack`]).
-    head: W,
-    /// Objects lent out.
-    lent: AtomicUsize,
-}
-
 /// Slot bookkeeping that only growth (and a panicking reset) touches.
-pub(super) struct Growth {
+struct Growth {
     /// The lowest slot index never used.
     next_fresh: u32,
     /// Slots below `next_fresh` that hold no object: their constructor or
@@ -226,7 +243,9 @@ pub(super) struct Growth {
 
 /// The pool's algorithm, generic over its atomics and lock.
 struct Core<T, E: Env> {
-    hot: CachePadded<Hot<E::Word>>,
+    /// The free stack of idle objects (see [`tagged_stack`]), on a cache
+    /// line of its own: every acquire and release writes it.
+    head: CachePadded<E::Word>,
     chunks: Chunks<T, E>,
     growth: E::Lock,
     /// Objects alive, idle or lent (counting those being constructed).
@@ -264,10 +283,7 @@ impl<T, E: Env> Lease<'_, T, E> {
 impl<T, E: Env> Core<T, E> {
     fn new(limit: u32, make: Make<T>) -> Self {
         Core {
-            hot: CachePadded::new(Hot {
-                head: E::zero_word(),
-                lent: AtomicUsize::new(0),
-            }),
+            head: CachePadded::new(E::zero_word()),
             chunks: Chunks::new(limit),
             growth: E::new_lock(Growth {
                 next_fresh: 0,
@@ -298,7 +314,7 @@ impl<T, E: Env> Core<T, E> {
                 })?,
             },
         };
-        self.hot.lent.fetch_add(1, Ordering::Relaxed);
+        lease.slot.lent.store(true, Ordering::Relaxed);
         Ok(lease)
     }
 
@@ -310,21 +326,21 @@ impl<T, E: Env> Core<T, E> {
                 // SAFETY: the lease is being given up, so nothing else
                 // reaches the object; it is not on the free stack.
                 unsafe { lease.object().drop_in_place() };
-                self.hot.lent.fetch_sub(1, Ordering::Relaxed);
+                lease.slot.lent.store(false, Ordering::Relaxed);
                 self.vacate(lease.index);
             });
             // SAFETY: the lease gives exclusive access until the push.
             reset(unsafe { &mut *lease.object() });
             drop_instead.disarm();
         }
-        self.hot.lent.fetch_sub(1, Ordering::Relaxed);
+        lease.slot.lent.store(false, Ordering::Relaxed);
         self.push_idle(lease);
     }
 
     /// Pops an idle object off the free stack.
     #[inline]
     fn pop_idle(&self) -> Result<Option<Lease<'_, T, E>>> {
-        let popped = tagged_stack::pop(&self.hot.head, self.limit(), |index| {
+        let popped = tagged_stack::pop(&*self.head, self.limit(), |index| {
             self.chunks.slot(index).map(|slot| &slot.link)
         });
         match popped {
@@ -340,7 +356,7 @@ impl<T, E: Env> Core<T, E> {
     /// Pushes an object on the free stack (the caller gives up its lease).
     #[inline]
     fn push_idle(&self, lease: &Lease<'_, T, E>) {
-        tagged_stack::push(&self.hot.head, lease.index, &lease.slot.link);
+        tagged_stack::push(&*self.head, lease.index, &lease.slot.link);
     }
 
     /// Makes an object in a free slot and leases it to the caller; `None`
@@ -400,7 +416,7 @@ impl<T, E: Env> Core<T, E> {
     }
 
     fn lent(&self) -> usize {
-        self.hot.lent.load(Ordering::Relaxed)
+        self.chunks.count_lent()
     }
 }
 
@@ -553,16 +569,23 @@ impl<T> ConcurrentPool<T> {
 
     /// Objects the pool holds, idle and lent. While other threads acquire
     /// and release, every count is a snapshot.
+    ///
+    /// This one reads a counter; [`available`](Self::available) and
+    /// [`in_use`](Self::in_use) walk every slot (O(capacity)), which keeps
+    /// a shared counter off the acquire and release path. They are meant
+    /// for monitoring and tests.
     pub fn capacity(&self) -> usize {
         self.core.made()
     }
 
-    /// Idle objects (a snapshot, as [`capacity`](Self::capacity)).
+    /// Idle objects (a snapshot, O(capacity): see
+    /// [`capacity`](Self::capacity)).
     pub fn available(&self) -> usize {
         self.core.made().saturating_sub(self.core.lent())
     }
 
-    /// Objects lent out (a snapshot, as [`capacity`](Self::capacity)).
+    /// Objects lent out (a snapshot, O(capacity): see
+    /// [`capacity`](Self::capacity)).
     pub fn in_use(&self) -> usize {
         self.core.lent()
     }
