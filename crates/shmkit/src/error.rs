@@ -314,6 +314,14 @@ pub enum Error {
         online: Vec<u32>,
     },
 
+    /// Every object of an object pool with a maximum is in use, and the pool
+    /// may make no more.
+    #[error("object pool exhausted: all {max_objects} objects are in use")]
+    PoolExhausted {
+        /// The most objects the pool may hold.
+        max_objects: usize,
+    },
+
     /// An operating-system call failed.
     #[error("{context}: {source}")]
     Io {

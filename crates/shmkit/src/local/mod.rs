@@ -7,4 +7,7 @@
 pub mod arena;
 pub mod guarded;
 pub mod mapped_file;
+pub mod object_pool;
 pub mod tracker;
+
+pub use object_pool::{ConcurrentPool, ConcurrentPooled, ObjectPool, Pooled};
