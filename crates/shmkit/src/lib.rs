@@ -39,6 +39,11 @@
 //! # Ok::<(), shmkit::Error>(())
 //! ```
 //!
+//! Process-local tools live in [`local`]: a chunked arena with scopes,
+//! object pools, guard-paged fiber stacks, a memory tracker and mapped
+//! files; [`alloc::MemoryResource`] puts every allocator behind one
+//! object-safe trait, and [`numa`] binds memory to a node.
+//!
 //! Errors are typed ([`Error`]): a foreign or corrupt segment, a wrong
 //! allocator kind, an offset out of range, a bad free or an out-of-memory
 //! request is reported, never undefined behaviour.
