@@ -484,11 +484,12 @@ fn contention_never_lends_an_object_twice() {
             });
         }
     });
-    assert_eq!(
-        (pool.capacity(), pool.available(), pool.in_use()),
-        (4, 4, 0)
-    );
-    let objects: Vec<_> = (0..4).map(|_| pool.acquire().unwrap()).collect();
+    // Objects are made only as threads overlap; the scheduler decides how
+    // often, so anywhere from one to the bound of four.
+    let capacity = pool.capacity();
+    assert!((1..=4).contains(&capacity), "capacity {capacity}");
+    assert_eq!((pool.available(), pool.in_use()), (capacity, 0));
+    let objects: Vec<_> = (0..capacity).map(|_| pool.acquire().unwrap()).collect();
     let uses: u64 = objects.iter().map(|o| o.uses).sum();
     assert_eq!(uses as usize, acquired.into_inner(), "a use was lost");
     assert!(objects.iter().all(|o| !o.held.load(Ordering::Relaxed)));
@@ -565,8 +566,12 @@ fn contention_on_a_bounded_pool_with_a_reset_hook() {
             });
         }
     });
-    assert_eq!((pool.capacity(), pool.in_use()), (2, 0));
-    let mut objects = [pool.acquire().unwrap(), pool.acquire().unwrap()];
+    // A second object is made only if two threads ever held one at once,
+    // which the scheduler may never arrange: one or two, never more.
+    let capacity = pool.capacity();
+    assert!((1..=2).contains(&capacity), "capacity {capacity}");
+    assert_eq!(pool.in_use(), 0);
+    let mut objects: Vec<_> = (0..capacity).map(|_| pool.acquire().unwrap()).collect();
     let uses: u64 = objects.iter().map(|o| o.uses).sum();
     assert_eq!(uses as usize, acquired.into_inner());
     for object in &mut objects {
