@@ -186,7 +186,6 @@ pub struct Arena<P: ArenaPolicy = DefaultPolicy> {
     /// Chunks in the order the arena uses them; those after `current` are
     /// spare. Only the slow path and `&mut self` methods touch it.
     chunks: UnsafeCell<Vec<Chunk>>,
-    reserved: Cell<usize>,
     options: ArenaOptions,
     _policy: PhantomData<P>,
 }
@@ -233,7 +232,6 @@ impl<P: ArenaPolicy> Arena<P> {
             allocations: Cell::new(0),
             peak: Cell::new(0),
             chunks: UnsafeCell::new(Vec::new()),
-            reserved: Cell::new(0),
             options,
             _policy: PhantomData,
         }
@@ -403,25 +401,21 @@ impl<P: ArenaPolicy> Arena<P> {
     /// their memory to the system.
     pub fn release_spare_chunks(&mut self) {
         let keep = self.current.get() + 1;
-        let chunks = self.chunks_mut();
-        if chunks.len() > keep {
-            let released: usize = chunks[keep..].iter().map(|c| c.region.len()).sum();
-            chunks.truncate(keep);
-            self.reserved.set(self.reserved.get() - released);
-        }
+        self.chunks_mut().truncate(keep);
     }
 
     /// The current accounting.
     pub fn stats(&self) -> ArenaStats {
         let allocated_bytes = self.allocated_bytes();
+        // SAFETY: `chunks` is only changed by the slow path and `&mut self`
+        // methods, none of which runs while this shared borrow is used.
+        let chunks = unsafe { &*self.chunks.get() };
         ArenaStats {
             allocated_bytes,
             peak_bytes: self.peak.get().max(allocated_bytes),
             allocations: self.allocations.get(),
-            reserved_bytes: self.reserved.get(),
-            // SAFETY: a length read; `chunks` is only changed by the slow
-            // path and `&mut self` methods, none of which runs now.
-            chunks: unsafe { (*self.chunks.get()).len() },
+            reserved_bytes: reserved_bytes(chunks),
+            chunks: chunks.len(),
         }
     }
 
@@ -429,32 +423,31 @@ impl<P: ArenaPolicy> Arena<P> {
     /// given back.
     pub fn owns(&self, ptr: *const u8) -> bool {
         let addr = ptr.addr();
-        // SAFETY: as in `stats`.
+        self.used_ranges().any(|used| used.contains(&addr))
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.used_ranges().map(|used| used.len()).sum()
+    }
+
+    /// The used part of each chunk up to the current one.
+    fn used_ranges(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        // SAFETY: `chunks` is only changed by the slow path and `&mut self`
+        // methods, none of which runs while this shared borrow is used.
         let chunks = unsafe { &*self.chunks.get() };
         let current = self.current.get();
         chunks
             .iter()
             .take(current + 1)
             .enumerate()
-            .any(|(index, chunk)| {
+            .map(move |(index, chunk)| {
                 let used_end = if index == current {
                     self.next.get().addr()
                 } else {
                     chunk.start() + chunk.filled
                 };
-                (chunk.start()..used_end).contains(&addr)
+                chunk.start()..used_end
             })
-    }
-
-    fn allocated_bytes(&self) -> usize {
-        // SAFETY: as in `stats`.
-        let chunks = unsafe { &*self.chunks.get() };
-        let current = self.current.get();
-        let before: usize = chunks.iter().take(current).map(|c| c.filled).sum();
-        let in_current = chunks
-            .get(current)
-            .map_or(0, |c| self.next.get().addr() - c.start());
-        before + in_current
     }
 
     fn chunks_mut(&mut self) -> &mut Vec<Chunk> {
@@ -502,7 +495,7 @@ impl<P: ArenaPolicy> Arena<P> {
             index += 1;
         }
         if index == chunks.len() {
-            let chunk = self.map_chunk(chunks.last(), needed)?;
+            let chunk = self.map_chunk(chunks, needed)?;
             // Insert after the current chunk, before any spare: marks only
             // name chunks up to the current one, so none is disturbed.
             index = self.current.get() + usize::from(!chunks.is_empty());
@@ -517,19 +510,19 @@ impl<P: ArenaPolicy> Arena<P> {
             .ok_or_else(|| Error::invalid_size("a chunk chosen to fit a request did not"))
     }
 
-    fn map_chunk(&self, last: Option<&Chunk>, needed: usize) -> Result<Chunk> {
-        let grown = last.map_or(self.options.first_chunk, |c| {
+    fn map_chunk(&self, chunks: &[Chunk], needed: usize) -> Result<Chunk> {
+        let grown = chunks.last().map_or(self.options.first_chunk, |c| {
             c.region.len().saturating_mul(2)
         });
         let len = grown
             .max(P::MIN_CHUNK)
             .max(needed)
             .min(MAX_CHUNK.max(needed));
-        let reserved = self.reserved.get();
+        let reserved = reserved_bytes(chunks);
         if let Some(limit) = self.options.limit {
             if reserved.saturating_add(len) > limit {
                 // Try the smallest chunk that serves the request instead.
-                if reserved.saturating_add(needed) > limit || needed == len {
+                if reserved.saturating_add(needed) > limit {
                     return Err(Error::OutOfMemory {
                         requested: needed as u64,
                         available: limit.saturating_sub(reserved) as u64,
@@ -551,9 +544,13 @@ impl<P: ArenaPolicy> Arena<P> {
         if let Some(node) = self.options.numa_node {
             crate::numa::bind(region.as_ptr(), region.len(), node)?;
         }
-        self.reserved.set(self.reserved.get() + region.len());
         Ok(Chunk { region, filled: 0 })
     }
+}
+
+/// Bytes of the chunks mapped (guard pages excluded).
+fn reserved_bytes(chunks: &[Chunk]) -> usize {
+    chunks.iter().map(|chunk| chunk.region.len()).sum()
 }
 
 /// Chunks stop doubling at this size (a larger request still gets a chunk
@@ -643,14 +640,8 @@ unsafe impl<P: ArenaPolicy> allocator_api2::alloc::Allocator for Arena<P> {
                 }
             }
         }
-        let moved = self
-            .alloc_layout(new)
-            .map_err(|_| allocator_api2::alloc::AllocError)?;
-        // SAFETY: the old block holds `old.size()` initialized-or-not bytes
-        // the caller owns; the new block is fresh, at least as large, and
-        // cannot overlap a live block.
-        unsafe { std::ptr::copy_nonoverlapping(ptr.as_ptr(), moved.as_ptr(), old.size()) };
-        Ok(NonNull::slice_from_raw_parts(moved, new.size()))
+        // SAFETY: forwarded from the caller; the new block is larger.
+        unsafe { self.relocate(ptr, new, old.size()) }
     }
 
     unsafe fn shrink(
@@ -660,12 +651,8 @@ unsafe impl<P: ArenaPolicy> allocator_api2::alloc::Allocator for Arena<P> {
         new: Layout,
     ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
         if ptr.as_ptr().addr() % new.align() != 0 {
-            let moved = self
-                .alloc_layout(new)
-                .map_err(|_| allocator_api2::alloc::AllocError)?;
-            // SAFETY: as in `grow`, copying the smaller new size.
-            unsafe { std::ptr::copy_nonoverlapping(ptr.as_ptr(), moved.as_ptr(), new.size()) };
-            return Ok(NonNull::slice_from_raw_parts(moved, new.size()));
+            // SAFETY: forwarded from the caller, copying the smaller new size.
+            return unsafe { self.relocate(ptr, new, new.size()) };
         }
         // The block stays where it is; the tail comes back if it is last.
         if self.is_last_block(ptr, old.size()) {
@@ -677,6 +664,29 @@ unsafe impl<P: ArenaPolicy> allocator_api2::alloc::Allocator for Arena<P> {
 }
 
 impl<P: ArenaPolicy> Arena<P> {
+    /// Moves the first `keep` bytes of the block at `ptr` to a new block for
+    /// `new` (the old one stays where it is, as in any bump arena).
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must be a live block of this arena of at least `keep` bytes,
+    /// and `keep <= new.size()`.
+    unsafe fn relocate(
+        &self,
+        ptr: NonNull<u8>,
+        new: Layout,
+        keep: usize,
+    ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
+        let moved = self
+            .alloc_layout(new)
+            .map_err(|_| allocator_api2::alloc::AllocError)?;
+        // SAFETY: the caller guarantees `keep` readable bytes at `ptr`; the
+        // new block is fresh, at least `keep` bytes, and overlaps no live
+        // block.
+        unsafe { std::ptr::copy_nonoverlapping(ptr.as_ptr(), moved.as_ptr(), keep) };
+        Ok(NonNull::slice_from_raw_parts(moved, new.size()))
+    }
+
     /// Moves the cursor back over the block at `ptr` when it is the last one
     /// handed out, so a container that frees its buffer right away (a
     /// temporary `Vec`) costs nothing.
