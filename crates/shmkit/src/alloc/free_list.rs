@@ -77,8 +77,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::counters::AllocCounters;
+use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
-use super::shm_allocator::{impl_allocator_api2, power_of_two_align};
+use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};

@@ -10,7 +10,8 @@ use std::sync::Mutex;
 use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
-use super::shm_allocator::{impl_allocator_api2, power_of_two_align, AddressHasher};
+use super::memory_resource::impl_allocator_api2;
+use super::shm_allocator::{power_of_two_align, AddressHasher};
 use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr};

@@ -112,25 +112,45 @@ pub(crate) fn nonzero(layout: Layout) -> Layout {
         .expect("growing a valid layout's size from 0 to 1 keeps it valid")
 }
 
-// SAFETY: blocks come from `MemoryResource::allocate`, which hands out
-// distinct blocks of at least the layout's size and alignment that stay
-// valid until given back; `deallocate` gives back exactly such a block.
-unsafe impl allocator_api2::alloc::Allocator for dyn MemoryResource + '_ {
-    fn allocate(
-        &self,
-        layout: Layout,
-    ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let block = MemoryResource::allocate_layout(self, layout)
-            .map_err(|_| allocator_api2::alloc::AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(block, layout.size()))
-    }
+/// Implements `allocator_api2::alloc::Allocator` for a type that is a
+/// [`MemoryResource`], so `allocator_api2::vec::Vec`, `Box` and
+/// `hashbrown::HashMap` can use it inside one process. Such containers hold
+/// local addresses: they are not shareable across processes.
+///
+/// `impl_allocator_api2!(FreeListAllocator)`, or with generics
+/// `impl_allocator_api2!([A: ShmAllocator] Tracked<A>)`.
+macro_rules! impl_allocator_api2 {
+    ([$($generics:tt)*] $t:ty) => {
+        // SAFETY: blocks come from `MemoryResource::allocate_layout`, which
+        // hands out distinct blocks of at least the layout's size and
+        // alignment that stay valid until given back; `deallocate` gives
+        // back exactly such a block.
+        unsafe impl<$($generics)*> allocator_api2::alloc::Allocator for $t {
+            fn allocate(
+                &self,
+                layout: std::alloc::Layout,
+            ) -> std::result::Result<std::ptr::NonNull<[u8]>, allocator_api2::alloc::AllocError>
+            {
+                let block = $crate::alloc::MemoryResource::allocate_layout(self, layout)
+                    .map_err(|_| allocator_api2::alloc::AllocError)?;
+                Ok(std::ptr::NonNull::slice_from_raw_parts(block, layout.size()))
+            }
 
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded from the caller. A resource that detects a bad
-        // free has changed nothing; the allocator API cannot report it.
-        let _ = unsafe { MemoryResource::deallocate_layout(self, ptr, layout) };
-    }
+            unsafe fn deallocate(&self, ptr: std::ptr::NonNull<u8>, layout: std::alloc::Layout) {
+                // SAFETY: forwarded from the caller. A resource that detects
+                // a bad free has changed nothing; the allocator API cannot
+                // report it.
+                let _ = unsafe { $crate::alloc::MemoryResource::deallocate_layout(self, ptr, layout) };
+            }
+        }
+    };
+    ($t:ty) => {
+        $crate::alloc::memory_resource::impl_allocator_api2!([] $t);
+    };
 }
+pub(crate) use impl_allocator_api2;
+
+impl_allocator_api2!(dyn MemoryResource + '_);
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ mod free_list;
 mod kind;
 mod linear;
 mod malloc;
-mod memory_resource;
+pub(crate) mod memory_resource;
 mod pool;
 mod recovery;
 mod segment_allocator;

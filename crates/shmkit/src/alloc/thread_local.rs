@@ -60,8 +60,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::counters::single_writer_add;
+use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
-use super::shm_allocator::{current_thread_index, impl_allocator_api2, power_of_two_align};
+use super::shm_allocator::{current_thread_index, power_of_two_align};
 use super::size_class::{class_block_size, class_for, Freed, SizeClassAllocator, SmallBlock};
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::{Error, Result};

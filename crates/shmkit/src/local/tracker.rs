@@ -777,24 +777,7 @@ impl<A: ShmAllocator> ShmAllocator for Tracked<A> {
     }
 }
 
-// SAFETY: forwarded to the `ShmAllocator` methods of `Tracked`, which hand
-// out distinct live blocks of at least the asked size and alignment.
-unsafe impl<A: ShmAllocator> allocator_api2::alloc::Allocator for Tracked<A> {
-    fn allocate(
-        &self,
-        layout: Layout,
-    ) -> std::result::Result<NonNull<[u8]>, allocator_api2::alloc::AllocError> {
-        let block = crate::alloc::MemoryResource::allocate_layout(self, layout)
-            .map_err(|_| allocator_api2::alloc::AllocError)?;
-        Ok(NonNull::slice_from_raw_parts(block, layout.size()))
-    }
-
-    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        // SAFETY: forwarded from the caller; a refused free changes nothing
-        // and the allocator API cannot report it.
-        let _ = unsafe { crate::alloc::MemoryResource::deallocate_layout(self, ptr, layout) };
-    }
-}
+crate::alloc::memory_resource::impl_allocator_api2!([A: ShmAllocator] Tracked<A>);
 
 #[cfg(test)]
 mod tests {
