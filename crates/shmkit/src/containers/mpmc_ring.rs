@@ -172,6 +172,12 @@ pub(super) struct Signal<W> {
 /// The largest capacity a ring may have.
 pub(super) const MAX_CAPACITY: u64 = 1 << 40;
 
+/// Whether a ring may have `capacity` cells: a power of two from 2 to
+/// [`MAX_CAPACITY`] (asked for at creation, found at validation).
+fn is_valid_capacity(capacity: u64) -> bool {
+    (2..=MAX_CAPACITY).contains(&capacity) && capacity.is_power_of_two()
+}
+
 /// How long a sleeper sleeps at most before it re-checks on its own, unless
 /// the handle says otherwise.
 pub(super) const DEFAULT_RECHECK: Duration = Duration::from_millis(100);
@@ -246,7 +252,7 @@ impl Shape {
     /// Checks a capacity asked for at creation.
     pub(super) fn check_capacity(&self, capacity: usize) -> Result<u64> {
         let capacity = capacity as u64;
-        if capacity < 2 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+        if !is_valid_capacity(capacity) {
             return Err(Error::invalid_size(format!(
                 "{} capacity {capacity} must be a power of two from 2 to {MAX_CAPACITY}",
                 self.what
@@ -337,7 +343,7 @@ impl Shape {
             });
         }
         let capacity = fixed.capacity.load(Ordering::Relaxed);
-        if capacity < 2 || !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
+        if !is_valid_capacity(capacity) {
             return Err(corrupt(format!(
                 "capacity {capacity} is not a power of two from 2 to {MAX_CAPACITY}"
             )));
