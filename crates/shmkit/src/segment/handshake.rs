@@ -20,6 +20,7 @@ use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
+use crate::ptr::Offset;
 
 /// Which of the two things [`open_or_create`](Segment::open_or_create) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,10 +131,13 @@ impl Segment {
             max_align,
             ready_timeout: options.ready_timeout,
         };
-        segment.initialize(&fields, setup).inspect_err(|_| {
-            // Nobody can use a half-made segment; take its name away too.
-            let _ = remove(&segment.location);
-        })?;
+        let custom_init = options.custom_header_init.as_deref().unwrap_or(&[]);
+        segment
+            .initialize(&fields, custom_init, setup)
+            .inspect_err(|_| {
+                // Nobody can use a half-made segment; take its name away too.
+                let _ = remove(&segment.location);
+            })?;
         Ok(segment.registered())
     }
 
@@ -211,18 +215,39 @@ impl Segment {
             max_align: backend::BUFFER_ALIGN,
             ready_timeout: super::DEFAULT_READY_TIMEOUT,
         };
-        segment.initialize(&fields, setup)?;
+        segment.initialize(&fields, &[], setup)?;
         Ok(segment.registered())
     }
 
     /// Writes the header, initializes the allocator and publishes READY.
-    fn initialize(&self, fields: &NewHeader, setup: &AllocatorSetup<'_>) -> Result<()> {
+    fn initialize(
+        &self,
+        fields: &NewHeader,
+        custom_init: &[u8],
+        setup: &AllocatorSetup<'_>,
+    ) -> Result<()> {
         let header_ptr = self.mapping.base().cast::<Header>().as_ptr();
         // SAFETY: the mapping is fresh (created exclusively by this process),
         // at least `data_offset` bytes long and 64-byte aligned. Other
         // processes may map it already, but they only load the magic word
         // (still zero) until it is published below.
         unsafe { (*header_ptr).fill(fields) };
+        if !custom_init.is_empty() {
+            let custom = self.resolve_array(
+                Offset::<u8>::from_raw(fields.layout.custom_offset),
+                custom_init.len() as u64,
+            )?;
+            // SAFETY: `resolve_array` checked that the range lies in the
+            // mapping (the layout puts it below the state area); nobody reads
+            // it before the magic word is published.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    custom_init.as_ptr(),
+                    custom.as_ptr(),
+                    custom_init.len(),
+                )
+            };
+        }
         let header = self.header();
         header.magic.store(MAGIC, Ordering::Release);
         if let Err(err) = (setup.init)(self) {

@@ -60,6 +60,7 @@ pub struct SegmentOptions {
     pub(crate) max_size: Option<u64>,
     pub(crate) mode: u32,
     pub(crate) custom_header_len: u32,
+    pub(crate) custom_header_init: Option<Arc<[u8]>>,
     pub(crate) ready_timeout: Duration,
     pub(crate) zero_on_free: bool,
 }
@@ -73,6 +74,7 @@ impl SegmentOptions {
             max_size: None,
             mode: 0o600,
             custom_header_len: 0,
+            custom_header_init: None,
             ready_timeout: DEFAULT_READY_TIMEOUT,
             zero_on_free: false,
         }
@@ -130,7 +132,37 @@ impl SegmentOptions {
     /// Bytes reserved after the header for an application's own header
     /// (see [`Segment::custom_header`](crate::Segment::custom_header)).
     pub fn custom_header_len(mut self, bytes: u32) -> Self {
-        self.custom_header_len = bytes;
+        let initial = self
+            .custom_header_init
+            .as_ref()
+            .map_or(0, |init| init.len());
+        self.custom_header_len = bytes.max(u32::try_from(initial).unwrap_or(u32::MAX));
+        self
+    }
+
+    /// Bytes the custom header starts with, written by the creator before
+    /// the segment is *ready*, so no attacher ever sees the custom header
+    /// before it holds them (an application's own magic word and
+    /// parameters, say). Makes the custom header at least this long; the
+    /// rest of it starts zeroed. Ignored on attach.
+    ///
+    /// ```
+    /// use shmkit::{Segment, SegmentOptions};
+    ///
+    /// let options = SegmentOptions::memfd("with-a-header")
+    ///     .size(1 << 20)
+    ///     .custom_header_len(64)
+    ///     .custom_header(*b"myapp v1");
+    /// let segment = Segment::create(&options)?;
+    /// let magic = segment.custom_header::<[u8; 8]>()?;
+    /// assert_eq!(unsafe { magic.as_ref() }, b"myapp v1");
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub fn custom_header(mut self, bytes: impl AsRef<[u8]>) -> Self {
+        let bytes: Arc<[u8]> = Arc::from(bytes.as_ref());
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.custom_header_len = self.custom_header_len.max(len);
+        self.custom_header_init = Some(bytes);
         self
     }
 
