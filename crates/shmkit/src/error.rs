@@ -229,6 +229,15 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// A lock is held by another live thread, and the caller asked not to
+    /// wait for it (inside [`sync::without_waiting`](crate::sync::without_waiting)).
+    /// Nothing was changed: the operation can be retried as it is.
+    #[error("a lock is held by pid {owner_pid} and the caller asked not to wait")]
+    WouldBlock {
+        /// The process holding the lock.
+        owner_pid: u32,
+    },
+
     /// A named root operation failed.
     #[error("named root `{name}`: {reason}")]
     Root {

@@ -9,6 +9,7 @@
 //! waits forever: a lock that stays busy past the caller's patience is an
 //! error.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -44,6 +45,52 @@ impl Drop for RobustGuard<'_> {
                 .owner
                 .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
     }
+}
+
+thread_local! {
+    /// Set inside [`without_waiting`]: a lock held by someone else is
+    /// reported at once instead of waited for.
+    static REFUSE_WAITS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// How many times a caller that refuses to wait re-reads a busy lock word
+/// before it reports [`Error::WouldBlock`]: long enough to ride out a holder
+/// in the middle of a short operation, far shorter than a system call.
+const SPINS_BEFORE_REFUSING: u32 = 64;
+
+/// Runs `work` with this thread's waits for shared locks replaced by an
+/// immediate [`Error::WouldBlock`]: a lock found held by another thread or
+/// process (after a few spins) makes the operation that needed it return
+/// that error, having changed nothing, instead of waiting.
+///
+/// For bindings that hold a lock of their own while they call shmkit (an
+/// interpreter lock, say): try the operation inside `without_waiting`, and
+/// only on `WouldBlock` release the outer lock and run it again, patiently.
+/// Applies to the locks of the free-list and buddy allocators and of the
+/// named-object directory; the lock-free allocators never wait on another
+/// process.
+///
+/// ```
+/// use shmkit::sync::without_waiting;
+/// use shmkit::{FreeListAllocator, SegmentAllocator, SegmentOptions, ShmAllocator};
+///
+/// let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+/// let block = match without_waiting(|| heap.allocate(64)) {
+///     Err(shmkit::Error::WouldBlock { .. }) => heap.allocate(64)?, // now wait
+///     other => other?,
+/// };
+/// heap.free(block)?;
+/// # Ok::<(), shmkit::Error>(())
+/// ```
+pub fn without_waiting<R>(work: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            REFUSE_WAITS.with(|refuse| refuse.set(self.0));
+        }
+    }
+    let _restore = Restore(REFUSE_WAITS.with(|refuse| refuse.replace(true)));
+    work()
 }
 
 /// How often a waiter checks whether the owner is still alive.
@@ -87,6 +134,9 @@ impl RobustLock {
 
     #[cold]
     fn lock_slow(&self, token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
+        if REFUSE_WAITS.with(Cell::get) {
+            return self.lock_or_refuse(token);
+        }
         let mut watch = DeathWatch::new(self as *const RobustLock as usize);
         let mut last_check = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
@@ -126,6 +176,30 @@ impl RobustLock {
                 backoff.snooze();
             }
         }
+    }
+}
+
+impl RobustLock {
+    /// The slow path inside [`without_waiting`]: a few spins, then
+    /// [`Error::WouldBlock`] (the patient path judges whether the owner died).
+    fn lock_or_refuse(&self, token: u64) -> Result<RobustGuard<'_>> {
+        let mut owner = 0;
+        for _ in 0..SPINS_BEFORE_REFUSING {
+            owner = self.owner.load(Ordering::Relaxed);
+            if owner == 0 {
+                if let Some(guard) = self.take_from(0, token, false) {
+                    return Ok(guard);
+                }
+            } else if owner == token {
+                return Err(Error::Unsupported(
+                    "the lock is already held by this thread",
+                ));
+            }
+            std::hint::spin_loop();
+        }
+        Err(Error::WouldBlock {
+            owner_pid: (owner >> 32) as u32,
+        })
     }
 }
 
@@ -257,6 +331,29 @@ mod tests {
         });
         drop(held);
         assert!(lock.lock(Duration::from_millis(20)).is_ok());
+    }
+
+    #[test]
+    fn a_caller_that_refuses_to_wait_is_told_at_once_and_can_retry() {
+        let lock = RobustLock::new();
+        let held = lock.lock(Duration::from_secs(1)).unwrap();
+        std::thread::scope(|scope| {
+            // A patient wait would end in `LockTimeout` after 10 s (the
+            // holder never lets go here); a refusal is `WouldBlock`.
+            let refused = scope
+                .spawn(|| without_waiting(|| lock.lock(Duration::from_secs(10)).map(|_| ())))
+                .join()
+                .unwrap();
+            assert!(
+                matches!(refused, Err(Error::WouldBlock { owner_pid }) if owner_pid == std::process::id()),
+                "{refused:?}"
+            );
+        });
+        // Outside the scope the same thread waits again, and a free lock is
+        // taken at once inside it.
+        drop(held);
+        assert!(without_waiting(|| lock.lock(Duration::from_secs(1))).is_ok());
+        assert!(!REFUSE_WAITS.with(Cell::get), "the scope restored the flag");
     }
 
     #[test]
