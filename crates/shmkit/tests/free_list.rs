@@ -682,26 +682,102 @@ fn a_dead_owner_mid_split_is_repaired() {
 }
 
 #[test]
-fn a_broken_chain_is_reported_not_trusted() {
+fn a_broken_chain_is_reported_then_quarantined() {
     let heap = heap(256 << 10);
     let a = heap.allocate(100).unwrap();
     let b = heap.allocate(100).unwrap();
-    // A size word that no write order produces.
-    word(&heap, b.offset().raw() - HEADER).store(40, Ordering::Relaxed);
+    fill(b, 100, 0xbb);
+    let live_before = heap.stats().live_allocations;
+    // A size word that no write order produces (a stray write did it).
+    let b_block = b.offset().raw() - HEADER;
+    word(&heap, b_block).store(40, Ordering::Relaxed);
     assert!(matches!(heap.check(), Err(Error::CorruptHeader { .. })));
-    assert!(matches!(heap.repair(), Err(Error::CorruptHeader { .. })));
-    // Every operation now reports the damage; none panics or hands out memory.
-    assert!(matches!(
-        heap.allocate(10),
-        Err(Error::CorruptHeader { .. })
-    ));
-    assert!(heap.free(a).is_err());
-    let stats = heap.stats();
-    assert_eq!(stats.live_allocations, 2);
-    // Put the word back: the next operation repairs and all is well.
-    word(&heap, b.offset().raw() - HEADER).store(144, Ordering::Relaxed);
+    // Freeing a, b's neighbour, meets the damage: reported, nothing freed...
+    assert!(matches!(heap.free(a), Err(Error::CorruptHeader { .. })));
+    // ...and the rebuild behind it fenced b's bytes off: the rest works.
+    heap.check().unwrap();
+    assert_eq!(heap.stats().live_allocations, live_before - 1);
+    assert!(matches!(heap.free(b), Err(Error::InvalidFree { .. })));
+    assert!(holds(b, 100, 0xbb), "quarantined bytes are left alone");
     heap.free(a).unwrap();
-    heap.free(b).unwrap();
+    let mut ranges = vec![(b_block, 144)];
+    let mut fresh = Vec::new();
+    while let Ok(block) = heap.allocate(100) {
+        ranges.push((block.offset().raw(), 100));
+        fresh.push(block);
+    }
+    assert_disjoint(&mut ranges);
+    for block in fresh {
+        heap.free(block).unwrap();
+    }
+    heap.check().unwrap();
+    assert_eq!(heap.stats().live_allocations, 0);
+    // A later recovery finds nothing more to fence off.
+    assert_eq!(heap.recover().unwrap().bytes_quarantined, 0);
+}
+
+#[test]
+fn a_stray_write_across_headers_loses_only_the_bytes_it_hit() {
+    // What a view kept past its block's free does: user bytes land on the
+    // payload of a free block and the headers of the live blocks after it.
+    let heap = heap(1 << 20);
+    let blocks: Vec<_> = (0..16u32)
+        .map(|i| {
+            let block = heap.allocate(200).unwrap();
+            tag(block, 200, 0, i);
+            block
+        })
+        .collect();
+    heap.free(blocks[5]).unwrap();
+    let stale = blocks[5];
+    let hit_end = stale.offset().raw() + 600;
+    fill(stale, 600, 0x41);
+    let report = heap.recover().unwrap();
+    // The write destroyed the headers of blocks 6 and 7 (240 bytes each).
+    assert_eq!(report.bytes_quarantined, 480, "{report}");
+    heap.check().unwrap();
+    // Blocks whose header the write hit are fenced off, the others are
+    // intact and freeable.
+    let hit = |b: &FullPtr<u8>| {
+        let header = b.offset().raw() - HEADER;
+        header >= stale.offset().raw() && header < hit_end
+    };
+    let (mut fenced_start, mut fenced_end) = (u64::MAX, 0);
+    let mut ranges = Vec::new();
+    for (i, block) in blocks.iter().enumerate().filter(|(i, _)| *i != 5) {
+        if hit(block) {
+            assert!(
+                matches!(heap.free(*block), Err(Error::InvalidFree { .. })),
+                "block {i}"
+            );
+            fenced_start = fenced_start.min(block.offset().raw() - HEADER);
+            fenced_end = fenced_end.max(block.offset().raw() + 200);
+        } else {
+            verify_tag(*block);
+            ranges.push((block.offset().raw(), 200));
+        }
+    }
+    ranges.push((fenced_start, fenced_end - fenced_start));
+    // Everything allocatable now lies outside what was hit and what lives.
+    let mut fresh = Vec::new();
+    while let Ok(block) = heap.allocate(300) {
+        fill(block, 300, 0x5a);
+        ranges.push((block.offset().raw(), 300));
+        fresh.push(block);
+    }
+    assert_disjoint(&mut ranges);
+    for block in blocks
+        .iter()
+        .enumerate()
+        .filter(|(i, b)| *i != 5 && !hit(b))
+        .map(|(_, b)| b)
+    {
+        verify_tag(*block);
+        heap.free(*block).unwrap();
+    }
+    for block in fresh {
+        heap.free(block).unwrap();
+    }
     heap.check().unwrap();
 }
 

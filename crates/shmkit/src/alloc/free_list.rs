@@ -9,7 +9,7 @@
 //! start):
 //!
 //! ```text
-//! +0   size_flags  size in bytes (header included, a multiple of 16) | FREE (1) | PREV_FREE (2)
+//! +0   size_flags  size in bytes (header included, a multiple of 16) | FREE (1) | PREV_FREE (2) | QUARANTINED (4)
 //! +8   prev_phys   offset of the previous physical block (0 for the first)
 //! +16  seal        a keyed hash of (block offset, size | FREE, requested)
 //! +24  requested   bytes the caller asked for (0 when free)
@@ -63,8 +63,16 @@
 //! committed but not yet its seal, is taken as its size word says), refiles
 //! every free block and recomputes the counters from the live blocks. A size word that cannot be right (below the
 //! minimum, not a multiple of 16, past the heap end) is not something this
-//! order produces: it is reported as [`Error::CorruptHeader`] and every
-//! operation keeps reporting it. A block the dying process was allocating
+//! order produces (a stray write through a stale pointer is): the operation
+//! that meets it reports [`Error::CorruptHeader`], and the rebuild that
+//! follows *quarantines* the damage instead of giving up on the heap. It
+//! looks past the broken header for the first sealed header from which the
+//! chain, every block linking back to the one before it, reaches the heap
+//! end, and fences the bytes in between off as one `QUARANTINED` block:
+//! never handed out, freed or merged, so a live block inside it keeps its
+//! bytes and its owner's free of it is refused. The rest of the heap stays
+//! usable, and [`recover`](ShmAllocator::recover) reports the bytes fenced
+//! off. A block the dying process was allocating
 //! may stay allocated with nobody to free it; a free whose free bit was
 //! committed completes; no block is ever handed out twice.
 //!
@@ -99,6 +107,10 @@ const FLAGS: u64 = GRANULE - 1;
 const FREE: u64 = 1;
 /// The previous physical block is free.
 const PREV_FREE: u64 = 2;
+/// The block holds bytes whose headers were destroyed (not by a crash: a
+/// stray write): a rebuild fenced them off, and they are never handed out,
+/// freed or merged again.
+const QUARANTINED: u64 = 4;
 
 /// log2 of the number of second-level lists per first-level class.
 const SL_LOG2: u32 = 4;
@@ -348,9 +360,10 @@ impl FreeListAllocator {
     }
 
     /// Rebuilds the free lists, bitmaps and counters from the physical
-    /// chain of blocks now, as the recovery after a dead lock owner does.
-    /// Fails with [`Error::CorruptHeader`] when the chain itself is broken.
-    pub fn repair(&self) -> Result<()> {
+    /// chain of blocks now, as the recovery after a dead lock owner does,
+    /// quarantining what a broken header makes unreadable; returns the
+    /// bytes it fenced off.
+    pub fn repair(&self) -> Result<u64> {
         self.locked(false, |heap| heap.rebuild())
     }
 
@@ -499,7 +512,8 @@ impl<'a> Heap<'a> {
         let header = self.header(block)?;
         let word = header.size_flags.load(Ordering::Acquire);
         let (size, flags) = (word & !FLAGS, word & FLAGS);
-        if flags & !(FREE | PREV_FREE) != 0
+        if flags & !(FREE | PREV_FREE | QUARANTINED) != 0
+            || flags & (FREE | QUARANTINED) == FREE | QUARANTINED
             || size < MIN_BLOCK
             || block.checked_add(size).is_none_or(|end| end > self.end)
         {
@@ -794,22 +808,23 @@ impl<'a> Heap<'a> {
             .block(block)
             .map_err(|_| Error::InvalidFree { offset })?;
         let requested = header.requested.load(Ordering::Acquire);
-        if flags & FREE != 0
+        if flags & (FREE | QUARANTINED) != 0
             || requested > size - HEADER
             || header.seal.load(Ordering::Acquire) != seal(block, size, requested)
         {
             return Err(invalid);
         }
-        // A real block start is where its neighbours say it is.
+        // A real block start is where its neighbours say it is. A neighbour
+        // that cannot be read means either that `offset` is no real block
+        // or that the heap is damaged: the chain tells which.
+        let unreadable = |_| self.broken_chain().unwrap_or(Error::InvalidFree { offset });
         let prev = header.prev_phys.load(Ordering::Acquire);
         if block == self.start {
             if prev != 0 || flags & PREV_FREE != 0 {
                 return Err(invalid);
             }
         } else {
-            let (_, prev_size, prev_flags) = self
-                .block(prev)
-                .map_err(|_| Error::InvalidFree { offset })?;
+            let (_, prev_size, prev_flags) = self.block(prev).map_err(unreadable)?;
             if prev.checked_add(prev_size) != Some(block)
                 || (prev_flags & FREE != 0) != (flags & PREV_FREE != 0)
             {
@@ -818,9 +833,7 @@ impl<'a> Heap<'a> {
         }
         let next = block + size;
         if next < self.end {
-            let (next_header, _, next_flags) = self
-                .block(next)
-                .map_err(|_| Error::InvalidFree { offset })?;
+            let (next_header, _, next_flags) = self.block(next).map_err(unreadable)?;
             if next_header.prev_phys.load(Ordering::Acquire) != block || next_flags & PREV_FREE != 0
             {
                 return Err(invalid);
@@ -833,6 +846,19 @@ impl<'a> Heap<'a> {
             flags,
             requested,
         })
+    }
+
+    /// The error of the first header the physical chain cannot pass, if
+    /// any (a reason to rebuild, which quarantines it).
+    fn broken_chain(&self) -> Option<Error> {
+        let mut block = self.start;
+        while block < self.end {
+            match self.block(block) {
+                Ok((_, size, _)) => block += size,
+                Err(err) => return Some(err),
+            }
+        }
+        None
     }
 
     /// Frees the live block whose payload is at `offset`, coalescing it
@@ -984,7 +1010,9 @@ impl<'a> Heap<'a> {
 
     /// Rebuilds everything but the sizes from the physical chain: prev
     /// links, flags, seals, coalescing, lists, bitmaps, totals, counters.
-    fn rebuild(&mut self) -> Result<()> {
+    /// A header the chain cannot pass is quarantined (see the module
+    /// documentation); returns the bytes this rebuild fenced off.
+    fn rebuild(&mut self) -> Result<u64> {
         let state = self.state;
         state.needs_repair.store(1, Ordering::Release);
         self.end = state.heap_end.load(Ordering::Acquire);
@@ -998,17 +1026,21 @@ impl<'a> Heap<'a> {
         }
         state.free_bytes.store(0, Ordering::Relaxed);
         state.free_blocks.store(0, Ordering::Relaxed);
-        let (mut live, mut live_bytes) = (0u64, 0u64);
+        let (mut live, mut live_bytes, mut quarantined) = (0u64, 0u64, 0u64);
         let mut prev = 0u64;
         // The free run being gathered: its first block and total size.
         let mut run: Option<(u64, u64)> = None;
         let mut block = self.start;
         while block < self.end {
-            let (header, size, flags) = self.block(block).map_err(|_| {
-                Error::corrupt(format!(
-                    "block header at {block} is torn beyond repair: the chain breaks there"
-                ))
-            })?;
+            let (header, size, flags) = match self.block(block) {
+                Ok(found) => found,
+                Err(_) => {
+                    // Fence the damage off; the loop then meets the
+                    // quarantined block just written here.
+                    quarantined += self.quarantine(block, prev)?;
+                    continue;
+                }
+            };
             if flags & FREE != 0 {
                 if let Some((first, total)) = run {
                     // Two adjacent free blocks: the first absorbs this one.
@@ -1028,11 +1060,15 @@ impl<'a> Heap<'a> {
                 } else {
                     0
                 };
-                let requested = header.requested.load(Ordering::Acquire).min(size - HEADER);
                 header.prev_phys.store(prev, Ordering::Relaxed);
-                self.commit(header, block, size, prev_free, requested);
-                live += 1;
-                live_bytes += requested;
+                if flags & QUARANTINED != 0 {
+                    self.commit(header, block, size, prev_free | QUARANTINED, 0);
+                } else {
+                    let requested = header.requested.load(Ordering::Acquire).min(size - HEADER);
+                    self.commit(header, block, size, prev_free, requested);
+                    live += 1;
+                    live_bytes += requested;
+                }
                 prev = block;
             }
             block += size;
@@ -1044,7 +1080,62 @@ impl<'a> Heap<'a> {
         state.counters.reset_to(live_bytes, live);
         state.repairs.fetch_add(1, Ordering::AcqRel);
         state.needs_repair.store(0, Ordering::Release);
-        Ok(())
+        Ok(quarantined)
+    }
+
+    /// The chain breaks at `broken` (its size word is impossible; `prev` is
+    /// the block before it): finds where the chain resumes and writes one
+    /// quarantined block over the bytes in between. Returns its size.
+    ///
+    /// The chain resumes at the first later offset whose header is sealed
+    /// and from which every block, linking back to the one before it,
+    /// leads exactly to the heap end. Requiring the back links rejects a
+    /// stale header left inside a block that a merge absorbed (its seal may
+    /// still hold, but its successor links back to the merged block), so a
+    /// live block is never mistaken for free space; when nothing later
+    /// holds, the quarantine runs to the heap end.
+    fn quarantine(&mut self, broken: u64, prev: u64) -> Result<u64> {
+        if self.end - broken < MIN_BLOCK {
+            return Err(Error::corrupt(format!(
+                "block header at {broken} is torn {} bytes before the heap end, too close to fence off",
+                self.end - broken
+            )));
+        }
+        let mut resume = broken + MIN_BLOCK;
+        while resume + MIN_BLOCK <= self.end && !self.chain_holds_from(resume) {
+            resume += GRANULE;
+        }
+        if resume + MIN_BLOCK > self.end {
+            resume = self.end;
+        }
+        self.write_header(broken, resume - broken, QUARANTINED, prev, 0)?;
+        Ok(resume - broken)
+    }
+
+    /// Whether the blocks from `first` on are sealed, each links back to
+    /// the one before it, and the last ends exactly at the heap end.
+    fn chain_holds_from(&self, first: u64) -> bool {
+        let mut block = first;
+        let mut prev = None;
+        let mut steps = 0;
+        while block < self.end {
+            steps += 1;
+            if steps > self.walk_bound() {
+                return false;
+            }
+            let Ok((header, size, flags)) = self.block(block) else {
+                return false;
+            };
+            let requested = header.requested.load(Ordering::Acquire);
+            if header.seal.load(Ordering::Acquire) != seal(block, size | (flags & FREE), requested)
+                || prev.is_some_and(|prev| header.prev_phys.load(Ordering::Acquire) != prev)
+            {
+                return false;
+            }
+            prev = Some(block);
+            block += size;
+        }
+        block == self.end
     }
 
     /// (free bytes usable, largest single request that fits).
@@ -1127,8 +1218,10 @@ impl<'a> Heap<'a> {
                         "block {block} records too long a length"
                     )));
                 }
-                live += 1;
-                live_bytes += requested;
+                if flags & QUARANTINED == 0 {
+                    live += 1;
+                    live_bytes += requested;
+                }
             }
             prev = block;
             prev_free = free;
@@ -1308,12 +1401,11 @@ impl ShmAllocator for FreeListAllocator {
     /// take the lock, and with it repair first).
     fn recover(&self) -> Result<RecoveryReport> {
         let before = self.stats_from(None);
-        let took_over = self.locked_noting_takeover(true, |heap, took_over| {
-            heap.rebuild()?;
-            Ok(took_over)
-        })?;
+        let (took_over, quarantined) =
+            self.locked_noting_takeover(true, |heap, took_over| Ok((took_over, heap.rebuild()?)))?;
         Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
+            bytes_quarantined: quarantined,
             ..RecoveryReport::rebuilt(before, self.stats())
         })
     }

@@ -21,6 +21,10 @@ pub struct RecoveryReport {
     /// Free blocks (slots, pages, marked blocks) that were on no free
     /// structure and are allocatable again.
     pub blocks_reclaimed: u64,
+    /// Bytes fenced off because the headers that describe them were
+    /// destroyed (by a stray write, not a crash): never handed out again,
+    /// so whatever lived there keeps its bytes (the free-list allocator).
+    pub bytes_quarantined: u64,
     /// Whether the free structures and the accounting were rebuilt from the
     /// blocks' own records.
     pub rebuilt: bool,
@@ -56,11 +60,19 @@ impl std::fmt::Display for RecoveryReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} locks taken over, {} caches and {} blocks reclaimed{}; in use: {} blocks / {} \
+            "{} locks taken over, {} caches and {} blocks reclaimed{}{}; in use: {} blocks / {} \
              bytes before, {} / {} after",
             self.locks_taken_over,
             self.caches_reclaimed,
             self.blocks_reclaimed,
+            if self.bytes_quarantined > 0 {
+                format!(
+                    ", {} bytes of destroyed headers quarantined",
+                    self.bytes_quarantined
+                )
+            } else {
+                String::new()
+            },
             if self.rebuilt { ", rebuilt" } else { "" },
             self.before.live_allocations,
             self.before.allocated_bytes,
