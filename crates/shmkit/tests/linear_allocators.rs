@@ -291,6 +291,33 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
 }
 
 #[test]
+fn a_full_stack_grows_its_segment_up_to_the_maximum() {
+    let stack = StackAllocator::create(&SegmentOptions::private().size(64 << 10).max_size(1 << 20))
+        .unwrap();
+    let before = stack.segment().size();
+    let mut blocks = Vec::new();
+    while let Ok(block) = stack.alloc_handle(4000, 8) {
+        blocks.push(block);
+    }
+    assert!(stack.segment().size() > before, "the segment grew");
+    assert_eq!(stack.segment().size(), 1 << 20, "up to the maximum");
+    // Most of the maximum was handed out (each block has a 16-byte header).
+    assert!(
+        blocks.len() as u64 * 4016 > (1 << 20) - (64 << 10),
+        "{}",
+        blocks.len()
+    );
+    assert!(matches!(
+        stack.alloc_handle(4000, 8),
+        Err(Error::OutOfMemory { .. })
+    ));
+    for block in blocks.into_iter().rev() {
+        stack.free(block).unwrap();
+    }
+    assert_eq!(stack.used(), 0);
+}
+
+#[test]
 fn threads_share_one_stack_without_overlap() {
     let stack = stack(16 << 20);
     let mut ranges = ranges_from_threads(4, |t| {

@@ -149,6 +149,9 @@ impl Carve for StackAllocator {
                 .ok_or_else(|| Error::invalid_size("request overflows the segment"))?;
             let limit = self.segment.size();
             if end > limit {
+                if self.grow_to_hold(end)? {
+                    continue;
+                }
                 return Err(Error::OutOfMemory {
                     requested: size,
                     available: limit.saturating_sub(current),
@@ -170,6 +173,20 @@ impl Carve for StackAllocator {
 }
 
 impl StackAllocator {
+    /// After a request ending at `end` did not fit: grows the segment (to
+    /// twice its size, or more when one request needs it; never past the
+    /// maximum). Returns whether it may now fit.
+    #[cold]
+    fn grow_to_hold(&self, end: u64) -> Result<bool> {
+        let (current, max) = (self.segment.size(), self.segment.max_size());
+        if end > max {
+            return Ok(false);
+        }
+        self.segment
+            .grow(end.max(current.saturating_mul(2)).min(max))?;
+        Ok(true)
+    }
+
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
         &self.segment
