@@ -229,8 +229,8 @@ pub enum Error {
         waited: Duration,
     },
 
-    /// A lock is held by another live thread, and the caller asked not to
-    /// wait for it (inside [`sync::without_waiting`](crate::sync::without_waiting)).
+    /// A lock is held by another thread or process, and the caller asked
+    /// not to wait for it ([`MemContext::refuse_waits`](crate::MemContext::refuse_waits)).
     /// Nothing was changed: the operation can be retried as it is.
     #[error("a lock is held by pid {owner_pid} and the caller asked not to wait")]
     WouldBlock {

@@ -365,7 +365,10 @@ fn mem_context_thread_picks_the_slot_and_dropping_the_view_releases_it() {
     let (options, _cleanup) = fresh_shm("tl-ctx");
     let heap = ThreadLocalAllocator::create(&options.clone().size(1 << 20)).unwrap();
     let other = ThreadLocalAllocator::attach(&options).unwrap();
-    let ctx = MemContext { thread: Some(7) };
+    let ctx = MemContext {
+        thread: Some(7),
+        ..MemContext::default()
+    };
     let a = heap.allocate_offset(&ctx, 100, 8).unwrap();
     // Freed through another view of the same segment (as another process
     // would): the block lands in that view's cache for this thread.

@@ -70,7 +70,7 @@ use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::{page_size, Segment};
-use crate::sync::robust_lock::RobustLock;
+use crate::sync::robust_lock::{Patience, RobustLock};
 
 /// Orders 0..=47: a segment is at most 2^47 bytes.
 const ORDERS: usize = 48;
@@ -1062,9 +1062,13 @@ impl Heap<'_> {
 impl BuddyAllocator {
     /// Runs `op` under the lock, after any repair it needs; when `op` finds
     /// the free lists inconsistent, rebuilds them and runs it once more.
-    fn locked<R>(&self, op: impl Fn(&Heap<'_>) -> Result<R>) -> Result<R> {
+    /// It waits for the lock as `ctx` allows.
+    fn locked_for<R>(&self, ctx: &MemContext, op: impl Fn(&Heap<'_>) -> Result<R>) -> Result<R> {
         let heap = self.heap();
-        let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
+        let guard = heap
+            .state
+            .lock
+            .lock_with(Patience::of(ctx, LOCK_PATIENCE))?;
         heap.repair_if_needed(guard.recovered())?;
         let result = match op(&heap) {
             Err(_) if heap.state.repair_pending.load(Ordering::Acquire) != 0 => {
@@ -1087,7 +1091,7 @@ impl ShmAllocator for BuddyAllocator {
         AllocatorKind::Buddy
     }
 
-    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+    fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
         let align = power_of_two_align(align, self.segment.max_align())?;
         let Some(order) = self.order_for(size, align) else {
             return Err(Error::OutOfMemory {
@@ -1095,11 +1099,11 @@ impl ShmAllocator for BuddyAllocator {
                 available: self.heap().largest_free(),
             });
         };
-        self.locked(|heap| heap.allocate_locked(size as u64, order))
+        self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order))
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        self.locked(|heap| heap.free_locked(offset))
+    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
 
     fn usable_size(&self, offset: u64) -> Result<usize> {
@@ -1180,14 +1184,16 @@ impl ShmAllocator for BuddyAllocator {
         Ok(())
     }
 
-    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
         let Some(new_order) = self.order_for(new_size, 1) else {
             // Too large for any block: leave it to allocate-copy-free (which
             // reports the error), after checking the block is live.
             self.usable_size(offset)?;
             return Ok(false);
         };
-        self.locked(|heap| heap.resize_locked(offset, new_size as u64, new_order))
+        self.locked_for(ctx, |heap| {
+            heap.resize_locked(offset, new_size as u64, new_order)
+        })
     }
 }
 

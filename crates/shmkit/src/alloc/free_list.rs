@@ -93,7 +93,7 @@ use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::Segment;
-use crate::sync::robust_lock::{RobustGuard, RobustLock};
+use crate::sync::robust_lock::{Patience, RobustGuard, RobustLock};
 
 /// Block sizes and payloads are multiples of this.
 const GRANULE: u64 = 16;
@@ -404,18 +404,29 @@ impl FreeListAllocator {
     /// and `op` finds an inconsistency, the structure is rebuilt before the
     /// lock is released.
     fn locked<R>(&self, mutating: bool, op: impl FnOnce(&mut Heap<'_>) -> Result<R>) -> Result<R> {
-        self.locked_noting_takeover(mutating, |heap, _| op(heap))
+        self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), mutating, |heap, _| op(heap))
+    }
+
+    /// [`locked`](Self::locked) for an operation of the trait, which waits
+    /// for the lock as `ctx` allows.
+    fn locked_for<R>(
+        &self,
+        ctx: &MemContext,
+        op: impl FnOnce(&mut Heap<'_>) -> Result<R>,
+    ) -> Result<R> {
+        self.locked_noting_takeover(Patience::of(ctx, LOCK_PATIENCE), true, |heap, _| op(heap))
     }
 
     /// [`locked`](Self::locked), telling `op` whether the lock was taken
     /// over from a dead owner.
     fn locked_noting_takeover<R>(
         &self,
+        patience: Patience,
         mutating: bool,
         op: impl FnOnce(&mut Heap<'_>, bool) -> Result<R>,
     ) -> Result<R> {
         let state = self.state();
-        let guard: RobustGuard<'_> = state.lock.lock(LOCK_PATIENCE)?;
+        let guard: RobustGuard<'_> = state.lock.lock_with(patience)?;
         let mut heap = Heap {
             segment: &self.segment,
             state,
@@ -1310,7 +1321,7 @@ impl ShmAllocator for FreeListAllocator {
         AllocatorKind::FreeList
     }
 
-    fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
+    fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
         let align = power_of_two_align(align, self.segment.max_align())? as u64;
         let requested = size as u64;
         let out_of_memory = |available| Error::OutOfMemory {
@@ -1324,7 +1335,7 @@ impl ShmAllocator for FreeListAllocator {
             need.checked_add(align + HEADER)
         }
         .ok_or(out_of_memory(0))?;
-        self.locked(true, |heap| {
+        self.locked_for(ctx, |heap| {
             heap.absorb_growth()?;
             loop {
                 if let Some((block, block_size)) = heap.find(need, search, align)? {
@@ -1353,8 +1364,8 @@ impl ShmAllocator for FreeListAllocator {
         })
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        self.locked(true, |heap| {
+    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
             heap.state.counters.on_free_locked(requested);
             Ok(())
@@ -1402,7 +1413,9 @@ impl ShmAllocator for FreeListAllocator {
     fn recover(&self) -> Result<RecoveryReport> {
         let before = self.stats_from(None);
         let (took_over, quarantined) =
-            self.locked_noting_takeover(true, |heap, took_over| Ok((took_over, heap.rebuild()?)))?;
+            self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), true, |heap, took_over| {
+                Ok((took_over, heap.rebuild()?))
+            })?;
         Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
             bytes_quarantined: quarantined,
@@ -1427,8 +1440,8 @@ impl ShmAllocator for FreeListAllocator {
         })
     }
 
-    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
-        self.locked(true, |heap| {
+    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+        self.locked_for(ctx, |heap| {
             Ok(match heap.resize(offset, new_size as u64)? {
                 Some(old) => {
                     heap.state.counters.on_free_locked(old);

@@ -14,13 +14,33 @@ use crate::segment::Segment;
 
 use super::{AllocatorKind, RecoveryReport};
 
-/// Per-thread information an allocator may use (the thread-local allocator
-/// picks its cache slot from it; the others ignore it).
+/// Per-call information an allocator may use: who calls (the thread-local
+/// allocator picks its cache slot from it) and whether the call may wait.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemContext {
     /// A small number that identifies the calling thread within its process;
     /// `None` lets the allocator find out for itself.
     pub thread: Option<u32>,
+    /// When set, an allocate, free or resize that finds the allocator's
+    /// lock held by another thread or process (after a few spins) returns
+    /// [`Error::WouldBlock`] at once, having changed nothing, instead of
+    /// waiting. For bindings that hold a lock of their own while they call
+    /// (an interpreter lock): try refusing, and on `WouldBlock` release
+    /// that lock and call again, patiently. Only the free-list and buddy
+    /// allocators take a lock; the others never wait on another process.
+    ///
+    /// ```
+    /// use shmkit::{Error, FreeListAllocator, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator};
+    ///
+    /// let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+    /// let block = match heap.allocate_offset(&MemContext::refusing_waits(), 64, 8) {
+    ///     Err(Error::WouldBlock { .. }) => heap.allocate_offset(&MemContext::default(), 64, 8)?,
+    ///     other => other?,
+    /// };
+    /// heap.free_offset(&MemContext::default(), block)?;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    pub refuse_waits: bool,
 }
 
 impl MemContext {
@@ -28,6 +48,16 @@ impl MemContext {
     pub fn current() -> MemContext {
         MemContext {
             thread: Some(current_thread_index()),
+            refuse_waits: false,
+        }
+    }
+
+    /// A context whose calls refuse to wait for a lock (see
+    /// [`refuse_waits`](Self::refuse_waits)).
+    pub fn refusing_waits() -> MemContext {
+        MemContext {
+            refuse_waits: true,
+            ..MemContext::default()
         }
     }
 }

@@ -5,9 +5,7 @@
 //! the `loom` model checks (on `loom` atomics) execute the same lines.
 //!
 //! Public: [`ShmMutex`] and [`ShmRwLock`], locks that live in a segment,
-//! sleep in the kernel (shared futexes) and survive a dead holder;
-//! [`without_waiting`], for bindings that must not block while they hold a
-//! lock of their own.
+//! sleep in the kernel (shared futexes) and survive a dead holder.
 
 /// The atomic word the algorithms run on, in a segment or under loom.
 pub(crate) mod atomic_word;
@@ -33,5 +31,4 @@ pub(crate) mod tagged_stack;
 pub(crate) mod thread_id;
 
 pub use mutex::{ShmMutex, ShmMutexGuard};
-pub use robust_lock::without_waiting;
 pub use rwlock::{ShmRwLock, ShmRwLockReadGuard, ShmRwLockWriteGuard, READER_SLOTS};

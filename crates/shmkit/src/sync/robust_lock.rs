@@ -9,7 +9,6 @@
 //! waits forever: a lock that stays busy past the caller's patience is an
 //! error.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -47,50 +46,30 @@ impl Drop for RobustGuard<'_> {
     }
 }
 
-thread_local! {
-    /// Set inside [`without_waiting`]: a lock held by someone else is
-    /// reported at once instead of waited for.
-    static REFUSE_WAITS: Cell<bool> = const { Cell::new(false) };
-}
-
 /// How many times a caller that refuses to wait re-reads a busy lock word
 /// before it reports [`Error::WouldBlock`]: long enough to ride out a holder
 /// in the middle of a short operation, far shorter than a system call.
 const SPINS_BEFORE_REFUSING: u32 = 64;
 
-/// Runs `work` with this thread's waits for shared locks replaced by an
-/// immediate [`Error::WouldBlock`]: a lock found held by another thread or
-/// process (after a few spins) makes the operation that needed it return
-/// that error, having changed nothing, instead of waiting.
-///
-/// For bindings that hold a lock of their own while they call shmkit (an
-/// interpreter lock, say): try the operation inside `without_waiting`, and
-/// only on `WouldBlock` release the outer lock and run it again, patiently.
-/// Applies to the locks of the free-list and buddy allocators and of the
-/// named-object directory; the lock-free allocators never wait on another
-/// process.
-///
-/// ```
-/// use shmkit::sync::without_waiting;
-/// use shmkit::{FreeListAllocator, SegmentAllocator, SegmentOptions, ShmAllocator};
-///
-/// let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20))?;
-/// let block = match without_waiting(|| heap.allocate(64)) {
-///     Err(shmkit::Error::WouldBlock { .. }) => heap.allocate(64)?, // now wait
-///     other => other?,
-/// };
-/// heap.free(block)?;
-/// # Ok::<(), shmkit::Error>(())
-/// ```
-pub fn without_waiting<R>(work: impl FnOnce() -> R) -> R {
-    struct Restore(bool);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            REFUSE_WAITS.with(|refuse| refuse.set(self.0));
+/// How long a caller of [`RobustLock::lock`] waits for a live holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Patience {
+    /// Up to this long (then [`Error::LockTimeout`]).
+    Wait(Duration),
+    /// Not at all: a few spins, then [`Error::WouldBlock`] (a dead holder
+    /// is judged by the next patient caller).
+    Refuse,
+}
+
+impl Patience {
+    /// `Refuse` when the context asks callers not to wait, else `wait`.
+    pub(crate) fn of(ctx: &crate::alloc::MemContext, wait: Duration) -> Patience {
+        if ctx.refuse_waits {
+            Patience::Refuse
+        } else {
+            Patience::Wait(wait)
         }
     }
-    let _restore = Restore(REFUSE_WAITS.with(|refuse| refuse.replace(true)));
-    work()
 }
 
 /// How often a waiter checks whether the owner is still alive.
@@ -108,13 +87,20 @@ impl RobustLock {
         }
     }
 
-    /// Takes the lock, waiting at most `patience`.
+    /// Takes the lock, waiting for a live holder at most `patience`.
     #[inline]
     pub(crate) fn lock(&self, patience: Duration) -> Result<RobustGuard<'_>> {
+        self.lock_with(Patience::Wait(patience))
+    }
+
+    /// Takes the lock with the given patience.
+    #[inline]
+    pub(crate) fn lock_with(&self, patience: Patience) -> Result<RobustGuard<'_>> {
         let token = own_token();
-        match self.take_from(0, token, false) {
-            Some(guard) => Ok(guard),
-            None => self.lock_slow(token, patience),
+        match (self.take_from(0, token, false), patience) {
+            (Some(guard), _) => Ok(guard),
+            (None, Patience::Wait(patience)) => self.lock_slow(token, patience),
+            (None, Patience::Refuse) => self.lock_or_refuse(token),
         }
     }
 
@@ -134,9 +120,6 @@ impl RobustLock {
 
     #[cold]
     fn lock_slow(&self, token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
-        if REFUSE_WAITS.with(Cell::get) {
-            return self.lock_or_refuse(token);
-        }
         let mut watch = DeathWatch::new(self as *const RobustLock as usize);
         let mut last_check = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
@@ -180,7 +163,7 @@ impl RobustLock {
 }
 
 impl RobustLock {
-    /// The slow path inside [`without_waiting`]: a few spins, then
+    /// The slow path of [`Patience::Refuse`]: a few spins, then
     /// [`Error::WouldBlock`] (the patient path judges whether the owner died).
     fn lock_or_refuse(&self, token: u64) -> Result<RobustGuard<'_>> {
         let mut owner = 0;
@@ -338,10 +321,10 @@ mod tests {
         let lock = RobustLock::new();
         let held = lock.lock(Duration::from_secs(1)).unwrap();
         std::thread::scope(|scope| {
-            // A patient wait would end in `LockTimeout` after 10 s (the
-            // holder never lets go here); a refusal is `WouldBlock`.
+            // A patient wait would end in `LockTimeout` (the holder never
+            // lets go here); a refusal is `WouldBlock`.
             let refused = scope
-                .spawn(|| without_waiting(|| lock.lock(Duration::from_secs(10)).map(|_| ())))
+                .spawn(|| lock.lock_with(Patience::Refuse).map(|_| ()))
                 .join()
                 .unwrap();
             assert!(
@@ -349,11 +332,9 @@ mod tests {
                 "{refused:?}"
             );
         });
-        // Outside the scope the same thread waits again, and a free lock is
-        // taken at once inside it.
         drop(held);
-        assert!(without_waiting(|| lock.lock(Duration::from_secs(1))).is_ok());
-        assert!(!REFUSE_WAITS.with(Cell::get), "the scope restored the flag");
+        // A free lock is taken at once, refusing or not.
+        assert!(lock.lock_with(Patience::Refuse).is_ok());
     }
 
     #[test]
