@@ -11,10 +11,24 @@ KINDS = {
     "bump": lambda name, **kw: shmkit.BumpAllocator(name, capacity=kw.get("capacity", 4 << 20)),
     "stack": lambda name, **kw: shmkit.StackAllocator(name, capacity=kw.get("capacity", 4 << 20)),
     "free_list": lambda name, **kw: shmkit.FreeListAllocator(name, capacity=kw.get("capacity", 4 << 20)),
-    "slab": lambda name, **kw: shmkit.SlabAllocator(name, slab_size=kw.get("slab_size", 256), num_slabs=kw.get("num_slabs", 4096)),
+    "slab": lambda name, **kw: shmkit.SlabAllocator(
+        name,
+        slab_size=kw.get("slab_size", 4096),
+        num_slabs=kw.get("capacity", 4 << 20) // kw.get("slab_size", 4096),
+    ),
     "buddy": lambda name, **kw: shmkit.BuddyAllocator(name, capacity=kw.get("capacity", 4 << 20)),
     "size_class": lambda name, **kw: shmkit.SizeClassAllocator(name, capacity=kw.get("capacity", 4 << 20)),
     "thread_local": lambda name, **kw: shmkit.ThreadLocalAllocator(name, capacity=kw.get("capacity", 4 << 20)),
+}
+
+CLASSES = {
+    "bump": shmkit.BumpAllocator,
+    "stack": shmkit.StackAllocator,
+    "free_list": shmkit.FreeListAllocator,
+    "slab": shmkit.SlabAllocator,
+    "buddy": shmkit.BuddyAllocator,
+    "size_class": shmkit.SizeClassAllocator,
+    "thread_local": shmkit.ThreadLocalAllocator,
 }
 
 # Allocators that free single blocks in any order.
@@ -25,10 +39,14 @@ def shm_exists(name):
     return os.path.exists(f"/dev/shm/{name}")
 
 
+def fresh_name(prefix="shmkit-py-test"):
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
 @pytest.fixture
 def name():
     """A fresh shared-memory name, unlinked after the test if still there."""
-    fresh = f"shmkit-py-test-{uuid.uuid4().hex[:12]}"
+    fresh = fresh_name()
     yield fresh
     if shm_exists(fresh):
         os.unlink(f"/dev/shm/{fresh}")

@@ -1,11 +1,13 @@
 """The Python API in one process: every allocator, every bad input."""
 
+import io
 import pickle
+import sys
 
 import pytest
 
 import shmkit
-from conftest import FREEING, KINDS, shm_exists
+from conftest import CLASSES, FREEING, KINDS, shm_exists
 
 
 @pytest.fixture(params=sorted(KINDS))
@@ -21,98 +23,165 @@ def heap(kind, name):
         allocator.close()
 
 
+def test_the_module_shows_its_api_only():
+    public = {entry for entry in dir(shmkit) if not entry.startswith("__")}
+    assert public == set(shmkit.__all__)
+    assert "_attach" not in dir(shmkit) and "shmkit" not in dir(shmkit)
+    assert shmkit.__doc__ and "shared memory" in shmkit.__doc__
+    for cls in CLASSES.values():
+        assert cls.__module__ == "shmkit" and cls.__doc__
+
+
 def test_write_read_round_trip(heap):
     offsets = [heap.allocate(size) for size in (1, 17, 100, 200)]
-    assert len(set(offsets)) == 4
+    assert None not in offsets and len(set(offsets)) == 4
     for i, offset in enumerate(offsets):
-        data = bytes([i + 1]) * heap.size_of(offset)
-        heap.write(offset, data)
+        heap.write(offset, bytes([i + 1]) * heap.size_of(offset))
     for i, offset in enumerate(offsets):
         assert heap.read(offset) == bytes([i + 1]) * heap.size_of(offset)
         assert heap.read(offset, 1) == bytes([i + 1])
     heap.check()
 
 
-def test_write_accepts_bytes_like(heap):
-    offset = heap.allocate(8)
+def test_write_accepts_any_bytes_like_object(heap):
+    array = pytest.importorskip("array")
+    offset = heap.allocate(16)
     heap.write(offset, bytearray(b"abcd"))
     heap.write(offset, memoryview(b"xy"))
     assert heap.read(offset, 4) == b"xycd"
+    heap.write(offset, array.array("B", [9, 8, 7]))
+    assert heap.read(offset, 3) == bytes([9, 8, 7])
+    heap.write(offset, memoryview(b"0123456789")[2:6])
+    assert heap.read(offset, 4) == b"2345"
 
 
-def test_views_share_the_bytes(heap):
-    offset = heap.allocate(64)
-    view = heap.view(offset)
-    assert len(view) == 64 and not view.readonly
-    view[:5] = b"hello"
-    assert heap.read(offset, 5) == b"hello"
-    heap.write(offset, b"HE")
-    assert bytes(view[:5]) == b"HEllo"
+@pytest.mark.parametrize("not_bytes", [16, [1, 2, 3], range(4), "text", None, 1.5])
+def test_write_refuses_what_is_not_bytes_like(heap, not_bytes):
+    offset = heap.allocate(32)
+    heap.write(offset, b"\x07" * 32)
+    with pytest.raises(TypeError):
+        heap.write(offset, not_bytes)
+    assert heap.read(offset) == b"\x07" * 32, "a refused write changed nothing"
 
 
-def test_numpy_frombuffer_shares_memory(heap):
+def test_errors_raised_while_converting_arguments_pass_through(heap):
+    class Interrupting:
+        def __index__(self):
+            raise KeyboardInterrupt
+
+    class Exploding:
+        def __buffer__(self, flags):
+            raise MemoryError("from the exporter")
+
+    offset = heap.allocate(8)
+    with pytest.raises(KeyboardInterrupt):
+        heap.write(Interrupting(), b"x")
+    with pytest.raises(KeyboardInterrupt):
+        heap.read(offset, Interrupting())
+    if sys.version_info >= (3, 12):  # __buffer__ (PEP 688)
+        with pytest.raises(MemoryError, match="from the exporter"):
+            heap.write(offset, Exploding())
+
+
+def test_a_strided_buffer_is_written_in_order(heap):
     numpy = pytest.importorskip("numpy")
-    offset = heap.allocate(8 * 16, alignment=16)
-    array = numpy.frombuffer(heap.view(offset), dtype=numpy.float64)
-    array[:] = numpy.arange(16)
-    again = numpy.frombuffer(heap.view(offset), dtype=numpy.float64)
-    assert again[15] == 15.0
-    assert heap.read(offset, 8) == numpy.float64(0).tobytes()
-
-
-def test_a_view_outlives_close(heap):
-    offset = heap.allocate(16)
-    view = heap.view(offset)
-    heap.close()
-    view[0] = 7  # still mapped: views never dangle
-    assert view[0] == 7
+    offset = heap.allocate(64)
+    strided = numpy.arange(16, dtype=numpy.uint8)[::2]
+    heap.write(offset, strided)
+    assert heap.read(offset, 8) == bytes(range(0, 16, 2))
+    matrix = numpy.arange(16, dtype=numpy.uint16).reshape(4, 4).T  # Fortran order
+    heap.write(offset, matrix)
+    assert heap.read(offset, 32) == numpy.ascontiguousarray(matrix).tobytes()
+    with pytest.raises(ValueError, match="block"):
+        heap.write(offset, numpy.zeros(10000, dtype=numpy.uint8)[::2])
 
 
 @pytest.mark.parametrize("alignment", [1 << k for k in range(13)])
 def test_alignment(heap, kind, alignment):
     if kind == "slab" and alignment > 16:
-        # Slots are 16-aligned; a larger alignment is refused, not faked.
+        # Slabs are 16-aligned; a larger alignment is refused, not faked.
         with pytest.raises(ValueError):
-            heap.allocate(24, alignment=alignment)
+            heap.allocate(24, alignment)
         return
     for _ in range(3):
-        offset = heap.allocate(24, alignment=alignment)
+        offset = heap.allocate(24, alignment)
         assert offset % alignment == 0
 
 
-def test_access_is_bounded_by_the_block(heap):
+def test_access_is_bounded_by_the_block(heap, kind):
     offset = heap.allocate(100)
     other = heap.allocate(100)
+    usable = {"free_list": 256, "slab": 4096}.get(kind, 100)
     heap.write(other, b"\x55" * 100)
-    with pytest.raises(ValueError):
-        heap.read(offset, 101)
-    with pytest.raises(ValueError):
-        heap.write(offset, b"x" * 101)
-    with pytest.raises(ValueError):
-        heap.view(offset, 101)
+    heap.write(offset, b"w" * usable)  # a block may use its whole slots
+    for too_long in (usable + 1, usable + 4096):
+        with pytest.raises(ValueError, match="block"):
+            heap.read(offset, too_long)
+        with pytest.raises(ValueError, match="block"):
+            heap.write(offset, b"x" * too_long)
+        with pytest.raises(ValueError, match="block"):
+            heap.view(offset, too_long)
     assert heap.read(other) == b"\x55" * 100, "a refused write changed nothing"
     # An offset inside a block, or outside the segment, is no block at all.
-    for wrong in (offset + 8, offset - 8, 1 << 40, 0):
-        with pytest.raises(ValueError):
+    for wrong in (offset + 8, offset - 8, offset + 1, 1 << 40, 0, 16):
+        with pytest.raises(ValueError, match="live block"):
             heap.read(wrong, 1)
-    for negative in (-1, -offset):
+
+
+@pytest.mark.parametrize("huge", [1 << 63, 1 << 64, 1 << 100])
+def test_huge_and_negative_integers_are_value_errors(heap, kind, huge):
+    offset = heap.allocate(8)
+    calls = [
+        lambda: heap.read(huge, 1),
+        lambda: heap.read(offset, huge),
+        lambda: heap.read(-1, 1),
+        lambda: heap.read(offset, -1),
+        lambda: heap.write(huge, b"x"),
+        lambda: heap.write(-5, b"x"),
+        lambda: heap.view(offset, huge),
+        lambda: heap.size_of(huge),
+        lambda: heap.allocate(huge),
+        lambda: heap.allocate(-1),
+        lambda: heap.allocate(8, huge),
+        lambda: heap.allocate(8, -8),
+    ]
+    if kind != "bump":
+        calls += [lambda: heap.free(huge), lambda: heap.free(-1)]
+    for call in calls:
         with pytest.raises(ValueError):
-            heap.read(negative, 1)
+            call()
+    assert heap.stats()["live_blocks"] == 1
 
 
-@pytest.mark.parametrize("size", [0, -1, -4096])
-def test_sizes_below_one_are_refused(heap, size):
-    with pytest.raises(ValueError):
-        heap.allocate(size)
+def test_bad_argument_types_are_type_errors(heap):
+    offset = heap.allocate(8)
+    for call in (lambda: heap.read("0"), lambda: heap.read(offset, 1.5), lambda: heap.allocate(8.0)):
+        with pytest.raises(TypeError):
+            call()
 
 
-@pytest.mark.parametrize("alignment", [0, 3, 24, -8])
+def test_sizes_below_one_are_refused(kind, name):
+    heap = KINDS[kind](name)
+    for size in (-1, -4096):
+        with pytest.raises(ValueError):
+            heap.allocate(size)
+    if kind in ("free_list", "slab"):
+        # As in shared_allocator: 0 (and None) is one whole slot or slab.
+        offset = heap.allocate(0)
+        assert heap.size_of(offset) == (256 if kind == "free_list" else 4096)
+    else:
+        with pytest.raises(ValueError):
+            heap.allocate(0)
+    heap.close()
+
+
+@pytest.mark.parametrize("alignment", [0, 3, 24])
 def test_bad_alignments_are_refused(heap, alignment):
-    with pytest.raises(ValueError):
-        heap.allocate(16, alignment=alignment)
+    with pytest.raises(ValueError, match="power of two"):
+        heap.allocate(16, alignment)
 
 
-@pytest.mark.parametrize("kind", FREEING)
+@pytest.mark.parametrize("kind", FREEING + ["stack"])
 def test_bad_frees_change_nothing(kind, name):
     heap = KINDS[kind](name)
     live = heap.allocate(40)
@@ -120,11 +189,11 @@ def test_bad_frees_change_nothing(kind, name):
     gone = heap.allocate(40)
     heap.free(gone)
     used, stats = heap.used_bytes(), heap.stats()
-    for wrong in (gone, live + 8, live + 1, 1 << 40, 12345):
+    for wrong in (gone, live + 8, live + 1, 1 << 40, 12345, 0):
         with pytest.raises(ValueError):
             heap.free(wrong)
     assert heap.used_bytes() == used
-    assert heap.stats()["live_allocations"] == stats["live_allocations"]
+    assert heap.stats()["live_blocks"] == stats["live_blocks"]
     assert heap.read(live) == b"L" * 40
     heap.check()
     heap.free(live)
@@ -146,78 +215,69 @@ def test_freed_memory_is_reused(kind, name):
 def test_bump_frees_everything_with_reset(name):
     bump = shmkit.BumpAllocator(name, capacity=1 << 20)
     first = bump.allocate(100)
+    bump.write(first, b"old")
     with pytest.raises(NotImplementedError):
         bump.free(first)
     assert bump.used_bytes() == 100
     bump.reset()
-    assert bump.used_bytes() == 0
+    assert bump.used_bytes() == 0 and bump.available_bytes() == 1 << 20
+    # An offset from before the reset names no block any more...
+    with pytest.raises(ValueError):
+        bump.read(first, 1)
+    # ...until the same place is handed out again.
     assert bump.allocate(100) == first
+    assert bump.size_of(first) == 100
     bump.close()
 
 
 def test_the_stack_frees_in_reverse_order(name):
     stack = shmkit.StackAllocator(name, capacity=1 << 20)
     a, b = stack.allocate(10), stack.allocate(10)
+    stack.write(a, b"kept")
     with pytest.raises(ValueError):
         stack.free(a)  # not the top
-    assert stack.read(a, 1) is not None, "the refused free kept the block"
+    assert stack.read(a, 4) == b"kept", "the refused free kept the block"
     stack.free(b)
     stack.free(a)
     assert stack.used_bytes() == 0
     stack.close()
 
 
-@pytest.mark.parametrize("kind", ["bump", "free_list", "size_class", "thread_local", "buddy"])
-def test_exhaustion_returns_none(kind, name):
-    heap = KINDS[kind](name, capacity=1 << 20)
-    taken = 0
-    while heap.allocate(4000) is not None:
-        taken += 1
-        assert taken < 1000
-    assert taken > 50
-    assert heap.allocate(1 << 30) is None
-    heap.close()
-
-
 def test_the_slab_refuses_what_no_slab_holds(name):
     slab = shmkit.SlabAllocator(name, slab_size=128, num_slabs=64)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="slab"):
         slab.allocate(129)
     blocks = []
     while (offset := slab.allocate(128)) is not None:
         blocks.append(offset)
-    assert len(blocks) >= 64
+    assert len(blocks) == 64, "exactly the slabs asked for"
     slab.free(blocks[0])
     assert slab.allocate(128) == blocks[0]
     slab.close()
 
 
 def test_free_list_is_general_purpose(name):
-    heap = shmkit.FreeListAllocator(name, capacity=4 << 20)
+    heap = shmkit.FreeListAllocator(name, capacity=4 << 20, slot_size=64)
     small = []
     while (offset := heap.allocate(64)) is not None:
         small.append(offset)
-    assert len(small) > 10_000
+    assert len(small) == (4 << 20) // 64
+    assert heap.available_slots() == 0 and heap.available_bytes() == 0
     for offset in small:
         heap.free(offset)
     # Memory freed at 64 bytes serves one block of most of the segment.
     big = heap.allocate(3 << 20)
     assert big is not None
+    assert heap.used_slots() == (3 << 20) // 64
     heap.write(big, b"z" * (3 << 20))
-    heap.close()
-
-
-def test_free_list_accepts_the_fixed_slot_arguments(name):
-    heap = shmkit.FreeListAllocator(name, slot_size=512, num_slots=100)
-    blocks = [heap.allocate(512) for _ in range(100)]
-    assert None not in blocks
-    assert heap.allocate(5000) is not None, "any size, not only slots"
+    assert heap.read(big, 5) == b"zzzzz"
     heap.close()
 
 
 def test_missing_and_existing_names(kind, name):
     factory = KINDS[kind]
-    cls = type(factory(name))
+    cls = CLASSES[kind]
+    factory(name)
     with pytest.raises(FileExistsError):
         factory(name)
     with pytest.raises(FileNotFoundError):
@@ -235,11 +295,11 @@ def test_another_kind_is_refused(name):
 def test_a_foreign_segment_is_refused(name):
     with open(f"/dev/shm/{name}", "wb") as foreign:
         foreign.write(b"not a segment" * 1000)
-    with pytest.raises(ValueError):
+    with pytest.raises(shmkit.CorruptSegmentError):
         shmkit.FreeListAllocator(name, create=False)
 
 
-def test_every_call_after_close_raises(heap):
+def test_every_call_after_close_raises_but_unlink_works(heap, kind, name):
     offset = heap.allocate(10)
     heap.close()
     assert heap.closed
@@ -249,16 +309,26 @@ def test_every_call_after_close_raises(heap):
         lambda: heap.read(offset, 1),
         lambda: heap.view(offset),
         lambda: heap.free(offset),
+        lambda: heap.size_of(offset),
         lambda: heap.used_bytes(),
         lambda: heap.available_bytes(),
         lambda: heap.stats(),
-        lambda: heap.unlink(),
-        lambda: heap.capacity,
+        lambda: heap.check(),
+        lambda: heap.recover(),
+        lambda: heap.total_size,
+        lambda: heap.__enter__(),
     ]
     for call in calls:
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="closed"):
             call()
     heap.close()  # closing twice is fine
+    # The facts stay readable, as the peer's plain attributes do.
+    assert heap.name == name and heap.capacity > 0
+    assert shm_exists(name)
+    heap.unlink()  # about the name, not the mapping
+    assert not shm_exists(name)
+    with pytest.raises(FileNotFoundError):
+        heap.unlink()
 
 
 def test_context_manager_closes_and_keeps_the_segment(kind, name):
@@ -267,35 +337,107 @@ def test_context_manager_closes_and_keeps_the_segment(kind, name):
         heap.write(offset, b"persistent")
     assert heap.closed
     assert shm_exists(name), "closing never removes the segment"
-    cls = type(heap)
-    with cls(name, create=False) as again:
+    with CLASSES[kind](name, create=False) as again:
         assert again.read(offset, 10) == b"persistent"
         again.unlink()
     assert not shm_exists(name)
 
 
-def test_pickles_by_name(heap):
+def test_module_unlink_removes_by_name(name):
+    heap = shmkit.FreeListAllocator(name, capacity=1 << 20)
+    heap.close()
+    shmkit.unlink(name)
+    assert not shm_exists(name)
+    with pytest.raises(FileNotFoundError):
+        shmkit.unlink(name)
+    with pytest.raises(FileNotFoundError):
+        shmkit.FreeListAllocator(name, create=False)
+
+
+def test_pickles_by_name(heap, kind):
     offset = heap.allocate(5)
     heap.write(offset, b"first")
-    twin = pickle.loads(pickle.dumps(heap))
-    assert type(twin) is type(heap) and twin.name == heap.name
-    assert twin.read(offset, 5) == b"first"
-    twin.write(offset, b"other")
-    assert heap.read(offset, 5) == b"other"
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        twin = pickle.loads(pickle.dumps(heap, protocol))
+        assert type(twin) is type(heap) and twin.name == heap.name
+        assert twin.capacity == heap.capacity
+        assert twin.read(offset, 5) == b"first"
+        twin.write(offset, b"other")
+        assert heap.read(offset, 5) == b"other"
+        twin.close()
+        heap.write(offset, b"first")
+    assert heap.read(offset, 5) == b"first"
+
+
+def test_read_only_attachment_reads_and_refuses_changes(heap, kind, name):
+    offset = heap.allocate(32)
+    heap.write(offset, b"r" * 32)
+    cls = CLASSES[kind]
+    with pytest.raises(ValueError, match="create=False"):
+        cls(name, read_only=True)
+    reader = cls(name, create=False, read_only=True)
+    assert reader.read_only and reader.read(offset) == b"r" * 32
+    view = reader.view(offset)
+    assert view.readonly and bytes(view[:4]) == b"rrrr"
+    with pytest.raises(TypeError):
+        view[0] = 1
+    for call in (
+        lambda: reader.allocate(8),
+        lambda: reader.write(offset, b"x"),
+        lambda: reader.free(offset),
+        lambda: reader.check(),
+        lambda: reader.recover(),
+    ):
+        with pytest.raises(io.UnsupportedOperation):
+            call()
+    assert reader.used_bytes() == heap.used_bytes()
+    heap.write(offset, b"new!")
+    assert bytes(view[:4]) == b"new!", "the reader sees the writer's bytes"
+    twin = pickle.loads(pickle.dumps(reader))
+    assert twin.read_only
+    del view
+    reader.close()
     twin.close()
-    assert heap.read(offset, 5) == b"other"
 
 
 def test_stats_and_accounting(heap, kind):
-    sizes = [10, 200, 250 if kind == "slab" else 3000]
+    sizes = [10, 200, 3000]
     offsets = [heap.allocate(size) for size in sizes]
     stats = heap.stats()
-    assert heap.used_bytes() == stats["used_bytes"] == sum(sizes)
+    expected_keys = {
+        "kind", "capacity", "used_bytes", "available_bytes", "requested_bytes", "live_blocks",
+        "peak_used_bytes", "segment_size", "segment_max_size", "heap_free_bytes",
+        "largest_free_block", "fragmentation",
+    }
+    assert set(stats) == expected_keys
+    taken = {"free_list": [256, 256, 3072], "slab": [4096, 4096, 4096]}.get(kind, sizes)
+    assert heap.used_bytes() == stats["used_bytes"] == sum(taken)
+    assert stats["requested_bytes"] == sum(sizes)
     assert stats["live_blocks"] == 3
-    for key in ("capacity", "free_bytes", "largest_free_block", "fragmentation", "peak_bytes"):
-        assert key in stats
-    assert 0 < heap.available_bytes() < heap.capacity
-    if kind in FREEING:
-        heap.free(offsets[1])
-        assert heap.used_bytes() == sizes[0] + sizes[2]
+    assert stats["available_bytes"] == heap.available_bytes() == heap.capacity - sum(taken)
+    assert stats["capacity"] == heap.capacity
+    assert stats["segment_size"] > heap.capacity, "headers come on top of the capacity"
+    assert stats["peak_used_bytes"] == sum(taken)
+    if kind in FREEING + ["stack"]:
+        heap.free(offsets[2])
+        assert heap.used_bytes() == sum(taken[:2])
         assert heap.stats()["live_blocks"] == 2
+        assert heap.stats()["peak_used_bytes"] == sum(taken)
+
+
+def test_repr_names_the_allocator(heap, kind, name):
+    text = repr(heap)
+    assert type(heap).__name__ in text and repr(name) in text
+    heap.close()
+    assert "closed" in repr(heap)
+
+
+def test_zero_on_free_zeroes_freed_blocks(name):
+    heap = shmkit.FreeListAllocator(name, capacity=1 << 20, zero_on_free=True)
+    offset = heap.allocate(64)
+    heap.write(offset, b"secret" * 10)
+    heap.free(offset)
+    again = heap.allocate(64)
+    assert again == offset
+    assert heap.read(again) == bytes(64)
+    heap.close()

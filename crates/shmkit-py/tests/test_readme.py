@@ -1,16 +1,36 @@
-"""The README's Python example runs as written (under a fresh name)."""
+"""The README's Python example runs as written (under a fresh name), and
+type-checks under `mypy --strict` against the shipped stubs."""
 
 import pathlib
 import re
 import subprocess
 import sys
 
+import pytest
+
 README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
 
 
+def example():
+    text = re.search(r"## Python\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    assert '"my-pool"' in text
+    return text
+
+
 def test_the_readme_example_runs(tmp_path, name):
-    example = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    assert '"my-pool"' in example
     script = tmp_path / "example.py"
-    script.write_text(example.replace('"my-pool"', repr(name)))
+    script.write_text(example().replace('"my-pool"', repr(name)))
     subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+
+
+def test_the_readme_example_passes_mypy_strict(tmp_path):
+    pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")
+    script = tmp_path / "example.py"
+    script.write_text(example())
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

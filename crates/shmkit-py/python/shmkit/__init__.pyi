@@ -1,18 +1,25 @@
 """Process-safe allocators over POSIX shared memory.
 
-Every allocator object attaches one named segment. ``allocate`` returns an
-offset that means the same block in every process that attaches the name;
-``read``, ``write`` and ``view`` are bounded by that block. Objects pickle
-by name, so a ``multiprocessing`` child (fork or spawn) attaches the same
-segment. Closing or dropping an object never removes the segment; only
-``unlink()`` does.
+Carve one shared-memory segment into blocks from several processes at
+once and refer to them by offsets that mean the same block in every
+process. A drop-in for the ``shared_allocator`` package
+(``BumpAllocator``, ``FreeListAllocator``, ``SlabAllocator``, call for call
+and in its argument order) that also gives a stack, a buddy, a size-class
+and a thread-caching allocator, zero-copy views, recovery after a crashed
+process, and read-only attachment.
+
+Every allocator keeps its whole state in the segment; objects pickle by
+name, so a ``multiprocessing`` worker (fork or spawn) attaches the same
+segment. Closing never removes a segment: ``unlink()`` (or
+``shmkit.unlink(name)``) does.
 """
 
 from types import TracebackType
-from typing import Any, Dict, Optional, Type, TypeVar, Union
+from typing import Optional, Type, TypedDict, TypeVar, Union
 
-_Self = TypeVar("_Self")
-_Bytes = Union[bytes, bytearray, memoryview]
+from typing_extensions import Buffer
+
+_Self = TypeVar("_Self", bound="_Allocator")
 
 __version__: str
 
@@ -20,62 +27,152 @@ class WrongAllocatorError(ValueError):
     """The segment exists but was made for another allocator kind or layout."""
 
 class CorruptSegmentError(ValueError):
-    """The bytes at that name are not an intact shmkit segment."""
+    """The bytes at that name are not an intact shmkit segment, or a
+    structure in it is damaged."""
+
+class SegmentInUseError(RuntimeError):
+    """Other processes still map the segment, so ``recover()`` refuses to
+    rebuild it (pass ``force=True`` once they are stopped)."""
+
+def unlink(name: str) -> None:
+    """Remove the shared-memory segment ``name`` without attaching it (one
+    a crashed process left behind, say).
+
+    Raises FileNotFoundError if it does not exist. Processes that have it
+    mapped keep it until they close.
+    """
+
+class Stats(TypedDict):
+    """What ``stats()`` returns.
+
+    Figures about users' blocks come from counters in the segment, shared
+    by every process; the ``heap_*`` figures from the allocator's own
+    structure (None on a read-only attachment).
+    """
+
+    kind: str
+    """The allocator: bump, stack, free-list, pool (slabs), buddy,
+    size-class, thread-local."""
+    capacity: int
+    """Bytes users can allocate in all (``capacity``)."""
+    used_bytes: int
+    """Bytes live blocks take from the capacity: their sizes, or whole
+    slots (free list) and slabs (slab) where blocks take those."""
+    available_bytes: int
+    """``capacity - used_bytes``: what can still be allocated."""
+    requested_bytes: int
+    """Bytes live blocks were asked for (at most ``used_bytes``)."""
+    live_blocks: int
+    """Blocks allocated and not yet freed, in every process."""
+    peak_used_bytes: int
+    """The most ``used_bytes`` has ever been."""
+    segment_size: int
+    """Bytes the shared-memory object takes now: the capacity plus the
+    segment header, the allocator's state, and a 16-byte header per block.
+    Grows when blocks need more room for their headers."""
+    segment_max_size: int
+    """Bytes the segment may grow to."""
+    heap_free_bytes: Optional[int]
+    """Free space in the allocator's heap, block headers not subtracted."""
+    largest_free_block: Optional[int]
+    """The largest single request the heap can serve now, without growing."""
+    fragmentation: Optional[float]
+    """``1 - largest_free_block / heap_free_bytes``: 0 when the free space
+    is one piece, near 1 when it is scattered."""
+
+class Recovery(TypedDict):
+    """What ``recover()`` returns."""
+
+    locks_taken_over: int
+    """Locks a dead process held, taken over and released."""
+    caches_reclaimed: int
+    """Thread caches of dead processes given back."""
+    blocks_reclaimed: int
+    """Free blocks that were on no free list, allocatable again."""
+    bytes_quarantined: int
+    """Bytes fenced off because the headers that describe them were
+    destroyed (a view written after its block was freed, say): never handed
+    out again, and the rest of the heap stays usable."""
+    rebuilt: bool
+    """Whether the allocator's free structures were rebuilt."""
+    live_blocks_before: Optional[int]
+    live_blocks_after: int
+    """Live blocks as counted before, and as found in the blocks' headers."""
+    used_bytes_before: Optional[int]
+    used_bytes_after: int
+    """``used_bytes`` before, and as recounted from the blocks."""
 
 class _Allocator:
-    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
-        """Allocate ``size`` bytes at a multiple of ``alignment``.
-
-        Returns the offset, or None when the segment is full. Raises
-        ValueError for a size below 1 or an alignment that is not a power
-        of two.
-        """
-    def write(self, offset: int, data: _Bytes) -> None:
-        """Copy ``data`` to the start of the block at ``offset``.
+    def write(self, offset: int, data: Buffer) -> None:
+        """Copy ``data`` (any bytes-like object: bytes, bytearray,
+        memoryview, array, numpy array) to the start of the block at
+        ``offset``.
 
         Raises ValueError if ``offset`` is not a live block or ``data`` is
-        longer than the block.
+        longer than the block; TypeError if ``data`` is not bytes-like.
         """
     def read(self, offset: int, size: Optional[int] = None) -> bytes:
-        """Copy ``size`` bytes (default: the whole block) from the block."""
+        """Copy ``size`` bytes (default: the size asked for) from the start
+        of the block at ``offset``."""
     def view(self, offset: int, size: Optional[int] = None) -> memoryview:
-        """A writable view of the block's bytes: no copy, shared with every
-        process (``numpy.frombuffer(view, dtype)`` shares it too)."""
-    def free(self, offset: int) -> None:
+        """A memoryview of ``size`` bytes (default: the size asked for) at
+        the start of the block: no copy, the same bytes in every process
+        (``numpy.frombuffer(view, dtype)`` shares them too).
+
+        While the view, or anything made from it, lives, the segment stays
+        mapped in this process and ``free()`` of the block raises
+        BufferError. Read-only on a read-only attachment.
+        """
+    def free(self, offset: int, *, force: bool = False) -> None:
         """Free the block at ``offset``.
 
         Raises ValueError, changing nothing, for an offset that is not a
-        live block (never allocated, or already freed). Bump allocators
-        raise NotImplementedError: they free everything with ``reset()``.
+        live block (never allocated, already freed, inside another block);
+        BufferError while views of the block live in this process, unless
+        ``force``. Bump allocators raise NotImplementedError: they free
+        everything with ``reset()``.
         """
     def size_of(self, offset: int) -> int:
         """The size asked for when the block at ``offset`` was allocated."""
-    def reset(self) -> None:
-        """Forget every block at once (bump allocators)."""
     def used_bytes(self) -> int:
-        """Bytes users asked for and still hold, over all processes."""
+        """Bytes live blocks take from the capacity, over all processes."""
     def available_bytes(self) -> int:
-        """Bytes the allocator can still hand out."""
-    def stats(self) -> Dict[str, Any]:
-        """The allocator's accounting: used and free bytes, live blocks,
-        peak, largest free block, fragmentation."""
+        """Bytes that can still be allocated (``capacity - used_bytes()``)."""
+    def stats(self) -> Stats:
+        """The accounting (see ``Stats`` for what each key means)."""
     def check(self) -> None:
-        """Walk the allocator's structure; raise ValueError on the first
-        inconsistency."""
+        """Walk the allocator's structure; raise CorruptSegmentError with
+        the first inconsistency."""
+    def recover(self, *, force: bool = False) -> Recovery:
+        """Mend what processes that died in the middle of an operation left
+        behind (locks, caches, free blocks on no list, destroyed headers)
+        and recount the accounting from the blocks.
+
+        Raises SegmentInUseError while other processes map the segment,
+        unless ``force``: recovery rebuilds structures they would be using.
+        """
     @property
     def capacity(self) -> int:
-        """The segment's size in bytes."""
+        """Bytes users can allocate; the segment is larger (headers)."""
+    @property
+    def total_size(self) -> int:
+        """Bytes the shared-memory object takes now."""
     @property
     def name(self) -> str:
         """The shared-memory name."""
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
+    @property
+    def read_only(self) -> bool:
+        """Whether the segment is attached read-only."""
     def close(self) -> None:
-        """Detach; the segment stays for other processes until ``unlink()``.
-        Any later call raises ValueError."""
+        """Detach; the segment stays for other processes until ``unlink()``,
+        and live views keep it mapped here until they are released. Closing
+        again does nothing; any other call raises ValueError."""
     def unlink(self) -> None:
-        """Remove the segment's name; attached processes keep their mapping."""
+        """Remove the segment's name, also after ``close()``; attached
+        processes keep their mapping. FileNotFoundError if it is gone."""
     def __enter__(self: _Self) -> _Self: ...
     def __exit__(
         self,
@@ -85,67 +182,157 @@ class _Allocator:
     ) -> bool: ...
 
 class BumpAllocator(_Allocator):
-    """Lock-free bump allocation; frees everything at once with reset().
+    """Lock-free bump allocation; frees everything at once with ``reset()``.
 
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
+    ``capacity`` bytes can be allocated: ``capacity // n`` blocks of ``n``
+    bytes. ``create=False`` attaches an existing segment (its own capacity):
+    FileNotFoundError if the name does not exist, WrongAllocatorError if it
+    holds another kind. ``create=True`` raises FileExistsError if the name
+    exists. ``read_only=True`` (with ``create=False``) maps it read-only:
+    reads and views work, changes raise io.UnsupportedOperation.
+    ``zero_on_free`` has no effect on a bump allocator.
     """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True) -> None: ...
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 1048576,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes at a multiple of ``alignment`` (a power
+        of two); the offset, or None when the capacity is used up."""
+    def reset(self, *, force: bool = False) -> None:
+        """Forget every block at once, in every process (all of them must
+        be done with the old offsets, which are refused from now on).
+        Raises BufferError while views live in this process, unless
+        ``force``."""
 
 class StackAllocator(_Allocator):
-    """Blocks freed in the reverse order of allocation.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
-    """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True) -> None: ...
+    """Blocks freed in the reverse order of allocation (ValueError for any
+    other block). Arguments as for ``BumpAllocator``; ``zero_on_free`` has
+    no effect on a stack."""
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 1048576,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes at a multiple of ``alignment``; the
+        offset, or None when the capacity is used up."""
 
 class FreeListAllocator(_Allocator):
-    """General purpose: any size up to the capacity, freed memory reused at any size.
+    """General purpose, in slots of ``slot_size`` bytes: ``num_slots`` of
+    them (default ``capacity // slot_size``; ``capacity`` is ignored when
+    ``num_slots`` is given). A block takes whole slots, so any size up to
+    the capacity can be allocated, and freed memory is reused at any size.
 
-    `slot_size` and `num_slots` (accepted from fixed-slot versions) set the
-    capacity when `capacity` is not given.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
+    ``create=False`` attaches an existing segment (its own slots);
+    ``read_only`` and ``zero_on_free`` (zero every block as it is freed, in
+    every process) are keyword-only.
     """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True, slot_size: Optional[int] = None, num_slots: Optional[int] = None) -> None: ...
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 10485760,
+        slot_size: int = 256,
+        num_slots: Optional[int] = None,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int = 0, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes (0: one slot) at a multiple of
+        ``alignment``; the offset, or None when the slots are used up. The
+        block may use all of its slots."""
+    def available_slots(self) -> int:
+        """Slots not taken by live blocks."""
+    def used_slots(self) -> int:
+        """Slots taken by live blocks."""
+    @property
+    def slot_size(self) -> int:
+        """Bytes per slot."""
+    @property
+    def num_slots(self) -> int:
+        """Slots in all."""
 
 class SlabAllocator(_Allocator):
-    """Fixed-size slots of `slab_size` bytes, `num_slabs` of them, lock-free.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
-    """
-    def __init__(self, name: str, slab_size: int = 256, num_slabs: int = 4096, create: bool = True) -> None: ...
+    """``num_slabs`` slabs of ``slab_size`` bytes, one per allocation,
+    lock-free. Slabs are 16-byte aligned."""
+    def __init__(
+        self,
+        name: str,
+        slab_size: int = 256,
+        num_slabs: int = 4096,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: Optional[int] = None, alignment: int = 8) -> Optional[int]:
+        """Allocate one slab; ``size`` (default: the slab size) is the
+        length ``read`` and ``view`` default to. ValueError if it does not
+        fit in a slab or ``alignment`` exceeds 16; None when every slab is
+        taken."""
+    def available_slabs(self) -> int:
+        """Slabs not in use."""
+    def used_slabs(self) -> int:
+        """Slabs in use."""
+    @property
+    def slab_size(self) -> int:
+        """Bytes per slab."""
+    @property
+    def num_slabs(self) -> int:
+        """Slabs in all."""
 
 class BuddyAllocator(_Allocator):
-    """Power-of-two blocks that split and merge.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
-    """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True) -> None: ...
+    """Power-of-two blocks that split and merge."""
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 10485760,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes at a multiple of ``alignment``; the
+        offset, or None when full."""
 
 class SizeClassAllocator(_Allocator):
-    """Fine size classes over a lock-free page heap.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
-    """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True) -> None: ...
+    """Fine size classes over a lock-free page heap."""
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 10485760,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes at a multiple of ``alignment``; the
+        offset, or None when full."""
 
 class ThreadLocalAllocator(_Allocator):
-    """Per-thread caches in the segment over size classes.
-
-    ``create=False`` attaches an existing segment: FileNotFoundError if the
-    name does not exist, WrongAllocatorError if it holds another kind.
-    ``create=True`` raises FileExistsError if the name exists.
-    """
-    def __init__(self, name: str, capacity: Optional[int] = None, create: bool = True) -> None: ...
+    """Per-thread caches in the segment over size classes."""
+    def __init__(
+        self,
+        name: str,
+        capacity: int = 10485760,
+        create: bool = True,
+        *,
+        read_only: bool = False,
+        zero_on_free: bool = False,
+    ) -> None: ...
+    def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
+        """Allocate ``size`` bytes at a multiple of ``alignment``; the
+        offset, or None when full."""

@@ -1,0 +1,55 @@
+"""Process-safe allocators over POSIX shared memory.
+
+Carve one shared-memory segment into blocks from several processes at
+once and refer to them by offsets that mean the same block in every
+process. A drop-in for the ``shared_allocator`` package
+(``BumpAllocator``, ``FreeListAllocator``, ``SlabAllocator``, call for call
+and in its argument order) that also gives a stack, a buddy, a size-class
+and a thread-caching allocator, zero-copy views, recovery after a crashed
+process, and read-only attachment.
+
+    >>> import shmkit
+    >>> heap = shmkit.FreeListAllocator("doc-heap", capacity=1 << 20)
+    >>> offset = heap.allocate(64)
+    >>> heap.write(offset, b"shared")
+    >>> heap.read(offset, 6)
+    b'shared'
+    >>> heap.free(offset)
+    >>> heap.close(); heap.unlink()
+
+Every allocator keeps its whole state in the segment; objects pickle by
+name, so a ``multiprocessing`` worker (fork or spawn) attaches the same
+segment. Closing never removes a segment: ``unlink()`` (or
+``shmkit.unlink(name)``) does.
+"""
+
+from shmkit import _native
+
+BumpAllocator = _native.BumpAllocator
+StackAllocator = _native.StackAllocator
+FreeListAllocator = _native.FreeListAllocator
+SlabAllocator = _native.SlabAllocator
+BuddyAllocator = _native.BuddyAllocator
+SizeClassAllocator = _native.SizeClassAllocator
+ThreadLocalAllocator = _native.ThreadLocalAllocator
+WrongAllocatorError = _native.WrongAllocatorError
+CorruptSegmentError = _native.CorruptSegmentError
+SegmentInUseError = _native.SegmentInUseError
+unlink = _native.unlink
+__version__ = _native.__version__
+
+__all__ = [
+    "BumpAllocator",
+    "StackAllocator",
+    "FreeListAllocator",
+    "SlabAllocator",
+    "BuddyAllocator",
+    "SizeClassAllocator",
+    "ThreadLocalAllocator",
+    "WrongAllocatorError",
+    "CorruptSegmentError",
+    "SegmentInUseError",
+    "unlink",
+]
+
+del _native

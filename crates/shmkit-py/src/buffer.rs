@@ -1,0 +1,389 @@
+//! The buffer protocol (PEP 3118) under the 3.10 stable ABI: reading a
+//! caller's bytes-like object without a copy, and exporting a block as a
+//! `memoryview` whose exporter keeps the mapping alive and tells the heap
+//! which blocks have live views.
+//!
+//! `Py_buffer`, `PyObject_GetBuffer`, `PyBuffer_Release` and the buffer
+//! slots of `PyType_FromSpec` entered the stable ABI in 3.11, so PyO3 offers
+//! them only from there. Their layout and behaviour have not changed since
+//! 3.3, and CPython accepts the buffer slots in a type spec since 3.9
+//! (bpo-40724), so this module declares them itself for the 3.10 wheel.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::marker::PhantomData;
+use std::ptr::{self, NonNull};
+use std::sync::Arc;
+
+use pyo3::ffi;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyType};
+
+use crate::heap::Heap;
+
+/// CPython's `Py_buffer` (the same layout from 3.3 through 3.14).
+#[repr(C)]
+struct RawBuffer {
+    buf: *mut c_void,
+    obj: *mut ffi::PyObject,
+    len: ffi::Py_ssize_t,
+    itemsize: ffi::Py_ssize_t,
+    readonly: c_int,
+    ndim: c_int,
+    format: *mut c_char,
+    shape: *mut ffi::Py_ssize_t,
+    strides: *mut ffi::Py_ssize_t,
+    suboffsets: *mut ffi::Py_ssize_t,
+    internal: *mut c_void,
+}
+
+const PYBUF_WRITABLE: c_int = 0x0001;
+const PYBUF_FORMAT: c_int = 0x0004;
+const PYBUF_ND: c_int = 0x0008;
+const PYBUF_STRIDES: c_int = 0x0010 | PYBUF_ND;
+
+extern "C" {
+    fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
+    fn PyBuffer_Release(view: *mut RawBuffer);
+    fn PyBuffer_IsContiguous(view: *const RawBuffer, order: c_char) -> c_int;
+    fn PyBuffer_ToContiguous(
+        buf: *mut c_void,
+        view: *const RawBuffer,
+        len: ffi::Py_ssize_t,
+        order: c_char,
+    ) -> c_int;
+}
+
+/// A caller's bytes-like object, its buffer held for as long as this lives
+/// (the exporter keeps the bytes in place: a `bytearray` refuses to resize
+/// while they are held). Tied to the interpreter lock: released with it.
+pub struct HeldBytes<'py> {
+    view: RawBuffer,
+    contiguous: bool,
+    _attached: PhantomData<Python<'py>>,
+}
+
+impl<'py> HeldBytes<'py> {
+    /// Holds the buffer of `data`: anything with the buffer protocol
+    /// (`bytes`, `bytearray`, `memoryview`, `array`, numpy arrays, strided
+    /// ones too). Other objects raise the interpreter's own `TypeError`,
+    /// and whatever the exporter raises passes through.
+    pub fn new(data: &Bound<'py, PyAny>) -> PyResult<HeldBytes<'py>> {
+        let mut view = RawBuffer {
+            buf: ptr::null_mut(),
+            obj: ptr::null_mut(),
+            len: 0,
+            itemsize: 0,
+            readonly: 0,
+            ndim: 0,
+            format: ptr::null_mut(),
+            shape: ptr::null_mut(),
+            strides: ptr::null_mut(),
+            suboffsets: ptr::null_mut(),
+            internal: ptr::null_mut(),
+        };
+        // SAFETY: `data` is a live object (we hold the interpreter lock, as
+        // the `Bound` proves) and `view` is a writable `Py_buffer`.
+        if unsafe { PyObject_GetBuffer(data.as_ptr(), &mut view, PYBUF_STRIDES) } != 0 {
+            return Err(PyErr::fetch(data.py()));
+        }
+        // SAFETY: a buffer filled by the call above.
+        let contiguous = unsafe { PyBuffer_IsContiguous(&view, b'C' as c_char) } != 0;
+        Ok(HeldBytes {
+            view,
+            contiguous,
+            _attached: PhantomData,
+        })
+    }
+
+    /// Bytes in the buffer.
+    pub fn len(&self) -> usize {
+        self.view.len.max(0) as usize
+    }
+
+    /// The bytes, when they lie in one piece.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        if !self.contiguous {
+            return None;
+        }
+        if self.len() == 0 || self.view.buf.is_null() {
+            return Some(&[]);
+        }
+        // SAFETY: a C-contiguous buffer is `len` readable bytes at `buf`,
+        // kept in place until it is released (on drop, after this borrow).
+        Some(unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.len()) })
+    }
+
+    /// Copies the bytes, in C order, to `target`.
+    ///
+    /// # Safety
+    ///
+    /// `target` must be valid for writes of [`len`](Self::len) bytes that
+    /// nothing else accesses meanwhile.
+    pub unsafe fn copy_to(&self, target: *mut u8) -> PyResult<()> {
+        // SAFETY: the caller vouches for `target`; the view is held. The
+        // copy runs no Python code.
+        if unsafe {
+            PyBuffer_ToContiguous(target.cast(), &self.view, self.view.len, b'C' as c_char)
+        } != 0
+        {
+            // SAFETY: the interpreter lock is held (the `'py` marker).
+            return Err(PyErr::fetch(unsafe { Python::assume_attached() }));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HeldBytes<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `view` was filled by a successful `PyObject_GetBuffer` and
+        // is released once; the `'py` marker keeps this on the thread that
+        // holds the interpreter lock.
+        unsafe { PyBuffer_Release(&mut self.view) };
+    }
+}
+
+/// The bytes of `data`: borrowed from a `bytes` object directly (the
+/// common case, without a buffer request), else through the protocol.
+pub enum DataArg<'a, 'py> {
+    /// A `bytes` object's own storage.
+    Bytes(&'a [u8]),
+    /// Any other exporter's buffer.
+    Held(HeldBytes<'py>),
+}
+
+impl<'a, 'py> DataArg<'a, 'py> {
+    pub fn new(data: &'a Bound<'py, PyAny>) -> PyResult<DataArg<'a, 'py>> {
+        match data.cast::<PyBytes>() {
+            Ok(bytes) => Ok(DataArg::Bytes(bytes.as_bytes())),
+            Err(_) => HeldBytes::new(data).map(DataArg::Held),
+        }
+    }
+
+    /// Bytes in the data.
+    pub fn len(&self) -> usize {
+        match self {
+            DataArg::Bytes(bytes) => bytes.len(),
+            DataArg::Held(held) => held.len(),
+        }
+    }
+
+    /// The bytes, when they lie in one piece.
+    pub fn contiguous(&self) -> Option<&[u8]> {
+        match self {
+            DataArg::Bytes(bytes) => Some(bytes),
+            DataArg::Held(held) => held.contiguous(),
+        }
+    }
+
+    /// The held buffer, for a strided copy.
+    pub fn held(&self) -> Option<&HeldBytes<'py>> {
+        match self {
+            DataArg::Bytes(_) => None,
+            DataArg::Held(held) => Some(held),
+        }
+    }
+}
+
+/// The exporter behind every `view()`: one per view, kept alive by the
+/// memoryview (and everything sliced or made from it) until the last of
+/// them is gone, when the interpreter releases its buffer.
+#[repr(C)]
+struct BlockView {
+    object: ffi::PyObject,
+    /// `Arc::into_raw` of the heap: the mapping stays while a view lives.
+    heap: *const Heap,
+    /// The block the view lies in (the key of the heap's view counts).
+    block: u64,
+    buf: *mut u8,
+    len: ffi::Py_ssize_t,
+    /// 1: `strides` points here for one-dimensional byte views.
+    itemsize: ffi::Py_ssize_t,
+    readonly: bool,
+    /// Buffers exported and not yet released (each counted in the heap's
+    /// view counts).
+    exports: usize,
+}
+
+static BLOCK_VIEW_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+fn block_view_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    BLOCK_VIEW_TYPE
+        .get_or_try_init(py, || {
+            let mut slots = [
+                ffi::PyType_Slot {
+                    slot: ffi::Py_tp_dealloc,
+                    pfunc: block_view_dealloc as *mut c_void,
+                },
+                ffi::PyType_Slot {
+                    slot: ffi::Py_bf_getbuffer,
+                    pfunc: block_view_getbuffer as *mut c_void,
+                },
+                ffi::PyType_Slot {
+                    slot: ffi::Py_bf_releasebuffer,
+                    pfunc: block_view_releasebuffer as *mut c_void,
+                },
+                ffi::PyType_Slot {
+                    slot: ffi::Py_tp_doc,
+                    pfunc: c"The exporter behind a shmkit view: one block's bytes, in the segment."
+                        .as_ptr() as *mut c_void,
+                },
+                ffi::PyType_Slot {
+                    slot: 0,
+                    pfunc: ptr::null_mut(),
+                },
+            ];
+            let mut spec = ffi::PyType_Spec {
+                name: c"shmkit.BlockView".as_ptr(),
+                basicsize: std::mem::size_of::<BlockView>() as c_int,
+                itemsize: 0,
+                flags: (ffi::Py_TPFLAGS_DEFAULT
+                    | ffi::Py_TPFLAGS_DISALLOW_INSTANTIATION
+                    | ffi::Py_TPFLAGS_IMMUTABLETYPE) as _,
+                slots: slots.as_mut_ptr(),
+            };
+            // SAFETY: the spec and its slots are valid for the call (the
+            // interpreter copies what it keeps; the doc and name are static).
+            let made = unsafe { ffi::PyType_FromSpec(&mut spec) };
+            // SAFETY: a new reference or null with an exception set.
+            let made = unsafe { Bound::from_owned_ptr_or_err(py, made) }?;
+            Ok(made.cast_into::<PyType>()?.unbind())
+        })
+        .map(|ty| ty.bind(py))
+}
+
+/// A writable (or, for a read-only heap, read-only) `memoryview` of `len`
+/// bytes at `buf`, inside the block at offset `block` of `heap`. The view
+/// holds the heap (so the mapping) until the last memoryview made from it
+/// is released, and counts as a live view of the block meanwhile.
+pub fn block_memoryview<'py>(
+    py: Python<'py>,
+    heap: Arc<Heap>,
+    block: u64,
+    buf: NonNull<u8>,
+    len: u64,
+    readonly: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let ty = block_view_type(py)?;
+    let len = ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("view too long"))?;
+    // SAFETY: `ty` is a live heap type whose instances are `BlockView`s;
+    // the result is a new, zero-filled instance or null with an exception.
+    let object = unsafe { ffi::PyType_GenericAlloc(ty.as_type_ptr(), 0) };
+    // SAFETY: as above.
+    let exporter = unsafe { Bound::from_owned_ptr_or_err(py, object) }?;
+    // SAFETY: the instance is ours alone (just made), its storage a
+    // `BlockView` whose Python header the allocation initialized.
+    unsafe {
+        let view = exporter.as_ptr().cast::<BlockView>();
+        (*view).heap = Arc::into_raw(heap);
+        (*view).block = block;
+        (*view).buf = buf.as_ptr();
+        (*view).len = len;
+        (*view).itemsize = 1;
+        (*view).readonly = readonly;
+        (*view).exports = 0;
+    }
+    // SAFETY: `exporter` is a live object with the buffer protocol; the
+    // memoryview takes its own reference to it.
+    let memoryview = unsafe { ffi::PyMemoryView_FromObject(exporter.as_ptr()) };
+    // SAFETY: a new reference or null with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, memoryview) }
+}
+
+/// `bf_getbuffer`.
+unsafe extern "C" fn block_view_getbuffer(
+    object: *mut ffi::PyObject,
+    view: *mut RawBuffer,
+    flags: c_int,
+) -> c_int {
+    // SAFETY: the interpreter calls this with its lock held, on a live
+    // `BlockView` (only `block_memoryview` makes them, and it sets every
+    // field before the first export).
+    let this = unsafe { &mut *object.cast::<BlockView>() };
+    let refuse = |message: &std::ffi::CStr| {
+        // SAFETY: the lock is held; the message is a static C string.
+        unsafe { ffi::PyErr_SetString(ffi::PyExc_BufferError, message.as_ptr()) };
+        -1
+    };
+    if view.is_null() {
+        return refuse(c"a shmkit view needs a buffer to fill");
+    }
+    if this.heap.is_null() {
+        return refuse(c"this shmkit view is not attached to a heap");
+    }
+    if flags & PYBUF_WRITABLE != 0 && this.readonly {
+        return refuse(c"the segment is attached read-only");
+    }
+    // SAFETY: `view` is the caller's writable `Py_buffer`; the pointers
+    // stored in it point into `this`, which the reference in `obj` keeps
+    // alive until the buffer is released.
+    unsafe {
+        let view = &mut *view;
+        view.buf = this.buf.cast();
+        ffi::Py_IncRef(object);
+        view.obj = object;
+        view.len = this.len;
+        view.itemsize = 1;
+        view.readonly = c_int::from(this.readonly);
+        view.ndim = 1;
+        view.format = if flags & PYBUF_FORMAT != 0 {
+            c"B".as_ptr().cast_mut()
+        } else {
+            ptr::null_mut()
+        };
+        view.shape = if flags & PYBUF_ND == PYBUF_ND {
+            &mut this.len
+        } else {
+            ptr::null_mut()
+        };
+        view.strides = if flags & PYBUF_STRIDES == PYBUF_STRIDES {
+            &mut this.itemsize
+        } else {
+            ptr::null_mut()
+        };
+        view.suboffsets = ptr::null_mut();
+        view.internal = ptr::null_mut();
+        (*this.heap).views().opened(this.block);
+    }
+    this.exports += 1;
+    0
+}
+
+/// `bf_releasebuffer`: a buffer exported above is released (for a
+/// memoryview: when the last view made from it is gone).
+unsafe extern "C" fn block_view_releasebuffer(object: *mut ffi::PyObject, _view: *mut RawBuffer) {
+    // SAFETY: called with the lock held, on the exporter that exported.
+    let this = unsafe { &mut *object.cast::<BlockView>() };
+    if this.exports > 0 && !this.heap.is_null() {
+        this.exports -= 1;
+        // SAFETY: the heap is kept alive by this exporter's reference.
+        unsafe { (*this.heap).views().closed(this.block) };
+    }
+}
+
+unsafe extern "C" fn block_view_dealloc(object: *mut ffi::PyObject) {
+    // SAFETY: the interpreter deallocates a `BlockView` whose reference
+    // count reached zero, so nothing else uses it; the heap reference came
+    // from `Arc::into_raw` and is given back once.
+    unsafe {
+        let this = &mut *object.cast::<BlockView>();
+        if !this.heap.is_null() {
+            // Every export holds a reference, so none is out by now; a
+            // count left over would only keep the block marked.
+            for _ in 0..this.exports {
+                (*this.heap).views().closed(this.block);
+            }
+            drop(Arc::from_raw(this.heap));
+            this.heap = ptr::null();
+        }
+        let ty = ffi::Py_TYPE(object);
+        let free = ffi::PyType_GetSlot(ty, ffi::Py_tp_free);
+        if !free.is_null() {
+            let free: ffi::freefunc = std::mem::transmute(free);
+            free(object.cast());
+        }
+        // Instances of a heap type hold a reference to it.
+        ffi::Py_DecRef(ty.cast());
+    }
+}
