@@ -626,7 +626,10 @@ allocator_class!(
     BumpAllocator,
     {
         #[new]
-        #[pyo3(signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false))]
+        #[pyo3(
+            signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+            text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
+        )]
         fn new(
             py: Python<'_>,
             name: &str,
@@ -644,7 +647,7 @@ allocator_class!(
 
         /// Allocates `size` bytes at an offset that is a multiple of
         /// `alignment`; returns the offset, or None when full.
-        #[pyo3(signature = (size, alignment = None))]
+        #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
             allocate(py, &self.handle, unsigned(size, "size")?, alignment)
         }
@@ -666,7 +669,10 @@ allocator_class!(
     StackAllocator,
     {
         #[new]
-        #[pyo3(signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false))]
+        #[pyo3(
+            signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+            text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
+        )]
         fn new(
             py: Python<'_>,
             name: &str,
@@ -684,7 +690,7 @@ allocator_class!(
 
         /// Allocates `size` bytes at an offset that is a multiple of
         /// `alignment`; returns the offset, or None when full.
-        #[pyo3(signature = (size, alignment = None))]
+        #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
             allocate(py, &self.handle, unsigned(size, "size")?, alignment)
         }
@@ -699,7 +705,10 @@ allocator_class!(
     FreeListAllocator,
     {
         #[new]
-        #[pyo3(signature = (name, capacity = None, slot_size = None, num_slots = None, create = true, *, read_only = false, zero_on_free = false))]
+        #[pyo3(
+            signature = (name, capacity = None, slot_size = None, num_slots = None, create = true, *, read_only = false, zero_on_free = false),
+            text_signature = "(name, capacity=10485760, slot_size=256, num_slots=None, create=True, *, read_only=False, zero_on_free=False)"
+        )]
         #[allow(clippy::too_many_arguments)]
         fn new(
             py: Python<'_>,
@@ -740,7 +749,7 @@ allocator_class!(
         /// Allocates `size` bytes (0, the default: one slot) at an offset
         /// that is a multiple of `alignment`; returns the offset, or None
         /// when full. The block takes whole slots and may use all of them.
-        #[pyo3(signature = (size = None, alignment = None))]
+        #[pyo3(signature = (size = None, alignment = None), text_signature = "($self, size=0, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: Option<&Bound<'_, PyAny>>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
             let size = match optional(size, "size")? {
                 None | Some(0) => self.handle.facts.unit,
@@ -782,7 +791,10 @@ allocator_class!(
     SlabAllocator,
     {
         #[new]
-        #[pyo3(signature = (name, slab_size = None, num_slabs = None, create = true, *, read_only = false, zero_on_free = false))]
+        #[pyo3(
+            signature = (name, slab_size = None, num_slabs = None, create = true, *, read_only = false, zero_on_free = false),
+            text_signature = "(name, slab_size=256, num_slabs=4096, create=True, *, read_only=False, zero_on_free=False)"
+        )]
         fn new(
             py: Python<'_>,
             name: &str,
@@ -813,7 +825,7 @@ allocator_class!(
         /// length `read` and `view` default to, and must fit in the slab
         /// (ValueError otherwise). Returns the offset, or None when every
         /// slab is taken.
-        #[pyo3(signature = (size = None, alignment = None))]
+        #[pyo3(signature = (size = None, alignment = None), text_signature = "($self, size=None, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: Option<&Bound<'_, PyAny>>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
             let size = match optional(size, "size")? {
                 None | Some(0) => self.handle.facts.unit,
@@ -858,7 +870,10 @@ macro_rules! general_class {
             $class,
             {
                 #[new]
-                #[pyo3(signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false))]
+                #[pyo3(
+                    signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+                    text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
+                )]
                 fn new(
                     py: Python<'_>,
                     name: &str,
@@ -876,7 +891,7 @@ macro_rules! general_class {
 
                 /// Allocates `size` bytes at an offset that is a multiple of
                 /// `alignment`; returns the offset, or None when full.
-                #[pyo3(signature = (size, alignment = None))]
+                #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
                 fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
                     allocate(py, &self.handle, unsigned(size, "size")?, alignment)
                 }

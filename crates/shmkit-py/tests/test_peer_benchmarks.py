@@ -19,6 +19,7 @@ def load():
 
 
 def test_the_peers_benchmark_suite_passes_on_shmkit():
+    pytest.importorskip("pytest_benchmark", reason="the suite needs pytest-benchmark")
     peer_suite = load()
     with tempfile.TemporaryDirectory() as directory:
         try:

@@ -15,13 +15,26 @@ segment. Closing never removes a segment: ``unlink()`` (or
 """
 
 from types import TracebackType
-from typing import Optional, Type, TypedDict, TypeVar, Union
+from typing import Optional, Type, TypedDict, TypeVar, final
 
-from typing_extensions import Buffer
+from typing_extensions import Buffer, Self
 
 _Self = TypeVar("_Self", bound="_Allocator")
 
 __version__: str
+__all__ = [
+    "BumpAllocator",
+    "StackAllocator",
+    "FreeListAllocator",
+    "SlabAllocator",
+    "BuddyAllocator",
+    "SizeClassAllocator",
+    "ThreadLocalAllocator",
+    "WrongAllocatorError",
+    "CorruptSegmentError",
+    "SegmentInUseError",
+    "unlink",
+]
 
 class WrongAllocatorError(ValueError):
     """The segment exists but was made for another allocator kind or layout."""
@@ -42,7 +55,7 @@ def unlink(name: str) -> None:
     mapped keep it until they close.
     """
 
-class Stats(TypedDict):
+class _Stats(TypedDict):
     """What ``stats()`` returns.
 
     Figures about users' blocks come from counters in the segment, shared
@@ -80,7 +93,7 @@ class Stats(TypedDict):
     """``1 - largest_free_block / heap_free_bytes``: 0 when the free space
     is one piece, near 1 when it is scattered."""
 
-class Recovery(TypedDict):
+class _Recovery(TypedDict):
     """What ``recover()`` returns."""
 
     locks_taken_over: int
@@ -138,12 +151,12 @@ class _Allocator:
         """Bytes live blocks take from the capacity, over all processes."""
     def available_bytes(self) -> int:
         """Bytes that can still be allocated (``capacity - used_bytes()``)."""
-    def stats(self) -> Stats:
-        """The accounting (see ``Stats`` for what each key means)."""
+    def stats(self) -> _Stats:
+        """The accounting (each key is explained in the stub's ``_Stats``)."""
     def check(self) -> None:
         """Walk the allocator's structure; raise CorruptSegmentError with
         the first inconsistency."""
-    def recover(self, *, force: bool = False) -> Recovery:
+    def recover(self, *, force: bool = False) -> _Recovery:
         """Mend what processes that died in the middle of an operation left
         behind (locks, caches, free blocks on no list, destroyed headers)
         and recount the accounting from the blocks.
@@ -181,6 +194,7 @@ class _Allocator:
         traceback: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class BumpAllocator(_Allocator):
     """Lock-free bump allocation; frees everything at once with ``reset()``.
 
@@ -192,15 +206,15 @@ class BumpAllocator(_Allocator):
     reads and views work, changes raise io.UnsupportedOperation.
     ``zero_on_free`` has no effect on a bump allocator.
     """
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 1048576,
         create: bool = True,
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes at a multiple of ``alignment`` (a power
         of two); the offset, or None when the capacity is used up."""
@@ -210,23 +224,25 @@ class BumpAllocator(_Allocator):
         Raises BufferError while views live in this process, unless
         ``force``."""
 
+@final
 class StackAllocator(_Allocator):
     """Blocks freed in the reverse order of allocation (ValueError for any
     other block). Arguments as for ``BumpAllocator``; ``zero_on_free`` has
     no effect on a stack."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 1048576,
         create: bool = True,
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes at a multiple of ``alignment``; the
         offset, or None when the capacity is used up."""
 
+@final
 class FreeListAllocator(_Allocator):
     """General purpose, in slots of ``slot_size`` bytes: ``num_slots`` of
     them (default ``capacity // slot_size``; ``capacity`` is ignored when
@@ -237,8 +253,8 @@ class FreeListAllocator(_Allocator):
     ``read_only`` and ``zero_on_free`` (zero every block as it is freed, in
     every process) are keyword-only.
     """
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 10485760,
         slot_size: int = 256,
@@ -247,7 +263,7 @@ class FreeListAllocator(_Allocator):
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int = 0, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes (0: one slot) at a multiple of
         ``alignment``; the offset, or None when the slots are used up. The
@@ -263,11 +279,12 @@ class FreeListAllocator(_Allocator):
     def num_slots(self) -> int:
         """Slots in all."""
 
+@final
 class SlabAllocator(_Allocator):
     """``num_slabs`` slabs of ``slab_size`` bytes, one per allocation,
     lock-free. Slabs are 16-byte aligned."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         slab_size: int = 256,
         num_slabs: int = 4096,
@@ -275,7 +292,7 @@ class SlabAllocator(_Allocator):
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: Optional[int] = None, alignment: int = 8) -> Optional[int]:
         """Allocate one slab; ``size`` (default: the slab size) is the
         length ``read`` and ``view`` default to. ValueError if it does not
@@ -292,47 +309,50 @@ class SlabAllocator(_Allocator):
     def num_slabs(self) -> int:
         """Slabs in all."""
 
+@final
 class BuddyAllocator(_Allocator):
     """Power-of-two blocks that split and merge."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 10485760,
         create: bool = True,
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes at a multiple of ``alignment``; the
         offset, or None when full."""
 
+@final
 class SizeClassAllocator(_Allocator):
     """Fine size classes over a lock-free page heap."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 10485760,
         create: bool = True,
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes at a multiple of ``alignment``; the
         offset, or None when full."""
 
+@final
 class ThreadLocalAllocator(_Allocator):
     """Per-thread caches in the segment over size classes."""
-    def __init__(
-        self,
+    def __new__(
+        cls,
         name: str,
         capacity: int = 10485760,
         create: bool = True,
         *,
         read_only: bool = False,
         zero_on_free: bool = False,
-    ) -> None: ...
+    ) -> Self: ...
     def allocate(self, size: int, alignment: int = 8) -> Optional[int]:
         """Allocate ``size`` bytes at a multiple of ``alignment``; the
         offset, or None when full."""
