@@ -379,10 +379,12 @@ impl Heap {
     /// The live block at `offset`.
     #[inline]
     pub fn block(&self, offset: u64) -> Result<Block, Fault> {
-        let block = self
+        let Some(block) = self
             .header(offset)
             .and_then(|header| header.read(offset, self.generation()))
-            .ok_or(Fault::NotABlock { offset })?;
+        else {
+            return Err(Fault::NotABlock { offset });
+        };
         // A header that passed its check still cannot reach past the segment.
         match offset.checked_add(self.usable(block.size)) {
             Some(end) if end <= self.segment_size() => Ok(block),
@@ -517,7 +519,9 @@ impl Heap {
                 return Err(Fault::HasViews { offset, views });
             }
         }
-        let header = self.header(offset).ok_or(Fault::NotABlock { offset })?;
+        let Some(header) = self.header(offset) else {
+            return Err(Fault::NotABlock { offset });
+        };
         // One compare-and-swap decides between racing frees; a loser has
         // written nothing.
         if !header.retire(block.check) {
@@ -711,10 +715,10 @@ fn allocate_raw(
     match allocator {
         AnyAllocator::Bump(bump) => Ok(bump.alloc_handle(size as usize, align as usize)?.raw()),
         AnyAllocator::Stack(stack) => Ok(stack.alloc_handle(size as usize, align as usize)?.raw()),
-        other => other
-            .as_shm_allocator()
-            .ok_or(Error::Unsupported("this allocator cannot allocate"))?
-            .allocate_offset(ctx, size as usize, align as usize),
+        other => match other.as_shm_allocator() {
+            Some(allocator) => allocator.allocate_offset(ctx, size as usize, align as usize),
+            None => Err(Error::Unsupported("this allocator cannot allocate")),
+        },
     }
 }
 
@@ -725,9 +729,9 @@ fn free_raw(allocator: &AnyAllocator, block: u64, ctx: &MemContext) -> shmkit_li
             "a bump allocator frees everything at once, with reset()",
         )),
         AnyAllocator::Stack(stack) => stack.free(shmkit_lib::Offset::<u8>::from_raw(block)),
-        other => other
-            .as_shm_allocator()
-            .ok_or(Error::Unsupported("this allocator cannot free"))?
-            .free_offset(ctx, block),
+        other => match other.as_shm_allocator() {
+            Some(allocator) => allocator.free_offset(ctx, block),
+            None => Err(Error::Unsupported("this allocator cannot free")),
+        },
     }
 }

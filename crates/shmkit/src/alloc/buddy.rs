@@ -867,7 +867,11 @@ impl Heap<'_> {
 
     /// The live block at `offset`: its unit and order.
     fn live_block(&self, offset: u64, end_units: usize) -> Result<(usize, u32)> {
-        let unit = self.unit(offset).ok_or(Error::InvalidFree { offset })?;
+        // Not `ok_or`: building the error on the hot path costs a call to
+        // its drop glue on every free.
+        let Some(unit) = self.unit(offset) else {
+            return Err(Error::InvalidFree { offset });
+        };
         match self.head_at(unit, end_units) {
             Some((order, true)) => Ok((unit, order)),
             _ => Err(Error::InvalidFree { offset }),

@@ -1328,13 +1328,13 @@ impl ShmAllocator for FreeListAllocator {
             requested,
             available,
         };
-        let need = block_size_for(requested).ok_or(out_of_memory(0))?;
+        let need = block_size_for(requested).ok_or_else(|| out_of_memory(0))?;
         let search = if align <= GRANULE {
             Some(need)
         } else {
             need.checked_add(align + HEADER)
         }
-        .ok_or(out_of_memory(0))?;
+        .ok_or_else(|| out_of_memory(0))?;
         self.locked_for(ctx, |heap| {
             heap.absorb_growth()?;
             loop {

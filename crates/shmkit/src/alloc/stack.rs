@@ -126,10 +126,12 @@ impl Carve for StackAllocator {
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
         // Blocks are at least 8-aligned so that their header is too.
-        let align = lcm_with_8(align).ok_or(Error::InvalidAlignment {
-            align: align as usize,
-            max: self.segment.max_align(),
-        })?;
+        let Some(align) = lcm_with_8(align) else {
+            return Err(Error::InvalidAlignment {
+                align: align as usize,
+                max: self.segment.max_align(),
+            });
+        };
         let top = self.top_cell();
         let generation = self.state().generation.load(Ordering::Acquire);
         let floor = self.segment.data_offset();
@@ -208,10 +210,12 @@ impl StackAllocator {
 
     /// The header of the block at `block`, bounds- and alignment-checked.
     fn block_header(&self, block: u64) -> Result<&BlockHeader> {
-        let header_offset = block
+        let Some(header_offset) = block
             .checked_sub(BLOCK_HEADER)
             .filter(|&h| h >= self.segment.data_offset())
-            .ok_or(Error::InvalidFree { offset: block })?;
+        else {
+            return Err(Error::InvalidFree { offset: block });
+        };
         let ptr = self
             .segment
             .resolve(Offset::<BlockHeader>::from_raw(header_offset))

@@ -767,10 +767,9 @@ impl ShmAllocator for ThreadLocalAllocator {
         let inner = &*self.inner;
         let slot = self.my_slot(ctx);
         if let Some(block) = inner.core.small_block_at(offset) {
-            let requested = inner
-                .core
-                .requested_of(&block)
-                .ok_or(Error::InvalidFree { offset })?;
+            let Some(requested) = inner.core.requested_of(&block) else {
+                return Err(Error::InvalidFree { offset });
+            };
             if inner.core.first_word(&block).load(Ordering::Relaxed)
                 == inner.key(offset, block.class)
                 && inner.in_some_magazine(offset, block.class)
