@@ -68,8 +68,8 @@ def make():
 
     yield factory
     for heap in made:
-        heap.close()
         heap.unlink()
+        heap.close()
 
 
 @pytest.fixture
