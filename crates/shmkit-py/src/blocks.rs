@@ -11,9 +11,10 @@
 //! ```
 //!
 //! The check word mixes the first word, the offset and the layer's reset
-//! generation under a keyed hash, so an offset inside a block, a freed
-//! block's offset and a block from before a bump allocator's reset all
-//! fail the check.
+//! generation under the segment's random key, so an offset inside a
+//! block, a freed block's offset and a block from before a bump
+//! allocator's reset all fail the check, and bytes users write into a
+//! block cannot pass for a header (they do not know the key).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,32 +43,45 @@ pub struct Block {
     pub check: u64,
 }
 
+/// What a check word is computed under: the segment's key and the layer's
+/// reset generation.
+#[derive(Clone, Copy, Debug)]
+pub struct Seal {
+    pub key: u64,
+    pub generation: u64,
+}
+
 #[inline]
-fn check_word(first: u64, offset: u64, generation: u64) -> u64 {
-    let mixed = first ^ offset.rotate_left(23) ^ generation.rotate_left(47) ^ 0x7368_6d6b_6974_5f70;
+fn check_word(first: u64, offset: u64, seal: Seal) -> u64 {
+    let mut x = (first ^ seal.key).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ offset.rotate_left(23)
+        ^ seal.generation.rotate_left(47);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ seal.key.rotate_left(17);
+    x ^= x >> 29;
     // Never 0, the freed mark.
-    mixed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1
+    x | 1
 }
 
 impl BlockHeader {
     /// Writes the header of a new block of `size` bytes at `offset`,
     /// `prefix` bytes after its raw start.
     #[inline]
-    pub fn write(&self, offset: u64, size: u64, prefix: u64, generation: u64) {
+    pub fn write(&self, offset: u64, size: u64, prefix: u64, seal: Seal) {
         debug_assert!(size <= MAX_SIZE && prefix.is_power_of_two());
         let first = size | (u64::from(prefix.trailing_zeros()) << SIZE_BITS);
         self.first.store(first, Ordering::Relaxed);
         self.check
-            .store(check_word(first, offset, generation), Ordering::Release);
+            .store(check_word(first, offset, seal), Ordering::Release);
     }
 
     /// The live block this header describes, if it is one (loads only:
     /// safe on a read-only mapping).
     #[inline]
-    pub fn read(&self, offset: u64, generation: u64) -> Option<Block> {
+    pub fn read(&self, offset: u64, seal: Seal) -> Option<Block> {
         let first = self.first.load(Ordering::Relaxed);
         let check = self.check.load(Ordering::Relaxed);
-        if check != check_word(first, offset, generation) {
+        if check != check_word(first, offset, seal) {
             return None;
         }
         std::sync::atomic::fence(Ordering::Acquire);

@@ -46,12 +46,6 @@ extern "C" {
     fn PyObject_GetBuffer(obj: *mut ffi::PyObject, view: *mut RawBuffer, flags: c_int) -> c_int;
     fn PyBuffer_Release(view: *mut RawBuffer);
     fn PyBuffer_IsContiguous(view: *const RawBuffer, order: c_char) -> c_int;
-    fn PyBuffer_ToContiguous(
-        buf: *mut c_void,
-        view: *const RawBuffer,
-        len: ffi::Py_ssize_t,
-        order: c_char,
-    ) -> c_int;
 }
 
 /// A caller's bytes-like object, its buffer held for as long as this lives
@@ -114,23 +108,93 @@ impl<'py> HeldBytes<'py> {
         Some(unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.len()) })
     }
 
-    /// Copies the bytes, in C order, to `target`.
+    /// The layout of a buffer that is not in one piece, to copy it in C
+    /// order without the interpreter (see [`Strided::copy_to`]).
+    pub fn strided(&self) -> Strided {
+        let ndim = self.view.ndim.max(0) as usize;
+        let dims = |ptr: *const ffi::Py_ssize_t| -> Vec<isize> {
+            if ptr.is_null() {
+                return Vec::new();
+            }
+            // SAFETY: a `PYBUF_STRIDES` buffer has `ndim` shape and stride
+            // entries, valid while it is held (and copied here).
+            unsafe { std::slice::from_raw_parts(ptr, ndim) }.to_vec()
+        };
+        Strided {
+            base: self.view.buf.cast(),
+            itemsize: self.view.itemsize.max(0) as usize,
+            shape: dims(self.view.shape),
+            strides: dims(self.view.strides),
+            len: self.len(),
+        }
+    }
+}
+
+/// A held buffer's bytes as an `ndim`-dimensional array of items: a
+/// strided numpy view, say. Valid while the [`HeldBytes`] it came from is.
+pub struct Strided {
+    base: *const u8,
+    itemsize: usize,
+    shape: Vec<isize>,
+    strides: Vec<isize>,
+    len: usize,
+}
+
+// SAFETY: it names bytes that the `HeldBytes` it came from keeps in place;
+// the copies that use it only read them.
+unsafe impl Send for Strided {}
+// SAFETY: as above.
+unsafe impl Sync for Strided {}
+
+impl Strided {
+    /// Copies the items, in C order, to `target`; needs no interpreter
+    /// lock.
     ///
     /// # Safety
     ///
-    /// `target` must be valid for writes of [`len`](Self::len) bytes that
-    /// nothing else accesses meanwhile.
-    pub unsafe fn copy_to(&self, target: *mut u8) -> PyResult<()> {
-        // SAFETY: the caller vouches for `target`; the view is held. The
-        // copy runs no Python code.
-        if unsafe {
-            PyBuffer_ToContiguous(target.cast(), &self.view, self.view.len, b'C' as c_char)
-        } != 0
+    /// `target` must be valid for writes of `len` bytes that nothing else
+    /// accesses meanwhile, and the buffer must still be held.
+    pub unsafe fn copy_to(&self, target: *mut u8) -> Result<(), &'static str> {
+        let items = self.shape.iter().try_fold(1usize, |items, &n| {
+            items.checked_mul(usize::try_from(n).ok()?)
+        });
+        if self.shape.len() != self.strides.len()
+            || items.and_then(|items| items.checked_mul(self.itemsize)) != Some(self.len)
         {
-            // SAFETY: the interpreter lock is held (the `'py` marker).
-            return Err(PyErr::fetch(unsafe { Python::assume_attached() }));
+            return Err("the buffer's shape and strides do not add up to its length");
         }
-        Ok(())
+        if self.len == 0 {
+            return Ok(());
+        }
+        let mut index = vec![0isize; self.shape.len()];
+        let mut written = 0usize;
+        loop {
+            let at: isize = index.iter().zip(&self.strides).map(|(i, s)| i * s).sum();
+            // SAFETY: the exporter vouches that every index within the
+            // shape, times the strides, names an item inside its buffer;
+            // `written + itemsize <= len` by the product checked above.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.base.offset(at),
+                    target.add(written),
+                    self.itemsize,
+                )
+            };
+            written += self.itemsize;
+            // The next index, the last dimension fastest.
+            let mut dim = self.shape.len();
+            loop {
+                if dim == 0 {
+                    return Ok(());
+                }
+                dim -= 1;
+                index[dim] += 1;
+                if index[dim] < self.shape[dim] {
+                    break;
+                }
+                index[dim] = 0;
+            }
+        }
     }
 }
 
@@ -200,9 +264,6 @@ struct BlockView {
     /// 1: `strides` points here for one-dimensional byte views.
     itemsize: ffi::Py_ssize_t,
     readonly: bool,
-    /// Buffers exported and not yet released (each counted in the heap's
-    /// view counts).
-    exports: usize,
 }
 
 static BLOCK_VIEW_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -256,6 +317,11 @@ fn block_view_type(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// bytes at `buf`, inside the block at offset `block` of `heap`. The view
 /// holds the heap (so the mapping) until the last memoryview made from it
 /// is released, and counts as a live view of the block meanwhile.
+///
+/// The caller checked the block and calls this before anything can run
+/// Python code: the view is counted first of all, so that a garbage
+/// collection the allocations below may start, and a finalizer it runs
+/// that frees the block, already find the block viewed.
 pub fn block_memoryview<'py>(
     py: Python<'py>,
     heap: Arc<Heap>,
@@ -264,14 +330,18 @@ pub fn block_memoryview<'py>(
     len: u64,
     readonly: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let ty = block_view_type(py)?;
+    heap.views().opened(block);
+    let counted = ViewCount { heap, block };
     let len = ffi::Py_ssize_t::try_from(len)
         .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("view too long"))?;
+    let ty = block_view_type(py)?;
     // SAFETY: `ty` is a live heap type whose instances are `BlockView`s;
     // the result is a new, zero-filled instance or null with an exception.
     let object = unsafe { ffi::PyType_GenericAlloc(ty.as_type_ptr(), 0) };
     // SAFETY: as above.
     let exporter = unsafe { Bound::from_owned_ptr_or_err(py, object) }?;
+    // The exporter takes the count over: its deallocation ends it.
+    let heap = counted.hand_over();
     // SAFETY: the instance is ours alone (just made), its storage a
     // `BlockView` whose Python header the allocation initialized.
     unsafe {
@@ -282,13 +352,33 @@ pub fn block_memoryview<'py>(
         (*view).len = len;
         (*view).itemsize = 1;
         (*view).readonly = readonly;
-        (*view).exports = 0;
     }
     // SAFETY: `exporter` is a live object with the buffer protocol; the
     // memoryview takes its own reference to it.
     let memoryview = unsafe { ffi::PyMemoryView_FromObject(exporter.as_ptr()) };
     // SAFETY: a new reference or null with an exception set.
     unsafe { Bound::from_owned_ptr_or_err(py, memoryview) }
+}
+
+/// A view counted in the heap's record until it drops, unless handed
+/// over to the exporter, which then ends it.
+struct ViewCount {
+    heap: Arc<Heap>,
+    block: u64,
+}
+
+impl ViewCount {
+    fn hand_over(self) -> Arc<Heap> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the heap is moved out once.
+        unsafe { std::ptr::read(&this.heap) }
+    }
+}
+
+impl Drop for ViewCount {
+    fn drop(&mut self) {
+        self.heap.views().closed(self.block);
+    }
 }
 
 /// `bf_getbuffer`.
@@ -344,23 +434,13 @@ unsafe extern "C" fn block_view_getbuffer(
         };
         view.suboffsets = ptr::null_mut();
         view.internal = ptr::null_mut();
-        (*this.heap).views().opened(this.block);
     }
-    this.exports += 1;
     0
 }
 
-/// `bf_releasebuffer`: a buffer exported above is released (for a
-/// memoryview: when the last view made from it is gone).
-unsafe extern "C" fn block_view_releasebuffer(object: *mut ffi::PyObject, _view: *mut RawBuffer) {
-    // SAFETY: called with the lock held, on the exporter that exported.
-    let this = unsafe { &mut *object.cast::<BlockView>() };
-    if this.exports > 0 && !this.heap.is_null() {
-        this.exports -= 1;
-        // SAFETY: the heap is kept alive by this exporter's reference.
-        unsafe { (*this.heap).views().closed(this.block) };
-    }
-}
+/// `bf_releasebuffer`: nothing to do: the exporter counts as a view for
+/// its whole life, and each buffer it exported holds a reference to it.
+unsafe extern "C" fn block_view_releasebuffer(_object: *mut ffi::PyObject, _view: *mut RawBuffer) {}
 
 unsafe extern "C" fn block_view_dealloc(object: *mut ffi::PyObject) {
     // SAFETY: the interpreter deallocates a `BlockView` whose reference
@@ -369,11 +449,9 @@ unsafe extern "C" fn block_view_dealloc(object: *mut ffi::PyObject) {
     unsafe {
         let this = &mut *object.cast::<BlockView>();
         if !this.heap.is_null() {
-            // Every export holds a reference, so none is out by now; a
-            // count left over would only keep the block marked.
-            for _ in 0..this.exports {
-                (*this.heap).views().closed(this.block);
-            }
+            // The view ends with its exporter (every buffer it exported
+            // held a reference to it, so none is out any more).
+            (*this.heap).views().closed(this.block);
             drop(Arc::from_raw(this.heap));
             this.heap = ptr::null();
         }

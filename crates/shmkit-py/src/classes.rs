@@ -8,16 +8,17 @@
 //! interpreter lock while they wait or copy, holding the heap themselves.
 
 use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use crate::args::{optional, positive, unsigned};
+use crate::args::{optional, positive, unsigned, Truthy};
 use crate::buffer::{block_memoryview, DataArg};
 use crate::errors::Fault;
-use crate::heap::{Budget, Heap, Kind, Recovered, Wait};
+use crate::heap::{Budget, Heap, Kind, Recovered, Retired, Wait};
 use crate::views::Views;
 
 /// Copies at least this long release the interpreter lock while they run.
@@ -48,6 +49,9 @@ struct Facts {
 pub struct Handle {
     heap: GilCell<Option<Arc<Heap>>>,
     facts: Facts,
+    /// The segment's size when `close()` was called (what `total_size`
+    /// reads after it).
+    size_at_close: AtomicU64,
 }
 
 impl Handle {
@@ -82,6 +86,7 @@ impl Handle {
             }
         };
         Ok(Handle {
+            size_at_close: AtomicU64::new(heap.segment_size()),
             heap: GilCell(UnsafeCell::new(Some(Arc::new(heap)))),
             facts: Facts {
                 name: name.to_owned(),
@@ -126,13 +131,22 @@ impl Handle {
         op: impl Fn(&Heap, Wait) -> Result<R, Fault> + Sync,
     ) -> PyResult<R> {
         let result = match self.with(py, |heap| op(heap, Wait::Refuse))? {
-            Err(Fault::WouldBlock) => {
-                let heap = self.get(py)?;
-                py.detach(|| op(&heap, Wait::Patient))
-            }
+            Err(Fault::WouldBlock) => self.detached(py, |heap| op(heap, Wait::Patient))?,
             other => other,
         };
         result.map_err(|fault| fault.into_py(py))
+    }
+
+    /// Runs `work` on the held heap with the interpreter lock released,
+    /// counted as a call in flight (which `recover()` waits for no one in).
+    fn detached<R: Send>(
+        &self,
+        py: Python<'_>,
+        work: impl FnOnce(&Heap) -> R + Send,
+    ) -> PyResult<R> {
+        let heap = self.get(py)?;
+        let _in_flight = heap.views().detached();
+        Ok(py.detach(|| work(&heap)))
     }
 
     /// Runs `read` on the heap, with the interpreter lock released when it
@@ -144,8 +158,7 @@ impl Handle {
     ) -> PyResult<R> {
         let may_wait = self.with(py, |heap| heap.figures_may_wait())?;
         let result = if may_wait {
-            let heap = self.get(py)?;
-            py.detach(|| read(&heap))
+            self.detached(py, |heap| read(heap))?
         } else {
             self.with(py, read)?
         };
@@ -158,7 +171,30 @@ impl Handle {
         // Views and calls in flight hold their own reference: the mapping
         // goes when the last of them does.
         let heap = unsafe { (*self.heap.0.get()).take() };
-        drop(heap);
+        if let Some(heap) = heap {
+            self.size_at_close
+                .store(heap.segment_size(), Ordering::Relaxed);
+        }
+    }
+
+    /// Frees the block at `offset`: retired with the interpreter lock held
+    /// (so no view or read of this process can slip in), then given back,
+    /// waiting for the allocator's lock without the interpreter lock.
+    fn free(&self, py: Python<'_>, offset: u64, force: bool) -> PyResult<()> {
+        let retired: Retired = self
+            .with(py, |heap| heap.retire(offset, force))?
+            .map_err(|fault| fault.into_py(py))?;
+        let result = match self.with(py, |heap| heap.release(&retired, Wait::Refuse))? {
+            Err(Fault::WouldBlock) => {
+                let patient = self.detached(py, |heap| heap.release(&retired, Wait::Patient))?;
+                if matches!(patient, Err(Fault::WouldBlock)) {
+                    self.with(py, |heap| heap.unretire(&retired))?;
+                }
+                patient
+            }
+            other => other,
+        };
+        result.map_err(|fault| fault.into_py(py))
     }
 
     fn is_closed(&self, _py: Python<'_>) -> bool {
@@ -230,9 +266,8 @@ fn byte_budget(capacity: Option<&Bound<'_, PyAny>>, default: u64) -> PyResult<Bu
 
 /// The dict `stats()` returns.
 fn stats_dict<'py>(py: Python<'py>, handle: &Handle) -> PyResult<Bound<'py, PyDict>> {
-    let heap = handle.get(py)?;
-    let (capacity, used, usage, size, max_size, kind, figures) = py
-        .detach(|| {
+    let (capacity, used, usage, size, max_size, kind, figures, unit) = handle
+        .detached(py, |heap| {
             let (capacity, used, usage) = heap.usage()?;
             Ok::<_, Fault>((
                 capacity,
@@ -242,8 +277,9 @@ fn stats_dict<'py>(py: Python<'py>, handle: &Handle) -> PyResult<Bound<'py, PyDi
                 heap.segment_max_size(),
                 heap.allocator_name(),
                 heap.heap_figures()?,
+                heap.unit(),
             ))
-        })
+        })?
         .map_err(|fault| fault.into_py(py))?;
     let dict = PyDict::new(py);
     dict.set_item("kind", kind)?;
@@ -252,7 +288,7 @@ fn stats_dict<'py>(py: Python<'py>, handle: &Handle) -> PyResult<Bound<'py, PyDi
     dict.set_item("available_bytes", capacity.saturating_sub(used))?;
     dict.set_item("requested_bytes", usage.requested)?;
     dict.set_item("live_blocks", usage.blocks)?;
-    dict.set_item("peak_used_bytes", usage.peak_units * heap.unit())?;
+    dict.set_item("peak_used_bytes", usage.peak_units * unit)?;
     dict.set_item("segment_size", size)?;
     dict.set_item("segment_max_size", max_size)?;
     let (free, largest, fragmentation) = match figures {
@@ -410,7 +446,7 @@ macro_rules! allocator_class {
             #[pyo3(signature = (offset, *, force = false))]
             fn free(&self, py: Python<'_>, offset: &Bound<'_, PyAny>, force: bool) -> PyResult<()> {
                 let offset = unsigned(offset, "offset")?;
-                self.handle.run(py, |heap, wait| heap.free(offset, force, wait))
+                self.handle.free(py, offset, force)
             }
 
             /// The size asked for when the block at `offset` was allocated.
@@ -443,19 +479,25 @@ macro_rules! allocator_class {
             /// Walks the allocator's structure; raises CorruptSegmentError
             /// with the first inconsistency.
             fn check(&self, py: Python<'_>) -> PyResult<()> {
-                let heap = self.handle.get(py)?;
-                py.detach(|| heap.check()).map_err(|fault| fault.into_py(py))
+                self.handle
+                    .detached(py, Heap::check)?
+                    .map_err(|fault| fault.into_py(py))
             }
 
             /// Mends what processes that died mid-operation left behind and
             /// recounts the accounting from the blocks; returns what it did.
-            /// Refused (SegmentInUseError) while other processes map the
-            /// segment, unless `force`.
+            /// Runs holding the interpreter lock, so no other thread of this
+            /// process uses the segment meanwhile; refused
+            /// (SegmentInUseError) while other processes map the segment,
+            /// unless `force`, or while calls of this process wait for its
+            /// lock.
             #[pyo3(signature = (*, force = false))]
             fn recover<'py>(&self, py: Python<'py>, force: bool) -> PyResult<Bound<'py, PyDict>> {
-                let heap = self.handle.get(py)?;
-                let recovered = py.detach(|| heap.recover(force)).map_err(|fault| fault.into_py(py))?;
-                recovery_dict(py, &recovered, heap.unit())
+                let (recovered, unit) = self
+                    .handle
+                    .with(py, |heap| heap.recover(force).map(|recovered| (recovered, heap.unit())))?
+                    .map_err(|fault| fault.into_py(py))?;
+                recovery_dict(py, &recovered, unit)
             }
 
             /// Bytes users can allocate (block headers and the allocator's
@@ -465,10 +507,13 @@ macro_rules! allocator_class {
                 self.handle.capacity()
             }
 
-            /// Bytes the shared-memory object takes now.
+            /// Bytes the shared-memory object takes now (after `close()`:
+            /// when it was closed).
             #[getter]
-            fn total_size(&self, py: Python<'_>) -> PyResult<u64> {
-                self.handle.with(py, |heap| heap.segment_size())
+            fn total_size(&self, py: Python<'_>) -> u64 {
+                self.handle
+                    .with(py, |heap| heap.segment_size())
+                    .unwrap_or_else(|_| self.handle.size_at_close.load(Ordering::Relaxed))
             }
 
             /// The shared-memory name.
@@ -536,23 +581,33 @@ macro_rules! allocator_class {
 }
 
 /// A write of a buffer that is not in one piece (a strided numpy view):
-/// copied in C order, element by element, with the interpreter lock held.
+/// copied item by item in C order, without the interpreter lock when long.
 fn write_strided(
     py: Python<'_>,
     handle: &Handle,
     offset: u64,
     data: &DataArg<'_, '_>,
 ) -> PyResult<()> {
+    let Some(held) = data.held() else {
+        return Ok(());
+    };
+    let source = held.strided();
     let heap = handle.get(py)?;
     let (target, _) = heap
         .writable_span(offset, data.len() as u64)
         .map_err(|fault| fault.into_py(py))?;
-    match data.held() {
-        // SAFETY: `writable_span` checked that `data.len()` bytes at
-        // `target` lie in the block; the held heap keeps them mapped.
-        Some(held) => unsafe { held.copy_to(target.as_ptr()) },
-        None => Ok(()),
-    }
+    let target = Bytes(target.as_ptr());
+    // SAFETY: `writable_span` checked that `data.len()` bytes at `target`
+    // lie in the block; the held heap keeps them mapped and the held buffer
+    // keeps the source in place.
+    let copy = || unsafe { source.copy_to(target.get()) };
+    let copied = if data.len() < LONG_COPY {
+        copy()
+    } else {
+        let _copying = CopyGuard::new(&heap, offset);
+        py.detach(copy)
+    };
+    copied.map_err(PyValueError::new_err)
 }
 
 fn remove(name: &str) -> PyResult<()> {
@@ -564,6 +619,9 @@ fn remove(name: &str) -> PyResult<()> {
 /// `copyreg.__newobj_ex__(cls, (name,), {"create": False, "read_only": ...})`.
 fn reduce<'py>(object: &Bound<'py, PyAny>, handle: &Handle) -> PyResult<Bound<'py, PyTuple>> {
     let py = object.py();
+    if handle.is_closed(py) {
+        return Err(closed());
+    }
     let new_object = py.import("copyreg")?.getattr("__newobj_ex__")?;
     let options = PyDict::new(py);
     options.set_item("create", false)?;
@@ -627,21 +685,21 @@ allocator_class!(
     {
         #[new]
         #[pyo3(
-            signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+            signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
             text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
         )]
         fn new(
             py: Python<'_>,
             name: &str,
             capacity: Option<&Bound<'_, PyAny>>,
-            create: bool,
+            create: Truthy,
             read_only: bool,
             zero_on_free: bool,
         ) -> PyResult<Self> {
             let options = OpenOptions { read_only, zero_on_free };
             let budget = || byte_budget(capacity, 1 << 20);
             Ok(BumpAllocator {
-                handle: Handle::open(py, Kind::Bump, name, create, budget, options)?,
+                handle: Handle::open(py, Kind::Bump, name, create.0, budget, options)?,
             })
         }
 
@@ -670,21 +728,21 @@ allocator_class!(
     {
         #[new]
         #[pyo3(
-            signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+            signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
             text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
         )]
         fn new(
             py: Python<'_>,
             name: &str,
             capacity: Option<&Bound<'_, PyAny>>,
-            create: bool,
+            create: Truthy,
             read_only: bool,
             zero_on_free: bool,
         ) -> PyResult<Self> {
             let options = OpenOptions { read_only, zero_on_free };
             let budget = || byte_budget(capacity, 1 << 20);
             Ok(StackAllocator {
-                handle: Handle::open(py, Kind::Stack, name, create, budget, options)?,
+                handle: Handle::open(py, Kind::Stack, name, create.0, budget, options)?,
             })
         }
 
@@ -706,7 +764,7 @@ allocator_class!(
     {
         #[new]
         #[pyo3(
-            signature = (name, capacity = None, slot_size = None, num_slots = None, create = true, *, read_only = false, zero_on_free = false),
+            signature = (name, capacity = None, slot_size = None, num_slots = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
             text_signature = "(name, capacity=10485760, slot_size=256, num_slots=None, create=True, *, read_only=False, zero_on_free=False)"
         )]
         #[allow(clippy::too_many_arguments)]
@@ -716,7 +774,7 @@ allocator_class!(
             capacity: Option<&Bound<'_, PyAny>>,
             slot_size: Option<&Bound<'_, PyAny>>,
             num_slots: Option<&Bound<'_, PyAny>>,
-            create: bool,
+            create: Truthy,
             read_only: bool,
             zero_on_free: bool,
         ) -> PyResult<Self> {
@@ -742,7 +800,7 @@ allocator_class!(
                 Ok(Budget { unit: slot, units: count })
             };
             Ok(FreeListAllocator {
-                handle: Handle::open(py, Kind::FreeList, name, create, budget, options)?,
+                handle: Handle::open(py, Kind::FreeList, name, create.0, budget, options)?,
             })
         }
 
@@ -792,7 +850,7 @@ allocator_class!(
     {
         #[new]
         #[pyo3(
-            signature = (name, slab_size = None, num_slabs = None, create = true, *, read_only = false, zero_on_free = false),
+            signature = (name, slab_size = None, num_slabs = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
             text_signature = "(name, slab_size=256, num_slabs=4096, create=True, *, read_only=False, zero_on_free=False)"
         )]
         fn new(
@@ -800,7 +858,7 @@ allocator_class!(
             name: &str,
             slab_size: Option<&Bound<'_, PyAny>>,
             num_slabs: Option<&Bound<'_, PyAny>>,
-            create: bool,
+            create: Truthy,
             read_only: bool,
             zero_on_free: bool,
         ) -> PyResult<Self> {
@@ -817,7 +875,7 @@ allocator_class!(
                 Ok(Budget { unit, units })
             };
             Ok(SlabAllocator {
-                handle: Handle::open(py, Kind::Slab, name, create, budget, options)?,
+                handle: Handle::open(py, Kind::Slab, name, create.0, budget, options)?,
             })
         }
 
@@ -871,21 +929,21 @@ macro_rules! general_class {
             {
                 #[new]
                 #[pyo3(
-                    signature = (name, capacity = None, create = true, *, read_only = false, zero_on_free = false),
+                    signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
                     text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
                 )]
                 fn new(
                     py: Python<'_>,
                     name: &str,
                     capacity: Option<&Bound<'_, PyAny>>,
-                    create: bool,
+                    create: Truthy,
                     read_only: bool,
                     zero_on_free: bool,
                 ) -> PyResult<Self> {
                     let options = OpenOptions { read_only, zero_on_free };
                     let budget = || byte_budget(capacity, 10 << 20);
                     Ok($class {
-                        handle: Handle::open(py, $kind, name, create, budget, options)?,
+                        handle: Handle::open(py, $kind, name, create.0, budget, options)?,
                     })
                 }
 

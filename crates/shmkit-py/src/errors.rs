@@ -10,6 +10,8 @@ use pyo3::types::PyType;
 use pyo3::{create_exception, PyErr, Python};
 use shmkit_lib::Error;
 
+use crate::heap::Kind;
+
 create_exception!(
     shmkit,
     WrongAllocatorError,
@@ -50,6 +52,10 @@ pub enum Fault {
     WouldBlock,
     /// Other processes map the segment.
     InUse(Vec<u32>),
+    /// Calls of this process on the segment are waiting for its lock.
+    Busy(usize),
+    /// The segment was made by another Python class.
+    WrongClass { expected: Kind, found: Kind },
 }
 
 impl From<Error> for Fault {
@@ -95,6 +101,15 @@ impl Fault {
             Fault::WouldBlock => PyRuntimeError::new_err("a lock is held elsewhere"),
             Fault::InUse(pids) => SegmentInUseError::new_err(format!(
                 "processes {pids:?} still map the segment; stop them first, or pass force=True"
+            )),
+            Fault::Busy(calls) => SegmentInUseError::new_err(format!(
+                "{calls} call(s) of this process on the segment are waiting for its lock; \
+                 recover once they are done"
+            )),
+            Fault::WrongClass { expected, found } => WrongAllocatorError::new_err(format!(
+                "the segment was made by {}, not {}",
+                found.class_name(),
+                expected.class_name()
             )),
         }
     }

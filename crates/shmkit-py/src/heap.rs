@@ -1,21 +1,25 @@
 //! One attached segment as the Python API sees it: the allocator (or a
 //! read-only attachment), the budget layer in the custom header, the block
-//! headers, and this process's live views, with the facts every call needs
-//! (base address, data offset, budget unit) read once at attach.
+//! headers, and this process's record of the segment (live views, calls in
+//! flight), with the facts every call needs (base address, data offset,
+//! budget unit, key) read once at attach.
 //!
 //! Nothing here touches Python objects: the classes (`classes.rs`) convert
 //! arguments and results, hold the interpreter lock, and release it around
 //! waits and long copies.
 
 use std::ptr::NonNull;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
+use shmkit_lib::alloc::POOL_MAX_SLOT;
 use shmkit_lib::segment::header::PARAM_WORDS;
 use shmkit_lib::{
-    AllocatorKind, AnyAllocator, Error, LinearAlloc, MemContext, PoolAllocator, PoolParams,
-    ReadOnlySegment, Region, Segment, SegmentAllocator, SegmentOptions,
+    AllocatorKind, AnyAllocator, Error, FreeListAllocator, LinearAlloc, MemContext, PoolAllocator,
+    PoolParams, ReadOnlySegment, Region, SegmentAllocator, SegmentOptions,
 };
 
-use crate::blocks::{Block, BlockHeader, HEADER, MAX_SIZE};
+use crate::blocks::{Block, BlockHeader, Seal, HEADER, MAX_SIZE};
 use crate::errors::Fault;
 use crate::layer::{self, Layer, Usage};
 use crate::views::Views;
@@ -33,16 +37,53 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub fn allocator_kind(self) -> AllocatorKind {
+    const ALL: [Kind; 7] = [
+        Kind::Bump,
+        Kind::Stack,
+        Kind::FreeList,
+        Kind::Slab,
+        Kind::Buddy,
+        Kind::SizeClass,
+        Kind::ThreadLocal,
+    ];
+
+    /// The allocator that serves this class (a slab larger than a pool
+    /// slot is served by the free list).
+    fn allocator_kind(self, unit: u64) -> AllocatorKind {
         match self {
             Kind::Bump => AllocatorKind::Bump,
             Kind::Stack => AllocatorKind::Stack,
             Kind::FreeList => AllocatorKind::FreeList,
-            Kind::Slab => AllocatorKind::Pool,
+            Kind::Slab if slab_params(unit).is_ok() => AllocatorKind::Pool,
+            Kind::Slab => AllocatorKind::FreeList,
             Kind::Buddy => AllocatorKind::Buddy,
             Kind::SizeClass => AllocatorKind::SizeClass,
             Kind::ThreadLocal => AllocatorKind::ThreadLocal,
         }
+    }
+
+    /// The Python class's name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Kind::Bump => "BumpAllocator",
+            Kind::Stack => "StackAllocator",
+            Kind::FreeList => "FreeListAllocator",
+            Kind::Slab => "SlabAllocator",
+            Kind::Buddy => "BuddyAllocator",
+            Kind::SizeClass => "SizeClassAllocator",
+            Kind::ThreadLocal => "ThreadLocalAllocator",
+        }
+    }
+
+    /// The number the layer records for the class.
+    fn code(self) -> u64 {
+        Kind::ALL.iter().position(|&kind| kind == self).unwrap_or(0) as u64 + 1
+    }
+
+    fn from_code(code: u64) -> Option<Kind> {
+        Kind::ALL
+            .get(usize::try_from(code).ok()?.checked_sub(1)?)
+            .copied()
     }
 }
 
@@ -80,6 +121,13 @@ enum Store {
     ReadOnly(ReadOnlySegment),
 }
 
+/// A block taken out of use by [`Heap::retire`]: no offset names it any
+/// more, and [`Heap::release`] gives it back to the allocator.
+pub struct Retired {
+    offset: u64,
+    block: Block,
+}
+
 /// Fixed bytes for the segment header, allocator state and slack.
 const SMALL_STATE: u64 = 64 << 10;
 /// The same for allocators whose state grows with the segment.
@@ -101,7 +149,9 @@ pub struct Heap {
     /// so the hot paths shift instead of dividing.
     unit_shift: Option<u32>,
     units: u64,
-    views: Views,
+    /// The layer's key (0 without a layer).
+    key: u64,
+    views: Arc<Views>,
 }
 
 // SAFETY: the allocator and the read-only segment are `Send + Sync`; `base`
@@ -118,24 +168,24 @@ fn shm_options(name: &str) -> SegmentOptions {
 /// The initial and maximum segment sizes for a budget of `capacity` bytes
 /// in `unit`-byte units: room for every block the budget allows, with its
 /// headers, from the start where that is cheap, by growth otherwise.
-fn plan(kind: Kind, unit: u64, units: u64) -> Result<(u64, u64), Fault> {
+fn plan(kind: AllocatorKind, unit: u64, units: u64) -> Result<(u64, u64), Fault> {
     let too_large =
         || Fault::BadArgument(format!("a capacity of {units} x {unit} bytes is too large"));
     let capacity = unit.checked_mul(units).ok_or_else(too_large)?;
     let with_slack = |bytes: u64, slack: u64| bytes.checked_add(slack).ok_or_else(too_large);
     Ok(match kind {
-        Kind::Bump | Kind::Stack => {
+        AllocatorKind::Bump | AllocatorKind::Stack => {
             // Headers cost an eighth for blocks of 256 bytes and more; a
             // budget spent in smaller blocks grows the segment (a 1-byte
-            // block takes 32 bytes).
+            // block takes 32 bytes on a bump allocator, 48 on a stack).
             let size = with_slack(capacity.saturating_add(capacity / 4), SMALL_STATE)?;
             (
                 size,
-                size.saturating_add(capacity.saturating_mul(32).min(MAX_GROWTH)),
+                size.saturating_add(capacity.saturating_mul(48).min(MAX_GROWTH)),
             )
         }
-        Kind::FreeList => {
-            // Every block is whole slots; a one-slot block takes the slot,
+        AllocatorKind::FreeList => {
+            // Every block is whole units; a one-unit block takes the unit,
             // the Python header and the allocator's 32-byte header, so
             // `units` of them fit exactly. Growth absorbs fragmentation.
             let block = unit
@@ -145,7 +195,7 @@ fn plan(kind: Kind, unit: u64, units: u64) -> Result<(u64, u64), Fault> {
             let size = with_slack(units.checked_mul(block).ok_or_else(too_large)?, SMALL_STATE)?;
             (size, size.saturating_mul(2))
         }
-        Kind::Slab => {
+        AllocatorKind::Pool => {
             let params = slab_params(unit)?;
             let slot = params.slot_sizes()[0] as u64;
             let page = params.page_size();
@@ -164,8 +214,9 @@ fn plan(kind: Kind, unit: u64, units: u64) -> Result<(u64, u64), Fault> {
             )?;
             (size, size.saturating_mul(2))
         }
-        Kind::Buddy | Kind::SizeClass | Kind::ThreadLocal => {
-            // Their state grows with the maximum size: keep growth to 4x.
+        _ => {
+            // Buddy, size classes, thread caches: their state grows with
+            // the maximum size, so growth stays within 4x.
             let size = with_slack(capacity.saturating_add(capacity / 4), LARGE_STATE)?;
             (size, size.saturating_mul(4))
         }
@@ -173,15 +224,16 @@ fn plan(kind: Kind, unit: u64, units: u64) -> Result<(u64, u64), Fault> {
 }
 
 /// The pool parameters of a slab allocator: one slot class holding a slab
-/// and its header.
+/// and its header (slabs too large for a pool slot use the free list).
 fn slab_params(slab_size: u64) -> Result<PoolParams, Fault> {
+    let too_large = || Fault::BadArgument(format!("slab_size {slab_size} is too large"));
     let slot = slab_size
         .checked_add(HEADER)
         .map(|s| s.next_multiple_of(16))
+        .filter(|&s| s <= u64::from(POOL_MAX_SLOT))
         .and_then(|s| u32::try_from(s).ok())
-        .ok_or_else(|| Fault::BadArgument(format!("slab_size {slab_size} is too large")))?;
-    PoolParams::new(&[slot])
-        .map_err(|err| Fault::BadArgument(format!("slab_size {slab_size}: {err}")))
+        .ok_or_else(too_large)?;
+    PoolParams::new(&[slot]).map_err(|_| too_large())
 }
 
 impl Heap {
@@ -198,40 +250,38 @@ impl Heap {
                 budget.units, budget.unit
             )));
         }
-        let (size, max_size) = plan(kind, budget.unit, budget.units)?;
+        let allocator_kind = kind.allocator_kind(budget.unit);
+        let (size, max_size) = plan(allocator_kind, budget.unit, budget.units)?;
         let options = shm_options(name)
             .size(size)
             .max_size(max_size)
-            .custom_header(layer::initial_bytes(budget.unit, budget.units))
+            .custom_header(layer::initial_bytes(kind.code(), budget.unit, budget.units))
             .zero_on_free(zero_on_free);
-        let allocator = match kind {
-            Kind::Slab => AnyAllocator::Pool(PoolAllocator::create_with(
+        let allocator = match allocator_kind {
+            AllocatorKind::Pool => AnyAllocator::Pool(PoolAllocator::create_with(
                 &options,
                 &slab_params(budget.unit)?,
             )?),
-            other => AnyAllocator::create(other.allocator_kind(), &options)?,
+            AllocatorKind::FreeList => AnyAllocator::FreeList(FreeListAllocator::create(&options)?),
+            other => AnyAllocator::create(other, &options)?,
         };
         Heap::new(kind, Store::Writable(allocator))
     }
 
-    /// Attaches the existing segment `name`, which must hold a `kind`
-    /// allocator.
+    /// Attaches the existing segment `name`, which `kind` must be able to
+    /// serve.
     pub fn attach(kind: Kind, name: &str, read_only: bool) -> Result<Heap, Fault> {
         let options = shm_options(name);
         let store = if read_only {
-            let segment = ReadOnlySegment::attach(&options)?;
-            segment.expect_allocator(kind.allocator_kind(), None)?;
-            Store::ReadOnly(segment)
+            Store::ReadOnly(ReadOnlySegment::attach(&options)?)
         } else {
-            let segment = Segment::attach(&options)?;
-            segment.expect_allocator(kind.allocator_kind(), None)?;
-            Store::Writable(AnyAllocator::from_segment(segment)?)
+            Store::Writable(AnyAllocator::attach(&options)?)
         };
         Heap::new(kind, store)
     }
 
     fn new(kind: Kind, store: Store) -> Result<Heap, Fault> {
-        let (base, data_offset, layer, params) = match &store {
+        let (base, data_offset, layer, params, found, id) = match &store {
             Store::Writable(allocator) => {
                 let segment = allocator.segment();
                 (
@@ -239,6 +289,8 @@ impl Heap {
                     segment.data_offset(),
                     segment.custom_header::<Layer>().ok(),
                     segment.allocator_params(),
+                    segment.allocator_kind(),
+                    segment.id().0,
                 )
             }
             Store::ReadOnly(segment) => (
@@ -249,6 +301,8 @@ impl Heap {
                     .ok()
                     .and_then(|ptr| NonNull::new(ptr.cast_mut())),
                 segment.allocator_params(),
+                segment.allocator_kind(),
+                segment.id().0,
             ),
         };
         // SAFETY: `custom_header` checked bounds and alignment; the layer
@@ -263,12 +317,13 @@ impl Heap {
             unit: 1,
             unit_shift: Some(0),
             units: 0,
-            views: Views::default(),
+            key: 0,
+            views: Views::of_segment(id),
         };
         match heap.layer() {
             Some(layer) => {
-                let unit = layer.unit.load(std::sync::atomic::Ordering::Relaxed);
-                let units = layer.units.load(std::sync::atomic::Ordering::Relaxed);
+                let load = |word: &std::sync::atomic::AtomicU64| word.load(Ordering::Relaxed);
+                let (unit, units) = (load(&layer.unit), load(&layer.units));
                 if unit == 0 || unit.checked_mul(units).is_none() {
                     return Err(Fault::Lib(Error::CorruptHeader {
                         reason: format!(
@@ -276,13 +331,31 @@ impl Heap {
                         ),
                     }));
                 }
-                (heap.unit, heap.units) = (unit, units);
+                match Kind::from_code(load(&layer.class)) {
+                    Some(made) if made == kind => {}
+                    Some(made) => {
+                        return Err(Fault::WrongClass {
+                            expected: kind,
+                            found: made,
+                        })
+                    }
+                    None => {
+                        return Err(Fault::Lib(Error::CorruptHeader {
+                            reason: "the Python layer names no allocator class".into(),
+                        }))
+                    }
+                }
+                (heap.unit, heap.units, heap.key) = (unit, units, load(&layer.key));
             }
             // A slab segment from another tool: its slot, less the header.
             None if kind == Kind::Slab => {
                 heap.unit = pool_slot(&params).saturating_sub(HEADER).max(1);
             }
             None => {}
+        }
+        let expected = kind.allocator_kind(heap.unit);
+        if found != expected {
+            return Err(Fault::Lib(Error::WrongAllocator { expected, found }));
         }
         heap.unit_shift = heap
             .unit
@@ -304,6 +377,7 @@ impl Heap {
         }
     }
 
+    /// This process's record of the segment (shared by all its handles).
     pub fn views(&self) -> &Views {
         &self.views
     }
@@ -329,7 +403,7 @@ impl Heap {
     }
 
     pub fn allocator_name(&self) -> String {
-        self.kind.allocator_kind().to_string()
+        self.kind.allocator_kind(self.unit).to_string()
     }
 
     /// Bytes per budget unit (the slot or slab size; 1 for byte budgets).
@@ -342,24 +416,43 @@ impl Heap {
         self.layer.map(|_| self.units)
     }
 
-    /// Units a block of `size` bytes takes.
+    /// Units `bytes` take (whole units).
     #[inline]
-    fn units_of(&self, size: u64) -> u64 {
+    fn whole_units(&self, bytes: u64) -> u64 {
         match self.unit_shift {
-            Some(shift) => (size >> shift) + u64::from(size & (self.unit - 1) != 0),
-            None => size.div_ceil(self.unit),
+            Some(shift) => (bytes >> shift) + u64::from(bytes & (self.unit - 1) != 0),
+            None => bytes.div_ceil(self.unit),
         }
     }
 
-    /// Bytes a block of `size` bytes may use: whole units.
+    /// Units a block of `size` bytes, `prefix` bytes after its raw start,
+    /// takes: where blocks take whole slots, the alignment padding beyond
+    /// the header counts too (it takes room that slots account for).
     #[inline]
-    fn usable(&self, size: u64) -> u64 {
-        self.units_of(size) * self.unit
+    fn units_of(&self, size: u64, prefix: u64) -> u64 {
+        if self.unit <= 1 {
+            size
+        } else {
+            self.whole_units(size + (prefix - HEADER))
+        }
+    }
+
+    /// Bytes a block of `size` bytes may use: the rest of its units.
+    #[inline]
+    fn usable(&self, size: u64, prefix: u64) -> u64 {
+        if self.unit <= 1 {
+            size
+        } else {
+            self.units_of(size, prefix) * self.unit - (prefix - HEADER)
+        }
     }
 
     #[inline]
-    fn generation(&self) -> u64 {
-        self.layer().map_or(0, Layer::generation)
+    fn seal(&self) -> Seal {
+        Seal {
+            key: self.key,
+            generation: self.layer().map_or(0, Layer::generation),
+        }
     }
 
     /// The header in front of `offset`, if it lies in the data area.
@@ -381,13 +474,13 @@ impl Heap {
     pub fn block(&self, offset: u64) -> Result<Block, Fault> {
         let Some(block) = self
             .header(offset)
-            .and_then(|header| header.read(offset, self.generation()))
+            .and_then(|header| header.read(offset, self.seal()))
         else {
             return Err(Fault::NotABlock { offset });
         };
         // A header that passed its check still cannot reach past the segment.
-        match offset.checked_add(self.usable(block.size)) {
-            Some(end) if end <= self.segment_size() => Ok(block),
+        match offset.checked_add(self.usable(block.size, block.prefix)) {
+            Some(end) if end <= self.segment_size() && block.prefix >= HEADER => Ok(block),
             _ => Err(Fault::NotABlock { offset }),
         }
     }
@@ -403,7 +496,7 @@ impl Heap {
     #[inline]
     pub fn span(&self, offset: u64, len: Option<u64>) -> Result<(NonNull<u8>, u64), Fault> {
         let block = self.block(offset)?;
-        let usable = self.usable(block.size);
+        let usable = self.usable(block.size, block.prefix);
         let len = len.unwrap_or(block.size);
         if len > usable {
             return Err(Fault::PastBlock {
@@ -443,9 +536,9 @@ impl Heap {
         if size == 0 || size > MAX_SIZE {
             return Err(Fault::BadArgument(format!("cannot allocate {size} bytes")));
         }
-        if !align.is_power_of_two() {
+        if !align.is_power_of_two() || align > MAX_SIZE {
             return Err(Fault::BadArgument(format!(
-                "alignment {align} is not a power of two"
+                "alignment {align} is not a power of two up to 2**56"
             )));
         }
         let prefix = align.max(HEADER);
@@ -462,9 +555,9 @@ impl Heap {
                 )));
             }
         }
-        let units = self.units_of(size);
+        let units = self.units_of(size, prefix);
         let raw_size = self
-            .usable(size)
+            .usable(size, prefix)
             .checked_add(prefix)
             .ok_or_else(|| Fault::BadArgument(format!("cannot allocate {size} bytes")))?;
         let layer = self.layer();
@@ -495,18 +588,21 @@ impl Heap {
                 reason: format!("the allocator handed out {raw}, outside the data area"),
             }));
         };
-        header.write(offset, size, prefix, self.generation());
+        header.write(offset, size, prefix, self.seal());
         if let Some(layer) = layer {
             layer.on_allocate(size);
         }
         Ok(Some(offset))
     }
 
-    /// Frees the block at `offset`. A block with live views in this
-    /// process is refused unless `force`.
+    /// Takes the block at `offset` out of use, the first half of a free:
+    /// validated, refused while views of it live in this process (unless
+    /// `force`), and its check word retired in one compare-and-swap, so
+    /// that of racing frees exactly one goes on, and from here no offset
+    /// names the block (a view, a read or a second free is refused).
     #[inline]
-    pub fn free(&self, offset: u64, force: bool, wait: Wait) -> Result<(), Fault> {
-        let allocator = self.writable()?;
+    pub fn retire(&self, offset: u64, force: bool) -> Result<Retired, Fault> {
+        self.writable()?;
         if self.kind == Kind::Bump {
             return Err(Fault::Lib(Error::Unsupported(
                 "a bump allocator frees everything at once, with reset()",
@@ -519,22 +615,40 @@ impl Heap {
                 return Err(Fault::HasViews { offset, views });
             }
         }
-        let Some(header) = self.header(offset) else {
-            return Err(Fault::NotABlock { offset });
-        };
-        // One compare-and-swap decides between racing frees; a loser has
-        // written nothing.
-        if !header.retire(block.check) {
-            return Err(Fault::NotABlock { offset });
+        match self.header(offset) {
+            Some(header) if header.retire(block.check) => Ok(Retired { offset, block }),
+            _ => Err(Fault::NotABlock { offset }),
         }
-        if let Err(err) = free_raw(allocator, offset - block.prefix, &wait.context()) {
-            header.restore(block.check);
-            return Err(err.into());
+    }
+
+    /// Gives a retired block back to the allocator, the second half of a
+    /// free. On [`Fault::WouldBlock`] the block stays retired, for a patient
+    /// retry; on any other refusal its check word is restored (the block is
+    /// still the caller's: nobody else could free or reuse it).
+    #[inline]
+    pub fn release(&self, retired: &Retired, wait: Wait) -> Result<(), Fault> {
+        let allocator = self.writable()?;
+        let Retired { offset, block } = *retired;
+        match free_raw(allocator, offset - block.prefix, &wait.context()) {
+            Ok(()) => {
+                if let Some(layer) = self.layer() {
+                    layer.on_free(block.size, self.units_of(block.size, block.prefix));
+                }
+                Ok(())
+            }
+            Err(Error::WouldBlock { .. }) => Err(Fault::WouldBlock),
+            Err(err) => {
+                self.unretire(retired);
+                Err(err.into())
+            }
         }
-        if let Some(layer) = self.layer() {
-            layer.on_free(block.size, self.units_of(block.size));
+    }
+
+    /// Puts a retired block's check word back (its free did not happen).
+    pub fn unretire(&self, retired: &Retired) {
+        if let Some(header) = self.header(retired.offset) {
+            header.restore(retired.block.check);
         }
-        Ok(())
     }
 
     /// Forgets every block of a bump allocator, in every process.
@@ -564,9 +678,9 @@ impl Heap {
 
     /// Whether [`usage`](Self::usage) may wait for a lock another process
     /// holds: only for a segment without a layer, whose figures come from
-    /// a free-list or buddy allocator's walk under its lock.
+    /// a free-list allocator's walk under its lock.
     pub fn figures_may_wait(&self) -> bool {
-        self.layer.is_none() && matches!(self.kind, Kind::FreeList | Kind::Buddy)
+        self.layer.is_none() && self.kind.allocator_kind(self.unit) == AllocatorKind::FreeList
     }
 
     /// What users hold: (capacity, used, usage) in bytes, from the layer,
@@ -579,7 +693,7 @@ impl Heap {
                 Ok((self.units * self.unit, usage.units_used * self.unit, usage))
             }
             None => {
-                let stats = self.writable()?.stats();
+                let stats = self.writable()?.try_stats()?;
                 let usage = Usage {
                     units_used: stats.allocated_bytes,
                     peak_units: stats.peak_bytes,
@@ -593,12 +707,12 @@ impl Heap {
 
     /// The allocator's view of its heap: (free bytes, largest free block,
     /// fragmentation); `None` on a read-only attachment. May wait for the
-    /// allocator's lock.
+    /// allocator's lock, and reports a lock held past the patience.
     pub fn heap_figures(&self) -> Result<Option<(u64, u64, f64)>, Fault> {
         let Store::Writable(allocator) = &self.store else {
             return Ok(None);
         };
-        let stats = allocator.stats();
+        let stats = allocator.try_stats()?;
         Ok(Some((
             stats.free_bytes,
             stats.largest_free_block,
@@ -627,9 +741,17 @@ impl Heap {
 
     /// Mends what dead processes left: the allocator's recovery pass, then
     /// the layer's counters recounted from the live blocks' headers.
-    /// Refused while other processes map the segment, unless `force`.
+    ///
+    /// The caller holds the interpreter lock throughout, so no other call
+    /// of this process starts meanwhile; calls that already run without it
+    /// (waiting for a lock) and other processes that map the segment
+    /// (unless `force`) are reasons to refuse.
     pub fn recover(&self, force: bool) -> Result<Recovered, Fault> {
         let allocator = self.writable()?;
+        let waiting = self.views.detached_calls();
+        if waiting > 0 {
+            return Err(Fault::Busy(waiting));
+        }
         if !force {
             let others = allocator.segment().other_processes()?;
             if !others.is_empty() {
@@ -651,7 +773,7 @@ impl Heap {
 
     /// Walks the used regions for live block headers.
     fn count_blocks(&self, allocator: &AnyAllocator) -> Result<Usage, Fault> {
-        let generation = self.generation();
+        let seal = self.seal();
         let mut usage = Usage::default();
         let size = self.segment_size();
         let mut scan = |region: Region| {
@@ -663,20 +785,20 @@ impl Heap {
             while offset < end {
                 let found = self
                     .header(offset)
-                    .and_then(|header| header.read(offset, generation))
+                    .and_then(|header| header.read(offset, seal))
                     .filter(|block| {
                         offset
-                            .checked_add(self.usable(block.size))
+                            .checked_add(self.usable(block.size, block.prefix))
                             .is_some_and(|block_end| block_end <= end)
                     });
                 match found {
                     Some(block) => {
+                        let usable = self.usable(block.size, block.prefix);
                         usage.blocks += 1;
                         usage.requested += block.size;
-                        usage.units_used += self.units_of(block.size);
+                        usage.units_used += self.units_of(block.size, block.prefix);
                         // The next header lies past this block's bytes.
-                        offset =
-                            (offset + self.usable(block.size) + HEADER).next_multiple_of(HEADER);
+                        offset = (offset + usable + HEADER).next_multiple_of(HEADER);
                     }
                     None => offset += HEADER,
                 }

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use shmkit_lib::shm_struct;
 
-/// "shmkitpy" with a layout version in its last byte.
-const MAGIC: u64 = u64::from_le_bytes(*b"shmkitp\x01");
+/// "shmkitp" with a layout version in its last byte.
+const MAGIC: u64 = u64::from_le_bytes(*b"shmkitp\x02");
 
 shm_struct! {
     /// The Python layer's part of the custom header.
@@ -36,22 +36,35 @@ shm_struct! {
         /// Bumped by a bump allocator's `reset`; mixed into every block's
         /// check word, so blocks from before a reset never validate again.
         pub generation: AtomicU64,
+        /// A random key drawn at creation and mixed into every block's check
+        /// word, so bytes users write cannot pass for a block header.
+        pub key: AtomicU64,
+        /// Which Python class made the segment (`Kind::code`).
+        pub class: AtomicU64,
         /// Room for later versions.
-        pub reserved: [AtomicU64; 8],
+        pub reserved: [AtomicU64; 6],
     }
 }
 
 /// Bytes of the custom header the layer takes.
 pub const LAYER_LEN: u32 = std::mem::size_of::<Layer>() as u32;
 
-/// The layer's first bytes for a new segment: magic, unit and units; the
-/// counters start at zero.
-pub fn initial_bytes(unit: u64, units: u64) -> Vec<u8> {
+/// The layer's first bytes for a new segment made by class `class`: the
+/// magic, the budget, a fresh key; the counters start at zero.
+pub fn initial_bytes(class: u64, unit: u64, units: u64) -> Vec<u8> {
+    let words = [MAGIC, unit, units, 0, 0, 0, 0, 0, random_key(), class];
     let mut bytes = vec![0u8; LAYER_LEN as usize];
-    bytes[0..8].copy_from_slice(&MAGIC.to_ne_bytes());
-    bytes[8..16].copy_from_slice(&unit.to_ne_bytes());
-    bytes[16..24].copy_from_slice(&units.to_ne_bytes());
+    for (chunk, word) in bytes.chunks_exact_mut(8).zip(words) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
     bytes
+}
+
+/// 64 bits from the operating system's randomness (std seeds its hash
+/// keys from it).
+fn random_key() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
 }
 
 /// A snapshot of the counters.

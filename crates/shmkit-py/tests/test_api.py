@@ -83,6 +83,16 @@ def test_errors_raised_while_converting_arguments_pass_through(heap):
             heap.write(offset, Exploding())
 
 
+@pytest.mark.parametrize("shape, index", [((4, 6), (slice(None), slice(None, None, -2))), ((3, 4, 5), (slice(None, None, 2), slice(1, 3), slice(None, None, -1))), ((64,), (slice(None, None, 3),))])
+def test_strided_arrays_of_any_shape_are_written_in_c_order(heap, shape, index):
+    numpy = pytest.importorskip("numpy")
+    source = numpy.arange(int(numpy.prod(shape)), dtype=numpy.int32).reshape(shape)[index]
+    assert not source.flags.c_contiguous
+    offset = heap.allocate(source.nbytes)
+    heap.write(offset, source)
+    assert heap.read(offset, source.nbytes) == numpy.ascontiguousarray(source).tobytes()
+
+
 def test_a_strided_buffer_is_written_in_order(heap):
     numpy = pytest.importorskip("numpy")
     offset = heap.allocate(64)
@@ -315,15 +325,15 @@ def test_every_call_after_close_raises_but_unlink_works(heap, kind, name):
         lambda: heap.stats(),
         lambda: heap.check(),
         lambda: heap.recover(),
-        lambda: heap.total_size,
         lambda: heap.__enter__(),
+        lambda: pickle.dumps(heap),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="closed"):
             call()
     heap.close()  # closing twice is fine
     # The facts stay readable, as the peer's plain attributes do.
-    assert heap.name == name and heap.capacity > 0
+    assert heap.name == name and heap.capacity > 0 and heap.total_size > heap.capacity
     assert shm_exists(name)
     heap.unlink()  # about the name, not the mapping
     assert not shm_exists(name)
@@ -440,4 +450,102 @@ def test_zero_on_free_zeroes_freed_blocks(name):
     again = heap.allocate(64)
     assert again == offset
     assert heap.read(again) == bytes(64)
+    heap.close()
+
+
+def test_integers_from_index_are_checked_by_their_value(heap):
+    class Index:
+        def __init__(self, value):
+            self.value = value
+
+        def __index__(self):
+            return self.value
+
+    class Overflowing:
+        def __index__(self):
+            raise OverflowError("mine")
+
+    offset = heap.allocate(Index(8))
+    assert heap.size_of(Index(offset)) == 8
+    with pytest.raises(ValueError, match="negative"):
+        heap.read(Index(-5), 1)
+    with pytest.raises(ValueError, match="too large"):
+        heap.read(Index(1 << 70), 1)
+    with pytest.raises(OverflowError, match="mine"):
+        heap.read(Overflowing(), 1)
+
+
+@pytest.mark.parametrize("kind", sorted(CLASSES))
+def test_create_is_taken_by_its_truth_value(kind, name):
+    made = KINDS[kind](name)
+    cls = CLASSES[kind]
+    attached = cls(name, create=0)  # as in shared_allocator: falsy attaches
+    assert attached.capacity == made.capacity
+    with pytest.raises(FileExistsError):
+        cls(name, create=1)
+    attached.close()
+    made.close()
+
+
+def test_user_bytes_cannot_pass_for_a_block_header(name):
+    heap = shmkit.SizeClassAllocator(name, capacity=1 << 20)
+    outer = heap.allocate(4096)
+    # Copy the outer block's own header into its payload, 1 KiB in, as a
+    # naive forgery would: the header is keyed by the segment's random key
+    # and its offset, so the copy does not validate anywhere else.
+    import mmap
+    with open(f"/dev/shm/{name}", "r+b") as file, mmap.mmap(file.fileno(), 0) as memory:
+        header = bytes(memory[outer - 16 : outer])
+    heap.write(outer, bytes(1024 - 16) + header)
+    with pytest.raises(ValueError, match="live block"):
+        heap.free(outer + 1024)
+    with pytest.raises(ValueError, match="live block"):
+        heap.view(outer + 1024)
+    assert heap.size_of(outer) == 4096
+    heap.free(outer)
+    heap.close()
+
+
+def test_slabs_larger_than_a_pool_slot_work(name):
+    slab = shmkit.SlabAllocator(name, slab_size=1 << 20, num_slabs=4)
+    assert (slab.slab_size, slab.num_slabs) == (1 << 20, 4)
+    taken = [slab.allocate() for _ in range(4)]
+    assert None not in taken and slab.allocate() is None
+    slab.write(taken[0], b"s" * (1 << 20))
+    with pytest.raises(ValueError, match="slab"):
+        slab.allocate((1 << 20) + 1)
+    for offset in taken:
+        slab.free(offset)
+    again = shmkit.SlabAllocator(name, create=False)
+    assert again.slab_size == 1 << 20 and again.available_slabs() == 4
+    with pytest.raises(shmkit.WrongAllocatorError, match="SlabAllocator"):
+        shmkit.FreeListAllocator(name, create=False)
+    again.close()
+    slab.close()
+
+
+def test_aligned_free_list_blocks_count_their_padding(name):
+    heap = shmkit.FreeListAllocator(name, slot_size=100, num_slots=1000)
+    offsets = []
+    while (offset := heap.allocate(100, 4096)) is not None:
+        assert offset % 4096 == 0
+        offsets.append(offset)
+    # Each block takes the slots its bytes and the padding its alignment
+    # costs need (100 + 4096 - 16 bytes: 42 slots), so the slots run out
+    # (rather than the segment first).
+    per_block = -(-(100 + 4096 - 16) // 100)
+    assert heap.available_slots() < per_block
+    assert heap.used_slots() == len(offsets) * per_block
+    for offset in offsets:
+        heap.free(offset)
+    assert heap.used_slots() == 0
+    heap.close()
+
+
+def test_stack_capacity_holds_for_one_byte_blocks(name):
+    heap = shmkit.StackAllocator(name, capacity=1 << 16)
+    count = 0
+    while heap.allocate(1) is not None:
+        count += 1
+    assert count == 1 << 16 and heap.available_bytes() == 0
     heap.close()

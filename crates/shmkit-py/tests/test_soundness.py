@@ -121,20 +121,41 @@ def test_a_lock_wait_lets_other_threads_run_and_ends_when_the_holder_dies(lock_h
     heap.check()
 
 
-def test_a_lock_held_past_the_patience_is_a_timeout_error(lock_holder):
+@pytest.mark.parametrize("call", ["allocate", "stats"])
+def test_a_lock_held_past_the_patience_is_a_timeout_error(lock_holder, call):
     heap, _holder = lock_holder
     started = time.monotonic()
     with pytest.raises(TimeoutError):
-        heap.allocate(64)
+        heap.allocate(64) if call == "allocate" else heap.stats()
     assert time.monotonic() - started >= 5
 
 
-@pytest.mark.parametrize("direction", ["write", "read"])
+def test_recovery_waits_for_no_call_of_this_process(lock_holder):
+    heap, holder = lock_holder
+    waiter = threading.Thread(target=lambda: heap.allocate(64))
+    waiter.start()
+    time.sleep(0.2)
+    assert waiter.is_alive()
+    # The waiting call is inside the allocator (without the interpreter
+    # lock): rebuilding under it is refused, even when forced.
+    with pytest.raises(shmkit.SegmentInUseError, match="waiting"):
+        heap.recover(force=True)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(timeout=30)
+    waiter.join(timeout=30)
+    assert heap.recover()["locks_taken_over"] == 0, "the waiter took the lock over already"
+    heap.check()
+
+
+@pytest.mark.parametrize("direction", ["write", "read", "strided write"])
 def test_long_copies_let_other_threads_run(name, direction):
     size = 256 << 20
     heap = shmkit.BumpAllocator(name, capacity=size)
     offset = heap.allocate(size)
     payload = bytes(size)
+    if direction == "strided write":
+        numpy = pytest.importorskip("numpy")
+        payload = numpy.zeros(size // 4, dtype=numpy.uint64)[::2]  # every other word
     stamps, stop = [], threading.Event()
 
     def tick():
@@ -150,10 +171,10 @@ def test_long_copies_let_other_threads_run(name, direction):
     copies = []
     for _ in range(3):
         started = time.monotonic()
-        if direction == "write":
-            heap.write(offset, payload)
-        else:
+        if direction == "read":
             assert len(heap.read(offset)) == size
+        else:
+            heap.write(offset, payload)
         copies.append((started, time.monotonic()))
     stop.set()
     ticker.join()

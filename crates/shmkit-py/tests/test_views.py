@@ -162,3 +162,80 @@ def test_many_heaps_with_views_in_one_process(name):
         del views
         for each in names:
             shmkit.unlink(each)
+
+
+def test_views_through_one_handle_protect_the_block_from_every_handle(name):
+    heap = shmkit.FreeListAllocator(name, capacity=1 << 20)
+    offset = heap.allocate(64)
+    view = heap.view(offset)
+    for other in (pickle.loads(pickle.dumps(heap)), shmkit.FreeListAllocator(name, create=False)):
+        with pytest.raises(BufferError):
+            other.free(offset)
+        other.close()
+    bump_name = name + "-bump"
+    bump = shmkit.BumpAllocator(bump_name, capacity=4096)
+    bump_view = bump.view(bump.allocate(8))
+    twin = shmkit.BumpAllocator(bump_name, create=False)
+    with pytest.raises(BufferError):
+        twin.reset()
+    del bump_view
+    twin.reset()
+    twin.close()
+    bump.close()
+    shmkit.unlink(bump_name)
+    del view
+    heap.free(offset)
+    heap.close()
+
+
+def test_a_finalizer_run_while_a_view_is_made_cannot_free_its_block(name):
+    """A garbage collection can start inside view() (its first tracked
+    allocation), and a finalizer it runs can free the block being viewed:
+    the view must already count, so that free is refused."""
+    heap = shmkit.FreeListAllocator(name, capacity=1 << 20)
+    outcomes = []
+
+    class FreesOnCollection:
+        def __init__(self, offset):
+            self.offset = offset
+            self.cycle = self
+
+        def __del__(self):
+            try:
+                heap.free(self.offset)
+                outcomes.append("freed")
+            except BufferError:
+                outcomes.append("refused")
+            except ValueError:
+                outcomes.append("gone")
+
+    threshold = gc.get_threshold()
+    viewed_while_freed = refused_while_viewing = 0
+    try:
+        for _ in range(300):
+            offset = heap.allocate(64)
+            gc.collect()
+            FreesOnCollection(offset)  # garbage now, collected on the next pass
+            outcomes.clear()
+            gc.set_threshold(1)
+            try:
+                view = heap.view(offset)
+            except ValueError:
+                view = None  # collected before view() checked the block
+            gc.set_threshold(*threshold)
+            during = list(outcomes)  # what the finalizer did inside view()
+            gc.collect()
+            if view is not None and during == ["freed"]:
+                viewed_while_freed += 1
+            if view is not None and during == ["refused"]:
+                refused_while_viewing += 1
+            if view is not None:
+                del view
+            if "refused" in outcomes:
+                heap.free(offset)
+    finally:
+        gc.set_threshold(*threshold)
+    assert viewed_while_freed == 0
+    assert refused_while_viewing > 0, "no collection ran inside view(): the test proved nothing"
+    assert heap.stats()["live_blocks"] == 0
+    heap.close()

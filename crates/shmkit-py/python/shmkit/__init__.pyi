@@ -133,8 +133,9 @@ class _Allocator:
         (``numpy.frombuffer(view, dtype)`` shares them too).
 
         While the view, or anything made from it, lives, the segment stays
-        mapped in this process and ``free()`` of the block raises
-        BufferError. Read-only on a read-only attachment.
+        mapped in this process and ``free()`` of the block, through any
+        handle of this process, raises BufferError. Read-only on a
+        read-only attachment.
         """
     def free(self, offset: int, *, force: bool = False) -> None:
         """Free the block at ``offset``.
@@ -155,14 +156,18 @@ class _Allocator:
         """The accounting (each key is explained in the stub's ``_Stats``)."""
     def check(self) -> None:
         """Walk the allocator's structure; raise CorruptSegmentError with
-        the first inconsistency."""
+        the first inconsistency. On a read-only attachment it raises
+        io.UnsupportedOperation: the walk takes the allocator's lock."""
     def recover(self, *, force: bool = False) -> _Recovery:
         """Mend what processes that died in the middle of an operation left
         behind (locks, caches, free blocks on no list, destroyed headers)
         and recount the accounting from the blocks.
 
-        Raises SegmentInUseError while other processes map the segment,
-        unless ``force``: recovery rebuilds structures they would be using.
+        Runs holding the interpreter lock, so no other thread of this
+        process uses the segment meanwhile. Raises SegmentInUseError while
+        other processes map the segment, unless ``force`` (recovery
+        rebuilds structures they would be using), and while calls of this
+        process wait for the allocator's lock.
         """
     @property
     def capacity(self) -> int:

@@ -158,6 +158,15 @@ impl AnyAllocator {
         }
     }
 
+    /// [`ShmAllocator::try_stats`]: exact figures or the error that kept
+    /// them from being exact.
+    pub fn try_stats(&self) -> Result<AllocStats> {
+        match self.as_shm_allocator() {
+            Some(allocator) => allocator.try_stats(),
+            None => Ok(self.stats()),
+        }
+    }
+
     /// The integrity walk ([`ShmAllocator::check`]; the linear allocators
     /// check their cursor against the segment).
     pub fn check(&self) -> Result<()> {

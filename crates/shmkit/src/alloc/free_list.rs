@@ -1396,10 +1396,14 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn stats(&self) -> AllocStats {
+        self.try_stats().unwrap_or_else(|_| self.stats_from(None))
+    }
+
+    fn try_stats(&self) -> Result<AllocStats> {
         let summary = self.locked(false, |heap| {
             Ok((heap.free_summary()?, heap.end - heap.start))
-        });
-        self.stats_from(summary.ok())
+        })?;
+        Ok(self.stats_from(Some(summary)))
     }
 
     fn check(&self) -> Result<()> {

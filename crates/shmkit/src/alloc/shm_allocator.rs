@@ -146,8 +146,16 @@ pub trait ShmAllocator: Send + Sync {
     /// The offset of a local pointer into this allocator's memory.
     fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64>;
 
-    /// Current accounting.
+    /// Current accounting. Never fails: where exact figures need a lock
+    /// that stays busy (the free list's free-space walk), the figures the
+    /// shared words give stand in for them (a largest free block of 0).
     fn stats(&self) -> AllocStats;
+
+    /// [`stats`](Self::stats), or the error that kept it from being exact
+    /// ([`Error::LockTimeout`], say) instead of figures that stand in.
+    fn try_stats(&self) -> Result<AllocStats> {
+        Ok(self.stats())
+    }
 
     /// The segment whose memory this allocator hands out, when it has one
     /// (every shmkit allocator but [`MallocAllocator`](crate::MallocAllocator)).

@@ -748,6 +748,10 @@ impl<A: ShmAllocator> ShmAllocator for Tracked<A> {
         self.inner.stats()
     }
 
+    fn try_stats(&self) -> Result<AllocStats> {
+        self.inner.try_stats()
+    }
+
     fn backing_segment(&self) -> Option<&Segment> {
         self.inner.backing_segment()
     }
