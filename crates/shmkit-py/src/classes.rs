@@ -205,6 +205,37 @@ impl Handle {
     fn capacity(&self) -> u64 {
         self.facts.unit * self.facts.units
     }
+
+    /// `allocate` where blocks take whole units (the free list's slots,
+    /// slabs): no size, or 0, asks for one unit, as in `shared_allocator`.
+    fn allocate_units(
+        &self,
+        py: Python<'_>,
+        size: Option<&Bound<'_, PyAny>>,
+        alignment: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<u64>> {
+        let size = match optional(size, "size")? {
+            None | Some(0) => self.facts.unit,
+            Some(size) => size,
+        };
+        allocate(py, self, size, alignment)
+    }
+
+    /// Units (slots, slabs) not taken by live blocks.
+    fn units_left(&self, py: Python<'_>) -> PyResult<u64> {
+        let units = self.facts.units;
+        self.figures(py, |heap| {
+            heap.usage()
+                .map(|(_, _, usage)| units.saturating_sub(usage.units_used))
+        })
+    }
+
+    /// Units (slots, slabs) live blocks take.
+    fn units_taken(&self, py: Python<'_>) -> PyResult<u64> {
+        self.figures(py, |heap| {
+            heap.usage().map(|(_, _, usage)| usage.units_used)
+        })
+    }
 }
 
 fn closed() -> PyErr {
@@ -809,24 +840,17 @@ allocator_class!(
         /// when full. The block takes whole slots and may use all of them.
         #[pyo3(signature = (size = None, alignment = None), text_signature = "($self, size=0, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: Option<&Bound<'_, PyAny>>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
-            let size = match optional(size, "size")? {
-                None | Some(0) => self.handle.facts.unit,
-                Some(size) => size,
-            };
-            allocate(py, &self.handle, size, alignment)
+            self.handle.allocate_units(py, size, alignment)
         }
 
         /// Slots not taken by live blocks.
         fn available_slots(&self, py: Python<'_>) -> PyResult<u64> {
-            let units = self.handle.facts.units;
-            self.handle.figures(py, |heap| {
-                heap.usage().map(|(_, _, usage)| units.saturating_sub(usage.units_used))
-            })
+            self.handle.units_left(py)
         }
 
         /// Slots taken by live blocks.
         fn used_slots(&self, py: Python<'_>) -> PyResult<u64> {
-            self.handle.figures(py, |heap| heap.usage().map(|(_, _, usage)| usage.units_used))
+            self.handle.units_taken(py)
         }
 
         /// Bytes per slot.
@@ -885,24 +909,17 @@ allocator_class!(
         /// slab is taken.
         #[pyo3(signature = (size = None, alignment = None), text_signature = "($self, size=None, alignment=8)")]
         fn allocate(&self, py: Python<'_>, size: Option<&Bound<'_, PyAny>>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
-            let size = match optional(size, "size")? {
-                None | Some(0) => self.handle.facts.unit,
-                Some(size) => size,
-            };
-            allocate(py, &self.handle, size, alignment)
+            self.handle.allocate_units(py, size, alignment)
         }
 
         /// Slabs not in use.
         fn available_slabs(&self, py: Python<'_>) -> PyResult<u64> {
-            let units = self.handle.facts.units;
-            self.handle.figures(py, |heap| {
-                heap.usage().map(|(_, _, usage)| units.saturating_sub(usage.units_used))
-            })
+            self.handle.units_left(py)
         }
 
         /// Slabs in use.
         fn used_slabs(&self, py: Python<'_>) -> PyResult<u64> {
-            self.handle.figures(py, |heap| heap.usage().map(|(_, _, usage)| usage.units_used))
+            self.handle.units_taken(py)
         }
 
         /// Bytes per slab.

@@ -1,6 +1,10 @@
 """Shared fixtures: a fresh segment name per test, removed afterwards."""
 
+import contextlib
+import multiprocessing
 import os
+import signal
+import time
 import uuid
 
 import pytest
@@ -50,3 +54,29 @@ def name():
     yield fresh
     if shm_exists(fresh):
         os.unlink(f"/dev/shm/{fresh}")
+
+
+def _hold(class_name, name, ready):
+    heap = getattr(shmkit, class_name)(name, create=False)
+    ready.set()
+    time.sleep(60)  # until killed
+    heap.close()
+
+
+@contextlib.contextmanager
+def another_process_mapping(cls, name):
+    """A live forked process that has the segment `name` attached (as a
+    `cls`) and sleeps; SIGKILLed and reaped on the way out (not told to
+    stop: a process killed while waiting on a multiprocessing event would
+    leave the event unusable)."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    other = context.Process(target=_hold, args=(cls.__name__, name, ready))
+    other.start()
+    try:
+        assert ready.wait(30), "the other process did not attach"
+        yield other
+    finally:
+        if other.is_alive():
+            os.kill(other.pid, signal.SIGKILL)
+        other.join(timeout=30)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 import shmkit
+from conftest import another_process_mapping
 
 # Where the segment header records the custom header's offset; the Python
 # layer starts there (magic, unit, units, units used, peak, requested,
@@ -77,27 +78,12 @@ def test_recovery_recounts_the_accounting_from_the_blocks(name, cls):
     heap.close()
 
 
-def hold(name, ready):
-    heap = shmkit.SizeClassAllocator(name, create=False)
-    ready.set()
-    time.sleep(60)
-    heap.close()
-
-
 def test_recovery_is_refused_while_another_process_maps_the_segment(name):
     heap = shmkit.SizeClassAllocator(name, capacity=1 << 20)
-    context = multiprocessing.get_context("fork")
-    ready = context.Event()
-    other = context.Process(target=hold, args=(name, ready))
-    other.start()
-    try:
-        assert ready.wait(30)
+    with another_process_mapping(shmkit.SizeClassAllocator, name) as other:
         with pytest.raises(shmkit.SegmentInUseError, match=str(other.pid)):
             heap.recover()
         heap.recover(force=True)
-    finally:
-        os.kill(other.pid, signal.SIGKILL)
-        other.join(timeout=30)
     heap.recover()
     heap.close()
 

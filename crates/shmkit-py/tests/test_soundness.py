@@ -14,7 +14,7 @@ import time
 import pytest
 
 import shmkit
-from conftest import FREEING, KINDS
+from conftest import FREEING, KINDS, another_process_mapping
 
 # Where the segment header records the allocator state's offset (the free
 # list's lock word is the state's first word).
@@ -57,13 +57,6 @@ def test_two_processes_freeing_the_same_blocks_free_each_once(kind, name):
     heap.close()
 
 
-def hold_the_segment(name, ready):
-    heap = shmkit.FreeListAllocator(name, create=False)
-    ready.set()
-    time.sleep(60)  # until the test kills it
-    heap.close()
-
-
 def forge_lock_owner(name, pid):
     """Writes `pid` into the free list's lock word, as a holder would."""
     with open(f"/dev/shm/{name}", "r+b") as file, mmap.mmap(file.fileno(), 0) as memory:
@@ -83,18 +76,9 @@ def count_while(seconds):
 def lock_holder(name):
     """A live process that maps the segment and (forged) holds its lock."""
     heap = shmkit.FreeListAllocator(name, capacity=1 << 20)
-    context = multiprocessing.get_context("fork")
-    ready = context.Event()
-    holder = context.Process(target=hold_the_segment, args=(name, ready))
-    holder.start()
-    assert ready.wait(30)
-    forge_lock_owner(name, holder.pid)
-    yield heap, holder
-    # Killed, not told to stop: a process killed while waiting on a
-    # multiprocessing event would leave the event unusable.
-    if holder.is_alive():
-        os.kill(holder.pid, signal.SIGKILL)
-    holder.join(timeout=30)
+    with another_process_mapping(shmkit.FreeListAllocator, name) as holder:
+        forge_lock_owner(name, holder.pid)
+        yield heap, holder
     heap.close()
 
 

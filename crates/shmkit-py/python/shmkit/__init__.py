@@ -23,20 +23,20 @@ segment. Closing never removes a segment: ``unlink()`` (or
 ``shmkit.unlink(name)``) does.
 """
 
-from shmkit import _native
-
-BumpAllocator = _native.BumpAllocator
-StackAllocator = _native.StackAllocator
-FreeListAllocator = _native.FreeListAllocator
-SlabAllocator = _native.SlabAllocator
-BuddyAllocator = _native.BuddyAllocator
-SizeClassAllocator = _native.SizeClassAllocator
-ThreadLocalAllocator = _native.ThreadLocalAllocator
-WrongAllocatorError = _native.WrongAllocatorError
-CorruptSegmentError = _native.CorruptSegmentError
-SegmentInUseError = _native.SegmentInUseError
-unlink = _native.unlink
-__version__ = _native.__version__
+from shmkit._native import (
+    BuddyAllocator,
+    BumpAllocator,
+    CorruptSegmentError,
+    FreeListAllocator,
+    SegmentInUseError,
+    SizeClassAllocator,
+    SlabAllocator,
+    StackAllocator,
+    ThreadLocalAllocator,
+    WrongAllocatorError,
+    __version__,
+    unlink,
+)
 
 __all__ = [
     "BumpAllocator",
@@ -52,4 +52,5 @@ __all__ = [
     "unlink",
 ]
 
-del _native
+# The import bound the native submodule here; it is no part of the API.
+del _native  # noqa: F821
