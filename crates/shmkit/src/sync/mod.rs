@@ -12,6 +12,8 @@ pub(crate) mod atomic_word;
 pub(crate) mod cursor;
 /// Shared futex wait and wake on a word in a segment.
 pub(crate) mod futex;
+/// Who holds a lock: a thread id and the thread's start time.
+pub(crate) mod identity;
 /// Whether a process maps a segment, from `/proc/PID/maps`.
 pub(crate) mod mapped_by;
 /// A robust mutex that lives in a segment.

@@ -14,11 +14,16 @@
 //!   `tid | WAITERS`, since others may still sleep.
 //! * **Unlock**: compare-and-swap `tid → 0`; only if the word also carried
 //!   `WAITERS` is a sleeper woken (one system call).
+//! * **Who owns it**: right after taking the word, the owner records its
+//!   [identity](super::identity) (thread id and start time) in a second,
+//!   64-bit word, so a waiter can tell the owner from a later thread that
+//!   got the same id.
 //! * **Dead owner**: a dead process wakes nobody, so sleeps are bounded and
 //!   a waiter re-checks the owner every few milliseconds with
-//!   [`DeathWatch`]: the thread id is gone (`kill(tid, 0)` fails with
-//!   `ESRCH`), or it lives but, after a short wait, does not map the lock's
-//!   object (an id reused by an unrelated process, or garbage). The waiter
+//!   [`DeathWatch`]: the thread is gone or a zombie, or its id names a
+//!   thread started at another time than the recorded owner (a reused id);
+//!   while no identity is recorded, an id that lives but, after a short
+//!   wait, does not map the lock's object is dead too (garbage). The waiter
 //!   then takes the word over by compare-and-swap from exactly the value it
 //!   judged, so only one waiter wins.
 //! * **Consistency**: a second word says whether the protected value may be
@@ -30,18 +35,19 @@
 //! mapping the lock is taken over, `WAITERS` alone is a free lock, and a
 //! non-zero consistency word only makes lockers repair.
 //!
-//! Limit: an owner's thread id that the kernel gives to a new thread of a
-//! process that also maps the lock (the owner's own process, say, after the
-//! owner thread exited holding the lock) looks alive; such a lock is waited
-//! on like a live one.
+//! Limit: an owner that dies between taking the word and recording its
+//! identity (a few instructions), and whose id a new thread mapping the
+//! lock gets before anyone judges it, is waited on like a live one, until
+//! the waiter's patience runs out.
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::futex;
+use super::identity::Identity;
 use super::robust_lock::DeathWatch;
 use super::thread_id;
 use crate::error::{Error, Result};
@@ -130,17 +136,26 @@ impl Patience {
     }
 }
 
-/// The calling thread's owner value, or an error when its id does not fit
-/// the owner bits.
+/// The calling thread as a lock sees it: its owner value (the thread id)
+/// and its packed identity, recorded beside the word once taken.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Me {
+    pub tid: u32,
+    pub identity: u64,
+}
+
+/// The calling thread's owner value and identity, or an error when its id
+/// does not fit the owner bits.
 #[inline]
-pub(super) fn my_owner_id() -> Result<u32> {
-    let tid = thread_id::current();
+pub(super) fn me() -> Result<Me> {
+    let identity = thread_id::current_identity_word();
+    let tid = Identity::unpack(identity).tid;
     if tid == 0 || tid & WAITERS != 0 {
         return Err(Error::Unsupported(
             "this thread's id does not fit a lock word",
         ));
     }
-    Ok(tid)
+    Ok(Me { tid, identity })
 }
 
 /// How a slow acquire ended.
@@ -172,11 +187,13 @@ pub(super) fn try_take(word: &AtomicU32, me: u32) -> bool {
         .is_ok()
 }
 
-/// The slow path of taking (or waiting for) owner word `word`: spin, sleep
-/// in bounded quanta, take over a dead owner.
+/// The slow path of taking (or waiting for) owner word `word`, whose
+/// owner's identity `recorded` holds: spin, sleep in bounded quanta, take
+/// over a dead owner.
 #[cold]
 pub(super) fn acquire_slow(
     word: &AtomicU32,
+    recorded: &AtomicU64,
     me: u32,
     take: Take,
     patience: &Patience,
@@ -212,7 +229,7 @@ pub(super) fn acquire_slow(
         }
         if patience.try_only() || last_check.elapsed() >= QUANTUM {
             last_check = Instant::now();
-            if watch.is_dead(owner) {
+            if watch.is_dead(Identity::of_owner(owner, recorded.load(Ordering::Relaxed))) {
                 match word.compare_exchange(
                     current,
                     me | keep,
@@ -327,15 +344,19 @@ pub struct ShmMutex<T> {
     word: AtomicU32,
     /// 0, or (any other value) the value may be half-updated.
     consistency: AtomicU32,
+    /// The identity of the owner the word names, once it has recorded it
+    /// (stale, naming an earlier owner, until then).
+    owner: AtomicU64,
     value: UnsafeCell<T>,
 }
 
-// SAFETY: the layout is `#[repr(C)]`: two `AtomicU32` words, which hold no
-// address and accept every bit pattern (each value of either word has a
-// meaning, see the module docs, and none leads to undefined behaviour: a
-// bogus owner is at worst waited for or taken over), then a `T`, which is
-// `ShmSafe` itself (`UnsafeCell<T>` has `T`'s layout and validity). Padding
-// before the value carries no validity requirement.
+// SAFETY: the layout is `#[repr(C)]`: two `AtomicU32` words and an
+// `AtomicU64`, which hold no address and accept every bit pattern (each
+// value has a meaning, see the module docs, and none leads to undefined
+// behaviour: a bogus owner or identity is at worst waited for or taken
+// over), then a `T`, which is `ShmSafe` itself (`UnsafeCell<T>` has `T`'s
+// layout and validity). Padding before the value carries no validity
+// requirement.
 unsafe impl<T: ShmSafe> ShmSafe for ShmMutex<T> {}
 
 // SAFETY: the mutex owns its `T`; sending it sends the `T`.
@@ -351,6 +372,7 @@ impl<T> ShmMutex<T> {
         ShmMutex {
             word: AtomicU32::new(0),
             consistency: AtomicU32::new(0),
+            owner: AtomicU64::new(0),
             value: UnsafeCell::new(value),
         }
     }
@@ -390,12 +412,13 @@ impl<T> ShmMutex<T> {
 
     #[inline]
     fn acquire(&self, wait: Wait) -> Result<ShmMutexGuard<'_, T>> {
-        let me = my_owner_id()?;
-        let from_dead = if try_take(&self.word, me) {
+        let me = me()?;
+        let from_dead = if try_take(&self.word, me.tid) {
             false
         } else {
-            self.acquire_contended(me, wait)?
+            self.acquire_contended(me.tid, wait)?
         };
+        self.owner.store(me.identity, Ordering::Relaxed);
         if from_dead {
             self.consistency.store(INCONSISTENT, Ordering::Relaxed);
         }
@@ -412,7 +435,7 @@ impl<T> ShmMutex<T> {
     #[cold]
     fn acquire_contended(&self, me: u32, wait: Wait) -> Result<bool> {
         let patience = Patience::start(wait);
-        match acquire_slow(&self.word, me, Take::Always, &patience)? {
+        match acquire_slow(&self.word, &self.owner, me, Take::Always, &patience)? {
             Got::Free => Ok(false),
             Got::FromDead => Ok(true),
             Got::Busy => Err(Error::LockTimeout {

@@ -1,22 +1,23 @@
 //! A lock in shared memory that survives the death of its owner.
 //!
-//! The lock word records its owner (pid and thread). A waiter that finds the
-//! owner's process gone takes the lock over and is told so, through
+//! The lock word records its owner's [identity](super::identity): the
+//! owner thread's kernel id and start time. A waiter that finds that thread
+//! gone, a zombie, or its id now naming a thread started at another time (a
+//! reused id) takes the lock over and is told so, through
 //! [`RobustGuard::recovered`], so it can repair or roll back the half-done
-//! step. An owner pid that is alive but does not map the lock's segment (a
-//! pid reused after its owner died, or one a stray write left in the word)
-//! counts as dead too, once the wait has lasted [`MAPS_CHECK_AFTER`]. Nobody
-//! waits forever: a lock that stays busy past the caller's patience is an
-//! error.
+//! step. Nobody waits forever: a lock that stays busy past the caller's
+//! patience is an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::identity::{self, Identity};
 use super::mapped_by::{self, MappedObject};
+use super::thread_id;
 use crate::error::{Error, Result};
 use crate::segment::process_alive;
 
-/// The lock word: 0 when free, else `pid << 32 | (thread + 1)`.
+/// The lock word: 0 when free, else the owner's packed [`Identity`].
 #[repr(C)]
 pub(crate) struct RobustLock {
     owner: AtomicU64,
@@ -139,8 +140,8 @@ impl RobustLock {
             let now = Instant::now();
             if now.duration_since(last_check) >= LIVENESS_PERIOD {
                 last_check = now;
-                let pid = (owner >> 32) as u32;
-                if watch.is_dead(pid) {
+                let holder = Identity::unpack(owner);
+                if watch.is_dead(holder) {
                     if let Some(guard) = self.take_from(owner, token, true) {
                         return Ok(guard);
                     }
@@ -148,7 +149,7 @@ impl RobustLock {
                 let waited = watch.waited();
                 if waited >= patience {
                     return Err(Error::LockTimeout {
-                        owner_pid: pid,
+                        owner_pid: thread_id::process_of(holder.tid),
                         waited,
                     });
                 }
@@ -181,18 +182,20 @@ impl RobustLock {
             std::hint::spin_loop();
         }
         Err(Error::WouldBlock {
-            owner_pid: (owner >> 32) as u32,
+            owner_pid: thread_id::process_of(Identity::unpack(owner).tid),
         })
     }
 }
 
-/// The rule by which a lock waiter decides that the owner named in a lock
-/// word (a process id, or a kernel thread id: `kill(id, 0)` and
-/// `/proc/ID/maps` answer for both) is dead, over one wait: the id is gone,
-/// or, once the wait has lasted [`MAPS_CHECK_AFTER`] (and then every that
-/// long), it is alive but does not map the object the lock lives in (an id
-/// reused by an unrelated process or thread, or garbage in the word).
-/// Shared by every lock of this module, so they all judge owners alike.
+/// The rule by which a lock waiter decides that the owner a lock word
+/// names is dead, over one wait. With the owner's start time known: its id
+/// is gone or a zombie, or names a thread started at another time (a reused
+/// id). Without it (a 32-bit owner word whose owner has not recorded its
+/// start yet, or no `/proc`): its id does not answer `kill(id, 0)`, or,
+/// once the wait has lasted [`MAPS_CHECK_AFTER`] (and then every that
+/// long), it answers but does not map the object the lock lives in (an
+/// unrelated process, or garbage in the word). Shared by every lock of this
+/// module, so they all judge owners alike.
 pub(crate) struct DeathWatch {
     /// Where the lock lives, to find its mapped object on first need.
     addr: usize,
@@ -220,9 +223,13 @@ impl DeathWatch {
         self.started.elapsed()
     }
 
-    /// Whether owner `id` is dead by the rule above (one `kill(id, 0)`;
-    /// sometimes a read of its `/proc` maps).
-    pub(crate) fn is_dead(&mut self, id: u32) -> bool {
+    /// Whether owner `holder` is dead by the rule above (one read of its
+    /// `/proc` stat; sometimes of its maps).
+    pub(crate) fn is_dead(&mut self, holder: Identity) -> bool {
+        if let Some(dead) = identity::is_dead(holder) {
+            return dead;
+        }
+        let id = holder.tid;
         if !process_alive(id) {
             return true;
         }
@@ -239,10 +246,10 @@ impl DeathWatch {
     }
 }
 
-/// This thread's lock token.
+/// This thread's lock token: its packed identity.
+#[inline]
 fn own_token() -> u64 {
-    (u64::from(super::pid::cached_pid()) << 32)
-        | (u64::from(crate::alloc::current_thread_index()) + 1)
+    thread_id::current_identity_word()
 }
 
 /// Helpers for tests that forge what a crashed process leaves behind.
@@ -258,10 +265,10 @@ pub(crate) mod testing {
         pid
     }
 
-    /// Marks the lock as held by thread 0 of `pid`.
-    pub(crate) fn forge_owner(lock: &RobustLock, pid: u32) {
+    /// Marks the lock as held by thread `tid`, start time unknown.
+    pub(crate) fn forge_owner(lock: &RobustLock, tid: u32) {
         lock.owner
-            .store(u64::from(pid) << 32 | 1, Ordering::Relaxed);
+            .store(Identity { tid, start: 0 }.pack(), Ordering::Relaxed);
     }
 }
 

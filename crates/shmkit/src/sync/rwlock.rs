@@ -32,12 +32,13 @@
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::futex;
+use super::identity::Identity;
 use super::mutex::{
-    acquire_slow, my_owner_id, release, try_take, Got, Patience, Take, Wait, INCONSISTENT, OWNER,
+    acquire_slow, me, release, try_take, Got, Me, Patience, Take, Wait, INCONSISTENT, OWNER,
     QUANTUM, RELOCK, WAITERS,
 };
 use super::robust_lock::DeathWatch;
@@ -168,14 +169,18 @@ pub struct ShmRwLock<T> {
     exits: AtomicU32,
     /// Each 0 or a reader's thread id.
     readers: [AtomicU32; READER_SLOTS],
+    /// The identity of the writer the writer word names, once recorded.
+    writer_identity: AtomicU64,
+    /// The identity of each slot's reader, once recorded.
+    reader_identities: [AtomicU64; READER_SLOTS],
     value: UnsafeCell<T>,
 }
 
-// SAFETY: the layout is `#[repr(C)]`: `AtomicU32` words, which hold no
-// address and accept every bit pattern (a bogus writer or reader id is at
-// worst waited for, or taken over or cleared when no such thread maps the
-// lock; a bogus exits word at worst costs a wake; a non-zero consistency word
-// asks for repair), then a `T`, which is `ShmSafe` itself (`UnsafeCell<T>`
+// SAFETY: the layout is `#[repr(C)]`: `AtomicU32` and `AtomicU64` words,
+// which hold no address and accept every bit pattern (a bogus writer or
+// reader id or identity is at worst waited for, or taken over or cleared
+// when no such thread lives; a bogus exits word at worst costs a wake; a
+// non-zero consistency word asks for repair), then a `T`, which is `ShmSafe` itself (`UnsafeCell<T>`
 // has `T`'s layout and validity). Padding carries no validity requirement.
 unsafe impl<T: ShmSafe> ShmSafe for ShmRwLock<T> {}
 
@@ -193,6 +198,8 @@ impl<T> ShmRwLock<T> {
             consistency: AtomicU32::new(0),
             exits: AtomicU32::new(0),
             readers: [const { AtomicU32::new(0) }; READER_SLOTS],
+            writer_identity: AtomicU64::new(0),
+            reader_identities: [const { AtomicU64::new(0) }; READER_SLOTS],
             value: UnsafeCell::new(value),
         }
     }
@@ -246,13 +253,13 @@ impl<T> ShmRwLock<T> {
 
     #[inline]
     fn acquire_read(&self, wait: Wait) -> Result<ShmRwLockReadGuard<'_, T>> {
-        let me = my_owner_id()?;
-        let home = me as usize % READER_SLOTS;
+        let me = me()?;
+        let home = me.tid as usize % READER_SLOTS;
         if let Some((slot, writer)) = self.claim_any_slot(me, home) {
             if writer & OWNER == 0 {
                 return Ok(self.read_guard(slot, false));
             }
-            self.leave_slot(slot, me);
+            self.leave_slot(slot, me.tid);
         }
         self.acquire_read_slow(me, home, wait)
     }
@@ -260,16 +267,18 @@ impl<T> ShmRwLock<T> {
     #[cold]
     fn acquire_read_slow(
         &self,
-        me: u32,
+        me: Me,
         home: usize,
         wait: Wait,
     ) -> Result<ShmRwLockReadGuard<'_, T>> {
+        let identity = me;
+        let me = me.tid;
         let patience = Patience::start(wait);
         let mut took_over = false;
         let mut checked_recursion = false;
         let mut full = FullWait::new(self);
         loop {
-            let Some((slot, writer)) = self.claim_any_slot(me, home) else {
+            let Some((slot, writer)) = self.claim_any_slot(identity, home) else {
                 full.wait(me, &patience)?;
                 continue;
             };
@@ -291,7 +300,13 @@ impl<T> ShmRwLock<T> {
                     ));
                 }
             }
-            match acquire_slow(&self.writer, me, Take::OnlyFromDead, &patience)? {
+            match acquire_slow(
+                &self.writer,
+                &self.writer_identity,
+                me,
+                Take::OnlyFromDead,
+                &patience,
+            )? {
                 Got::Free => {}
                 Got::Busy => return Err(busy()),
                 Got::FromDead => {
@@ -305,18 +320,26 @@ impl<T> ShmRwLock<T> {
         }
     }
 
-    /// Claims a free slot, starting at `home`; the slot and the writer word
-    /// as read after registering. `None` when every slot is taken.
+    /// Claims a free slot, starting at `home`, and records who holds it;
+    /// the slot and the writer word as read after registering. `None` when
+    /// every slot is taken.
     #[inline]
-    fn claim_any_slot(&self, me: u32, home: usize) -> Option<(usize, u32)> {
+    fn claim_any_slot(&self, me: Me, home: usize) -> Option<(usize, u32)> {
         (0..READER_SLOTS)
             .map(|step| (home + step) % READER_SLOTS)
             .find_map(|slot| {
                 if self.readers[slot].load(Ordering::Relaxed) != 0 {
                     return None;
                 }
-                register_reader(&self.readers[slot], &self.writer, me).map(|w| (slot, w))
+                let writer = register_reader(&self.readers[slot], &self.writer, me.tid)?;
+                self.reader_identities[slot].store(me.identity, Ordering::Relaxed);
+                Some((slot, writer))
             })
+    }
+
+    /// The reader in slot `slot`, as a waiter judges it.
+    fn reader_identity(&self, slot: usize, reader: u32) -> Identity {
+        Identity::of_owner(reader, self.reader_identities[slot].load(Ordering::Relaxed))
     }
 
     fn read_guard(&self, slot: usize, took_over: bool) -> ShmRwLockReadGuard<'_, T> {
@@ -364,18 +387,25 @@ impl<T> ShmRwLock<T> {
 
     #[inline]
     fn acquire_write(&self, wait: Wait) -> Result<ShmRwLockWriteGuard<'_, T>> {
-        let me = my_owner_id()?;
+        let Me { tid: me, identity } = me()?;
         let mut patience = None;
         let from_dead = if try_take(&self.writer, me) {
             false
         } else {
             let started = patience.insert(Patience::start(wait));
-            match acquire_slow(&self.writer, me, Take::Always, started)? {
+            match acquire_slow(
+                &self.writer,
+                &self.writer_identity,
+                me,
+                Take::Always,
+                started,
+            )? {
                 Got::Free => false,
                 Got::FromDead => true,
                 Got::Busy => return Err(busy()),
             }
         };
+        self.writer_identity.store(identity, Ordering::Relaxed);
         if from_dead {
             self.consistency.store(INCONSISTENT, Ordering::Relaxed);
         }
@@ -420,7 +450,7 @@ impl<T> ShmRwLock<T> {
                 continue;
             }
             if patience.try_only() || last_check.elapsed() >= QUANTUM {
-                if watch.is_dead(reader) {
+                if watch.is_dead(self.reader_identity(index, reader)) {
                     // From exactly the dead id: a new reader that got the
                     // slot meanwhile keeps it. The next busy slot is
                     // checked at once: a crash often leaves several.
@@ -464,9 +494,12 @@ impl<'a, T> FullWait<'a, T> {
         if due {
             self.last_check = Some(Instant::now());
             let mut cleared = false;
-            for slot in &self.lock.readers {
+            for (index, slot) in self.lock.readers.iter().enumerate() {
                 let reader = slot.load(Ordering::Relaxed);
-                if reader != 0 && reader != me && self.watch.is_dead(reader) {
+                if reader != 0
+                    && reader != me
+                    && self.watch.is_dead(self.lock.reader_identity(index, reader))
+                {
                     cleared |= slot
                         .compare_exchange(reader, 0, Ordering::Relaxed, Ordering::Relaxed)
                         .is_ok();

@@ -6,16 +6,22 @@
 use std::cell::Cell;
 use std::sync::Once;
 
+use super::identity::{self, Identity};
+
 thread_local! {
     /// This thread's id, 0 until first asked for.
     static TID: Cell<u32> = const { Cell::new(0) };
+    /// This thread's packed identity (id and start time), 0 until first
+    /// asked for.
+    static IDENTITY: Cell<u64> = const { Cell::new(0) };
 }
 
 extern "C" fn forget_tid_in_child() {
     // The child's one thread is the one that called `fork`: its copy of the
-    // cache names the parent's thread. A constant-initialized cell without
-    // a destructor is plain thread-local memory, safe to touch here.
+    // caches names the parent's thread. Constant-initialized cells without
+    // a destructor are plain thread-local memory, safe to touch here.
     let _ = TID.try_with(|tid| tid.set(0));
+    let _ = IDENTITY.try_with(|identity| identity.set(0));
 }
 
 /// The calling thread's kernel thread id.
@@ -27,12 +33,39 @@ pub(crate) fn current() -> u32 {
     }
 }
 
+/// The calling thread's identity (id and start time), packed: what a
+/// lock records of its owner.
+#[inline]
+pub(crate) fn current_identity_word() -> u64 {
+    match IDENTITY.try_with(Cell::get) {
+        Ok(word) if word != 0 => word,
+        _ => learn_identity(),
+    }
+}
+
+/// The calling thread's identity.
+#[cfg(test)]
+pub(crate) fn current_identity() -> Identity {
+    Identity::unpack(current_identity_word())
+}
+
+#[cold]
+fn learn_identity() -> u64 {
+    let word = Identity {
+        tid: current(),
+        start: identity::own_start(),
+    }
+    .pack();
+    let _ = IDENTITY.try_with(|cell| cell.set(word));
+    word
+}
+
 #[cold]
 fn learn_tid() -> u32 {
     static HOOK: Once = Once::new();
     HOOK.call_once(|| {
         // SAFETY: registers a plain function with no captured state; it only
-        // writes this thread's own cache cell.
+        // writes this thread's own cache cells.
         unsafe { libc::pthread_atfork(None, None, Some(forget_tid_in_child)) };
     });
     // SAFETY: gettid has no preconditions and cannot fail.
