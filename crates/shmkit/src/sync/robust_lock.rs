@@ -26,7 +26,6 @@ pub(crate) struct RobustLock {
 /// Holds a [`RobustLock`]; releases it on drop.
 pub(crate) struct RobustGuard<'a> {
     lock: &'a RobustLock,
-    token: u64,
     recovered: bool,
 }
 
@@ -40,10 +39,13 @@ impl RobustGuard<'_> {
 
 impl Drop for RobustGuard<'_> {
     fn drop(&mut self) {
+        // The current identity, not the one saved at lock time: a forked
+        // child's copy of the guard (its thread has another identity) must
+        // not release its parent's lock.
         let _ =
             self.lock
                 .owner
-                .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+                .compare_exchange(own_token(), 0, Ordering::Release, Ordering::Relaxed);
     }
 }
 
@@ -114,7 +116,6 @@ impl RobustLock {
             .ok()
             .map(|_| RobustGuard {
                 lock: self,
-                token,
                 recovered,
             })
     }
@@ -342,6 +343,38 @@ mod tests {
         drop(held);
         // A free lock is taken at once, refusing or not.
         assert!(lock.lock_with(Patience::Refuse).is_ok());
+    }
+
+    #[test]
+    fn a_forked_childs_copy_of_a_guard_does_not_unlock() {
+        let segment =
+            crate::Segment::create(&crate::SegmentOptions::memfd("robust-fork").size(1 << 16))
+                .unwrap();
+        let at = segment
+            .resolve(crate::Offset::<RobustLock>::from_raw(segment.data_offset()))
+            .unwrap();
+        // SAFETY: in bounds and aligned (checked); zero bytes are a free
+        // lock; the mapping is shared with the child and outlives both.
+        let lock = unsafe { at.as_ref() };
+        let guard = lock.lock(Duration::from_secs(1)).unwrap();
+        // SAFETY: the child drops its copy of the guard (a compare-and-swap
+        // on shared memory and a thread-local read) and leaves with _exit.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            drop(guard);
+            // SAFETY: leaves without running the test harness.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(
+            lock.owner.load(Ordering::Relaxed) != 0,
+            "the parent still holds it"
+        );
+        drop(guard);
+        assert_eq!(lock.owner.load(Ordering::Relaxed), 0);
     }
 
     #[test]
