@@ -38,13 +38,16 @@ use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr};
 use crate::segment::header::Header;
+use crate::segment::Backed;
 
 /// One mapping of a segment in this process.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Mapped {
     id: u64,
     base: usize,
-    len: usize,
+    /// How much of the segment's object is known to exist (shared with
+    /// the segment): the bound of every decode.
+    backed: Arc<Backed>,
     /// Tells apart two mappings of the same segment.
     token: u64,
 }
@@ -58,7 +61,7 @@ impl Mapped {
         // SAFETY: registered mappings start with a validated `Header` and
         // stay mapped while registered (see above); `size` is an atomic.
         let header = unsafe { &*(self.base as *const Header) };
-        header.size.load(Ordering::Acquire).min(self.len as u64)
+        self.backed.bound(header.size.load(Ordering::Acquire))
     }
 
     /// Decodes `offset` (one `T`) within this mapping.
@@ -105,22 +108,20 @@ pub(crate) struct Registration {
 
 /// Registers the mapping `base..base + len` of segment `id`, whose header
 /// is validated and ready.
-pub(crate) fn register(id: SegmentId, base: NonNull<u8>, len: usize) -> Registration {
+pub(crate) fn register(id: SegmentId, base: NonNull<u8>, backed: Arc<Backed>) -> Registration {
     let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
     let mapped = Mapped {
         id: id.0,
         base: base.as_ptr() as usize,
-        len,
+        backed,
         token,
     };
+    let base = mapped.base;
     let mut tables = write();
     let tables = tables.get_or_insert_with(Tables::default);
-    tables.by_address.insert(mapped.base, mapped);
-    tables.by_id.entry(mapped.id).or_default().push(mapped.base);
-    Registration {
-        base: mapped.base,
-        token,
-    }
+    tables.by_id.entry(mapped.id).or_default().push(base);
+    tables.by_address.insert(base, mapped);
+    Registration { base, token }
 }
 
 impl Drop for Registration {
@@ -129,17 +130,21 @@ impl Drop for Registration {
         let Some(tables) = tables.as_mut() else {
             return;
         };
-        let Some(mapped) = tables.by_address.get(&self.base).copied() else {
+        let Some((token, id)) = tables
+            .by_address
+            .get(&self.base)
+            .map(|mapped| (mapped.token, mapped.id))
+        else {
             return;
         };
-        if mapped.token != self.token {
+        if token != self.token {
             return;
         }
         tables.by_address.remove(&self.base);
-        if let Some(bases) = tables.by_id.get_mut(&mapped.id) {
+        if let Some(bases) = tables.by_id.get_mut(&id) {
             bases.retain(|&base| base != self.base);
             if bases.is_empty() {
-                tables.by_id.remove(&mapped.id);
+                tables.by_id.remove(&id);
             }
         }
     }
@@ -176,11 +181,12 @@ pub(crate) fn resolve_shm<T>(ptr: ShmPtr<T>) -> Result<FullPtr<T>> {
 pub(crate) fn resolve_local<T>(ptr: *const T) -> Result<FullPtr<T>> {
     let addr = ptr as usize;
     let tables = read();
-    let mapped = tables
+    let Some((_, mapped)) = tables
         .as_ref()
         .and_then(|tables| tables.by_address.range(..=addr).next_back())
-        .map(|(_, mapped)| *mapped)
-        .ok_or(Error::ForeignPointer)?;
+    else {
+        return Err(Error::ForeignPointer);
+    };
     let offset = (addr - mapped.base) as u64;
     let size = mapped.size();
     let end = offset.checked_add(std::mem::size_of::<T>() as u64);

@@ -289,3 +289,166 @@ fn arbitrary_offsets_are_refused_and_change_nothing() {
         cases()
     );
 }
+
+/// Initial and maximum size of the growable segments below.
+const GROWABLE: (u64, u64) = (1 << 20, 64 << 20);
+
+/// Where the header keeps the segment's current size (format 2).
+const SIZE_WORD: u64 = 32;
+
+/// A populated growable segment of `kind`; its live offsets.
+fn growable(kind: AllocatorKind, options: &SegmentOptions) -> (AnyAllocator, Vec<u64>) {
+    let options = options.clone().max_size(GROWABLE.1);
+    let heap = AnyAllocator::create(kind, &options.clone().size(GROWABLE.0)).expect("create");
+    let live = match heap.as_shm_allocator() {
+        Some(alloc) => [24usize, 4000, 100]
+            .iter()
+            .filter_map(|&size| alloc.allocate_offset(&MemContext::default(), size, 8).ok())
+            .collect(),
+        None => Vec::new(),
+    };
+    (heap, live)
+}
+
+/// The header word at byte `at` of `heap`'s segment.
+fn header_word(heap: &AnyAllocator, at: u64) -> &AtomicU64 {
+    assert!(at % 8 == 0 && at + 8 <= heap.segment().data_offset());
+    // SAFETY: an aligned word of the header, inside the mapping (checked
+    // above); an atomic, valid for any bytes; it lives as long as `heap`.
+    unsafe {
+        &*heap
+            .segment()
+            .base()
+            .as_ptr()
+            .add(at as usize)
+            .cast::<AtomicU64>()
+    }
+}
+
+/// Everything a process that attached a segment before it started to lie
+/// about itself does with it: allocations that grow it, offsets near the
+/// maximum, reads of a read-only attachment past what exists. Errors are
+/// fine; a fault (SIGBUS past the object's end) would kill the process.
+fn exercise_attached(heap: &AnyAllocator, reader: Option<&shmkit::ReadOnlySegment>, live: &[u64]) {
+    let far = [GROWABLE.1 / 2, GROWABLE.1 - 4096, GROWABLE.0 + 8192];
+    let segment = heap.segment();
+    for &offset in &far {
+        if let Ok(ptr) = segment.resolve(Offset::<u64>::from_raw(offset)) {
+            // A resolved offset must be backed: touch it.
+            // SAFETY: `resolve` vouched for a whole, aligned u64 there.
+            let _ = unsafe { ptr.as_ptr().read_volatile() };
+        }
+    }
+    // Larger than the initial size: it must grow the segment (or fail).
+    const BIG: usize = 2 << 20;
+    let block = match heap {
+        AnyAllocator::Bump(bump) => bump.alloc(BIG, 8).ok(),
+        AnyAllocator::Stack(stack) => stack.alloc(BIG, 8).ok(),
+        other => {
+            let _ = exercise(other, live, &far);
+            other.as_shm_allocator().and_then(|alloc| {
+                let offset = alloc.allocate_offset(&MemContext::default(), BIG, 8).ok()?;
+                alloc.full_ptr(offset).ok()
+            })
+        }
+    };
+    if let Some(block) = block {
+        // SAFETY: a fresh block of `BIG` bytes, this process's alone.
+        unsafe { std::ptr::write_bytes(block.as_ptr(), 0x5a, BIG) };
+    }
+    if let Some(reader) = reader {
+        let mut bytes = [0u8; 64];
+        for &offset in &far {
+            let _ = reader.read_bytes(offset, &mut bytes);
+        }
+    }
+}
+
+#[test]
+fn every_header_word_of_an_attached_growable_segment_gives_errors_never_faults() {
+    watchdog();
+    let mut cases = 0;
+    for kind in AnyAllocator::KINDS {
+        // The header's fields (the roots table after them holds names).
+        for at in (0..256u64).step_by(8) {
+            for value in [u64::MAX, GROWABLE.1, GROWABLE.1 - 4096, GROWABLE.0 * 3] {
+                starting(format!("{kind:?} header word at {at} = {value:#x}"));
+                let (options, _cleanup) = fresh_shm("hostile-grow");
+                let (heap, live) = growable(kind, &options);
+                let attached = AnyAllocator::attach(&options).expect("attach");
+                let reader = shmkit::ReadOnlySegment::attach(&options).ok();
+                header_word(&heap, at).store(value, Ordering::Relaxed);
+                exercise_attached(&attached, reader.as_ref(), &live);
+                // And a process attaching it now: refused, or exercised.
+                if let Ok(late) = AnyAllocator::attach(&options) {
+                    exercise_attached(&late, None, &live);
+                }
+                cases += 1;
+                CASES.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    assert_eq!(cases, AnyAllocator::KINDS.len() * 32 * 4);
+}
+
+#[test]
+#[ignore = "child process of a_lying_size_word_faults_no_attached_process"]
+fn child_exercise_when_the_size_lies() {
+    let options = SegmentOptions::shm(common::child_env("SHMKIT_TEST_SEGMENT"));
+    let heap = AnyAllocator::attach(&options).expect("attach");
+    let reader = shmkit::ReadOnlySegment::attach(&options).expect("attach read-only");
+    println!("attached");
+    let started = Instant::now();
+    while header_word(&heap, SIZE_WORD).load(Ordering::Acquire) != GROWABLE.1 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the size never lied"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    exercise_attached(&heap, Some(&reader), &[]);
+    println!("survived");
+}
+
+#[test]
+fn a_lying_size_word_faults_no_attached_process() {
+    use std::io::{BufRead, BufReader};
+    for kind in AnyAllocator::KINDS {
+        let (options, _cleanup) = fresh_shm("hostile-size");
+        let (heap, _live) = growable(kind, &options);
+        let name = common::shm_name(&options);
+        let mut children: Vec<_> = (0..3)
+            .map(|_| {
+                common::spawn_self(
+                    "child_exercise_when_the_size_lies",
+                    &[("SHMKIT_TEST_SEGMENT", name.clone())],
+                )
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("start a child")
+            })
+            .collect();
+        let mut outputs: Vec<_> = children
+            .iter_mut()
+            .map(|child| BufReader::new(child.stdout.take().expect("piped")))
+            .collect();
+        for output in &mut outputs {
+            let mut seen = String::new();
+            while !seen.contains("attached") {
+                let read = output.read_line(&mut seen).expect("read");
+                assert!(read > 0, "{kind:?}: a child ended before attaching: {seen}");
+            }
+        }
+        // Every process has it attached; now the size word lies.
+        header_word(&heap, SIZE_WORD).store(GROWABLE.1, Ordering::Release);
+        for (child, output) in children.iter_mut().zip(&mut outputs) {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(output, &mut rest).expect("read");
+            let status = child.wait().expect("wait");
+            assert!(
+                status.success() && rest.contains("survived"),
+                "{kind:?}: an attached process ended with {status}: {rest}"
+            );
+        }
+    }
+}

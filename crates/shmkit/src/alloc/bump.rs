@@ -46,13 +46,9 @@ struct BumpState {
 pub struct BumpAllocator {
     segment: Segment,
     state: NonNull<BumpState>,
-    /// The segment's size word, reached without going through the header
-    /// on every allocation.
-    size_word: NonNull<AtomicU64>,
-    /// The first byte of the data area and the end of this process's
-    /// mapping: no block is ever carved outside them.
+    /// The first byte of the data area: no block is ever carved below it
+    /// (nor beyond the segment's size as this process knows it).
     floor: u64,
-    limit: u64,
 }
 
 // SAFETY: the state is reached through atomics only, and the segment handle
@@ -98,15 +94,11 @@ impl SegmentAllocator for BumpAllocator {
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
         let state = segment.allocator_state::<BumpState>()?;
-        let size_word = NonNull::from(segment.size_word());
         let floor = segment.data_offset();
-        let limit = segment.mapped_len();
         let bump = BumpAllocator {
             segment,
             state,
-            size_word,
             floor,
-            limit,
         };
         let cursor = bump.cursor();
         if cursor < bump.segment.data_offset() || cursor > bump.segment.max_size() {
@@ -152,13 +144,11 @@ impl BumpAllocator {
         &self.state().cursor
     }
 
-    /// The current end of the usable area (the segment grows).
+    /// The current end of the usable area (the segment grows), as far as
+    /// this process knows the backing object holds bytes.
     #[inline]
     fn end(&self) -> u64 {
-        // SAFETY: `size_word` points into the header of the segment, which
-        // lives as long as `self`; it is an atomic.
-        let size = unsafe { self.size_word.as_ref() }.load(Ordering::Acquire);
-        size.min(self.limit)
+        self.segment.size()
     }
 
     fn cursor(&self) -> u64 {

@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::backend::{self, Access, Mapping};
+use super::backend::{self, Access, Backed, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
@@ -122,10 +122,11 @@ impl Segment {
                 ))
             }
         };
+        let backed = Backed::new(fd, size, mapping.len() as u64);
         let segment = Segment {
             registration: None,
+            backed: std::sync::Arc::new(backed),
             mapping,
-            fd,
             location: options.location.clone(),
             fixed: fields.fixed(),
             max_align,
@@ -208,8 +209,8 @@ impl Segment {
         unsafe { std::ptr::write_bytes(start, 0, std::mem::size_of::<Header>()) };
         let segment = Segment {
             registration: None,
+            backed: std::sync::Arc::new(Backed::new(None, len as u64, len as u64)),
             mapping,
-            fd: None,
             location: Location::Private,
             fixed: fields.fixed(),
             max_align: backend::BUFFER_ALIGN,
@@ -332,11 +333,15 @@ fn random_u64() -> Result<u64> {
 
 /// Opens, waits for and validates an existing segment.
 fn attach(options: &SegmentOptions) -> Result<Segment> {
-    let Validated { fd, fixed, mapping } = open_validated(options, Access::ReadWrite)?;
+    let Validated {
+        backed,
+        fixed,
+        mapping,
+    } = open_validated(options, Access::ReadWrite)?;
     Ok(Segment {
         registration: None,
+        backed: std::sync::Arc::new(backed),
         mapping,
-        fd: Some(fd),
         location: options.location.clone(),
         fixed,
         max_align: super::page_size() as usize,
@@ -348,7 +353,8 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
 /// An existing segment, opened and mapped whole with the access asked for,
 /// whose header was seen READY and validated.
 pub(super) struct Validated {
-    pub fd: OwnedFd,
+    /// The descriptor, and the bytes its object held at attach.
+    pub backed: Backed,
     pub fixed: Fixed,
     pub mapping: Mapping,
 }
@@ -410,7 +416,12 @@ pub(super) fn open_validated(options: &SegmentOptions, access: Access) -> Result
     let fixed = Fixed::from_header(header);
     drop(probe);
     let mapping = Mapping::map_shared(fd.as_fd(), fixed.max_size, access, &name)?;
-    Ok(Validated { fd, fixed, mapping })
+    let backed = Backed::new(Some(fd), len, mapping.len() as u64);
+    Ok(Validated {
+        backed,
+        fixed,
+        mapping,
+    })
 }
 
 /// Classifies an object shorter than a header: a shmkit segment cut short

@@ -13,7 +13,7 @@ pub mod header;
 mod options;
 mod read_only;
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
@@ -25,7 +25,7 @@ pub use read_only::ReadOnlySegment;
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
-pub(crate) use backend::Mapping;
+pub(crate) use backend::{Backed, Mapping};
 use header::{Header, PARAM_WORDS};
 
 /// A process's handle on a segment.
@@ -37,8 +37,10 @@ pub struct Segment {
     /// This mapping's entry in the process registry; declared first so it
     /// is dropped (unregistered) before the mapping is unmapped.
     registration: Option<crate::registry::Registration>,
+    /// The descriptor and how much of its object is known to exist: the
+    /// bound of every access (shared with the registry's entry).
+    backed: std::sync::Arc<Backed>,
     mapping: Mapping,
-    fd: Option<OwnedFd>,
     location: Location,
     /// Header fields that never change after creation, copied once they were
     /// written or validated: later changes to the shared bytes cannot move
@@ -179,7 +181,7 @@ impl Segment {
         self.registration = Some(crate::registry::register(
             self.id(),
             self.mapping.base(),
-            self.mapping.len(),
+            std::sync::Arc::clone(&self.backed),
         ));
         self
     }
@@ -213,11 +215,10 @@ impl Segment {
     /// [`grow`](Self::grow), seen at once by every attached process.
     #[inline]
     pub fn size(&self) -> u64 {
-        // Never beyond this process's mapping, whatever the shared word says.
-        self.header()
-            .size
-            .load(Ordering::Acquire)
-            .min(self.mapping.len() as u64)
+        // Never beyond what this process knows the backing object holds,
+        // whatever the shared word says (see `Backed`).
+        self.backed
+            .bound(self.header().size.load(Ordering::Acquire))
     }
 
     /// The size the segment may grow to.
@@ -322,7 +323,7 @@ impl Segment {
     /// The descriptor behind the segment, if it has one (to pass a memfd to
     /// another process, say).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.fd.as_ref().map(|fd| fd.as_fd())
+        self.backed.fd()
     }
 
     /// Checks that `len` bytes at `offset` lie inside the segment's current
@@ -432,9 +433,10 @@ impl Segment {
         if new_size <= current {
             return Ok(());
         }
-        if let Some(fd) = &self.fd {
-            backend::reserve(fd.as_fd(), current, new_size, &self.name())?;
+        if let Some(fd) = self.backed.fd() {
+            backend::reserve(fd, current, new_size, &self.name())?;
         }
+        self.backed.grew_to(new_size);
         self.header().size.fetch_max(new_size, Ordering::AcqRel);
         Ok(())
     }
@@ -464,16 +466,6 @@ impl Segment {
             return Err(Error::corrupt("allocator state area too small"));
         }
         self.resolve(Offset::from_raw(self.fixed.state_offset))
-    }
-
-    /// The current size word in the header, for allocators' hot paths.
-    pub(crate) fn size_word(&self) -> &std::sync::atomic::AtomicU64 {
-        &self.header().size
-    }
-
-    /// Length of this process's mapping (the upper bound of every check).
-    pub(crate) fn mapped_len(&self) -> u64 {
-        self.mapping.len() as u64
     }
 
     /// Refuses the segment unless its allocator is `expected` (and, when

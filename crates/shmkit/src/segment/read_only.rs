@@ -7,9 +7,9 @@
 //! reads is read with a relaxed load (ordered by a fence where needed), the
 //! only atomic access Rust promises will not fault on read-only pages.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 
-use super::backend::{Access, Mapping};
+use super::backend::{Access, Backed, Mapping};
 use super::handshake::{open_validated, Validated};
 use super::header::{self, Header, PARAM_WORDS};
 use super::{check_range_within, resolve_within, Fixed, Location, Segment, SegmentOptions};
@@ -62,7 +62,8 @@ use crate::ptr::{Offset, SegmentId, ShmSafe};
 /// ```
 pub struct ReadOnlySegment {
     mapping: Mapping,
-    fd: OwnedFd,
+    /// The descriptor and how much of its object is known to exist.
+    backed: Backed,
     location: Location,
     /// Header fields that never change after creation, as validated on
     /// attach (see [`Segment`]'s field of the same name).
@@ -102,10 +103,14 @@ impl ReadOnlySegment {
     /// [`Location::Memfd`] are refused with `Unsupported`: they name no
     /// existing segment.
     pub fn attach(options: &SegmentOptions) -> Result<ReadOnlySegment> {
-        let Validated { fd, fixed, mapping } = open_validated(options, Access::ReadOnly)?;
+        let Validated {
+            backed,
+            fixed,
+            mapping,
+        } = open_validated(options, Access::ReadOnly)?;
         Ok(ReadOnlySegment {
             mapping,
-            fd,
+            backed,
             location: options.location.clone(),
             fixed,
         })
@@ -137,8 +142,10 @@ impl ReadOnlySegment {
     /// Current usable size in bytes, header included; follows the writers'
     /// [`Segment::grow`].
     pub fn size(&self) -> u64 {
-        // Never beyond this process's mapping, whatever the shared word says.
-        header::load_acquire_u64(&self.header().size).min(self.mapping.len() as u64)
+        // Never beyond what this process knows the backing object holds,
+        // whatever the shared word says.
+        self.backed
+            .bound(header::load_acquire_u64(&self.header().size))
     }
 
     /// The size the segment may grow to.
@@ -191,7 +198,10 @@ impl ReadOnlySegment {
     /// The read-only descriptor behind the segment (to pass on to another
     /// process that may only read, say).
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        // An attached segment always has its descriptor.
+        self.backed
+            .fd()
+            .expect("a read-only segment is attached through a descriptor")
     }
 
     /// Checks that `len` bytes at `offset` lie inside the segment's current

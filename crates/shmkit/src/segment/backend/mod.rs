@@ -9,8 +9,9 @@ mod file;
 mod memfd;
 mod shm;
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
@@ -124,6 +125,78 @@ impl Drop for Mapping {
                 libc::munmap(self.base.as_ptr().cast(), self.len);
             }
         }
+    }
+}
+
+/// The descriptor of a mapped segment and how many of its bytes this
+/// process knows the object behind it holds: the bound of every access.
+///
+/// A mapping may reach past the object's end (it covers the maximum size,
+/// so growth needs no new mapping), and touching a page there raises
+/// SIGBUS. The segment's shared `size` word says how far the object has
+/// grown, but another process can write anything there, so it is only ever
+/// believed up to what this process has seen itself: an `fstat` at attach,
+/// its own growth, or an `fstat` taken when the word first claims more (so
+/// another process's growth costs one system call per step, and a lying
+/// word one per access, never a fault).
+#[derive(Debug)]
+pub(crate) struct Backed {
+    fd: Option<OwnedFd>,
+    /// Bytes of the object known to exist (never beyond `mapped`).
+    known: AtomicU64,
+    /// Bytes mapped.
+    mapped: u64,
+}
+
+impl Backed {
+    /// A mapping of `mapped` bytes of `fd`, whose object is known to hold
+    /// `known` bytes; without a descriptor (private memory, a caller's
+    /// buffer) every mapped byte is backed.
+    pub(crate) fn new(fd: Option<OwnedFd>, known: u64, mapped: u64) -> Backed {
+        let known = if fd.is_some() {
+            known.min(mapped)
+        } else {
+            mapped
+        };
+        Backed {
+            fd,
+            known: AtomicU64::new(known),
+            mapped,
+        }
+    }
+
+    /// The descriptor, if the segment has one.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// `claimed` (a size read from shared memory), believed only as far as
+    /// the object is known to hold bytes.
+    #[inline]
+    pub(crate) fn bound(&self, claimed: u64) -> u64 {
+        let known = self.known.load(Ordering::Acquire);
+        if claimed <= known {
+            claimed
+        } else {
+            self.learn(claimed)
+        }
+    }
+
+    /// The shared word claims more than is known: ask the kernel.
+    #[cold]
+    fn learn(&self, claimed: u64) -> u64 {
+        if let Some(fd) = &self.fd {
+            if let Ok(len) = object_len(fd.as_fd(), "a segment") {
+                self.grew_to(len);
+            }
+        }
+        claimed.min(self.known.load(Ordering::Acquire))
+    }
+
+    /// The object now holds at least `len` bytes (this process grew it, or
+    /// saw it grown).
+    pub(crate) fn grew_to(&self, len: u64) {
+        self.known.fetch_max(len.min(self.mapped), Ordering::AcqRel);
     }
 }
 
