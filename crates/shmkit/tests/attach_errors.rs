@@ -409,6 +409,113 @@ fn open_or_create_says_which_happened() {
     assert_eq!(first.segment().id(), second.segment().id());
 }
 
+/// Starts a child that creates `options`'s segment and stalls in its
+/// initialization; returns it once it is inside.
+fn stalled_creator(options: &SegmentOptions) -> std::process::Child {
+    let mut child = spawn_self(
+        "child_creator_that_stalls",
+        &[("SHMKIT_TEST_SEGMENT", shm_name(options))],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("initializing") {
+        line.clear();
+        assert!(
+            std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0,
+            "child exited early"
+        );
+    }
+    child
+}
+
+/// Waits until process `pid` has exited and is a zombie (not reaped).
+fn wait_for_zombie(pid: u32) {
+    let started = std::time::Instant::now();
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let state = stat[stat.rfind(')').unwrap() + 1..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        if state == "Z" {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{pid} is {state}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn an_unreaped_creator_counts_as_dead() {
+    let (options, _cleanup) = fresh_shm("zombie");
+    let mut child = stalled_creator(&options);
+    // SIGKILL, and leave it unreaped: `kill(pid, 0)` still answers for it.
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    wait_for_zombie(child.id());
+    match Segment::attach(&options) {
+        Err(Error::CreatorDied { .. }) => {}
+        other => panic!("expected CreatorDied, got {other:?}"),
+    }
+    child.wait().unwrap();
+}
+
+#[test]
+fn open_or_create_takes_back_a_name_whose_creator_died() {
+    let (options, _cleanup) = fresh_shm("reclaim");
+    let options = options.size(1 << 20);
+    let mut child = stalled_creator(&options);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Two processes' worth of racers: one makes the segment anew, the
+    // other attaches what it made; neither waits out a timeout.
+    let results: Vec<_> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| BumpAllocator::open_or_create(&options)))
+            .collect();
+        racers
+            .into_iter()
+            .map(|racer| racer.join().unwrap())
+            .collect()
+    });
+    let mut opened: Vec<_> = results
+        .into_iter()
+        .map(|result| {
+            let (bump, opened) = result.expect("open_or_create after a dead creator");
+            (opened, bump.segment().id())
+        })
+        .collect();
+    opened.sort_by_key(|(opened, _)| *opened == Opened::Attached);
+    assert_eq!(opened[0].0, Opened::Created);
+    assert_eq!(opened[1].0, Opened::Attached);
+    assert_eq!(opened[0].1, opened[1].1, "both hold the one new segment");
+    let attached = BumpAllocator::attach(&options).unwrap();
+    assert_eq!(attached.segment().id(), opened[0].1);
+}
+
+#[test]
+fn a_live_creators_segment_is_never_reclaimed() {
+    let (options, _cleanup) = fresh_shm("no-reclaim");
+    let impatient = options
+        .clone()
+        .size(1 << 20)
+        .ready_timeout(Duration::from_millis(200));
+    let mut child = stalled_creator(&options);
+    assert!(matches!(
+        BumpAllocator::open_or_create(&impatient),
+        Err(Error::NotReady { .. })
+    ));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 #[test]
 fn dropping_handles_never_removes_the_segment() {
     let (options, _cleanup) = fresh_shm("persist");

@@ -10,12 +10,12 @@
 //! the segment is used. Read-write and read-only attachers share this path,
 //! so it only ever loads from the segment.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::backend::{self, Access, Backed, Mapping};
+use super::backend::{self, creation_lock, Access, Backed, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
@@ -61,11 +61,13 @@ impl Segment {
     /// Attaches to an existing segment, whatever allocator it holds.
     ///
     /// Waits up to the options' ready timeout for a creator that is still
-    /// initializing. A creator is judged dead when `kill(pid, 0)` says its pid
-    /// is gone, so processes that share a segment must share a pid namespace
-    /// (a creator in another container would look dead). An object that stays
-    /// all zeros is reported as `NotReady` after the timeout: it may be a
-    /// creator that died before writing anything, or a foreign zero-filled file.
+    /// initializing. A creator holds an advisory lock on the object until the
+    /// segment is ready, which the kernel drops when it dies (a zombie holds
+    /// none, and neither does a process that got its pid later); a segment
+    /// not ready whose lock is free has a dead creator (`CreatorDied`), as
+    /// has one whose creator pid is gone. An object that stays all zeros is
+    /// reported as `NotReady` after the timeout: it may be a creator that
+    /// died before writing anything, or a foreign zero-filled file.
     pub fn attach(options: &SegmentOptions) -> Result<Segment> {
         attach(options)
     }
@@ -133,12 +135,14 @@ impl Segment {
             ready_timeout: options.ready_timeout,
         };
         let custom_init = options.custom_header_init.as_deref().unwrap_or(&[]);
-        segment
-            .initialize(&fields, custom_init, setup)
-            .inspect_err(|_| {
-                // Nobody can use a half-made segment; take its name away too.
-                let _ = remove(&segment.location);
-            })?;
+        let initialized = segment.initialize(&fields, custom_init, setup);
+        if let Some(fd) = segment.fd() {
+            creation_lock::release(fd);
+        }
+        initialized.inspect_err(|_| {
+            // Nobody can use a half-made segment; take its name away too.
+            let _ = remove(&segment.location);
+        })?;
         Ok(segment.registered())
     }
 
@@ -162,6 +166,9 @@ impl Segment {
                 Ok(segment) => return Ok((segment, Opened::Attached)),
                 // Removed between our create and attach: try again.
                 Err(Error::NotFound { .. }) => {}
+                // Its creator died before it was ready: take the name back
+                // (or let the racer who does), then try again.
+                Err(Error::CreatorDied { .. }) => reclaim_dead(options)?,
                 Err(other) => return Err(other),
             }
         }
@@ -260,6 +267,53 @@ impl Segment {
     }
 }
 
+/// Removes the name of a segment whose creator died before it was ready,
+/// so that [`Segment::open_or_create`] can make it anew. Of several
+/// processes that race here, exactly one removes it: the one that takes the
+/// dead object's creation lock, and only while the name still names that
+/// object (a racer that gets the lock later finds the name naming the new
+/// segment, and leaves it). A live creator holds the lock, so its segment
+/// is never reclaimed.
+fn reclaim_dead(options: &SegmentOptions) -> Result<()> {
+    let open = || match &options.location {
+        Location::Shm(name) => backend::open_shm(name, Access::ReadOnly),
+        Location::File(path) => backend::open_file(path, Access::ReadOnly),
+        _ => Err(Error::Unsupported("only named segments are reclaimed")),
+    };
+    let dead = match open() {
+        Ok(fd) => fd,
+        Err(Error::NotFound { .. }) => return Ok(()),
+        Err(other) => return Err(other),
+    };
+    if !creation_lock::take_for_reclaim(dead.as_fd()) {
+        // A creator or another reclaimer holds it: attach again.
+        return Ok(());
+    }
+    // Still not ready? (A segment that became ready meanwhile is kept.)
+    let name = options.location.display_name();
+    let len = backend::object_len(dead.as_fd(), &name)?;
+    let header_len = std::mem::size_of::<Header>() as u64;
+    if len >= header_len {
+        let probe = Mapping::map_shared(dead.as_fd(), header_len, Access::ReadOnly, &name)?;
+        // SAFETY: the probe maps a whole header, page aligned.
+        let header = unsafe { probe.base().cast::<Header>().as_ref() };
+        if header::load_acquire_u32(&header.state) == state::READY {
+            return Ok(());
+        }
+    }
+    // Remove the name only if it still names the dead object.
+    match open() {
+        Ok(now) if backend::same_object(now.as_fd(), dead.as_fd()) => {
+            match remove(&options.location) {
+                Ok(()) | Err(Error::NotFound { .. }) => Ok(()),
+                Err(other) => Err(other),
+            }
+        }
+        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+        Err(other) => Err(other),
+    }
+}
+
 /// Validates the requested sizes and returns (initial, maximum), page-rounded.
 fn plan_sizes(options: &SegmentOptions, layout: &Layout) -> Result<(u64, u64)> {
     let size = round_to_page(options.size);
@@ -289,6 +343,9 @@ fn map_new_object(
     name: &str,
 ) -> Result<Mapping> {
     let result = (|| {
+        // Held until the segment is ready: an attacher that finds it free
+        // while the segment is not ready knows the creator is gone.
+        creation_lock::hold(fd.as_fd());
         if !matches!(options.location, Location::Memfd(_)) {
             backend::set_mode(fd.as_fd(), options.mode, name)?;
         }
@@ -402,7 +459,12 @@ pub(super) fn open_validated(options: &SegmentOptions, access: Access) -> Result
     }
     // SAFETY: the probe mapping is at least one header long and page aligned.
     let header = unsafe { probe.base().cast::<Header>().as_ref() };
-    wait_until_ready(header, &name, patience.saturating_sub(started.elapsed()))?;
+    wait_until_ready(
+        header,
+        fd.as_fd(),
+        &name,
+        patience.saturating_sub(started.elapsed()),
+    )?;
     header.validate()?;
 
     let size = header::load_acquire_u64(&header.size);
@@ -447,7 +509,14 @@ fn short_object_error(probe: &Mapping, len: u64, header_len: u64, name: &str) ->
 
 /// Waits for the magic word and READY, bounded by `patience`, and tells a
 /// foreign object, a newer format, a dead creator and a failed one apart.
-fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<()> {
+/// The creator is dead when its creation lock on `fd` is free (however it
+/// died: a zombie holds no lock) or its pid is gone.
+fn wait_until_ready(
+    header: &Header,
+    fd: BorrowedFd<'_>,
+    name: &str,
+    patience: Duration,
+) -> Result<()> {
     let started = Instant::now();
     let backoff = crossbeam_utils::Backoff::new();
     loop {
@@ -467,7 +536,7 @@ fn wait_until_ready(header: &Header, name: &str, patience: Duration) -> Result<(
                         })
                     }
                     state::INITIALIZING | state::BLANK => {
-                        if !process_alive(header.creator_pid) {
+                        if creation_lock::is_free(fd) || !process_alive(header.creator_pid) {
                             // Re-check: it may have finished just before dying.
                             if header::load_acquire_u32(&header.state) == state::READY {
                                 return Ok(());

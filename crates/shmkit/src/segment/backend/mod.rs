@@ -200,6 +200,65 @@ impl Backed {
     }
 }
 
+/// The creation lock on a segment's object: an advisory `flock` the creator
+/// holds from its exclusive create until the segment is ready (or failed).
+/// The kernel drops it when the creator dies, however it dies (a zombie
+/// holds nothing; a pid reused by another process holds nothing), so an
+/// attacher can tell a dead creator from a slow one without trusting pids.
+pub(crate) mod creation_lock {
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    fn flock(fd: BorrowedFd<'_>, operation: i32) -> bool {
+        loop {
+            // SAFETY: plain system call on a descriptor we hold.
+            if unsafe { libc::flock(fd.as_raw_fd(), operation) } == 0 {
+                return true;
+            }
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                return false;
+            }
+        }
+    }
+
+    /// Takes the lock on a freshly created object (nobody else can hold it).
+    pub(crate) fn hold(fd: BorrowedFd<'_>) -> bool {
+        flock(fd, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    /// Lets go of it once the segment is ready or failed.
+    pub(crate) fn release(fd: BorrowedFd<'_>) {
+        flock(fd, libc::LOCK_UN);
+    }
+
+    /// Whether nobody holds it: the creator finished or died.
+    pub(crate) fn is_free(fd: BorrowedFd<'_>) -> bool {
+        if flock(fd, libc::LOCK_SH | libc::LOCK_NB) {
+            flock(fd, libc::LOCK_UN);
+            return true;
+        }
+        false
+    }
+
+    /// Takes it to reclaim a dead creator's object: true for exactly one of
+    /// several racing reclaimers (and for none while a creator lives). The
+    /// lock goes when `fd` is closed.
+    pub(crate) fn take_for_reclaim(fd: BorrowedFd<'_>) -> bool {
+        flock(fd, libc::LOCK_EX | libc::LOCK_NB)
+    }
+}
+
+/// Whether two descriptors name the same object (device and inode).
+pub(crate) fn same_object(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    let identity = |fd: BorrowedFd<'_>| {
+        // SAFETY: `stat` is a plain struct for which all-zero bytes are valid.
+        let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: `stat` is a valid, writable `struct stat`.
+        (unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } == 0)
+            .then_some((stat.st_dev, stat.st_ino))
+    };
+    matches!((identity(a), identity(b)), (Some(x), Some(y)) if x == y)
+}
+
 /// Reserves backing store for bytes `[from, to)` of `fd` (extending it to
 /// `to`), so that running out of space is an error now rather than a SIGBUS
 /// on first touch later. Bytes below `from` are never touched.
