@@ -1,7 +1,8 @@
 //! `shmkit recover`: the recovery pass after processes died (see
 //! `ShmAllocator::recover`), run only while no other process has the
-//! segment mapped, since it rebuilds structures a live user would be
-//! changing.
+//! segment open or mapped, since it rebuilds structures a live user would
+//! be changing; it holds the segment's recovery lock, so nobody attaches
+//! meanwhile.
 
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ pub const EXIT_IN_USE: u8 = 4;
 pub struct RecoverArgs {
     /// The segment's name.
     name: String,
-    /// Recover even though other processes have the segment mapped. Only
+    /// Recover even though other processes have the segment open. Only
     /// for processes known to be idle: the pass rebuilds what a running
     /// allocation would be changing.
     #[arg(long)]
@@ -30,28 +31,18 @@ pub struct RecoverArgs {
 
 pub fn run(args: &RecoverArgs) -> Result<ExitCode, String> {
     let heap = inspect::open(&args.name)?;
-    let users = heap
-        .segment()
-        .other_processes()
-        .map_err(|e| format!("{}: {e}", args.name))?;
-    if !users.is_empty() && !args.force {
-        eprintln!(
-            "shmkit: {}: mapped by {} other process(es), pid {}: stop them first, or pass \
-             --force if they are idle",
-            args.name,
-            users.len(),
-            users
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        return Ok(ExitCode::from(EXIT_IN_USE));
-    }
-    let report = match heap.recover() {
+    let recovered = if args.force {
+        heap.recover_forced()
+    } else {
+        heap.recover()
+    };
+    let report = match recovered {
         Ok(report) => report,
         Err(err @ Error::InUse { .. }) => {
-            eprintln!("shmkit: {}: {err}", args.name);
+            eprintln!(
+                "shmkit: {}: {err} (pass --force if they are idle)",
+                args.name
+            );
             return Ok(ExitCode::from(EXIT_IN_USE));
         }
         Err(err) => return Err(format!("{}: {err}", args.name)),

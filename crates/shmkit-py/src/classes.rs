@@ -518,10 +518,11 @@ macro_rules! allocator_class {
             /// Mends what processes that died mid-operation left behind and
             /// recounts the accounting from the blocks; returns what it did.
             /// Runs holding the interpreter lock, so no other thread of this
-            /// process uses the segment meanwhile; refused
-            /// (SegmentInUseError) while other processes map the segment,
-            /// unless `force`, or while calls of this process wait for its
-            /// lock.
+            /// process uses the segment meanwhile, and holds the segment's
+            /// recovery lock, so no process attaches meanwhile. Refused
+            /// (SegmentInUseError) while other processes have the segment
+            /// open or mapped, unless `force` (for processes known to be
+            /// idle), or while calls of this process wait for its lock.
             #[pyo3(signature = (*, force = false))]
             fn recover<'py>(&self, py: Python<'py>, force: bool) -> PyResult<Bound<'py, PyDict>> {
                 let (recovered, unit) = self

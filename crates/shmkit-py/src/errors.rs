@@ -50,8 +50,6 @@ pub enum Fault {
     ReadOnly,
     /// A lock is held elsewhere and the caller asked not to wait.
     WouldBlock,
-    /// Other processes map the segment.
-    InUse(Vec<u32>),
     /// Calls of this process on the segment are waiting for its lock.
     Busy(usize),
     /// The segment was made by another Python class.
@@ -99,9 +97,6 @@ impl Fault {
                 }
             }
             Fault::WouldBlock => PyRuntimeError::new_err("a lock is held elsewhere"),
-            Fault::InUse(pids) => SegmentInUseError::new_err(format!(
-                "processes {pids:?} still map the segment; stop them first, or pass force=True"
-            )),
             Fault::Busy(calls) => SegmentInUseError::new_err(format!(
                 "{calls} call(s) of this process on the segment are waiting for its lock; \
                  recover once they are done"

@@ -752,13 +752,8 @@ impl Heap {
         if waiting > 0 {
             return Err(Fault::Busy(waiting));
         }
-        if !force {
-            let others = allocator.segment().other_processes()?;
-            if !others.is_empty() {
-                return Err(Fault::InUse(others));
-            }
-        }
-        let report = allocator.recover()?;
+        let _alone = allocator.segment().lock_for_recovery(force)?;
+        let report = allocator.recovery_pass()?;
         let before = self.layer().map(Layer::usage);
         let after = self.count_blocks(allocator)?;
         if let Some(layer) = self.layer() {

@@ -44,8 +44,9 @@ class CorruptSegmentError(ValueError):
     structure in it is damaged."""
 
 class SegmentInUseError(RuntimeError):
-    """Other processes still map the segment, so ``recover()`` refuses to
-    rebuild it (pass ``force=True`` once they are stopped)."""
+    """Other processes still use the segment (or run a recovery pass), so
+    ``recover()`` refuses to rebuild it (pass ``force=True`` once they are
+    stopped)."""
 
 def unlink(name: str) -> None:
     """Remove the shared-memory segment ``name`` without attaching it (one
@@ -164,10 +165,12 @@ class _Allocator:
         and recount the accounting from the blocks.
 
         Runs holding the interpreter lock, so no other thread of this
-        process uses the segment meanwhile. Raises SegmentInUseError while
-        other processes map the segment, unless ``force`` (recovery
-        rebuilds structures they would be using), and while calls of this
-        process wait for the allocator's lock.
+        process uses the segment meanwhile, and the segment's recovery lock,
+        so no process attaches meanwhile. Raises SegmentInUseError while
+        other processes have the segment open or mapped (whatever user they
+        run as), unless ``force`` (recovery rebuilds structures they would
+        be using), and while calls of this process wait for the
+        allocator's lock.
         """
     @property
     def capacity(self) -> int:

@@ -185,12 +185,30 @@ impl AnyAllocator {
         }
     }
 
-    /// The recovery pass ([`ShmAllocator::recover`]). The linear
+    /// The recovery pass, alone ([`ShmAllocator::recover`]). The linear
     /// allocators have nothing to mend: a dead process's blocks are space
     /// below the cursor, and the cursor moves in one atomic step.
     pub fn recover(&self) -> Result<RecoveryReport> {
+        self.recover_with(false)
+    }
+
+    /// The recovery pass even though other processes use the segment
+    /// ([`ShmAllocator::recover_forced`]).
+    pub fn recover_forced(&self) -> Result<RecoveryReport> {
+        self.recover_with(true)
+    }
+
+    fn recover_with(&self, force: bool) -> Result<RecoveryReport> {
+        let _alone = self.segment().lock_for_recovery(force)?;
+        self.recovery_pass()
+    }
+
+    /// The pass alone ([`ShmAllocator::recovery_pass`]), for a caller that
+    /// holds [`Segment::lock_for_recovery`] itself (to mend its own
+    /// structures in the same quiet spell).
+    pub fn recovery_pass(&self) -> Result<RecoveryReport> {
         match self.as_shm_allocator() {
-            Some(a) => a.recover(),
+            Some(a) => a.recovery_pass(),
             None => Ok(RecoveryReport::unchanged(self.stats())),
         }
     }

@@ -1155,7 +1155,7 @@ impl ShmAllocator for BuddyAllocator {
     /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
     /// the free lists and counters from the state table, as the next locker
     /// after a crash would.
-    fn recover(&self) -> Result<RecoveryReport> {
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats();
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;

@@ -1414,7 +1414,7 @@ impl ShmAllocator for FreeListAllocator {
     /// the lists and counters from the chain, as the next locker after a
     /// crash would. `before` is what the shared words said (a walk would
     /// take the lock, and with it repair first).
-    fn recover(&self) -> Result<RecoveryReport> {
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats_from(None);
         let (took_over, quarantined) =
             self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), true, |heap, took_over| {

@@ -952,7 +952,7 @@ impl ShmAllocator for PoolAllocator {
     /// Rebuilds every free stack from the slot markers: slots a process
     /// freed or took but died before pushing or marking are free again. A
     /// page whose claimer died before setting it up joins the first slab.
-    fn recover(&self) -> Result<RecoveryReport> {
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         self.recover_slabs()
     }
 

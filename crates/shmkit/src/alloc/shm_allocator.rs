@@ -182,13 +182,28 @@ pub trait ShmAllocator: Send + Sync {
     /// accounting from the blocks. Blocks still marked in use stay in use
     /// (the allocator does not know who owned them).
     ///
-    /// Run it while no other process uses the allocator (after a crash, or
-    /// with the workers stopped): it rebuilds shared structures that a
-    /// concurrent operation would be changing. Allocators that can tell
-    /// refuse with [`Error::InUse`] when another live process holds part of
-    /// their state; `shmkit recover` also refuses while another process has
-    /// the segment mapped. The default has nothing to mend.
+    /// The pass rebuilds shared structures that a concurrent operation would
+    /// be changing, so it runs alone: it holds the segment's recovery lock
+    /// ([`Segment::lock_for_recovery`]), so no process attaches meanwhile,
+    /// and refuses with [`Error::InUse`] while another process uses the
+    /// segment, or another live process holds part of the allocator's
+    /// state. Other threads of this process are the caller's to stop. A
+    /// process-local allocator just runs the pass.
     fn recover(&self) -> Result<RecoveryReport> {
+        recover_alone(self, false)
+    }
+
+    /// [`recover`](Self::recover) even though other processes use the
+    /// segment: only for processes known to be idle (stopped, or waiting on
+    /// something other than this segment).
+    fn recover_forced(&self) -> Result<RecoveryReport> {
+        recover_alone(self, true)
+    }
+
+    /// The recovery pass itself, what an allocator implements: callers use
+    /// [`recover`](Self::recover), which makes sure it runs alone. The
+    /// default has nothing to mend.
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         Ok(RecoveryReport::unchanged(self.stats()))
     }
 
@@ -395,6 +410,15 @@ impl Hasher for AddressHasher {
         // as the aligned address's: fold the high half down.
         self.0 ^ (self.0 >> 32)
     }
+}
+
+/// Runs `allocator`'s recovery pass under its segment's recovery lock.
+fn recover_alone<A: ShmAllocator + ?Sized>(allocator: &A, force: bool) -> Result<RecoveryReport> {
+    let _alone = match allocator.backing_segment() {
+        Some(segment) => Some(segment.lock_for_recovery(force)?),
+        None => None,
+    };
+    allocator.recovery_pass()
 }
 
 /// Normalizes an alignment that must be a power of two (0 means 1) and at

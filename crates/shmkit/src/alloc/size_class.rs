@@ -1446,7 +1446,7 @@ impl ShmAllocator for SizeClassAllocator {
     /// the pages: blocks whose free never finished are released, pages that
     /// a dying process held in no structure (a collect pass, a page being
     /// set up) are free again.
-    fn recover(&self) -> Result<RecoveryReport> {
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats();
         let rebuilt = self.rebuild_from_pages(&|_, _| false)?;
         Ok(RecoveryReport {

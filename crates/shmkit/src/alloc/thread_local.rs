@@ -852,7 +852,7 @@ impl ShmAllocator for ThreadLocalAllocator {
     /// another live process holds a slot. (A user block whose first word
     /// happens to equal its 64-bit key would be taken for a lost cached
     /// block: a chance of 2^-64 per block for data not made to collide.)
-    fn recover(&self) -> Result<RecoveryReport> {
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
         let inner = &*self.inner;
         let before = self.stats();
         let caches_reclaimed = self.reclaim_dead_slots() as u64;

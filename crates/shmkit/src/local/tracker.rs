@@ -764,8 +764,8 @@ impl<A: ShmAllocator> ShmAllocator for Tracked<A> {
         self.inner.regions(visit)
     }
 
-    fn recover(&self) -> Result<RecoveryReport> {
-        self.inner.recover()
+    fn recovery_pass(&self) -> Result<RecoveryReport> {
+        self.inner.recovery_pass()
     }
 
     fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {

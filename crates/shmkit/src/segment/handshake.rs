@@ -15,7 +15,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::backend::{self, creation_lock, Access, Backed, Mapping};
+use super::backend::{self, object_lock, Access, Backed, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
 use crate::alloc::AllocatorKind;
@@ -137,7 +137,12 @@ impl Segment {
         let custom_init = options.custom_header_init.as_deref().unwrap_or(&[]);
         let initialized = segment.initialize(&fields, custom_init, setup);
         if let Some(fd) = segment.fd() {
-            creation_lock::release(fd);
+            // Ready (or failed): from now on the lock only says who uses it.
+            if initialized.is_ok() {
+                object_lock::share(fd);
+            } else {
+                object_lock::release(fd);
+            }
         }
         initialized.inspect_err(|_| {
             // Nobody can use a half-made segment; take its name away too.
@@ -285,7 +290,7 @@ fn reclaim_dead(options: &SegmentOptions) -> Result<()> {
         Err(Error::NotFound { .. }) => return Ok(()),
         Err(other) => return Err(other),
     };
-    if !creation_lock::take_for_reclaim(dead.as_fd()) {
+    if !object_lock::take_for_reclaim(dead.as_fd()) {
         // A creator or another reclaimer holds it: attach again.
         return Ok(());
     }
@@ -345,7 +350,7 @@ fn map_new_object(
     let result = (|| {
         // Held until the segment is ready: an attacher that finds it free
         // while the segment is not ready knows the creator is gone.
-        creation_lock::hold(fd.as_fd());
+        object_lock::hold_for_creation(fd.as_fd());
         if !matches!(options.location, Location::Memfd(_)) {
             backend::set_mode(fd.as_fd(), options.mode, name)?;
         }
@@ -395,7 +400,7 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
         fixed,
         mapping,
     } = open_validated(options, Access::ReadWrite)?;
-    Ok(Segment {
+    let segment = Segment {
         registration: None,
         backed: std::sync::Arc::new(backed),
         mapping,
@@ -403,8 +408,9 @@ fn attach(options: &SegmentOptions) -> Result<Segment> {
         fixed,
         max_align: super::page_size() as usize,
         ready_timeout: options.ready_timeout,
-    }
-    .registered())
+    };
+    segment.wait_out_recovery()?;
+    Ok(segment.registered())
 }
 
 /// An existing segment, opened and mapped whole with the access asked for,
@@ -478,6 +484,9 @@ pub(super) fn open_validated(options: &SegmentOptions, access: Access) -> Result
     let fixed = Fixed::from_header(header);
     drop(probe);
     let mapping = Mapping::map_shared(fd.as_fd(), fixed.max_size, access, &name)?;
+    // Listed as a user before anything reads the recovery word (see
+    // `recovery_lock`).
+    object_lock::share(fd.as_fd());
     let backed = Backed::new(Some(fd), len, mapping.len() as u64);
     Ok(Validated {
         backed,
@@ -536,7 +545,7 @@ fn wait_until_ready(
                         })
                     }
                     state::INITIALIZING | state::BLANK => {
-                        if creation_lock::is_free(fd) || !process_alive(header.creator_pid) {
+                        if object_lock::is_free(fd) || !process_alive(header.creator_pid) {
                             // Re-check: it may have finished just before dying.
                             if header::load_acquire_u32(&header.state) == state::READY {
                                 return Ok(());

@@ -21,6 +21,7 @@
 //! 120   data_offset      u64        first byte the allocator manages
 //! 128   roots            [RootSlot; 32], 64 bytes each
 //! 2176  flags            u64        features every process must honour
+//! 2184  recovery         AtomicU64  who runs a recovery pass now (0: nobody)
 //! ```
 //!
 //! The magic word and the format version never move, so any future format can
@@ -111,6 +112,11 @@ pub(crate) struct Header {
     pub data_offset: u64,
     roots: [RootSlot; ROOT_SLOTS],
     pub flags: u64,
+    /// The packed identity of the thread running a recovery pass, or 0:
+    /// read-write attachers wait while a live one holds it (see
+    /// `recovery_lock`). In what used to be padding (zero in every
+    /// segment), so the format is unchanged.
+    pub recovery: AtomicU64,
 }
 
 const _: () = assert!(std::mem::size_of::<RootSlot>() == 64);

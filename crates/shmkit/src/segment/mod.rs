@@ -12,6 +12,7 @@ pub(crate) use handshake::AllocatorSetup;
 pub mod header;
 mod options;
 mod read_only;
+mod recovery_lock;
 
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
@@ -21,6 +22,7 @@ pub use handshake::process_alive;
 pub use handshake::Opened;
 pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
 pub use read_only::ReadOnlySegment;
+pub use recovery_lock::{RecoveryLock, SegmentUsers};
 
 use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
@@ -252,24 +254,6 @@ impl Segment {
     #[inline]
     pub fn zero_on_free(&self) -> bool {
         self.fixed.flags & header::flags::ZERO_ON_FREE != 0
-    }
-
-    /// The pids of the other processes that have this segment mapped, read
-    /// from `/proc/PID/maps` (matched by device and inode, so an object
-    /// removed and made again under the same name is not mistaken for this
-    /// one). Processes whose maps this user may not read are left out.
-    /// Anonymous memory (a private segment, a caller's buffer) has nothing
-    /// to match and is `Unsupported`.
-    pub fn other_processes(&self) -> Result<Vec<u32>> {
-        let object = crate::sync::mapped_by::object_at(self.base().as_ptr() as usize).ok_or(
-            Error::Unsupported(
-                "only a segment backed by an object can be found in other processes",
-            ),
-        )?;
-        crate::sync::mapped_by::other_processes_mapping(&object).map_err(|source| Error::Io {
-            context: "listing the processes in /proc".to_owned(),
-            source,
-        })
     }
 
     /// Zeroes `len` bytes at `offset` when the segment asks for it: called

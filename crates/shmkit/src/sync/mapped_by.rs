@@ -14,8 +14,15 @@ pub(crate) struct MappedObject {
 /// The object behind the mapping of this process that contains `addr`, or
 /// `None` for anonymous memory (inode 0) or when `/proc` cannot say.
 pub(crate) fn object_at(addr: usize) -> Option<MappedObject> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
+    try_object_at(addr).ok().flatten()
+}
+
+/// The object behind the mapping of this process that contains `addr`;
+/// `None` for private anonymous memory (inode 0: no other process can map
+/// it) or an address mapped nowhere.
+pub(crate) fn try_object_at(addr: usize) -> std::io::Result<Option<MappedObject>> {
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    Ok(maps.lines().find_map(|line| {
         let mut fields = line.split_whitespace();
         let (start, end) = fields.next()?.split_once('-')?;
         let start = usize::from_str_radix(start, 16).ok()?;
@@ -26,7 +33,7 @@ pub(crate) fn object_at(addr: usize) -> Option<MappedObject> {
         let device = fields.nth(2)?.to_owned();
         let inode = fields.next()?.parse::<u64>().ok()?;
         (inode != 0).then_some(MappedObject { device, inode })
-    })
+    }))
 }
 
 /// Whether process `pid` maps `object`: `Some(false)` only when its maps
@@ -62,6 +69,31 @@ pub(crate) fn other_processes_mapping(object: &MappedObject) -> std::io::Result<
     Ok(pids)
 }
 
+/// The processes that hold a lock on `object`, from `/proc/locks` (one
+/// entry per lock, waiters included; readable by every user whatever
+/// `hidepid` says). Pid 0 stands for a holder outside this pid namespace.
+pub(crate) fn processes_locking(object: &MappedObject) -> std::io::Result<Vec<u32>> {
+    Ok(holders_in_locks(
+        &std::fs::read_to_string("/proc/locks")?,
+        object,
+    ))
+}
+
+/// Parses `/proc/locks` lines such as
+/// `1: FLOCK  ADVISORY  READ  4242 00:1a:123 0 EOF` (a waiter's line has
+/// `->` after the number).
+fn holders_in_locks(locks: &str, object: &MappedObject) -> Vec<u32> {
+    locks
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().filter(|field| *field != "->");
+            let pid = fields.nth(4)?.parse::<u32>().ok()?;
+            let (device, inode) = fields.next()?.rsplit_once(':')?;
+            (device == object.device && inode.parse::<u64>().ok()? == object.inode).then_some(pid)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +112,36 @@ mod tests {
         // Heap memory is anonymous: nothing to compare.
         let on_heap = Box::new(0u64);
         assert_eq!(object_at(&*on_heap as *const u64 as usize), None);
+    }
+
+    #[test]
+    fn lock_holders_are_read_from_proc_locks_lines() {
+        let object = MappedObject {
+            device: "00:1a".to_owned(),
+            inode: 123,
+        };
+        let locks = "1: FLOCK  ADVISORY  READ  4242 00:1a:123 0 EOF\n\
+                     1: -> FLOCK  ADVISORY  WRITE 4343 00:1a:123 0 EOF\n\
+                     2: POSIX  ADVISORY  WRITE 99 00:1a:1234 0 EOF\n\
+                     3: FLOCK  ADVISORY  READ  0 00:1a:123 0 EOF\n\
+                     4: OFDLCK ADVISORY  READ  -1 08:01:123 0 EOF\n";
+        assert_eq!(holders_in_locks(locks, &object), vec![4242, 4343, 0]);
+    }
+
+    #[test]
+    fn every_open_segment_is_listed_in_proc_locks_under_its_users_pid() {
+        let name = format!("/shmkit-locks-{}", std::process::id());
+        let _ = crate::segment::remove(&crate::Location::Shm(name.clone()));
+        let segment =
+            crate::Segment::create(&crate::SegmentOptions::shm(&name).size(1 << 16)).unwrap();
+        let object = object_at(segment.base().as_ptr() as usize).expect("shm has an inode");
+        let me = std::process::id();
+        assert_eq!(processes_locking(&object).unwrap(), vec![me]);
+        let attached = crate::Segment::attach(&crate::SegmentOptions::shm(&name)).unwrap();
+        assert_eq!(processes_locking(&object).unwrap(), vec![me, me]);
+        drop(attached);
+        segment.unlink().unwrap();
+        drop(segment);
+        assert_eq!(processes_locking(&object).unwrap(), Vec::<u32>::new());
     }
 }

@@ -219,6 +219,15 @@ impl DeathWatch {
         }
     }
 
+    /// Checks the maps of a live owner from the first judgement on: for a
+    /// caller that judges once instead of waiting.
+    pub(crate) fn judging_at_once(mut self) -> DeathWatch {
+        if let Some(past) = self.last_maps_check.checked_sub(MAPS_CHECK_AFTER) {
+            self.last_maps_check = past;
+        }
+        self
+    }
+
     /// How long the wait has lasted.
     pub(crate) fn waited(&self) -> Duration {
         self.started.elapsed()

@@ -205,7 +205,13 @@ impl Backed {
 /// The kernel drops it when the creator dies, however it dies (a zombie
 /// holds nothing; a pid reused by another process holds nothing), so an
 /// attacher can tell a dead creator from a slow one without trusting pids.
-pub(crate) mod creation_lock {
+/// The advisory lock (`flock`) on a segment's backing object. The creator
+/// holds it exclusively until the segment is ready, so an attacher that
+/// finds it free while the segment is not ready knows the creator is gone.
+/// After that every process holds it shared for as long as it has the
+/// object open, so `/proc/locks` lists every process that opened the
+/// segment, whatever its user or pid namespace (see `Segment::users`).
+pub(crate) mod object_lock {
     use std::os::fd::{AsRawFd, BorrowedFd};
 
     fn flock(fd: BorrowedFd<'_>, operation: i32) -> bool {
@@ -221,16 +227,26 @@ pub(crate) mod creation_lock {
     }
 
     /// Takes the lock on a freshly created object (nobody else can hold it).
-    pub(crate) fn hold(fd: BorrowedFd<'_>) -> bool {
+    pub(crate) fn hold_for_creation(fd: BorrowedFd<'_>) -> bool {
         flock(fd, libc::LOCK_EX | libc::LOCK_NB)
     }
 
-    /// Lets go of it once the segment is ready or failed.
+    /// Lets go of it: the creation failed.
     pub(crate) fn release(fd: BorrowedFd<'_>) {
         flock(fd, libc::LOCK_UN);
     }
 
-    /// Whether nobody holds it: the creator finished or died.
+    /// Holds it shared, as a user of a ready segment: the creator's
+    /// exclusive hold becomes shared. Never waits; a reclaimer that holds it
+    /// exclusively (the segment is being removed) leaves this process
+    /// listed through its mapping only.
+    pub(crate) fn share(fd: BorrowedFd<'_>) {
+        flock(fd, libc::LOCK_SH | libc::LOCK_NB);
+    }
+
+    /// Whether nobody holds it exclusively: the creator finished or died.
+    /// Called before this process shares it (it drops this descriptor's
+    /// lock).
     pub(crate) fn is_free(fd: BorrowedFd<'_>) -> bool {
         if flock(fd, libc::LOCK_SH | libc::LOCK_NB) {
             flock(fd, libc::LOCK_UN);
