@@ -1,0 +1,225 @@
+//! Links that live in a segment can be damaged: one stray write makes a
+//! list point back at itself, or far outside anything the segment holds.
+//! For every structure whose links live in a segment, these tests write a
+//! self-loop and a wild link into a live instance, then make the next
+//! ordinary call. It must come back within a bounded time with a typed
+//! error, or, where the structure can route around the damage, with a
+//! correct result; never spin, never hand out memory that is in use.
+//!
+//! A watchdog aborts the process when a call runs for more than
+//! [`STALL`]: a hang fails the run instead of freezing it.
+//!
+//! The words written here follow the layouts documented in each module
+//! (the size-class page descriptors, the free-list and buddy block links,
+//! the pool's slot links, the directory's root block, the hash map's
+//! fields and control bytes, the rings' lines). The thread-local
+//! magazines are reached from a unit test in their own module.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use shmkit::{
+    Error, Offset, Segment, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
+    ThreadLocalAllocator,
+};
+
+/// The longest one call may take before the watchdog calls it a hang.
+const STALL: Duration = Duration::from_secs(30);
+
+/// Calls under way, each with its name and start: what the watchdog watches.
+static RUNNING: Mutex<Vec<(u64, String, Instant)>> = Mutex::new(Vec::new());
+
+/// Starts (once) a thread that aborts the process when a call registered
+/// by [`bounded`] has run for longer than [`STALL`].
+fn watchdog() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        std::thread::spawn(|| loop {
+            std::thread::sleep(Duration::from_millis(200));
+            let running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, what, _)) = running.iter().find(|(_, _, start)| start.elapsed() > STALL)
+            {
+                eprintln!("cycles: `{what}` ran over {STALL:?} (a hang)");
+                std::process::abort();
+            }
+        });
+    });
+}
+
+/// Runs `call` under the watchdog.
+fn bounded<R>(what: &str, call: impl FnOnce() -> R) -> R {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    watchdog();
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, what.to_owned(), Instant::now()));
+    let result = call();
+    RUNNING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(running, _, _)| *running != id);
+    result
+}
+
+/// The two kinds of damage written into a link.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// The link names the node it is stored in.
+    SelfLoop,
+    /// The link names something far beyond anything the segment holds.
+    Wild,
+}
+
+const BOTH: [Damage; 2] = [Damage::SelfLoop, Damage::Wild];
+
+/// A 64-bit word of a segment.
+fn word(segment: &Segment, offset: u64) -> &AtomicU64 {
+    let ptr = segment
+        .resolve(Offset::<AtomicU64>::from_raw(offset))
+        .expect("a word inside the segment");
+    // SAFETY: `resolve` checked bounds and alignment; an atomic is valid for
+    // any bytes; the reference lives no longer than the segment's borrow.
+    unsafe { ptr.as_ref() }
+}
+
+fn is_corrupt_header<T>(result: &shmkit::Result<T>) -> bool {
+    matches!(result, Err(Error::CorruptHeader { .. }))
+}
+
+// ------------------------------------------------------------ size classes
+
+/// Bytes of a size-class page (`SizeClassAllocator::PAGE_SIZE`).
+const PAGE: u64 = SizeClassAllocator::PAGE_SIZE;
+/// A page descriptor: 32 bytes at `data_offset + 32 * page`.
+const DESC_LEN: u64 = 32;
+/// The descriptor's state word: phase in the low byte (0 free, 1 small).
+const DESC_STATE: u64 = 0;
+/// The descriptor's link word: `index + 1` of the next page on its stack.
+const DESC_LINK: u64 = 8;
+/// The descriptor's run length (free runs and large blocks).
+const DESC_RUN: u64 = 16;
+const PHASE_FREE: u64 = 0;
+const PHASE_SMALL: u64 = 1;
+
+fn desc_word(segment: &Segment, page: u64, field: u64) -> &AtomicU64 {
+    word(segment, segment.data_offset() + page * DESC_LEN + field)
+}
+
+/// What a damaged link of page `page` holds.
+fn page_link(damage: Damage, page: u64) -> u64 {
+    match damage {
+        Damage::SelfLoop => page + 1,
+        Damage::Wild => 0x7fff_ffff_0000,
+    }
+}
+
+/// Allocates `size` bytes until a call fails, at most `limit` times; every
+/// block handed out before must be new. Returns the failure.
+fn allocate_until_error<A: ShmAllocator>(heap: &A, what: &str, size: usize, limit: usize) -> Error {
+    let mut seen = HashSet::new();
+    for _ in 0..limit {
+        match bounded(what, || heap.allocate(size)) {
+            Ok(block) => assert!(
+                seen.insert(block.offset().raw()),
+                "{what}: block {} handed out twice",
+                block.offset().raw()
+            ),
+            Err(error) => return error,
+        }
+    }
+    panic!("{what}: {limit} allocations succeeded on a damaged list");
+}
+
+/// Page 0 is the only page of its class list (one block in use); its link
+/// is damaged, then the page is filled: taking the full page off the list
+/// must meet the damage and report it.
+fn class_list_damaged<A: ShmAllocator>(heap: &A, segment: &Segment, damage: Damage) {
+    let what = format!("{} page list, {damage:?}", heap.kind());
+    heap.allocate(64).unwrap();
+    let state = desc_word(segment, 0, DESC_STATE).load(Ordering::Relaxed);
+    assert_eq!(state & 0xff, PHASE_SMALL, "page 0 serves the first block");
+    assert_eq!(desc_word(segment, 0, DESC_LINK).load(Ordering::Relaxed), 0);
+    desc_word(segment, 0, DESC_LINK).store(page_link(damage, 0), Ordering::Relaxed);
+    // A page holds fewer than PAGE / 64 blocks of 64 bytes.
+    let error = allocate_until_error(heap, &what, 64, (PAGE / 64) as usize + 8);
+    assert!(
+        matches!(error, Error::CorruptHeader { .. }),
+        "{what}: {error}"
+    );
+    assert!(
+        is_corrupt_header(&bounded(&what, || heap.check())),
+        "{what}: check"
+    );
+}
+
+#[test]
+fn size_class_page_list_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
+        class_list_damaged(&heap, heap.segment(), damage);
+    }
+}
+
+#[test]
+fn thread_local_page_list_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let heap = ThreadLocalAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
+        class_list_damaged(&heap, heap.segment(), damage);
+    }
+}
+
+/// Two pages on one class list, the second linking back to the first: a
+/// cycle of two, which no single link shows.
+#[test]
+fn size_class_page_list_two_page_cycle_is_an_error() {
+    let heap = SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
+    let segment = heap.segment();
+    let first = heap.allocate(64).unwrap().offset().raw();
+    // Page 1's first block lies a page after page 0's.
+    let mut on_first_page = vec![first];
+    loop {
+        let block = heap.allocate(64).unwrap();
+        if block.offset().raw() >= first + PAGE {
+            break;
+        }
+        on_first_page.push(block.offset().raw());
+    }
+    // Page 0 is full and off the list; a free puts it back on top of
+    // page 1: the list is 0 -> 1.
+    heap.free(heap.full_ptr(on_first_page[0]).unwrap()).unwrap();
+    assert_eq!(desc_word(segment, 0, DESC_LINK).load(Ordering::Relaxed), 2);
+    assert_eq!(desc_word(segment, 1, DESC_LINK).load(Ordering::Relaxed), 0);
+    desc_word(segment, 1, DESC_LINK).store(1, Ordering::Relaxed);
+    let error = allocate_until_error(&heap, "size-class two-page cycle", 64, PAGE as usize / 32);
+    assert!(matches!(error, Error::CorruptHeader { .. }), "{error}");
+}
+
+/// A freed large block is the only run on the free-run stack; its link is
+/// damaged. The next page taken from the stack must not be handed out
+/// while in use, nor the stack followed forever.
+#[test]
+fn size_class_free_run_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let what = format!("size-class free runs, {damage:?}");
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
+        let segment = heap.segment();
+        let large = heap.allocate(100 << 10).unwrap();
+        heap.free(large).unwrap();
+        assert_eq!(
+            desc_word(segment, 0, DESC_STATE).load(Ordering::Relaxed),
+            PHASE_FREE
+        );
+        assert_eq!(desc_word(segment, 0, DESC_RUN).load(Ordering::Relaxed), 2);
+        desc_word(segment, 0, DESC_LINK).store(page_link(damage, 0), Ordering::Relaxed);
+        assert!(
+            is_corrupt_header(&bounded(&what, || heap.check())),
+            "{what}"
+        );
+        let small = bounded(&what, || heap.allocate(64));
+        assert!(is_corrupt_header(&small), "{what}: {small:?}");
+    }
+}
