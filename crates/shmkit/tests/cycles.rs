@@ -16,13 +16,13 @@
 //! magazines are reached from a unit test in their own module.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use shmkit::{
-    Error, Offset, Segment, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
-    ThreadLocalAllocator,
+    Error, Offset, PoolAllocator, PoolParams, Segment, SegmentAllocator, SegmentOptions,
+    ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
 };
 
 /// The longest one call may take before the watchdog calls it a hang.
@@ -83,6 +83,15 @@ fn word(segment: &Segment, offset: u64) -> &AtomicU64 {
         .expect("a word inside the segment");
     // SAFETY: `resolve` checked bounds and alignment; an atomic is valid for
     // any bytes; the reference lives no longer than the segment's borrow.
+    unsafe { ptr.as_ref() }
+}
+
+/// A 32-bit word of a segment.
+fn word32(segment: &Segment, offset: u64) -> &AtomicU32 {
+    let ptr = segment
+        .resolve(Offset::<AtomicU32>::from_raw(offset))
+        .expect("a word inside the segment");
+    // SAFETY: as in `word`.
     unsafe { ptr.as_ref() }
 }
 
@@ -222,4 +231,57 @@ fn size_class_free_run_self_loop_and_wild_link_are_errors() {
         let small = bounded(&what, || heap.allocate(64));
         assert!(is_corrupt_header(&small), "{what}: {small:?}");
     }
+}
+
+// ------------------------------------------------------------ pool
+
+#[test]
+fn pool_free_stack_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let what = format!("pool free stack, {damage:?}");
+        let params = PoolParams::new(&[64]).unwrap();
+        let pool =
+            PoolAllocator::create_with(&SegmentOptions::private().size(1 << 20), &params).unwrap();
+        let freed = pool.allocate(64).unwrap(); // slot 0 of page 0
+        let kept = pool.allocate(64).unwrap();
+        pool.free(freed).unwrap();
+        // A free slot's first four bytes hold the index of the next one.
+        let link = word32(pool.segment(), freed.offset().raw());
+        assert_eq!(link.load(Ordering::Relaxed), u32::MAX, "the stack's end");
+        link.store(
+            match damage {
+                Damage::SelfLoop => 0,
+                Damage::Wild => 0x7fff_fff0,
+            },
+            Ordering::Relaxed,
+        );
+        let mut live: HashSet<u64> = [kept.offset().raw()].into();
+        let mut failed = false;
+        // The slot on top was free, so handing it out is correct; the
+        // damage is met at the latest by the pop after it.
+        for _ in 0..2 {
+            match bounded(&what, || pool.allocate(64)) {
+                Ok(block) => assert!(live.insert(block.offset().raw()), "{what}: twice"),
+                Err(error) => {
+                    assert!(matches!(error, Error::CorruptHeader { .. }), "{what}");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        assert!(failed, "{what}: the damage went unnoticed");
+        assert!(bounded(&what, || pool.check()).is_err(), "{what}: check");
+    }
+}
+
+#[test]
+fn pool_self_loop_is_refused_at_the_first_pop() {
+    let params = PoolParams::new(&[64]).unwrap();
+    let pool =
+        PoolAllocator::create_with(&SegmentOptions::private().size(1 << 20), &params).unwrap();
+    let freed = pool.allocate(64).unwrap();
+    pool.free(freed).unwrap();
+    word32(pool.segment(), freed.offset().raw()).store(0, Ordering::Relaxed);
+    let next = bounded("pool self-loop", || pool.allocate(64));
+    assert!(is_corrupt_header(&next), "{next:?}");
 }
