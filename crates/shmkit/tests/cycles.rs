@@ -21,8 +21,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use shmkit::{
-    Error, Offset, PoolAllocator, PoolParams, Segment, SegmentAllocator, SegmentOptions,
-    ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
+    BuddyAllocator, Error, FreeListAllocator, Offset, PoolAllocator, PoolParams, Segment,
+    SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
 };
 
 /// The longest one call may take before the watchdog calls it a hang.
@@ -284,4 +284,75 @@ fn pool_self_loop_is_refused_at_the_first_pop() {
     word32(pool.segment(), freed.offset().raw()).store(0, Ordering::Relaxed);
     let next = bounded("pool self-loop", || pool.allocate(64));
     assert!(is_corrupt_header(&next), "{next:?}");
+}
+
+// ------------------------------------------------------------ free list
+
+#[test]
+fn free_list_chain_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let what = format!("free-list chain, {damage:?}");
+        let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let before = heap.allocate(64).unwrap();
+        let freed = heap.allocate(64).unwrap();
+        let after = heap.allocate(64).unwrap();
+        heap.free(freed).unwrap();
+        // A free block's list links are its first payload words: next, prev.
+        let block = freed.offset().raw() - 32;
+        let next = word(heap.segment(), freed.offset().raw());
+        assert_eq!(next.load(Ordering::Relaxed), 0, "alone in its list");
+        next.store(
+            match damage {
+                Damage::SelfLoop => block,
+                Damage::Wild => 1 << 40,
+            },
+            Ordering::Relaxed,
+        );
+        assert!(
+            is_corrupt_header(&bounded(&what, || heap.check())),
+            "{what}"
+        );
+        let result = bounded(&what, || heap.allocate(64));
+        assert!(is_corrupt_header(&result), "{what}: {result:?}");
+        // The report stands; the rebuild it triggered makes the heap usable.
+        let again = bounded(&what, || heap.allocate(64)).unwrap();
+        for live in [before, after] {
+            assert_ne!(again.offset(), live.offset(), "{what}");
+        }
+        bounded(&what, || heap.check()).unwrap();
+    }
+}
+
+// ------------------------------------------------------------ buddy
+
+#[test]
+fn buddy_chain_self_loop_and_wild_link_are_repaired() {
+    for damage in BOTH {
+        let what = format!("buddy chain, {damage:?}");
+        let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let live = buddy.allocate(64).unwrap();
+        // The split left the buddy of the new block free, alone at the head
+        // of the smallest order; its first word is its `next` link.
+        let free_buddy = live.offset().raw() + 64;
+        let next = word(buddy.segment(), free_buddy);
+        assert_eq!(next.load(Ordering::Relaxed), 0, "alone in its list");
+        next.store(
+            match damage {
+                Damage::SelfLoop => free_buddy,
+                Damage::Wild => 1 << 40,
+            },
+            Ordering::Relaxed,
+        );
+        assert!(
+            is_corrupt_header(&bounded(&what, || buddy.check())),
+            "{what}"
+        );
+        // The state table is the authority: the lists are rebuilt from it
+        // and the request served from them.
+        match bounded(&what, || buddy.allocate(64)) {
+            Ok(block) => assert_ne!(block.offset(), live.offset(), "{what}"),
+            Err(error) => assert!(matches!(error, Error::CorruptHeader { .. }), "{what}"),
+        }
+        bounded(&what, || buddy.check()).unwrap();
+    }
 }
