@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use shmkit::named::NamedObjects;
 use shmkit::{
     BuddyAllocator, Error, FreeListAllocator, Offset, PoolAllocator, PoolParams, Segment,
     SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
@@ -97,6 +98,10 @@ fn word32(segment: &Segment, offset: u64) -> &AtomicU32 {
 
 fn is_corrupt_header<T>(result: &shmkit::Result<T>) -> bool {
     matches!(result, Err(Error::CorruptHeader { .. }))
+}
+
+fn is_corrupt_data<T>(result: &shmkit::Result<T>) -> bool {
+    matches!(result, Err(Error::CorruptData { .. }))
 }
 
 // ------------------------------------------------------------ size classes
@@ -355,4 +360,66 @@ fn buddy_chain_self_loop_and_wild_link_are_repaired() {
         }
         bounded(&what, || buddy.check()).unwrap();
     }
+}
+
+// ------------------------------------------------------------ named objects
+
+/// The directory's root block: magic (+0), lock (+8), table offset (+16).
+const DIRECTORY_TABLE: u64 = 16;
+
+#[test]
+fn directory_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let what = format!("name directory, {damage:?}");
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let names = NamedObjects::open(&heap).unwrap();
+        names.construct("present", 7u64).unwrap();
+        let directory = heap
+            .segment()
+            .root::<u8>("shmkit.named-objects")
+            .unwrap()
+            .raw();
+        word(heap.segment(), directory + DIRECTORY_TABLE).store(
+            match damage {
+                Damage::SelfLoop => directory,
+                Damage::Wild => 1 << 40,
+            },
+            Ordering::Relaxed,
+        );
+        let found = bounded(&what, || names.find::<u64>("present"));
+        assert!(is_corrupt_data(&found), "{what}: {found:?}");
+        let made = bounded(&what, || names.construct("absent", 1u64));
+        assert!(is_corrupt_data(&made), "{what}: {made:?}");
+        assert!(is_corrupt_data(&bounded(&what, || names.list())), "{what}");
+        assert!(is_corrupt_data(&bounded(&what, || names.check())), "{what}");
+    }
+}
+
+/// Every slot of the table in use or a tombstone: a probe that never meets
+/// an empty slot goes round the table, once.
+#[test]
+fn directory_probe_without_an_empty_slot_ends() {
+    let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+    let names = NamedObjects::open(&heap).unwrap();
+    names.construct("present", 7u64).unwrap();
+    let segment = heap.segment();
+    let directory = segment.root::<u8>("shmkit.named-objects").unwrap().raw();
+    let table = word(segment, directory + DIRECTORY_TABLE).load(Ordering::Relaxed);
+    // The table: a 64-byte header (capacity first), then 64-byte entries
+    // whose first word is the state (0 empty, 1 live, 2 tombstone).
+    let capacity = word(segment, table).load(Ordering::Relaxed);
+    for index in 0..capacity {
+        let state = word(segment, table + 64 + 64 * index);
+        if state.load(Ordering::Relaxed) == 0 {
+            state.store(2, Ordering::Relaxed);
+        }
+    }
+    let missing = bounded("directory full of tombstones", || {
+        names.find::<u64>("absent")
+    });
+    assert!(matches!(missing, Ok(None)), "{missing:?}");
+    let present = bounded("directory full of tombstones", || {
+        names.find::<u64>("present")
+    });
+    assert!(matches!(present, Ok(Some(_))), "{present:?}");
 }
