@@ -20,9 +20,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use shmkit::containers::ShmHashMap;
 use shmkit::named::NamedObjects;
 use shmkit::{
-    BuddyAllocator, Error, FreeListAllocator, Offset, PoolAllocator, PoolParams, Segment,
+    BuddyAllocator, Error, FreeListAllocator, FullPtr, Offset, PoolAllocator, PoolParams, Segment,
     SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
 };
 
@@ -422,4 +423,63 @@ fn directory_probe_without_an_empty_slot_ends() {
         names.find::<u64>("present")
     });
     assert!(matches!(present, Ok(Some(_))), "{present:?}");
+}
+
+// ------------------------------------------------------------ hash map
+
+/// The map's own words: table offset (+0), bucket count (+8), length
+/// (+16), segment id (+24).
+const MAP_TABLE: usize = 0;
+
+#[test]
+fn hash_map_self_loop_and_wild_link_are_errors() {
+    for damage in BOTH {
+        let what = format!("hash map, {damage:?}");
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        // The map itself lives in the segment, so its table can name it.
+        let map: FullPtr<ShmHashMap<u64, u64>> = heap.new_obj(ShmHashMap::new()).unwrap();
+        for key in 0..4 {
+            // SAFETY: a fresh block holding the map, used by this thread
+            // alone; the borrow ends with the call.
+            unsafe { &mut *map.as_ptr() }
+                .insert(&heap, key, key * 10)
+                .unwrap();
+        }
+        let table = match damage {
+            Damage::SelfLoop => map.offset().raw(),
+            Damage::Wild => 1 << 40,
+        };
+        // SAFETY: the map is `repr(C)` of four u64s, the table offset
+        // first; no reference to it is alive.
+        unsafe { (map.as_ptr() as *mut u64).add(MAP_TABLE).write(table) };
+        // SAFETY: as above; each borrow ends with its call.
+        let map_ref = unsafe { &mut *map.as_ptr() };
+        let got = bounded(&what, || map_ref.get(&heap, &1).map(|v| v.copied()));
+        assert!(is_corrupt_data(&got), "{what}: {got:?}");
+        let put = bounded(&what, || map_ref.insert(&heap, 9, 90));
+        assert!(is_corrupt_data(&put), "{what}: {put:?}");
+    }
+}
+
+/// Every control byte full: a probe chain with no end goes round the
+/// table once and reports it.
+#[test]
+fn hash_map_probe_chain_without_an_end_is_an_error() {
+    let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+    let mut map = ShmHashMap::<u64, u64>::new();
+    for key in 0..4 {
+        map.insert(&heap, key, key).unwrap();
+    }
+    // Buckets: the capacity is three quarters of them.
+    let buckets = map.capacity() * 4 / 3;
+    let ctrl = heap.full_ptr(map.table_offset().raw()).unwrap();
+    // SAFETY: the control bytes are the table block's first `buckets` bytes;
+    // nothing else uses the map now.
+    unsafe { std::ptr::write_bytes(ctrl.as_ptr(), 0x80, buckets) };
+    let got = bounded("hash map without an empty bucket", || {
+        map.get(&heap, &99).map(|v| v.copied())
+    });
+    assert!(is_corrupt_data(&got), "{got:?}");
+    let removed = bounded("hash map without an empty bucket", || map.remove(&heap, &1));
+    assert!(is_corrupt_data(&removed), "{removed:?}");
 }
