@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use shmkit::containers::ShmHashMap;
+use shmkit::containers::{MpmcRing, ShmHashMap, SpscRing};
 use shmkit::named::NamedObjects;
 use shmkit::{
     BuddyAllocator, Error, FreeListAllocator, FullPtr, Offset, PoolAllocator, PoolParams, Segment,
@@ -482,4 +482,82 @@ fn hash_map_probe_chain_without_an_end_is_an_error() {
     assert!(is_corrupt_data(&got), "{got:?}");
     let removed = bounded("hash map without an empty bucket", || map.remove(&heap, &1));
     assert!(is_corrupt_data(&removed), "{removed:?}");
+}
+
+// ------------------------------------------------------------ rings
+
+/// An MPMC ring: fixed fields, tail (+128), head (+256), two signals, then
+/// the cells (sequence word, value).
+const MPMC_TAIL: u64 = 128;
+const MPMC_HEAD: u64 = 256;
+
+#[test]
+fn mpmc_ring_self_loop_and_wild_link_read_as_full_and_empty() {
+    for damage in BOTH {
+        let what = format!("mpmc ring, {damage:?}");
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let offset = MpmcRing::<u64>::create(&heap, 4).unwrap();
+        let ring = MpmcRing::open(&heap, offset).unwrap();
+        ring.try_push(1).unwrap();
+        ring.try_push(2).unwrap();
+        assert_eq!(ring.try_pop(), Some(1));
+        let segment = heap.segment();
+        let base = offset.raw();
+        let cells = base + std::mem::size_of::<MpmcRing<u64>>() as u64;
+        let seq = |position: u64| word(segment, cells + 16 * (position % 4));
+        match damage {
+            Damage::SelfLoop => {
+                // The tail's cell says a producer already took the tail's
+                // own position; the head's says its value came a lap ago.
+                seq(2).store(3, Ordering::Relaxed);
+                seq(1).store(1 + 2 + 4, Ordering::Relaxed);
+            }
+            Damage::Wild => {
+                word(segment, base + MPMC_TAIL).store(1 << 62, Ordering::Relaxed);
+                word(segment, base + MPMC_HEAD).store(3 << 60, Ordering::Relaxed);
+            }
+        }
+        assert_eq!(bounded(&what, || ring.try_push(3)), Err(3), "{what}");
+        assert_eq!(bounded(&what, || ring.try_pop()), None, "{what}");
+        let short = Duration::from_millis(20);
+        assert_eq!(bounded(&what, || ring.push_timeout(4, short)), Err(4));
+        assert_eq!(bounded(&what, || ring.pop_timeout(short)), None);
+        assert!(ring.len() <= ring.capacity(), "{what}");
+    }
+}
+
+/// An SPSC ring: fixed fields, the producer's line (+128: tail, owner),
+/// the consumer's line (+256: head, owner), then signals and cells.
+const SPSC_TAIL: u64 = 128;
+const SPSC_HEAD: u64 = 256;
+
+#[test]
+fn spsc_ring_self_loop_and_wild_link_read_as_full_and_empty() {
+    for damage in BOTH {
+        let what = format!("spsc ring, {damage:?}");
+        let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+        let offset = SpscRing::<u64>::create(&heap, 4).unwrap();
+        {
+            let mut tx = SpscRing::producer(&heap, offset).unwrap();
+            tx.try_push(1).unwrap();
+            tx.try_push(2).unwrap();
+        }
+        let segment = heap.segment();
+        let base = offset.raw();
+        match damage {
+            // The head one step past the tail: the consumer would have
+            // taken a value before it was pushed, a lap ahead of itself.
+            Damage::SelfLoop => word(segment, base + SPSC_HEAD).store(3, Ordering::Relaxed),
+            Damage::Wild => word(segment, base + SPSC_TAIL).store(1 << 63, Ordering::Relaxed),
+        }
+        // New endpoints read the damaged words.
+        let mut tx = SpscRing::producer(&heap, offset).unwrap();
+        let mut rx = SpscRing::consumer(&heap, offset).unwrap();
+        assert_eq!(bounded(&what, || tx.try_push(3)), Err(3), "{what}");
+        assert_eq!(bounded(&what, || rx.try_pop()), None, "{what}");
+        let short = Duration::from_millis(20);
+        assert_eq!(bounded(&what, || tx.push_timeout(4, short)), Err(4));
+        assert_eq!(bounded(&what, || rx.pop_timeout(short)), None);
+        assert!(rx.len() <= rx.capacity(), "{what}");
+    }
 }
