@@ -24,6 +24,14 @@
 //! that the offset is exactly a slot boundary, and claims the slot's marker
 //! from "live" to 0 with a compare-and-swap before pushing it: a double free
 //! or a foreign offset is refused and never reaches the stack.
+//!
+//! The free stacks are chained through words in the free slots, which a
+//! stray write can damage. A link that names no slot of the slab, or the
+//! slot it is stored in, is refused by the stack; a longer cycle leads back
+//! to a slot already handed out, whose marker refuses it. Either is an
+//! [`Error::CorruptHeader`], never a slot handed out twice; the walks of a
+//! whole stack (`check`, recovery) stop after as many steps as the slab has
+//! slots.
 
 use std::collections::HashSet;
 use std::ptr::NonNull;
@@ -651,6 +659,9 @@ impl PoolAllocator {
             Ok(None) => self.carve(slab),
             Err(PopError::Corrupt { index }) => Err(Error::corrupt(format!(
                 "slab {slab}: free stack names slot {index}, which is none of its slots"
+            ))),
+            Err(PopError::SelfLink { index }) => Err(Error::corrupt(format!(
+                "slab {slab}: free slot {index} links to itself"
             ))),
         }
     }

@@ -24,6 +24,24 @@
 //!   (`fetch_and`, so a double free is detected exactly) and lowers the live
 //!   count.
 //!
+//! A page descriptor is 32 bytes, at `data offset + 32 * page`: the state
+//! word (`+0`: the phase in the low byte, 0 free, 1 small, 2 large, 3 tail
+//! of a large block; the class in the next byte; the live count from bit
+//! 16; the listed flag at bit 32), the link (`+8`: `index + 1` of the next
+//! page on the stack the page is on, 0 at its end), the run length (`+16`)
+//! and the requested size of a large block (`+24`).
+//!
+//! ## Damaged links
+//!
+//! The stacks are chained through link words in the segment, which a stray
+//! write can damage. No walk trusts them: a link out of range, or one that
+//! names its own page, is refused by the stack itself; a page taken off a
+//! class stack must be listed and one taken off the free-run stack free, so
+//! a longer cycle is caught as soon as it leads back to a page already
+//! taken; draining a whole chain stops after as many steps as there are
+//! pages. Each is an [`Error::CorruptHeader`], never a hang or a page
+//! handed out twice.
+//!
 //! ## Why retiring an empty page cannot race an allocation
 //!
 //! A page leaves its class only through one compare-and-swap of its state
@@ -472,9 +490,12 @@ impl SizeClassAllocator {
     }
 }
 
-/// Outcome of a pop from a stack whose links are descriptors.
+/// The error for a link of a page stack that may not be followed.
 fn bad_link(what: &str, link: BadLink) -> Error {
-    Error::corrupt(format!("{what}: link {:#x} out of range", link.0))
+    Error::corrupt(format!(
+        "{what}: link {:#x} is out of range or names its own page",
+        link.0
+    ))
 }
 
 impl SizeClassAllocator {
@@ -701,6 +722,16 @@ impl SizeClassAllocator {
         let Some(head) = popped else {
             return Ok(None);
         };
+        // Pages are FREE before they are pushed, and a popped page is the
+        // popper's alone: a page in use here was reached through a damaged
+        // link (a cycle back to a page already handed out, say). Refused,
+        // so it is not handed out twice.
+        let state = self.desc(head).map(|d| d.state.load(Ordering::Acquire));
+        if state != Some(FREE) {
+            return Err(Error::corrupt(format!(
+                "free-run stack holds page {head}, which is in use (state {state:?})"
+            )));
+        }
         let len = self.run_len(head)?;
         if len > 1 {
             self.push_run(head + 1, len - 1);
@@ -788,8 +819,9 @@ impl SizeClassAllocator {
 
     /// Follows a chain that `take_all` handed to the caller, calling `visit`
     /// on each page after reading its link (so `visit` may push the page on
-    /// another stack). A chain longer than the table, or a link out of range,
-    /// ends the walk; it and any error of `visit` are recorded in `error`.
+    /// another stack). A chain longer than the table (a cycle), a page that
+    /// links to itself, or a link out of range ends the walk; it and any
+    /// error of `visit` are recorded in `error`.
     fn drain_chain(
         &self,
         first: Option<u32>,
@@ -810,6 +842,12 @@ impl SizeClassAllocator {
                 desc.link.load(Ordering::Acquire),
                 self.max_pages,
             ) {
+                // Caught at once rather than after `max_pages` visits of
+                // one page, each of which would push it somewhere again.
+                Ok(Some(after)) if after == page => {
+                    *error = Some(looped());
+                    None
+                }
                 Ok(next) => next,
                 Err(bad) => {
                     *error = Some(bad_link(what, bad));
@@ -856,7 +894,14 @@ impl SizeClassAllocator {
         }
         let taken = tagged_stack::take_all(&*state.free_runs);
         let looped = || Error::corrupt("free-run stack loops");
-        self.drain_chain(taken, "free-run stack", looped, &mut error, |head, _| {
+        self.drain_chain(taken, "free-run stack", looped, &mut error, |head, desc| {
+            // As in `pop_free_page`: a page in use is not a free run, and
+            // stays with its user.
+            if desc.state.load(Ordering::Acquire) != FREE {
+                return Err(Error::corrupt(format!(
+                    "free-run stack holds page {head}, which is in use"
+                )));
+            }
             runs.push((head, self.run_len(head)?));
             Ok(())
         });
@@ -953,8 +998,13 @@ impl SizeClassAllocator {
                 .desc(page)
                 .ok_or_else(|| Error::corrupt(format!("class {class} lists page {page}")))?;
             let current = desc.state.load(Ordering::Acquire);
-            if phase(current) != SMALL || class_of(current) != class {
-                // Popped and reused meanwhile, or corrupt if still on top.
+            // A page on its class stack is SMALL, of the class and listed:
+            // the flag is set before a push and cleared only by the holder
+            // of a page it popped. Anything else on top was popped (and
+            // maybe reused) meanwhile, which moved the head, or came through
+            // a link back to a page this walk already took off the stack (a
+            // cycle), which is reported instead of walked round forever.
+            if phase(current) != SMALL || class_of(current) != class || current & LISTED == 0 {
                 if head_cell.load(Ordering::Acquire) == head {
                     return Err(Error::corrupt(format!(
                         "class {class} lists page {page} in state {current:#x}"
@@ -1806,7 +1856,11 @@ impl SizeClassAllocator {
                 LARGE => {
                     rebuilt.live += 1;
                     rebuilt.live_bytes += desc.requested.load(Ordering::Relaxed);
-                    page += desc.run.load(Ordering::Relaxed) as u32;
+                    // Validated above; clamped anyway, so that a word that
+                    // changed since can neither stall the walk nor skip past
+                    // the cursor.
+                    let run = desc.run.load(Ordering::Relaxed);
+                    page += run.clamp(1, u64::from(bump - page)) as u32;
                 }
                 _ => {
                     // FREE, or the tail of a large block whose head never

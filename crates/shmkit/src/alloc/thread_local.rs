@@ -1041,6 +1041,53 @@ mod tests {
         heap.check().unwrap();
     }
 
+    /// A magazine holds no links, only a count and entries: damage to
+    /// either is dropped entry by entry (the count is clamped, an entry is
+    /// used only while its block carries its key), so allocation falls
+    /// through to the pages and `check` reports what it saw.
+    #[test]
+    fn damaged_magazines_are_routed_around() {
+        let heap = heap();
+        let class = class_for(64, 8).unwrap();
+        let cached = heap.allocate(64).unwrap();
+        let kept = heap.allocate(64).unwrap();
+        heap.free(cached).unwrap();
+        let slot = heap.my_slot(&MemContext::default()).unwrap();
+        let magazine = &slot.magazines[class];
+        let item = magazine.items[0].load(Ordering::Relaxed);
+        let own = heap
+            .segment()
+            .offset_of(magazine as *const Magazine)
+            .unwrap()
+            .raw();
+        // A cycle: every entry names the one cached block, but one that
+        // names the magazine itself; the count says it is full.
+        for (index, entry) in magazine.items.iter().enumerate() {
+            entry.store(if index == 3 { own } else { item }, Ordering::Relaxed);
+        }
+        magazine.count.store(MAGAZINE as u64, Ordering::Relaxed);
+        assert!(matches!(heap.check(), Err(Error::CorruptHeader { .. })));
+        assert_eq!(heap.allocate(64).unwrap().offset(), cached.offset());
+        let fresh = heap.allocate(64).unwrap();
+        assert!(fresh.offset() != cached.offset() && fresh.offset() != kept.offset());
+        assert_eq!(magazine.count.load(Ordering::Relaxed), 0);
+
+        // Wild entries and a count far past the magazine.
+        for entry in &magazine.items {
+            entry.store((1 << ENTRY_OFFSET_BITS) - 16, Ordering::Relaxed);
+        }
+        magazine.count.store(u64::MAX, Ordering::Relaxed);
+        assert!(matches!(heap.check(), Err(Error::CorruptHeader { .. })));
+        let other = heap.allocate(64).unwrap();
+        for live in [cached, kept, fresh] {
+            assert_ne!(other.offset(), live.offset());
+        }
+        // The allocation dropped every wild entry on its way to the pages.
+        assert_eq!(magazine.count.load(Ordering::Relaxed), 0);
+        heap.free(other).unwrap();
+        heap.check().unwrap();
+    }
+
     #[test]
     fn a_copy_of_an_entry_is_dropped_once_the_block_was_handed_out() {
         let heap = heap();

@@ -562,9 +562,15 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
         self.len = len.saturating_sub(1) as u64;
         // Backward shift: walk the cluster after the hole; an entry whose
         // home bucket lies (cyclically) at or before the hole moves into it.
+        // The check above found the cluster's end; the walk is bounded by
+        // the table all the same, like every probe of this map, so that no
+        // byte of shared memory can make it go round forever.
         let mut hole = found;
         let mut j = (found + 1) & table.mask;
-        while table.ctrl(j) != EMPTY {
+        for _ in 0..table.buckets() {
+            if table.ctrl(j) == EMPTY {
+                break;
+            }
             // SAFETY: a full bucket's key.
             let home = hash_of(unsafe { &*table.key(j) }) as usize & table.mask;
             let distance = j.wrapping_sub(home) & table.mask;

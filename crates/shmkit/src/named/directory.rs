@@ -10,6 +10,21 @@
 //! one store. The next locker after a death (told by the robust lock) frees
 //! a table that was being built or retired and recounts. At most the dead
 //! process's in-flight object and name blocks are lost.
+//!
+//! **Layout.** The root block ([`Directory`]) holds eight words: magic
+//! (`+0`), lock (`+8`), the current table's offset (`+16`), the table being
+//! built (`+24`) and retired (`+32`), the live and used counts (`+40`,
+//! `+48`). A table is a 64-byte header (capacity first) followed by
+//! `capacity` entries of 64 bytes, each starting with its state word (0
+//! empty, 1 live, 2 tombstone).
+//!
+//! **Damage.** Every offset read from these words is checked against the
+//! segment before use, and a link that leads outside it or to something
+//! that is not a table, a name or an object is [`Error::CorruptData`]. A
+//! probe visits every slot at most once, so a table with no empty slot
+//! (every probe chain joined into one cycle) ends the search after
+//! `capacity` steps; the counters are only ever compared, never trusted to
+//! bound a loop.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -213,7 +228,9 @@ struct Table<'a> {
 
 impl<'a> Table<'a> {
     fn open(segment: &'a Segment, offset: u64) -> Result<Table<'a>> {
-        let header = segment.resolve(Offset::<TableHeader>::from_raw(offset))?;
+        let header = segment
+            .resolve(Offset::<TableHeader>::from_raw(offset))
+            .map_err(|e| Error::corrupt_data(WHAT, format!("table link {offset:#x}: {e}")))?;
         // SAFETY: in bounds and aligned (checked); atomics only.
         let capacity = unsafe { header.as_ref() }.capacity.load(Ordering::Acquire);
         if !capacity.is_power_of_two() || capacity > MAX_CAPACITY {
@@ -222,8 +239,13 @@ impl<'a> Table<'a> {
                 format!("table capacity {capacity} is not a power of two up to 2^32"),
             ));
         }
-        let first = Offset::<Entry>::from_raw(offset + TABLE_HEADER_LEN);
-        let entries = segment.resolve_array(first, capacity)?;
+        let first = Offset::<Entry>::from_raw(offset.saturating_add(TABLE_HEADER_LEN));
+        let entries = segment.resolve_array(first, capacity).map_err(|e| {
+            Error::corrupt_data(
+                WHAT,
+                format!("table at {offset:#x} of {capacity} entries: {e}"),
+            )
+        })?;
         // SAFETY: `capacity` entries in bounds and aligned (checked);
         // atomics only; borrowed from the segment.
         let entries = unsafe { std::slice::from_raw_parts(entries.as_ptr(), capacity as usize) };
@@ -332,12 +354,13 @@ impl<'a> Locked<'a> {
         new: &NewEntry<'_>,
     ) -> Result<()> {
         let capacity = self.table.entries.len() as u64;
+        // Saturating: the counters are whatever the segment holds.
         let used = self.directory.used.load(Ordering::Acquire);
-        if (used + 1) * 4 > capacity * 3 {
+        if used.saturating_add(1).saturating_mul(4) > capacity * 3 {
             let live = self.directory.live.load(Ordering::Acquire);
             // Double when live entries fill half; otherwise rehash at the
             // same size, which clears tombstones.
-            let target = if (live + 1) * 2 > capacity {
+            let target = if live.saturating_add(1).saturating_mul(2) > capacity {
                 capacity * 2
             } else {
                 capacity
@@ -475,10 +498,13 @@ impl<'a> Locked<'a> {
             ));
         }
         let names_block = entry.names.load(Ordering::Relaxed);
-        let bytes = self.segment.resolve_array(
-            Offset::<u8>::from_raw(names_block),
-            (name_len + type_len) as u64,
-        )?;
+        let bytes = self
+            .segment
+            .resolve_array(
+                Offset::<u8>::from_raw(names_block),
+                (name_len + type_len) as u64,
+            )
+            .map_err(|e| Error::corrupt_data(WHAT, format!("name link {names_block:#x}: {e}")))?;
         // SAFETY: in bounds (checked); the name block is written before its
         // entry turns LIVE and never changed afterwards; borrowed from the
         // segment, which keeps it mapped.
@@ -493,7 +519,9 @@ impl<'a> Locked<'a> {
                 format!("object at {object} with alignment {align}"),
             ));
         }
-        self.segment.check_range(object, size.max(1))?;
+        self.segment
+            .check_range(object, size.max(1))
+            .map_err(|e| Error::corrupt_data(WHAT, format!("object link {object:#x}: {e}")))?;
         Ok(Record {
             object,
             names_block,
@@ -537,6 +565,12 @@ pub(crate) mod testing {
     /// Skews the live counter, as a death between two stores would.
     pub(crate) fn skew_counter(directory: &Directory) {
         directory.live.fetch_add(5, Ordering::AcqRel);
+    }
+
+    /// Overwrites both counters, as a stray write would.
+    pub(crate) fn set_counters(directory: &Directory, value: u64) {
+        directory.live.store(value, Ordering::Release);
+        directory.used.store(value, Ordering::Release);
     }
 
     /// Writes `state` into every non-empty slot of the table.

@@ -550,6 +550,18 @@ mod tests {
     }
 
     #[test]
+    fn counters_at_their_limit_do_not_overflow() {
+        let heap = heap("named-counters");
+        let names = NamedObjects::open(&heap).unwrap();
+        names.construct("x", 1u64).unwrap();
+        directory::testing::set_counters(names.directory, u64::MAX);
+        // The counters only decide when to rehash, which recounts them.
+        names.construct("y", 2u64).unwrap();
+        names.check().unwrap();
+        assert_eq!(names.len().unwrap(), 2);
+    }
+
+    #[test]
     fn a_root_that_is_not_a_directory_is_refused() {
         let heap = heap("named-foreign-root");
         let other = heap.new_obj([0u64; 8]).unwrap();

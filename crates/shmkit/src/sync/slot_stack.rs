@@ -17,6 +17,11 @@
 //! popped and be writing to. The value read is then garbage, but the tag
 //! guarantees that the compare-and-swap that would install it fails; the
 //! read itself goes through an atomic of the link's width.
+//!
+//! A slot whose link names the slot itself is refused rather than popped:
+//! no push makes a slot its own successor (a slot is pushed only while it is
+//! on no stack), so a self-link seen while the head has not moved is a stray
+//! write, and following it would hand that slot out at every pop.
 
 use super::atomic_word::AtomicWord;
 
@@ -68,6 +73,8 @@ pub(crate) fn push<C: AtomicWord, L: Links>(head: &C, links: &L, index: u32) {
 pub(crate) enum PopError {
     /// The head named an index that is no slot: the stack is corrupt.
     Corrupt { index: u32 },
+    /// The slot on top links to itself: the stack is corrupt.
+    SelfLink { index: u32 },
 }
 
 /// Pops the top slot; `Ok(None)` when the stack is empty.
@@ -80,6 +87,17 @@ pub(crate) fn pop<C: AtomicWord, L: Links>(head: &C, links: &L) -> Result<Option
             return Ok(None);
         }
         let next = links.next(top).ok_or(PopError::Corrupt { index: top })?;
+        if next == top {
+            // Garbage from a slot popped meanwhile, or damage: the head,
+            // unchanged (tag included), says which.
+            match head.compare_exchange(current, current) {
+                Ok(_) => return Err(PopError::SelfLink { index: top }),
+                Err(actual) => {
+                    current = actual;
+                    continue;
+                }
+            }
+        }
         match head.compare_exchange_weak(current, pack(tag.wrapping_add(1), next)) {
             Ok(_) => return Ok(Some(top)),
             Err(actual) => current = actual,
@@ -122,6 +140,12 @@ mod tests {
         assert_eq!(unpack(head.load(Ordering::Relaxed)).0, 8);
         head.store(pack(9, 77), Ordering::Relaxed);
         assert_eq!(pop(&head, &slots), Err(PopError::Corrupt { index: 77 }));
+        // A slot linking to itself is refused, and stays on top.
+        head.store(EMPTY_HEAD, Ordering::Relaxed);
+        push(&head, &slots, 2);
+        slots.0[2].store(2, Ordering::Relaxed);
+        assert_eq!(pop(&head, &slots), Err(PopError::SelfLink { index: 2 }));
+        assert_eq!(unpack(head.load(Ordering::Relaxed)).1, 2);
     }
 }
 

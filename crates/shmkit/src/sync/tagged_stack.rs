@@ -10,14 +10,18 @@
 //! Reading a link of a node that another thread popped meanwhile is harmless:
 //! the links are atomics in memory that stays mapped, and the value read is
 //! thrown away when the tagged compare-and-swap fails. A link that decodes to
-//! an index out of range is reported as corruption, never followed.
+//! an index out of range, or that names its own node, is reported as
+//! corruption, never followed: no push makes a node its own successor (a
+//! node is pushed only while it is on no stack), so a self-link can only be
+//! a stray write, and following it would hand the node out again and again.
 
 use super::atomic_word::AtomicWord;
 
 /// The head word of an empty stack.
 pub(crate) const EMPTY: u64 = 0;
 
-/// A link or head that does not decode to a node index below the bound.
+/// A link or head that does not decode to a node index below the bound, or
+/// a link that names the node it is stored in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct BadLink(pub u64);
 
@@ -95,8 +99,9 @@ pub(crate) fn pop_exact<'a, C: AtomicWord + 'a>(
     let link = link_of(index).ok_or(BadLink(u64::from(index) + 1))?;
     let next = link.load_acquire();
     // A stale `next` (the node was popped meanwhile) is only a problem if
-    // the CAS succeeds, which the tag prevents. Validate before using it.
-    if next != 0 && next > u64::from(bound) {
+    // the CAS succeeds, which the tag prevents. Validate before using it:
+    // out of range, or a node linking to itself (a cycle of one).
+    if next > u64::from(bound) || next == u64::from(index) + 1 {
         // Either corruption or a racing reuse; the CAS decides which.
         return match head.compare_exchange_weak(expected, expected) {
             Ok(_) => Err(BadLink(next)),
@@ -148,6 +153,19 @@ mod tests {
         push(&head, 3, &links[3]);
         links[3].store(99, Ordering::Relaxed);
         assert_eq!(pop(&head, 4, link_of), Err(BadLink(99)));
+    }
+
+    #[test]
+    fn a_node_linking_to_itself_is_refused_not_popped_forever() {
+        let head = AtomicU64::new(EMPTY);
+        let links: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+        let link_of = |i: u32| links.get(i as usize);
+        push(&head, 0, &links[0]);
+        push(&head, 1, &links[1]);
+        links[1].store(2, Ordering::Relaxed); // node 1 -> node 1
+        assert_eq!(pop(&head, 2, link_of), Err(BadLink(2)));
+        // Nothing was popped: the head still names node 1.
+        assert_eq!(top(head.load(Ordering::Relaxed)), Some(1));
     }
 }
 

@@ -436,7 +436,10 @@ impl<T, E: Env> Drop for Core<T, E> {
 fn corrupt_stack(BadLink(link): BadLink) -> Error {
     Error::corrupt_data(
         "object pool free stack",
-        format!("link {link} names no slot (process memory was overwritten)"),
+        format!(
+            "link {link} names no slot, or the slot holding it (process memory was \
+             overwritten)"
+        ),
     )
 }
 
