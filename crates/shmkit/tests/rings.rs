@@ -493,25 +493,53 @@ fn private_alloc() -> SizeClassAllocator {
     SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap()
 }
 
-/// A worker thread whose end the test waits for with a deadline: a
-/// worker that hangs (a lost wake-up, with self-rescue disabled) fails the
-/// test instead of hanging it, and a worker's panic is raised again.
-struct Watched<R>(mpsc::Receiver<std::thread::Result<R>>);
+/// A worker thread whose end the test waits for while the test makes
+/// progress: a worker that hangs (a lost wake-up, with self-rescue
+/// disabled) fails the test once a whole [`PATIENCE`] passes with no
+/// message moved, instead of hanging it; a slow machine (valgrind runs the
+/// threads one at a time) only takes longer. A worker's panic is raised
+/// again.
+struct Watched<R> {
+    result: mpsc::Receiver<std::thread::Result<R>>,
+    progress: Arc<AtomicU64>,
+}
 
-fn spawn_watched<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> Watched<R> {
+/// Messages moved so far by one test's workers.
+fn progress_counter() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
+}
+
+fn spawn_watched<R: Send + 'static>(
+    progress: &Arc<AtomicU64>,
+    work: impl FnOnce() -> R + Send + 'static,
+) -> Watched<R> {
     let (done, result) = mpsc::channel();
     std::thread::spawn(move || {
         let _ = done.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)));
     });
-    Watched(result)
+    Watched {
+        result,
+        progress: Arc::clone(progress),
+    }
 }
 
 impl<R> Watched<R> {
     fn finish(self, what: &str) -> R {
-        match self.0.recv_timeout(PATIENCE) {
-            Ok(Ok(result)) => result,
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            Err(_) => panic!("{what} hung: a lost wake-up?"),
+        let mut seen = self.progress.load(Ordering::Relaxed);
+        loop {
+            match self.result.recv_timeout(PATIENCE) {
+                Ok(Ok(result)) => return result,
+                Ok(Err(panic)) => std::panic::resume_unwind(panic),
+                Err(mpsc::RecvTimeoutError::Disconnected) => panic!("{what} vanished"),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = self.progress.load(Ordering::Relaxed);
+                    assert_ne!(
+                        now, seen,
+                        "{what} hung: nothing moved in {PATIENCE:?}, a lost wake-up?"
+                    );
+                    seen = now;
+                }
+            }
         }
     }
 }
@@ -526,10 +554,12 @@ fn mpmc_threads_under_contention() {
     const EACH: u64 = 25_000;
     let alloc = Arc::new(private_alloc());
     let offset = MpmcRing::<Msg>::create(&*alloc, 4).unwrap();
+    let progress = progress_counter();
     let consumers: Vec<_> = (0..THREADS)
         .map(|_| {
             let alloc = alloc.clone();
-            spawn_watched(move || {
+            let moved = Arc::clone(&progress);
+            spawn_watched(&progress, move || {
                 let mut ring = MpmcRing::open(&*alloc, offset).unwrap();
                 ring.set_recheck_interval(NEVER);
                 let mut got = Vec::new();
@@ -541,6 +571,7 @@ fn mpmc_threads_under_contention() {
                     if message[0] == END {
                         return got;
                     }
+                    moved.fetch_add(1, Ordering::Relaxed);
                     got.push(message);
                 }
             })
@@ -549,10 +580,12 @@ fn mpmc_threads_under_contention() {
     let producers: Vec<_> = (0..THREADS)
         .map(|producer| {
             let alloc = alloc.clone();
-            spawn_watched(move || {
+            let moved = Arc::clone(&progress);
+            spawn_watched(&progress, move || {
                 let mut ring = MpmcRing::open(&*alloc, offset).unwrap();
                 ring.set_recheck_interval(NEVER);
                 for seq in 0..EACH {
+                    moved.fetch_add(1, Ordering::Relaxed);
                     if seq % 2 == 0 {
                         ring.push([producer, seq]);
                     } else {
@@ -599,12 +632,15 @@ fn spsc_threads_in_order() {
     const COUNT: u64 = 300_000;
     let alloc = Arc::new(private_alloc());
     let offset = SpscRing::<u64>::create(&*alloc, 8).unwrap();
+    let progress = progress_counter();
     let producer = {
         let alloc = alloc.clone();
-        spawn_watched(move || {
+        let moved = Arc::clone(&progress);
+        spawn_watched(&progress, move || {
             let mut tx = SpscRing::producer(&*alloc, offset).unwrap();
             tx.set_recheck_interval(NEVER);
             for value in 0..COUNT {
+                moved.fetch_add(1, Ordering::Relaxed);
                 if value % 2 == 0 {
                     tx.push(value);
                 } else if tx.try_push(value).is_err() {
@@ -615,10 +651,12 @@ fn spsc_threads_in_order() {
     };
     let consumer = {
         let alloc = alloc.clone();
-        spawn_watched(move || {
+        let moved = Arc::clone(&progress);
+        spawn_watched(&progress, move || {
             let mut rx = SpscRing::consumer(&*alloc, offset).unwrap();
             rx.set_recheck_interval(NEVER);
             for expected in 0..COUNT {
+                moved.fetch_add(1, Ordering::Relaxed);
                 let value = if expected % 2 == 0 {
                     rx.pop()
                 } else {

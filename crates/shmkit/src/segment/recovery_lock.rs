@@ -150,13 +150,17 @@ impl Segment {
     /// a passed descriptor) and whose maps this user may not read.
     pub fn lock_for_recovery(&self, force: bool) -> Result<RecoveryLock<'_>> {
         let word = &self.header().recovery;
-        let token = thread_id::current_identity_word();
+        let mut token = thread_id::current_identity_word();
         let mut watch = DeathWatch::new(word as *const AtomicU64 as usize).judging_at_once();
         let mut holder = 0;
         while let Err(found) =
             word.compare_exchange(holder, token, Ordering::AcqRel, Ordering::Acquire)
         {
             if found == token {
+                if thread_id::forget_if_inherited() {
+                    token = thread_id::current_identity_word();
+                    continue;
+                }
                 return Err(Error::Unsupported(
                     "this thread already holds the segment's recovery lock",
                 ));

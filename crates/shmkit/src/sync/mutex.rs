@@ -194,10 +194,11 @@ pub(super) fn try_take(word: &AtomicU32, me: u32) -> bool {
 pub(super) fn acquire_slow(
     word: &AtomicU32,
     recorded: &AtomicU64,
-    me: u32,
+    caller: &mut Me,
     take: Take,
     patience: &Patience,
 ) -> Result<Got> {
+    let mut me = caller.tid;
     let mut watch = DeathWatch::new(word as *const AtomicU32 as usize);
     // The first look at the owner's liveness comes after a quantum of
     // waiting (at once for a try): a live owner, the common case, costs
@@ -220,6 +221,12 @@ pub(super) fn acquire_slow(
             }
         }
         if owner == me {
+            if thread_id::forget_if_inherited() {
+                // The cache named our parent: go on as ourselves.
+                *caller = self::me()?;
+                me = caller.tid;
+                continue;
+            }
             return Err(RELOCK);
         }
         if spins < SPINS && !patience.try_only() {
@@ -412,11 +419,11 @@ impl<T> ShmMutex<T> {
 
     #[inline]
     fn acquire(&self, wait: Wait) -> Result<ShmMutexGuard<'_, T>> {
-        let me = me()?;
+        let mut me = me()?;
         let from_dead = if try_take(&self.word, me.tid) {
             false
         } else {
-            self.acquire_contended(me.tid, wait)?
+            self.acquire_contended(&mut me, wait)?
         };
         self.owner.store(me.identity, Ordering::Relaxed);
         if from_dead {
@@ -433,7 +440,7 @@ impl<T> ShmMutex<T> {
     /// holder is a `LockTimeout` that [`try_lock`](Self::try_lock) turns
     /// into `None` (without looking up the holder's process).
     #[cold]
-    fn acquire_contended(&self, me: u32, wait: Wait) -> Result<bool> {
+    fn acquire_contended(&self, me: &mut Me, wait: Wait) -> Result<bool> {
         let patience = Patience::start(wait);
         match acquire_slow(&self.word, &self.owner, me, Take::Always, &patience)? {
             Got::Free => Ok(false),
@@ -706,6 +713,34 @@ mod tests {
         ));
         drop(guard);
         assert!(mutex.try_lock().unwrap().is_some());
+    }
+
+    #[test]
+    fn a_thread_with_an_inherited_identity_takes_over_instead_of_relocking() {
+        // A holder dies holding the lock; a thread whose caches name it (a
+        // child made by a raw clone, which runs no fork handler) asks for
+        // the lock: it must find out who it really is and take it over,
+        // not be told that it holds the lock already.
+        let mutex = ShmMutex::new(0u32);
+        let holder = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    std::mem::forget(mutex.lock().unwrap());
+                    thread_id::current_identity_word()
+                })
+                .join()
+                .unwrap()
+        });
+        std::thread::spawn(move || {
+            thread_id::testing::inherit_identity(holder);
+            let guard = mutex
+                .lock_timeout(Duration::from_secs(10))
+                .expect("a takeover, not a relock");
+            assert!(guard.owner_died());
+            assert_ne!(thread_id::current_identity_word(), holder);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl RobustLock {
     }
 
     #[cold]
-    fn lock_slow(&self, token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
+    fn lock_slow(&self, mut token: u64, patience: Duration) -> Result<RobustGuard<'_>> {
         let mut watch = DeathWatch::new(self as *const RobustLock as usize);
         let mut last_check = Instant::now();
         let backoff = crossbeam_utils::Backoff::new();
@@ -134,6 +134,11 @@ impl RobustLock {
                 continue;
             }
             if owner == token {
+                if thread_id::forget_if_inherited() {
+                    // The cache named our parent: go on as ourselves.
+                    token = own_token();
+                    continue;
+                }
                 return Err(Error::Unsupported(
                     "the lock is already held by this thread",
                 ));
@@ -167,7 +172,7 @@ impl RobustLock {
 impl RobustLock {
     /// The slow path of [`Patience::Refuse`]: a few spins, then
     /// [`Error::WouldBlock`] (the patient path judges whether the owner died).
-    fn lock_or_refuse(&self, token: u64) -> Result<RobustGuard<'_>> {
+    fn lock_or_refuse(&self, mut token: u64) -> Result<RobustGuard<'_>> {
         let mut owner = 0;
         for _ in 0..SPINS_BEFORE_REFUSING {
             owner = self.owner.load(Ordering::Relaxed);
@@ -176,6 +181,10 @@ impl RobustLock {
                     return Ok(guard);
                 }
             } else if owner == token {
+                if thread_id::forget_if_inherited() {
+                    token = own_token();
+                    continue;
+                }
                 return Err(Error::Unsupported(
                     "the lock is already held by this thread",
                 ));
@@ -355,6 +364,29 @@ mod tests {
     }
 
     #[test]
+    fn a_thread_with_an_inherited_identity_takes_over_instead_of_relocking() {
+        let lock = RobustLock::new();
+        let holder = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    std::mem::forget(lock.lock(Duration::from_secs(1)).unwrap());
+                    thread_id::current_identity_word()
+                })
+                .join()
+                .unwrap()
+        });
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                thread_id::testing::inherit_identity(holder);
+                let guard = lock
+                    .lock(Duration::from_secs(10))
+                    .expect("a takeover, not a relock");
+                assert!(guard.recovered());
+            });
+        });
+    }
+
+    #[test]
     fn a_forked_childs_copy_of_a_guard_does_not_unlock() {
         let segment =
             crate::Segment::create(&crate::SegmentOptions::memfd("robust-fork").size(1 << 16))
@@ -378,6 +410,7 @@ mod tests {
         let mut status = 0;
         // SAFETY: waits for our own child.
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert!(
             lock.owner.load(Ordering::Relaxed) != 0,
             "the parent still holds it"

@@ -271,8 +271,8 @@ impl<T> ShmRwLock<T> {
         home: usize,
         wait: Wait,
     ) -> Result<ShmRwLockReadGuard<'_, T>> {
-        let identity = me;
-        let me = me.tid;
+        let mut identity = me;
+        let mut me = me.tid;
         let patience = Patience::start(wait);
         let mut took_over = false;
         let mut checked_recursion = false;
@@ -288,6 +288,12 @@ impl<T> ShmRwLock<T> {
             // A writer holds the word or waits for readers: step back.
             self.leave_slot(slot, me);
             if writer & OWNER == me {
+                if thread_id::forget_if_inherited() {
+                    // The cache named our parent: go on as ourselves.
+                    identity = super::mutex::me()?;
+                    me = identity.tid;
+                    continue;
+                }
                 return Err(RELOCK);
             }
             if !checked_recursion && !patience.try_only() {
@@ -303,7 +309,7 @@ impl<T> ShmRwLock<T> {
             match acquire_slow(
                 &self.writer,
                 &self.writer_identity,
-                me,
+                &mut identity,
                 Take::OnlyFromDead,
                 &patience,
             )? {
@@ -387,16 +393,16 @@ impl<T> ShmRwLock<T> {
 
     #[inline]
     fn acquire_write(&self, wait: Wait) -> Result<ShmRwLockWriteGuard<'_, T>> {
-        let Me { tid: me, identity } = me()?;
+        let mut caller = me()?;
         let mut patience = None;
-        let from_dead = if try_take(&self.writer, me) {
+        let from_dead = if try_take(&self.writer, caller.tid) {
             false
         } else {
             let started = patience.insert(Patience::start(wait));
             match acquire_slow(
                 &self.writer,
                 &self.writer_identity,
-                me,
+                &mut caller,
                 Take::Always,
                 started,
             )? {
@@ -405,6 +411,7 @@ impl<T> ShmRwLock<T> {
                 Got::Busy => return Err(busy()),
             }
         };
+        let Me { tid: me, identity } = caller;
         self.writer_identity.store(identity, Ordering::Relaxed);
         if from_dead {
             self.consistency.store(INCONSISTENT, Ordering::Relaxed);

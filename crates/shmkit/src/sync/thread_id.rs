@@ -2,6 +2,15 @@
 //! per thread, and forgotten in a forked child (whose only thread has a new
 //! id) through a `pthread_atfork` hook, as [`pid`](super::pid) does for the
 //! process id.
+//!
+//! What is assumed: a child made without glibc's `fork` (a raw `clone`)
+//! runs no hook and starts with its parent's caches. Where that would
+//! decide ownership wrongly (the cache claims a held lock word as this
+//! thread's), the lock paths check with [`forget_if_inherited`] and go on
+//! under the real identity. A guard such a child inherited still releases
+//! with the cached identity (the release path makes no system call): it
+//! must not be dropped there, as no guard copied into another process
+//! should be.
 
 use std::cell::Cell;
 use std::sync::Once;
@@ -74,6 +83,25 @@ fn learn_tid() -> u32 {
     tid
 }
 
+/// Whether the cached id was inherited rather than learnt by this thread:
+/// a child made without glibc's `fork` (a raw `clone`, a runtime that
+/// bypasses it) runs no `pthread_atfork` handler, so its caches name the
+/// parent's thread. Checked with one `gettid` on the paths that decide
+/// ownership when the cache claims a lock word as this thread's own (a
+/// relock); a stale cache is forgotten, so the caller can try again under
+/// its real identity.
+#[cold]
+pub(crate) fn forget_if_inherited() -> bool {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let real = unsafe { libc::syscall(libc::SYS_gettid) } as u32;
+    let cached = TID.try_with(Cell::get).unwrap_or(0);
+    if cached == 0 || cached == real {
+        return false;
+    }
+    forget_tid_in_child();
+    true
+}
+
 /// The process (thread group) that thread `tid` belongs to, from
 /// `/proc/TID/status`; `tid` itself when `/proc` cannot say. For messages
 /// and errors only (slow).
@@ -92,6 +120,14 @@ pub(crate) fn process_of(tid: u32) -> u32 {
 /// Helpers for tests that forge what a dead thread leaves behind.
 #[cfg(test)]
 pub(crate) mod testing {
+    /// Makes this thread's caches name another thread, as a child made
+    /// without `fork`'s handlers inherits them.
+    pub(crate) fn inherit_identity(word: u64) {
+        let identity = super::Identity::unpack(word);
+        super::TID.with(|tid| tid.set(identity.tid));
+        super::IDENTITY.with(|cell| cell.set(word));
+    }
+
     /// The id of a thread that has exited (and whose id the kernel freed).
     pub(crate) fn dead_tid() -> u32 {
         let tid = std::thread::spawn(super::current).join().unwrap();
