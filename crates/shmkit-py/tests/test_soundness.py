@@ -57,11 +57,20 @@ def test_two_processes_freeing_the_same_blocks_free_each_once(kind, name):
     heap.close()
 
 
+def start_time(pid):
+    """A thread's start time in clock ticks (field 22 of its /proc stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields_after_name = stat.read().rsplit(")", 1)[1].split()
+    return int(fields_after_name[19])
+
+
 def forge_lock_owner(name, pid):
-    """Writes `pid` into the free list's lock word, as a holder would."""
+    """Writes the identity of process `pid`'s main thread (its id in the low
+    22 bits, its start time above them) into the free list's lock word, as
+    that thread would on taking the lock."""
     with open(f"/dev/shm/{name}", "r+b") as file, mmap.mmap(file.fileno(), 0) as memory:
         (state,) = struct.unpack_from("<Q", memory, STATE_OFFSET_FIELD)
-        struct.pack_into("<Q", memory, state, pid << 32 | 1)
+        struct.pack_into("<Q", memory, state, start_time(pid) << 22 | pid)
 
 
 def count_while(seconds):

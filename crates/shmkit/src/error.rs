@@ -63,6 +63,21 @@ pub enum Error {
         reason: String,
     },
 
+    /// The segment holds what processes that died in the middle of an
+    /// operation left behind: blocks half allocated or half freed, thread
+    /// caches or locks of dead processes. Not corruption: a recovery pass
+    /// ([`ShmAllocator::recover`](crate::ShmAllocator::recover)) mends it.
+    #[error("needs recovery: {blocks} blocks and {caches} caches of dead processes ({detail})")]
+    NeedsRecovery {
+        /// Blocks (slots, pages) a dead process left half allocated, half
+        /// freed or on no free structure.
+        blocks: u64,
+        /// Thread caches and locks held by dead processes.
+        caches: u64,
+        /// What was found, in words.
+        detail: String,
+    },
+
     /// The segment is managed by another kind of allocator.
     #[error("segment holds a {found} allocator, expected {expected}")]
     WrongAllocator {
@@ -354,6 +369,14 @@ impl Error {
     pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
         Error::CorruptHeader {
             reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn needs_recovery(blocks: u64, caches: u64, detail: impl Into<String>) -> Self {
+        Error::NeedsRecovery {
+            blocks,
+            caches,
+            detail: detail.into(),
         }
     }
 

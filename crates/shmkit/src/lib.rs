@@ -53,6 +53,8 @@
 
 pub mod alloc;
 pub mod containers;
+#[doc(hidden)]
+pub mod crash_point;
 mod error;
 pub mod local;
 pub mod named;

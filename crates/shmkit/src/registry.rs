@@ -150,6 +150,20 @@ impl Drop for Registration {
     }
 }
 
+/// Calls `f` with the base address of a mapping of segment `id`, if this
+/// process maps it, holding the registry lock so that it stays mapped
+/// meanwhile.
+pub(crate) fn with_mapping(id: u64, f: impl FnOnce(usize)) {
+    let tables = read();
+    if let Some(&base) = tables
+        .as_ref()
+        .and_then(|tables| tables.by_id.get(&id))
+        .and_then(|bases| bases.first())
+    {
+        f(base);
+    }
+}
+
 /// Whether this process maps a segment with this id (a freshly drawn id
 /// that is already known is drawn again, so ids never collide here).
 pub(crate) fn is_mapped(id: u64) -> bool {

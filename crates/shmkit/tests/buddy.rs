@@ -587,7 +587,7 @@ fn a_dead_owner_and_a_corrupt_list_are_repaired_by_the_next_operation() {
     // The lock word (state byte 0) names a process that has died.
     // SAFETY: the state area is 128-aligned and starts with the lock word.
     let lock = unsafe { &*state_area(&buddy).cast::<AtomicU64>() };
-    lock.store(u64::from(dead_pid()) << 32 | 1, Ordering::Release);
+    lock.store(u64::from(dead_pid()), Ordering::Release);
     // An operation that touches none of the damaged lists repairs them all.
     let b = buddy.allocate(1000).unwrap().offset().raw();
     assert_eq!(lock.load(Ordering::Acquire), 0, "released again");

@@ -600,7 +600,7 @@ fn a_dead_owner_mid_free_is_repaired_by_the_next_operation() {
     word(&heap, hole).store(0xdead_bee0, Ordering::Relaxed);
     assert!(matches!(heap.check(), Err(Error::CorruptHeader { .. })));
     // And it held the lock.
-    lock_word(&heap).store(u64::from(dead_pid()) << 32 | 1, Ordering::Relaxed);
+    lock_word(&heap).store(u64::from(dead_pid()), Ordering::Relaxed);
 
     let fresh = heap.allocate(100).unwrap();
     assert_eq!(heap.repairs(), 1);
@@ -668,7 +668,7 @@ fn a_dead_owner_mid_split_is_repaired() {
     word(&heap, c.offset().raw() - HEADER + 8).store(rest, Ordering::Relaxed);
     // It had begun to unlink b: its back link points nowhere.
     word(&heap, b.offset().raw() + 8).store(0x1230, Ordering::Relaxed);
-    lock_word(&heap).store(u64::from(dead_pid()) << 32 | 7, Ordering::Relaxed);
+    lock_word(&heap).store(u64::from(dead_pid()), Ordering::Relaxed);
 
     heap.check().unwrap(); // the lock recovers first, then the check runs
     assert_eq!(heap.repairs(), 1);

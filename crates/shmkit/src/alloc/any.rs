@@ -203,6 +203,15 @@ impl AnyAllocator {
         self.recovery_pass()
     }
 
+    /// The hand-off records of dead threads
+    /// ([`ShmAllocator::take_dead_handoffs`]).
+    pub fn take_dead_handoffs(&self) -> Vec<u64> {
+        match self.as_shm_allocator() {
+            Some(a) => a.take_dead_handoffs(),
+            None => Vec::new(),
+        }
+    }
+
     /// The pass alone ([`ShmAllocator::recovery_pass`]), for a caller that
     /// holds [`Segment::lock_for_recovery`] itself (to mend its own
     /// structures in the same quiet spell).

@@ -62,15 +62,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use super::counters::AllocCounters;
+use super::handoff;
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::{page_size, Segment};
-use crate::sync::robust_lock::{Patience, RobustLock};
+use crate::sync::robust_lock::{Patience, RobustGuard, RobustLock};
 
 /// Orders 0..=47: a segment is at most 2^47 bytes.
 const ORDERS: usize = 48;
@@ -739,11 +741,26 @@ impl Heap<'_> {
     }
 
     /// Runs at the start of every locked operation.
-    fn repair_if_needed(&self, recovered: bool) -> Result<()> {
-        if recovered || self.state.repair_pending.load(Ordering::Acquire) != 0 {
+    /// Repairs what the lock's guard calls for: a rebuild after a dead
+    /// owner (then its allocation in progress settled, see
+    /// `alloc::handoff`) or a detected inconsistency.
+    fn repair_after(&self, guard: &RobustGuard<'_>) -> Result<()> {
+        if guard.recovered() || self.state.repair_pending.load(Ordering::Acquire) != 0 {
             self.rebuild()?;
         }
+        if let Some(dead) = guard.dead_owner() {
+            self.settle_allocation_of(dead);
+        }
         Ok(())
+    }
+
+    /// Frees the block the dead owner of the lock committed but never
+    /// handed out, if it did.
+    fn settle_allocation_of(&self, dead: u64) {
+        handoff::settle_tentative(self.segment, dead, |offset| {
+            // Not live: the commit never happened, nothing to undo.
+            let _ = self.free_locked(offset);
+        });
     }
 
     /// Rebuilds the free lists (and the live accounting) from the state
@@ -851,10 +868,22 @@ impl Heap<'_> {
             if let Some((unit, from)) = found {
                 self.split(unit, from, order, end)?;
                 self.record_size(unit, order, size);
+                let offset = self.offset(unit);
+                // The hand-off log (see `alloc::handoff`): tentative before
+                // the commit, final after it, both under the lock.
+                let log = handoff::my_slot(self.segment);
+                if let Some(log) = log {
+                    log.intend(offset);
+                }
+                crash_point!("buddy.alloc.intended");
                 // The commit: the block is live from here on.
                 self.set(unit, HEAD | ALLOCATED | order as u8);
                 self.state.counters.on_allocate_locked(size);
-                return Ok(self.offset(unit));
+                crash_point!("buddy.alloc.committed");
+                if let Some(log) = log {
+                    log.record(offset);
+                }
+                return Ok(offset);
             }
             if !self.grow_for(order)? {
                 return Err(Error::OutOfMemory {
@@ -887,6 +916,7 @@ impl Heap<'_> {
         // The commit: the block is free from here on.
         self.set(unit, HEAD | order as u8);
         self.state.counters.on_free_locked(size);
+        crash_point!("buddy.free.committed");
         if let Err(err) = self.coalesce_and_push(unit, order, end) {
             // The table already says free; the lists follow from it.
             self.rebuild().map_err(|_| err)?;
@@ -1073,7 +1103,7 @@ impl BuddyAllocator {
             .state
             .lock
             .lock_with(Patience::of(ctx, LOCK_PATIENCE))?;
-        heap.repair_if_needed(guard.recovered())?;
+        heap.repair_after(&guard)?;
         let result = match op(&heap) {
             Err(_) if heap.state.repair_pending.load(Ordering::Acquire) != 0 => {
                 heap.rebuild()?;
@@ -1107,6 +1137,7 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
 
@@ -1146,9 +1177,7 @@ impl ShmAllocator for BuddyAllocator {
     fn check(&self) -> Result<()> {
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
-        if guard.recovered() {
-            heap.rebuild()?;
-        }
+        heap.repair_after(&guard)?;
         heap.check_locked()
     }
 
@@ -1160,12 +1189,16 @@ impl ShmAllocator for BuddyAllocator {
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
         heap.rebuild()?;
+        if let Some(dead) = guard.dead_owner() {
+            heap.settle_allocation_of(dead);
+        }
         let took_over = guard.recovered();
         drop(guard);
         Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
             ..RecoveryReport::rebuilt(before, self.stats())
-        })
+        }
+        .with_handoffs(&self.segment))
     }
 
     /// Reports every block in offset order, a live one wholly in use (the
@@ -1179,9 +1212,7 @@ impl ShmAllocator for BuddyAllocator {
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
-        if guard.recovered() {
-            heap.rebuild()?;
-        }
+        heap.repair_after(&guard)?;
         let regions = heap.regions_locked();
         drop(guard);
         regions?.into_iter().for_each(visit);

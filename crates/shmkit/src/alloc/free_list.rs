@@ -85,10 +85,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::counters::AllocCounters;
+use super::handoff;
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -436,6 +438,9 @@ impl FreeListAllocator {
         if guard.recovered() || state.needs_repair.load(Ordering::Acquire) != 0 {
             heap.rebuild()?;
         }
+        if let Some(dead) = guard.dead_owner() {
+            heap.settle_allocation_of(dead);
+        }
         let took_over = guard.recovered();
         let result = heap.check_end().and_then(|()| op(&mut heap, took_over));
         if mutating && matches!(result, Err(Error::CorruptHeader { .. })) {
@@ -444,6 +449,21 @@ impl FreeListAllocator {
         }
         drop(guard);
         result
+    }
+}
+
+impl Heap<'_> {
+    /// Settles the allocation the dead owner of the lock had in progress
+    /// (see `alloc::handoff`): a block it committed but never handed out
+    /// is freed.
+    fn settle_allocation_of(&mut self, dead: u64) {
+        let segment = self.segment;
+        handoff::settle_tentative(segment, dead, |payload| {
+            // Not a live block: the commit never happened, nothing to undo.
+            if let Ok(requested) = self.free(payload) {
+                self.state.counters.on_free_locked(requested);
+            }
+        });
     }
 }
 
@@ -796,6 +816,13 @@ impl<'a> Heap<'a> {
             }
             live_size = need;
         }
+        // The hand-off log (see `alloc::handoff`): tentative before the
+        // commit, final after it, both under the lock.
+        let log = handoff::my_slot(self.segment);
+        if let Some(log) = log {
+            log.intend(live + HEADER);
+        }
+        crash_point!("free_list.alloc.intended");
         self.commit(
             live_header,
             live,
@@ -804,6 +831,10 @@ impl<'a> Heap<'a> {
             requested,
         );
         self.link_next(live + live_size, live, false)?;
+        crash_point!("free_list.alloc.committed");
+        if let Some(log) = log {
+            log.record(live + HEADER);
+        }
         Ok(live)
     }
 
@@ -890,6 +921,7 @@ impl<'a> Heap<'a> {
         let own_flags = FREE | (flags & PREV_FREE);
         self.commit(header, block, size, own_flags, 0);
         let next = block + size;
+        crash_point!("free_list.free.committed");
         self.link_next(next, block, true)?;
         let (mut merged, mut merged_size) = (block, size);
         if next < self.end {
@@ -1365,6 +1397,7 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
             heap.state.counters.on_free_locked(requested);
@@ -1424,7 +1457,8 @@ impl ShmAllocator for FreeListAllocator {
             locks_taken_over: u64::from(took_over),
             bytes_quarantined: quarantined,
             ..RecoveryReport::rebuilt(before, self.stats())
-        })
+        }
+        .with_handoffs(&self.segment))
     }
 
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {

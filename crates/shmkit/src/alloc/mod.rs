@@ -9,6 +9,7 @@ mod buddy;
 mod bump;
 pub(crate) mod counters;
 mod free_list;
+pub(crate) mod handoff;
 mod kind;
 mod linear;
 mod malloc;

@@ -11,6 +11,7 @@
 //! ```text
 //! page + 0   PageHeader { slab: 1-based slab number (0 = not yet set up), seal }
 //! page + 8   markers: [AtomicU32; per_page]   0 = free, else requested size + 1
+//!                                              (| PENDING while handed out)
 //! page + first (aligned to the slot alignment)   per_page slots of `slot` bytes
 //! ```
 //!
@@ -24,6 +25,12 @@
 //! that the offset is exactly a slot boundary, and claims the slot's marker
 //! from "live" to 0 with a compare-and-swap before pushing it: a double free
 //! or a foreign offset is refused and never reaches the stack.
+//!
+//! An allocation marks its slot `PENDING` with the compare-and-swap that
+//! claims it, records the slot in the thread's hand-off log (see
+//! `alloc::handoff`) and only then clears the mark: a process killed in
+//! between leaves a pending slot, which the recovery pass frees (nobody got
+//! it), or a record the application can settle.
 //!
 //! The free stacks are chained through words in the free slots, which a
 //! stray write can damage. A link that names no slot of the slab, or the
@@ -40,10 +47,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
+use super::handoff;
 use super::memory_resource::impl_allocator_api2;
+use super::recovery::Traces;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -64,6 +74,15 @@ const SLOTS_PER_PAGE_HINT: u64 = 32;
 const PAGE_HEADER: u64 = std::mem::size_of::<PageHeader>() as u64;
 const MARKER: u64 = std::mem::size_of::<AtomicU32>() as u64;
 const PAGE_KEY: u32 = 0x9a6e_51ab;
+/// A marker bit: the slot's allocation is being handed out (see the
+/// module docs).
+const PENDING: u32 = 1 << 31;
+
+/// The size a live or pending slot's marker records, `None` for a free one.
+#[inline]
+fn marked_size(value: u32) -> Option<u64> {
+    (value != 0).then(|| u64::from((value & !PENDING).wrapping_sub(1)))
+}
 
 /// The slot sizes of a [`PoolAllocator`], recorded in the segment header
 /// (one word per size, 0 for an unused one).
@@ -606,7 +625,8 @@ impl PoolAllocator {
         let at = self.locate(offset).ok_or_else(invalid)?;
         let marker = self.marker(at).ok_or_else(invalid)?;
         match marker.load(Ordering::Acquire) {
-            0 => Err(invalid()),
+            // Pending: not yet handed to anyone, so nobody may free it.
+            value if value == 0 || value & PENDING != 0 => Err(invalid()),
             value => Ok((at, marker, value)),
         }
     }
@@ -849,10 +869,9 @@ impl PoolAllocator {
                 let shape = geometry.slabs[slab];
                 for slot in 0..shape.per_page {
                     let value = self.walked_marker(SlotRef { slab, page, slot })?;
-                    if u64::from(value.saturating_sub(1)) > shape.slot {
+                    if let Some(bytes) = marked_size(value).filter(|&bytes| bytes > shape.slot) {
                         return Err(Error::corrupt(format!(
-                            "pool: page {page} slot {slot} records {} bytes",
-                            value - 1
+                            "pool: page {page} slot {slot} records {bytes} bytes"
                         )));
                     }
                 }
@@ -877,6 +896,7 @@ impl PoolAllocator {
             hot.free_slots.store(0, Ordering::Release);
         }
         let (mut live, mut live_bytes, mut free) = (0u64, 0u64, 0u64);
+        let mut never_handed_out = HashSet::new();
         // Pushed from the last page down, so the lowest slots come off first.
         for page in (0..pages as u32).rev() {
             let slab = match page_slabs[page as usize] {
@@ -896,20 +916,30 @@ impl PoolAllocator {
                     continue; // not carved yet
                 }
                 let value = self.walked_marker(at)?;
-                if value == 0 {
+                if value & PENDING != 0 {
+                    // Never handed out: its allocator died after marking it.
+                    if let Some(marker) = self.marker(at) {
+                        marker.store(0, Ordering::Release);
+                    }
+                    never_handed_out.insert(self.slot_offset(at));
                     self.give_slot(at);
                     free += 1;
-                } else {
+                } else if let Some(bytes) = marked_size(value) {
                     live += 1;
-                    live_bytes += u64::from(value - 1);
+                    live_bytes += bytes;
+                } else {
+                    self.give_slot(at);
+                    free += 1;
                 }
             }
         }
         self.state().counters.reset_to(live_bytes, live);
+        handoff::forget_dead_records(&self.segment, |block| never_handed_out.contains(&block));
         Ok(RecoveryReport {
             blocks_reclaimed: free.saturating_sub(on_stacks),
             ..RecoveryReport::rebuilt(before, self.stats())
-        })
+        }
+        .with_handoffs(&self.segment))
     }
 }
 
@@ -930,9 +960,11 @@ impl ShmAllocator for PoolAllocator {
         let marker = self
             .marker(at)
             .ok_or_else(|| Error::corrupt(format!("slot {at:?} has no marker")))?;
-        // `size <= slot <= POOL_MAX_SLOT`, so `size + 1` fits a u32.
+        // `size <= slot <= POOL_MAX_SLOT`, so `size + 1` fits a u32 below
+        // the pending bit.
+        let value = size as u32 + 1;
         if marker
-            .compare_exchange(0, size as u32 + 1, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, value | PENDING, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
             return Err(Error::corrupt(format!(
@@ -940,11 +972,20 @@ impl ShmAllocator for PoolAllocator {
             )));
         }
         self.state().counters.on_allocate(size);
-        Ok(self.slot_offset(at))
+        let offset = self.slot_offset(at);
+        crash_point!("pool.alloc.pending");
+        if let Some(log) = handoff::my_slot(&self.segment) {
+            log.record(offset);
+        }
+        crash_point!("pool.alloc.recorded");
+        // Ours alone while pending (frees refuse it): a plain store.
+        marker.store(value, Ordering::Release);
+        Ok(offset)
     }
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         let (at, marker, value) = self.live_slot(offset)?;
+        handoff::forget_mine(&self.segment, offset);
         // Claiming the marker makes this free the only one: a second free,
         // racing or later, finds 0 and is refused.
         if marker
@@ -956,6 +997,7 @@ impl ShmAllocator for PoolAllocator {
         self.segment
             .scrub(offset, self.geometry.slabs[at.slab].slot);
         self.state().counters.on_free(u64::from(value - 1));
+        crash_point!("pool.free.unlisted");
         self.give_slot(at);
         Ok(())
     }
@@ -1083,10 +1125,9 @@ impl ShmAllocator for PoolAllocator {
             for slot in 0..shape.per_page {
                 let at = SlotRef { slab, page, slot };
                 let value = self.walked_marker(at)?;
-                if u64::from(value.saturating_sub(1)) > shape.slot {
+                if let Some(bytes) = marked_size(value).filter(|&bytes| bytes > shape.slot) {
                     return Err(Error::corrupt(format!(
-                        "pool: slot {at:?} records {} bytes, more than its {}",
-                        value - 1,
+                        "pool: slot {at:?} records {bytes} bytes, more than its {}",
                         shape.slot
                     )));
                 }
@@ -1105,8 +1146,10 @@ impl ShmAllocator for PoolAllocator {
     /// free stack (bounded by the slab's slot count; every index must be a
     /// free, carved slot of that slab, none twice), then checks that every
     /// slot is live, free or not yet carved, and that the counters agree.
-    /// Meant for a quiescent pool: a concurrent allocation may look like an
-    /// inconsistency.
+    /// What a process killed mid-operation leaves (a pending slot, a slot on
+    /// no stack, a page never set up, counters one operation off) is
+    /// [`Error::NeedsRecovery`]; anything else is corruption. Meant for a
+    /// quiescent pool: a concurrent allocation may look like either.
     fn check(&self) -> Result<()> {
         let geometry = &self.geometry;
         let pages = self.pages();
@@ -1118,27 +1161,32 @@ impl ShmAllocator for PoolAllocator {
         let mut slab_pages = [0u64; POOL_MAX_SLABS];
         let mut live = [0u64; POOL_MAX_SLABS];
         let mut live_bytes = 0u64;
+        // Crash traces, reported once everything else holds.
+        let mut traces = Traces::default();
         for page in 0..pages as u32 {
-            let slab = self
-                .page_slab(page)
-                .ok_or_else(|| Error::corrupt(format!("pool: page {page} belongs to no slab")))?;
+            let Some(slab) = self.walked_page_slab(page)? else {
+                traces.add(1, format!("page {page} was claimed but never set up"));
+                continue;
+            };
             slab_pages[slab] += 1;
             let shape = geometry.slabs[slab];
             for slot in 0..shape.per_page {
                 let at = SlotRef { slab, page, slot };
                 let value = self.walked_marker(at)?;
-                if value == 0 {
+                let Some(bytes) = marked_size(value) else {
                     continue;
-                }
-                if u64::from(value - 1) > shape.slot {
+                };
+                if bytes > shape.slot {
                     return Err(Error::corrupt(format!(
-                        "pool: slot {at:?} records {} bytes, more than its {}",
-                        value - 1,
+                        "pool: slot {at:?} records {bytes} bytes, more than its {}",
                         shape.slot
                     )));
                 }
+                if value & PENDING != 0 {
+                    traces.add(1, format!("slot {at:?} was never handed out"));
+                }
                 live[slab] += 1;
-                live_bytes += u64::from(value - 1);
+                live_bytes += bytes;
             }
         }
         for (slab, shape) in geometry.slabs().iter().enumerate() {
@@ -1206,27 +1254,42 @@ impl ShmAllocator for PoolAllocator {
                     .ok_or_else(|| Error::corrupt(format!("pool: link of {at:?} out of bounds")))?;
             }
             let free = seen.len() as u64;
-            let counted = state.hot.free_slots.load(Ordering::Acquire);
-            if counted != free {
-                return Err(Error::corrupt(format!(
-                    "pool: slab {slab} counts {counted} free slots, its stack holds {free}"
-                )));
-            }
-            if live[slab] + free + uncarved != total {
+            let accounted = live[slab] + free + uncarved;
+            if accounted > total {
                 return Err(Error::corrupt(format!(
                     "pool: slab {slab} has {total} slots: {} live, {free} free, {uncarved} uncarved",
                     live[slab]
                 )));
             }
+            if accounted < total {
+                // Taken off the stack (or carved) by a process that died
+                // before marking it, or freed by one that died before
+                // pushing it.
+                traces.add(
+                    total - accounted,
+                    format!("slab {slab}: {} slots on no stack", total - accounted),
+                );
+            }
+            let counted = state.hot.free_slots.load(Ordering::Acquire);
+            if counted != free {
+                traces.add(
+                    0,
+                    format!("slab {slab} counts {counted} free slots, its stack holds {free}"),
+                );
+            }
         }
         let (allocated, live_count, _) = self.state().counters.snapshot();
         let live_total: u64 = live.iter().sum();
         if live_count != live_total || allocated != live_bytes {
-            return Err(Error::corrupt(format!(
-                "pool: counters say {live_count} blocks / {allocated} bytes, slots say {live_total} / {live_bytes}"
-            )));
+            traces.add(
+                0,
+                format!(
+                    "counters say {live_count} blocks / {allocated} bytes, slots say \
+                     {live_total} / {live_bytes}"
+                ),
+            );
         }
-        Ok(())
+        traces.into_result()
     }
 }
 

@@ -28,6 +28,12 @@ pub struct RecoveryReport {
     /// Whether the free structures and the accounting were rebuilt from the
     /// blocks' own records.
     pub rebuilt: bool,
+    /// Blocks handed to threads that died before their next allocation
+    /// (the hand-off log): the application may not have stored them before
+    /// the death, which only it can tell. Take their offsets with
+    /// [`ShmAllocator::take_dead_handoffs`](super::ShmAllocator::take_dead_handoffs)
+    /// and free those nothing of the application names.
+    pub handed_to_dead: u64,
     /// The accounting before the pass.
     pub before: AllocStats,
     /// The accounting after the pass, recounted from the blocks.
@@ -46,6 +52,15 @@ impl RecoveryReport {
         }
     }
 
+    /// The report with the hand-off records of dead threads counted (after
+    /// the pass freed the blocks they never got).
+    pub(crate) fn with_handoffs(self, segment: &crate::segment::Segment) -> RecoveryReport {
+        RecoveryReport {
+            handed_to_dead: super::handoff::dead_records(segment).len() as u64,
+            ..self
+        }
+    }
+
     /// A report for an allocator with nothing to mend.
     pub(crate) fn unchanged(stats: AllocStats) -> RecoveryReport {
         RecoveryReport {
@@ -61,7 +76,7 @@ impl std::fmt::Display for RecoveryReport {
         write!(
             f,
             "{} locks taken over, {} caches and {} blocks reclaimed{}{}; in use: {} blocks / {} \
-             bytes before, {} / {} after",
+             bytes before, {} / {} after{}",
             self.locks_taken_over,
             self.caches_reclaimed,
             self.blocks_reclaimed,
@@ -78,6 +93,51 @@ impl std::fmt::Display for RecoveryReport {
             self.before.allocated_bytes,
             self.after.live_allocations,
             self.after.allocated_bytes,
+            if self.handed_to_dead > 0 {
+                format!(
+                    "; {} blocks handed to dead threads, for the application to settle",
+                    self.handed_to_dead
+                )
+            } else {
+                String::new()
+            },
         )
+    }
+}
+
+/// The traces of operations cut short that a check found.
+#[derive(Debug, Default)]
+pub(crate) struct Traces {
+    /// Blocks (or pages) they concern.
+    pub(crate) blocks: u64,
+    /// Caches and locks they concern.
+    pub(crate) caches: u64,
+    found: Vec<String>,
+}
+
+impl Traces {
+    /// Notes a trace concerning `blocks` blocks.
+    pub(crate) fn add(&mut self, blocks: u64, what: String) {
+        self.blocks += blocks;
+        self.found.push(what);
+    }
+
+    /// Notes a trace concerning a cache or a lock.
+    pub(crate) fn add_cache(&mut self, what: String) {
+        self.caches += 1;
+        self.found.push(what);
+    }
+
+    /// `Ok` without traces, else [`Error::NeedsRecovery`].
+    pub(crate) fn into_result(self) -> crate::error::Result<()> {
+        if self.found.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::error::Error::needs_recovery(
+                self.blocks,
+                self.caches,
+                self.found.join("; "),
+            ))
+        }
     }
 }

@@ -200,6 +200,29 @@ pub trait ShmAllocator: Send + Sync {
         recover_alone(self, true)
     }
 
+    /// Takes the hand-off records of threads that died: for each, the
+    /// offset of the last block an allocator of this segment handed it.
+    /// Each record is taken once, and the dead thread's slot is freed.
+    ///
+    /// A thread killed right after an allocation returned may not have
+    /// stored the offset anywhere, and then nobody would ever free that
+    /// block. Only the application can tell: a reaper that knows what its
+    /// dead workers held frees each returned offset that nothing of its
+    /// own names. A record names a block its thread had not begun to free
+    /// (a thread's own free forgets it first), so it is still allocated
+    /// unless another thread freed it: an application that passes blocks
+    /// between threads checks its own records before freeing one. Blocks
+    /// an allocator had not finished handing out are not returned here:
+    /// the lock's next taker or [`recover`](Self::recover) frees them.
+    /// Safe while other processes run.
+    fn take_dead_handoffs(&self) -> Vec<u64> {
+        self.backing_segment()
+            .map(|segment| {
+                super::handoff::take_dead(segment, |offset| self.usable_size(offset).is_ok())
+            })
+            .unwrap_or_default()
+    }
+
     /// The recovery pass itself, what an allocator implements: callers use
     /// [`recover`](Self::recover), which makes sure it runs alone. The
     /// default has nothing to mend.

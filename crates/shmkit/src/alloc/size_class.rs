@@ -42,6 +42,17 @@
 //! pages. Each is an [`Error::CorruptHeader`], never a hang or a page
 //! handed out twice.
 //!
+//! ## Handing a block out
+//!
+//! A block whose bit is clear has the sentinel slack (pages start so, and a
+//! free sets it before clearing the bit), so a claimed bit with the sentinel
+//! slack is a block nobody holds: being handed out, or being freed. An
+//! allocation claims the bit, records the block in the thread's hand-off
+//! log (`alloc::handoff`), and only then writes the real slack; a large
+//! block is `PENDING_LARGE` until recorded. A process killed in between
+//! leaves a block the recovery pass frees, never one nobody can free; and
+//! a stale free of the same offset meets the sentinel and is refused.
+//!
 //! ## Why retiring an empty page cannot race an allocation
 //!
 //! A page leaves its class only through one compare-and-swap of its state
@@ -65,10 +76,13 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
+use super::handoff;
 use super::memory_resource::impl_allocator_api2;
+use super::recovery::Traces;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
@@ -253,6 +267,8 @@ const FREE: u64 = 0;
 const SMALL: u64 = 1;
 const LARGE: u64 = 2;
 const TAIL: u64 = 3;
+/// A large block being handed out (see "Handing a block out").
+const PENDING_LARGE: u64 = 4;
 
 const LIVE_SHIFT: u32 = 16;
 const LIVE_ONE: u64 = 1 << LIVE_SHIFT;
@@ -1026,9 +1042,13 @@ impl SizeClassAllocator {
                 {
                     let index = self.claim_bit(page, info, used)?;
                     let base = self.page_ptr(page)?;
+                    let offset = self.block_offset(page, info, index);
+                    crash_point!("size_class.alloc.claimed");
+                    self.record_handoff(offset);
+                    crash_point!("size_class.alloc.recorded");
                     // SAFETY: `index < info.count`, a block we just claimed.
                     unsafe { Self::set_slack(base, info, index, info.size - requested) };
-                    return Ok(self.block_offset(page, info, index));
+                    return Ok(offset);
                 }
                 continue;
             }
@@ -1078,15 +1098,22 @@ impl SizeClassAllocator {
             // state is published below.
             unsafe { Self::bitmap(base, word) }.store(u64::from(word == 0), Ordering::Relaxed);
         }
-        // SAFETY: block 0, ours.
-        unsafe { Self::set_slack(base, info, 0, info.size - requested) };
+        for index in 0..info.count {
+            // SAFETY: `index < info.count`, the page is still ours alone.
+            unsafe { Self::set_slack(base, info, index, sentinel(info)) };
+        }
         let Some(desc) = self.desc(page) else {
             return Err(Error::corrupt(format!("page {page} out of range")));
         };
         desc.state
             .store(small_state(class, 1, true), Ordering::Release);
         tagged_stack::push(&*self.state().classes[class], page, &desc.link);
-        Ok(self.block_offset(page, info, 0))
+        let offset = self.block_offset(page, info, 0);
+        crash_point!("size_class.alloc.fresh_page");
+        self.record_handoff(offset);
+        // SAFETY: block 0, ours.
+        unsafe { Self::set_slack(base, info, 0, info.size - requested) };
+        Ok(offset)
     }
 
     /// Lowers the live count of a page after one of its bits was cleared.
@@ -1123,6 +1150,22 @@ impl SizeClassAllocator {
         }
     }
 
+    /// Records `offset` in the calling thread's hand-off log, between the
+    /// commit and the end of a block's pending state.
+    #[inline]
+    pub(crate) fn record_handoff(&self, offset: u64) {
+        if let Some(log) = handoff::my_slot(&self.segment) {
+            log.record(offset);
+        }
+    }
+
+    /// Forgets the calling thread's hand-off record of `offset`, a block it
+    /// is about to free.
+    #[inline]
+    pub(crate) fn forget_handoff(&self, offset: u64) {
+        handoff::forget_mine(&self.segment, offset);
+    }
+
     /// Allocates a block without touching the counters.
     pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Result<u64> {
         let align = power_of_two_align(align, self.segment.max_align())? as u64;
@@ -1151,8 +1194,12 @@ impl SizeClassAllocator {
                 }
                 desc.run.store(pages, Ordering::Relaxed);
                 desc.requested.store(requested, Ordering::Relaxed);
+                desc.state.store(PENDING_LARGE, Ordering::Release);
+                let offset = self.page_offset(head);
+                crash_point!("size_class.alloc.large_pending");
+                self.record_handoff(offset);
                 desc.state.store(LARGE, Ordering::Release);
-                self.page_offset(head)
+                offset
             }
         };
         Ok(offset)
@@ -1289,6 +1336,15 @@ impl SizeClassAllocator {
         }
     }
 
+    /// Marks a block the caller holds as held by no user (the sentinel
+    /// slack), before it goes back to its page: see "Handing a block out".
+    #[inline]
+    pub(crate) fn mark_unheld(&self, block: &SmallBlock) {
+        let info = &CLASSES[block.class];
+        // SAFETY: as in `requested_of`.
+        unsafe { Self::set_slack(block.base, info, block.index, sentinel(info)) };
+    }
+
     /// The first word of a block's own bytes.
     #[inline(always)]
     pub(crate) fn first_word(&self, block: &SmallBlock) -> &AtomicU64 {
@@ -1365,6 +1421,7 @@ impl ShmAllocator for SizeClassAllocator {
     }
 
     fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+        handoff::forget_mine(&self.segment, offset);
         let requested = match self.take_for_free(offset)? {
             Freed::Small {
                 page,
@@ -1372,6 +1429,7 @@ impl ShmAllocator for SizeClassAllocator {
                 index,
                 requested,
             } => {
+                crash_point!("size_class.free.marked");
                 self.release_small(page, class, index)?;
                 requested
             }
@@ -1502,29 +1560,47 @@ impl ShmAllocator for SizeClassAllocator {
         Ok(RecoveryReport {
             blocks_reclaimed: rebuilt.reclaimed(),
             ..RecoveryReport::rebuilt(before, self.stats())
-        })
+        }
+        .with_handoffs(&self.segment))
     }
 
+    /// The walk of [`check_parts`](Self::check_parts) and the counters;
+    /// what processes killed mid-operation left is
+    /// [`Error::NeedsRecovery`].
     fn check(&self) -> Result<()> {
-        let (live_total, bytes_total, cached) = self.check_parts()?;
-        if cached != 0 {
-            return Err(Error::corrupt(format!(
-                "{cached} blocks are marked free but still held"
-            )));
+        let PagesChecked {
+            live,
+            bytes,
+            marked,
+            mut traces,
+        } = self.check_parts()?;
+        if marked != 0 {
+            traces.add(
+                marked,
+                format!("{marked} blocks hold their bit but no user (handed out or freed halfway)"),
+            );
         }
-        self.check_counters(live_total, bytes_total)
+        if let Err(counted) = self.check_counters(live, bytes) {
+            traces.add(0, counted.to_string());
+        }
+        traces.into_result()
     }
 }
 
 impl SizeClassAllocator {
-    /// Compares the shared counters with what the pages hold.
-    pub(crate) fn check_counters(&self, live_total: u64, bytes_total: u64) -> Result<()> {
+    /// Compares the shared counters with what the pages hold: the message
+    /// of a mismatch.
+    pub(crate) fn check_counters(
+        &self,
+        live_total: u64,
+        bytes_total: u64,
+    ) -> std::result::Result<(), String> {
         let (allocated, live_count, _) = self.state().counters.snapshot();
         if live_count != live_total || allocated != bytes_total {
-            return Err(Error::corrupt(format!(
+            return Err(format!(
                 "counters say {live_count} blocks / {allocated} bytes, pages hold \
                  {live_total} / {bytes_total}"
-            )));
+            ));
         }
         Ok(())
     }
@@ -1574,11 +1650,11 @@ impl SizeClassAllocator {
         &self.state().counters
     }
 
-    /// Walks pages, class lists and free runs; returns the blocks users
-    /// hold, their requested bytes, and the blocks marked free but still
-    /// holding their bit (a free that has not finished).
-    pub(crate) fn check_parts(&self) -> Result<(u64, u64, u64)> {
+    /// Walks pages, class lists and free runs: corruption is an error; what
+    /// processes killed mid-operation leave is gathered as traces.
+    pub(crate) fn check_parts(&self) -> Result<PagesChecked> {
         let state = self.state();
+        let mut traces = Traces::default();
         let mut cached = 0u64;
         let bump = state.bump.load(Ordering::Acquire);
         if bump > u64::from(self.max_pages) {
@@ -1615,10 +1691,14 @@ impl SizeClassAllocator {
                     if current & LISTED != 0 {
                         listed[class] += 1;
                     } else if used != info.count {
-                        return Err(Error::corrupt(format!(
-                            "page {page} is off its class list with {used} of {} blocks",
-                            info.count
-                        )));
+                        // A free that died between its bit and its count.
+                        traces.add(
+                            0,
+                            format!(
+                                "page {page} is off its class list with {used} of {} blocks",
+                                info.count
+                            ),
+                        );
                     }
                     let base = self.page_ptr(page)?;
                     let mut set = 0;
@@ -1652,10 +1732,18 @@ impl SizeClassAllocator {
                             set += 1;
                         }
                     }
-                    if set != used {
+                    if set > used {
                         return Err(Error::corrupt(format!(
                             "page {page}: {set} blocks marked, {used} counted live"
                         )));
+                    }
+                    if set < used {
+                        // Reserved by an allocation, or left by a free,
+                        // that died between the count and the bit.
+                        traces.add(
+                            used - set,
+                            format!("page {page} counts {} blocks no bit marks", used - set),
+                        );
                     }
                     live_total += used;
                     page += 1;
@@ -1664,6 +1752,14 @@ impl SizeClassAllocator {
                     let len = self.large_run_len(page, desc, bump)?;
                     live_total += 1;
                     bytes_total += desc.requested.load(Ordering::Relaxed);
+                    page += len;
+                }
+                PENDING_LARGE => {
+                    let len = self.large_run_len(page, desc, bump)?;
+                    traces.add(
+                        1,
+                        format!("the large block at page {page} was never handed out"),
+                    );
                     page += len;
                 }
                 _ => {
@@ -1690,11 +1786,22 @@ impl SizeClassAllocator {
                 next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
                     .map_err(|bad| bad_link("class page list", bad))?;
             }
-            if count != listed[class] {
+            if count > listed[class] {
                 return Err(Error::corrupt(format!(
                     "class {class}: {} pages flagged listed, {count} on the list",
                     listed[class]
                 )));
+            }
+            if count < listed[class] {
+                // Flagged by a process that died before pushing it, or
+                // popped by one that died before unflagging it.
+                traces.add(
+                    0,
+                    format!(
+                        "class {class}: {} pages flagged listed, {count} on the list",
+                        listed[class]
+                    ),
+                );
             }
         }
         // Free runs: free pages below the cursor.
@@ -1722,8 +1829,25 @@ impl SizeClassAllocator {
             next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
                 .map_err(|bad| bad_link("free-run stack", bad))?;
         }
-        Ok((live_total - cached, bytes_total, cached))
+        Ok(PagesChecked {
+            live: live_total - cached,
+            bytes: bytes_total,
+            marked: cached,
+            traces,
+        })
     }
+}
+
+/// What [`SizeClassAllocator::check_parts`] found.
+#[derive(Debug, Default)]
+pub(crate) struct PagesChecked {
+    /// Blocks users (or thread caches) hold, and their requested bytes.
+    pub(crate) live: u64,
+    pub(crate) bytes: u64,
+    /// Blocks holding their bit with the sentinel slack: being handed out
+    /// or freed (by a process that died, when the allocator is quiescent).
+    pub(crate) marked: u64,
+    pub(crate) traces: Traces,
 }
 
 /// What [`SizeClassAllocator::rebuild_from_pages`] found.
@@ -1795,6 +1919,7 @@ impl SizeClassAllocator {
             .store(tagged_stack::EMPTY, Ordering::Release);
         state.collecting.store(0, Ordering::Release);
         let mut rebuilt = Rebuilt::default();
+        let mut released = std::collections::HashSet::new();
         let mut free_pages: Vec<u32> = Vec::new();
         let mut were_free = 0u64;
         let mut page = 0u32;
@@ -1812,6 +1937,10 @@ impl SizeClassAllocator {
                         // SAFETY: `index < count`, inside the page header.
                         let word = unsafe { Self::bitmap(base, index / 64) };
                         if word.load(Ordering::Acquire) & mask == 0 {
+                            // A free block has the sentinel slack (see
+                            // "Handing a block out").
+                            // SAFETY: as above.
+                            unsafe { Self::set_slack(base, info, index, sentinel(info)) };
                             continue;
                         }
                         // SAFETY: as above.
@@ -1826,8 +1955,11 @@ impl SizeClassAllocator {
                             at: unsafe { base.add((info.first + index * info.size) as usize) },
                         };
                         if slack == sentinel(info) || orphan(offset, &block) {
+                            // SAFETY: as above.
+                            unsafe { Self::set_slack(base, info, index, sentinel(info)) };
                             word.fetch_and(!mask, Ordering::AcqRel);
                             rebuilt.blocks_released += 1;
+                            released.insert(offset);
                             continue;
                         }
                         held += 1;
@@ -1863,8 +1995,13 @@ impl SizeClassAllocator {
                     page += run.clamp(1, u64::from(bump - page)) as u32;
                 }
                 _ => {
-                    // FREE, or the tail of a large block whose head never
-                    // became LARGE (an allocation cut short).
+                    // FREE, a large block never handed out, or the tail of
+                    // a large block whose head never became LARGE (an
+                    // allocation cut short).
+                    if phase(current) == PENDING_LARGE {
+                        released.insert(self.page_offset(page));
+                        rebuilt.blocks_released += 1;
+                    }
                     desc.state.store(FREE, Ordering::Release);
                     free_pages.push(page);
                     were_free += 1;
@@ -1891,6 +2028,7 @@ impl SizeClassAllocator {
             self.push_run(head, len);
         }
         state.counters.reset_to(rebuilt.live_bytes, rebuilt.live);
+        handoff::forget_dead_records(&self.segment, |block| released.contains(&block));
         Ok(rebuilt)
     }
 
@@ -1934,7 +2072,7 @@ impl SizeClassAllocator {
                 continue;
             }
             match phase(current) {
-                FREE | TAIL => page += 1,
+                FREE | TAIL | PENDING_LARGE => page += 1,
                 SMALL => {
                     let class = class_of(current);
                     let info = CLASSES.get(class).ok_or_else(|| {

@@ -26,6 +26,10 @@
 //!
 //! The magic word and the format version never move, so any future format can
 //! still be recognised and refused with a clear error.
+//!
+//! After the header come the areas, each 128-aligned: the hand-off log
+//! (`alloc::handoff`, at a fixed offset), the custom header, the allocator
+//! state and the data area ([`Layout`]).
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -37,8 +41,9 @@ use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 /// The magic word: `\x7fSHMKIT\0` read as a native-endian `u64`.
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
 
-/// The on-segment format this build writes and reads (2: the flags word).
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-segment format this build writes and reads (2: the flags word;
+/// 3: the hand-off log after the header).
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Bits of the header's flags word: features fixed at creation that every
 /// attached process must honour.
@@ -138,7 +143,10 @@ impl Layout {
             return Err(Error::invalid_size("allocator state too large"));
         }
         // All terms are far below 2^64 (a u32, a header, at most 2^47).
-        let custom_offset = align_up(std::mem::size_of::<Header>() as u64, AREA_ALIGN);
+        let custom_offset = align_up(
+            Self::handoff_offset() + crate::alloc::handoff::AREA_LEN,
+            AREA_ALIGN,
+        );
         let state_offset = align_up(custom_offset + u64::from(custom_len), AREA_ALIGN);
         let data_offset = align_up(state_offset + state_len, AREA_ALIGN);
         Ok(Layout {
@@ -148,6 +156,15 @@ impl Layout {
             state_len,
             data_offset,
         })
+    }
+}
+
+impl Layout {
+    /// Where the hand-off log starts: right after the header, in every
+    /// segment of this format.
+    pub const fn handoff_offset() -> u64 {
+        let header = std::mem::size_of::<Header>() as u64;
+        (header + AREA_ALIGN - 1) & !(AREA_ALIGN - 1)
     }
 }
 

@@ -26,14 +26,21 @@ pub(crate) struct RobustLock {
 /// Holds a [`RobustLock`]; releases it on drop.
 pub(crate) struct RobustGuard<'a> {
     lock: &'a RobustLock,
-    recovered: bool,
+    /// The packed identity of the dead owner the lock was taken from, or 0.
+    dead_owner: u64,
 }
 
 impl RobustGuard<'_> {
     /// Whether the previous owner died holding the lock: the protected data
     /// may be half-updated and must be repaired before use.
     pub(crate) fn recovered(&self) -> bool {
-        self.recovered
+        self.dead_owner != 0
+    }
+
+    /// The packed identity of the owner that died holding the lock (the
+    /// thread whose half-done step the repair completes), if it did.
+    pub(crate) fn dead_owner(&self) -> Option<u64> {
+        (self.dead_owner != 0).then_some(self.dead_owner)
     }
 }
 
@@ -116,7 +123,7 @@ impl RobustLock {
             .ok()
             .map(|_| RobustGuard {
                 lock: self,
-                recovered,
+                dead_owner: if recovered { expected } else { 0 },
             })
     }
 

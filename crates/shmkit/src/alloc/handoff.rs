@@ -1,0 +1,337 @@
+//! The hand-off log: for each thread, the last block an allocator handed it.
+//!
+//! An allocation becomes the caller's in three steps: the allocator commits
+//! the block with a *pending* mark (in its own per-block state), records
+//! the block in the calling thread's slot here, then clears the mark and
+//! returns. A process killed anywhere in between leaves one of two traces:
+//!
+//! - a block still marked pending: never handed out, so the recovery pass
+//!   frees it;
+//! - a record naming a block handed to a thread that died before its next
+//!   allocation: the application may or may not have stored the offset
+//!   before the death, which only it can tell, so the allocator gives the
+//!   record to the application ([`ShmAllocator::take_dead_handoffs`]) rather
+//!   than guess.
+//!
+//! A thread forgets its record when it begins to free that block itself, so
+//! a record always names a block its thread still held (unless another
+//! thread freed it: see `take_dead_handoffs`).
+//!
+//! The allocators that work under a lock (free list, buddy) need no pending
+//! mark: before the commit they write the block *tentatively* (a flag bit)
+//! in the slot, and the final record after it, both under the lock. The
+//! locker that takes the lock over from a thread that died in between
+//! settles the tentative record: it frees the block if the commit happened
+//! (nobody got it), and forgets the record either way.
+//!
+//! The log is a table of [`SLOTS`] cache lines between the segment header
+//! and the allocator state (see `segment::header::Layout`). A thread claims
+//! a slot on its first allocation in a segment (its identity in the owner
+//! word) and gives it back when it exits; a slot whose owner died is taken
+//! by a claimer only when no free one is left. A thread without a slot
+//! (more than [`SLOTS`] threads at once) allocates unrecorded: a crash then
+//! leaves at most that one block unaccounted for, as without the log.
+//!
+//! [`ShmAllocator::take_dead_handoffs`]: super::ShmAllocator::take_dead_handoffs
+
+use std::cell::{Cell, RefCell};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::segment::Segment;
+use crate::sync::identity::{self, Identity};
+use crate::sync::thread_id;
+
+/// Slots in a segment's log.
+pub(crate) const SLOTS: usize = 64;
+/// Bytes of the log in a segment.
+pub(crate) const AREA_LEN: u64 = (SLOTS * std::mem::size_of::<HandoffSlot>()) as u64;
+
+/// One thread's slot, on a cache line of its own (every allocation of the
+/// thread writes it).
+#[repr(C, align(64))]
+pub(crate) struct HandoffSlot {
+    /// The owner thread's packed identity, 0 when free.
+    owner: AtomicU64,
+    /// The offset of the last block handed to the owner, 0 for none, with
+    /// [`TENTATIVE`] while a locked allocation of it is in progress.
+    block: AtomicU64,
+}
+
+/// The record's flag for an allocation under a lock that has not committed
+/// for sure yet (see the module docs).
+const TENTATIVE: u64 = 1 << 63;
+
+const _: () = assert!(std::mem::size_of::<HandoffSlot>() == 64);
+
+impl HandoffSlot {
+    /// Records that `offset` is being handed to the owner: one store, to a
+    /// line only the owner writes.
+    #[inline]
+    pub(crate) fn record(&self, offset: u64) {
+        self.block.store(offset, Ordering::Release);
+    }
+
+    /// Records, under an allocator's lock and before its commit, that
+    /// `offset` is about to be handed out; [`record`](Self::record) follows
+    /// the commit.
+    #[inline]
+    pub(crate) fn intend(&self, offset: u64) {
+        self.block.store(offset | TENTATIVE, Ordering::Release);
+    }
+}
+
+/// Settles the tentative record of the thread `dead_owner` (the packed
+/// identity of a lock's dead owner), for the locker that took the lock over
+/// and repaired the structure: `roll_back` gets the block, which it frees if
+/// the commit happened; the record is forgotten either way.
+pub(crate) fn settle_tentative(segment: &Segment, dead_owner: u64, roll_back: impl FnOnce(u64)) {
+    let Some(slot) = slots(segment)
+        .iter()
+        .find(|slot| slot.owner.load(Ordering::Acquire) == dead_owner)
+    else {
+        return;
+    };
+    let record = slot.block.load(Ordering::Acquire);
+    if record & TENTATIVE != 0 {
+        roll_back(record & !TENTATIVE);
+        slot.block.store(0, Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// The slot this thread holds in the segment it used last: segment id,
+    /// slot index and the identity it was claimed under (a forked child's
+    /// copy names its parent and is not used).
+    static LAST: Cell<(u64, u32, u64)> = const { Cell::new((0, u32::MAX, 0)) };
+    /// Every slot this thread holds, given back at its exit.
+    static HELD: RefCell<Held> = const { RefCell::new(Held(Vec::new())) };
+}
+
+/// The slots a thread holds: (segment id, slot index, identity).
+struct Held(Vec<(u64, u32, u64)>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let me = thread_id::current_identity_word();
+        for &(id, index, owner) in &self.0 {
+            if owner != me {
+                continue; // inherited through fork: the parent's
+            }
+            crate::registry::with_mapping(id, |segment_base| {
+                let Some(slot) = slot_at(segment_base, index) else {
+                    return;
+                };
+                // Delivered: the thread lived past its last allocation.
+                slot.block.store(0, Ordering::Relaxed);
+                let _ = slot
+                    .owner
+                    .compare_exchange(owner, 0, Ordering::Release, Ordering::Relaxed);
+            });
+        }
+    }
+}
+
+/// The slot `index` of the log of the segment mapped at `segment_base`.
+fn slot_at(segment_base: usize, index: u32) -> Option<&'static HandoffSlot> {
+    let index = index as usize;
+    if index >= SLOTS {
+        return None;
+    }
+    let offset = crate::segment::header::Layout::handoff_offset();
+    // SAFETY: a registered mapping starts with a validated header whose
+    // layout puts the log at `handoff_offset`, inside the segment; the
+    // caller keeps the mapping alive while it uses the slot (the registry's
+    // lock, or the `Segment` it came from).
+    Some(unsafe { &*((segment_base + offset as usize) as *const HandoffSlot).add(index) })
+}
+
+/// The log of `segment`.
+fn slots(segment: &Segment) -> &[HandoffSlot] {
+    let base = segment.base().as_ptr() as usize
+        + crate::segment::header::Layout::handoff_offset() as usize;
+    // SAFETY: every segment's layout reserves `AREA_LEN` bytes at
+    // `handoff_offset`, 64-aligned, inside the bytes every process maps
+    // (below the data offset, which validation checked against the size);
+    // the slots are atomics, valid for any bytes; `segment` outlives the
+    // borrow.
+    unsafe { std::slice::from_raw_parts(base as *const HandoffSlot, SLOTS) }
+}
+
+/// The calling thread's slot in `segment`'s log, claimed on first use;
+/// `None` when every slot is held by a live thread.
+#[inline]
+pub(crate) fn my_slot(segment: &Segment) -> Option<&HandoffSlot> {
+    let id = segment.id().0;
+    let me = thread_id::current_identity_word();
+    let (last_id, index, owner) = LAST.get();
+    if last_id == id && owner == me {
+        return slots(segment).get(index as usize);
+    }
+    claim(segment, id, me)
+}
+
+/// Forgets the calling thread's record of `offset`, which it is about to
+/// free: a record names a block its thread has not begun to free, so that a
+/// reaper never frees a block that may be someone else's by then. Done
+/// before the free can take effect (a thread killed in between leaves its
+/// block allocated and unrecorded, as one killed just before its free
+/// would). Costs two thread-local reads and one load of the thread's own
+/// line.
+#[inline]
+pub(crate) fn forget_mine(segment: &Segment, offset: u64) {
+    let (last_id, index, owner) = LAST.get();
+    let slot = if last_id == segment.id().0 && owner == thread_id::current_identity_word() {
+        slots(segment).get(index as usize)
+    } else {
+        held_slot(segment)
+    };
+    if let Some(slot) = slot {
+        if slot.block.load(Ordering::Relaxed) == offset {
+            slot.block.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// The slot this thread holds in `segment` when it is not the one it used
+/// last, without claiming one.
+#[cold]
+fn held_slot(segment: &Segment) -> Option<&HandoffSlot> {
+    let (id, me) = (segment.id().0, thread_id::current_identity_word());
+    let index = HELD.with_borrow(|held| {
+        held.0
+            .iter()
+            .find(|&&(held_id, _, owner)| held_id == id && owner == me)
+            .map(|&(_, index, _)| index)
+    })?;
+    slots(segment)
+        .get(index as usize)
+        .filter(|slot| slot.owner.load(Ordering::Relaxed) == me)
+}
+
+#[cold]
+fn claim(segment: &Segment, id: u64, me: u64) -> Option<&HandoffSlot> {
+    let log = slots(segment);
+    let held = HELD.with_borrow(|held| {
+        held.0
+            .iter()
+            .find(|&&(held_id, _, owner)| held_id == id && owner == me)
+            .map(|&(_, index, _)| index)
+    });
+    let index = held.or_else(|| {
+        let index = take_free(log, me).or_else(|| take_from_dead(log, me))?;
+        HELD.with_borrow_mut(|held| held.0.push((id, index, me)));
+        Some(index)
+    })?;
+    // Held, but the slot says otherwise (a stray write, or a claimer that
+    // judged this thread dead): claim anew next time.
+    if log[index as usize].owner.load(Ordering::Relaxed) != me {
+        HELD.with_borrow_mut(|held| held.0.retain(|&(i, x, _)| !(i == id && x == index)));
+        return None;
+    }
+    LAST.set((id, index, me));
+    log.get(index as usize)
+}
+
+fn take_free(log: &[HandoffSlot], me: u64) -> Option<u32> {
+    log.iter()
+        .position(|slot| {
+            slot.owner
+                .compare_exchange(0, me, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        })
+        .map(|index| {
+            log[index].block.store(0, Ordering::Relaxed);
+            index as u32
+        })
+}
+
+/// Takes the slot of a dead thread, dropping its record (only when no slot
+/// is free: the record is worth keeping for the application's reaper).
+fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
+    log.iter()
+        .position(|slot| {
+            let owner = slot.owner.load(Ordering::Acquire);
+            owner != 0
+                && slot.block.load(Ordering::Acquire) & TENTATIVE == 0
+                && owner_is_dead(owner)
+                && slot
+                    .owner
+                    .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+        })
+        .map(|index| {
+            log[index].block.store(0, Ordering::Relaxed);
+            index as u32
+        })
+}
+
+/// Whether the thread an owner word names has died (its id gone, a zombie,
+/// or reused by a thread started at another time). A word whose start time
+/// is unknown is judged by the id alone.
+fn owner_is_dead(owner: u64) -> bool {
+    let identity = Identity::unpack(owner);
+    identity::is_dead(identity).unwrap_or_else(|| !crate::segment::process_alive(identity.tid))
+}
+
+/// Takes the records of threads that died, freeing their slots: the blocks
+/// handed to them last. A record of a block that is not `handed_out` (still
+/// pending: the thread died before its allocation returned) stays, for the
+/// recovery pass that frees the block. See
+/// [`ShmAllocator::take_dead_handoffs`].
+///
+/// [`ShmAllocator::take_dead_handoffs`]: super::ShmAllocator::take_dead_handoffs
+pub(crate) fn take_dead(segment: &Segment, handed_out: impl Fn(u64) -> bool) -> Vec<u64> {
+    let mut blocks = Vec::new();
+    for slot in slots(segment) {
+        let owner = slot.owner.load(Ordering::Acquire);
+        if owner == 0 || !owner_is_dead(owner) {
+            continue;
+        }
+        let block = slot.block.load(Ordering::Acquire);
+        if block & TENTATIVE != 0 {
+            continue; // for the locker that takes the dead thread's lock over
+        }
+        if block != 0 && !handed_out(block) {
+            continue; // for the recovery pass
+        }
+        // Whoever frees the slot owns its record; a claimer that took it
+        // meanwhile cleared it.
+        if slot
+            .owner
+            .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+            && block != 0
+        {
+            blocks.push(block);
+        }
+    }
+    blocks
+}
+
+/// The blocks recorded by dead threads' slots, without taking them (for
+/// `check` and the recovery pass).
+pub(crate) fn dead_records(segment: &Segment) -> Vec<u64> {
+    slots(segment)
+        .iter()
+        .filter_map(|slot| {
+            let owner = slot.owner.load(Ordering::Acquire);
+            let block = slot.block.load(Ordering::Acquire);
+            (owner != 0 && block != 0 && block & TENTATIVE == 0 && owner_is_dead(owner))
+                .then_some(block)
+        })
+        .collect()
+}
+
+/// Forgets dead threads' records of blocks the recovery pass freed because
+/// they were still pending (never the application's).
+pub(crate) fn forget_dead_records(segment: &Segment, freed: impl Fn(u64) -> bool) {
+    for slot in slots(segment) {
+        let owner = slot.owner.load(Ordering::Acquire);
+        let block = slot.block.load(Ordering::Acquire);
+        if owner != 0 && block != 0 && freed(block) && owner_is_dead(owner) {
+            let _ = slot
+                .block
+                .compare_exchange(block, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+}

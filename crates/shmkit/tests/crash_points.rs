@@ -1,0 +1,404 @@
+//! Kills that land inside an operation: a child process arms one of the
+//! allocators' named crash points (the `crash-points` feature) and is
+//! SIGKILLed by the thread that reaches it, mid-allocation or mid-free.
+//! For every point, this process then finds what the child left:
+//!
+//! - `check()` reports the traces as [`Error::NeedsRecovery`] or passes,
+//!   never as corruption;
+//! - the hand-off log gives back the block the child was handed and had not
+//!   recorded anywhere, and nothing else;
+//! - after the application's own reaping (the blocks the child said it
+//!   held, its unfinished free) and [`ShmAllocator::recover`], `check()`
+//!   passes, no block is lost, and the whole segment allocates again.
+//!
+//! Run with `cargo test -p shmkit --features crash-points --test crash_points`.
+#![cfg(feature = "crash-points")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+
+use common::{child_env, fresh_shm, shm_name, spawn_self};
+use shmkit::{
+    BuddyAllocator, Error, FreeListAllocator, MemContext, PoolAllocator, PoolParams,
+    SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
+};
+
+const SEGMENT_SIZE: u64 = 8 << 20;
+const SMALL: usize = 200;
+const LARGE: usize = 100 << 10;
+
+fn create(kind: &str, options: &SegmentOptions) -> Box<dyn ShmAllocator> {
+    let options = options.clone().size(SEGMENT_SIZE);
+    match kind {
+        "pool" => Box::new(
+            PoolAllocator::create_with(&options, &PoolParams::new(&[256, 4096]).unwrap()).unwrap(),
+        ),
+        "free_list" => Box::new(FreeListAllocator::create(&options).unwrap()),
+        "buddy" => Box::new(BuddyAllocator::create(&options).unwrap()),
+        "size_class" => Box::new(SizeClassAllocator::create(&options).unwrap()),
+        "thread_local" => Box::new(ThreadLocalAllocator::create(&options).unwrap()),
+        other => panic!("unknown allocator {other}"),
+    }
+}
+
+fn attach(kind: &str, options: &SegmentOptions) -> Box<dyn ShmAllocator> {
+    match kind {
+        "pool" => Box::new(PoolAllocator::attach(options).unwrap()),
+        "free_list" => Box::new(FreeListAllocator::attach(options).unwrap()),
+        "buddy" => Box::new(BuddyAllocator::attach(options).unwrap()),
+        "size_class" => Box::new(SizeClassAllocator::attach(options).unwrap()),
+        "thread_local" => Box::new(ThreadLocalAllocator::attach(options).unwrap()),
+        other => panic!("unknown allocator {other}"),
+    }
+}
+
+/// Tells the parent about a block the child holds, before anything that
+/// may kill it (what an application writes to its own records).
+fn announce(what: &str, offset: u64) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{what} {offset}").unwrap();
+    out.flush().unwrap();
+}
+
+/// The child: holds one block, then arms the point and runs the operation
+/// that reaches it. Reaching the point kills it; surviving is a failure.
+#[test]
+#[ignore = "child process of the crash-point tests"]
+fn child_dies_at_a_crash_point() {
+    let kind = child_env("SHMKIT_CRASH_KIND");
+    let point: &'static str = child_env("SHMKIT_CRASH_POINT").leak();
+    let operation = child_env("SHMKIT_CRASH_OPERATION");
+    let heap = attach(
+        &kind,
+        &SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT")),
+    );
+    let ctx = MemContext::current();
+    let size = if operation == "allocate-large" {
+        LARGE
+    } else {
+        SMALL
+    };
+    if operation == "allocate-first" {
+        shmkit::crash_point::arm(point);
+    }
+    let held = heap.allocate_offset(&ctx, SMALL, 16).unwrap();
+    announce("held", held);
+    match operation.as_str() {
+        "allocate" | "allocate-large" => {
+            // A block freed to this thread's cache first (the thread-local
+            // allocator hands it out again from there).
+            let cached = heap.allocate_offset(&ctx, size, 16).unwrap();
+            heap.free_offset(&ctx, cached).unwrap();
+            shmkit::crash_point::arm(point);
+            let _ = heap.allocate_offset(&ctx, size, 16);
+        }
+        "allocate-next" => {
+            shmkit::crash_point::arm(point);
+            let _ = heap.allocate_offset(&ctx, size, 16);
+        }
+        "returned" => {
+            // Killed after the allocation returned, before the offset went
+            // anywhere: only the hand-off log knows the block.
+            let _ = heap.allocate_offset(&ctx, size, 16).unwrap();
+            // SAFETY: raise has no memory preconditions.
+            unsafe { libc::raise(libc::SIGKILL) };
+        }
+        "free" => {
+            announce("freeing", held);
+            shmkit::crash_point::arm(point);
+            let _ = heap.free_offset(&ctx, held);
+        }
+        "thread-exit" => {
+            // A thread whose cache goes back to the pages as it exits.
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    let ctx = MemContext::current();
+                    let cached = heap.allocate_offset(&ctx, size, 16).unwrap();
+                    heap.free_offset(&ctx, cached).unwrap();
+                    shmkit::crash_point::arm(point);
+                });
+            });
+        }
+        other => panic!("unknown operation {other}"),
+    }
+    panic!("{kind}: the child survived crash point {point} ({operation})");
+}
+
+/// Runs the child to its death at `point` and checks what it left behind.
+fn dies_at(kind: &str, point: &str, operation: &str) {
+    dies_at_then(kind, point, operation, |_, _| {});
+}
+
+/// [`dies_at`], with `inspect` run on the allocator and the blocks the child
+/// held as soon as it is dead, before any repair.
+fn dies_at_then(
+    kind: &str,
+    point: &str,
+    operation: &str,
+    inspect: impl Fn(&dyn ShmAllocator, &BTreeSet<u64>),
+) {
+    let (options, _cleanup) = fresh_shm(&format!("crash-{kind}"));
+    let heap = create(kind, &options);
+    let empty = heap.stats();
+    let output = spawn_self(
+        "child_dies_at_a_crash_point",
+        &[
+            ("SHMKIT_CRASH_KIND", kind.to_owned()),
+            ("SHMKIT_CRASH_POINT", point.to_owned()),
+            ("SHMKIT_CRASH_OPERATION", operation.to_owned()),
+            ("SHMKIT_TEST_SEGMENT", shm_name(&options)),
+        ],
+    )
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGKILL),
+        "{kind}: the child did not die at {point} ({operation}): {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let announced = |what: &str| -> BTreeSet<u64> {
+        stdout
+            .lines()
+            // The test harness may have begun the line ("test ... ").
+            .filter_map(|line| line.split(what).nth(1)?.trim().parse().ok())
+            .collect()
+    };
+    let (held, freeing) = (announced("held "), announced("freeing "));
+    inspect(&*heap, &held);
+
+    // Before any repair: a crash's traces, never "corrupt".
+    match heap.check() {
+        Ok(()) | Err(Error::NeedsRecovery { .. }) => {}
+        Err(other) => panic!("{kind} at {point}: check calls a crash's traces {other}"),
+    }
+    // The application's reaper: the hand-off log names the block the child
+    // was handed and recorded nowhere; what it announced, it holds.
+    let ctx = MemContext::default();
+    let handed: BTreeSet<u64> = heap.take_dead_handoffs().into_iter().collect();
+    for &offset in handed.difference(&held) {
+        assert_eq!(
+            operation, "returned",
+            "{kind} at {point}: the hand-off log names {offset}, which was never handed out"
+        );
+        heap.free_offset(&ctx, offset).unwrap();
+    }
+    if operation == "returned" {
+        assert_eq!(
+            handed.difference(&held).count(),
+            1,
+            "{kind}: the block handed out just before the kill is in the log"
+        );
+    }
+    for &offset in held.difference(&freeing) {
+        heap.free_offset(&ctx, offset).unwrap();
+    }
+    let report = heap.recover().unwrap();
+    // The free the child was in: done, undone (the block is still live) or
+    // taken over by recovery.
+    for &offset in &freeing {
+        if heap.usable_size(offset).is_ok() {
+            heap.free_offset(&ctx, offset).unwrap();
+        }
+    }
+    heap.check()
+        .unwrap_or_else(|e| panic!("{kind} at {point}: check after recovery: {e}"));
+    let after = heap.stats();
+    assert_eq!(
+        (after.live_allocations, after.allocated_bytes),
+        (0, 0),
+        "{kind} at {point} ({operation}): blocks lost to the kill (recovery: {report})"
+    );
+    assert!(heap.take_dead_handoffs().is_empty(), "{kind}: records left");
+    // Every byte is allocatable again: as many blocks as fit in a segment
+    // that saw the same sizes come and go without a kill (pools and pages
+    // stay with the sizes they first served, and this thread's cache keeps
+    // what it freed).
+    let mut again = Vec::new();
+    while let Ok(offset) = heap.allocate_offset(&ctx, 4000, 16) {
+        again.push(offset);
+    }
+    let mut fresh_blocks = Vec::new();
+    {
+        let (fresh_options, _fresh_cleanup) = fresh_shm(&format!("crash-fresh-{kind}"));
+        let fresh = create(kind, &fresh_options);
+        let sizes: &[usize] = match operation {
+            "allocate-large" => &[SMALL, LARGE],
+            _ => &[SMALL, SMALL],
+        };
+        let history: Vec<u64> = sizes
+            .iter()
+            .map(|&size| fresh.allocate_offset(&ctx, size, 16).unwrap())
+            .collect();
+        for offset in history {
+            fresh.free_offset(&ctx, offset).unwrap();
+        }
+        while let Ok(offset) = fresh.allocate_offset(&ctx, 4000, 16) {
+            fresh_blocks.push(offset);
+        }
+    }
+    assert_eq!(
+        again.len(),
+        fresh_blocks.len(),
+        "{kind} at {point}: capacity lost (a fresh segment holds {} blocks)",
+        fresh_blocks.len()
+    );
+    for offset in again {
+        heap.free_offset(&ctx, offset).unwrap();
+    }
+    assert_eq!(heap.stats().allocated_bytes, empty.allocated_bytes);
+}
+
+#[test]
+fn a_pool_allocation_killed_before_its_record_is_rolled_back() {
+    dies_at("pool", "pool.alloc.pending", "allocate");
+}
+
+#[test]
+fn a_pool_allocation_killed_after_its_record_is_rolled_back() {
+    dies_at("pool", "pool.alloc.recorded", "allocate");
+}
+
+#[test]
+fn a_pool_free_killed_before_the_slot_is_listed_completes() {
+    dies_at("pool", "pool.free.unlisted", "free");
+}
+
+#[test]
+fn a_pool_block_handed_out_to_a_killed_thread_is_in_the_log() {
+    dies_at("pool", "", "returned");
+}
+
+#[test]
+fn a_size_class_allocation_killed_after_its_claim_is_rolled_back() {
+    dies_at("size_class", "size_class.alloc.claimed", "allocate");
+}
+
+#[test]
+fn a_stale_free_of_a_block_being_handed_out_is_refused() {
+    // The child claimed the bit of the block after its held one (a fresh
+    // page's second block) and died before setting its slack: a free of
+    // that offset (a stale copy from the block's earlier life) is refused
+    // and changes nothing, so recovery can still tell the block was never
+    // handed out.
+    dies_at_then(
+        "size_class",
+        "size_class.alloc.claimed",
+        "allocate-next",
+        |heap, held| {
+            let first = *held.iter().next().expect("the child held a block");
+            let stride = heap.usable_size(first).unwrap() as u64;
+            let ctx = MemContext::default();
+            assert!(matches!(
+                heap.free_offset(&ctx, first + stride),
+                Err(Error::InvalidFree { .. })
+            ));
+            assert!(matches!(
+                heap.usable_size(first + stride),
+                Err(Error::InvalidFree { .. })
+            ));
+        },
+    );
+}
+
+#[test]
+fn a_size_class_allocation_killed_after_its_record_is_rolled_back() {
+    dies_at("size_class", "size_class.alloc.recorded", "allocate");
+}
+
+#[test]
+fn a_size_class_allocation_killed_on_a_fresh_page_is_rolled_back() {
+    dies_at(
+        "size_class",
+        "size_class.alloc.fresh_page",
+        "allocate-first",
+    );
+}
+
+#[test]
+fn a_large_size_class_allocation_killed_before_its_record_is_rolled_back() {
+    dies_at(
+        "size_class",
+        "size_class.alloc.large_pending",
+        "allocate-large",
+    );
+}
+
+#[test]
+fn a_size_class_free_killed_after_marking_completes() {
+    dies_at("size_class", "size_class.free.marked", "free");
+}
+
+#[test]
+fn a_size_class_block_handed_out_to_a_killed_thread_is_in_the_log() {
+    dies_at("size_class", "", "returned");
+}
+
+#[test]
+fn a_cached_allocation_killed_before_its_record_is_rolled_back() {
+    dies_at("thread_local", "thread_local.alloc.cached", "allocate");
+}
+
+#[test]
+fn a_cached_allocation_killed_after_its_record_is_rolled_back() {
+    dies_at("thread_local", "thread_local.alloc.recorded", "allocate");
+}
+
+#[test]
+fn a_cache_given_back_by_a_killed_thread_is_reclaimed() {
+    dies_at(
+        "thread_local",
+        "thread_local.give_back.unheld",
+        "thread-exit",
+    );
+}
+
+#[test]
+fn a_thread_local_block_handed_out_to_a_killed_thread_is_in_the_log() {
+    dies_at("thread_local", "", "returned");
+}
+
+#[test]
+fn a_free_list_allocation_killed_before_its_commit_is_rolled_back() {
+    dies_at("free_list", "free_list.alloc.intended", "allocate");
+}
+
+#[test]
+fn a_free_list_allocation_killed_after_its_commit_is_rolled_back() {
+    dies_at("free_list", "free_list.alloc.committed", "allocate");
+}
+
+#[test]
+fn a_free_list_free_killed_under_the_lock_completes() {
+    dies_at("free_list", "free_list.free.committed", "free");
+}
+
+#[test]
+fn a_free_list_block_handed_out_to_a_killed_thread_is_in_the_log() {
+    dies_at("free_list", "", "returned");
+}
+
+#[test]
+fn a_buddy_allocation_killed_before_its_commit_is_rolled_back() {
+    dies_at("buddy", "buddy.alloc.intended", "allocate");
+}
+
+#[test]
+fn a_buddy_allocation_killed_after_its_commit_is_rolled_back() {
+    dies_at("buddy", "buddy.alloc.committed", "allocate");
+}
+
+#[test]
+fn a_buddy_free_killed_under_the_lock_completes() {
+    dies_at("buddy", "buddy.free.committed", "free");
+}
+
+#[test]
+fn a_buddy_block_handed_out_to_a_killed_thread_is_in_the_log() {
+    dies_at("buddy", "", "returned");
+}
