@@ -22,8 +22,9 @@ use std::os::unix::process::ExitStatusExt;
 
 use common::{child_env, fresh_shm, shm_name, spawn_self};
 use shmkit::{
-    BuddyAllocator, Error, FreeListAllocator, MemContext, PoolAllocator, PoolParams,
-    SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator, ThreadLocalAllocator,
+    BuddyAllocator, Error, FreeListAllocator, LinearAlloc, MemContext, Offset, PoolAllocator,
+    PoolParams, Segment, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
+    StackAllocator, ThreadLocalAllocator,
 };
 
 const SEGMENT_SIZE: u64 = 8 << 20;
@@ -401,4 +402,83 @@ fn a_buddy_free_killed_under_the_lock_completes() {
 #[test]
 fn a_buddy_block_handed_out_to_a_killed_thread_is_in_the_log() {
     dies_at("buddy", "", "returned");
+}
+
+/// The stack child: holds one block, then dies inside the carve of the
+/// next, between moving the top and writing the block's header.
+#[test]
+#[ignore = "child process of the stack crash-point test"]
+fn child_dies_carving_a_stack_block() {
+    let stack =
+        StackAllocator::attach(&SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT"))).unwrap();
+    let held = stack.alloc_handle(100, 8).unwrap();
+    announce("held", held.raw());
+    shmkit::crash_point::arm("stack.carve.claimed");
+    let _ = stack.alloc_handle(300, 8);
+    panic!("the child survived the stack's crash point");
+}
+
+#[test]
+fn a_stack_carve_killed_before_its_header_is_rolled_back() {
+    let (options, _cleanup) = fresh_shm("crash-stack");
+    let stack = StackAllocator::create(&options.clone().size(1 << 20)).unwrap();
+    let output = spawn_self(
+        "child_dies_carving_a_stack_block",
+        &[("SHMKIT_TEST_SEGMENT", shm_name(&options))],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.signal(), Some(libc::SIGKILL), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let held: u64 = stdout
+        .split("held ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .expect("the child announced its block");
+    // A block carved and freed above the dead carve: the top comes back to
+    // the dead carve's word.
+    let above = stack.alloc_handle(64, 8).unwrap();
+    stack.free(above).unwrap();
+    assert!(stack.used() > 400, "the dead carve holds the top");
+    // The free of the block under it rolls the dead carve back first.
+    stack.free(Offset::<u8>::from_raw(held)).unwrap();
+    assert_eq!(stack.used(), 0);
+    // And the stack carves and frees as before.
+    let again = stack.alloc_handle(300, 8).unwrap();
+    stack.free(again).unwrap();
+    assert_eq!(stack.used(), 0);
+}
+
+/// The named-root child: dies publishing a root, its slot claimed and
+/// half-written.
+#[test]
+#[ignore = "child process of the named-root crash-point test"]
+fn child_dies_publishing_a_root() {
+    let segment = Segment::attach(&SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT"))).unwrap();
+    shmkit::crash_point::arm("root.claimed");
+    let _ = segment.set_root("crash.root", Offset::<u64>::from_raw(segment.data_offset()));
+    panic!("the child survived the root's crash point");
+}
+
+#[test]
+fn a_root_slot_left_half_written_by_a_killed_publisher_is_taken_over() {
+    let (options, _cleanup) = fresh_shm("crash-root");
+    let segment = Segment::create(&options.clone().size(1 << 20)).unwrap();
+    let output = spawn_self(
+        "child_dies_publishing_a_root",
+        &[("SHMKIT_TEST_SEGMENT", shm_name(&options))],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.signal(), Some(libc::SIGKILL), "{output:?}");
+    assert_eq!(segment.root::<u64>("crash.root"), None, "never published");
+    // The same name (whose probe starts at the dead writer's slot) is
+    // published at once, and found.
+    let at = Offset::<u64>::from_raw(segment.data_offset() + 64);
+    segment.set_root("crash.root", at).unwrap();
+    assert_eq!(segment.root::<u64>("crash.root"), Some(at));
+    assert!(matches!(
+        segment.set_root("crash.root", at),
+        Err(Error::Root { .. })
+    ));
 }

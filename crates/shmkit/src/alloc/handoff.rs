@@ -38,7 +38,6 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::segment::Segment;
-use crate::sync::identity::{self, Identity};
 use crate::sync::thread_id;
 
 /// Slots in a segment's log.
@@ -55,6 +54,12 @@ pub(crate) struct HandoffSlot {
     /// The offset of the last block handed to the owner, 0 for none, with
     /// [`TENTATIVE`] while a locked allocation of it is in progress.
     block: AtomicU64,
+    /// For the stack allocator's carve in progress (see [`intend_carve`]):
+    /// the top word it replaces and the block's end.
+    ///
+    /// [`intend_carve`]: HandoffSlot::intend_carve
+    carve_prev: AtomicU64,
+    carve_end: AtomicU64,
 }
 
 /// The record's flag for an allocation under a lock that has not committed
@@ -77,6 +82,49 @@ impl HandoffSlot {
     #[inline]
     pub(crate) fn intend(&self, offset: u64) {
         self.block.store(offset | TENTATIVE, Ordering::Release);
+    }
+
+    /// Records, before the stack allocator's compare-and-swap of its top
+    /// word from `prev_word` to a word naming this slot, the block it
+    /// carves: whoever finds the top still naming this slot after the owner
+    /// died rolls the carve back ([`dead_carve`]).
+    #[inline]
+    pub(crate) fn intend_carve(&self, prev_word: u64, block: u64, end: u64) {
+        self.carve_prev.store(prev_word, Ordering::Relaxed);
+        self.carve_end.store(end, Ordering::Relaxed);
+        self.block.store(block | TENTATIVE, Ordering::Release);
+    }
+
+    /// Ends the carve [`intend_carve`](Self::intend_carve) began: its block
+    /// header is written.
+    #[inline]
+    pub(crate) fn carve_done(&self) {
+        self.block.store(0, Ordering::Release);
+    }
+}
+
+/// The carve in progress that slot `index`'s owner left when it died:
+/// (the top word before it, block, end).
+pub(crate) fn dead_carve(segment: &Segment, index: u32) -> Option<(u64, u64, u64)> {
+    let slot = slots(segment).get(index as usize)?;
+    let owner = slot.owner.load(Ordering::Acquire);
+    let block = slot.block.load(Ordering::Acquire);
+    if owner == 0 || block & TENTATIVE == 0 || !owner_is_dead(owner) {
+        return None;
+    }
+    Some((
+        slot.carve_prev.load(Ordering::Relaxed),
+        block & !TENTATIVE,
+        slot.carve_end.load(Ordering::Relaxed),
+    ))
+}
+
+/// Forgets the carve [`dead_carve`] returned, once rolled back.
+pub(crate) fn forget_carve(segment: &Segment, index: u32, block: u64) {
+    if let Some(slot) = slots(segment).get(index as usize) {
+        let _ =
+            slot.block
+                .compare_exchange(block | TENTATIVE, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 }
 
@@ -161,11 +209,17 @@ fn slots(segment: &Segment) -> &[HandoffSlot] {
 /// `None` when every slot is held by a live thread.
 #[inline]
 pub(crate) fn my_slot(segment: &Segment) -> Option<&HandoffSlot> {
+    my_indexed_slot(segment).map(|(_, slot)| slot)
+}
+
+/// [`my_slot`] with its index in the log.
+#[inline]
+pub(crate) fn my_indexed_slot(segment: &Segment) -> Option<(u32, &HandoffSlot)> {
     let id = segment.id().0;
     let me = thread_id::current_identity_word();
     let (last_id, index, owner) = LAST.get();
     if last_id == id && owner == me {
-        return slots(segment).get(index as usize);
+        return slots(segment).get(index as usize).map(|slot| (index, slot));
     }
     claim(segment, id, me)
 }
@@ -209,7 +263,7 @@ fn held_slot(segment: &Segment) -> Option<&HandoffSlot> {
 }
 
 #[cold]
-fn claim(segment: &Segment, id: u64, me: u64) -> Option<&HandoffSlot> {
+fn claim(segment: &Segment, id: u64, me: u64) -> Option<(u32, &HandoffSlot)> {
     let log = slots(segment);
     let held = HELD.with_borrow(|held| {
         held.0
@@ -229,7 +283,7 @@ fn claim(segment: &Segment, id: u64, me: u64) -> Option<&HandoffSlot> {
         return None;
     }
     LAST.set((id, index, me));
-    log.get(index as usize)
+    log.get(index as usize).map(|slot| (index, slot))
 }
 
 fn take_free(log: &[HandoffSlot], me: u64) -> Option<u32> {
@@ -266,11 +320,9 @@ fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
 }
 
 /// Whether the thread an owner word names has died (its id gone, a zombie,
-/// or reused by a thread started at another time). A word whose start time
-/// is unknown is judged by the id alone.
+/// or reused by a thread started at another time).
 fn owner_is_dead(owner: u64) -> bool {
-    let identity = Identity::unpack(owner);
-    identity::is_dead(identity).unwrap_or_else(|| !crate::segment::process_alive(identity.tid))
+    crate::segment::thread_is_dead(owner)
 }
 
 /// Takes the records of threads that died, freeing their slots: the blocks

@@ -1,23 +1,43 @@
 //! The stack allocator: LIFO allocation whose top lives in the segment.
+//!
+//! # A carve cut short
+//!
+//! A carve moves the top word with one compare-and-swap and then writes
+//! the block's header; a process killed in between would leave a top block
+//! without a header, which nobody could free (and so nothing below it). So
+//! the carving thread first records its intent (the top word it replaces,
+//! the block and its end) in its slot of the segment's hand-off log
+//! (`alloc::handoff`), and the new top word names that slot in its high
+//! bits. A free that finds its block buried under a top whose slot's owner
+//! died mid-carve rolls that carve back (the block was never handed out)
+//! and goes on. A thread without a slot (more than 64 at once) carves
+//! unnamed, with the old window.
 
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use super::handoff;
 use super::linear::sealed::Carve;
 use super::linear::LinearAlloc;
 use super::segment_allocator::SegmentAllocator;
 use super::AllocatorKind;
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::Segment;
 use crate::sync::cursor;
 
+/// The bits of the top word that hold the top's offset; above them, the
+/// hand-off slot (plus one) of the thread whose carve set it, or 0.
+const TOP_OFFSET: u64 = (1 << 56) - 1;
+const CARVER_SHIFT: u32 = 56;
+
 #[repr(C)]
 struct StackState {
-    /// Offset just past the most recent live block.
+    /// Offset just past the most recent live block (see [`TOP_OFFSET`]).
     top: CachePadded<AtomicU64>,
     /// Bumped by `reset`, and mixed into every seal, so block headers left
     /// behind by an earlier generation never validate again.
@@ -28,6 +48,7 @@ struct StackState {
 /// seal binding the block's offset to its end (zeroed when freed).
 #[repr(C)]
 struct BlockHeader {
+    /// The top word before the block.
     prev_top: AtomicU64,
     seal: AtomicU64,
 }
@@ -125,6 +146,28 @@ impl Carve for StackAllocator {
     }
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
+        let log = handoff::my_indexed_slot(&self.segment);
+        let carved = self.carve_noting(size, align, log);
+        if carved.is_err() {
+            // No carve of this thread is in progress: a stale intent would
+            // keep its slot from being reclaimed.
+            if let Some((_, log)) = log {
+                log.carve_done();
+            }
+        }
+        carved
+    }
+}
+
+impl StackAllocator {
+    /// The carve, with its intent noted in `log` (see the module docs).
+    #[inline]
+    fn carve_noting(
+        &self,
+        size: u64,
+        align: u64,
+        log: Option<(u32, &handoff::HandoffSlot)>,
+    ) -> Result<u64> {
         // Blocks are at least 8-aligned so that their header is too.
         let Some(align) = lcm_with_8(align) else {
             return Err(Error::InvalidAlignment {
@@ -135,8 +178,10 @@ impl Carve for StackAllocator {
         let top = self.top_cell();
         let generation = self.state().generation.load(Ordering::Acquire);
         let floor = self.segment.data_offset();
-        let mut current = top.load(Ordering::Acquire);
+        let carver = log.map_or(0, |(index, _)| u64::from(index) + 1) << CARVER_SHIFT;
+        let mut word = top.load(Ordering::Acquire);
         loop {
+            let current = word & TOP_OFFSET;
             if current < floor {
                 return Err(Error::corrupt(format!(
                     "stack top {current} lies below the data area ({floor})"
@@ -159,16 +204,24 @@ impl Carve for StackAllocator {
                     available: limit.saturating_sub(current),
                 });
             }
-            match top.compare_exchange_weak(current, end, Ordering::AcqRel, Ordering::Acquire) {
+            if let Some((_, log)) = log {
+                log.intend_carve(word, block, end);
+            }
+            match top.compare_exchange_weak(word, end | carver, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
+                    crash_point!("stack.carve.claimed");
                     let header = self.block_header(block)?;
-                    header.prev_top.store(current, Ordering::Relaxed);
+                    header.prev_top.store(word, Ordering::Relaxed);
                     header
                         .seal
                         .store(seal(block, end, generation), Ordering::Release);
+                    if let Some((_, log)) = log {
+                        log.carve_done();
+                    }
                     return Ok(block);
                 }
-                Err(actual) => current = actual,
+                Err(actual) => word = actual,
             }
         }
     }
@@ -205,7 +258,35 @@ impl StackAllocator {
     }
 
     fn top(&self) -> u64 {
-        self.top_cell().load(Ordering::Acquire)
+        self.top_cell().load(Ordering::Acquire) & TOP_OFFSET
+    }
+
+    /// Rolls back the carve that set the top word, if its thread died
+    /// before finishing it (see the module docs): its block was never
+    /// handed out. Returns whether the top moved down.
+    #[cold]
+    fn roll_back_dead_carve(&self) -> bool {
+        let word = self.top_cell().load(Ordering::Acquire);
+        let carver = word >> CARVER_SHIFT;
+        let Some(index) = carver.checked_sub(1) else {
+            return false;
+        };
+        let Some((prev_word, block, end)) = handoff::dead_carve(&self.segment, index as u32) else {
+            return false;
+        };
+        // The slot's intent is the carve that set this word only if it
+        // ends where the top does and lies above the top before it.
+        if end != word & TOP_OFFSET || prev_word & TOP_OFFSET >= end {
+            return false;
+        }
+        let rolled_back = self
+            .top_cell()
+            .compare_exchange(word, prev_word, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if rolled_back {
+            handoff::forget_carve(&self.segment, index as u32, block);
+        }
+        rolled_back
     }
 
     /// The header of the block at `block`, bounds- and alignment-checked.
@@ -225,20 +306,36 @@ impl StackAllocator {
         Ok(unsafe { ptr.as_ref() })
     }
 
-    /// Frees the block at `offset`, which must be the most recent live one.
+    /// Frees the block at `offset`, which must be the most recent live one
+    /// (carves that dead threads left unfinished above it are rolled back
+    /// first).
     pub fn free<T>(&self, offset: Offset<T>) -> Result<()> {
         let block = offset.raw();
+        // Each roll-back lowers the top; a slot holds one carve at a time.
+        for _ in 0..=handoff::SLOTS {
+            match self.free_top(block) {
+                Err(Error::NotTopOfStack { .. } | Error::InvalidFree { .. })
+                    if self.roll_back_dead_carve() => {}
+                outcome => return outcome,
+            }
+        }
+        self.free_top(block)
+    }
+
+    fn free_top(&self, block: u64) -> Result<()> {
         let header = self.block_header(block)?;
         let sealed = header.seal.load(Ordering::Acquire);
         let generation = self.state().generation.load(Ordering::Acquire);
         let end = sealed ^ seal(block, 0, generation);
-        let prev_top = header.prev_top.load(Ordering::Relaxed);
+        let prev_word = header.prev_top.load(Ordering::Relaxed);
+        let prev_top = prev_word & TOP_OFFSET;
         let data_offset = self.segment.data_offset();
         let plausible = sealed != 0
             && end >= block
             && prev_top >= data_offset
             && prev_top <= block - BLOCK_HEADER;
-        let top = self.top();
+        let word = self.top_cell().load(Ordering::Acquire);
+        let top = word & TOP_OFFSET;
         // A live block lies wholly below the top.
         if !plausible || block >= top || end > top {
             return Err(Error::InvalidFree { offset: block });
@@ -257,7 +354,7 @@ impl StackAllocator {
         }
         match self
             .top_cell()
-            .compare_exchange(end, prev_top, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(word, prev_word, Ordering::AcqRel, Ordering::Acquire)
         {
             Ok(_) => Ok(()),
             Err(_) => {

@@ -579,6 +579,14 @@ fn wait_until_ready(
     }
 }
 
+/// Whether the thread a packed identity names has died: its id is gone or
+/// a zombie, or now names a thread started at another time. Without
+/// `/proc` (or a start time), by whether the id still answers `kill(id, 0)`.
+pub(crate) fn thread_is_dead(packed: u64) -> bool {
+    let identity = crate::sync::identity::Identity::unpack(packed);
+    crate::sync::identity::is_dead(identity).unwrap_or_else(|| !process_alive(identity.tid))
+}
+
 /// Whether a process with this pid exists (in this pid namespace). A zombie
 /// (exited, not yet reaped) still counts as existing.
 pub fn process_alive(pid: u32) -> bool {

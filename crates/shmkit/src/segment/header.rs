@@ -79,19 +79,41 @@ pub(crate) mod state {
     pub const FAILED: u32 = 3;
 }
 
-/// Root slot states.
+/// Root slot states: the low two bits of a slot's `claim` word.
 mod slot {
-    pub const EMPTY: u32 = 0;
-    pub const WRITING: u32 = 1;
-    pub const SET: u32 = 2;
+    /// The whole word is 0.
+    pub const EMPTY: u64 = 0;
+    /// Being written: the writer thread's packed identity is in the bits
+    /// above the state, so a writer that died is found out and replaced.
+    pub const WRITING: u64 = 1;
+    /// Published: the name's length is in the high 32 bits.
+    pub const SET: u64 = 2;
+    pub const STATE: u64 = 3;
+
+    /// The claim word of a slot `writer` (a packed identity) is writing.
+    pub fn writing(writer: u64) -> u64 {
+        (writer << 2) | WRITING
+    }
+
+    /// The packed identity in a WRITING claim word.
+    pub fn writer(claim: u64) -> u64 {
+        claim >> 2
+    }
+
+    /// The claim word of a published name of `len` bytes.
+    pub fn set(len: usize) -> u64 {
+        ((len as u64) << 32) | SET
+    }
 }
 
 /// One named root: a name and an offset, so processes can meet at a known object.
 #[repr(C)]
 pub(crate) struct RootSlot {
-    state: AtomicU32,
-    name_len: AtomicU32,
-    /// Written only by the process that moved `state` from EMPTY to WRITING.
+    /// The slot's state and, by state, its writer or its name's length (see
+    /// [`slot`]); in a published slot the same bytes as the state and
+    /// length words of format 2 (native little-endian).
+    claim: AtomicU64,
+    /// Written only by the thread that moved `claim` from EMPTY to WRITING.
     name: UnsafeCell<[u8; ROOT_NAME_MAX]>,
     offset: AtomicU64,
 }
@@ -281,50 +303,72 @@ impl Header {
     }
 
     /// Publishes `offset` under `name`; each name can be set once.
+    ///
+    /// A slot another thread is writing is waited for (at most `patience`:
+    /// it may hold the same name); one whose writer died is taken over, its
+    /// name never having been published.
     pub fn set_root(&self, name: &str, offset: u64, patience: std::time::Duration) -> Result<()> {
         let bytes = check_root_name(name)?;
         let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
+        let me = slot::writing(crate::sync::thread_id::current_identity_word());
         for probe in 0..ROOT_SLOTS {
             let slot = &self.roots[(start + probe) % ROOT_SLOTS];
             loop {
-                match slot.state.load(Ordering::Acquire) {
-                    slot::EMPTY => {
+                let claim = slot.claim.load(Ordering::Acquire);
+                match claim & slot::STATE {
+                    slot::EMPTY | slot::WRITING
+                        if claim == slot::EMPTY
+                            || crate::segment::thread_is_dead(slot::writer(claim)) =>
+                    {
                         if slot
-                            .state
-                            .compare_exchange(
-                                slot::EMPTY,
-                                slot::WRITING,
-                                Ordering::Acquire,
-                                Ordering::Acquire,
-                            )
+                            .claim
+                            .compare_exchange(claim, me, Ordering::Acquire, Ordering::Acquire)
                             .is_err()
                         {
                             continue;
                         }
-                        // SAFETY: winning the EMPTY -> WRITING exchange makes this
-                        // process the only writer of the name; readers look at it
-                        // only after seeing SET, which is stored below with
-                        // release ordering.
+                        crate::crash_point::crash_point!("root.claimed");
+                        // SAFETY: winning the exchange to WRITING with this
+                        // thread's identity makes it the only writer of the
+                        // name (a later taker judges it dead first); readers
+                        // look at it only after seeing SET, which is stored
+                        // below with release ordering.
                         unsafe {
                             let name = &mut *slot.name.get();
                             *name = [0; ROOT_NAME_MAX];
                             name[..bytes.len()].copy_from_slice(bytes);
                         }
-                        slot.name_len.store(bytes.len() as u32, Ordering::Relaxed);
                         slot.offset.store(offset, Ordering::Relaxed);
-                        slot.state.store(slot::SET, Ordering::Release);
+                        // Taken over meanwhile only if this thread was judged
+                        // dead: then the new writer owns the slot.
+                        if slot
+                            .claim
+                            .compare_exchange(
+                                me,
+                                slot::set(bytes.len()),
+                                Ordering::Release,
+                                Ordering::Relaxed,
+                            )
+                            .is_err()
+                        {
+                            continue;
+                        }
                         return Ok(());
                     }
                     slot::WRITING => {
-                        // Another process is publishing into this slot, maybe the
-                        // same name: wait (bounded) to see which.
+                        // A live thread is publishing into this slot, maybe
+                        // the same name: wait (bounded) to see which.
                         if !wait_while(
-                            || slot.state.load(Ordering::Acquire) == slot::WRITING,
+                            || {
+                                let now = slot.claim.load(Ordering::Acquire);
+                                now == claim && !crate::segment::thread_is_dead(slot::writer(now))
+                            },
                             patience,
                         ) {
                             return Err(Error::Root {
                                 name: name.to_owned(),
-                                reason: "a root slot stayed half-written (its writer died?)",
+                                reason: "another thread has been publishing into its slot \
+                                         for longer than the patience allows",
                             });
                         }
                     }
@@ -357,7 +401,7 @@ impl Header {
         let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
         for probe in 0..ROOT_SLOTS {
             let slot = &self.roots[(start + probe) % ROOT_SLOTS];
-            match load_acquire_u32(&slot.state) {
+            match load_acquire_u64(&slot.claim) & slot::STATE {
                 slot::EMPTY => return None,
                 slot::SET if slot.name() == Some(bytes) => {
                     // Written before SET was released, never changed after.
@@ -374,7 +418,7 @@ impl Header {
     pub fn roots(&self) -> Vec<(String, u64)> {
         self.roots
             .iter()
-            .filter(|slot| load_acquire_u32(&slot.state) == slot::SET)
+            .filter(|slot| load_acquire_u64(&slot.claim) & slot::STATE == slot::SET)
             .filter_map(|slot| {
                 let name = String::from_utf8_lossy(slot.name()?).into_owned();
                 Some((name, slot.offset.load(Ordering::Relaxed)))
@@ -390,7 +434,7 @@ impl RootSlot {
         // SAFETY: callers saw `state == SET` with acquire ordering, after
         // which the name is never written again.
         let name = unsafe { &*self.name.get() };
-        name.get(..self.name_len.load(Ordering::Relaxed) as usize)
+        name.get(..(self.claim.load(Ordering::Relaxed) >> 32) as usize)
     }
 }
 

@@ -19,6 +19,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
 pub use handshake::process_alive;
+pub(crate) use handshake::thread_is_dead;
 pub use handshake::Opened;
 pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
 pub use read_only::ReadOnlySegment;
