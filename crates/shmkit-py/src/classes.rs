@@ -352,6 +352,7 @@ fn recovery_dict<'py>(
         recovered.before.map(|u| u.units_used * unit),
     )?;
     dict.set_item("used_bytes_after", recovered.after.units_used * unit)?;
+    dict.set_item("handed_to_dead", &recovered.handed_to_dead)?;
     Ok(dict)
 }
 
@@ -523,6 +524,17 @@ macro_rules! allocator_class {
             /// (SegmentInUseError) while other processes have the segment
             /// open or mapped, unless `force` (for processes known to be
             /// idle), or while calls of this process wait for its lock.
+            /// The blocks last handed to threads that have since died, as
+            /// offsets, each once (see the stub); blocks whose allocation
+            /// never returned to Python, or whose free never finished, are
+            /// freed instead.
+            fn take_dead_handoffs(&self, py: Python<'_>) -> PyResult<Vec<u64>> {
+                // Frees may wait for the allocator's lock.
+                self.handle
+                    .detached(py, |heap| heap.take_dead_handoffs().map(|(live, _)| live))?
+                    .map_err(|fault| fault.into_py(py))
+            }
+
             #[pyo3(signature = (*, force = false))]
             fn recover<'py>(&self, py: Python<'py>, force: bool) -> PyResult<Bound<'py, PyDict>> {
                 let (recovered, unit) = self

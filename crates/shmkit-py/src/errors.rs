@@ -28,6 +28,13 @@ create_exception!(
 
 create_exception!(
     shmkit,
+    NeedsRecoveryError,
+    CorruptSegmentError,
+    "The segment holds what processes killed mid-operation left (their caches, half-done blocks); recover() mends it. Nothing is corrupt."
+);
+
+create_exception!(
+    shmkit,
     SegmentInUseError,
     PyRuntimeError,
     "Other processes still map the segment, so it cannot be repaired now (pass force=True once they are stopped)."
@@ -121,6 +128,7 @@ pub fn lib_to_py(err: Error) -> PyErr {
         Error::WrongAllocator { .. } | Error::WrongAllocatorParams { .. } => {
             WrongAllocatorError::new_err(message)
         }
+        Error::NeedsRecovery { .. } => NeedsRecoveryError::new_err(message),
         Error::NotShmkit { .. }
         | Error::UnsupportedVersion { .. }
         | Error::CorruptHeader { .. }

@@ -753,8 +753,10 @@ impl Heap {
             return Err(Fault::Busy(waiting));
         }
         let _alone = allocator.segment().lock_for_recovery(force)?;
-        let report = allocator.recovery_pass()?;
+        let mut report = allocator.recovery_pass()?;
         let before = self.layer().map(Layer::usage);
+        let (handed_to_dead, rolled_back) = self.take_dead_handoffs()?;
+        report.blocks_reclaimed += rolled_back;
         let after = self.count_blocks(allocator)?;
         if let Some(layer) = self.layer() {
             layer.recount(after);
@@ -763,7 +765,52 @@ impl Heap {
             report,
             before,
             after,
+            handed_to_dead,
         })
+    }
+
+    /// The blocks the allocator last handed to threads that died (its
+    /// hand-off log), as Python offsets, each once; and how many raw blocks
+    /// of theirs it freed instead: those whose Python header was never
+    /// written (the allocation never returned to Python) or is retired (a
+    /// free that never finished). Safe while other processes run; the
+    /// layer's counters catch up at the next `recover`.
+    pub fn take_dead_handoffs(&self) -> Result<(Vec<u64>, u64), Fault> {
+        let allocator = self.writable()?;
+        let (mut live, mut rolled_back) = (Vec::new(), 0);
+        for raw in allocator.take_dead_handoffs() {
+            match self.python_block_at(raw) {
+                Some(offset) => live.push(offset),
+                None => {
+                    if free_raw(allocator, raw, &MemContext::default()).is_ok() {
+                        rolled_back += 1;
+                    }
+                }
+            }
+        }
+        Ok((live, rolled_back))
+    }
+
+    /// The offset of the live Python block whose raw block starts at `raw`:
+    /// its header, at one of the power-of-two prefixes, validates and
+    /// records that prefix (so it names this raw start and no other).
+    fn python_block_at(&self, raw: u64) -> Option<u64> {
+        let seal = self.seal();
+        let mut prefix = HEADER;
+        while prefix <= MAX_SIZE {
+            let offset = raw.checked_add(prefix)?;
+            if offset > self.segment_size() {
+                return None;
+            }
+            let block = self
+                .header(offset)
+                .and_then(|header| header.read(offset, seal));
+            if block.is_some_and(|block| block.prefix == prefix) {
+                return Some(offset);
+            }
+            prefix *= 2;
+        }
+        None
     }
 
     /// Walks the used regions for live block headers.
@@ -810,6 +857,8 @@ pub struct Recovered {
     /// The layer's counters before and after (recounted from the blocks).
     pub before: Option<Usage>,
     pub after: Usage,
+    /// Live blocks handed to threads that died, as Python offsets.
+    pub handed_to_dead: Vec<u64>,
 }
 
 /// The slot size recorded in a pool segment's parameters.

@@ -41,6 +41,10 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
         py.get_type::<errors::CorruptSegmentError>(),
     )?;
     module.add(
+        "NeedsRecoveryError",
+        py.get_type::<errors::NeedsRecoveryError>(),
+    )?;
+    module.add(
         "SegmentInUseError",
         py.get_type::<errors::SegmentInUseError>(),
     )?;

@@ -12,7 +12,7 @@ import time
 import pytest
 
 import shmkit
-from conftest import another_process_mapping
+from conftest import FREEING, KINDS, another_process_mapping
 
 # Where the segment header records the custom header's offset; the Python
 # layer starts there (magic, unit, units, units used, peak, requested,
@@ -157,4 +157,88 @@ def test_killed_workers_leave_nothing_that_recovery_does_not_mend(name):
     stats = heap.stats()
     assert stats["live_blocks"] == report["live_blocks_after"]
     assert 1 <= stats["live_blocks"] <= 1 + kills + workers_count
+    heap.close()
+
+
+def _allocate_then_die(class_name, name, conn, cache_first):
+    heap = getattr(shmkit, class_name)(name, create=False)
+    if cache_first:
+        heap.free(heap.allocate(64))  # into this thread's cache
+    offset = heap.allocate(100)
+    conn.send(offset)
+    conn.close()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def killed_after_allocating(heap, cache_first=False):
+    """Forks a process that allocates a block, tells us its offset and is
+    SIGKILLed before it can store it anywhere; returns the offset."""
+    context = multiprocessing.get_context("fork")
+    ours, theirs = context.Pipe()
+    child = context.Process(
+        target=_allocate_then_die, args=(type(heap).__name__, heap.name, theirs, cache_first)
+    )
+    child.start()
+    assert ours.poll(30), "the child did not allocate"
+    offset = ours.recv()
+    child.join(timeout=30)
+    assert child.exitcode == -signal.SIGKILL
+    return offset
+
+
+@pytest.mark.parametrize("kind", FREEING)
+def test_a_block_handed_to_a_killed_process_comes_back_once(kind, name):
+    heap = KINDS[kind](name, capacity=1 << 20)
+    offset = killed_after_allocating(heap)
+    assert heap.used_bytes() > 0
+    assert heap.take_dead_handoffs() == [offset]
+    assert heap.take_dead_handoffs() == [], "each record is taken once"
+    heap.free(offset)
+    heap.recover()
+    heap.check()
+    assert heap.used_bytes() == 0 and heap.stats()["live_blocks"] == 0
+    heap.close()
+
+
+@pytest.mark.parametrize("damage", ["retired", "never written"])
+def test_a_dead_hand_off_without_a_live_header_is_freed_not_returned(name, damage):
+    heap = shmkit.FreeListAllocator(name, capacity=1 << 20)
+    offset = killed_after_allocating(heap)
+    # As a process killed inside free (header retired) or inside allocate
+    # (raw block handed out, header not yet written) would leave it.
+    with open(f"/dev/shm/{name}", "r+b") as file, mmap.mmap(file.fileno(), 0) as memory:
+        if damage == "retired":
+            struct.pack_into("<Q", memory, offset - 8, 0)
+        else:
+            struct.pack_into("<QQ", memory, offset - 16, 0, 0)
+    report = heap.recover()
+    assert report["handed_to_dead"] == []
+    assert report["blocks_reclaimed"] >= 1
+    heap.check()
+    assert heap.used_bytes() == 0 and heap.stats()["live_blocks"] == 0
+    assert heap.recover()["handed_to_dead"] == []
+    heap.close()
+
+
+def test_recover_reports_the_blocks_handed_to_dead_processes(name):
+    heap = shmkit.SizeClassAllocator(name, capacity=1 << 20)
+    offset = killed_after_allocating(heap)
+    report = heap.recover()
+    assert report["handed_to_dead"] == [offset]
+    assert heap.read(offset, 0) == b"", "still a live block, for the application"
+    heap.free(offset)
+    assert heap.used_bytes() == 0
+
+
+def test_check_tells_a_killed_process_s_cache_from_corruption(name):
+    heap = shmkit.ThreadLocalAllocator(name, capacity=1 << 20)
+    offset = killed_after_allocating(heap, cache_first=True)
+    with pytest.raises(shmkit.NeedsRecoveryError, match="dead process"):
+        heap.check()
+    assert issubclass(shmkit.NeedsRecoveryError, shmkit.CorruptSegmentError)
+    assert heap.recover()["caches_reclaimed"] == 1
+    heap.check()
+    heap.free(offset)
+    heap.check()
+    assert heap.used_bytes() == 0
     heap.close()

@@ -28,6 +28,7 @@ from shmkit._native import (
     BumpAllocator,
     CorruptSegmentError,
     FreeListAllocator,
+    NeedsRecoveryError,
     SegmentInUseError,
     SizeClassAllocator,
     SlabAllocator,
@@ -48,6 +49,7 @@ __all__ = [
     "ThreadLocalAllocator",
     "WrongAllocatorError",
     "CorruptSegmentError",
+    "NeedsRecoveryError",
     "SegmentInUseError",
     "unlink",
 ]

@@ -32,6 +32,7 @@ __all__ = [
     "ThreadLocalAllocator",
     "WrongAllocatorError",
     "CorruptSegmentError",
+    "NeedsRecoveryError",
     "SegmentInUseError",
     "unlink",
 ]
@@ -42,6 +43,12 @@ class WrongAllocatorError(ValueError):
 class CorruptSegmentError(ValueError):
     """The bytes at that name are not an intact shmkit segment, or a
     structure in it is damaged."""
+
+class NeedsRecoveryError(CorruptSegmentError):
+    """What ``check()`` raises when the segment holds only what processes
+    killed in the middle of an operation left behind (their thread caches,
+    blocks half allocated or half freed, counts one operation off), not
+    damage: ``recover()`` mends it."""
 
 class SegmentInUseError(RuntimeError):
     """Other processes still use the segment (or run a recovery pass), so
@@ -109,6 +116,10 @@ class _Recovery(TypedDict):
     out again, and the rest of the heap stays usable."""
     rebuilt: bool
     """Whether the allocator's free structures were rebuilt."""
+    handed_to_dead: list[int]
+    """Live blocks last handed to threads that died (see
+    ``take_dead_handoffs()``), each reported once: free those your own
+    records do not name."""
     live_blocks_before: Optional[int]
     live_blocks_after: int
     """Live blocks as counted before, and as found in the blocks' headers."""
@@ -157,8 +168,16 @@ class _Allocator:
         """The accounting (each key is explained in the stub's ``_Stats``)."""
     def check(self) -> None:
         """Walk the allocator's structure; raise CorruptSegmentError with
-        the first inconsistency. On a read-only attachment it raises
+        the first inconsistency, or its subclass NeedsRecoveryError when
+        all it finds is what killed processes left (``recover()`` mends
+        that). On a read-only attachment it raises
         io.UnsupportedOperation: the walk takes the allocator's lock."""
+    def take_dead_handoffs(self) -> list[int]:
+        """The blocks last handed to threads that have since died, which
+        they may not have stored anywhere before dying: each offset once.
+        Free those your own records do not name. Blocks whose allocation
+        never returned to Python, or whose free never finished, are freed
+        here instead of returned. Safe while other processes run."""
     def recover(self, *, force: bool = False) -> _Recovery:
         """Mend what processes that died in the middle of an operation left
         behind (locks, caches, free blocks on no list, destroyed headers)
