@@ -147,21 +147,23 @@ impl Carve for StackAllocator {
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
         let log = handoff::my_indexed_slot(&self.segment);
-        let carved = self.carve_noting(size, align, log);
-        if carved.is_err() {
-            // No carve of this thread is in progress: a stale intent would
-            // keep its slot from being reclaimed.
-            if let Some((_, log)) = log {
-                log.carve_done();
+        match self.carve_noting(size, align, log) {
+            Ok(block) => Ok(block),
+            Err(refused) => {
+                // No carve of this thread is in progress: a stale intent
+                // would keep its slot from being reclaimed.
+                if let Some((_, log)) = log {
+                    log.carve_done();
+                }
+                Err(refused)
             }
         }
-        carved
     }
 }
 
 impl StackAllocator {
     /// The carve, with its intent noted in `log` (see the module docs).
-    #[inline]
+    #[inline(always)]
     fn carve_noting(
         &self,
         size: u64,
@@ -311,17 +313,36 @@ impl StackAllocator {
     /// first).
     pub fn free<T>(&self, offset: Offset<T>) -> Result<()> {
         let block = offset.raw();
-        // Each roll-back lowers the top; a slot holds one carve at a time.
-        for _ in 0..=handoff::SLOTS {
-            match self.free_top(block) {
-                Err(Error::NotTopOfStack { .. } | Error::InvalidFree { .. })
-                    if self.roll_back_dead_carve() => {}
-                outcome => return outcome,
-            }
+        match self.free_top(block) {
+            Ok(()) => Ok(()),
+            Err(refused) => self.free_under_dead_carves(block, refused),
         }
-        self.free_top(block)
     }
 
+    /// A free refused at first: tried again after each carve a dead thread
+    /// left unfinished on top is rolled back (each lowers the top; a slot
+    /// holds one carve at a time).
+    #[cold]
+    fn free_under_dead_carves(&self, block: u64, mut refused: Error) -> Result<()> {
+        for _ in 0..=handoff::SLOTS {
+            if !matches!(
+                refused,
+                Error::NotTopOfStack { .. } | Error::InvalidFree { .. }
+            ) || !self.roll_back_dead_carve()
+            {
+                return Err(refused);
+            }
+            match self.free_top(block) {
+                Ok(()) => return Ok(()),
+                Err(again) => refused = again,
+            }
+        }
+        Err(refused)
+    }
+
+    // Inlined: a `Result` returned through memory costs the fast path a
+    // store-forwarding stall.
+    #[inline(always)]
     fn free_top(&self, block: u64) -> Result<()> {
         let header = self.block_header(block)?;
         let sealed = header.seal.load(Ordering::Acquire);

@@ -442,6 +442,7 @@ impl Inner {
     /// cached block of `class` (a torn push, a copy another thread already
     /// handed out, corruption) is dropped.
     fn give_back(&self, offset: u64, class: usize) {
+        self.core.forget_handoff(offset);
         if let Some(block) = self.cached_block(offset, class) {
             // The sentinel slack first, so that a releaser killed from here
             // on leaves a block the recovery pass frees; then the key: once
@@ -459,6 +460,22 @@ impl Inner {
     /// goes back, so a releaser killed midway leaks at most one block and
     /// never leaves an entry for a block that may be someone else's.
     fn flush(&self, slot: &Slot) {
+        // A dead owner's hand-off record may name a block of its cache:
+        // forgotten before the block goes back to its page, where anyone
+        // may get it (and a reaper must not free it then).
+        let cached: Vec<u64> = slot
+            .magazines
+            .iter()
+            .flat_map(|magazine| {
+                let count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
+                magazine.items[..count]
+                    .iter()
+                    .map(|item| entry_offset(item.load(Ordering::Relaxed)))
+            })
+            .collect();
+        if !cached.is_empty() {
+            handoff::forget_dead_records(self.core.segment(), |block| cached.contains(&block));
+        }
         for (class, magazine) in slot.magazines.iter().enumerate() {
             let mut count = (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE);
             while count > 0 {
@@ -793,7 +810,10 @@ impl ShmAllocator for ThreadLocalAllocator {
     #[inline]
     fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         let inner = &*self.inner;
-        inner.core.forget_handoff(offset);
+        // A block freed into this thread's cache keeps its hand-off record:
+        // cached blocks carry the cache key, which `take_dead_handoffs`
+        // refuses, and the record is forgotten before the block leaves the
+        // cache for its page (`give_back`, `flush`).
         let slot = self.my_slot(ctx);
         if let Some(block) = inner.core.small_block_at(offset) {
             let Some(requested) = inner.core.requested_of(&block) else {
@@ -817,6 +837,7 @@ impl ShmAllocator for ThreadLocalAllocator {
                 }
             }
         }
+        inner.core.forget_handoff(offset);
         let requested = match inner.core.take_for_free(offset)? {
             Freed::Small {
                 page,
