@@ -160,6 +160,9 @@ struct Held(Vec<(u64, u32, u64)>);
 
 impl Drop for Held {
     fn drop(&mut self) {
+        // Allocations in later destructors must not write to slots given
+        // back here.
+        let _ = LAST.try_with(|last| last.set((0, u32::MAX, 0)));
         let me = thread_id::current_identity_word();
         for &(id, index, owner) in &self.0 {
             if owner != me {
@@ -246,40 +249,72 @@ pub(crate) fn forget_mine(segment: &Segment, offset: u64) {
     }
 }
 
+/// The index of the slot this thread holds in segment `id` under identity
+/// `me`: `Some(None)` when it holds none, `None` when this thread's list is
+/// gone (the thread is exiting and its destructors ran).
+fn held_index(id: u64, me: u64) -> Option<Option<u32>> {
+    HELD.try_with(|held| {
+        let held = held.try_borrow().ok()?;
+        Some(
+            held.0
+                .iter()
+                .find(|&&(held_id, _, owner)| held_id == id && owner == me)
+                .map(|&(_, index, _)| index),
+        )
+    })
+    .ok()
+    .flatten()
+}
+
+/// Changes this thread's list of held slots; `false` when it is gone.
+fn change_held(change: impl FnOnce(&mut Vec<(u64, u32, u64)>)) -> bool {
+    HELD.try_with(|held| match held.try_borrow_mut() {
+        Ok(mut held) => {
+            change(&mut held.0);
+            true
+        }
+        Err(_) => false,
+    })
+    .unwrap_or(false)
+}
+
 /// The slot this thread holds in `segment` when it is not the one it used
 /// last, without claiming one.
 #[cold]
 fn held_slot(segment: &Segment) -> Option<&HandoffSlot> {
     let (id, me) = (segment.id().0, thread_id::current_identity_word());
-    let index = HELD.with_borrow(|held| {
-        held.0
-            .iter()
-            .find(|&&(held_id, _, owner)| held_id == id && owner == me)
-            .map(|&(_, index, _)| index)
-    })?;
+    let index = held_index(id, me)??;
     slots(segment)
         .get(index as usize)
         .filter(|slot| slot.owner.load(Ordering::Relaxed) == me)
 }
 
+/// Claims a slot for this thread (or finds the one it holds). A thread
+/// whose destructors have run (it is exiting) claims none: nothing would
+/// give the slot back.
 #[cold]
 fn claim(segment: &Segment, id: u64, me: u64) -> Option<(u32, &HandoffSlot)> {
     let log = slots(segment);
-    let held = HELD.with_borrow(|held| {
-        held.0
-            .iter()
-            .find(|&&(held_id, _, owner)| held_id == id && owner == me)
-            .map(|&(_, index, _)| index)
-    });
-    let index = held.or_else(|| {
-        let index = take_free(log, me).or_else(|| take_from_dead(log, me))?;
-        HELD.with_borrow_mut(|held| held.0.push((id, index, me)));
-        Some(index)
-    })?;
+    let index = match held_index(id, me)? {
+        Some(index) => index,
+        None => {
+            let index = take_free(log, me).or_else(|| take_from_dead(log, me))?;
+            if !change_held(|held| held.push((id, index, me))) {
+                let _ = log[index as usize].owner.compare_exchange(
+                    me,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                return None;
+            }
+            index
+        }
+    };
     // Held, but the slot says otherwise (a stray write, or a claimer that
     // judged this thread dead): claim anew next time.
     if log[index as usize].owner.load(Ordering::Relaxed) != me {
-        HELD.with_borrow_mut(|held| held.0.retain(|&(i, x, _)| !(i == id && x == index)));
+        change_held(|held| held.retain(|&(i, x, _)| !(i == id && x == index)));
         return None;
     }
     LAST.set((id, index, me));
