@@ -300,6 +300,17 @@ struct SlotRef {
     slot: u32,
 }
 
+/// In messages: "slab 1 page 0 slot 23".
+impl std::fmt::Display for SlotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "slab {} page {} slot {}",
+            self.slab, self.page, self.slot
+        )
+    }
+}
+
 /// Merges stretches reported in offset order into runs: adjacent stretches
 /// that are both wholly in use, or both wholly free, become one region.
 struct Runs<'a> {
@@ -574,7 +585,7 @@ impl PoolAllocator {
     fn walked_marker(&self, at: SlotRef) -> Result<u32> {
         let marker = self
             .marker(at)
-            .ok_or_else(|| Error::corrupt(format!("pool: marker of {at:?} out of bounds")))?;
+            .ok_or_else(|| Error::corrupt(format!("pool: marker of {at} out of bounds")))?;
         Ok(marker.load(Ordering::Acquire))
     }
 
@@ -959,7 +970,7 @@ impl ShmAllocator for PoolAllocator {
         let at = self.take_slot(slab)?;
         let marker = self
             .marker(at)
-            .ok_or_else(|| Error::corrupt(format!("slot {at:?} has no marker")))?;
+            .ok_or_else(|| Error::corrupt(format!("slot {at} has no marker")))?;
         // `size <= slot <= POOL_MAX_SLOT`, so `size + 1` fits a u32 below
         // the pending bit.
         let value = size as u32 + 1;
@@ -968,7 +979,7 @@ impl ShmAllocator for PoolAllocator {
             .is_err()
         {
             return Err(Error::corrupt(format!(
-                "slot {at:?} came off the free list while live"
+                "slot {at} came off the free list while live"
             )));
         }
         self.state().counters.on_allocate(size);
@@ -1127,7 +1138,7 @@ impl ShmAllocator for PoolAllocator {
                 let value = self.walked_marker(at)?;
                 if let Some(bytes) = marked_size(value).filter(|&bytes| bytes > shape.slot) {
                     return Err(Error::corrupt(format!(
-                        "pool: slot {at:?} records {bytes} bytes, more than its {}",
+                        "pool: slot {at} records {bytes} bytes, more than its {}",
                         shape.slot
                     )));
                 }
@@ -1178,12 +1189,12 @@ impl ShmAllocator for PoolAllocator {
                 };
                 if bytes > shape.slot {
                     return Err(Error::corrupt(format!(
-                        "pool: slot {at:?} records {bytes} bytes, more than its {}",
+                        "pool: slot {at} records {bytes} bytes, more than its {}",
                         shape.slot
                     )));
                 }
                 if value & PENDING != 0 {
-                    traces.add(1, format!("slot {at:?} was never handed out"));
+                    traces.add(1, format!("slot {at} was never handed out"));
                 }
                 live[slab] += 1;
                 live_bytes += bytes;
@@ -1209,9 +1220,7 @@ impl ShmAllocator for PoolAllocator {
                         .marker(at)
                         .is_some_and(|m| m.load(Ordering::Acquire) != 0)
                     {
-                        return Err(Error::corrupt(format!(
-                            "pool: uncarved slot {at:?} is live"
-                        )));
+                        return Err(Error::corrupt(format!("pool: uncarved slot {at} is live")));
                     }
                 }
                 uncarved = u64::from(shape.per_page - used);
@@ -1232,7 +1241,7 @@ impl ShmAllocator for PoolAllocator {
                 })?;
                 if !seen.insert(index) {
                     return Err(Error::corrupt(format!(
-                        "pool: slot {at:?} is on slab {slab}'s free stack twice"
+                        "pool: slot {at} is on slab {slab}'s free stack twice"
                     )));
                 }
                 if self
@@ -1240,18 +1249,18 @@ impl ShmAllocator for PoolAllocator {
                     .is_some_and(|m| m.load(Ordering::Acquire) != 0)
                 {
                     return Err(Error::corrupt(format!(
-                        "pool: live slot {at:?} is on the free stack"
+                        "pool: live slot {at} is on the free stack"
                     )));
                 }
                 if at.page == fresh_page && at.slot >= used {
                     return Err(Error::corrupt(format!(
-                        "pool: uncarved slot {at:?} is on the free stack"
+                        "pool: uncarved slot {at} is on the free stack"
                     )));
                 }
                 index = self
                     .link(slab, index)
                     .map(|link| link.load(Ordering::Acquire))
-                    .ok_or_else(|| Error::corrupt(format!("pool: link of {at:?} out of bounds")))?;
+                    .ok_or_else(|| Error::corrupt(format!("pool: link of {at} out of bounds")))?;
             }
             let free = seen.len() as u64;
             let accounted = live[slab] + free + uncarved;

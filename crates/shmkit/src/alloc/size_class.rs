@@ -1577,7 +1577,7 @@ impl ShmAllocator for SizeClassAllocator {
         if marked != 0 {
             traces.add(
                 marked,
-                format!("{marked} blocks hold their bit but no user (handed out or freed halfway)"),
+                format!("{marked} block(s) hold their bit but have no user (handed out or freed halfway)"),
             );
         }
         if let Err(counted) = self.check_counters(live, bytes) {
@@ -1742,7 +1742,10 @@ impl SizeClassAllocator {
                         // that died between the count and the bit.
                         traces.add(
                             used - set,
-                            format!("page {page} counts {} blocks no bit marks", used - set),
+                            format!(
+                                "page {page} counts {} block(s) more than its bits mark",
+                                used - set
+                            ),
                         );
                     }
                     live_total += used;

@@ -983,7 +983,7 @@ impl ShmAllocator for ThreadLocalAllocator {
         if marked != 0 {
             traces.add(
                 marked,
-                format!("{marked} blocks hold their bit but no user (handed out or freed halfway)"),
+                format!("{marked} block(s) hold their bit but have no user (handed out or freed halfway)"),
             );
         }
         let mut seen = HashSet::new();
