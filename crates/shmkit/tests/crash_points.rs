@@ -21,10 +21,11 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 
 use common::{child_env, fresh_shm, shm_name, spawn_self};
+use shmkit::containers::{ShmHashMap, ShmVec};
 use shmkit::{
-    BuddyAllocator, Error, FreeListAllocator, LinearAlloc, MemContext, Offset, PoolAllocator,
-    PoolParams, Segment, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
-    StackAllocator, ThreadLocalAllocator,
+    shm_struct, BuddyAllocator, Error, FreeListAllocator, LinearAlloc, MemContext, Offset,
+    PoolAllocator, PoolParams, Segment, SegmentAllocator, SegmentOptions, ShmAllocator,
+    SizeClassAllocator, StackAllocator, ThreadLocalAllocator,
 };
 
 const SEGMENT_SIZE: u64 = 8 << 20;
@@ -481,4 +482,145 @@ fn a_root_slot_left_half_written_by_a_killed_publisher_is_taken_over() {
         segment.set_root("crash.root", at),
         Err(Error::Root { .. })
     ));
+}
+
+shm_struct! {
+    /// A child's containers, published under the root `owned`.
+    pub struct Owned {
+        pub vec: ShmVec<u64>,
+        pub map: ShmHashMap<u64, u64>,
+    }
+}
+
+/// The container child: fills its vector or map until the storage moves,
+/// with the point armed after the first move, so it dies between recording
+/// the new storage and freeing the old.
+#[test]
+#[ignore = "child process of the container crash-point tests"]
+fn child_dies_moving_container_storage() {
+    let heap =
+        FreeListAllocator::attach(&SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT"))).unwrap();
+    let which = child_env("SHMKIT_CRASH_CONTAINER");
+    let at = heap.segment().root::<Owned>("owned").unwrap();
+    // SAFETY: resolved and aligned; only this process touches it until it
+    // dies.
+    let owned = unsafe { heap.segment().resolve(at).unwrap().as_mut() };
+    let ctx = MemContext::current();
+    for i in 0..10_000u64 {
+        if i >= 64 {
+            if i == 64 {
+                let point = if which == "vec" {
+                    "vec.storage_moved"
+                } else {
+                    "hash_map.table_moved"
+                };
+                shmkit::crash_point::arm(point);
+            }
+            announce("filled", i);
+        }
+        if which == "vec" {
+            owned.vec.push(&heap, i).unwrap();
+            // A block after the storage, so that it moves to grow.
+            heap.allocate_offset(&ctx, 16, 16).unwrap();
+        } else {
+            owned.map.insert(&heap, i, !i).unwrap();
+        }
+    }
+    panic!("the child survived the container's crash point");
+}
+
+fn container_dies_moving_its_storage(which: &str) {
+    let (options, _cleanup) = fresh_shm(&format!("crash-{which}"));
+    let heap = FreeListAllocator::create(&options.clone().size(4 << 20)).unwrap();
+    let owned = heap
+        .new_obj(Owned {
+            vec: ShmVec::new(),
+            map: ShmHashMap::new(),
+        })
+        .unwrap()
+        .offset();
+    heap.segment().set_root("owned", owned).unwrap();
+    let output = spawn_self(
+        "child_dies_moving_container_storage",
+        &[
+            ("SHMKIT_TEST_SEGMENT", shm_name(&options)),
+            ("SHMKIT_CRASH_CONTAINER", which.to_owned()),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The child was adding element `filled` when it died, after the move.
+    let filled: u64 = String::from_utf8_lossy(&output.stdout)
+        .split("filled ")
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .max()
+        .unwrap();
+    assert!(filled >= 64, "the storage moved after the point was armed");
+    // SAFETY: resolved and aligned; the child is dead.
+    let owned = unsafe { heap.segment().resolve(owned).unwrap().as_mut() };
+    let check = |owned: &Owned| {
+        if which == "vec" {
+            let items = owned
+                .vec
+                .as_slice(&heap)
+                .expect("the vector names a live block");
+            assert_eq!(
+                items.len() as u64,
+                filled,
+                "the element being added is not in"
+            );
+            assert!(items.iter().enumerate().all(|(i, &v)| v == i as u64));
+        } else {
+            assert_eq!(owned.map.len() as u64, filled);
+            for i in 0..filled {
+                assert_eq!(owned.map.get(&heap, &i).unwrap(), Some(&!i), "key {i}");
+            }
+        }
+    };
+    check(owned);
+    // Whatever is allocated now, and written, is not the container's.
+    let ctx = MemContext::default();
+    let mut others = Vec::new();
+    while let Ok(offset) = heap.allocate_offset(&ctx, 256, 16) {
+        let block = heap.full_ptr(offset).unwrap();
+        // SAFETY: a live block of 256 bytes, ours.
+        unsafe { std::ptr::write_bytes(block.as_ptr(), 0xab, 256) };
+        others.push(offset);
+    }
+    check(owned);
+    for offset in others {
+        heap.free_offset(&ctx, offset).unwrap();
+    }
+    // The container frees its own storage; the old one the child never
+    // freed is the one block the kill leaked (with the vector child's
+    // fence blocks, which it kept on purpose).
+    let before = heap.stats().live_allocations;
+    if which == "vec" {
+        owned.vec.free(&heap).unwrap();
+    } else {
+        owned.map.free(&heap).unwrap();
+    }
+    assert_eq!(heap.stats().live_allocations, before - 1);
+    let fences = if which == "vec" { filled } else { 0 };
+    assert_eq!(
+        heap.stats().live_allocations,
+        2 + fences,
+        "the root object, the old storage and the fences"
+    );
+}
+
+#[test]
+fn a_vector_killed_while_moving_its_storage_names_a_live_block() {
+    container_dies_moving_its_storage("vec");
+}
+
+#[test]
+fn a_hash_map_killed_while_moving_its_table_names_a_live_block() {
+    container_dies_moving_its_storage("map");
 }

@@ -36,7 +36,10 @@ use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmSafe};
 use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 
-use super::storage::{allocate_block, free_block, recorded_count, Storage, UNBOUND};
+use super::storage::{
+    allocate_block, free_block, recorded_before_free, recorded_count, Storage, UNBOUND,
+};
+use crate::crash_point::crash_point;
 
 const EMPTY: u8 = 0;
 const FULL: u8 = 0x80;
@@ -383,14 +386,20 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
                 let _ = free_block(alloc, block.offset);
                 return Err(err);
             }
-            if let Err(err) = free_block(alloc, self.table) {
+        }
+        let previous = (self.table, self.buckets, self.segment);
+        (self.table, self.buckets, self.segment) = (block.offset, buckets as u64, block.segment);
+        if previous.0 != 0 {
+            // The new table is recorded before the old is freed (see
+            // `storage::recorded_before_free`).
+            recorded_before_free();
+            crash_point!("hash_map.table_moved");
+            if let Err(err) = free_block(alloc, previous.0) {
+                (self.table, self.buckets, self.segment) = previous;
                 let _ = free_block(alloc, block.offset);
                 return Err(err);
             }
         }
-        self.table = block.offset;
-        self.buckets = buckets as u64;
-        self.segment = block.segment;
         Ok(new)
     }
 
@@ -666,9 +675,13 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
     pub fn free<A: ShmAllocator + ?Sized>(&mut self, alloc: &A) -> Result<()> {
         self.clear(alloc)?;
         if self.table != 0 {
-            free_block(alloc, self.table)?;
-            self.table = 0;
-            self.buckets = 0;
+            let previous = (self.table, self.buckets);
+            (self.table, self.buckets) = (0, 0);
+            recorded_before_free();
+            if let Err(err) = free_block(alloc, previous.0) {
+                (self.table, self.buckets) = previous;
+                return Err(err);
+            }
         }
         Ok(())
     }

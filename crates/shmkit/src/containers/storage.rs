@@ -160,6 +160,17 @@ pub(super) fn allocate_block<A: ShmAllocator + ?Sized>(
 }
 
 /// Frees a container's block.
+/// Called between recording a container's new storage (or none) and
+/// freeing the old block: the record must be in memory first, so that a
+/// process killed at any instruction leaves a container that names a live
+/// block (at worst the old block stays allocated, unnamed), never a freed
+/// one that someone else may get next. The fields are plain memory behind
+/// `&mut self`, which the compiler may otherwise write after the free.
+#[inline]
+pub(super) fn recorded_before_free() {
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 pub(super) fn free_block<A: ShmAllocator + ?Sized>(alloc: &A, offset: u64) -> Result<()> {
     alloc.free_offset(&MemContext::default(), offset)
 }

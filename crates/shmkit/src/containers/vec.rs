@@ -5,8 +5,11 @@ use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ptr::NonNull;
 
-use super::storage::{allocate_block, free_block, index_error, recorded_count, Storage, UNBOUND};
+use super::storage::{
+    allocate_block, free_block, index_error, recorded_before_free, recorded_count, Storage, UNBOUND,
+};
 use crate::alloc::{MemContext, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, SegmentId, ShmSafe};
 
@@ -241,15 +244,21 @@ impl<T: ShmSafe> ShmVec<T> {
             // `new_cap >= raw.len` elements. The move is bitwise; the old
             // copies are never used again once the old block is freed.
             unsafe { std::ptr::copy_nonoverlapping(raw.ptr.as_ptr(), new.as_ptr(), raw.len) };
-            if let Err(err) = alloc.free_offset(&ctx, self.storage) {
+        }
+        let old = (self.storage, self.capacity, self.segment);
+        (self.storage, self.capacity, self.segment) = (block.offset, new_cap as u64, block.segment);
+        if old.0 != 0 {
+            // The new storage is recorded before the old is freed (see
+            // `storage::recorded_before_free`).
+            recorded_before_free();
+            crash_point!("vec.storage_moved");
+            if let Err(err) = alloc.free_offset(&ctx, old.0) {
                 // Keep the old block (still holding every element) instead.
+                (self.storage, self.capacity, self.segment) = old;
                 let _ = alloc.free_offset(&ctx, block.offset);
                 return Err(err);
             }
         }
-        self.storage = block.offset;
-        self.capacity = new_cap as u64;
-        self.segment = block.segment;
         Ok(new)
     }
 
@@ -396,9 +405,7 @@ impl<T: ShmSafe> ShmVec<T> {
             return Ok(());
         }
         if raw.len == 0 {
-            free_block(alloc, self.storage)?;
-            self.storage = 0;
-            self.capacity = 0;
+            self.release_storage(alloc)?;
             return Ok(());
         }
         self.move_to(alloc, &raw, raw.len)?;
@@ -472,9 +479,21 @@ impl<T: ShmSafe> ShmVec<T> {
     pub fn free<A: ShmAllocator + ?Sized>(&mut self, alloc: &A) -> Result<()> {
         self.clear(alloc)?;
         if self.storage != 0 {
-            free_block(alloc, self.storage)?;
-            self.storage = 0;
-            self.capacity = 0;
+            self.release_storage(alloc)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the storage block, then frees it (a process killed in
+    /// between leaks the block rather than record a freed one). On error
+    /// the vector is unchanged.
+    fn release_storage<A: ShmAllocator + ?Sized>(&mut self, alloc: &A) -> Result<()> {
+        let old = (self.storage, self.capacity);
+        (self.storage, self.capacity) = (0, 0);
+        recorded_before_free();
+        if let Err(err) = free_block(alloc, old.0) {
+            (self.storage, self.capacity) = old;
+            return Err(err);
         }
         Ok(())
     }
