@@ -69,6 +69,24 @@ impl Process {
         Process(child)
     }
 
+    /// SIGKILLs the child and waits until it is a zombie, unreaped (as a
+    /// supervisor that has not called `wait` yet leaves it); reaped on drop.
+    fn kill_unreaped(&mut self) {
+        self.0.kill().expect("SIGKILL the child");
+        let stat = format!("/proc/{}/stat", self.0.id());
+        wait_until("the child to become a zombie", || {
+            std::fs::read_to_string(&stat)
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .unwrap_or("")
+                        .trim_start()
+                        .starts_with('Z')
+                })
+                .unwrap_or(false)
+        });
+    }
+
     /// SIGKILLs the child and reaps it.
     fn kill(mut self) {
         self.0.kill().expect("SIGKILL the child");
@@ -384,4 +402,161 @@ fn a_killed_writer_is_taken_over() {
     let guard = table.read().unwrap();
     assert!(!guard.owner_died());
     assert_eq!(*guard, [2; WORDS]);
+}
+
+// ---------------------------------------------------------------------------
+// Holders killed but not reaped yet: zombies answer `kill(pid, 0)`, but every
+// path that decides ownership (the try calls and short timeouts too) judges
+// them dead at once.
+
+/// Polls `attempt` for up to 2 s; whether it ever succeeded.
+fn succeeds_within_2s(mut attempt: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        if attempt() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+#[test]
+fn try_lock_and_short_timeouts_take_over_an_unreaped_mutex_holder() {
+    let (options, _cleanup) = fresh_shm("locks-zombie");
+    let name = shm_name(&options);
+    let bump = BumpAllocator::create(&options.size(1 << 20)).unwrap();
+    let pair = publish(&bump, "pair", ShmMutex::new([0u64; 2]));
+    let holding = publish(&bump, "holding", AtomicU32::new(0));
+    let mut holder = Process::start("child_hold_mutex_and_sleep", &name);
+    wait_until("the holder to lock", || {
+        holding.load(Ordering::Acquire) == 1
+    });
+    assert!(pair.try_lock().unwrap().is_none(), "a live holder has it");
+    assert!(pair.lock_timeout(Duration::from_millis(10)).is_err());
+    holder.kill_unreaped();
+    let mut taken = None;
+    assert!(
+        succeeds_within_2s(|| match pair.try_lock().unwrap() {
+            Some(guard) => {
+                taken = Some(guard.owner_died());
+                true
+            }
+            None => false,
+        }),
+        "try_lock never took over the zombie holder"
+    );
+    assert_eq!(taken, Some(true), "the takeover is reported");
+    drop(holder);
+}
+
+#[test]
+fn try_write_and_try_read_take_over_an_unreaped_writer() {
+    let (options, _cleanup) = fresh_shm("locks-wzombie");
+    let name = shm_name(&options);
+    let bump = BumpAllocator::create(&options.size(1 << 20)).unwrap();
+    let table = publish(&bump, "table", ShmRwLock::new([0u64; WORDS]));
+    let holding = publish(&bump, "holding", AtomicU32::new(0));
+    let mut writer = Process::start("child_write_half_and_sleep", &name);
+    wait_until("the writer to lock", || {
+        holding.load(Ordering::Acquire) == 1
+    });
+    assert!(table.try_read().unwrap().is_none(), "a live writer has it");
+    writer.kill_unreaped();
+    assert!(
+        succeeds_within_2s(|| table.try_read().unwrap().is_some()),
+        "try_read never took over the zombie writer"
+    );
+    assert!(
+        succeeds_within_2s(|| table.write_timeout(Duration::from_millis(10)).is_ok()),
+        "a short write timeout never got the lock"
+    );
+    drop(writer);
+}
+
+#[test]
+fn try_write_passes_an_unreaped_reader() {
+    let (options, _cleanup) = fresh_shm("locks-rzombie");
+    let name = shm_name(&options);
+    let bump = BumpAllocator::create(&options.size(1 << 20)).unwrap();
+    let table = publish(&bump, "table", ShmRwLock::new([0u64; WORDS]));
+    let holding = publish(&bump, "holding", AtomicU32::new(0));
+    let mut reader = Process::start("child_read_and_sleep", &name);
+    wait_until("the reader to lock", || {
+        holding.load(Ordering::Acquire) == 1
+    });
+    assert!(table.try_write().unwrap().is_none(), "a live reader has it");
+    reader.kill_unreaped();
+    assert!(
+        succeeds_within_2s(|| table.try_write().unwrap().is_some()),
+        "try_write never passed the zombie reader"
+    );
+    drop(reader);
+}
+
+/// Forks a child whose one thread (its main thread: its id is the pid, so
+/// it stays a zombie until reaped) runs `hold`, then sleeps until killed.
+/// Returns its pid once it signalled `holding`.
+fn fork_holder(holding: &AtomicU32, hold: impl FnOnce()) -> libc::pid_t {
+    // SAFETY: the child runs `hold` (lock calls on shared memory) and
+    // sleeps; it never returns into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        hold();
+        holding.store(1, Ordering::Release);
+        loop {
+            // SAFETY: sleeps until the parent's SIGKILL.
+            unsafe { libc::pause() };
+        }
+    }
+    wait_until("the forked holder to lock", || {
+        holding.load(Ordering::Acquire) == 1
+    });
+    pid
+}
+
+/// SIGKILLs `pid` and waits until it is a zombie, not reaping it.
+fn kill_to_zombie(pid: libc::pid_t) {
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let stat = format!("/proc/{pid}/stat");
+    wait_until("the holder to become a zombie", || {
+        std::fs::read_to_string(&stat)
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(false)
+    });
+}
+
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: reaps our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+}
+
+#[test]
+fn try_calls_take_over_an_unreaped_single_threaded_holder() {
+    let (options, _cleanup) = fresh_shm("locks-fzombie");
+    let bump = BumpAllocator::create(&options.size(1 << 20)).unwrap();
+    let pair = publish(&bump, "pair", ShmMutex::new([0u64; 2]));
+    let table = publish(&bump, "table", ShmRwLock::new([0u64; WORDS]));
+    let holding = publish(&bump, "holding", AtomicU32::new(0));
+    let holder = fork_holder(holding, || {
+        std::mem::forget(pair.lock().unwrap());
+        std::mem::forget(table.write().unwrap());
+    });
+    assert!(pair.try_lock().unwrap().is_none(), "a live holder has it");
+    assert!(table.try_read().unwrap().is_none(), "a live writer has it");
+    kill_to_zombie(holder);
+    let mutex_taken = succeeds_within_2s(|| pair.try_lock().unwrap().is_some());
+    let read_taken = succeeds_within_2s(|| table.try_read().unwrap().is_some());
+    reap(holder);
+    assert!(mutex_taken, "try_lock never took over the zombie holder");
+    assert!(read_taken, "try_read never took over the zombie writer");
 }
