@@ -441,6 +441,59 @@ fn spsc_roles_are_exclusive_and_a_dead_holders_role_is_taken_over() {
 }
 
 #[test]
+#[ignore = "child process of a_process_that_execs_itself_gets_its_spsc_role_back"]
+fn child_spsc_producer_that_execs_itself() {
+    use std::os::unix::process::CommandExt;
+    let alloc = attach_child();
+    let offset = alloc.segment().root("spsc").expect("a published ring");
+    let mut tx = SpscRing::<u64>::producer(&alloc, offset).expect("claim the producer");
+    tx.push(1);
+    // The new image of this process (same pid) claims the role again.
+    let error = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_spsc_producer_after_exec",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .exec();
+    panic!("exec failed: {error}");
+}
+
+#[test]
+#[ignore = "child process of a_process_that_execs_itself_gets_its_spsc_role_back"]
+fn child_spsc_producer_after_exec() {
+    let alloc = attach_child();
+    let offset = alloc.segment().root("spsc").expect("a published ring");
+    let mut tx = SpscRing::<u64>::producer(&alloc, offset)
+        .expect("the role an earlier image of this process held");
+    tx.push(2);
+}
+
+/// A process that `exec`s itself while it holds the producer role (no
+/// destructor runs) gets the role back in its new image: same pid, but an
+/// earlier image, which is gone.
+#[test]
+fn a_process_that_execs_itself_gets_its_spsc_role_back() {
+    let (options, _cleanup) = fresh_shm("spsc-exec");
+    let alloc = create_segment(&options);
+    let offset = SpscRing::<u64>::create(&alloc, 8).unwrap();
+    alloc.segment().set_root("spsc", offset).unwrap();
+    let child = spawn_workers(
+        "child_spsc_producer_that_execs_itself",
+        &shm_name(&options),
+        1,
+    )
+    .pop()
+    .unwrap();
+    worker_stdout(0, child);
+    let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+    let got: Vec<u64> = std::iter::from_fn(|| rx.try_pop()).collect();
+    assert_eq!(got, vec![1, 2]);
+}
+
+#[test]
 #[ignore = "child process of a_killed_spsc_consumer_is_replaced_without_loss"]
 fn child_spsc_consumer_killed() {
     let alloc = attach_child();

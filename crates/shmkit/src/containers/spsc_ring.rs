@@ -388,14 +388,42 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
 }
 
 /// A unique, non-zero token per endpoint of this process.
+/// Endpoint tokens issued by this process image so far.
+static TOKENS_ISSUED: AtomicU32 = AtomicU32::new(0);
+
+/// Where this process image's tokens start: random, drawn once per image
+/// (statics start over at every `exec`), so that an image can tell its own
+/// endpoints from those an earlier image of its pid left (a process that
+/// `exec`ed itself while holding a role, which nothing gave back).
+fn token_base() -> u32 {
+    static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *BASE.get_or_init(|| {
+        let mut base = 0u32;
+        // SAFETY: writes at most 4 bytes into `base`, which we own.
+        let got = unsafe { libc::getrandom((&raw mut base).cast(), 4, libc::GRND_NONBLOCK) };
+        if got != 4 {
+            // No entropy yet (early boot): the clock differs per image.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            base = now ^ std::process::id().rotate_left(16);
+        }
+        base
+    })
+}
+
 fn next_token() -> u32 {
-    static NEXT: AtomicU32 = AtomicU32::new(1);
     loop {
-        let token = NEXT.fetch_add(1, Ordering::Relaxed);
+        let token = token_base().wrapping_add(TOKENS_ISSUED.fetch_add(1, Ordering::Relaxed));
         if token != 0 {
             return token;
         }
     }
+}
+
+/// Whether this process image issued `token` (see [`token_base`]).
+fn issued_here(token: u32) -> bool {
+    token.wrapping_sub(token_base()) < TOKENS_ISSUED.load(Ordering::Relaxed)
 }
 
 /// What both endpoints hold: the validated ring and the claimed role.
@@ -443,8 +471,20 @@ impl<T: ShmSafe + Copy> Endpoint<'_, T> {
                     .as_ref()
                     .is_some_and(|object| mapped_by::process_maps(pid, object) == Some(false))
         };
+        // A holder of this pid is this image (a live thread of ours, or our
+        // own release in progress) unless this image never issued its
+        // token: then it was an earlier image that `exec`ed, and is gone.
+        let holder_is_dead = |holder: u64| {
+            let holder_pid = slot_owner::pid_of(holder);
+            if holder_pid == pid {
+                let token = holder as u32;
+                token != 0 && !issued_here(token)
+            } else {
+                is_dead(holder_pid)
+            }
+        };
         for _ in 0..1000 {
-            if slot_owner::try_claim(word, owner, is_dead).is_some() {
+            if slot_owner::try_claim_judged(word, owner, holder_is_dead).is_some() {
                 return Ok(Endpoint {
                     ring,
                     values: SegValues { first },

@@ -59,10 +59,23 @@ pub(crate) fn try_claim<C: AtomicWord>(
     owner: u64,
     is_dead: impl Fn(u32) -> bool,
 ) -> Option<Claimed> {
+    try_claim_judged(cell, owner, |holder| {
+        pid_of(holder) != pid_of(owner) && is_dead(pid_of(holder))
+    })
+}
+
+/// [`try_claim`], with the caller judging the holder's whole word (for a
+/// caller that can also tell an earlier image of its own process, one that
+/// `exec`ed, from itself).
+pub(crate) fn try_claim_judged<C: AtomicWord>(
+    cell: &C,
+    owner: u64,
+    holder_is_dead: impl Fn(u64) -> bool,
+) -> Option<Claimed> {
     let current = cell.load_acquire();
     let claimed = if current == FREE {
         Claimed::Fresh
-    } else if pid_of(current) != pid_of(owner) && is_dead(pid_of(current)) {
+    } else if holder_is_dead(current) {
         Claimed::FromDead
     } else {
         return None;
