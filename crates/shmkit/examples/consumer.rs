@@ -2,15 +2,17 @@
 //! producer wrote it (no copy through the queue), checks it and frees it.
 //!
 //! Usage: `consumer [SEGMENT]`. Start it before or after the producer; it
-//! waits up to 30 s for the segment. It stops at an end-of-stream marker
-//! and removes the segment's name (attached processes keep their mapping).
+//! waits up to 30 s for the segment, and as long as a live producer runs.
+//! It stops at an end-of-stream marker and removes the segment's name
+//! (attached processes keep their mapping); if the producer dies mid-run it
+//! removes the name too and exits with status 2.
 
 #[allow(dead_code)] // each example uses part of the shared module
 mod queue;
 
 use std::time::{Duration, Instant};
 
-use queue::END;
+use queue::{Side, END};
 use shmkit::containers::MpmcRing;
 use shmkit::{FullPtr, ShmAllocator};
 
@@ -18,13 +20,29 @@ fn main() -> shmkit::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = queue::segment_name(&args);
     let heap = queue::open_segment_patiently(&name, Duration::from_secs(30))?;
+    let session = queue::session(&heap)?;
+    session.join(Side::Consumer);
     let ring = MpmcRing::open(&heap, queue::queue(&heap)?)?;
     println!("consumer: waiting on segment /{name}");
 
     let (mut messages, mut bytes, mut bad) = (0u64, 0u64, 0u64);
     let mut started = None;
+    let waiting_since = Instant::now();
     loop {
-        let message = ring.pop();
+        // Wait with a timeout, and check after each that the producer
+        // lives: a dead one sends nothing more.
+        let Some(message) = ring.pop_timeout(queue::CHECK_EVERY) else {
+            if session.other_side_died(Side::Consumer) {
+                queue::abandon(&heap, &name, "consumer", "producer");
+            }
+            if session.producer.load(std::sync::atomic::Ordering::Acquire) == 0
+                && waiting_since.elapsed() > Duration::from_secs(30)
+            {
+                eprintln!("consumer: no producer came in 30 s");
+                std::process::exit(queue::PARTNER_DIED);
+            }
+            continue;
+        };
         started.get_or_insert_with(Instant::now);
         if message.len == END {
             break;

@@ -8,13 +8,15 @@
 //!
 //! Usage: `producer [SEGMENT] [--count N] [--size BYTES] [--consumers N]`.
 //! It sends `--consumers` end-of-stream markers (one per consumer) at the
-//! end; the first consumer to read one removes the segment's name.
+//! end; the first consumer to read one removes the segment's name. If the
+//! consumer dies mid-run the producer removes the name and exits with
+//! status 2 instead of waiting for room forever.
 
 mod queue;
 
 use std::time::Instant;
 
-use queue::{Message, END};
+use queue::{Message, Side, END};
 use shmkit::containers::MpmcRing;
 use shmkit::{ShmAllocator, ShmPtr};
 
@@ -26,8 +28,24 @@ fn main() -> shmkit::Result<()> {
     let consumers = queue::flag(&args, "--consumers", 1);
 
     let heap = queue::open_segment_patiently(&name, std::time::Duration::from_secs(10))?;
+    let session = queue::session(&heap)?;
+    session.join(Side::Producer);
     let ring = MpmcRing::open(&heap, queue::queue(&heap)?)?;
     println!("producer: segment /{name}, {count} messages of {size} bytes");
+    // Waits with a timeout for room, checking after each that the consumer
+    // lives (a dead one frees nothing and takes nothing).
+    let send = |message: Message| {
+        let mut message = message;
+        loop {
+            match ring.push_timeout(message, queue::CHECK_EVERY) {
+                Ok(()) => return,
+                Err(back) => message = back,
+            }
+            if session.other_side_died(Side::Producer) {
+                queue::abandon(&heap, &name, "producer", "consumer");
+            }
+        }
+    };
 
     let started = Instant::now();
     let mut payload = vec![0u8; size];
@@ -41,20 +59,25 @@ fn main() -> shmkit::Result<()> {
             match heap.allocate(size) {
                 Ok(block) => break block,
                 // Consumers free as they read: wait for room.
-                Err(shmkit::Error::OutOfMemory { .. }) => std::thread::yield_now(),
+                Err(shmkit::Error::OutOfMemory { .. }) => {
+                    if session.other_side_died(Side::Producer) {
+                        queue::abandon(&heap, &name, "producer", "consumer");
+                    }
+                    std::thread::yield_now();
+                }
                 Err(other) => return Err(other),
             }
         };
         // SAFETY: a fresh block of `size` bytes, ours until sent.
         unsafe { std::ptr::copy_nonoverlapping(payload.as_ptr(), block.as_ptr(), size) };
-        ring.push(Message {
+        send(Message {
             payload: block.shm(),
             len: size as u64,
             checksum: queue::checksum(&payload),
         });
     }
     for _ in 0..consumers {
-        ring.push(Message {
+        send(Message {
             payload: ShmPtr::null(),
             len: END,
             checksum: 0,

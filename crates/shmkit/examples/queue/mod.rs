@@ -1,15 +1,36 @@
 //! What the producer and consumer examples share: the segment, the queue
-//! and the message they agree on.
+//! and the message they agree on, and the robust pattern around them.
+//!
+//! Either side may die at any moment (SIGKILL included), so:
+//!
+//! - each side records its pid in the segment's [`Session`], and waits
+//!   with a timeout, checking after each that the other side still lives
+//!   ([`other_side_died`]): a side whose partner died removes the segment's
+//!   name and exits with status 2 instead of waiting forever;
+//! - a segment that nobody else holds open when a side arrives is a
+//!   previous run's leftover (its processes died before removing the name)
+//!   and may still hold that run's messages: [`open_segment`] removes it and
+//!   starts a fresh one, so a run never reads another run's messages.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkit::containers::MpmcRing;
-use shmkit::{Error, Offset, SegmentAllocator, SegmentOptions, ShmPtr, SizeClassAllocator};
+use shmkit::{
+    Error, Offset, Opened, SegmentAllocator, SegmentOptions, ShmAllocator, ShmPtr,
+    SizeClassAllocator,
+};
 
 /// The segment both sides meet in unless a name is given.
 pub const DEFAULT_SEGMENT: &str = "shmkit-example-queue";
 /// Where the queue's offset is published in the segment.
 pub const QUEUE_ROOT: &str = "example.queue";
+/// Where the session is published in the segment.
+pub const SESSION_ROOT: &str = "example.session";
+/// How long a side waits on the queue before it checks the other side.
+pub const CHECK_EVERY: Duration = Duration::from_millis(200);
+/// Exit status of a side whose partner died mid-run.
+pub const PARTNER_DIED: i32 = 2;
 /// Queue slots.
 pub const QUEUE_CAPACITY: usize = 1024;
 /// Segment size: payloads wait here while the queue holds their offsets.
@@ -29,6 +50,55 @@ shmkit::shm_struct! {
 
 /// The length that marks the end of the stream.
 pub const END: u64 = u64::MAX;
+
+shmkit::shm_struct! {
+    /// Who takes part in the run: each side's pid, 0 until it arrives.
+    pub struct Session {
+        pub producer: AtomicU32,
+        pub consumer: AtomicU32,
+    }
+}
+
+/// Which side this process is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Producer,
+    Consumer,
+}
+
+impl Session {
+    fn word(&self, side: Side) -> &AtomicU32 {
+        match side {
+            Side::Producer => &self.producer,
+            Side::Consumer => &self.consumer,
+        }
+    }
+
+    /// Records this process as `side`.
+    pub fn join(&self, side: Side) {
+        self.word(side).store(std::process::id(), Ordering::Release);
+    }
+
+    /// Whether the other side joined and has died since (a pid checked
+    /// with `kill(pid, 0)`: good enough for an example; the library's
+    /// locks also compare the thread's start time, against reused pids).
+    pub fn other_side_died(&self, me: Side) -> bool {
+        let other = match me {
+            Side::Producer => Side::Consumer,
+            Side::Consumer => Side::Producer,
+        };
+        let pid = self.word(other).load(Ordering::Acquire);
+        pid != 0 && !shmkit::segment::process_alive(pid)
+    }
+}
+
+/// Ends this process because the other side died mid-run: the run is over,
+/// so the segment's name goes (the next run starts afresh).
+pub fn abandon(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> ! {
+    eprintln!("{me}: the {other} died mid-run; removing /{name}");
+    let _ = heap.segment().unlink();
+    std::process::exit(PARTNER_DIED);
+}
 
 /// FNV-1a of a payload, so the consumer can tell the bytes arrived intact.
 pub fn checksum(bytes: &[u8]) -> u64 {
@@ -65,10 +135,49 @@ pub fn flag(args: &[String], flag: &str, default: u64) -> u64 {
 }
 
 /// Attaches the segment, or creates it if nobody has; either side may start
-/// first.
+/// first. A segment found with nobody else holding it open is a previous
+/// run's leftover: removed, and made afresh. (Two sides arriving at the
+/// same leftover within the same instant each see the other and keep it.)
 pub fn open_segment(name: &str) -> shmkit::Result<SizeClassAllocator> {
     let options = SegmentOptions::shm(name).size(SEGMENT_SIZE);
-    SizeClassAllocator::open_or_create(&options).map(|(heap, _)| heap)
+    for _ in 0..10 {
+        let (heap, opened) = SizeClassAllocator::open_or_create(&options)?;
+        if opened == Opened::Attached && heap.segment().users()?.is_empty() {
+            println!("removing /{name}, left over from a run whose processes died");
+            match heap.segment().unlink() {
+                Ok(()) | Err(Error::NotFound { .. }) => continue,
+                Err(other) => return Err(other),
+            }
+        }
+        return Ok(heap);
+    }
+    Err(Error::InUse {
+        reason: format!("/{name} keeps being left over"),
+    })
+}
+
+/// The session record, published by whoever gets there first.
+pub fn session(heap: &SizeClassAllocator) -> shmkit::Result<&Session> {
+    let at = match heap.segment().root(SESSION_ROOT) {
+        Some(found) => found,
+        None => {
+            let ours = heap
+                .new_obj(Session {
+                    producer: AtomicU32::new(0),
+                    consumer: AtomicU32::new(0),
+                })?
+                .offset();
+            match heap.segment().set_root(SESSION_ROOT, ours) {
+                Ok(()) => ours,
+                // Another side published first: use theirs (ours, a few
+                // bytes, stays unused).
+                Err(error) => heap.segment().root(SESSION_ROOT).ok_or(error)?,
+            }
+        }
+    };
+    // SAFETY: resolved (bounds, alignment) in a segment that outlives the
+    // borrow; a Session is atomics only, valid for any bytes.
+    Ok(unsafe { heap.segment().resolve(at)?.as_ref() })
 }
 
 /// The queue's offset: published by whoever gets there first (a root can be

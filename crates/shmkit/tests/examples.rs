@@ -1,0 +1,148 @@
+//! The producer and consumer examples as their users run them, killed
+//! mid-run and run again: a side whose partner died does not wait forever,
+//! and a run never reads a dead run's messages.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::unique_name;
+
+/// The example binary `name`, built next to this test (by `cargo test`,
+/// or here when only this test was built).
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .and_then(|deps| deps.parent())
+        .unwrap()
+        .join("examples")
+        .join(name);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let profile = if cfg!(debug_assertions) {
+            vec![]
+        } else {
+            vec!["--release"]
+        };
+        let status = Command::new(cargo)
+            .args(["build", "-q", "-p", "shmkit", "--example", name])
+            .args(profile)
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the {name} example");
+    }
+    path
+}
+
+fn start(name: &str, args: &[&str]) -> Child {
+    Command::new(example(name))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn shm_exists(segment: &str) -> bool {
+    std::path::Path::new("/dev/shm").join(segment).exists()
+}
+
+/// Waits for `child` at most `patience`; kills it and fails after that.
+fn finishes_within(mut child: Child, patience: Duration, what: &str) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > patience {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{what} still ran after {patience:?}: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn kill(mut child: Child) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Waits until the segment exists and both sides have been at work a while.
+fn let_them_run(segment: &str) {
+    let started = Instant::now();
+    while !shm_exists(segment) {
+        assert!(started.elapsed() < Duration::from_secs(30), "no segment");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+#[test]
+fn a_consumer_whose_producer_is_killed_stops_and_removes_the_segment() {
+    let segment = unique_name("example-kill");
+    let consumer = start("consumer", &[&segment]);
+    let producer = start(
+        "producer",
+        &[&segment, "--count", "100000000", "--size", "64"],
+    );
+    let_them_run(&segment);
+    kill(producer);
+    let output = finishes_within(consumer, Duration::from_secs(20), "the consumer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("producer died"), "{stderr}");
+    assert!(!shm_exists(&segment), "the dead run's segment is removed");
+}
+
+#[test]
+fn a_producer_whose_consumer_is_killed_stops_instead_of_waiting_for_room() {
+    let segment = unique_name("example-ckill");
+    let consumer = start("consumer", &[&segment]);
+    let producer = start(
+        "producer",
+        &[&segment, "--count", "100000000", "--size", "64"],
+    );
+    let_them_run(&segment);
+    kill(consumer);
+    let output = finishes_within(producer, Duration::from_secs(20), "the producer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("consumer died"), "{stderr}");
+    let _ = shmkit::segment::remove(&shmkit::Location::Shm(segment));
+}
+
+#[test]
+fn a_run_after_both_sides_were_killed_reads_only_its_own_messages() {
+    let segment = unique_name("example-rerun");
+    // A run killed mid-way, both sides: the segment stays, its queue full
+    // of that run's messages.
+    let consumer = start("consumer", &[&segment]);
+    let producer = start(
+        "producer",
+        &[&segment, "--count", "100000000", "--size", "64"],
+    );
+    let_them_run(&segment);
+    kill(producer);
+    kill(consumer);
+    assert!(shm_exists(&segment), "the killed run left its segment");
+    // The next run, on the same name.
+    let consumer = start("consumer", &[&segment]);
+    let producer = start("producer", &[&segment, "--count", "2000", "--size", "64"]);
+    let produced = finishes_within(producer, Duration::from_secs(60), "the producer");
+    assert!(produced.status.success(), "{produced:?}");
+    let consumed = finishes_within(consumer, Duration::from_secs(60), "the consumer");
+    let stdout = String::from_utf8_lossy(&consumed.stdout);
+    assert!(consumed.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("consumer: 2000 messages, 128000 bytes"),
+        "the new run's messages, and only those: {stdout}"
+    );
+    assert!(stdout.contains(" 0 corrupt"), "{stdout}");
+    assert!(!shm_exists(&segment));
+}
