@@ -21,7 +21,7 @@ use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 
 use common::{child_env, fresh_shm, shm_name, spawn_self};
-use shmkit::containers::{ShmHashMap, ShmVec};
+use shmkit::containers::{MpmcRing, ShmHashMap, ShmVec};
 use shmkit::{
     shm_struct, BuddyAllocator, Error, FreeListAllocator, LinearAlloc, MemContext, Offset,
     PoolAllocator, PoolParams, Segment, SegmentAllocator, SegmentOptions, ShmAllocator,
@@ -623,4 +623,101 @@ fn a_vector_killed_while_moving_its_storage_names_a_live_block() {
 #[test]
 fn a_hash_map_killed_while_moving_its_table_names_a_live_block() {
     container_dies_moving_its_storage("map");
+}
+
+/// The MPMC child: pushes 1 and 2, then dies inside the push of 3 (cell
+/// claimed, not published), or pops once and dies inside that pop (cell
+/// claimed, not released).
+#[test]
+#[ignore = "child process of the MPMC crash-point tests"]
+fn child_dies_inside_a_ring_operation() {
+    let heap =
+        SizeClassAllocator::attach(&SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT"))).unwrap();
+    let at = heap.segment().root::<MpmcRing<u64>>("ring").unwrap();
+    let ring = MpmcRing::open(&heap, at).unwrap();
+    if child_env("SHMKIT_CRASH_OPERATION") == "push" {
+        ring.push(1);
+        ring.push(2);
+        shmkit::crash_point::arm("mpmc.push.claimed");
+        ring.push(3);
+    } else {
+        shmkit::crash_point::arm("mpmc.pop.claimed");
+        let _ = ring.try_pop();
+    }
+    panic!("the child survived the ring's crash point");
+}
+
+/// Runs the ring child to its death inside `operation` on the ring
+/// published in `options`' segment.
+fn ring_child_dies(options: &SegmentOptions, operation: &str) {
+    let output = spawn_self(
+        "child_dies_inside_a_ring_operation",
+        &[
+            ("SHMKIT_TEST_SEGMENT", shm_name(options)),
+            ("SHMKIT_CRASH_OPERATION", operation.to_owned()),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGKILL),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+const RING_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[test]
+fn a_producer_killed_inside_a_push_costs_only_its_own_message() {
+    let (options, _cleanup) = fresh_shm("crash-mpmc-push");
+    let heap = SizeClassAllocator::create(&options.clone().size(1 << 20)).unwrap();
+    let at = MpmcRing::<u64>::create(&heap, 8).unwrap();
+    heap.segment().set_root("ring", at).unwrap();
+    ring_child_dies(&options, "push");
+    let ring = MpmcRing::open(&heap, at).unwrap();
+    assert_eq!(ring.in_flight().push_at, None, "1 and 2 are ready");
+    for value in [4, 5] {
+        ring.push_timeout(value, RING_PATIENCE).unwrap();
+    }
+    // 1 and 2, then the dead push's cell is skipped, then 4 and 5: in
+    // bounded time, through both the blocking and the non-blocking pops.
+    assert_eq!(ring.pop_timeout(RING_PATIENCE), Some(1));
+    assert_eq!(ring.try_pop(), Some(2));
+    assert_eq!(ring.pop_timeout(RING_PATIENCE), Some(4));
+    assert_eq!(ring.try_pop(), Some(5));
+    assert_eq!(ring.try_pop(), None);
+    // And the ring goes on, round every cell.
+    for value in 10..30 {
+        ring.push_timeout(value, RING_PATIENCE).unwrap();
+        assert_eq!(ring.pop_timeout(RING_PATIENCE), Some(value));
+    }
+    assert_eq!(ring.in_flight(), Default::default());
+}
+
+#[test]
+fn a_consumer_killed_inside_a_pop_costs_only_the_message_it_took() {
+    let (options, _cleanup) = fresh_shm("crash-mpmc-pop");
+    let heap = SizeClassAllocator::create(&options.clone().size(1 << 20)).unwrap();
+    let at = MpmcRing::<u64>::create(&heap, 8).unwrap();
+    heap.segment().set_root("ring", at).unwrap();
+    let ring = MpmcRing::open(&heap, at).unwrap();
+    for value in 1..=8 {
+        ring.push(value);
+    }
+    ring_child_dies(&options, "pop");
+    // The dead pop took 1; the rest come out, and the producers get the
+    // dead pop's cell back when they come round to it.
+    for value in 2..=8 {
+        assert_eq!(ring.pop_timeout(RING_PATIENCE), Some(value));
+    }
+    for value in 9..=16 {
+        ring.push_timeout(value, RING_PATIENCE)
+            .unwrap_or_else(|_| panic!("push {value} found the ring full"));
+    }
+    for value in 9..=16 {
+        assert_eq!(ring.pop_timeout(RING_PATIENCE), Some(value));
+    }
+    assert_eq!(ring.try_pop(), None);
 }

@@ -60,6 +60,12 @@ pub(crate) struct HandoffSlot {
     /// [`intend_carve`]: HandoffSlot::intend_carve
     carve_prev: AtomicU64,
     carve_end: AtomicU64,
+    /// For an MPMC ring's claim in progress (see [`intend_claim`]): the
+    /// ring's offset (0: none) and the claimed position with its side.
+    ///
+    /// [`intend_claim`]: HandoffSlot::intend_claim
+    ring: AtomicU64,
+    ring_claim: AtomicU64,
 }
 
 /// The record's flag for an allocation under a lock that has not committed
@@ -100,6 +106,109 @@ impl HandoffSlot {
     #[inline]
     pub(crate) fn carve_done(&self) {
         self.block.store(0, Ordering::Release);
+    }
+
+    /// Records, before the compare-and-swap that would claim it, that this
+    /// thread claims `claim` (a position and side, see `mpmc_ring`) of the
+    /// ring at `ring`. The note proves nothing until [`claim_won`] confirms
+    /// it (the compare-and-swap may fail).
+    ///
+    /// [`claim_won`]: HandoffSlot::claim_won
+    #[inline]
+    pub(crate) fn intend_claim(&self, ring: u64, claim: u64) {
+        self.ring_claim.store(claim, Ordering::Relaxed);
+        self.ring.store(ring, Ordering::Release);
+    }
+
+    /// The compare-and-swap won the claim noted by
+    /// [`intend_claim`](Self::intend_claim): from here until
+    /// [`claim_done`](Self::claim_done), the note is evidence that this
+    /// thread holds the claim ([`ring_claim_died`]).
+    #[inline]
+    pub(crate) fn claim_won(&self, claim: u64) {
+        self.ring_claim.store(claim | CLAIM_WON, Ordering::Release);
+    }
+
+    /// The claim is finished (or was never won).
+    #[inline]
+    pub(crate) fn claim_done(&self) {
+        self.ring.store(0, Ordering::Release);
+    }
+}
+
+/// The bit of a confirmed ring claim (claims keep their side in bit 63 and
+/// positions below bit 62).
+const CLAIM_WON: u64 = 1 << 62;
+
+/// Whether a slot notes a ring claim, evidence a repairer may need (its
+/// thread may have died holding the claim): the slot is kept for it until
+/// the claim is repaired (a dead thread's note of a claim it never won
+/// stays too, and keeps one slot: it died in the few instructions between
+/// noting and trying).
+fn holds_ring_note(slot: &HandoffSlot) -> bool {
+    slot.ring.load(Ordering::Acquire) != 0
+}
+
+/// Whether `claim` of the ring at `ring` (seen unfinished, the index moved
+/// past it) is held by a thread that died:
+///
+/// - a slot holds it confirmed: only the thread that won the
+///   compare-and-swap confirms, so that thread holds it; dead or not
+///   decides;
+/// - otherwise the winner died between winning and confirming, or has no
+///   slot: when every slot that notes the claim (unconfirmed) belongs to a
+///   dead thread, and at least one does, the winner is one of them (a live
+///   loser clears its note at once) unless it had no slot (more than
+///   [`SLOTS`] threads at once), which is the one case judged wrongly.
+///
+/// Without any note it cannot tell, and says no.
+pub(crate) fn ring_claim_died(segment: &Segment, ring: u64, claim: u64) -> bool {
+    let mut noted_by_dead = false;
+    for slot in slots(segment) {
+        if slot.ring.load(Ordering::Acquire) != ring {
+            continue;
+        }
+        let noted = slot.ring_claim.load(Ordering::Acquire);
+        if noted & !CLAIM_WON != claim {
+            continue;
+        }
+        let owner = slot.owner.load(Ordering::Acquire);
+        let dead = owner != 0 && owner_is_dead(owner);
+        if noted & CLAIM_WON != 0 {
+            return dead;
+        }
+        if !dead {
+            return false;
+        }
+        noted_by_dead = true;
+    }
+    noted_by_dead
+}
+
+/// Forgets every note about the ring at `ring` (it is being destroyed: a
+/// ring made later at the same offset must not inherit them).
+pub(crate) fn forget_ring(segment: &Segment, ring: u64) {
+    for slot in slots(segment) {
+        let _ = slot
+            .ring
+            .compare_exchange(ring, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+/// Forgets the dead threads' notes of `claim` once the claim was finished
+/// on their behalf, freeing their slots for reuse.
+pub(crate) fn forget_ring_claim(segment: &Segment, ring: u64, claim: u64) {
+    for slot in slots(segment) {
+        if slot.ring.load(Ordering::Acquire) == ring
+            && slot.ring_claim.load(Ordering::Acquire) & !CLAIM_WON == claim
+        {
+            let owner = slot.owner.load(Ordering::Acquire);
+            if owner != 0 && owner_is_dead(owner) {
+                let _ = slot
+                    .ring
+                    .compare_exchange(ring, 0, Ordering::AcqRel, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -172,8 +281,10 @@ impl Drop for Held {
                 let Some(slot) = slot_at(segment_base, index) else {
                     return;
                 };
-                // Delivered: the thread lived past its last allocation.
+                // Delivered: the thread lived past its last allocation, and
+                // finished every ring claim it made.
                 slot.block.store(0, Ordering::Relaxed);
+                slot.ring.store(0, Ordering::Relaxed);
                 let _ = slot
                     .owner
                     .compare_exchange(owner, 0, Ordering::Release, Ordering::Relaxed);
@@ -330,6 +441,7 @@ fn take_free(log: &[HandoffSlot], me: u64) -> Option<u32> {
         })
         .map(|index| {
             log[index].block.store(0, Ordering::Relaxed);
+            log[index].ring.store(0, Ordering::Relaxed);
             index as u32
         })
 }
@@ -342,6 +454,7 @@ fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
             let owner = slot.owner.load(Ordering::Acquire);
             owner != 0
                 && slot.block.load(Ordering::Acquire) & TENTATIVE == 0
+                && !holds_ring_note(slot)
                 && owner_is_dead(owner)
                 && slot
                     .owner
@@ -350,6 +463,7 @@ fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
         })
         .map(|index| {
             log[index].block.store(0, Ordering::Relaxed);
+            log[index].ring.store(0, Ordering::Relaxed);
             index as u32
         })
 }
@@ -380,6 +494,19 @@ pub(crate) fn take_dead(segment: &Segment, handed_out: impl Fn(u64) -> bool) -> 
         }
         if block != 0 && !handed_out(block) {
             continue; // for the recovery pass
+        }
+        if holds_ring_note(slot) {
+            // The note of an unfinished ring claim stays (with the slot) for
+            // whoever repairs that ring; the record goes.
+            if block != 0
+                && slot
+                    .block
+                    .compare_exchange(block, 0, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                blocks.push(block);
+            }
+            continue;
         }
         // Whoever frees the slot owns its record; a claimer that took it
         // meanwhile cleared it.

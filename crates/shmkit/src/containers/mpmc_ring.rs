@@ -40,7 +40,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::alloc::handoff;
 use crate::alloc::{MemContext, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::{Offset, ShmSafe};
 
@@ -573,16 +575,137 @@ pub(super) struct MpmcWords<A64, A32> {
     pub(super) not_full: Line<Signal<A32>>,
 }
 
+/// The side of an unfinished claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Side {
+    /// A push claimed the position (moved the tail) and has not published.
+    Push,
+    /// A pop claimed the position (moved the head) and has not released.
+    Pop,
+}
+
+/// Who claims a cell, for the repair of claims whose process died (see
+/// "When a process dies in the middle" on [`MpmcRing`]). Outside a segment
+/// (and in the loom models) nobody records anything and nothing is
+/// repaired.
+pub(super) trait Claims {
+    /// Before the compare-and-swap that would claim `position` for `side`.
+    #[inline]
+    fn claiming(&self, _side: Side, _position: u64) {}
+    /// The compare-and-swap won the claim.
+    #[inline]
+    fn won(&self, _side: Side, _position: u64) {}
+    /// After the claimed cell was published or released, or after the
+    /// compare-and-swap lost.
+    #[inline]
+    fn finished(&self) {}
+    /// Whether the unfinished claim of `position` for `side` belongs to a
+    /// thread that died.
+    #[inline]
+    fn claimer_died(&self, _side: Side, _position: u64) -> bool {
+        false
+    }
+    /// The claim was finished on a dead thread's behalf.
+    #[inline]
+    fn repaired(&self, _side: Side, _position: u64) {}
+}
+
+/// Records nothing: a ring outside a segment, or a loom model.
+pub(super) struct NoClaims;
+
+impl Claims for NoClaims {}
+
+/// Claims noted in the calling thread's slot of the segment's hand-off log
+/// (`alloc::handoff`), under the ring's offset; nothing for a ring outside
+/// a segment.
+pub(super) struct LoggedClaims<'a> {
+    segment: Option<&'a crate::segment::Segment>,
+    ring: u64,
+    /// Per side, the unfinished claim this handle saw last, and when
+    /// (nanoseconds since [`since_start`]'s origin): a claim is judged only
+    /// once it has stayed unfinished for [`STUCK_FOR`], so an ordinary claim
+    /// in flight costs nothing but this check.
+    suspect: [AtomicU64; 2],
+    suspected_at: [AtomicU64; 2],
+}
+
+/// How long a claim must stay unfinished before its thread is judged.
+const STUCK_FOR: Duration = Duration::from_millis(10);
+
+/// Nanoseconds since a fixed instant of this process.
+fn since_start() -> u64 {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A claim as the hand-off log keeps it: the position, and the side in the
+/// top bit (positions never get there).
+#[inline]
+fn claim_word(side: Side, position: u64) -> u64 {
+    (position & ((1 << 62) - 1)) | (u64::from(side == Side::Pop) << 63)
+}
+
+impl Claims for LoggedClaims<'_> {
+    #[inline]
+    fn claiming(&self, side: Side, position: u64) {
+        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+            log.intend_claim(self.ring, claim_word(side, position));
+        }
+    }
+
+    #[inline]
+    fn won(&self, side: Side, position: u64) {
+        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+            log.claim_won(claim_word(side, position));
+        }
+    }
+
+    #[inline]
+    fn finished(&self) {
+        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+            log.claim_done();
+        }
+    }
+
+    #[cold]
+    fn claimer_died(&self, side: Side, position: u64) -> bool {
+        let Some(segment) = self.segment else {
+            return false;
+        };
+        let claim = claim_word(side, position);
+        let now = since_start();
+        let which = usize::from(side == Side::Pop);
+        if self.suspect[which].swap(claim, Ordering::AcqRel) != claim {
+            self.suspected_at[which].store(now, Ordering::Release);
+            return false;
+        }
+        if now.saturating_sub(self.suspected_at[which].load(Ordering::Acquire))
+            < STUCK_FOR.as_nanos() as u64
+        {
+            return false;
+        }
+        handoff::ring_claim_died(segment, self.ring, claim)
+    }
+
+    #[cold]
+    fn repaired(&self, side: Side, position: u64) {
+        if let Some(segment) = self.segment {
+            handoff::forget_ring_claim(segment, self.ring, claim_word(side, position));
+        }
+    }
+}
+
 /// Vyukov's algorithm over some words, cells and environment.
-pub(super) struct MpmcCore<'r, T, E: Env, S> {
+pub(super) struct MpmcCore<'r, T, E: Env, S, C: Claims = NoClaims> {
     pub(super) words: &'r MpmcWords<E::U64, E::U32>,
     pub(super) cells: S,
     pub(super) mask: u64,
     pub(super) env: &'r E,
+    pub(super) claims: &'r C,
     pub(super) _values: PhantomData<fn(T) -> T>,
 }
 
-impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>> MpmcCore<'_, T, E, S> {
+impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E, S, C> {
     #[inline]
     fn seq(&self, position: u64) -> &E::U64 {
         // SAFETY: masked, so below the capacity (`mask + 1`).
@@ -600,24 +723,56 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>> MpmcCore<'_, T, E, S> {
             let lap = seq.load(Ordering::Acquire);
             let ahead = lap.wrapping_sub(position) as i64;
             if ahead == 0 {
+                self.claims.claiming(Side::Push, position);
+                // Acquire-release: a repairer that sees the tail moved also
+                // sees the claim noted before it.
                 match tail.compare_exchange_weak(
                     position,
                     position.wrapping_add(1),
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        self.claims.won(Side::Push, position);
+                        crash_point!("mpmc.push.claimed");
                         // SAFETY: masked index; claiming `position` gave us
                         // the cell until we publish it.
                         unsafe { self.cells.write((position & self.mask) as usize, value) };
                         seq.store(position.wrapping_add(1), Ordering::Release);
+                        self.claims.finished();
                         self.words.not_empty.0.notify(self.env);
                         return Ok(());
                     }
-                    Err(actual) => position = actual,
+                    Err(actual) => {
+                        self.claims.finished();
+                        position = actual;
+                    }
                 }
             } else if ahead < 0 {
-                // The cell still holds last lap's value: full.
+                // The cell still holds last lap's value: full, unless a pop
+                // claimed that value (moved the head past it) and its thread
+                // died before releasing the cell: then release it on the
+                // dead thread's behalf (its value is lost with it).
+                let behind = position.wrapping_sub(self.mask).wrapping_sub(1);
+                if lap == behind.wrapping_add(1)
+                    && self
+                        .words
+                        .head
+                        .0
+                        .load(Ordering::Acquire)
+                        .wrapping_sub(behind) as i64
+                        > 0
+                    && self.claims.claimer_died(Side::Pop, behind)
+                {
+                    if seq
+                        .compare_exchange_weak(lap, position, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.claims.repaired(Side::Pop, behind);
+                        self.words.not_full.0.notify(self.env);
+                    }
+                    continue;
+                }
                 return Err(value);
             } else {
                 // Another producer took this position: the tail has moved
@@ -638,39 +793,98 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>> MpmcCore<'_, T, E, S> {
     pub(super) fn try_pop(&self) -> Option<T> {
         let head = &self.words.head.0;
         let mut position = head.load(Ordering::Relaxed);
+        // Skipped cells (see below) are at most a ring's worth; past that
+        // the words are corrupt, which reads as empty.
+        let mut skips = 0u64;
         loop {
             let seq = self.seq(position);
             let lap = seq.load(Ordering::Acquire);
             let ahead = lap.wrapping_sub(position.wrapping_add(1)) as i64;
+            let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
             if ahead == 0 {
+                self.claims.claiming(Side::Pop, position);
+                // Acquire-release, as for the tail in `try_push`.
                 match head.compare_exchange_weak(
                     position,
                     position.wrapping_add(1),
-                    Ordering::Relaxed,
+                    Ordering::AcqRel,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
+                        self.claims.won(Side::Pop, position);
+                        crash_point!("mpmc.pop.claimed");
                         // SAFETY: masked index; the cell was published and
                         // claiming `position` gave it to us.
                         let value = unsafe { self.cells.read((position & self.mask) as usize) };
-                        seq.store(
-                            position.wrapping_add(self.mask).wrapping_add(1),
-                            Ordering::Release,
-                        );
+                        seq.store(next_lap, Ordering::Release);
+                        self.claims.finished();
                         self.words.not_full.0.notify(self.env);
                         return Some(value);
                     }
-                    Err(actual) => position = actual,
+                    Err(actual) => {
+                        self.claims.finished();
+                        position = actual;
+                    }
                 }
             } else if ahead < 0 {
-                // Not published yet: empty (at this position).
+                // Not published yet: empty at this position, unless a push
+                // claimed it (moved the tail past it) and its thread died
+                // before publishing: then skip the cell (release it for the
+                // next lap; the dead thread's value never arrived).
+                if lap == position
+                    && self
+                        .words
+                        .tail
+                        .0
+                        .load(Ordering::Acquire)
+                        .wrapping_sub(position) as i64
+                        > 0
+                    && self.claims.claimer_died(Side::Push, position)
+                {
+                    if seq
+                        .compare_exchange_weak(lap, next_lap, Ordering::AcqRel, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        self.claims.repaired(Side::Push, position);
+                    }
+                    continue;
+                }
                 return None;
             } else {
                 let now = head.load(Ordering::Relaxed);
-                if now == position {
-                    return None;
+                if now != position {
+                    position = now;
+                    continue;
                 }
-                position = now;
+                // The head has not moved, yet the cell is already released
+                // for a later lap: a skip (above) in progress. Move the head
+                // past it on the skipper's behalf.
+                if lap.wrapping_sub(next_lap) as i64 >= 0
+                    && skips <= self.mask
+                    && self
+                        .words
+                        .tail
+                        .0
+                        .load(Ordering::Acquire)
+                        .wrapping_sub(position) as i64
+                        > 0
+                {
+                    skips += 1;
+                    if head
+                        .compare_exchange_weak(
+                            position,
+                            position.wrapping_add(1),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_ok()
+                    {
+                        self.words.not_full.0.notify(self.env);
+                    }
+                    position = head.load(Ordering::Relaxed);
+                    continue;
+                }
+                return None;
             }
         }
     }
@@ -757,32 +971,32 @@ const MPMC_MAGIC: u64 = 0x314d_504d_4b4d_4853; // "SHMKMPM1"
 /// A push claims its position (moves the tail), writes the value, then
 /// publishes the cell; a pop claims its position (moves the head), reads,
 /// then releases the cell. A process killed *between claim and
-/// publish/release* leaves that cell half-done, and the ring cannot know
-/// whether the process is slow or dead:
+/// publish/release* leaves that cell half-done. In a segment, each claim
+/// is first noted in the claiming thread's slot of the segment's hand-off
+/// log (two stores to the thread's own cache line, and one to clear it
+/// afterwards), so whoever meets a half-done cell can tell a slow claimer
+/// from a dead one:
 ///
-/// * a dead **producer** leaves a cell that never becomes ready: pops see
-///   the ring as empty at that position from then on, whatever was pushed
-///   after it, and pushes fill the ring and then see it full. The ring is
-///   stalled for good.
-/// * a dead **consumer** loses the value it claimed, and its cell never
-///   becomes free: once the producers come round to it they see the ring
-///   as full. Also stalled for good.
+/// * a dead **producer**'s cell is skipped by the next pop that meets it
+///   (released for the next lap; the dead producer's value never arrived);
+/// * a dead **consumer**'s cell is released by the next push that comes
+///   round to it (the value it took is lost with it).
+///
+/// Either way only the victim's own message is lost, and a blocked pop or
+/// push gets there within one recheck interval (100 ms by default). A
+/// claim is never repaired while its thread lives. What cannot be
+/// repaired: a claim by a thread that had no slot in the log (more than 64
+/// threads allocating or using rings in the segment at once), which stalls
+/// the ring as it would without the log; and a ring outside a segment
+/// (process-local memory), whose threads cannot die alone.
 ///
 /// Killed anywhere else (before the claim, after the publication), a
 /// process leaves the ring consistent; a sleeper it should have woken waits
 /// at most one recheck interval longer. A process killed while *sleeping*
 /// leaves its waiter registration behind, so every later operation of the
 /// other side makes one futex wake system call (slower, still correct).
-///
-/// [`MpmcHandle::in_flight`] detects a stall at no cost to the operations:
-/// it reports a claimed-but-unfinished cell at the head or tail; one that
-/// stays at the same position across calls far apart is a dead process's.
-/// Repairing it is not implemented: a consumer could only skip a dead
-/// producer's cell safely if the cell recorded who claimed it and if
-/// publishing were a compare-and-swap the skipper can make fail (one more
-/// store and one more atomic read-modify-write per push, plus the same for
-/// pops), which this ring does not pay for. Use [`SpscRing`](super::SpscRing)
-/// where a crash must never stall the queue.
+/// [`MpmcHandle::in_flight`] reports a claimed-but-unfinished cell at the
+/// head or tail.
 ///
 /// ```
 /// use shmkit::containers::MpmcRing;
@@ -900,6 +1114,12 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
         Ok(MpmcHandle {
             ring: block.cast(),
             slots: SegSlots { first },
+            claims: LoggedClaims {
+                segment: alloc.backing_segment(),
+                ring: offset.raw(),
+                suspect: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+                suspected_at: [AtomicU64::new(0), AtomicU64::new(0)],
+            },
             mask: capacity - 1,
             offset,
             recheck: DEFAULT_RECHECK,
@@ -918,7 +1138,13 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
         alloc: &A,
         offset: Offset<MpmcRing<T>>,
     ) -> Result<()> {
-        Self::shape().destroy(alloc, offset.raw())
+        Self::shape().destroy(alloc, offset.raw())?;
+        // Notes of claims on this ring must not describe a ring made later
+        // at the same offset.
+        if let Some(segment) = alloc.backing_segment() {
+            handoff::forget_ring(segment, offset.raw());
+        }
+        Ok(())
     }
 }
 
@@ -941,6 +1167,7 @@ pub struct InFlight {
 pub struct MpmcHandle<'a, T> {
     ring: NonNull<MpmcRing<T>>,
     slots: SegSlots<T>,
+    claims: LoggedClaims<'a>,
     mask: u64,
     offset: Offset<MpmcRing<T>>,
     recheck: Duration,
@@ -966,7 +1193,7 @@ impl<T> std::fmt::Debug for MpmcHandle<'_, T> {
 
 impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
     #[inline]
-    fn core(&self) -> MpmcCore<'_, T, Os, &SegSlots<T>> {
+    fn core(&self) -> MpmcCore<'_, T, Os, &SegSlots<T>, LoggedClaims<'_>> {
         MpmcCore {
             // SAFETY: validated at open; the mapping lives as long as the
             // borrow of the allocator; only atomics are reached through it.
@@ -974,6 +1201,7 @@ impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
             cells: &self.slots,
             mask: self.mask,
             env: &Os,
+            claims: &self.claims,
             _values: PhantomData,
         }
     }
@@ -1401,6 +1629,7 @@ mod loom_models {
                 cells: &self.cells,
                 mask: CAPACITY - 1,
                 env: &self.env,
+                claims: &NoClaims,
                 _values: PhantomData,
             }
         }
