@@ -420,20 +420,22 @@ impl<W: Atomic32> Signal<W> {
 
     /// Calls `attempt` until it succeeds, sleeping on this signal between
     /// tries, until `deadline` (`None`: no deadline). `attempt` is always
-    /// tried once more after a sleep, before the deadline is looked at.
+    /// tried once more after a sleep, before the deadline is looked at. It
+    /// is told whether the wait got past spinning (`true`: about to sleep,
+    /// or woken), when slower checks are worth their cost.
     pub(super) fn block_until<E: Env<U32 = W>, R>(
         &self,
         env: &E,
         deadline: Option<Instant>,
         recheck: Duration,
-        mut attempt: impl FnMut() -> Option<R>,
+        mut attempt: impl FnMut(bool) -> Option<R>,
     ) -> Option<R> {
         if E::SPIN {
             // The other side is often a few hundred nanoseconds away:
             // spin (then yield) briefly before paying for a sleep.
             let backoff = crossbeam_utils::Backoff::new();
             while !backoff.is_completed() {
-                if let Some(done) = attempt() {
+                if let Some(done) = attempt(false) {
                     return Some(done);
                 }
                 backoff.snooze();
@@ -445,7 +447,7 @@ impl<W: Atomic32> Signal<W> {
             // fence in `notify`.
             env.fence_seqcst();
             let seen = self.event.load(Ordering::SeqCst);
-            if let Some(done) = attempt() {
+            if let Some(done) = attempt(true) {
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
                 return Some(done);
             }
@@ -589,16 +591,24 @@ pub(super) enum Side {
 /// (and in the loom models) nobody records anything and nothing is
 /// repaired.
 pub(super) trait Claims {
+    /// Where this thread's notes go, found once per operation.
+    type Note: Copy;
     /// Before the compare-and-swap that would claim `position` for `side`.
-    #[inline]
-    fn claiming(&self, _side: Side, _position: u64) {}
+    fn claiming(&self, side: Side, position: u64) -> Self::Note;
     /// The compare-and-swap won the claim.
     #[inline]
-    fn won(&self, _side: Side, _position: u64) {}
+    fn won(&self, _note: Self::Note, _side: Side, _position: u64) {}
     /// After the claimed cell was published or released, or after the
     /// compare-and-swap lost.
     #[inline]
-    fn finished(&self) {}
+    fn finished(&self, _note: Self::Note) {}
+    /// Whether this handle has seen `position` unfinished for `side` long
+    /// enough to judge its claimer (checked first, before any shared word
+    /// is read: an empty ring looks the same until the index is read).
+    #[inline]
+    fn stuck(&self, _side: Side, _position: u64) -> bool {
+        false
+    }
     /// Whether the unfinished claim of `position` for `side` belongs to a
     /// thread that died.
     #[inline]
@@ -613,7 +623,11 @@ pub(super) trait Claims {
 /// Records nothing: a ring outside a segment, or a loom model.
 pub(super) struct NoClaims;
 
-impl Claims for NoClaims {}
+impl Claims for NoClaims {
+    type Note = ();
+    #[inline]
+    fn claiming(&self, _side: Side, _position: u64) {}
+}
 
 /// Claims noted in the calling thread's slot of the segment's hand-off log
 /// (`alloc::handoff`), under the ring's offset; nothing for a ring outside
@@ -621,13 +635,18 @@ impl Claims for NoClaims {}
 pub(super) struct LoggedClaims<'a> {
     segment: Option<&'a crate::segment::Segment>,
     ring: u64,
-    /// Per side, the unfinished claim this handle saw last, and when
-    /// (nanoseconds since [`since_start`]'s origin): a claim is judged only
-    /// once it has stayed unfinished for [`STUCK_FOR`], so an ordinary claim
-    /// in flight costs nothing but this check.
+    /// Per side, the position this handle last found unfinished, how many
+    /// times in a row, and since when (nanoseconds since [`since_start`]'s
+    /// origin): a claim is judged only once it has stayed unfinished for
+    /// [`STUCK_FOR`], so an ordinary claim in flight (or an empty ring)
+    /// costs a few loads and stores of this handle's own memory.
     suspect: [AtomicU64; 2],
+    sightings: [AtomicU64; 2],
     suspected_at: [AtomicU64; 2],
 }
+
+/// Sightings of the same position between two readings of the clock.
+const SIGHTINGS_PER_CLOCK: u64 = 8;
 
 /// How long a claim must stay unfinished before its thread is judged.
 const STUCK_FOR: Duration = Duration::from_millis(10);
@@ -645,46 +664,63 @@ fn claim_word(side: Side, position: u64) -> u64 {
     (position & ((1 << 62) - 1)) | (u64::from(side == Side::Pop) << 63)
 }
 
-impl Claims for LoggedClaims<'_> {
+impl<'a> Claims for LoggedClaims<'a> {
+    type Note = Option<&'a handoff::HandoffSlot>;
+
     #[inline]
-    fn claiming(&self, side: Side, position: u64) {
-        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+    fn claiming(&self, side: Side, position: u64) -> Self::Note {
+        let log = self.segment.and_then(handoff::my_slot);
+        if let Some(log) = log {
             log.intend_claim(self.ring, claim_word(side, position));
         }
+        log
     }
 
     #[inline]
-    fn won(&self, side: Side, position: u64) {
-        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+    fn won(&self, note: Self::Note, side: Side, position: u64) {
+        if let Some(log) = note {
             log.claim_won(claim_word(side, position));
         }
     }
 
     #[inline]
-    fn finished(&self) {
-        if let Some(log) = self.segment.and_then(handoff::my_slot) {
+    fn finished(&self, note: Self::Note) {
+        if let Some(log) = note {
             log.claim_done();
         }
     }
 
+    #[inline]
+    fn stuck(&self, side: Side, position: u64) -> bool {
+        if self.segment.is_none() {
+            return false;
+        }
+        let which = usize::from(side == Side::Pop);
+        if self.suspect[which].load(Ordering::Relaxed) != position {
+            self.suspect[which].store(position, Ordering::Relaxed);
+            self.sightings[which].store(0, Ordering::Relaxed);
+            return false;
+        }
+        let seen = self.sightings[which].load(Ordering::Relaxed) + 1;
+        self.sightings[which].store(seen, Ordering::Relaxed);
+        // The clock is read only for a position seen unfinished again and
+        // again: an ordinary claim in flight is gone long before.
+        if seen % SIGHTINGS_PER_CLOCK != 0 {
+            return false;
+        }
+        if seen == SIGHTINGS_PER_CLOCK {
+            self.suspected_at[which].store(since_start(), Ordering::Relaxed);
+            return false;
+        }
+        since_start().saturating_sub(self.suspected_at[which].load(Ordering::Relaxed))
+            >= STUCK_FOR.as_nanos() as u64
+    }
+
     #[cold]
     fn claimer_died(&self, side: Side, position: u64) -> bool {
-        let Some(segment) = self.segment else {
-            return false;
-        };
-        let claim = claim_word(side, position);
-        let now = since_start();
-        let which = usize::from(side == Side::Pop);
-        if self.suspect[which].swap(claim, Ordering::AcqRel) != claim {
-            self.suspected_at[which].store(now, Ordering::Release);
-            return false;
-        }
-        if now.saturating_sub(self.suspected_at[which].load(Ordering::Acquire))
-            < STUCK_FOR.as_nanos() as u64
-        {
-            return false;
-        }
-        handoff::ring_claim_died(segment, self.ring, claim)
+        self.segment.is_some_and(|segment| {
+            handoff::ring_claim_died(segment, self.ring, claim_word(side, position))
+        })
     }
 
     #[cold]
@@ -716,6 +752,13 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
     /// other, which also reads as full).
     #[inline]
     pub(super) fn try_push(&self, value: T) -> std::result::Result<(), T> {
+        self.try_push_checking(value, true)
+    }
+
+    /// [`try_push`](Self::try_push); with `repair`, a full ring is also
+    /// checked for a cell a dead pop holds (left out while spinning).
+    #[inline]
+    fn try_push_checking(&self, value: T, repair: bool) -> std::result::Result<(), T> {
         let tail = &self.words.tail.0;
         let mut position = tail.load(Ordering::Relaxed);
         loop {
@@ -723,7 +766,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
             let lap = seq.load(Ordering::Acquire);
             let ahead = lap.wrapping_sub(position) as i64;
             if ahead == 0 {
-                self.claims.claiming(Side::Push, position);
+                let note = self.claims.claiming(Side::Push, position);
                 // Acquire-release: a repairer that sees the tail moved also
                 // sees the claim noted before it.
                 match tail.compare_exchange_weak(
@@ -733,18 +776,18 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        self.claims.won(Side::Push, position);
+                        self.claims.won(note, Side::Push, position);
                         crash_point!("mpmc.push.claimed");
                         // SAFETY: masked index; claiming `position` gave us
                         // the cell until we publish it.
                         unsafe { self.cells.write((position & self.mask) as usize, value) };
                         seq.store(position.wrapping_add(1), Ordering::Release);
-                        self.claims.finished();
+                        self.claims.finished(note);
                         self.words.not_empty.0.notify(self.env);
                         return Ok(());
                     }
                     Err(actual) => {
-                        self.claims.finished();
+                        self.claims.finished(note);
                         position = actual;
                     }
                 }
@@ -753,24 +796,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
                 // claimed that value (moved the head past it) and its thread
                 // died before releasing the cell: then release it on the
                 // dead thread's behalf (its value is lost with it).
-                let behind = position.wrapping_sub(self.mask).wrapping_sub(1);
-                if lap == behind.wrapping_add(1)
-                    && self
-                        .words
-                        .head
-                        .0
-                        .load(Ordering::Acquire)
-                        .wrapping_sub(behind) as i64
-                        > 0
-                    && self.claims.claimer_died(Side::Pop, behind)
-                {
-                    if seq
-                        .compare_exchange_weak(lap, position, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        self.claims.repaired(Side::Pop, behind);
-                        self.words.not_full.0.notify(self.env);
-                    }
+                if repair && self.released_for_dead_pop(seq, lap, position) {
                     continue;
                 }
                 return Err(value);
@@ -791,6 +817,13 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
     /// empty).
     #[inline]
     pub(super) fn try_pop(&self) -> Option<T> {
+        self.try_pop_checking(true)
+    }
+
+    /// [`try_pop`](Self::try_pop); with `repair`, an empty-looking ring is
+    /// also checked for a cell a dead push holds (left out while spinning).
+    #[inline]
+    fn try_pop_checking(&self, repair: bool) -> Option<T> {
         let head = &self.words.head.0;
         let mut position = head.load(Ordering::Relaxed);
         // Skipped cells (see below) are at most a ring's worth; past that
@@ -802,7 +835,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
             let ahead = lap.wrapping_sub(position.wrapping_add(1)) as i64;
             let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
             if ahead == 0 {
-                self.claims.claiming(Side::Pop, position);
+                let note = self.claims.claiming(Side::Pop, position);
                 // Acquire-release, as for the tail in `try_push`.
                 match head.compare_exchange_weak(
                     position,
@@ -811,18 +844,18 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
-                        self.claims.won(Side::Pop, position);
+                        self.claims.won(note, Side::Pop, position);
                         crash_point!("mpmc.pop.claimed");
                         // SAFETY: masked index; the cell was published and
                         // claiming `position` gave it to us.
                         let value = unsafe { self.cells.read((position & self.mask) as usize) };
                         seq.store(next_lap, Ordering::Release);
-                        self.claims.finished();
+                        self.claims.finished(note);
                         self.words.not_full.0.notify(self.env);
                         return Some(value);
                     }
                     Err(actual) => {
-                        self.claims.finished();
+                        self.claims.finished(note);
                         position = actual;
                     }
                 }
@@ -831,22 +864,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
                 // claimed it (moved the tail past it) and its thread died
                 // before publishing: then skip the cell (release it for the
                 // next lap; the dead thread's value never arrived).
-                if lap == position
-                    && self
-                        .words
-                        .tail
-                        .0
-                        .load(Ordering::Acquire)
-                        .wrapping_sub(position) as i64
-                        > 0
-                    && self.claims.claimer_died(Side::Push, position)
-                {
-                    if seq
-                        .compare_exchange_weak(lap, next_lap, Ordering::AcqRel, Ordering::Relaxed)
-                        .is_ok()
-                    {
-                        self.claims.repaired(Side::Push, position);
-                    }
+                if repair && self.skipped_dead_push(seq, lap, position) {
                     continue;
                 }
                 return None;
@@ -859,34 +877,107 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
                 // The head has not moved, yet the cell is already released
                 // for a later lap: a skip (above) in progress. Move the head
                 // past it on the skipper's behalf.
-                if lap.wrapping_sub(next_lap) as i64 >= 0
-                    && skips <= self.mask
-                    && self
-                        .words
-                        .tail
-                        .0
-                        .load(Ordering::Acquire)
-                        .wrapping_sub(position) as i64
-                        > 0
-                {
+                if skips <= self.mask && self.helped_past_skip(lap, position) {
                     skips += 1;
-                    if head
-                        .compare_exchange_weak(
-                            position,
-                            position.wrapping_add(1),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_ok()
-                    {
-                        self.words.not_full.0.notify(self.env);
-                    }
                     position = head.load(Ordering::Relaxed);
                     continue;
                 }
                 return None;
             }
         }
+    }
+
+    /// For a push that found its cell still holding last lap's value: if a
+    /// pop claimed that value (the head moved past it) and its thread died
+    /// before releasing the cell, releases it on the dead thread's behalf
+    /// (the value is lost with it). Whether the push should try again.
+    #[cold]
+    #[inline(never)]
+    fn released_for_dead_pop(&self, seq: &E::U64, lap: u64, position: u64) -> bool {
+        let behind = position.wrapping_sub(self.mask).wrapping_sub(1);
+        let died = lap == behind.wrapping_add(1)
+            && self.claims.stuck(Side::Pop, behind)
+            && self
+                .words
+                .head
+                .0
+                .load(Ordering::Acquire)
+                .wrapping_sub(behind) as i64
+                > 0
+            && self.claims.claimer_died(Side::Pop, behind);
+        if died
+            && seq
+                .compare_exchange_weak(lap, position, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.claims.repaired(Side::Pop, behind);
+            self.words.not_full.0.notify(self.env);
+        }
+        died
+    }
+
+    /// For a pop that found its cell unpublished: if a push claimed it (the
+    /// tail moved past it) and its thread died before publishing, skips
+    /// the cell (releases it for the next lap; the value never arrived).
+    /// Whether the pop should try again.
+    #[cold]
+    #[inline(never)]
+    fn skipped_dead_push(&self, seq: &E::U64, lap: u64, position: u64) -> bool {
+        let died = lap == position
+            && self.claims.stuck(Side::Push, position)
+            && self
+                .words
+                .tail
+                .0
+                .load(Ordering::Acquire)
+                .wrapping_sub(position) as i64
+                > 0
+            && self.claims.claimer_died(Side::Push, position);
+        let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
+        if died
+            && seq
+                .compare_exchange_weak(lap, next_lap, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.claims.repaired(Side::Push, position);
+        }
+        died
+    }
+
+    /// For a pop at a head that has not moved although its cell is already
+    /// released for a later lap (a skip in progress, see
+    /// [`skipped_dead_push`](Self::skipped_dead_push)): moves the head past
+    /// it. Whether it did (or someone did).
+    #[cold]
+    #[inline(never)]
+    fn helped_past_skip(&self, lap: u64, position: u64) -> bool {
+        let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
+        if lap.wrapping_sub(next_lap) as i64 >= 0
+            && self
+                .words
+                .tail
+                .0
+                .load(Ordering::Acquire)
+                .wrapping_sub(position) as i64
+                > 0
+        {
+            if self
+                .words
+                .head
+                .0
+                .compare_exchange_weak(
+                    position,
+                    position.wrapping_add(1),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+            {
+                self.words.not_full.0.notify(self.env);
+            }
+            return true;
+        }
+        false
     }
 
     pub(super) fn push_until(
@@ -902,7 +993,9 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
             .words
             .not_full
             .0
-            .block_until(self.env, deadline, recheck, || self.try_push(value).ok())
+            .block_until(self.env, deadline, recheck, |slow| {
+                self.try_push_checking(value, slow).ok()
+            })
         {
             Some(()) => Ok(()),
             None => Err(value),
@@ -916,7 +1009,9 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
         self.words
             .not_empty
             .0
-            .block_until(self.env, deadline, recheck, || self.try_pop())
+            .block_until(self.env, deadline, recheck, |slow| {
+                self.try_pop_checking(slow)
+            })
     }
 
     /// Values in the ring, clamped to the capacity (a snapshot: approximate
@@ -1118,6 +1213,7 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
                 segment: alloc.backing_segment(),
                 ring: offset.raw(),
                 suspect: [AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)],
+                sightings: [AtomicU64::new(0), AtomicU64::new(0)],
                 suspected_at: [AtomicU64::new(0), AtomicU64::new(0)],
             },
             mask: capacity - 1,

@@ -163,7 +163,7 @@ impl<T: Copy, E: Env, V: Values<T>> SpscCore<'_, T, E, V> {
             .words
             .not_full
             .0
-            .block_until(self.env, deadline, recheck, || {
+            .block_until(self.env, deadline, recheck, |_| {
                 self.try_push(cursor, value).ok()
             }) {
             Some(()) => Ok(()),
@@ -183,7 +183,7 @@ impl<T: Copy, E: Env, V: Values<T>> SpscCore<'_, T, E, V> {
         self.words
             .not_empty
             .0
-            .block_until(self.env, deadline, recheck, || self.try_pop(cursor))
+            .block_until(self.env, deadline, recheck, |_| self.try_pop(cursor))
     }
 
     pub(super) fn len(&self) -> u64 {
