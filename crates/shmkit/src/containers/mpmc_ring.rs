@@ -995,8 +995,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
             .0
             .block_until(self.env, deadline, recheck, |slow| {
                 self.try_push_checking(value, slow).ok()
-            })
-        {
+            }) {
             Some(()) => Ok(()),
             None => Err(value),
         }
@@ -1077,8 +1076,10 @@ const MPMC_MAGIC: u64 = 0x314d_504d_4b4d_4853; // "SHMKMPM1"
 /// * a dead **consumer**'s cell is released by the next push that comes
 ///   round to it (the value it took is lost with it).
 ///
-/// Either way only the victim's own message is lost, and a blocked pop or
-/// push gets there within one recheck interval (100 ms by default). A
+/// Either way only the victim's own message is lost. A claim is judged
+/// once it has stayed unfinished for 10 ms over sixteen looks, so a pop or
+/// push that keeps retrying repairs it at once, and a blocked one within
+/// sixteen recheck intervals (under 2 s by default). A
 /// claim is never repaired while its thread lives. What cannot be
 /// repaired: a claim by a thread that had no slot in the log (more than 64
 /// threads allocating or using rings in the segment at once), which stalls
