@@ -1079,8 +1079,10 @@ const MPMC_MAGIC: u64 = 0x314d_504d_4b4d_4853; // "SHMKMPM1"
 /// Either way only the victim's own message is lost. A claim is judged
 /// once it has stayed unfinished for 10 ms over sixteen looks, so a pop or
 /// push that keeps retrying repairs it at once, and a blocked one within
-/// sixteen recheck intervals (under 2 s by default). A
-/// claim is never repaired while its thread lives. What cannot be
+/// sixteen recheck intervals (under 2 s by default). A claim is not
+/// repaired while its thread lives (one exception: a winner with no slot
+/// whose claim only dead threads noted, having died between noting it and
+/// losing the race to it). What cannot be
 /// repaired: a claim by a thread that had no slot in the log (more than 64
 /// threads allocating or using rings in the segment at once), which stalls
 /// the ring as it would without the log; and a ring outside a segment
