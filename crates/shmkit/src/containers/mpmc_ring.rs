@@ -952,7 +952,11 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
     #[inline(never)]
     fn helped_past_skip(&self, lap: u64, position: u64) -> bool {
         let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
-        if lap.wrapping_sub(next_lap) as i64 >= 0
+        // A skipped cell holds the next lap's number, or one more once a
+        // push of the next lap published into it (the lap after needs this
+        // head to move first); anything else is corrupt words, which read
+        // as empty.
+        if (lap == next_lap || lap == next_lap.wrapping_add(1))
             && self
                 .words
                 .tail
