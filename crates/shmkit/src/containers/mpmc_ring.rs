@@ -1814,6 +1814,219 @@ mod loom_models {
         });
     }
 
+    // ---- the repair of dead claims (see "When a process dies in the
+    // middle" on `MpmcRing`), with the hand-off log's notes and its
+    // judgement (`alloc::handoff::ring_claim_died`) modelled on loom
+    // atomics: each thread notes its claims in its own word, and a dead
+    // thread is one whose claim the model sets up, never running again.
+
+    /// A note: the claim word, marked present and, once won, confirmed.
+    const NOTED: u64 = 1 << 61;
+    const WON: u64 = 1 << 62 | NOTED;
+    /// The claim's side, in the note.
+    const POP: u64 = 1 << 60;
+
+    fn note_of(side: Side, position: u64) -> u64 {
+        NOTED | position | if side == Side::Pop { POP } else { 0 }
+    }
+
+    /// Every thread's note, and which threads are dead.
+    struct Notes {
+        words: [LoomU64; 3],
+        dead: [bool; 3],
+    }
+
+    /// One thread's view: where its notes go. Judges a claim stuck at once
+    /// (no clock in a model).
+    struct ModelClaims<'n> {
+        notes: &'n Notes,
+        me: usize,
+    }
+
+    impl Claims for ModelClaims<'_> {
+        type Note = ();
+        fn claiming(&self, side: Side, position: u64) {
+            self.notes.words[self.me].store(note_of(side, position), Ordering::Release);
+        }
+        fn won(&self, _note: (), side: Side, position: u64) {
+            self.notes.words[self.me].store(note_of(side, position) | WON, Ordering::Release);
+        }
+        fn finished(&self, _note: ()) {
+            self.notes.words[self.me].store(0, Ordering::Release);
+        }
+        fn stuck(&self, _side: Side, _position: u64) -> bool {
+            true
+        }
+        /// The log's rule: a confirmed note decides; else only dead noters.
+        fn claimer_died(&self, side: Side, position: u64) -> bool {
+            let claim = note_of(side, position);
+            let mut noted_by_dead = false;
+            for (word, &dead) in self.notes.words.iter().zip(&self.notes.dead) {
+                let note = word.load(Ordering::Acquire);
+                if note & !WON != claim & !WON || note == 0 {
+                    continue;
+                }
+                if note & WON == WON {
+                    return dead;
+                }
+                if !dead {
+                    return false;
+                }
+                noted_by_dead = true;
+            }
+            noted_by_dead
+        }
+    }
+
+    impl Shared {
+        fn core_of<'s>(
+            &'s self,
+            claims: &'s ModelClaims<'s>,
+        ) -> MpmcCore<'s, u64, LoomEnv, &'s Cells, ModelClaims<'s>> {
+            MpmcCore {
+                words: &self.words,
+                cells: &self.cells,
+                mask: CAPACITY - 1,
+                env: &self.env,
+                claims,
+                _values: PhantomData,
+            }
+        }
+    }
+
+    /// A producer died holding position 0 of a two-cell ring (tail moved,
+    /// cell never published). A live producer pushes into position 1 while
+    /// two consumers pop: the dead cell is skipped, the live value is
+    /// delivered exactly once, and the ring goes on into the next lap.
+    #[test]
+    fn a_dead_producers_cell_is_skipped_and_nothing_else_is_lost() {
+        model(3, || {
+            let notes = Arc::new(Notes {
+                words: [
+                    LoomU64::new(0),
+                    LoomU64::new(0),
+                    LoomU64::new(note_of(Side::Push, 0) | WON),
+                ],
+                dead: [false, false, true],
+            });
+            let shared = Shared::new();
+            shared.words.tail.0.store(1, Ordering::Relaxed);
+            let consumer = {
+                let (shared, notes) = (shared.clone(), notes.clone());
+                loom::thread::spawn(move || {
+                    let claims = ModelClaims {
+                        notes: &notes,
+                        me: 1,
+                    };
+                    let core = shared.core_of(&claims);
+                    (0..2).filter_map(|_| core.try_pop()).collect::<Vec<_>>()
+                })
+            };
+            let claims = ModelClaims {
+                notes: &notes,
+                me: 0,
+            };
+            let core = shared.core_of(&claims);
+            let pushed = core.try_push(5).is_ok();
+            let mut popped: Vec<u64> = core.try_pop().into_iter().collect();
+            popped.extend(consumer.join().unwrap());
+            popped.extend(std::iter::from_fn(|| core.try_pop()));
+            assert_eq!(popped, if pushed { vec![5] } else { vec![] }, "{popped:?}");
+            // The next lap works: the dead cell was released for it.
+            assert_eq!(core.try_push(6), Ok(()));
+            assert_eq!(core.try_push(7), Ok(()));
+            assert_eq!((core.try_pop(), core.try_pop()), (Some(6), Some(7)));
+        });
+    }
+
+    /// A consumer died holding position 0 (head moved, cell never
+    /// released) of a full two-cell ring holding 1 and 2. A live producer
+    /// pushes 3 (its cell is the dead one's) while a live consumer pops: 1
+    /// is lost with the dead consumer, 2 and 3 arrive exactly once.
+    #[test]
+    fn a_dead_consumers_cell_is_released_and_only_its_value_is_lost() {
+        model(3, || {
+            let notes = Arc::new(Notes {
+                words: [
+                    LoomU64::new(0),
+                    LoomU64::new(0),
+                    LoomU64::new(note_of(Side::Pop, 0) | WON),
+                ],
+                dead: [false, false, true],
+            });
+            let shared = Shared::new();
+            {
+                let core = shared.core();
+                assert_eq!(core.try_push(1), Ok(()));
+                assert_eq!(core.try_push(2), Ok(()));
+            }
+            shared.words.head.0.store(1, Ordering::Relaxed);
+            let consumer = {
+                let (shared, notes) = (shared.clone(), notes.clone());
+                loom::thread::spawn(move || {
+                    let claims = ModelClaims {
+                        notes: &notes,
+                        me: 1,
+                    };
+                    let core = shared.core_of(&claims);
+                    (0..2).filter_map(|_| core.try_pop()).collect::<Vec<_>>()
+                })
+            };
+            let claims = ModelClaims {
+                notes: &notes,
+                me: 0,
+            };
+            let core = shared.core_of(&claims);
+            // Position 2's cell is the dead consumer's: released for it
+            // whatever the live consumer does meanwhile.
+            assert_eq!(
+                core.try_push(3),
+                Ok(()),
+                "the dead consumer's cell stayed taken"
+            );
+            let mut popped = consumer.join().unwrap();
+            popped.extend(std::iter::from_fn(|| core.try_pop()));
+            assert_eq!(popped, vec![2, 3]);
+        });
+    }
+
+    /// Live threads only, every claim noted and every unfinished claim
+    /// judged at once: the judgement never condemns a live claimer (a
+    /// wrong repair would lose or duplicate a value, or jam the ring).
+    #[test]
+    fn live_claims_are_never_repaired() {
+        model(3, || {
+            let notes = Arc::new(Notes {
+                words: [LoomU64::new(0), LoomU64::new(0), LoomU64::new(0)],
+                dead: [false, false, false],
+            });
+            let shared = Shared::new();
+            let producer = {
+                let (shared, notes) = (shared.clone(), notes.clone());
+                loom::thread::spawn(move || {
+                    let claims = ModelClaims {
+                        notes: &notes,
+                        me: 1,
+                    };
+                    let core = shared.core_of(&claims);
+                    [1, 2]
+                        .into_iter()
+                        .filter(|&v| core.try_push(v).is_ok())
+                        .collect::<Vec<_>>()
+                })
+            };
+            let claims = ModelClaims {
+                notes: &notes,
+                me: 0,
+            };
+            let core = shared.core_of(&claims);
+            let mut popped: Vec<u64> = (0..2).filter_map(|_| core.try_pop()).collect();
+            let pushed = producer.join().unwrap();
+            popped.extend(std::iter::from_fn(|| core.try_pop()));
+            assert_eq!(popped, pushed, "in order, each once");
+        });
+    }
+
     /// The blocking handshake with the futex replaced by a stand-in that
     /// never times out: a consumer that sleeps on an empty ring and a
     /// producer that sleeps on a full one always wake each other (a lost
