@@ -65,6 +65,25 @@ fn announce(what: &str, offset: u64) {
     out.flush().unwrap();
 }
 
+/// Runs the ignored test `child` as a process on `options`' segment (told
+/// its name in `SHMKIT_TEST_SEGMENT`, and `env`), checks that it was
+/// SIGKILLed at its crash point, and returns what it printed.
+fn killed_child(child: &str, options: &SegmentOptions, env: &[(&str, &str)]) -> String {
+    let segment = shm_name(options);
+    let mut vars: Vec<(&str, String)> = vec![("SHMKIT_TEST_SEGMENT", segment)];
+    vars.extend(env.iter().map(|&(key, value)| (key, value.to_owned())));
+    let output = spawn_self(child, &vars).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert_eq!(
+        output.status.signal(),
+        Some(libc::SIGKILL),
+        "{child} {env:?} did not die at its crash point: {}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// The child: holds one block, then arms the point and runs the operation
 /// that reaches it. Reaching the point kills it; surviving is a failure.
 #[test]
@@ -145,24 +164,14 @@ fn dies_at_then(
     let (options, _cleanup) = fresh_shm(&format!("crash-{kind}"));
     let heap = create(kind, &options);
     let empty = heap.stats();
-    let output = spawn_self(
+    let stdout = killed_child(
         "child_dies_at_a_crash_point",
+        &options,
         &[
-            ("SHMKIT_CRASH_KIND", kind.to_owned()),
-            ("SHMKIT_CRASH_POINT", point.to_owned()),
-            ("SHMKIT_CRASH_OPERATION", operation.to_owned()),
-            ("SHMKIT_TEST_SEGMENT", shm_name(&options)),
+            ("SHMKIT_CRASH_KIND", kind),
+            ("SHMKIT_CRASH_POINT", point),
+            ("SHMKIT_CRASH_OPERATION", operation),
         ],
-    )
-    .output()
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.signal(),
-        Some(libc::SIGKILL),
-        "{kind}: the child did not die at {point} ({operation}): {}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
     );
     let announced = |what: &str| -> BTreeSet<u64> {
         stdout
@@ -423,14 +432,7 @@ fn child_dies_carving_a_stack_block() {
 fn a_stack_carve_killed_before_its_header_is_rolled_back() {
     let (options, _cleanup) = fresh_shm("crash-stack");
     let stack = StackAllocator::create(&options.clone().size(1 << 20)).unwrap();
-    let output = spawn_self(
-        "child_dies_carving_a_stack_block",
-        &[("SHMKIT_TEST_SEGMENT", shm_name(&options))],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(output.status.signal(), Some(libc::SIGKILL), "{output:?}");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = killed_child("child_dies_carving_a_stack_block", &options, &[]);
     let held: u64 = stdout
         .split("held ")
         .nth(1)
@@ -465,13 +467,7 @@ fn child_dies_publishing_a_root() {
 fn a_root_slot_left_half_written_by_a_killed_publisher_is_taken_over() {
     let (options, _cleanup) = fresh_shm("crash-root");
     let segment = Segment::create(&options.clone().size(1 << 20)).unwrap();
-    let output = spawn_self(
-        "child_dies_publishing_a_root",
-        &[("SHMKIT_TEST_SEGMENT", shm_name(&options))],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(output.status.signal(), Some(libc::SIGKILL), "{output:?}");
+    killed_child("child_dies_publishing_a_root", &options, &[]);
     assert_eq!(segment.root::<u64>("crash.root"), None, "never published");
     // The same name (whose probe starts at the dead writer's slot) is
     // published at once, and found.
@@ -540,23 +536,13 @@ fn container_dies_moving_its_storage(which: &str) {
         .unwrap()
         .offset();
     heap.segment().set_root("owned", owned).unwrap();
-    let output = spawn_self(
+    let stdout = killed_child(
         "child_dies_moving_container_storage",
-        &[
-            ("SHMKIT_TEST_SEGMENT", shm_name(&options)),
-            ("SHMKIT_CRASH_CONTAINER", which.to_owned()),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(
-        output.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        &options,
+        &[("SHMKIT_CRASH_CONTAINER", which)],
     );
     // The child was adding element `filled` when it died, after the move.
-    let filled: u64 = String::from_utf8_lossy(&output.stdout)
+    let filled: u64 = stdout
         .split("filled ")
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .max()
@@ -650,20 +636,10 @@ fn child_dies_inside_a_ring_operation() {
 /// Runs the ring child to its death inside `operation` on the ring
 /// published in `options`' segment.
 fn ring_child_dies(options: &SegmentOptions, operation: &str) {
-    let output = spawn_self(
+    killed_child(
         "child_dies_inside_a_ring_operation",
-        &[
-            ("SHMKIT_TEST_SEGMENT", shm_name(options)),
-            ("SHMKIT_CRASH_OPERATION", operation.to_owned()),
-        ],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(
-        output.status.signal(),
-        Some(libc::SIGKILL),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        options,
+        &[("SHMKIT_CRASH_OPERATION", operation)],
     );
 }
 

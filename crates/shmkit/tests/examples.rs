@@ -83,38 +83,38 @@ fn let_them_run(segment: &str) {
     std::thread::sleep(Duration::from_millis(300));
 }
 
-#[test]
-fn a_consumer_whose_producer_is_killed_stops_and_removes_the_segment() {
-    let segment = unique_name("example-kill");
+/// Kills `victim` mid-run and checks that the other side stops within
+/// seconds with status 2, saying so, and that the segment's name is gone.
+fn the_other_side_stops_when(victim: &str) {
+    let segment = unique_name(&format!("example-kill-{victim}"));
     let consumer = start("consumer", &[&segment]);
     let producer = start(
         "producer",
         &[&segment, "--count", "100000000", "--size", "64"],
     );
     let_them_run(&segment);
-    kill(producer);
-    let output = finishes_within(consumer, Duration::from_secs(20), "the consumer");
+    let (survivor, name) = if victim == "producer" {
+        kill(producer);
+        (consumer, "the consumer")
+    } else {
+        kill(consumer);
+        (producer, "the producer")
+    };
+    let output = finishes_within(survivor, Duration::from_secs(20), name);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("producer died"), "{stderr}");
+    assert!(stderr.contains(&format!("{victim} died")), "{stderr}");
     assert!(!shm_exists(&segment), "the dead run's segment is removed");
 }
 
 #[test]
+fn a_consumer_whose_producer_is_killed_stops_and_removes_the_segment() {
+    the_other_side_stops_when("producer");
+}
+
+#[test]
 fn a_producer_whose_consumer_is_killed_stops_instead_of_waiting_for_room() {
-    let segment = unique_name("example-ckill");
-    let consumer = start("consumer", &[&segment]);
-    let producer = start(
-        "producer",
-        &[&segment, "--count", "100000000", "--size", "64"],
-    );
-    let_them_run(&segment);
-    kill(consumer);
-    let output = finishes_within(producer, Duration::from_secs(20), "the producer");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("consumer died"), "{stderr}");
-    let _ = shmkit::segment::remove(&shmkit::Location::Shm(segment));
+    the_other_side_stops_when("consumer");
 }
 
 #[test]

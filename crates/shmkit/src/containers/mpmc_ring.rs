@@ -1836,6 +1836,18 @@ mod loom_models {
         dead: [bool; 3],
     }
 
+    impl Notes {
+        /// Threads 0 and 1 live, with no note; thread 2 dead holding
+        /// `claim` (won), or live too when there is none.
+        fn new(dead_claim: Option<(Side, u64)>) -> Arc<Notes> {
+            let dead_note = dead_claim.map_or(0, |(side, position)| note_of(side, position) | WON);
+            Arc::new(Notes {
+                words: [LoomU64::new(0), LoomU64::new(0), LoomU64::new(dead_note)],
+                dead: [false, false, dead_claim.is_some()],
+            })
+        }
+    }
+
     /// One thread's view: where its notes go. Judges a claim stuck at once
     /// (no clock in a model).
     struct ModelClaims<'n> {
@@ -1901,14 +1913,7 @@ mod loom_models {
     #[test]
     fn a_dead_producers_cell_is_skipped_and_nothing_else_is_lost() {
         model(3, || {
-            let notes = Arc::new(Notes {
-                words: [
-                    LoomU64::new(0),
-                    LoomU64::new(0),
-                    LoomU64::new(note_of(Side::Push, 0) | WON),
-                ],
-                dead: [false, false, true],
-            });
+            let notes = Notes::new(Some((Side::Push, 0)));
             let shared = Shared::new();
             shared.words.tail.0.store(1, Ordering::Relaxed);
             let consumer = {
@@ -1946,14 +1951,7 @@ mod loom_models {
     #[test]
     fn a_dead_consumers_cell_is_released_and_only_its_value_is_lost() {
         model(3, || {
-            let notes = Arc::new(Notes {
-                words: [
-                    LoomU64::new(0),
-                    LoomU64::new(0),
-                    LoomU64::new(note_of(Side::Pop, 0) | WON),
-                ],
-                dead: [false, false, true],
-            });
+            let notes = Notes::new(Some((Side::Pop, 0)));
             let shared = Shared::new();
             {
                 let core = shared.core();
@@ -1996,10 +1994,7 @@ mod loom_models {
     #[test]
     fn live_claims_are_never_repaired() {
         model(3, || {
-            let notes = Arc::new(Notes {
-                words: [LoomU64::new(0), LoomU64::new(0), LoomU64::new(0)],
-                dead: [false, false, false],
-            });
+            let notes = Notes::new(None);
             let shared = Shared::new();
             let producer = {
                 let (shared, notes) = (shared.clone(), notes.clone());
