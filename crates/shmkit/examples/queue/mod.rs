@@ -7,10 +7,11 @@
 //!   with a timeout, checking after each that the other side still lives
 //!   ([`other_side_died`]): a side whose partner died removes the segment's
 //!   name and exits with status 2 instead of waiting forever;
-//! - a segment that nobody else holds open when a side arrives is a
-//!   previous run's leftover (its processes died before removing the name)
-//!   and may still hold that run's messages: [`open_segment`] removes it and
-//!   starts a fresh one, so a run never reads another run's messages.
+//! - a segment whose session names a side that has died, when a side
+//!   arrives, is a previous run's leftover (its processes died before
+//!   removing the name) and may still hold that run's messages:
+//!   [`open_segment`] removes it (if the name still names it) and starts a
+//!   fresh one, so a run never reads another run's messages.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -96,8 +97,35 @@ impl Session {
 /// so the segment's name goes (the next run starts afresh).
 pub fn abandon(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> ! {
     eprintln!("{me}: the {other} died mid-run; removing /{name}");
-    let _ = heap.segment().unlink();
+    let _ = remove_if_ours(heap, name);
     std::process::exit(PARTNER_DIED);
+}
+
+/// Removes the name if it still names `heap`'s segment: another run may
+/// have made a fresh one under it meanwhile, which must stay.
+fn remove_if_ours(heap: &SizeClassAllocator, name: &str) -> shmkit::Result<()> {
+    let now = SizeClassAllocator::attach(&SegmentOptions::shm(name));
+    match now {
+        Ok(now) if now.segment().id() == heap.segment().id() => heap.segment().unlink(),
+        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+        Err(other) => Err(other),
+    }
+}
+
+/// Whether a segment this process attached belongs to a dead run: its
+/// session names a side that has died. (Whether others hold it open is no
+/// evidence: a side that has just created it may not show yet. A run whose
+/// sides died before joining sent nothing, and its segment serves the next
+/// run as well as a fresh one.)
+fn is_leftover(heap: &SizeClassAllocator) -> shmkit::Result<bool> {
+    let Some(at) = heap.segment().root::<Session>(SESSION_ROOT) else {
+        return Ok(false); // a run just starting
+    };
+    // SAFETY: resolved (bounds, alignment); atomics only.
+    let session = unsafe { heap.segment().resolve(at)?.as_ref() };
+    let dead = |pid: u32| pid != 0 && !shmkit::segment::process_alive(pid);
+    Ok(dead(session.producer.load(Ordering::Acquire))
+        || dead(session.consumer.load(Ordering::Acquire)))
 }
 
 /// FNV-1a of a payload, so the consumer can tell the bytes arrived intact.
@@ -135,19 +163,17 @@ pub fn flag(args: &[String], flag: &str, default: u64) -> u64 {
 }
 
 /// Attaches the segment, or creates it if nobody has; either side may start
-/// first. A segment found with nobody else holding it open is a previous
-/// run's leftover: removed, and made afresh. (Two sides arriving at the
-/// same leftover within the same instant each see the other and keep it.)
+/// first. A segment left over from a dead run (see the module docs) is
+/// removed and made afresh, even when both sides of the new run arrive at
+/// it together.
 pub fn open_segment(name: &str) -> shmkit::Result<SizeClassAllocator> {
     let options = SegmentOptions::shm(name).size(SEGMENT_SIZE);
     for _ in 0..10 {
         let (heap, opened) = SizeClassAllocator::open_or_create(&options)?;
-        if opened == Opened::Attached && heap.segment().users()?.is_empty() {
+        if opened == Opened::Attached && is_leftover(&heap)? {
             println!("removing /{name}, left over from a run whose processes died");
-            match heap.segment().unlink() {
-                Ok(()) | Err(Error::NotFound { .. }) => continue,
-                Err(other) => return Err(other),
-            }
+            remove_if_ours(&heap, name)?;
+            continue;
         }
         return Ok(heap);
     }
