@@ -1571,15 +1571,8 @@ impl ShmAllocator for SizeClassAllocator {
         let PagesChecked {
             live,
             bytes,
-            marked,
             mut traces,
         } = self.check_parts()?;
-        if marked != 0 {
-            traces.add(
-                marked,
-                format!("{marked} block(s) hold their bit but have no user (handed out or freed halfway)"),
-            );
-        }
         if let Err(counted) = self.check_counters(live, bytes) {
             traces.add(0, counted.to_string());
         }
@@ -1832,10 +1825,20 @@ impl SizeClassAllocator {
             next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
                 .map_err(|bad| bad_link("free-run stack", bad))?;
         }
+        // Blocks holding their bit with the sentinel slack: being handed
+        // out or freed (by a process that died, when quiescent).
+        if cached != 0 {
+            traces.add(
+                cached,
+                format!(
+                    "{cached} block(s) hold their bit but have no user (handed out or freed \
+                     halfway)"
+                ),
+            );
+        }
         Ok(PagesChecked {
             live: live_total - cached,
             bytes: bytes_total,
-            marked: cached,
             traces,
         })
     }
@@ -1847,9 +1850,8 @@ pub(crate) struct PagesChecked {
     /// Blocks users (or thread caches) hold, and their requested bytes.
     pub(crate) live: u64,
     pub(crate) bytes: u64,
-    /// Blocks holding their bit with the sentinel slack: being handed out
-    /// or freed (by a process that died, when the allocator is quiescent).
-    pub(crate) marked: u64,
+    /// A crash's traces found (blocks half handed out or half freed among
+    /// them).
     pub(crate) traces: Traces,
 }
 

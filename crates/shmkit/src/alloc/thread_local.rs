@@ -977,15 +977,8 @@ impl ShmAllocator for ThreadLocalAllocator {
         let PagesChecked {
             live,
             bytes,
-            marked,
             mut traces,
         } = core.check_parts()?;
-        if marked != 0 {
-            traces.add(
-                marked,
-                format!("{marked} block(s) hold their bit but have no user (handed out or freed halfway)"),
-            );
-        }
         let mut seen = HashSet::new();
         let mut cached_bytes = 0u64;
         for (index, slot) in inner.all_slots() {

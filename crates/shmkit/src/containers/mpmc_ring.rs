@@ -1906,6 +1906,23 @@ mod loom_models {
         }
     }
 
+    /// Spawns thread 1 (noting its claims in `notes`) popping twice
+    /// without waiting; it returns what it got.
+    fn pop_twice_as_thread_1(
+        shared: &Arc<Shared>,
+        notes: &Arc<Notes>,
+    ) -> loom::thread::JoinHandle<Vec<u64>> {
+        let (shared, notes) = (shared.clone(), notes.clone());
+        loom::thread::spawn(move || {
+            let claims = ModelClaims {
+                notes: &notes,
+                me: 1,
+            };
+            let core = shared.core_of(&claims);
+            (0..2).filter_map(|_| core.try_pop()).collect()
+        })
+    }
+
     /// A producer died holding position 0 of a two-cell ring (tail moved,
     /// cell never published). A live producer pushes into position 1 while
     /// two consumers pop: the dead cell is skipped, the live value is
@@ -1916,17 +1933,7 @@ mod loom_models {
             let notes = Notes::new(Some((Side::Push, 0)));
             let shared = Shared::new();
             shared.words.tail.0.store(1, Ordering::Relaxed);
-            let consumer = {
-                let (shared, notes) = (shared.clone(), notes.clone());
-                loom::thread::spawn(move || {
-                    let claims = ModelClaims {
-                        notes: &notes,
-                        me: 1,
-                    };
-                    let core = shared.core_of(&claims);
-                    (0..2).filter_map(|_| core.try_pop()).collect::<Vec<_>>()
-                })
-            };
+            let consumer = pop_twice_as_thread_1(&shared, &notes);
             let claims = ModelClaims {
                 notes: &notes,
                 me: 0,
@@ -1959,17 +1966,7 @@ mod loom_models {
                 assert_eq!(core.try_push(2), Ok(()));
             }
             shared.words.head.0.store(1, Ordering::Relaxed);
-            let consumer = {
-                let (shared, notes) = (shared.clone(), notes.clone());
-                loom::thread::spawn(move || {
-                    let claims = ModelClaims {
-                        notes: &notes,
-                        me: 1,
-                    };
-                    let core = shared.core_of(&claims);
-                    (0..2).filter_map(|_| core.try_pop()).collect::<Vec<_>>()
-                })
-            };
+            let consumer = pop_twice_as_thread_1(&shared, &notes);
             let claims = ModelClaims {
                 notes: &notes,
                 me: 0,
