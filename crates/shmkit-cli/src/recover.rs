@@ -32,9 +32,11 @@ pub struct RecoverArgs {
 pub fn run(args: &RecoverArgs) -> Result<ExitCode, String> {
     let heap = inspect::open(&args.name)?;
     let recovered = if args.force {
-        heap.recover_forced()
+        // SAFETY: the command runs on one thread.
+        unsafe { heap.recover_forced() }
     } else {
-        heap.recover()
+        // SAFETY: the command runs on one thread.
+        unsafe { heap.recover() }
     };
     let report = match recovered {
         Ok(report) => report,

@@ -96,16 +96,19 @@ impl<'py> HeldBytes<'py> {
     }
 
     /// The bytes, when they lie in one piece.
-    pub fn contiguous(&self) -> Option<&[u8]> {
+    pub fn contiguous(&self) -> Option<RawBytes> {
         if !self.contiguous {
             return None;
         }
         if self.len() == 0 || self.view.buf.is_null() {
-            return Some(&[]);
+            return Some(RawBytes::EMPTY);
         }
-        // SAFETY: a C-contiguous buffer is `len` readable bytes at `buf`,
-        // kept in place until it is released (on drop, after this borrow).
-        Some(unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.len()) })
+        // A C-contiguous buffer is `len` readable bytes at `buf`, kept in
+        // place until it is released (on drop, after this borrow).
+        Some(RawBytes {
+            ptr: self.view.buf.cast::<u8>(),
+            len: self.len(),
+        })
     }
 
     /// The layout of a buffer that is not in one piece, to copy it in C
@@ -152,8 +155,9 @@ impl Strided {
     ///
     /// # Safety
     ///
-    /// `target` must be valid for writes of `len` bytes that nothing else
-    /// accesses meanwhile, and the buffer must still be held.
+    /// `target` must be valid for writes of `len` bytes, and the buffer
+    /// must still be held. The two may overlap (a strided view of the
+    /// target block): each item moves as a memmove.
     pub unsafe fn copy_to(&self, target: *mut u8) -> Result<(), &'static str> {
         let items = self.shape.iter().try_fold(1usize, |items, &n| {
             items.checked_mul(usize::try_from(n).ok()?)
@@ -173,13 +177,7 @@ impl Strided {
             // SAFETY: the exporter vouches that every index within the
             // shape, times the strides, names an item inside its buffer;
             // `written + itemsize <= len` by the product checked above.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    self.base.offset(at),
-                    target.add(written),
-                    self.itemsize,
-                )
-            };
+            unsafe { std::ptr::copy(self.base.offset(at), target.add(written), self.itemsize) };
             written += self.itemsize;
             // The next index, the last dimension fastest.
             let mut dim = self.shape.len();
@@ -204,6 +202,35 @@ impl Drop for HeldBytes<'_> {
         // is released once; the `'py` marker keeps this on the thread that
         // holds the interpreter lock.
         unsafe { PyBuffer_Release(&mut self.view) };
+    }
+}
+
+/// Bytes another exporter holds: an address and a length, never a Rust
+/// reference, because they may change while they are read (another
+/// Python thread writes a `bytearray`) or be the very bytes a write
+/// targets (`heap.write(offset, heap.view(offset))`). Copy them with
+/// [`std::ptr::copy`], which allows the overlap.
+#[derive(Clone, Copy)]
+pub struct RawBytes {
+    pub ptr: *const u8,
+    pub len: usize,
+}
+
+impl RawBytes {
+    const EMPTY: RawBytes = RawBytes {
+        ptr: std::ptr::NonNull::<u8>::dangling().as_ptr(),
+        len: 0,
+    };
+
+    /// Copies the bytes to `target`, which may overlap them.
+    ///
+    /// # Safety
+    ///
+    /// The bytes stay readable and `target` stays writable for `len` bytes
+    /// during the call.
+    pub unsafe fn copy_to(self, target: *mut u8) {
+        // SAFETY: forwarded from the caller; `copy` is a memmove.
+        unsafe { std::ptr::copy(self.ptr, target, self.len) }
     }
 }
 
@@ -233,9 +260,12 @@ impl<'a, 'py> DataArg<'a, 'py> {
     }
 
     /// The bytes, when they lie in one piece.
-    pub fn contiguous(&self) -> Option<&[u8]> {
+    pub fn contiguous(&self) -> Option<RawBytes> {
         match self {
-            DataArg::Bytes(bytes) => Some(bytes),
+            DataArg::Bytes(bytes) => Some(RawBytes {
+                ptr: bytes.as_ptr(),
+                len: bytes.len(),
+            }),
             DataArg::Held(held) => held.contiguous(),
         }
     }

@@ -395,23 +395,26 @@ macro_rules! allocator_class {
                 let Some(bytes) = data.contiguous() else {
                     return write_strided(py, &self.handle, offset, &data);
                 };
-                if bytes.len() < LONG_COPY {
+                if bytes.len < LONG_COPY {
                     return self
                         .handle
-                        .with(py, |heap| heap.write(offset, bytes))?
+                        // SAFETY: `data` holds the bytes' buffer for the call.
+                        .with(py, |heap| unsafe { heap.write(offset, bytes) })?
                         .map_err(|fault| fault.into_py(py));
                 }
                 let heap = self.handle.get(py)?;
                 let (target, len) = heap
-                    .writable_span(offset, bytes.len() as u64)
+                    .writable_span(offset, bytes.len as u64)
                     .map_err(|fault| fault.into_py(py))?;
                 let _copying = CopyGuard::new(&heap, offset);
                 let target = Bytes(target.as_ptr());
+                let source = Bytes(bytes.ptr.cast_mut());
                 py.detach(|| {
                     // SAFETY: `writable_span` checked the range; the held heap
                     // keeps it mapped and the guard keeps this process from
-                    // freeing it; `bytes` stays borrowed from `data`.
-                    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), target.get(), len as usize) }
+                    // freeing it; `data` holds the source's buffer, which may
+                    // overlap the target (`copy` is a memmove).
+                    unsafe { std::ptr::copy(source.get(), target.get(), len as usize) }
                 });
                 Ok(())
             }

@@ -20,6 +20,7 @@ use shmkit_lib::{
 };
 
 use crate::blocks::{Block, BlockHeader, Seal, HEADER, MAX_SIZE};
+use crate::buffer::RawBytes;
 use crate::errors::Fault;
 use crate::layer::{self, Layer, Usage};
 use crate::views::Views;
@@ -518,13 +519,19 @@ impl Heap {
         self.span(offset, Some(len))
     }
 
-    /// Copies `data` to the start of the block at `offset`.
+    /// Copies `data` to the start of the block at `offset`; `data` may lie
+    /// in the segment, even in that block.
+    ///
+    /// # Safety
+    ///
+    /// `data` stays readable for the call.
     #[inline]
-    pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), Fault> {
-        let (ptr, _) = self.writable_span(offset, data.len() as u64)?;
-        // SAFETY: `span` checked that `data.len()` bytes at `ptr` lie in the
-        // block, in the mapping, which is writable.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
+    pub unsafe fn write(&self, offset: u64, data: RawBytes) -> Result<(), Fault> {
+        let (ptr, _) = self.writable_span(offset, data.len as u64)?;
+        // SAFETY: `span` checked that `data.len` bytes at `ptr` lie in the
+        // block, in the mapping, which is writable; the caller keeps `data`
+        // readable.
+        unsafe { data.copy_to(ptr.as_ptr()) };
         Ok(())
     }
 
@@ -580,7 +587,8 @@ impl Heap {
         };
         let offset = raw + prefix;
         let Some(header) = self.header(offset) else {
-            let _ = free_raw(allocator, raw, &MemContext::default());
+            // SAFETY: the fresh block never reached Python.
+            let _ = unsafe { free_raw(allocator, raw, &MemContext::default()) };
             if let Some(layer) = layer {
                 layer.unreserve(units);
             }
@@ -629,7 +637,10 @@ impl Heap {
     pub fn release(&self, retired: &Retired, wait: Wait) -> Result<(), Fault> {
         let allocator = self.writable()?;
         let Retired { offset, block } = *retired;
-        match free_raw(allocator, offset - block.prefix, &wait.context()) {
+        // SAFETY: retired, so no Python offset names the block any more, and
+        // no memoryview of it lives unless the caller forced the free (its
+        // documented risk: such a view is raw bytes, never a Rust reference).
+        match unsafe { free_raw(allocator, offset - block.prefix, &wait.context()) } {
             Ok(()) => {
                 if let Some(layer) = self.layer() {
                     layer.on_free(block.size, self.units_of(block.size, block.prefix));
@@ -753,7 +764,11 @@ impl Heap {
             return Err(Fault::Busy(waiting));
         }
         let _alone = allocator.segment().lock_for_recovery(force)?;
-        let mut report = allocator.recovery_pass()?;
+        // SAFETY: the recovery lock is held, and no other thread of this
+        // process is inside the allocator: this thread holds the interpreter
+        // lock, which every call takes to start, and no call that released
+        // it is still running (checked above).
+        let mut report = unsafe { allocator.recovery_pass() }?;
         let before = self.layer().map(Layer::usage);
         let (handed_to_dead, rolled_back) = self.take_dead_handoffs()?;
         report.blocks_reclaimed += rolled_back;
@@ -782,7 +797,9 @@ impl Heap {
             match self.python_block_at(raw) {
                 Some(offset) => live.push(offset),
                 None => {
-                    if free_raw(allocator, raw, &MemContext::default()).is_ok() {
+                    // SAFETY: no Python header names the block (never
+                    // written, or retired by a free that never finished).
+                    if unsafe { free_raw(allocator, raw, &MemContext::default()) }.is_ok() {
                         rolled_back += 1;
                     }
                 }
@@ -889,14 +906,27 @@ fn allocate_raw(
 }
 
 /// Frees a raw block; a bump allocator frees only with `reset`.
-fn free_raw(allocator: &AnyAllocator, block: u64, ctx: &MemContext) -> shmkit_lib::Result<()> {
+///
+/// # Safety
+///
+/// As for `ShmAllocator::free_offset`: nothing of this process uses the
+/// block afterwards.
+unsafe fn free_raw(
+    allocator: &AnyAllocator,
+    block: u64,
+    ctx: &MemContext,
+) -> shmkit_lib::Result<()> {
     match allocator {
         AnyAllocator::Bump(_) => Err(Error::Unsupported(
             "a bump allocator frees everything at once, with reset()",
         )),
-        AnyAllocator::Stack(stack) => stack.free(shmkit_lib::Offset::<u8>::from_raw(block)),
+        // SAFETY: forwarded from the caller.
+        AnyAllocator::Stack(stack) => unsafe {
+            stack.free(shmkit_lib::Offset::<u8>::from_raw(block))
+        },
         other => match other.as_shm_allocator() {
-            Some(allocator) => allocator.free_offset(ctx, block),
+            // SAFETY: forwarded from the caller.
+            Some(allocator) => unsafe { allocator.free_offset(ctx, block) },
             None => Err(Error::Unsupported("this allocator cannot free")),
         },
     }

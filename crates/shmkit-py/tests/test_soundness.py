@@ -186,3 +186,22 @@ def test_long_copies_let_other_threads_run(name, direction):
     assert min(end - start for start, end in copies) > 0.004, "copies long enough to tell"
     assert min(shares) < 0.5, shares
     heap.close()
+
+
+@pytest.mark.parametrize("length", [24, 1 << 20])
+def test_a_write_from_a_view_of_the_same_block_moves_the_bytes(name, length):
+    # The source overlaps the target: the copy is a memmove, short (under
+    # the interpreter lock) or long (without it).
+    with shmkit.FreeListAllocator(name, capacity=8 << 20) as heap:
+        offset = heap.allocate(length + 8)
+        original = (bytes(range(256)) * (length // 256 + 1))[: length + 8]
+        heap.write(offset, original)
+        view = heap.view(offset)
+        heap.write(offset, view[8 : length + 8])  # the tail over the head
+        assert heap.read(offset, length) == original[8:]
+        heap.write(offset, original)
+        heap.write(offset, view[:length])  # the bytes onto themselves
+        assert heap.read(offset, length + 8) == original
+        del view
+        heap.free(offset)
+        heap.unlink()

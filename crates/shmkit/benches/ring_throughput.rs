@@ -63,8 +63,12 @@ fn main() {
     let counters: &[Counter; 3] = unsafe { counters.local().as_ref() };
     let inline_ring = MpmcRing::<Message>::create(&heap, RING_CAPACITY).expect("ring");
     let offset_ring = MpmcRing::<ShmPtr<u8>>::create(&heap, RING_CAPACITY).expect("ring");
-    let inline: MpmcHandle<'_, Message> = MpmcRing::open(&heap, inline_ring).expect("open");
-    let offsets: MpmcHandle<'_, ShmPtr<u8>> = MpmcRing::open(&heap, offset_ring).expect("open");
+    let inline: MpmcHandle<'_, Message> =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::open(&heap, inline_ring) }.expect("open");
+    let offsets: MpmcHandle<'_, ShmPtr<u8>> =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::open(&heap, offset_ring) }.expect("open");
     let (mut to_child, mut in_child) = UnixStream::pair().expect("socket pair");
 
     let children = [
@@ -110,7 +114,8 @@ fn main() {
                 // SAFETY: the producer wrote 64 bytes there and handed the
                 // block over through the ring.
                 std::hint::black_box(unsafe { block.as_ptr().cast::<Message>().read() });
-                heap.free(block).expect("free");
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free(block) }.expect("free");
                 taken += 1;
                 counters[2][0].store(taken, Ordering::Release);
             }

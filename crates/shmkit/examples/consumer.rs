@@ -22,7 +22,8 @@ fn main() -> shmkit::Result<()> {
     let heap = queue::open_segment_patiently(&name, Duration::from_secs(30))?;
     let session = queue::session(&heap)?;
     session.join(Side::Consumer);
-    let ring = MpmcRing::open(&heap, queue::queue(&heap)?)?;
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&heap, queue::queue(&heap)?) }?;
     println!("consumer: waiting on segment /{name}");
 
     let (mut messages, mut bytes, mut bad) = (0u64, 0u64, 0u64);
@@ -58,7 +59,9 @@ fn main() -> shmkit::Result<()> {
         }
         messages += 1;
         bytes += message.len;
-        heap.free(block)?;
+        // SAFETY: the message handed the block to this consumer alone, and
+        // `payload`, its last use, ends above.
+        unsafe { heap.free(block) }?;
     }
     let elapsed = started.map_or(0.0, |at| at.elapsed().as_secs_f64());
     println!(

@@ -30,7 +30,8 @@ fn main() -> shmkit::Result<()> {
     let heap = queue::open_segment_patiently(&name, std::time::Duration::from_secs(10))?;
     let session = queue::session(&heap)?;
     session.join(Side::Producer);
-    let ring = MpmcRing::open(&heap, queue::queue(&heap)?)?;
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&heap, queue::queue(&heap)?) }?;
     println!("producer: segment /{name}, {count} messages of {size} bytes");
     // Waits with a timeout for room, checking after each that the consumer
     // lives (a dead one frees nothing and takes nothing).

@@ -84,17 +84,21 @@ fn run_model(allocator: &dyn ShmAllocator, ops: &[Op]) -> Result<(), TestCaseErr
                     "block at {} was overwritten",
                     offset
                 );
-                allocator.free_offset(&ctx, offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
                 model.remove(&offset);
                 // A second free of the same block is refused.
-                prop_assert!(allocator.free_offset(&ctx, offset).is_err());
+                // SAFETY: the block is not used after this free (a repeat is refused).
+                let freed = unsafe { allocator.free_offset(&ctx, offset) };
+                prop_assert!(freed.is_err());
             }
             Op::Reallocate { pick, size } => {
                 let Some((&offset, &live)) = model.iter().nth(pick % model.len().max(1)) else {
                     continue;
                 };
                 let ptr = allocator.full_ptr(offset).unwrap();
-                match allocator.reallocate(ptr, size) {
+                // SAFETY: nothing uses the block after it is freed.
+                match unsafe { allocator.reallocate(ptr, size) } {
                     Ok(moved) => {
                         let kept = Live {
                             size: live.size.min(size),
@@ -143,7 +147,8 @@ fn run_model(allocator: &dyn ShmAllocator, ops: &[Op]) -> Result<(), TestCaseErr
         }
     }
     for &offset in model.keys() {
-        allocator.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
     }
     prop_assert_eq!(allocator.stats().live_allocations, 0);
     Ok(())
@@ -166,7 +171,8 @@ fn bad_frees_change_nothing(allocator: &dyn ShmAllocator, segment_size: u64) {
         u64::MAX - 7,
     ] {
         assert!(
-            allocator.free_offset(&ctx, bogus).is_err(),
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { allocator.free_offset(&ctx, bogus) }.is_err(),
             "free({bogus}) was accepted (live block at {live})"
         );
         assert_eq!(
@@ -185,9 +191,11 @@ fn bad_frees_change_nothing(allocator: &dyn ShmAllocator, segment_size: u64) {
         Err(Error::OutOfMemory { .. }) | Err(Error::InvalidSize { .. })
     ));
     assert_eq!(allocator.stats(), before);
-    allocator.free_offset(&ctx, live).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { allocator.free_offset(&ctx, live) }.unwrap();
     assert!(matches!(
-        allocator.free_offset(&ctx, live),
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { allocator.free_offset(&ctx, live) },
         Err(Error::InvalidFree { .. })
     ));
 }
@@ -201,7 +209,8 @@ fn every_power_of_two_alignment(allocator: &dyn ShmAllocator) {
             let block = allocator.full_ptr(offset).unwrap();
             assert_eq!(offset % align as u64, 0, "offset, align {align}");
             assert_eq!(block.as_ptr() as usize % align, 0, "address, align {align}");
-            allocator.free_offset(&ctx, offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
         }
     }
     assert_eq!(allocator.stats().live_allocations, 0);
@@ -218,7 +227,8 @@ fn grows_instead_of_failing(allocator: &dyn ShmAllocator, initial: u64) {
     }
     allocator.check().unwrap();
     for offset in blocks {
-        allocator.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
     }
     assert_eq!(allocator.stats().live_allocations, 0);
 }

@@ -82,12 +82,15 @@ fn allocate_free_and_reuse() {
     assert_eq!(stats.free_bytes, empty.capacity - 192);
     buddy.check().unwrap();
 
-    buddy.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(a) }.unwrap();
     // The same size comes back at the same place.
     let again = buddy.allocate(120).unwrap();
     assert_eq!(again.offset(), a.offset());
-    buddy.free(again).unwrap();
-    buddy.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(again) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(b) }.unwrap();
     // Everything merged back into the original blocks.
     let after = buddy.stats();
     assert_eq!(after.free_bytes, empty.free_bytes);
@@ -101,8 +104,10 @@ fn allocate_free_and_reuse() {
     let z2 = buddy.allocate(0).unwrap();
     assert_ne!(z1.offset(), z2.offset());
     assert_eq!(buddy.stats().allocated_bytes, 0);
-    buddy.free(z1).unwrap();
-    buddy.free(z2).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(z1) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(z2) }.unwrap();
     buddy.check().unwrap();
 }
 
@@ -112,7 +117,8 @@ fn bad_frees_are_refused_and_change_nothing() {
     let a = buddy.allocate(200).unwrap().offset().raw(); // a 256-byte block
     let b = buddy.allocate(64).unwrap().offset().raw();
     let freed = buddy.allocate(64).unwrap().offset().raw();
-    buddy.free_offset(&MemContext::default(), freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free_offset(&MemContext::default(), freed) }.unwrap();
     let before = buddy.stats();
     let size = buddy.segment().size();
     let data = buddy.segment().data_offset();
@@ -132,7 +138,8 @@ fn bad_frees_are_refused_and_change_nothing() {
         u64::MAX,
         u64::MAX - 63,
     ] {
-        let result = buddy.free_offset(&MemContext::default(), bogus);
+        // SAFETY: nothing uses the block after it is freed.
+        let result = unsafe { buddy.free_offset(&MemContext::default(), bogus) };
         assert!(
             matches!(result, Err(Error::InvalidFree { offset }) if offset == bogus),
             "free({bogus}) gave {result:?}"
@@ -142,12 +149,15 @@ fn bad_frees_are_refused_and_change_nothing() {
         buddy.check().unwrap();
     }
     // Still usable, and the real frees work.
-    buddy.free_offset(&MemContext::default(), a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free_offset(&MemContext::default(), a) }.unwrap();
     assert!(matches!(
-        buddy.free_offset(&MemContext::default(), a),
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free_offset(&MemContext::default(), a) },
         Err(Error::InvalidFree { .. })
     ));
-    buddy.free_offset(&MemContext::default(), b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free_offset(&MemContext::default(), b) }.unwrap();
     buddy.check().unwrap();
     assert_eq!(buddy.stats().live_allocations, 0);
 }
@@ -184,7 +194,8 @@ fn every_power_of_two_alignment_holds() {
         .collect();
     assert_disjoint(&mut ranges);
     for block in blocks {
-        buddy.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free(block) }.unwrap();
     }
     buddy.check().unwrap();
 }
@@ -239,7 +250,8 @@ fn out_of_memory_without_room_then_growth_with_max_size() {
     ));
     buddy.check().unwrap();
     for block in grown {
-        buddy.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free(block) }.unwrap();
     }
     let stats = buddy.stats();
     assert_eq!(stats.free_bytes, stats.capacity);
@@ -254,8 +266,10 @@ fn the_tables_are_sized_for_the_maximum_size() {
     let block = buddy.allocate(1000).unwrap();
     let huge = buddy.allocate(16 << 20).unwrap();
     buddy.check().unwrap();
-    buddy.free(huge).unwrap();
-    buddy.free(block).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(huge) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(block) }.unwrap();
     buddy.check().unwrap();
     // A maximum too small for the tables and one block is refused.
     let params = BuddyParams { min_block: 16 };
@@ -276,13 +290,15 @@ fn resize_in_place_returns_halves_and_absorbs_buddies() {
     let a = buddy.allocate(1000).unwrap().offset().raw();
     let free_before = buddy.stats().free_bytes;
     // Shrink: the upper halves (512, 256, 128) go back.
-    assert!(buddy.resize_in_place(&ctx, a, 100).unwrap());
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(unsafe { buddy.resize_in_place(&ctx, a, 100) }.unwrap());
     assert_eq!(buddy.usable_size(a).unwrap(), 128);
     assert_eq!(buddy.stats().free_bytes, free_before + 896);
     assert_eq!(buddy.stats().allocated_bytes, 100);
     buddy.check().unwrap();
     // Grow: the free buddies are taken back.
-    assert!(buddy.resize_in_place(&ctx, a, 1000).unwrap());
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(unsafe { buddy.resize_in_place(&ctx, a, 1000) }.unwrap());
     assert_eq!(buddy.usable_size(a).unwrap(), 1024);
     assert_eq!(buddy.stats().free_bytes, free_before);
     assert_eq!(buddy.stats().allocated_bytes, 1000);
@@ -295,10 +311,12 @@ fn resize_in_place_returns_halves_and_absorbs_buddies() {
         "the upper half of the split is handed out next"
     );
     let stats = buddy.stats();
-    assert!(!buddy.resize_in_place(&ctx, a, 2000).unwrap());
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(!unsafe { buddy.resize_in_place(&ctx, a, 2000) }.unwrap());
     assert_eq!(buddy.stats(), stats);
     // A dead block is refused.
-    assert!(buddy.resize_in_place(&ctx, a + 64, 10).is_err());
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(unsafe { buddy.resize_in_place(&ctx, a + 64, 10) }.is_err());
 
     // reallocate moves it and keeps the contents.
     let block = buddy.full_ptr(a).unwrap();
@@ -308,7 +326,8 @@ fn resize_in_place_returns_halves_and_absorbs_buddies() {
             *block.as_ptr().add(i) = (i % 251) as u8;
         }
     }
-    let moved = buddy.reallocate(block, 3000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let moved = unsafe { buddy.reallocate(block, 3000) }.unwrap();
     assert_ne!(moved.offset().raw(), a);
     assert!(buddy.usable_size(a).is_err(), "the old block was freed");
     // SAFETY: the new block holds at least 3000 bytes.
@@ -316,8 +335,10 @@ fn resize_in_place_returns_halves_and_absorbs_buddies() {
     assert!(bytes.iter().enumerate().all(|(i, &x)| x == (i % 251) as u8));
     assert_eq!(buddy.stats().allocated_bytes, 4000);
     buddy.check().unwrap();
-    buddy.free(moved).unwrap();
-    buddy.free_offset(&ctx, b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(moved) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free_offset(&ctx, b) }.unwrap();
     buddy.check().unwrap();
 }
 
@@ -345,7 +366,8 @@ fn stats_and_check_follow_the_blocks() {
     assert!(stats.largest_free_block >= 256 << 10);
     buddy.check().unwrap();
     for block in blocks {
-        buddy.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free(block) }.unwrap();
     }
     assert_eq!(buddy.stats().free_bytes, empty.free_bytes);
     buddy.check().unwrap();
@@ -377,9 +399,8 @@ fn another_mapping_shares_the_heap_and_params_are_checked() {
         40,
     );
     // Freed through the other mapping; reused by the first.
-    attached
-        .free_offset(&MemContext::default(), block.offset().raw())
-        .unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { attached.free_offset(&MemContext::default(), block.offset().raw()) }.unwrap();
     assert_eq!(creator.allocate(10).unwrap().offset(), block.offset());
     assert_eq!(attached.stats(), creator.stats());
     attached.check().unwrap();
@@ -404,7 +425,8 @@ fn threads_allocate_tag_verify_and_free_concurrently() {
             } else {
                 let (offset, seq) = live.swap_remove(rng.below(live.len() as u64) as usize);
                 assert_eq!(verify_tag(&buddy, offset), (thread, seq));
-                buddy.free_offset(&MemContext::current(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { buddy.free_offset(&MemContext::current(), offset) }.unwrap();
             }
         }
         live.iter()
@@ -420,7 +442,8 @@ fn threads_allocate_tag_verify_and_free_concurrently() {
     buddy.check().unwrap();
     // Blocks of every thread freed by this one.
     for (offset, _) in ranges {
-        buddy.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     let stats = buddy.stats();
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
@@ -468,7 +491,8 @@ fn child_buddy_worker() {
             2 if !live.is_empty() => {
                 let offset = live.swap_remove(rng.below(live.len() as u64) as usize);
                 assert_eq!(verify_tag(&buddy, offset).0, pid);
-                buddy.free_offset(&MemContext::default(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { buddy.free_offset(&MemContext::default(), offset) }.unwrap();
             }
             3 if !live.is_empty() => {
                 // Hand a block over; free whatever was in the slot, whoever
@@ -480,7 +504,8 @@ fn child_buddy_worker() {
                     if verify_tag(&buddy, previous).0 != pid {
                         foreign += 1;
                     }
-                    buddy.free_offset(&MemContext::default(), previous).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { buddy.free_offset(&MemContext::default(), previous) }.unwrap();
                 }
             }
             _ => {}
@@ -488,7 +513,8 @@ fn child_buddy_worker() {
     }
     for offset in live {
         assert_eq!(verify_tag(&buddy, offset).0, pid);
-        buddy.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     writeln!(std::io::stdout(), "foreign {foreign}").unwrap();
 }
@@ -528,7 +554,8 @@ fn processes_share_one_buddy_heap() {
         let offset = slot.swap(0, Ordering::AcqRel);
         if offset != 0 {
             *owners.entry(verify_tag(&parent, offset).0).or_insert(0) += 1;
-            parent.free_offset(&MemContext::default(), offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { parent.free_offset(&MemContext::default(), offset) }.unwrap();
         }
     }
     assert!(!owners.is_empty());
@@ -599,7 +626,8 @@ fn a_dead_owner_and_a_corrupt_list_are_repaired_by_the_next_operation() {
     let stats = buddy.stats();
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (3, 1200));
     for offset in [a, b, c] {
-        buddy.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     let stats = buddy.stats();
     assert_eq!(stats.free_bytes, stats.capacity);
@@ -631,7 +659,8 @@ fn a_corrupt_list_found_by_a_live_owner_is_rebuilt_from_the_table() {
     assert!(c != a && c != b);
     buddy.check().unwrap();
     for offset in [a, b, c] {
-        buddy.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     buddy.check().unwrap();
 }
@@ -696,13 +725,17 @@ proptest! {
                 Op::Free { pick } if !model.is_empty() => {
                     let (offset, size, byte) = model.swap_remove(pick % model.len());
                     prop_assert!(holds(&buddy, offset, size, byte));
-                    buddy.free_offset(&ctx, offset).unwrap();
-                    prop_assert!(buddy.free_offset(&ctx, offset).is_err());
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { buddy.free_offset(&ctx, offset) }.unwrap();
+                    // SAFETY: the block is not used after this free (a repeat is refused).
+                    let freed = unsafe { buddy.free_offset(&ctx, offset) };
+                    prop_assert!(freed.is_err());
                 }
                 Op::Realloc { pick, size } if !model.is_empty() => {
                     let index = pick % model.len();
                     let (offset, old, old_byte) = model[index];
-                    match buddy.reallocate(buddy.full_ptr(offset).unwrap(), size) {
+                    // SAFETY: nothing uses the block after it is freed.
+                    match unsafe { buddy.reallocate(buddy.full_ptr(offset).unwrap(), size) } {
                         Ok(moved) => {
                             let new = moved.offset().raw();
                             prop_assert!(holds(&buddy, new, old.min(size), old_byte));
@@ -718,7 +751,8 @@ proptest! {
                 Op::Resize { pick, size } if !model.is_empty() => {
                     let index = pick % model.len();
                     let (offset, old, old_byte) = model[index];
-                    if buddy.resize_in_place(&ctx, offset, size).unwrap() {
+                    // SAFETY: nothing uses the block after it is freed.
+                    if unsafe { buddy.resize_in_place(&ctx, offset, size) }.unwrap() {
                         prop_assert!(buddy.usable_size(offset).unwrap() >= size);
                         prop_assert!(holds(&buddy, offset, old.min(size), old_byte));
                         fill(&buddy, offset, size, byte);
@@ -761,6 +795,7 @@ fn a_caller_buffer_holds_a_buddy_heap() {
         "above the buffer's max_align"
     );
     buddy.check().unwrap();
-    buddy.free(block).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { buddy.free(block) }.unwrap();
     buddy.check().unwrap();
 }

@@ -112,7 +112,8 @@ fn child_dies_at_a_crash_point() {
             // A block freed to this thread's cache first (the thread-local
             // allocator hands it out again from there).
             let cached = heap.allocate_offset(&ctx, size, 16).unwrap();
-            heap.free_offset(&ctx, cached).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx, cached) }.unwrap();
             shmkit::crash_point::arm(point);
             let _ = heap.allocate_offset(&ctx, size, 16);
         }
@@ -130,7 +131,8 @@ fn child_dies_at_a_crash_point() {
         "free" => {
             announce("freeing", held);
             shmkit::crash_point::arm(point);
-            let _ = heap.free_offset(&ctx, held);
+            // SAFETY: nothing uses the block after it is freed.
+            let _ = unsafe { heap.free_offset(&ctx, held) };
         }
         "thread-exit" => {
             // A thread whose cache goes back to the pages as it exits.
@@ -138,7 +140,8 @@ fn child_dies_at_a_crash_point() {
                 scope.spawn(|| {
                     let ctx = MemContext::current();
                     let cached = heap.allocate_offset(&ctx, size, 16).unwrap();
-                    heap.free_offset(&ctx, cached).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free_offset(&ctx, cached) }.unwrap();
                     shmkit::crash_point::arm(point);
                 });
             });
@@ -197,7 +200,8 @@ fn dies_at_then(
             operation, "returned",
             "{kind} at {point}: the hand-off log names {offset}, which was never handed out"
         );
-        heap.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, offset) }.unwrap();
     }
     if operation == "returned" {
         assert_eq!(
@@ -207,14 +211,17 @@ fn dies_at_then(
         );
     }
     for &offset in held.difference(&freeing) {
-        heap.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, offset) }.unwrap();
     }
-    let report = heap.recover().unwrap();
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    let report = unsafe { heap.recover() }.unwrap();
     // The free the child was in: done, undone (the block is still live) or
     // taken over by recovery.
     for &offset in &freeing {
         if heap.usable_size(offset).is_ok() {
-            heap.free_offset(&ctx, offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx, offset) }.unwrap();
         }
     }
     heap.check()
@@ -247,7 +254,8 @@ fn dies_at_then(
             .map(|&size| fresh.allocate_offset(&ctx, size, 16).unwrap())
             .collect();
         for offset in history {
-            fresh.free_offset(&ctx, offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { fresh.free_offset(&ctx, offset) }.unwrap();
         }
         while let Ok(offset) = fresh.allocate_offset(&ctx, 4000, 16) {
             fresh_blocks.push(offset);
@@ -260,7 +268,8 @@ fn dies_at_then(
         fresh_blocks.len()
     );
     for offset in again {
-        heap.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, offset) }.unwrap();
     }
     assert_eq!(heap.stats().allocated_bytes, empty.allocated_bytes);
 }
@@ -306,7 +315,8 @@ fn a_stale_free_of_a_block_being_handed_out_is_refused() {
             let stride = heap.usable_size(first).unwrap() as u64;
             let ctx = MemContext::default();
             assert!(matches!(
-                heap.free_offset(&ctx, first + stride),
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx, first + stride) },
                 Err(Error::InvalidFree { .. })
             ));
             assert!(matches!(
@@ -441,14 +451,17 @@ fn a_stack_carve_killed_before_its_header_is_rolled_back() {
     // A block carved and freed above the dead carve: the top comes back to
     // the dead carve's word.
     let above = stack.alloc_handle(64, 8).unwrap();
-    stack.free(above).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(above) }.unwrap();
     assert!(stack.used() > 400, "the dead carve holds the top");
     // The free of the block under it rolls the dead carve back first.
-    stack.free(Offset::<u8>::from_raw(held)).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(Offset::<u8>::from_raw(held)) }.unwrap();
     assert_eq!(stack.used(), 0);
     // And the stack carves and frees as before.
     let again = stack.alloc_handle(300, 8).unwrap();
-    stack.free(again).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(again) }.unwrap();
     assert_eq!(stack.used(), 0);
 }
 
@@ -581,7 +594,8 @@ fn container_dies_moving_its_storage(which: &str) {
     }
     check(owned);
     for offset in others {
-        heap.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, offset) }.unwrap();
     }
     // The container frees its own storage; the old one the child never
     // freed is the one block the kill leaked (with the vector child's
@@ -620,7 +634,8 @@ fn child_dies_inside_a_ring_operation() {
     let heap =
         SizeClassAllocator::attach(&SegmentOptions::shm(child_env("SHMKIT_TEST_SEGMENT"))).unwrap();
     let at = heap.segment().root::<MpmcRing<u64>>("ring").unwrap();
-    let ring = MpmcRing::open(&heap, at).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&heap, at) }.unwrap();
     if child_env("SHMKIT_CRASH_OPERATION") == "push" {
         ring.push(1);
         ring.push(2);
@@ -652,7 +667,8 @@ fn a_producer_killed_inside_a_push_costs_only_its_own_message() {
     let at = MpmcRing::<u64>::create(&heap, 8).unwrap();
     heap.segment().set_root("ring", at).unwrap();
     ring_child_dies(&options, "push");
-    let ring = MpmcRing::open(&heap, at).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&heap, at) }.unwrap();
     assert_eq!(ring.in_flight().push_at, None, "1 and 2 are ready");
     for value in [4, 5] {
         ring.push_timeout(value, RING_PATIENCE).unwrap();
@@ -678,7 +694,8 @@ fn a_consumer_killed_inside_a_pop_costs_only_the_message_it_took() {
     let heap = SizeClassAllocator::create(&options.clone().size(1 << 20)).unwrap();
     let at = MpmcRing::<u64>::create(&heap, 8).unwrap();
     heap.segment().set_root("ring", at).unwrap();
-    let ring = MpmcRing::open(&heap, at).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&heap, at) }.unwrap();
     for value in 1..=8 {
         ring.push(value);
     }

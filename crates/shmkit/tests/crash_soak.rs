@@ -155,7 +155,8 @@ fn child_soak_worker() {
             .pending
             .store(PENDING_FREE | offset, Ordering::Release);
         claim_of(offset).store(0, Ordering::Release);
-        allocator.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
         journal.pending.store(0, Ordering::Release);
     };
     let max_size = if kind == "pool" { 2048 } else { 100 << 10 };
@@ -304,11 +305,11 @@ impl Soak<'_> {
             if self.ledger.claims[(offset / GRANULE) as usize].load(Ordering::Acquire) != 0 {
                 continue;
             }
-            self.allocator
-                .free_offset(&ctx, offset)
-                .unwrap_or_else(|e| {
-                    panic!("{}: freeing the dead hand-off {offset}: {e}", self.kind)
-                });
+            // SAFETY: handed to a dead worker and claimed by nobody, so
+            // nothing of this process uses it.
+            unsafe { self.allocator.free_offset(&ctx, offset) }.unwrap_or_else(|e| {
+                panic!("{}: freeing the dead hand-off {offset}: {e}", self.kind)
+            });
             self.handoffs_reaped += 1;
         }
     }
@@ -321,14 +322,13 @@ impl Soak<'_> {
             if claim.load(Ordering::Acquire) == victim as u32 + 1 {
                 let offset = granule as u64 * GRANULE;
                 claim.store(0, Ordering::Release);
-                self.allocator
-                    .free_offset(&ctx, offset)
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "{}: reaping worker {victim}'s block {offset}: {e}",
-                            self.kind
-                        )
-                    });
+                // SAFETY: the dead victim's block; the reaper never maps it.
+                unsafe { self.allocator.free_offset(&ctx, offset) }.unwrap_or_else(|e| {
+                    panic!(
+                        "{}: reaping worker {victim}'s block {offset}: {e}",
+                        self.kind
+                    )
+                });
                 self.reaped += 1;
             }
         }
@@ -434,7 +434,8 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
             "{kind}: before recovery, check calls a crash's traces corruption: {error}"
         );
     }
-    let report = allocator.recover().unwrap();
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    let report = unsafe { allocator.recover() }.unwrap();
     let handoffs_during_run = soak.handoffs_reaped;
     soak.reap_handoffs();
     // The final reaping: a victim's unfinished free names its block.
@@ -449,7 +450,8 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
     let mut finished_frees = 0;
     for offset in unfinished {
         if allocator.usable_size(offset).is_ok() {
-            allocator.free_offset(&ctx, offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { allocator.free_offset(&ctx, offset) }.unwrap();
             finished_frees += 1;
         }
     }

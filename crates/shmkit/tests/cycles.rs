@@ -205,7 +205,8 @@ fn size_class_page_list_two_page_cycle_is_an_error() {
     }
     // Page 0 is full and off the list; a free puts it back on top of
     // page 1: the list is 0 -> 1.
-    heap.free(heap.full_ptr(on_first_page[0]).unwrap()).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(heap.full_ptr(on_first_page[0]).unwrap()) }.unwrap();
     assert_eq!(desc_word(segment, 0, DESC_LINK).load(Ordering::Relaxed), 2);
     assert_eq!(desc_word(segment, 1, DESC_LINK).load(Ordering::Relaxed), 0);
     desc_word(segment, 1, DESC_LINK).store(1, Ordering::Relaxed);
@@ -223,7 +224,8 @@ fn size_class_free_run_self_loop_and_wild_link_are_errors() {
         let heap = SizeClassAllocator::create(&SegmentOptions::private().size(4 << 20)).unwrap();
         let segment = heap.segment();
         let large = heap.allocate(100 << 10).unwrap();
-        heap.free(large).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(large) }.unwrap();
         assert_eq!(
             desc_word(segment, 0, DESC_STATE).load(Ordering::Relaxed),
             PHASE_FREE
@@ -250,7 +252,8 @@ fn pool_free_stack_self_loop_and_wild_link_are_errors() {
             PoolAllocator::create_with(&SegmentOptions::private().size(1 << 20), &params).unwrap();
         let freed = pool.allocate(64).unwrap(); // slot 0 of page 0
         let kept = pool.allocate(64).unwrap();
-        pool.free(freed).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free(freed) }.unwrap();
         // A free slot's first four bytes hold the index of the next one.
         let link = word32(pool.segment(), freed.offset().raw());
         assert_eq!(link.load(Ordering::Relaxed), u32::MAX, "the stack's end");
@@ -286,7 +289,8 @@ fn pool_self_loop_is_refused_at_the_first_pop() {
     let pool =
         PoolAllocator::create_with(&SegmentOptions::private().size(1 << 20), &params).unwrap();
     let freed = pool.allocate(64).unwrap();
-    pool.free(freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(freed) }.unwrap();
     word32(pool.segment(), freed.offset().raw()).store(0, Ordering::Relaxed);
     let next = bounded("pool self-loop", || pool.allocate(64));
     assert!(is_corrupt_header(&next), "{next:?}");
@@ -302,7 +306,8 @@ fn free_list_chain_self_loop_and_wild_link_are_errors() {
         let before = heap.allocate(64).unwrap();
         let freed = heap.allocate(64).unwrap();
         let after = heap.allocate(64).unwrap();
-        heap.free(freed).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(freed) }.unwrap();
         // A free block's list links are its first payload words: next, prev.
         let block = freed.offset().raw() - 32;
         let next = word(heap.segment(), freed.offset().raw());
@@ -497,7 +502,8 @@ fn mpmc_ring_self_loop_and_wild_link_read_as_full_and_empty() {
         let what = format!("mpmc ring, {damage:?}");
         let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
         let offset = MpmcRing::<u64>::create(&heap, 4).unwrap();
-        let ring = MpmcRing::open(&heap, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let ring = unsafe { MpmcRing::open(&heap, offset) }.unwrap();
         ring.try_push(1).unwrap();
         ring.try_push(2).unwrap();
         assert_eq!(ring.try_pop(), Some(1));
@@ -538,7 +544,8 @@ fn spsc_ring_self_loop_and_wild_link_read_as_full_and_empty() {
         let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
         let offset = SpscRing::<u64>::create(&heap, 4).unwrap();
         {
-            let mut tx = SpscRing::producer(&heap, offset).unwrap();
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            let mut tx = unsafe { SpscRing::producer(&heap, offset) }.unwrap();
             tx.try_push(1).unwrap();
             tx.try_push(2).unwrap();
         }
@@ -551,8 +558,10 @@ fn spsc_ring_self_loop_and_wild_link_read_as_full_and_empty() {
             Damage::Wild => word(segment, base + SPSC_TAIL).store(1 << 63, Ordering::Relaxed),
         }
         // New endpoints read the damaged words.
-        let mut tx = SpscRing::producer(&heap, offset).unwrap();
-        let mut rx = SpscRing::consumer(&heap, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut tx = unsafe { SpscRing::producer(&heap, offset) }.unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut rx = unsafe { SpscRing::consumer(&heap, offset) }.unwrap();
         assert_eq!(bounded(&what, || tx.try_push(3)), Err(3), "{what}");
         assert_eq!(bounded(&what, || rx.try_pop()), None, "{what}");
         let short = Duration::from_millis(20);

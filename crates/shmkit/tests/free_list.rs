@@ -99,15 +99,19 @@ fn freed_blocks_are_reused_and_coalesced() {
     let b = heap.allocate(100).unwrap();
     let c = heap.allocate(100).unwrap();
     assert!(a.offset().raw() < b.offset().raw() && b.offset().raw() < c.offset().raw());
-    heap.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(b) }.unwrap();
     // The hole is reused for a request that fits it.
     let b2 = heap.allocate(90).unwrap();
     assert_eq!(b2.offset(), b.offset());
-    heap.free(b2).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(b2) }.unwrap();
     // Freeing the neighbours merges everything back into one block.
-    heap.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(a) }.unwrap();
     assert!(heap.stats().fragmentation() > 0.0);
-    heap.free(c).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(c) }.unwrap();
     heap.check().unwrap();
     let end = heap.stats();
     assert_eq!(end.free_bytes, fresh.free_bytes);
@@ -127,7 +131,8 @@ fn stats_follow_the_structure() {
     assert_eq!(stats.live_allocations, 10);
     // Free every other block: five 112-byte holes and the tail.
     for block in blocks.iter().step_by(2) {
-        heap.free(*block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(*block) }.unwrap();
     }
     let stats = heap.stats();
     assert_eq!(stats.live_allocations, 5);
@@ -147,7 +152,8 @@ fn stats_follow_the_structure() {
         heap.allocate(stats.largest_free_block as usize),
         Err(Error::OutOfMemory { .. })
     ));
-    heap.free(largest).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(largest) }.unwrap();
     heap.check().unwrap();
 }
 
@@ -157,7 +163,8 @@ fn bogus_frees_are_refused_and_change_nothing() {
     let live = heap.allocate(256).unwrap();
     let other = heap.allocate(64).unwrap();
     let freed = heap.allocate(64).unwrap();
-    heap.free(freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(freed) }.unwrap();
     // A forged header inside a live block: a copy of a real one.
     // SAFETY: both are live blocks; 32 bytes of `live` are overwritten.
     unsafe {
@@ -186,7 +193,8 @@ fn bogus_frees_are_refused_and_change_nothing() {
         size + 4096,
         u64::MAX - 15,
     ] {
-        match heap.free_offset(&ctx, offset) {
+        // SAFETY: nothing uses the block after it is freed.
+        match unsafe { heap.free_offset(&ctx, offset) } {
             Err(Error::InvalidFree { offset: reported }) => assert_eq!(reported, offset),
             other => panic!("free of {offset} gave {other:?}"),
         }
@@ -208,15 +216,23 @@ fn bogus_frees_are_refused_and_change_nothing() {
     }
     let forged = raw + 64 + HEADER;
     assert!(matches!(
-        heap.free_offset(&ctx, forged),
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, forged) },
         Err(Error::InvalidFree { offset }) if offset == forged
     ));
     assert_eq!(heap.stats(), before);
     heap.check().unwrap();
     // The real blocks still free normally.
-    heap.free(live).unwrap();
-    heap.free(other).unwrap();
-    assert!(matches!(heap.free(other), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(live) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(other) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(other) },
+        Err(Error::InvalidFree { .. })
+    ));
     heap.check().unwrap();
     assert_eq!(heap.stats().live_allocations, 0);
 }
@@ -248,7 +264,8 @@ fn every_power_of_two_alignment_up_to_the_page() {
     assert_disjoint(&mut ranges);
     for (block, size, byte) in blocks {
         assert!(holds(block, size, byte));
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
     assert_eq!(heap.stats().fragmentation(), 0.0);
@@ -276,7 +293,8 @@ fn out_of_memory_changes_nothing_and_growth_extends_the_heap() {
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
     assert_eq!(fixed.stats(), before);
-    fixed.free(keep).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { fixed.free(keep) }.unwrap();
 
     let options = SegmentOptions::private().size(64 << 10).max_size(8 << 20);
     let growing = FreeListAllocator::create(&options).unwrap();
@@ -297,9 +315,11 @@ fn out_of_memory_changes_nothing_and_growth_extends_the_heap() {
     for (i, block) in blocks.iter().enumerate() {
         assert!(holds(*block, 10_000, i as u8));
     }
-    growing.free(big).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { growing.free(big) }.unwrap();
     for block in blocks {
-        growing.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { growing.free(block) }.unwrap();
     }
     growing.check().unwrap();
     let stats = growing.stats();
@@ -319,13 +339,15 @@ fn reallocation_grows_and_shrinks_in_place_when_it_can() {
     let a = heap.allocate(100).unwrap();
     fill(a, 100, 0xa1);
     // The rest of the heap is free after `a`: growing stays in place.
-    let grown = heap.reallocate(a, 5000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let grown = unsafe { heap.reallocate(a, 5000) }.unwrap();
     assert_eq!(grown.offset(), a.offset());
     assert!(holds(grown, 100, 0xa1));
     fill(grown, 5000, 0xa2);
     // Shrinking stays in place and gives the tail back.
     let free_before = heap.stats().free_bytes;
-    let shrunk = heap.reallocate(grown, 200).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let shrunk = unsafe { heap.reallocate(grown, 200) }.unwrap();
     assert_eq!(shrunk.offset(), a.offset());
     assert!(holds(shrunk, 200, 0xa2));
     assert!(heap.stats().free_bytes > free_before);
@@ -333,16 +355,24 @@ fn reallocation_grows_and_shrinks_in_place_when_it_can() {
     // A live neighbour forces a move, contents intact.
     let wall = heap.allocate(64).unwrap();
     let usable = heap.usable_size(shrunk.offset().raw()).unwrap();
-    let moved = heap.reallocate(shrunk, usable + 1000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let moved = unsafe { heap.reallocate(shrunk, usable + 1000) }.unwrap();
     assert_ne!(moved.offset(), shrunk.offset());
     assert!(holds(moved, 200, 0xa2));
-    assert!(matches!(heap.free(shrunk), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(shrunk) },
+        Err(Error::InvalidFree { .. })
+    ));
     // Growing into a freed neighbour.
-    heap.free(wall).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(wall) }.unwrap();
     let stats = heap.stats();
     assert_eq!(stats.allocated_bytes, usable as u64 + 1000);
     assert_eq!(stats.live_allocations, 1);
-    heap.free(moved).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(moved) }.unwrap();
     heap.check().unwrap();
 }
 
@@ -368,7 +398,8 @@ fn four_threads_allocate_tag_verify_and_free() {
                 4 | 5 if !mine.is_empty() => {
                     let block = mine.swap_remove(rng.below(mine.len() as u64) as usize);
                     verify_tag(block);
-                    heap.free(block).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free(block) }.unwrap();
                 }
                 6 if !mine.is_empty() => {
                     let block = mine.swap_remove(rng.below(mine.len() as u64) as usize);
@@ -382,7 +413,8 @@ fn four_threads_allocate_tag_verify_and_free() {
                         if verify_tag(block)[1] != thread as u32 {
                             foreign.fetch_add(1, Ordering::Relaxed);
                         }
-                        heap.free(block).unwrap();
+                        // SAFETY: nothing uses the block after it is freed.
+                        unsafe { heap.free(block) }.unwrap();
                     }
                 }
             }
@@ -400,10 +432,12 @@ fn four_threads_allocate_tag_verify_and_free() {
     let live = ranges.len() as u64 + exchange.lock().unwrap().len() as u64;
     assert_eq!(heap.stats().live_allocations, live);
     for (offset, _) in ranges {
-        heap.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     for offset in exchange.into_inner().unwrap() {
-        heap.free_offset(&MemContext::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&MemContext::default(), offset) }.unwrap();
     }
     heap.check().unwrap();
     assert_eq!(heap.stats().allocated_bytes, 0);
@@ -457,7 +491,8 @@ fn child_free_list_worker() {
                 let index = rng.below(mine.len() as u64) as usize;
                 let words = verify_tag(mine[index]);
                 let len = 16 + rng.below(4000) as usize;
-                let moved = heap.reallocate(mine[index], len).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                let moved = unsafe { heap.reallocate(mine[index], len) }.unwrap();
                 let kept = (words[3] as usize).min(len);
                 let byte = tag_byte(&words);
                 // SAFETY: the block is ours, at least `len` bytes long.
@@ -469,7 +504,8 @@ fn child_free_list_worker() {
             5 | 6 if !mine.is_empty() => {
                 let block = mine.swap_remove(rng.below(mine.len() as u64) as usize);
                 verify_tag(block);
-                heap.free(block).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free(block) }.unwrap();
             }
             7 if !mine.is_empty() => {
                 // Hand a block to whoever takes it from the mailbox.
@@ -490,14 +526,16 @@ fn child_free_list_worker() {
                     if verify_tag(block)[0] != std::process::id() {
                         foreign += 1;
                     }
-                    heap.free(block).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free(block) }.unwrap();
                 }
             }
         }
     }
     for block in mine {
         verify_tag(block);
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
     writeln!(std::io::stdout(), "result {allocated} {foreign}").unwrap();
@@ -549,7 +587,8 @@ fn processes_share_one_free_list() {
         if offset != 0 {
             let block = parent.full_ptr(offset).unwrap();
             assert_ne!(verify_tag(block)[0], std::process::id());
-            parent.free(block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { parent.free(block) }.unwrap();
         }
     }
     // SAFETY: both objects came from `new_obj` and are not used again.
@@ -576,7 +615,8 @@ fn a_dead_owner_mid_free_is_repaired_by_the_next_operation() {
         })
         .collect();
     for block in blocks.iter().skip(1).step_by(3) {
-        heap.free(*block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(*block) }.unwrap();
     }
     let live: Vec<_> = blocks
         .iter()
@@ -612,7 +652,12 @@ fn a_dead_owner_mid_free_is_repaired_by_the_next_operation() {
         stats.allocated_bytes,
         before.allocated_bytes - victim_len + 100
     );
-    assert!(matches!(heap.free(victim), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(victim) },
+        Err(Error::InvalidFree { .. })
+    ));
 
     // Allocate until full: nothing overlaps the survivors, whose tags hold.
     let survivors: Vec<_> = live
@@ -639,10 +684,12 @@ fn a_dead_owner_mid_free_is_repaired_by_the_next_operation() {
     assert_disjoint(&mut ranges);
     for block in survivors {
         verify_tag(*block);
-        heap.free(*block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(*block) }.unwrap();
     }
     for block in extra.into_iter().chain([fresh]) {
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
     let stats = heap.stats();
@@ -656,7 +703,8 @@ fn a_dead_owner_mid_split_is_repaired() {
     let a = heap.allocate(100).unwrap();
     let b = heap.allocate(5000).unwrap();
     let c = heap.allocate(100).unwrap();
-    heap.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(b) }.unwrap();
     let before = heap.stats();
     let block_b = b.offset().raw() - HEADER;
     let size_b = word(&heap, block_b).load(Ordering::Relaxed) & !15;
@@ -676,7 +724,8 @@ fn a_dead_owner_mid_split_is_repaired() {
     assert_eq!(heap.stats(), before);
     let again = heap.allocate(5000).unwrap();
     for block in [a, again, c] {
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
 }
@@ -693,13 +742,24 @@ fn a_broken_chain_is_reported_then_quarantined() {
     word(&heap, b_block).store(40, Ordering::Relaxed);
     assert!(matches!(heap.check(), Err(Error::CorruptHeader { .. })));
     // Freeing a, b's neighbour, meets the damage: reported, nothing freed...
-    assert!(matches!(heap.free(a), Err(Error::CorruptHeader { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(a) },
+        Err(Error::CorruptHeader { .. })
+    ));
     // ...and the rebuild behind it fenced b's bytes off: the rest works.
     heap.check().unwrap();
     assert_eq!(heap.stats().live_allocations, live_before - 1);
-    assert!(matches!(heap.free(b), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(b) },
+        Err(Error::InvalidFree { .. })
+    ));
     assert!(holds(b, 100, 0xbb), "quarantined bytes are left alone");
-    heap.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(a) }.unwrap();
     let mut ranges = vec![(b_block, 144)];
     let mut fresh = Vec::new();
     while let Ok(block) = heap.allocate(100) {
@@ -708,12 +768,14 @@ fn a_broken_chain_is_reported_then_quarantined() {
     }
     assert_disjoint(&mut ranges);
     for block in fresh {
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
     assert_eq!(heap.stats().live_allocations, 0);
     // A later recovery finds nothing more to fence off.
-    assert_eq!(heap.recover().unwrap().bytes_quarantined, 0);
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    assert_eq!(unsafe { heap.recover() }.unwrap().bytes_quarantined, 0);
 }
 
 #[test]
@@ -728,11 +790,13 @@ fn a_stray_write_across_headers_loses_only_the_bytes_it_hit() {
             block
         })
         .collect();
-    heap.free(blocks[5]).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(blocks[5]) }.unwrap();
     let stale = blocks[5];
     let hit_end = stale.offset().raw() + 600;
     fill(stale, 600, 0x41);
-    let report = heap.recover().unwrap();
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    let report = unsafe { heap.recover() }.unwrap();
     // The write destroyed the headers of blocks 6 and 7 (240 bytes each).
     assert_eq!(report.bytes_quarantined, 480, "{report}");
     heap.check().unwrap();
@@ -747,7 +811,8 @@ fn a_stray_write_across_headers_loses_only_the_bytes_it_hit() {
     for (i, block) in blocks.iter().enumerate().filter(|(i, _)| *i != 5) {
         if hit(block) {
             assert!(
-                matches!(heap.free(*block), Err(Error::InvalidFree { .. })),
+                // SAFETY: nothing uses the block after it is freed.
+                matches!(unsafe { heap.free(*block) }, Err(Error::InvalidFree { .. })),
                 "block {i}"
             );
             fenced_start = fenced_start.min(block.offset().raw() - HEADER);
@@ -773,10 +838,12 @@ fn a_stray_write_across_headers_loses_only_the_bytes_it_hit() {
         .map(|(_, b)| b)
     {
         verify_tag(*block);
-        heap.free(*block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(*block) }.unwrap();
     }
     for block in fresh {
-        heap.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
     }
     heap.check().unwrap();
 }
@@ -790,8 +857,14 @@ fn a_second_mapping_shares_the_free_lists() {
     fill(block, 1000, 0x77);
     let seen = two.full_ptr(block.offset().raw()).unwrap();
     assert!(holds(seen, 1000, 0x77));
-    two.free(seen).unwrap();
-    assert!(matches!(one.free(block), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { two.free(seen) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { one.free(block) },
+        Err(Error::InvalidFree { .. })
+    ));
     assert_eq!(one.stats(), two.stats());
     assert!(matches!(
         shmkit::BumpAllocator::attach(&options),
@@ -887,15 +960,19 @@ proptest! {
                 },
                 Op::Free(index) if !live.is_empty() => {
                     let entry = live.swap_remove(index % live.len());
-                    heap.free(entry.block).unwrap();
-                    prop_assert!(heap.free(entry.block).is_err());
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free(entry.block) }.unwrap();
+                    // SAFETY: the block is not used after this free (a repeat is refused).
+                    let freed = unsafe { heap.free(entry.block) };
+                    prop_assert!(freed.is_err());
                     model.allocated_bytes -= entry.size as u64;
                     model.live_allocations -= 1;
                 }
                 Op::Realloc(index, size) if !live.is_empty() => {
                     let index = index % live.len();
                     let old = &live[index];
-                    match heap.reallocate(old.block, size) {
+                    // SAFETY: nothing uses the block after it is freed.
+                    match unsafe { heap.reallocate(old.block, size) } {
                         Ok(block) => {
                             let kept = old.size.min(size);
                             prop_assert!(holds(block, kept, old.byte));
@@ -919,7 +996,8 @@ proptest! {
             check_against_model(&heap, &live, &model);
         }
         for entry in live.drain(..) {
-            heap.free(entry.block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free(entry.block) }.unwrap();
         }
         heap.check().unwrap();
         let stats = heap.stats();

@@ -243,13 +243,24 @@ fn the_stack_frees_in_lifo_order_only() {
     let b = stack.alloc_handle(50, 64).unwrap();
     let c = stack.alloc_handle(7, 1).unwrap();
     assert_eq!(b.raw() % 64, 0);
-    assert!(matches!(stack.free(a), Err(Error::NotTopOfStack { .. })));
-    assert!(matches!(stack.free(b), Err(Error::NotTopOfStack { .. })));
-    stack.free(c).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        unsafe { stack.free(a) },
+        Err(Error::NotTopOfStack { .. })
+    ));
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        unsafe { stack.free(b) },
+        Err(Error::NotTopOfStack { .. })
+    ));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(c) }.unwrap();
     let used_after_c = stack.used();
-    stack.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(b) }.unwrap();
     assert!(stack.used() < used_after_c);
-    stack.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(a) }.unwrap();
     assert_eq!(stack.used(), 0);
     // The space is reused at once.
     assert_eq!(stack.alloc_handle(100, 8).unwrap(), a);
@@ -260,8 +271,13 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
     let stack = stack(1 << 20);
     let a = stack.alloc_handle(64, 8).unwrap();
     let b = stack.alloc_handle(64, 8).unwrap();
-    stack.free(b).unwrap();
-    assert!(matches!(stack.free(b), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(b) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        unsafe { stack.free(b) },
+        Err(Error::InvalidFree { .. })
+    ));
     let used = stack.used();
     for bogus in [
         0u64,
@@ -272,7 +288,8 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
         stack.segment().size() + 64,
         u64::MAX,
     ] {
-        let result = stack.free(shmkit::Offset::<u8>::from_raw(bogus));
+        // SAFETY: nothing uses the block after it is freed.
+        let result = unsafe { stack.free(shmkit::Offset::<u8>::from_raw(bogus)) };
         assert!(
             matches!(
                 result,
@@ -282,7 +299,8 @@ fn the_stack_refuses_double_and_bogus_frees_without_damage() {
         );
     }
     assert_eq!(stack.used(), used, "a refused free changed the stack");
-    stack.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(a) }.unwrap();
     assert!(matches!(
         stack.alloc(1 << 21, 8),
         Err(Error::OutOfMemory { .. })
@@ -312,7 +330,8 @@ fn a_full_stack_grows_its_segment_up_to_the_maximum() {
         Err(Error::OutOfMemory { .. })
     ));
     for block in blocks.into_iter().rev() {
-        stack.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { stack.free(block) }.unwrap();
     }
     assert_eq!(stack.used(), 0);
 }
@@ -340,8 +359,13 @@ fn a_reset_stack_never_accepts_a_stale_block() {
     // A new block whose padding covers the old block's header.
     let live = stack.alloc_handle(52, 64).unwrap();
     assert!(live.raw() > old.raw());
-    assert!(matches!(stack.free(old), Err(Error::InvalidFree { .. })));
-    stack.free(live).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        unsafe { stack.free(old) },
+        Err(Error::InvalidFree { .. })
+    ));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { stack.free(live) }.unwrap();
 }
 
 #[test]

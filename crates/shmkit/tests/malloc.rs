@@ -18,13 +18,20 @@ fn blocks_round_trip_and_bad_frees_are_refused() {
     let local = 7u64;
     for bogus in [a.offset().raw() + 8, &local as *const u64 as u64, 0] {
         assert!(matches!(
-            malloc.free_offset(&MemContext::default(), bogus),
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { malloc.free_offset(&MemContext::default(), bogus) },
             Err(Error::InvalidFree { .. })
         ));
     }
     assert_eq!(malloc.stats(), stats);
-    malloc.free(a).unwrap();
-    assert!(matches!(malloc.free(a), Err(Error::InvalidFree { .. })));
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { malloc.free(a) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(matches!(
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { malloc.free(a) },
+        Err(Error::InvalidFree { .. })
+    ));
     assert_eq!(malloc.stats().live_allocations, 0);
     assert_eq!(malloc.stats().peak_bytes, 100);
     malloc.check().unwrap();
@@ -37,7 +44,8 @@ fn alignment_is_honoured_and_checked() {
         let align = 1usize << shift;
         let block = malloc.allocate_aligned(24, align).unwrap();
         assert_eq!(block.as_ptr() as usize % align, 0);
-        malloc.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { malloc.free(block) }.unwrap();
     }
     assert!(matches!(
         malloc.allocate_aligned(8, 24),
@@ -51,13 +59,15 @@ fn reallocation_keeps_contents_both_ways() {
     let block = malloc.allocate(64).unwrap();
     // SAFETY: a live 64-byte block.
     unsafe { std::ptr::copy_nonoverlapping(b"0123456789abcdef".as_ptr(), block.as_ptr(), 16) };
-    let grown = malloc.reallocate(block, 4096).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let grown = unsafe { malloc.reallocate(block, 4096) }.unwrap();
     // SAFETY: at least 16 bytes were copied into the new block.
     assert_eq!(
         unsafe { std::slice::from_raw_parts(grown.as_ptr(), 16) },
         b"0123456789abcdef"
     );
-    let shrunk = malloc.reallocate(grown, 4).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let shrunk = unsafe { malloc.reallocate(grown, 4) }.unwrap();
     // SAFETY: 4 bytes kept.
     assert_eq!(
         unsafe { std::slice::from_raw_parts(shrunk.as_ptr(), 4) },
@@ -150,6 +160,7 @@ fn the_trait_works_behind_a_trait_object() {
     let boxed: Box<dyn ShmAllocator> = Box::new(MallocAllocator::new());
     let block = boxed.allocate(32).unwrap();
     assert_eq!(boxed.kind(), shmkit::AllocatorKind::Malloc);
-    boxed.free(block).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { boxed.free(block) }.unwrap();
     boxed.check().unwrap();
 }

@@ -121,7 +121,8 @@ fn child_directory_churner() {
         let name = format!("churn-{}", rng.below(64));
         let result = match rng.below(3) {
             0 => names.construct(&name, [worker; 4]).map(|_| ()),
-            1 => names.destroy::<[u64; 4]>(&name),
+            // SAFETY: nothing uses the block after it is freed.
+            1 => unsafe { names.destroy::<[u64; 4]>(&name) },
             _ => names
                 .find_or_construct(&name, || [worker; 4])
                 .map(|ptr| assert!(!ptr.is_null())),
@@ -173,7 +174,8 @@ fn directory_operations_survive_sigkill() {
     }
     // Victims killed inside the allocator leave its own repairs to a
     // recovery pass; the directory needed none.
-    heap.recover().unwrap();
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    unsafe { heap.recover() }.unwrap();
     heap.check().unwrap();
     names.check().unwrap();
     assert!(kills >= 36);

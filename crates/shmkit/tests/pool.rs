@@ -89,13 +89,16 @@ fn allocate_free_and_reuse() {
         ),
         (80, 2, 80)
     );
-    pool.free(a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(a) }.unwrap();
     assert_eq!(pool.stats().allocated_bytes, 40);
     // The freed slot is the next one handed out in its slab.
     let c = pool.allocate(64).unwrap();
     assert_eq!(c.offset(), a.offset());
-    pool.free(b).unwrap();
-    pool.free(c).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(b) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(c) }.unwrap();
     let stats = pool.stats();
     assert_eq!((stats.allocated_bytes, stats.live_allocations), (0, 0));
     assert_eq!(stats.peak_bytes, 104);
@@ -146,7 +149,8 @@ fn bad_frees_are_refused_and_change_nothing() {
         .map(|i| pool.allocate(10 + i * 30).unwrap())
         .collect();
     let freed = pool.allocate(64).unwrap();
-    pool.free(freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(freed) }.unwrap();
     let big = pool.allocate(3000).unwrap();
     let first = live[0].offset().raw();
     let size = pool.segment().size();
@@ -168,7 +172,8 @@ fn bad_frees_are_refused_and_change_nothing() {
         u64::MAX - 7,
     ];
     for offset in bogus {
-        let result = pool.free_offset(&Default::default(), offset);
+        // SAFETY: nothing uses the block after it is freed.
+        let result = unsafe { pool.free_offset(&Default::default(), offset) };
         assert!(
             matches!(result, Err(Error::InvalidFree { offset: o }) if o == offset),
             "free of {offset}: {result:?}"
@@ -197,8 +202,10 @@ fn bad_frees_are_refused_and_change_nothing() {
     }
     assert_disjoint(&mut spans);
     for block in live {
-        pool.free(block).unwrap();
-        assert!(pool.free(block).is_err());
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free(block) }.unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        assert!(unsafe { pool.free(block) }.is_err());
     }
     pool.check().unwrap();
 }
@@ -262,7 +269,8 @@ fn a_buffer_backed_pool_stays_in_its_buffer() {
     }
     pool.check().unwrap();
     for block in blocks {
-        pool.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free(block) }.unwrap();
     }
     pool.check().unwrap();
     assert_eq!(pool.stats().live_allocations, 1);
@@ -294,7 +302,8 @@ fn out_of_memory_then_growth_with_max_size() {
     ));
     // A freed slot serves the next request.
     let last = blocks.pop().unwrap();
-    fixed.free(last).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { fixed.free(last) }.unwrap();
     assert_eq!(fixed.allocate(4096).unwrap().offset(), last.offset());
     fixed.check().unwrap();
 
@@ -333,21 +342,26 @@ fn stats_count_requested_bytes_and_free_space() {
     assert_eq!(stats.live_allocations, 2);
     assert!(stats.free_bytes < empty.free_bytes);
     // Resizing within the slot stays in place and recounts.
-    let a2 = pool.reallocate(a, 200).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let a2 = unsafe { pool.reallocate(a, 200) }.unwrap();
     assert_eq!(a2.offset(), a.offset());
     assert_eq!(pool.stats().allocated_bytes, 203);
     // Beyond the slot it moves and keeps the contents.
     // SAFETY: the block is live and 200 bytes long.
     unsafe { std::ptr::write_bytes(a2.as_ptr(), 0x5c, 200) };
-    let a3 = pool.reallocate(a2, 1000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let a3 = unsafe { pool.reallocate(a2, 1000) }.unwrap();
     assert_ne!(a3.offset(), a2.offset());
     // SAFETY: as above, 1000 bytes.
     let bytes = unsafe { std::slice::from_raw_parts(a3.as_ptr(), 200) };
     assert!(bytes.iter().all(|&x| x == 0x5c));
     assert_eq!(pool.stats().allocated_bytes, 1003);
-    assert!(pool.free(a2).is_err());
-    pool.free(a3).unwrap();
-    pool.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    assert!(unsafe { pool.free(a2) }.is_err());
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(a3) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(b) }.unwrap();
     assert_eq!(pool.stats().allocated_bytes, 0);
     assert_eq!(pool.stats().peak_bytes, 1203);
     pool.check().unwrap();
@@ -358,8 +372,10 @@ fn check_reports_a_corrupt_free_stack_and_allocation_fails_cleanly() {
     let pool = pool(1 << 20);
     let a = pool.allocate(64).unwrap();
     let b = pool.allocate(64).unwrap();
-    pool.free(a).unwrap();
-    pool.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(a) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(b) }.unwrap();
     pool.check().unwrap();
     // Scribble over the link in the top free slot (a use after free).
     let link = pool
@@ -382,8 +398,10 @@ fn a_cycle_in_a_free_stack_is_caught_by_the_bounded_walk() {
     let pool = pool(1 << 20);
     let a = pool.allocate(64).unwrap();
     let b = pool.allocate(64).unwrap();
-    pool.free(a).unwrap();
-    pool.free(b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(a) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { pool.free(b) }.unwrap();
     // b (top) links to a; make a link back to b.
     let read = |offset: u64| {
         let ptr = pool
@@ -425,9 +443,8 @@ fn attaching_checks_the_kind_and_the_slot_sizes() {
     let block = creator.allocate(20).unwrap();
     write_tag(block, 1, 2, 20);
     assert_eq!(verify_tag(&attacher, block.offset().raw()), 1);
-    attacher
-        .free_offset(&Default::default(), block.offset().raw())
-        .unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { attacher.free_offset(&Default::default(), block.offset().raw()) }.unwrap();
     assert_eq!(creator.stats().live_allocations, 0);
     assert_eq!(attacher.allocate(30).unwrap().offset(), block.offset());
     creator.check().unwrap();
@@ -458,7 +475,8 @@ fn four_threads_allocate_tag_exchange_and_free() {
                         5..=6 if !mine.is_empty() => {
                             let offset = mine.swap_remove(rng.next() as usize % mine.len());
                             assert_eq!(verify_tag(pool, offset), thread);
-                            pool.free_offset(&Default::default(), offset).unwrap();
+                            // SAFETY: nothing uses the block after it is freed.
+                            unsafe { pool.free_offset(&Default::default(), offset) }.unwrap();
                         }
                         7 if !mine.is_empty() => {
                             let offset = mine.swap_remove(rng.next() as usize % mine.len());
@@ -470,21 +488,24 @@ fn four_threads_allocate_tag_exchange_and_free() {
                                 if verify_tag(pool, offset) != thread {
                                     foreign.fetch_add(1, Ordering::Relaxed);
                                 }
-                                pool.free_offset(&Default::default(), offset).unwrap();
+                                // SAFETY: nothing uses the block after it is freed.
+                                unsafe { pool.free_offset(&Default::default(), offset) }.unwrap();
                             }
                         }
                     }
                 }
                 for offset in mine {
                     assert_eq!(verify_tag(pool, offset), thread);
-                    pool.free_offset(&Default::default(), offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { pool.free_offset(&Default::default(), offset) }.unwrap();
                 }
             });
         }
     });
     for offset in mailbox.into_inner().unwrap() {
         verify_tag(&pool, offset);
-        pool.free_offset(&Default::default(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&Default::default(), offset) }.unwrap();
     }
     assert!(
         foreign.load(Ordering::Relaxed) > 0,
@@ -547,7 +568,8 @@ fn child_pool_worker() {
             5..=6 if !mine.is_empty() => {
                 let offset = mine.swap_remove(rng.next() as usize % mine.len());
                 assert_eq!(verify_tag(&pool, offset), pid);
-                pool.free_offset(&ctx, offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { pool.free_offset(&ctx, offset) }.unwrap();
             }
             7 if !mine.is_empty() => {
                 // Post one of ours for another process to free.
@@ -571,14 +593,16 @@ fn child_pool_worker() {
                     if verify_tag(&pool, offset) != pid {
                         freed_foreign += 1;
                     }
-                    pool.free_offset(&ctx, offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { pool.free_offset(&ctx, offset) }.unwrap();
                 }
             }
         }
     }
     for offset in mine {
         assert_eq!(verify_tag(&pool, offset), pid);
-        pool.free_offset(&ctx, offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, offset) }.unwrap();
     }
     foreign.fetch_add(freed_foreign, Ordering::AcqRel);
     println!("pool-worker {worker} allocated {allocated} freed-foreign {freed_foreign}");
@@ -611,7 +635,8 @@ fn processes_share_one_pool() {
         let offset = slot.swap(0, Ordering::AcqRel);
         if offset != 0 {
             verify_tag(&parent, offset);
-            parent.free_offset(&Default::default(), offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { parent.free_offset(&Default::default(), offset) }.unwrap();
         }
     }
     assert!(
@@ -622,7 +647,8 @@ fn processes_share_one_pool() {
         parent.segment().size() > 256 << 10,
         "the workers never grew the segment"
     );
-    parent.free(control_block).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { parent.free(control_block) }.unwrap();
     let stats = parent.stats();
     assert_eq!((stats.allocated_bytes, stats.live_allocations), (0, 0));
     parent.check().unwrap();
@@ -692,8 +718,11 @@ proptest! {
                 }
                 Op::Free { pick } if !live.is_empty() => {
                     let block = live.swap_remove(pick % live.len());
-                    pool.free_offset(&Default::default(), block.offset).unwrap();
-                    prop_assert!(pool.free_offset(&Default::default(), block.offset).is_err());
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { pool.free_offset(&Default::default(), block.offset) }.unwrap();
+                    // SAFETY: a second free of a freed block, which is refused.
+                    let again = unsafe { pool.free_offset(&Default::default(), block.offset) };
+                    prop_assert!(again.is_err());
                     bytes -= block.size as u64;
                 }
                 Op::Reallocate { pick, size } if !live.is_empty() => {
@@ -702,7 +731,8 @@ proptest! {
                     let usable = pool.usable_size(old.offset).unwrap();
                     let ptr = pool.full_ptr(old.offset).unwrap();
                     let new_size = size.max(1);
-                    match pool.reallocate(ptr, size) {
+                    // SAFETY: nothing uses the block after it is freed.
+                    match unsafe { pool.reallocate(ptr, size) } {
                         Ok(moved) => {
                             prop_assert!(size <= 4096);
                             let kept = old.size.min(new_size);

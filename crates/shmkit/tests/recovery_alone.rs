@@ -82,7 +82,8 @@ fn child_tries_to_recover() {
     let name = child_env("SHMKIT_TEST_SEGMENT");
     let heap = AnyAllocator::attach(&SegmentOptions::shm(name)).expect("attach");
     let users = heap.segment().users().expect("list the users");
-    match heap.recover() {
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    match unsafe { heap.recover() } {
         Err(Error::InUse { reason }) => println!("@verdict refused {:?}: {reason}", users.pids),
         other => println!("@verdict ran {:?}: {other:?}", users.pids),
     }
@@ -194,7 +195,8 @@ fn a_live_recoverer_keeps_others_out_and_a_dead_ones_lock_is_taken_over() {
     line_from(&mut child, "@locked");
     // Forced or not, a second pass is refused while the first one's thread
     // lives; an attacher waits for it, up to its timeout.
-    for result in [heap.recover(), heap.recover_forced()] {
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    for result in [unsafe { heap.recover() }, unsafe { heap.recover_forced() }] {
         match result {
             Err(Error::InUse { reason }) => assert!(reason.contains("recovery pass"), "{reason}"),
             other => panic!("expected InUse, got {other:?}"),
@@ -210,7 +212,8 @@ fn a_live_recoverer_keeps_others_out_and_a_dead_ones_lock_is_taken_over() {
     child.kill().unwrap();
     child.wait().unwrap();
     Segment::attach(&impatient).expect("attach once the recoverer is dead");
-    heap.recover().expect("recover once the recoverer is dead");
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    unsafe { heap.recover() }.expect("recover once the recoverer is dead");
 }
 
 #[test]
@@ -225,12 +228,15 @@ fn forced_recovery_runs_beside_an_idle_process_and_plain_recovery_does_not() {
     );
     let pid: u32 = line_from(&mut child, "@attached ").parse().unwrap();
     assert_eq!(heap.segment().other_processes().unwrap(), vec![pid]);
-    match heap.recover() {
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    match unsafe { heap.recover() } {
         Err(Error::InUse { reason }) => assert!(reason.contains(&pid.to_string()), "{reason}"),
         other => panic!("expected InUse, got {other:?}"),
     }
-    heap.recover_forced().expect("forced recovery");
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    unsafe { heap.recover_forced() }.expect("forced recovery");
     release(child);
     assert!(heap.segment().users().unwrap().is_empty());
-    heap.recover().expect("recovery once alone");
+    // SAFETY: no other thread of this process uses the allocator meanwhile.
+    unsafe { heap.recover() }.expect("recovery once alone");
 }

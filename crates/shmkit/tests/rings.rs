@@ -110,7 +110,9 @@ fn start_together(alloc: &SizeClassAllocator, total: u32) {
 #[ignore = "child process of mpmc_between_three_producer_and_three_consumer_processes"]
 fn child_mpmc_producer() {
     let alloc = attach_child();
-    let ring = MpmcRing::<Msg>::open(&alloc, mpmc_root(&alloc, "ring")).expect("open the ring");
+    let ring =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<Msg>::open(&alloc, mpmc_root(&alloc, "ring")) }.expect("open the ring");
     let me = worker();
     start_together(&alloc, (PRODUCERS + CONSUMERS) as u32);
     for seq in 0..PER_PRODUCER {
@@ -136,7 +138,9 @@ fn child_mpmc_producer() {
 #[ignore = "child process of mpmc_between_three_producer_and_three_consumer_processes"]
 fn child_mpmc_consumer() {
     let alloc = attach_child();
-    let ring = MpmcRing::<Msg>::open(&alloc, mpmc_root(&alloc, "ring")).expect("open the ring");
+    let ring =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<Msg>::open(&alloc, mpmc_root(&alloc, "ring")) }.expect("open the ring");
     start_together(&alloc, (PRODUCERS + CONSUMERS) as u32);
     let mut got = Vec::new();
     loop {
@@ -184,7 +188,8 @@ fn mpmc_between_three_producer_and_three_consumer_processes() {
         worker_stdout(worker, child);
     }
     // Everything is pushed: one end marker per consumer.
-    let ring = MpmcRing::open(&alloc, ring_offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&alloc, ring_offset) }.unwrap();
     for _ in 0..CONSUMERS {
         ring.push_timeout([END, 0], PATIENCE)
             .expect("consumers gone");
@@ -246,7 +251,9 @@ fn spsc_message(seq: u64) -> SpscMsg {
 fn child_spsc_consumer() {
     let alloc = attach_child();
     let offset = alloc.segment().root("spsc").expect("a published ring");
-    let mut rx = SpscRing::<SpscMsg>::consumer(&alloc, offset).expect("claim the consumer");
+    let mut rx =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { SpscRing::<SpscMsg>::consumer(&alloc, offset) }.expect("claim the consumer");
     let mut expected = 0;
     loop {
         // Alternate, a thousand messages each: busy polling (which reads a
@@ -286,7 +293,8 @@ fn spsc_between_two_processes_in_order() {
     let consumer = spawn_workers("child_spsc_consumer", &shm_name(&options), 1)
         .pop()
         .unwrap();
-    let mut tx = SpscRing::producer(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
     for seq in 0..SPSC_MESSAGES {
         tx.push_timeout(spsc_message(seq), PATIENCE)
             .expect("the consumer stalled");
@@ -306,7 +314,9 @@ fn spsc_between_two_processes_in_order() {
 #[ignore = "child process of a_blocked_pop_is_woken_by_a_push_from_another_process"]
 fn child_blocked_popper() {
     let alloc = attach_child();
-    let mut ring = MpmcRing::<u64>::open(&alloc, mpmc_root(&alloc, "ring")).expect("open the ring");
+    let mut ring =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, mpmc_root(&alloc, "ring")) }.expect("open the ring");
     ring.set_recheck_interval(NEVER);
     counter(&alloc, "ready").store(1, Ordering::Release);
     let started = Instant::now();
@@ -340,7 +350,8 @@ fn a_blocked_pop_is_woken_by_a_push_from_another_process() {
     });
     // Give it time to fall asleep (if it has not, the test still holds).
     std::thread::sleep(Duration::from_millis(200));
-    MpmcRing::open(&alloc, offset).unwrap().push(42);
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    unsafe { MpmcRing::open(&alloc, offset) }.unwrap().push(42);
     let stdout = worker_stdout(0, child);
     assert!(stdout.contains("popped 42\n"), "{stdout}");
 }
@@ -349,7 +360,9 @@ fn a_blocked_pop_is_woken_by_a_push_from_another_process() {
 #[ignore = "child process of a_full_ring_blocks_the_producer_until_the_consumer_drains"]
 fn child_blocked_pusher() {
     let alloc = attach_child();
-    let mut ring = MpmcRing::<u64>::open(&alloc, mpmc_root(&alloc, "ring")).expect("open the ring");
+    let mut ring =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, mpmc_root(&alloc, "ring")) }.expect("open the ring");
     ring.set_recheck_interval(NEVER);
     let pushed = counter(&alloc, "pushed");
     for value in 0..8 {
@@ -380,7 +393,8 @@ fn a_full_ring_blocks_the_producer_until_the_consumer_drains() {
     let pushed = counter(&alloc, "pushed");
     wait_until("the ring to fill", || pushed.load(Ordering::Acquire) == 4);
     std::thread::sleep(Duration::from_millis(200));
-    let ring = MpmcRing::open(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&alloc, offset) }.unwrap();
     assert_eq!(pushed.load(Ordering::Acquire), 4, "pushed into a full ring");
     assert_eq!(ring.len(), 4);
     for expected in 0..8 {
@@ -398,7 +412,8 @@ fn a_full_ring_blocks_the_producer_until_the_consumer_drains() {
 fn child_spsc_producer_that_dies() {
     let alloc = attach_child();
     let offset = alloc.segment().root("spsc").expect("a published ring");
-    let mut tx = SpscRing::<u64>::producer(&alloc, offset).expect("claim the producer");
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::<u64>::producer(&alloc, offset) }.expect("claim the producer");
     for value in 1..=3 {
         tx.push(value);
     }
@@ -426,16 +441,19 @@ fn spsc_roles_are_exclusive_and_a_dead_holders_role_is_taken_over() {
         .unwrap();
     let phase = counter(&alloc, "phase");
     wait_until("the child to claim", || phase.load(Ordering::Acquire) == 1);
-    let held = SpscRing::producer(&alloc, offset);
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let held = unsafe { SpscRing::producer(&alloc, offset) };
     assert!(
         matches!(held, Err(Error::InUse { .. })),
         "a second live producer: {held:?}"
     );
     phase.store(2, Ordering::Release);
     worker_stdout(0, child); // reaped: its pid is gone
-    let mut tx = SpscRing::producer(&alloc, offset).expect("take over the dead role");
+                             // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.expect("take over the dead role");
     tx.push(4);
-    let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
     let got: Vec<u64> = std::iter::from_fn(|| rx.try_pop()).collect();
     assert_eq!(got, vec![1, 2, 3, 4]);
 }
@@ -446,7 +464,8 @@ fn child_spsc_producer_that_execs_itself() {
     use std::os::unix::process::CommandExt;
     let alloc = attach_child();
     let offset = alloc.segment().root("spsc").expect("a published ring");
-    let mut tx = SpscRing::<u64>::producer(&alloc, offset).expect("claim the producer");
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::<u64>::producer(&alloc, offset) }.expect("claim the producer");
     tx.push(1);
     // The new image of this process (same pid) claims the role again.
     let error = std::process::Command::new(std::env::current_exe().unwrap())
@@ -466,7 +485,8 @@ fn child_spsc_producer_that_execs_itself() {
 fn child_spsc_producer_after_exec() {
     let alloc = attach_child();
     let offset = alloc.segment().root("spsc").expect("a published ring");
-    let mut tx = SpscRing::<u64>::producer(&alloc, offset)
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::<u64>::producer(&alloc, offset) }
         .expect("the role an earlier image of this process held");
     tx.push(2);
 }
@@ -488,7 +508,8 @@ fn a_process_that_execs_itself_gets_its_spsc_role_back() {
     .pop()
     .unwrap();
     worker_stdout(0, child);
-    let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
     let got: Vec<u64> = std::iter::from_fn(|| rx.try_pop()).collect();
     assert_eq!(got, vec![1, 2]);
 }
@@ -498,7 +519,8 @@ fn a_process_that_execs_itself_gets_its_spsc_role_back() {
 fn child_spsc_consumer_killed() {
     let alloc = attach_child();
     let offset = alloc.segment().root("spsc").expect("a published ring");
-    let mut rx = SpscRing::<u64>::consumer(&alloc, offset).expect("claim the consumer");
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut rx = unsafe { SpscRing::<u64>::consumer(&alloc, offset) }.expect("claim the consumer");
     for expected in 0..100 {
         assert_eq!(rx.pop_timeout(PATIENCE), Some(expected));
     }
@@ -518,7 +540,8 @@ fn a_killed_spsc_consumer_is_replaced_without_loss() {
     let child = spawn_workers("child_spsc_consumer_killed", &shm_name(&options), 1)
         .pop()
         .unwrap();
-    let mut tx = SpscRing::producer(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
     for value in 0..100 {
         tx.push_timeout(value, PATIENCE)
             .expect("the consumer stalled");
@@ -530,7 +553,9 @@ fn a_killed_spsc_consumer_is_replaced_without_loss() {
     let output = child.wait_with_output().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(output.status.signal(), Some(libc::SIGKILL), "{output:?}");
-    let mut rx = SpscRing::consumer(&alloc, offset).expect("take over the dead consumer");
+    let mut rx =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { SpscRing::consumer(&alloc, offset) }.expect("take over the dead consumer");
     for value in 108..200 {
         assert_eq!(rx.pop_timeout(PATIENCE), Some(value - 8));
         tx.push(value);
@@ -613,7 +638,8 @@ fn mpmc_threads_under_contention() {
             let alloc = alloc.clone();
             let moved = Arc::clone(&progress);
             spawn_watched(&progress, move || {
-                let mut ring = MpmcRing::open(&*alloc, offset).unwrap();
+                // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+                let mut ring = unsafe { MpmcRing::open(&*alloc, offset) }.unwrap();
                 ring.set_recheck_interval(NEVER);
                 let mut got = Vec::new();
                 loop {
@@ -635,7 +661,8 @@ fn mpmc_threads_under_contention() {
             let alloc = alloc.clone();
             let moved = Arc::clone(&progress);
             spawn_watched(&progress, move || {
-                let mut ring = MpmcRing::open(&*alloc, offset).unwrap();
+                // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+                let mut ring = unsafe { MpmcRing::open(&*alloc, offset) }.unwrap();
                 ring.set_recheck_interval(NEVER);
                 for seq in 0..EACH {
                     moved.fetch_add(1, Ordering::Relaxed);
@@ -652,7 +679,8 @@ fn mpmc_threads_under_contention() {
     for producer in producers {
         producer.finish("a producer");
     }
-    let ring = MpmcRing::open(&*alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&*alloc, offset) }.unwrap();
     for _ in 0..THREADS {
         ring.push_timeout([END, 0], PATIENCE)
             .expect("consumers gone");
@@ -690,7 +718,8 @@ fn spsc_threads_in_order() {
         let alloc = alloc.clone();
         let moved = Arc::clone(&progress);
         spawn_watched(&progress, move || {
-            let mut tx = SpscRing::producer(&*alloc, offset).unwrap();
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            let mut tx = unsafe { SpscRing::producer(&*alloc, offset) }.unwrap();
             tx.set_recheck_interval(NEVER);
             for value in 0..COUNT {
                 moved.fetch_add(1, Ordering::Relaxed);
@@ -706,7 +735,8 @@ fn spsc_threads_in_order() {
         let alloc = alloc.clone();
         let moved = Arc::clone(&progress);
         spawn_watched(&progress, move || {
-            let mut rx = SpscRing::consumer(&*alloc, offset).unwrap();
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            let mut rx = unsafe { SpscRing::consumer(&*alloc, offset) }.unwrap();
             rx.set_recheck_interval(NEVER);
             for expected in 0..COUNT {
                 moved.fetch_add(1, Ordering::Relaxed);
@@ -741,7 +771,9 @@ fn timeouts_give_the_value_back() {
     let alloc = private_alloc();
     let wait = Duration::from_millis(30);
 
-    let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()).unwrap();
+    let ring =
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()) }.unwrap();
     let started = Instant::now();
     assert_eq!(ring.pop_timeout(wait), None);
     assert!(started.elapsed() >= wait, "returned before the timeout");
@@ -755,8 +787,10 @@ fn timeouts_give_the_value_back() {
     assert_eq!(ring.pop_timeout(Duration::ZERO), Some(1));
 
     let offset = SpscRing::<u64>::create(&alloc, 2).unwrap();
-    let mut tx = SpscRing::producer(&alloc, offset).unwrap();
-    let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
     let started = Instant::now();
     assert_eq!(rx.pop_timeout(wait), None);
     assert!(started.elapsed() >= wait, "returned before the timeout");
@@ -800,57 +834,76 @@ fn validation_errors_are_typed() {
     let mpmc = MpmcRing::<u64>::create(&alloc, 8).unwrap();
     let wrong_type = |r: Result<(), Error>| matches!(r, Err(Error::WrongType { .. }));
     assert!(wrong_type(
-        MpmcRing::<[u8; 16]>::open(&alloc, mpmc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<[u8; 16]>::open(&alloc, mpmc.cast()) }.map(drop)
     ));
     assert!(wrong_type(
-        MpmcRing::<u32>::open(&alloc, mpmc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u32>::open(&alloc, mpmc.cast()) }.map(drop)
     ));
     assert!(wrong_type(
-        MpmcRing::<[u32; 2]>::open(&alloc, mpmc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<[u32; 2]>::open(&alloc, mpmc.cast()) }.map(drop)
     ));
     let spsc = SpscRing::<u64>::create(&alloc, 8).unwrap();
     assert!(wrong_type(
-        SpscRing::<[u16; 4]>::consumer(&alloc, spsc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { SpscRing::<[u16; 4]>::consumer(&alloc, spsc.cast()) }.map(drop)
     ));
 
     // Not a ring: the other kind, a zeroed block, a block's middle, null.
     let corrupt = |r: Result<(), Error>| matches!(r, Err(Error::CorruptData { .. }));
     assert!(corrupt(
-        MpmcRing::<u64>::open(&alloc, spsc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, spsc.cast()) }.map(drop)
     ));
     assert!(corrupt(
-        SpscRing::<u64>::producer(&alloc, mpmc.cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { SpscRing::<u64>::producer(&alloc, mpmc.cast()) }.map(drop)
     ));
     let block = alloc.allocate_aligned(4096, 128).unwrap();
     // SAFETY: a fresh block of 4096 bytes.
     unsafe { std::ptr::write_bytes(block.as_ptr(), 0, 4096) };
     assert!(corrupt(
-        MpmcRing::<u64>::open(&alloc, block.offset().cast()).map(drop)
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, block.offset().cast()) }.map(drop)
     ));
-    assert!(MpmcRing::<u64>::open(&alloc, Offset::from_raw(block.offset().raw() + 128)).is_err());
-    assert!(MpmcRing::<u64>::open(&alloc, Offset::null()).is_err());
-    assert!(MpmcRing::<u64>::open(&alloc, Offset::from_raw(u64::MAX - 7)).is_err());
+    assert!(
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        unsafe { MpmcRing::<u64>::open(&alloc, Offset::from_raw(block.offset().raw() + 128)) }
+            .is_err()
+    );
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(unsafe { MpmcRing::<u64>::open(&alloc, Offset::null()) }.is_err());
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(unsafe { MpmcRing::<u64>::open(&alloc, Offset::from_raw(u64::MAX - 7)) }.is_err());
 
     // A capacity changed under the ring: not a power of two, or more cells
     // than the block holds.
     let ring = MpmcRing::<u64>::create(&alloc, 8).unwrap();
     poke(&alloc, ring.raw(), 1, 6);
-    assert!(corrupt(MpmcRing::open(&alloc, ring).map(drop)));
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(corrupt(unsafe { MpmcRing::open(&alloc, ring) }.map(drop)));
     poke(&alloc, ring.raw(), 1, 1 << 20);
-    assert!(corrupt(MpmcRing::open(&alloc, ring).map(drop)));
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(corrupt(unsafe { MpmcRing::open(&alloc, ring) }.map(drop)));
     poke(&alloc, ring.raw(), 1, 8);
-    assert!(MpmcRing::open(&alloc, ring).is_ok());
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(unsafe { MpmcRing::open(&alloc, ring) }.is_ok());
     // Cells moved outside the block.
     poke(&alloc, ring.raw(), 5, 1 << 40);
-    assert!(corrupt(MpmcRing::open(&alloc, ring).map(drop)));
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(corrupt(unsafe { MpmcRing::open(&alloc, ring) }.map(drop)));
 
     // A destroyed ring cannot be opened again.
     // SAFETY: no handle of `mpmc` is open.
     unsafe { MpmcRing::destroy(&alloc, mpmc) }.unwrap();
-    assert!(MpmcRing::open(&alloc, mpmc).is_err());
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(unsafe { MpmcRing::open(&alloc, mpmc) }.is_err());
     // SAFETY: no endpoint of `spsc` is open.
     unsafe { SpscRing::destroy(&alloc, spsc) }.unwrap();
-    assert!(SpscRing::producer(&alloc, spsc).is_err());
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    assert!(unsafe { SpscRing::producer(&alloc, spsc) }.is_err());
 }
 
 /// A handle keeps the bounds it validated: a capacity rewritten after
@@ -859,7 +912,8 @@ fn validation_errors_are_typed() {
 fn bounds_are_kept_from_the_open() {
     let alloc = private_alloc();
     let offset = MpmcRing::<u64>::create(&alloc, 4).unwrap();
-    let ring = MpmcRing::open(&alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(&alloc, offset) }.unwrap();
     poke(&alloc, offset.raw(), 1, 1 << 30);
     assert_eq!(ring.capacity(), 4);
     for value in 0..4 {
@@ -875,7 +929,8 @@ fn rings_from_any_allocator() {
     let malloc = MallocAllocator::new();
     let alloc: &dyn ShmAllocator = &malloc;
     let offset = MpmcRing::<[u8; 3]>::create(alloc, 2).unwrap();
-    let ring = MpmcRing::open(alloc, offset).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::open(alloc, offset) }.unwrap();
     ring.push(*b"abc");
     assert_eq!(&ring.pop(), b"abc");
     assert!(alloc.usable_size(offset.raw()).unwrap() >= MpmcRing::<[u8; 3]>::bytes_for(2).unwrap());
@@ -929,7 +984,8 @@ fn stamp(message: &mut BigMsg, worker: u64, seq: u64) {
 #[ignore = "child process of mpmc_producers_and_consumers_killed_mid_operation_lose_only_their_own"]
 fn child_mpmc_kill_producer() {
     let alloc = attach_child();
-    let ring = MpmcRing::<BigMsg>::open(&alloc, mpmc_root(&alloc, "ring")).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::<BigMsg>::open(&alloc, mpmc_root(&alloc, "ring")) }.unwrap();
     let ledger = kill_ledger(&alloc);
     let me = worker();
     // A predecessor killed inside a push may or may not have sent that
@@ -963,7 +1019,8 @@ fn child_mpmc_kill_producer() {
 #[ignore = "child process of mpmc_producers_and_consumers_killed_mid_operation_lose_only_their_own"]
 fn child_mpmc_kill_consumer() {
     let alloc = attach_child();
-    let ring = MpmcRing::<BigMsg>::open(&alloc, mpmc_root(&alloc, "ring")).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let ring = unsafe { MpmcRing::<BigMsg>::open(&alloc, mpmc_root(&alloc, "ring")) }.unwrap();
     let ledger = kill_ledger(&alloc);
     let me = worker() as usize;
     while ledger.stop.load(Ordering::Acquire) < 2 {
@@ -1084,7 +1141,8 @@ fn mpmc_producers_and_consumers_killed_mid_operation_lose_only_their_own() {
     // Producers stop. This process pushes a last batch behind whatever the
     // kills left in the ring: it must get through, in bounded time.
     ledger.stop.store(1, Ordering::Release);
-    let handle = MpmcRing::<BigMsg>::open(&alloc, ring).unwrap();
+    // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+    let handle = unsafe { MpmcRing::<BigMsg>::open(&alloc, ring) }.unwrap();
     // Messages pass by value: a thread with room for a few on its stack.
     std::thread::scope(|scope| {
         std::thread::Builder::new()

@@ -19,7 +19,8 @@ fn allocate_free_and_reuse() {
     let heap = private(2 << 20);
     let a = heap.allocate_offset(&ctx(), 100, 8).unwrap();
     assert!(heap.usable_size(a).unwrap() >= 100);
-    heap.free_offset(&ctx(), a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), a) }.unwrap();
     let b = heap.allocate_offset(&ctx(), 100, 8).unwrap();
     assert_eq!(a, b, "the freed block is reused");
     // Many sizes, small and large, all distinct and reusable.
@@ -57,9 +58,11 @@ fn allocate_free_and_reuse() {
     );
     heap.check().unwrap();
     for (offset, _) in blocks {
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
-    heap.free_offset(&ctx(), b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), b) }.unwrap();
     let stats = heap.stats();
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
     assert_eq!(stats.peak_bytes, sizes.iter().sum::<usize>() as u64 + 100);
@@ -67,7 +70,8 @@ fn allocate_free_and_reuse() {
     // Size 0 is served.
     let zero = heap.allocate_offset(&ctx(), 0, 1).unwrap();
     assert!(heap.usable_size(zero).unwrap() >= 1);
-    heap.free_offset(&ctx(), zero).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), zero) }.unwrap();
 }
 
 #[test]
@@ -92,7 +96,8 @@ fn memory_freed_at_one_size_is_reusable_at_another() {
     );
     heap.check().unwrap();
     for offset in blocks {
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
     heap.check().unwrap();
     let stats = heap.stats();
@@ -111,10 +116,12 @@ fn memory_freed_at_one_size_is_reusable_at_another() {
         heap.allocate_offset(&ctx(), 64, 8),
         Err(Error::OutOfMemory { .. })
     ));
-    heap.free_offset(&ctx(), big).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), big) }.unwrap();
     // And back to small blocks again.
     let small = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-    heap.free_offset(&ctx(), small).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), small) }.unwrap();
     heap.check().unwrap();
 }
 
@@ -162,7 +169,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                             let (offset, size, seq) =
                                 mine.swap_remove((pick as usize / 4) % mine.len());
                             assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                            heap.free_offset(&ctx(), offset).unwrap();
+                            // SAFETY: nothing uses the block after it is freed.
+                            unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                         }
                         1 => {
                             let (offset, size, _) = mine.pop().unwrap();
@@ -172,7 +180,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                             let taken = exchange.lock().unwrap().pop();
                             if let Some((offset, size)) = taken {
                                 verify_block(heap, offset, size);
-                                heap.free_offset(&ctx(), offset).unwrap();
+                                // SAFETY: nothing uses the block after it is freed.
+                                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                             }
                         }
                         _ => {}
@@ -182,19 +191,22 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                         let (offset, size, seq) =
                             mine.swap_remove((pick as usize / 8) % mine.len());
                         assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                        heap.free_offset(&ctx(), offset).unwrap();
+                        // SAFETY: nothing uses the block after it is freed.
+                        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                     }
                 }
                 for (offset, size, seq) in mine {
                     assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                    heap.free_offset(&ctx(), offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 }
             });
         }
     });
     for (offset, size) in exchange.into_inner().unwrap() {
         verify_block(&heap, offset, size);
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
     let stats = heap.stats();
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
@@ -203,7 +215,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
     let all = heap
         .allocate_offset(&ctx(), stats.capacity as usize, 8)
         .unwrap();
-    heap.free_offset(&ctx(), all).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), all) }.unwrap();
 }
 
 #[test]
@@ -249,8 +262,10 @@ fn stats_and_check() {
     assert!(stats.free_bytes > empty.capacity - 3 * PAGE);
     assert_eq!(stats.capacity, empty.capacity);
     heap.check().unwrap();
-    heap.free_offset(&ctx(), a).unwrap();
-    heap.free_offset(&ctx(), b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), a) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), b) }.unwrap();
     let after = heap.stats();
     assert_eq!(after.allocated_bytes, 0);
     assert_eq!(after.peak_bytes, 70_040);
@@ -260,15 +275,18 @@ fn stats_and_check() {
     let block = heap.allocate(100).unwrap();
     // SAFETY: 100 bytes of ours.
     unsafe { std::ptr::write_bytes(block.as_ptr(), 0xab, 100) };
-    let same = heap.reallocate(block, 110).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let same = unsafe { heap.reallocate(block, 110) }.unwrap();
     assert_eq!(same.offset(), block.offset());
-    let moved = heap.reallocate(same, 5000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let moved = unsafe { heap.reallocate(same, 5000) }.unwrap();
     // SAFETY: at least 100 bytes kept.
     assert!(unsafe { std::slice::from_raw_parts(moved.as_ptr(), 100) }
         .iter()
         .all(|&b| b == 0xab));
     assert_eq!(heap.stats().allocated_bytes, 5000);
-    heap.free(moved).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(moved) }.unwrap();
     heap.check().unwrap();
 }
 

@@ -23,7 +23,8 @@ fn allocate_free_and_reuse() {
     let heap = private(2 << 20);
     let a = heap.allocate_offset(&ctx(), 100, 8).unwrap();
     assert!(heap.usable_size(a).unwrap() >= 100);
-    heap.free_offset(&ctx(), a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), a) }.unwrap();
     let b = heap.allocate_offset(&ctx(), 100, 8).unwrap();
     assert_eq!(a, b, "the freed block is reused");
     // Many sizes, small and large, all distinct and reusable.
@@ -61,9 +62,11 @@ fn allocate_free_and_reuse() {
     );
     heap.check().unwrap();
     for (offset, _) in blocks {
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
-    heap.free_offset(&ctx(), b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), b) }.unwrap();
     let stats = heap.stats();
     assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
     assert_eq!(stats.peak_bytes, sizes.iter().sum::<usize>() as u64 + 100);
@@ -71,7 +74,8 @@ fn allocate_free_and_reuse() {
     // Size 0 is served.
     let zero = heap.allocate_offset(&ctx(), 0, 1).unwrap();
     assert!(heap.usable_size(zero).unwrap() >= 1);
-    heap.free_offset(&ctx(), zero).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), zero) }.unwrap();
 }
 
 #[test]
@@ -100,7 +104,8 @@ fn memory_freed_at_one_size_is_reusable_at_another() {
     std::thread::scope(|scope| {
         let handle = scope.spawn(|| {
             for offset in blocks {
-                heap.free_offset(&ctx(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
             }
             let (_, cached) = heap.cache_usage();
             assert!(cached > 0, "the freeing thread caches some blocks");
@@ -126,10 +131,12 @@ fn memory_freed_at_one_size_is_reusable_at_another() {
         heap.allocate_offset(&ctx(), 64, 8),
         Err(Error::OutOfMemory { .. })
     ));
-    heap.free_offset(&ctx(), big).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), big) }.unwrap();
     // And back to small blocks again.
     let small = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-    heap.free_offset(&ctx(), small).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), small) }.unwrap();
     heap.check().unwrap();
 }
 
@@ -178,7 +185,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                             let (offset, size, seq) =
                                 mine.swap_remove((pick as usize / 4) % mine.len());
                             assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                            heap.free_offset(&ctx(), offset).unwrap();
+                            // SAFETY: nothing uses the block after it is freed.
+                            unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                         }
                         1 => {
                             let (offset, size, _) = mine.pop().unwrap();
@@ -188,7 +196,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                             let taken = exchange.lock().unwrap().pop();
                             if let Some((offset, size)) = taken {
                                 verify_block(heap, offset, size);
-                                heap.free_offset(&ctx(), offset).unwrap();
+                                // SAFETY: nothing uses the block after it is freed.
+                                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                             }
                         }
                         _ => {}
@@ -198,12 +207,14 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
                         let (offset, size, seq) =
                             mine.swap_remove((pick as usize / 8) % mine.len());
                         assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                        heap.free_offset(&ctx(), offset).unwrap();
+                        // SAFETY: nothing uses the block after it is freed.
+                        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                     }
                 }
                 for (offset, size, seq) in mine {
                     assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                    heap.free_offset(&ctx(), offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 }
             }));
         }
@@ -217,7 +228,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
         let handle = scope.spawn(|| {
             for (offset, size) in exchange.into_inner().unwrap() {
                 verify_block(&heap, offset, size);
-                heap.free_offset(&ctx(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
             }
         });
         handle.join().unwrap();
@@ -230,7 +242,8 @@ fn threads_allocate_tag_and_free_each_others_blocks() {
     let all = heap
         .allocate_offset(&ctx(), stats.capacity as usize, 8)
         .unwrap();
-    heap.free_offset(&ctx(), all).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), all) }.unwrap();
 }
 
 #[test]
@@ -294,8 +307,10 @@ fn stats_and_check() {
     assert!(stats.free_bytes > empty.capacity - 3 * PAGE);
     assert_eq!(stats.capacity, empty.capacity);
     heap.check().unwrap();
-    heap.free_offset(&ctx(), a).unwrap();
-    heap.free_offset(&ctx(), b).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), a) }.unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), b) }.unwrap();
     let after = heap.stats();
     assert_eq!(after.allocated_bytes, 0);
     assert_eq!(after.peak_bytes, 70_040);
@@ -305,15 +320,18 @@ fn stats_and_check() {
     let block = heap.allocate(100).unwrap();
     // SAFETY: 100 bytes of ours.
     unsafe { std::ptr::write_bytes(block.as_ptr(), 0xab, 100) };
-    let same = heap.reallocate(block, 110).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let same = unsafe { heap.reallocate(block, 110) }.unwrap();
     assert_eq!(same.offset(), block.offset());
-    let moved = heap.reallocate(same, 5000).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    let moved = unsafe { heap.reallocate(same, 5000) }.unwrap();
     // SAFETY: at least 100 bytes kept.
     assert!(unsafe { std::slice::from_raw_parts(moved.as_ptr(), 100) }
         .iter()
         .all(|&b| b == 0xab));
     assert_eq!(heap.stats().allocated_bytes, 5000);
-    heap.free(moved).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(moved) }.unwrap();
     heap.check().unwrap();
 }
 
@@ -331,13 +349,15 @@ fn the_cache_serves_the_same_thread_and_is_given_back_at_thread_exit() {
     std::thread::scope(|scope| {
         let handle = scope.spawn(|| {
             let a = heap.allocate_offset(&ctx(), 40, 8).unwrap();
-            heap.free_offset(&ctx(), a).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx(), a) }.unwrap();
             assert_eq!(heap.cache_usage(), (1, 1));
             // The cached block is not live: every use of it is refused.
             assert!(heap.usable_size(a).is_err());
             assert!(heap.full_ptr(a).is_err());
             assert!(matches!(
-                heap.free_offset(&ctx(), a),
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), a) },
                 Err(Error::InvalidFree { .. })
             ));
             heap.check().unwrap();
@@ -349,10 +369,12 @@ fn the_cache_serves_the_same_thread_and_is_given_back_at_thread_exit() {
                 .map(|_| heap.allocate_offset(&ctx(), 40, 8).unwrap())
                 .collect();
             for offset in blocks {
-                heap.free_offset(&ctx(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
             }
             assert_eq!(heap.cache_usage(), (1, 8));
-            heap.free_offset(&ctx(), b).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx(), b) }.unwrap();
             heap.check().unwrap();
         });
         handle.join().unwrap();
@@ -376,7 +398,8 @@ fn mem_context_thread_picks_the_slot_and_dropping_the_view_releases_it() {
     let a = heap.allocate_offset(&ctx, 100, 8).unwrap();
     // Freed through another view of the same segment (as another process
     // would): the block lands in that view's cache for this thread.
-    other.free_offset(&MemContext::current(), a).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { other.free_offset(&MemContext::current(), a) }.unwrap();
     assert_eq!(heap.cache_usage(), (2, 1));
     heap.check().unwrap();
     drop(other);
@@ -401,7 +424,8 @@ fn more_threads_than_slots_fall_back_to_the_shared_pages() {
             let barrier = &barrier;
             handles.push(scope.spawn(move || {
                 let first = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-                heap.free_offset(&ctx(), first).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), first) }.unwrap();
                 // Everyone holds (or failed to get) a slot at once.
                 barrier.wait();
                 let mut blocks = Vec::new();
@@ -413,7 +437,8 @@ fn more_threads_than_slots_fall_back_to_the_shared_pages() {
                 }
                 for (offset, size, seq) in blocks {
                     assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                    heap.free_offset(&ctx(), offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 }
                 barrier.wait();
                 let (slots, _) = heap.cache_usage();
@@ -438,9 +463,10 @@ fn a_forked_child_claims_its_own_slot_and_leaves_the_parents_alone() {
     let (options, _cleanup) = fresh_shm("tl-fork");
     let heap = ThreadLocalAllocator::create(&options.size(4 << 20)).unwrap();
     let cached = heap.allocate(64).unwrap();
-    heap.free(cached).unwrap(); // now in this thread's magazine
-                                // SAFETY: the child only allocates, frees and checks through the
-                                // allocator (whose locks no other thread holds), then leaves with _exit.
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(cached) }.unwrap(); // now in this thread's magazine
+                                           // SAFETY: the child only allocates, frees and checks through the
+                                           // allocator (whose locks no other thread holds), then leaves with _exit.
     let child = unsafe { libc::fork() };
     assert!(child >= 0, "fork failed");
     if child == 0 {
@@ -448,7 +474,8 @@ fn a_forked_child_claims_its_own_slot_and_leaves_the_parents_alone() {
         // allocate: the child has a slot of its own.
         let code = match heap.allocate(64) {
             Ok(block) if block.offset() != cached.offset() => {
-                i32::from(heap.free(block).is_err() || heap.check().is_err())
+                // SAFETY: nothing uses the block after it is freed.
+                i32::from(unsafe { heap.free(block) }.is_err() || heap.check().is_err())
             }
             _ => 2,
         };
@@ -467,6 +494,7 @@ fn a_forked_child_claims_its_own_slot_and_leaves_the_parents_alone() {
     // The parent's cache is intact; the dead child's slot is reclaimed.
     assert_eq!(heap.allocate(64).unwrap().offset(), cached.offset());
     assert_eq!(heap.reclaim_dead_slots(), 1);
-    heap.free(cached).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free(cached) }.unwrap();
     heap.check().unwrap();
 }

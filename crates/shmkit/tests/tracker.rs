@@ -28,7 +28,8 @@ fn counts_match_the_allocators_own_accounting() {
         .sum();
     assert_eq!(stats.current_bytes, usable as u64);
     for block in blocks.into_iter().step_by(2) {
-        tracked.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { tracked.free(block) }.unwrap();
     }
     let stats = tracked.tracker().stats();
     assert_eq!((stats.allocations, stats.frees), (100, 50));
@@ -46,10 +47,12 @@ fn counts_match_the_allocators_own_accounting() {
 fn a_refused_free_changes_no_counter() {
     let tracked = Tracked::new(free_list());
     let block = tracked.allocate(64).unwrap();
-    tracked.free(block).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { tracked.free(block) }.unwrap();
     let before = tracked.tracker().stats();
     assert!(matches!(
-        tracked.free(block),
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { tracked.free(block) },
         Err(Error::InvalidFree { .. })
     ));
     assert_eq!(tracked.tracker().stats(), before);
@@ -61,7 +64,8 @@ fn leak_reports_name_each_live_block_with_its_backtrace() {
     tracked.tracker().record(Recording::Backtraces);
     let leaked = tracked.allocate(3000).unwrap();
     let freed = tracked.allocate(100).unwrap();
-    tracked.free(freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { tracked.free(freed) }.unwrap();
     let report = tracked.tracker().leaks();
     assert_eq!(report.leaks.len(), 1, "{report}");
     let leak = &report.leaks[0];
@@ -72,7 +76,8 @@ fn leak_reports_name_each_live_block_with_its_backtrace() {
         backtrace.contains("leak_reports_name_each_live_block"),
         "{backtrace}"
     );
-    tracked.free(leaked).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { tracked.free(leaked) }.unwrap();
     assert!(tracked.tracker().leaks().is_empty());
 }
 
@@ -92,7 +97,8 @@ fn threads_are_counted_exactly() {
                     if i % 10 == 0 {
                         kept.push(block);
                     } else {
-                        tracked.free(block).unwrap();
+                        // SAFETY: nothing uses the block after it is freed.
+                        unsafe { tracked.free(block) }.unwrap();
                     }
                 }
                 kept.len()
@@ -118,7 +124,8 @@ fn a_scope_measures_what_a_block_of_code_allocated() {
     let (kept, report) = tracked.tracker().measure(|| {
         let a = tracked.allocate(1000).unwrap();
         let b = tracked.allocate(2000).unwrap();
-        tracked.free(a).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { tracked.free(a) }.unwrap();
         b
     });
     assert_eq!((report.allocations, report.frees), (1 + 1, 1));
@@ -127,7 +134,8 @@ fn a_scope_measures_what_a_block_of_code_allocated() {
         report.net_bytes(),
         tracked.usable_size(kept.offset().raw()).unwrap() as i64
     );
-    tracked.free(outside).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { tracked.free(outside) }.unwrap();
 }
 
 #[test]

@@ -188,19 +188,34 @@ impl AnyAllocator {
     /// The recovery pass, alone ([`ShmAllocator::recover`]). The linear
     /// allocators have nothing to mend: a dead process's blocks are space
     /// below the cursor, and the cursor moves in one atomic step.
-    pub fn recover(&self) -> Result<RecoveryReport> {
-        self.recover_with(false)
+    ///
+    /// # Safety
+    ///
+    /// As for [`ShmAllocator::recover`]: no other thread of this process
+    /// uses the segment's allocators meanwhile.
+    pub unsafe fn recover(&self) -> Result<RecoveryReport> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.recover_with(false) }
     }
 
     /// The recovery pass even though other processes use the segment
     /// ([`ShmAllocator::recover_forced`]).
-    pub fn recover_forced(&self) -> Result<RecoveryReport> {
-        self.recover_with(true)
+    ///
+    /// # Safety
+    ///
+    /// As for [`recover`](Self::recover).
+    pub unsafe fn recover_forced(&self) -> Result<RecoveryReport> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.recover_with(true) }
     }
 
-    fn recover_with(&self, force: bool) -> Result<RecoveryReport> {
+    /// # Safety
+    ///
+    /// As for [`recover`](Self::recover).
+    unsafe fn recover_with(&self, force: bool) -> Result<RecoveryReport> {
         let _alone = self.segment().lock_for_recovery(force)?;
-        self.recovery_pass()
+        // SAFETY: the lock is held; the rest is the caller's promise.
+        unsafe { self.recovery_pass() }
     }
 
     /// The hand-off records of dead threads
@@ -215,9 +230,14 @@ impl AnyAllocator {
     /// The pass alone ([`ShmAllocator::recovery_pass`]), for a caller that
     /// holds [`Segment::lock_for_recovery`] itself (to mend its own
     /// structures in the same quiet spell).
-    pub fn recovery_pass(&self) -> Result<RecoveryReport> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`ShmAllocator::recovery_pass`].
+    pub unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         match self.as_shm_allocator() {
-            Some(a) => a.recovery_pass(),
+            // SAFETY: forwarded from the caller.
+            Some(a) => unsafe { a.recovery_pass() },
             None => Ok(RecoveryReport::unchanged(self.stats())),
         }
     }

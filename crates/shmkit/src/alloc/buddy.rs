@@ -204,8 +204,12 @@ fn align_up(value: u64, align: u64) -> u64 {
 /// let block = buddy.allocate(100)?;                     // a 128-byte block
 /// assert_eq!(buddy.usable_size(block.offset().raw())?, 128);
 /// assert_eq!(block.offset().raw() % 128, 0);
-/// buddy.free(block)?;
-/// assert!(buddy.free(block).is_err());                  // double free
+/// // SAFETY: nothing uses the block after its free (freeing by offset is
+/// // `unsafe`, like `GlobalAlloc::dealloc`; a second free is refused).
+/// unsafe {
+///     buddy.free(block)?;
+///     assert!(buddy.free(block).is_err());              // double free
+/// }
 /// buddy.check()?;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
@@ -1136,7 +1140,7 @@ impl ShmAllocator for BuddyAllocator {
         self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order))
     }
 
-    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
@@ -1184,7 +1188,7 @@ impl ShmAllocator for BuddyAllocator {
     /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
     /// the free lists and counters from the state table, as the next locker
     /// after a crash would.
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats();
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
@@ -1219,7 +1223,12 @@ impl ShmAllocator for BuddyAllocator {
         Ok(())
     }
 
-    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         let Some(new_order) = self.order_for(new_size, 1) else {
             // Too large for any block: leave it to allocate-copy-free (which
             // reports the error), after checking the block is live.
@@ -1245,12 +1254,15 @@ mod tests {
         let ctx = MemContext::default();
         let kept = heap.allocate_offset(&ctx, 100, 8).unwrap();
         testing::forge_owner(&heap.heap().state.lock, testing::dead_pid());
-        let report = heap.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        let report = unsafe { heap.recover() }.unwrap();
         assert_eq!(report.locks_taken_over, 1, "{report}");
         assert!(report.rebuilt);
         assert_eq!(report.after.live_allocations, 1);
-        assert_eq!(heap.recover().unwrap().locks_taken_over, 0);
-        heap.free_offset(&ctx, kept).unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        assert_eq!(unsafe { heap.recover() }.unwrap().locks_taken_over, 0);
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, kept) }.unwrap();
         heap.check().unwrap();
     }
     use crate::SegmentOptions;
@@ -1301,7 +1313,8 @@ mod tests {
             }
         }
         for &block in &freed {
-            buddy.free(block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { buddy.free(block) }.unwrap();
         }
         let regions = tiling(&buddy, buddy.segment().size());
         assert_eq!(regions[0].offset, buddy.segment().data_offset());
@@ -1340,7 +1353,8 @@ mod tests {
             .collect();
         assert!(tiling(&buddy, end).iter().map(|r| r.used).sum::<u64>() > 100 * 64);
         for block in live {
-            buddy.free(block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { buddy.free(block) }.unwrap();
         }
         // Every buddy merged again: the same blocks as at the start.
         assert_eq!(tiling(&buddy, end), fresh);
@@ -1358,7 +1372,8 @@ mod tests {
         let tail = regions.last().unwrap();
         assert_eq!((tail.offset, tail.used), (before, 0), "{regions:?}");
         assert_eq!(regions.iter().map(|r| r.used).sum::<u64>(), 1024);
-        buddy.free(block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { buddy.free(block) }.unwrap();
     }
 
     #[test]

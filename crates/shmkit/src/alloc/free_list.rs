@@ -247,10 +247,13 @@ fn front_gap(block: u64, align: u64) -> u64 {
 /// let a = heap.allocate(100)?;
 /// let b = heap.allocate_aligned(300, 256)?;
 /// assert_eq!(b.offset().raw() % 256, 0);
-/// heap.free(a)?;
-/// assert!(heap.free(a).is_err()); // a double free is refused
-/// let b = heap.reallocate(b, 600)?; // grows in place into the free space
-/// heap.free(b)?;
+/// // SAFETY: no block is used after its free or move.
+/// unsafe {
+///     heap.free(a)?;
+///     assert!(heap.free(a).is_err()); // a double free is refused
+///     let b = heap.reallocate(b, 600)?; // grows in place into the free space
+///     heap.free(b)?;
+/// }
 /// heap.check()?;
 /// assert_eq!(heap.stats().live_allocations, 0);
 /// assert_eq!(heap.stats().fragmentation(), 0.0);
@@ -1396,7 +1399,7 @@ impl ShmAllocator for FreeListAllocator {
         })
     }
 
-    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
@@ -1447,7 +1450,7 @@ impl ShmAllocator for FreeListAllocator {
     /// the lists and counters from the chain, as the next locker after a
     /// crash would. `before` is what the shared words said (a walk would
     /// take the lock, and with it repair first).
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats_from(None);
         let (took_over, quarantined) =
             self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), true, |heap, took_over| {
@@ -1478,7 +1481,12 @@ impl ShmAllocator for FreeListAllocator {
         })
     }
 
-    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         self.locked_for(ctx, |heap| {
             Ok(match heap.resize(offset, new_size as u64)? {
                 Some(old) => {
@@ -1524,12 +1532,15 @@ mod tests {
         let ctx = MemContext::default();
         let kept = heap.allocate_offset(&ctx, 100, 8).unwrap();
         testing::forge_owner(&heap.state().lock, testing::dead_pid());
-        let report = heap.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        let report = unsafe { heap.recover() }.unwrap();
         assert_eq!(report.locks_taken_over, 1, "{report}");
         assert!(report.rebuilt);
         assert_eq!(report.after.live_allocations, 1);
-        assert_eq!(heap.recover().unwrap().locks_taken_over, 0);
-        heap.free_offset(&ctx, kept).unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        assert_eq!(unsafe { heap.recover() }.unwrap().locks_taken_over, 0);
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, kept) }.unwrap();
         heap.check().unwrap();
     }
 
@@ -1580,7 +1591,8 @@ mod tests {
         let heap = FreeListAllocator::in_buffer(&mut buffer).unwrap();
         let ctx = MemContext::default();
         let block = heap.allocate_offset(&ctx, 100, 8).unwrap();
-        heap.free_offset(&ctx, block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, block) }.unwrap();
         // Mark a list past the last one in every class, as a flipped bit would.
         for fl in 0..FL_COUNT {
             heap.state().sl_bitmap[fl].fetch_or(1 << SL_COUNT, Ordering::Relaxed);
@@ -1589,7 +1601,8 @@ mod tests {
         assert!(err.to_string().contains("out of range"), "{err}");
         // Allocation ignores the bit instead of indexing past the lists.
         let again = heap.allocate_offset(&ctx, 100, 8).unwrap();
-        heap.free_offset(&ctx, again).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, again) }.unwrap();
         let _ = heap.stats();
     }
 }

@@ -35,8 +35,11 @@ type LiveBlocks = HashMap<usize, Layout, BuildHasherDefault<AddressHasher>>;
 ///
 /// let malloc = MallocAllocator::new();
 /// let block = malloc.allocate(100)?;
-/// malloc.free(block)?;
-/// assert!(malloc.free(block).is_err()); // double free
+/// // SAFETY: nothing uses the block after its free.
+/// unsafe {
+///     malloc.free(block)?;
+///     assert!(malloc.free(block).is_err()); // double free
+/// }
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct MallocAllocator {
@@ -114,7 +117,7 @@ impl ShmAllocator for MallocAllocator {
         Ok(ptr as u64)
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         let addr = usize::try_from(offset).map_err(|_| Error::InvalidFree { offset })?;
         let layout = self
             .shard(addr)

@@ -76,7 +76,8 @@ impl<A: ShmAllocator + ?Sized> MemoryResource for A {
 
     unsafe fn deallocate_layout(&self, ptr: NonNull<u8>, _layout: Layout) -> Result<()> {
         let offset = self.offset_of_local(ptr)?;
-        self.free_offset(&MemContext::default(), offset)
+        // SAFETY: the caller gives the block up (this method's contract).
+        unsafe { self.free_offset(&MemContext::default(), offset) }
     }
 
     fn name(&self) -> &'static str {

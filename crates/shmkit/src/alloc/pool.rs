@@ -383,8 +383,11 @@ impl<'a> Runs<'a> {
 /// let page = pool.allocate_aligned(100, 4096)?;   // a 4096-byte slot, 4096-aligned
 /// assert_eq!(pool.usable_size(small.offset().raw())?, 32);
 /// assert_eq!(page.offset().raw() % 4096, 0);
-/// pool.free(small)?;
-/// assert!(pool.free(small).is_err());             // double free: refused
+/// // SAFETY: nothing uses the block after its free.
+/// unsafe {
+///     pool.free(small)?;
+///     assert!(pool.free(small).is_err());         // double free: refused
+/// }
 /// assert_eq!(pool.allocate(30)?.offset(), small.offset()); // the slot is reused
 /// pool.check()?;
 /// # Ok::<(), shmkit::Error>(())
@@ -994,7 +997,7 @@ impl ShmAllocator for PoolAllocator {
         Ok(offset)
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         let (at, marker, value) = self.live_slot(offset)?;
         handoff::forget_mine(&self.segment, offset);
         // Claiming the marker makes this free the only one: a second free,
@@ -1016,7 +1019,7 @@ impl ShmAllocator for PoolAllocator {
     /// Rebuilds every free stack from the slot markers: slots a process
     /// freed or took but died before pushing or marking are free again. A
     /// page whose claimer died before setting it up joins the first slab.
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         self.recover_slabs()
     }
 
@@ -1036,7 +1039,12 @@ impl ShmAllocator for PoolAllocator {
 
     /// A block is resized in place whenever the new size fits its slot (so
     /// shrinking never moves a block, and it keeps its alignment).
-    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        _ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         let (at, marker, value) = self.live_slot(offset)?;
         let new_size = new_size.max(1) as u64;
         if new_size > self.geometry.slabs[at.slab].slot {
@@ -1320,8 +1328,8 @@ mod tests {
         let ctx = MemContext::default();
         let kept = pool.allocate_offset(&ctx, 20, 8).unwrap();
         let cut_short = pool.allocate_offset(&ctx, 200, 8).unwrap();
-        pool.free_offset(&ctx, pool.allocate_offset(&ctx, 10, 8).unwrap())
-            .unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, pool.allocate_offset(&ctx, 10, 8).unwrap()) }.unwrap();
         // A free that died after clearing the marker, before counting and
         // pushing; then a page claim that died before setting the page up.
         let (_, marker, _) = pool.live_slot(cut_short).unwrap();
@@ -1329,7 +1337,8 @@ mod tests {
         pool.state().pages.fetch_add(1, Ordering::AcqRel);
         assert!(pool.check().is_err());
 
-        let report = pool.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        let report = unsafe { pool.recover() }.unwrap();
         pool.check().unwrap();
         let lost_page_slots = u64::from(pool.geometry.slabs[0].per_page);
         assert_eq!(report.blocks_reclaimed, 1 + lost_page_slots, "{report}");
@@ -1340,11 +1349,14 @@ mod tests {
         let again = pool.allocate_offset(&ctx, 200, 8).unwrap();
         assert_eq!(again, cut_short);
         assert_eq!(pool.usable_size(kept).unwrap(), 24);
-        pool.free_offset(&ctx, again).unwrap();
-        pool.free_offset(&ctx, kept).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, again) }.unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, kept) }.unwrap();
         pool.check().unwrap();
         // A second pass finds nothing more.
-        assert_eq!(pool.recover().unwrap().blocks_reclaimed, 0);
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        assert_eq!(unsafe { pool.recover() }.unwrap().blocks_reclaimed, 0);
     }
 
     #[test]
@@ -1352,20 +1364,25 @@ mod tests {
         let pool = pool(1 << 20);
         let ctx = MemContext::default();
         let block = pool.allocate_offset(&ctx, 20, 8).unwrap();
-        pool.free_offset(&ctx, pool.allocate_offset(&ctx, 20, 8).unwrap())
-            .unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, pool.allocate_offset(&ctx, 20, 8).unwrap()) }.unwrap();
         pool.page_header(0)
             .unwrap()
             .seal
             .store(7, Ordering::Relaxed);
         let head = pool.state().slabs[0].hot.head.load(Ordering::Relaxed);
-        assert!(matches!(pool.recover(), Err(Error::CorruptHeader { .. })));
+        assert!(matches!(
+            // SAFETY: no other thread of this process uses the allocator meanwhile.
+            unsafe { pool.recover() },
+            Err(Error::CorruptHeader { .. })
+        ));
         assert_eq!(pool.state().slabs[0].hot.head.load(Ordering::Relaxed), head);
         pool.page_header(0)
             .unwrap()
             .seal
             .store(PAGE_KEY, Ordering::Relaxed);
-        pool.free_offset(&ctx, block).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { pool.free_offset(&ctx, block) }.unwrap();
         pool.check().unwrap();
     }
 
@@ -1404,7 +1421,8 @@ mod tests {
             }
         }
         for &block in &freed {
-            pool.free(block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { pool.free(block) }.unwrap();
         }
         let regions = tiling(&pool);
         let used: u64 = regions.iter().map(|r| r.used).sum();
@@ -1444,7 +1462,8 @@ mod tests {
         let busy = tiling(&pool);
         assert!(busy.iter().map(|r| r.used).sum::<u64>() >= 50 * 3220);
         for block in blocks {
-            pool.free(block).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { pool.free(block) }.unwrap();
         }
         let emptied = tiling(&pool);
         assert_eq!(emptied.iter().map(|r| r.used).sum::<u64>(), 0);

@@ -37,7 +37,8 @@ pub struct MemContext {
     ///     Err(Error::WouldBlock { .. }) => heap.allocate_offset(&MemContext::default(), 64, 8)?,
     ///     other => other?,
     /// };
-    /// heap.free_offset(&MemContext::default(), block)?;
+    /// // SAFETY: nothing uses the block after this.
+    /// unsafe { heap.free_offset(&MemContext::default(), block)? };
     /// # Ok::<(), shmkit::Error>(())
     /// ```
     pub refuse_waits: bool,
@@ -134,7 +135,52 @@ pub trait ShmAllocator: Send + Sync {
     /// Frees the block at `offset`. A block that this allocator did not hand
     /// out, or that is not live any more, is refused with an error and
     /// nothing changes.
-    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()>;
+    ///
+    /// # Safety
+    ///
+    /// Nothing in this process may still use the block: no reference a
+    /// container handed out into it (a [`ShmBox`](crate::ShmBox),
+    /// [`ShmVec`](crate::ShmVec), [`ShmString`](crate::ShmString) or
+    /// [`ShmHashMap`](crate::ShmHashMap) owns its blocks and frees them
+    /// itself), no ring handle over it, no pointer that will be read or
+    /// written after this call. Once freed, the bytes may be handed to
+    /// anyone, so a use afterwards aliases another owner's data, as after
+    /// [`GlobalAlloc::dealloc`](std::alloc::GlobalAlloc::dealloc). The
+    /// allocator's own state is safe whatever the offset: a wrong, foreign
+    /// or already freed offset is refused with an error, never undefined
+    /// behaviour inside the allocator. For frees that need no `unsafe`,
+    /// own the block through a container.
+    ///
+    /// Freeing a container's storage behind its back takes `unsafe`, so
+    /// safe code cannot make the borrow below dangle:
+    ///
+    /// ```compile_fail,E0133
+    /// use shmkit::{MemContext, SegmentAllocator, SegmentOptions, ShmAllocator, ShmVec, SizeClassAllocator};
+    ///
+    /// let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+    /// let mut numbers = ShmVec::<u64>::with_capacity(&heap, 4)?;
+    /// numbers.push(&heap, 1)?;
+    /// let storage = numbers.storage_offset().raw();
+    /// let slice = numbers.as_mut_slice(&heap)?;
+    /// heap.free_offset(&MemContext::default(), storage)?; // error[E0133]: needs `unsafe`
+    /// slice[0] = 2;
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    ///
+    /// The container frees it safely, once no borrow of it lives:
+    ///
+    /// ```
+    /// use shmkit::{SegmentAllocator, SegmentOptions, ShmAllocator, ShmVec, SizeClassAllocator};
+    ///
+    /// let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
+    /// let mut numbers = ShmVec::<u64>::with_capacity(&heap, 4)?;
+    /// numbers.push(&heap, 1)?;
+    /// numbers.as_mut_slice(&heap)?[0] = 2;
+    /// numbers.free(&heap)?;
+    /// assert_eq!(heap.stats().live_allocations, 0);
+    /// # Ok::<(), shmkit::Error>(())
+    /// ```
+    unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()>;
 
     /// The number of bytes usable in the live block at `offset` (at least the
     /// size requested).
@@ -187,17 +233,31 @@ pub trait ShmAllocator: Send + Sync {
     /// ([`Segment::lock_for_recovery`]), so no process attaches meanwhile,
     /// and refuses with [`Error::InUse`] while another process uses the
     /// segment, or another live process holds part of the allocator's
-    /// state. Other threads of this process are the caller's to stop. A
-    /// process-local allocator just runs the pass.
-    fn recover(&self) -> Result<RecoveryReport> {
-        recover_alone(self, false)
+    /// state. A process-local allocator just runs the pass.
+    ///
+    /// # Safety
+    ///
+    /// No other thread of this process may use the segment's allocators
+    /// during the call (allocate, free, or a container or ring that does):
+    /// the pass cannot tell another thread's allocation in flight from one
+    /// a dead process left, and would give its block to the next taker.
+    /// The lock keeps other processes out; this process's threads are the
+    /// caller's to stop.
+    unsafe fn recover(&self) -> Result<RecoveryReport> {
+        // SAFETY: forwarded from the caller.
+        unsafe { recover_alone(self, false) }
     }
 
     /// [`recover`](Self::recover) even though other processes use the
     /// segment: only for processes known to be idle (stopped, or waiting on
     /// something other than this segment).
-    fn recover_forced(&self) -> Result<RecoveryReport> {
-        recover_alone(self, true)
+    ///
+    /// # Safety
+    ///
+    /// As for [`recover`](Self::recover).
+    unsafe fn recover_forced(&self) -> Result<RecoveryReport> {
+        // SAFETY: forwarded from the caller.
+        unsafe { recover_alone(self, true) }
     }
 
     /// Takes the hand-off records of threads that died: for each, the
@@ -226,13 +286,28 @@ pub trait ShmAllocator: Send + Sync {
     /// The recovery pass itself, what an allocator implements: callers use
     /// [`recover`](Self::recover), which makes sure it runs alone. The
     /// default has nothing to mend.
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`recover`](Self::recover), and the caller holds
+    /// [`Segment::lock_for_recovery`] (or the allocator is process-local).
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         Ok(RecoveryReport::unchanged(self.stats()))
     }
 
     /// Tries to resize the block in place; returns whether it did. The
     /// default never does.
-    fn resize_in_place(&self, _ctx: &MemContext, _offset: u64, _new_size: usize) -> Result<bool> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_offset`](Self::free_offset), for the bytes past
+    /// `new_size` when it shrinks the block: nothing may use them afterwards.
+    unsafe fn resize_in_place(
+        &self,
+        _ctx: &MemContext,
+        _offset: u64,
+        _new_size: usize,
+    ) -> Result<bool> {
         Ok(false)
     }
 
@@ -250,19 +325,33 @@ pub trait ShmAllocator: Send + Sync {
     }
 
     /// Frees a block.
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_offset`](Self::free_offset): nothing may use the block
+    /// afterwards.
     #[inline]
-    fn free(&self, ptr: FullPtr<u8>) -> Result<()> {
-        self.free_offset(&MemContext::default(), ptr.offset().raw())
+    unsafe fn free(&self, ptr: FullPtr<u8>) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free_offset(&MemContext::default(), ptr.offset().raw()) }
     }
 
     /// Resizes a block, keeping its contents up to the smaller of the two
     /// sizes (a shrink never copies more than the new size). On error the
     /// old block is untouched and still live.
-    fn reallocate(&self, ptr: FullPtr<u8>, new_size: usize) -> Result<FullPtr<u8>> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`free_offset`](Self::free_offset): on success the old block
+    /// may be gone, so nothing may use `ptr` afterwards (use the returned
+    /// pointer).
+    unsafe fn reallocate(&self, ptr: FullPtr<u8>, new_size: usize) -> Result<FullPtr<u8>> {
         let ctx = MemContext::default();
         let offset = ptr.offset().raw();
         let old_size = self.usable_size(offset)?;
-        if self.resize_in_place(&ctx, offset, new_size)? {
+        // SAFETY: the caller gives up `ptr`; a shrink in place cuts off
+        // bytes nobody uses.
+        if unsafe { self.resize_in_place(&ctx, offset, new_size)? } {
             return self.full_ptr(offset);
         }
         let new_offset = self.allocate_offset(&ctx, new_size, 8)?;
@@ -273,7 +362,8 @@ pub trait ShmAllocator: Send + Sync {
         unsafe {
             std::ptr::copy_nonoverlapping(old.as_ptr(), new.as_ptr(), old_size.min(new_size));
         }
-        self.free_offset(&ctx, offset)?;
+        // SAFETY: the contents moved to `new`; the caller gives up `ptr`.
+        unsafe { self.free_offset(&ctx, offset)? };
         Ok(new)
     }
 
@@ -303,7 +393,8 @@ pub trait ShmAllocator: Send + Sync {
         self.usable_size(ptr.offset().raw())?;
         // SAFETY: the caller guarantees a live `T` at `ptr`.
         unsafe { std::ptr::drop_in_place(ptr.as_ptr()) };
-        self.free(ptr.cast())
+        // SAFETY: the caller does not use `ptr` afterwards.
+        unsafe { self.free(ptr.cast()) }
     }
 
     /// Allocates `count` values, each `T::default()`.
@@ -334,7 +425,8 @@ pub trait ShmAllocator: Send + Sync {
                 // Too few values: give the block back, report.
                 // SAFETY: `index` values were written and are dropped here.
                 unsafe { drop_prefix(block.local(), index) };
-                self.free(block.cast())?;
+                // SAFETY: the fresh block never left this function.
+                unsafe { self.free(block.cast())? };
                 return Err(Error::invalid_size(format!(
                     "the iterator yielded {index} values, {count} were asked for"
                 )));
@@ -350,7 +442,8 @@ pub trait ShmAllocator: Send + Sync {
     ///
     /// # Safety
     ///
-    /// `ptr` must be a live array of `old_count` values from this allocator.
+    /// `ptr` must be a live array of `old_count` values from this allocator,
+    /// not used afterwards (use the returned pointer).
     unsafe fn realloc_objs<T: ShmSafe + Default>(
         &self,
         ptr: FullPtr<T>,
@@ -365,7 +458,8 @@ pub trait ShmAllocator: Send + Sync {
             unsafe { drop_prefix(ptr.local().add(new_count), old_count - new_count) };
         }
         let bytes = array_bytes::<T>(new_count)?;
-        let moved = self.reallocate(ptr.cast(), bytes)?.cast::<T>();
+        // SAFETY: the caller's live array, which it gives up for the result.
+        let moved = unsafe { self.reallocate(ptr.cast(), bytes)? }.cast::<T>();
         for index in old_count..new_count {
             // SAFETY: inside the resized block, past the kept values.
             unsafe { moved.as_ptr().add(index).write(T::default()) };
@@ -385,7 +479,8 @@ pub trait ShmAllocator: Send + Sync {
         self.usable_size(ptr.offset().raw())?;
         // SAFETY: the caller guarantees `count` live values.
         unsafe { drop_prefix(ptr.local(), count) };
-        self.free(ptr.cast())
+        // SAFETY: the caller does not use `ptr` afterwards.
+        unsafe { self.free(ptr.cast()) }
     }
 }
 
@@ -436,12 +531,20 @@ impl Hasher for AddressHasher {
 }
 
 /// Runs `allocator`'s recovery pass under its segment's recovery lock.
-fn recover_alone<A: ShmAllocator + ?Sized>(allocator: &A, force: bool) -> Result<RecoveryReport> {
+///
+/// # Safety
+///
+/// As for [`ShmAllocator::recover`].
+unsafe fn recover_alone<A: ShmAllocator + ?Sized>(
+    allocator: &A,
+    force: bool,
+) -> Result<RecoveryReport> {
     let _alone = match allocator.backing_segment() {
         Some(segment) => Some(segment.lock_for_recovery(force)?),
         None => None,
     };
-    allocator.recovery_pass()
+    // SAFETY: the lock is held; the rest is the caller's promise.
+    unsafe { allocator.recovery_pass() }
 }
 
 /// Normalizes an alignment that must be a power of two (0 means 1) and at

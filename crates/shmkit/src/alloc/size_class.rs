@@ -357,9 +357,12 @@ fn heap_layout(data_offset: u64, max_size: u64, max_align: u64) -> (u64, u64) {
 /// let heap = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
 /// let small = heap.allocate(24)?;
 /// let large = heap.allocate(100 << 10)?;
-/// heap.free(small)?;
-/// assert!(heap.free(small).is_err()); // double free
-/// heap.free(large)?;
+/// // SAFETY: nothing uses a block after its free.
+/// unsafe {
+///     heap.free(small)?;
+///     assert!(heap.free(small).is_err()); // double free
+///     heap.free(large)?;
+/// }
 /// heap.check()?;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
@@ -1420,7 +1423,7 @@ impl ShmAllocator for SizeClassAllocator {
         Ok(offset)
     }
 
-    fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         handoff::forget_mine(&self.segment, offset);
         let requested = match self.take_for_free(offset)? {
             Freed::Small {
@@ -1462,7 +1465,12 @@ impl ShmAllocator for SizeClassAllocator {
         Ok(self.segment.offset_of(ptr.as_ptr() as *const u8)?.raw())
     }
 
-    fn resize_in_place(&self, _ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        _ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         let invalid = || Error::InvalidFree { offset };
         let (page, within, desc) = self.locate(offset).ok_or_else(invalid)?;
         let state = desc.state.load(Ordering::Acquire);
@@ -1554,7 +1562,7 @@ impl ShmAllocator for SizeClassAllocator {
     /// the pages: blocks whose free never finished are released, pages that
     /// a dying process held in no structure (a collect pass, a page being
     /// set up) are free again.
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats();
         let rebuilt = self.rebuild_from_pages(&|_, _| false)?;
         Ok(RecoveryReport {
@@ -2141,7 +2149,8 @@ mod tests {
         let kept = heap.allocate_offset(&ctx, 40, 8).unwrap();
         let marked = heap.allocate_offset(&ctx, 40, 8).unwrap();
         let large = heap.allocate_offset(&ctx, 100 << 10, 8).unwrap();
-        heap.free_offset(&ctx, large).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, large) }.unwrap();
         // A free that died after marking the block, before releasing its
         // bit; a collect pass that died holding a free run; a collect count
         // nobody will lower.
@@ -2153,7 +2162,8 @@ mod tests {
         heap.state().collecting.fetch_add(1, Ordering::AcqRel);
         assert!(heap.check().is_err());
 
-        let report = heap.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        let report = unsafe { heap.recover() }.unwrap();
         heap.check().unwrap();
         assert_eq!(heap.state().collecting.load(Ordering::Acquire), 0);
         // One marked block; the popped page of the two-page run.
@@ -2165,8 +2175,10 @@ mod tests {
         // Every page is reachable again: the heap fills to its old extent.
         let whole = heap.allocate_offset(&ctx, 100 << 10, 8).unwrap();
         assert_eq!(whole, large);
-        heap.free_offset(&ctx, whole).unwrap();
-        heap.free_offset(&ctx, kept).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, whole) }.unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx, kept) }.unwrap();
         heap.check().unwrap();
         assert_eq!(heap.stats().live_allocations, 0);
     }

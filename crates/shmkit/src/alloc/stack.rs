@@ -75,9 +75,12 @@ fn seal(offset: u64, end: u64, generation: u64) -> u64 {
 /// let stack = StackAllocator::create(&SegmentOptions::private().size(1 << 20))?;
 /// let a = stack.alloc_handle(100, 8)?;
 /// let b = stack.alloc_handle(200, 8)?;
-/// assert!(stack.free(a).is_err());   // not the top
-/// stack.free(b)?;
-/// stack.free(a)?;
+/// // SAFETY: nothing uses a block after its free.
+/// unsafe {
+///     assert!(stack.free(a).is_err()); // not the top
+///     stack.free(b)?;
+///     stack.free(a)?;
+/// }
 /// assert_eq!(stack.used(), 0);
 /// # Ok::<(), shmkit::Error>(())
 /// ```
@@ -311,7 +314,13 @@ impl StackAllocator {
     /// Frees the block at `offset`, which must be the most recent live one
     /// (carves that dead threads left unfinished above it are rolled back
     /// first).
-    pub fn free<T>(&self, offset: Offset<T>) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`ShmAllocator::free_offset`](crate::ShmAllocator::free_offset):
+    /// nothing of this process uses the block afterwards. A wrong offset is
+    /// refused with an error.
+    pub unsafe fn free<T>(&self, offset: Offset<T>) -> Result<()> {
         let block = offset.raw();
         match self.free_top(block) {
             Ok(()) => Ok(()),
@@ -386,11 +395,16 @@ impl StackAllocator {
     }
 
     /// Frees a block given by its [`FullPtr`].
-    pub fn free_ptr<T>(&self, ptr: FullPtr<T>) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`free`](Self::free).
+    pub unsafe fn free_ptr<T>(&self, ptr: FullPtr<T>) -> Result<()> {
         if ptr.segment_id() != self.segment.id() {
             return Err(Error::ForeignPointer);
         }
-        self.free(ptr.offset())
+        // SAFETY: forwarded from the caller.
+        unsafe { self.free(ptr.offset()) }
     }
 
     /// Bytes in use (block headers and padding included).

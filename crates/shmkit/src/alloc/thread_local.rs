@@ -186,10 +186,12 @@ fn new_secret() -> u64 {
 ///
 /// let heap = ThreadLocalAllocator::create(&SegmentOptions::private().size(1 << 20))?;
 /// let a = heap.allocate(48)?;
-/// heap.free(a)?;                          // kept in this thread's cache
+/// // SAFETY: nothing uses `a` after its free.
+/// unsafe { heap.free(a)? };               // kept in this thread's cache
 /// let b = heap.allocate(48)?;             // and handed out again
 /// assert_eq!(a.offset(), b.offset());
-/// assert!(heap.free(a).is_ok() && heap.free(b).is_err()); // same block
+/// // SAFETY: the same block, freed once and then refused.
+/// assert!(unsafe { heap.free(a).is_ok() && heap.free(b).is_err() });
 /// heap.check()?;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
@@ -808,7 +810,7 @@ impl ShmAllocator for ThreadLocalAllocator {
     }
 
     #[inline]
-    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         let inner = &*self.inner;
         // A block freed into this thread's cache keeps its hand-off record:
         // cached blocks carry the cache key, which `take_dead_handoffs`
@@ -872,9 +874,15 @@ impl ShmAllocator for ThreadLocalAllocator {
         self.inner.core.offset_of_local(ptr)
     }
 
-    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         self.inner.refuse_cached(offset)?;
-        self.inner.core.resize_in_place(ctx, offset, new_size)
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.core.resize_in_place(ctx, offset, new_size) }
     }
 
     fn stats(&self) -> AllocStats {
@@ -902,7 +910,7 @@ impl ShmAllocator for ThreadLocalAllocator {
     /// another live process holds a slot. (A user block whose first word
     /// happens to equal its 64-bit key would be taken for a lost cached
     /// block: a chance of 2^-64 per block for data not made to collide.)
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         let inner = &*self.inner;
         let before = self.stats();
         let caches_reclaimed = self.reclaim_dead_slots() as u64;
@@ -1060,32 +1068,41 @@ mod tests {
         // SAFETY: a live 64-byte block of ours.
         unsafe { (torn.as_ptr() as *mut u64).write(heap.inner.key(offset, class)) };
         let cached = heap.allocate(48).unwrap();
-        heap.free(cached).unwrap(); // a legitimately cached block stays cached
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(cached) }.unwrap(); // a legitimately cached block stays cached
 
-        let report = heap.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        let report = unsafe { heap.recover() }.unwrap();
         assert_eq!(report.blocks_reclaimed, 1, "{report}");
         assert_eq!(report.after.live_allocations, 1);
         assert_eq!(report.after.allocated_bytes, 100);
         heap.check().unwrap();
         assert!(heap.full_ptr(offset).is_err());
         assert_eq!(heap.allocate(48).unwrap().offset(), cached.offset());
-        heap.free(kept).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(kept) }.unwrap();
         heap.check().unwrap();
     }
 
     #[test]
     fn recovery_refuses_while_another_live_process_holds_a_slot() {
         let heap = heap();
-        heap.free(heap.allocate(64).unwrap()).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(heap.allocate(64).unwrap()) }.unwrap();
         // Our parent (the test runner) is alive; make it a slot's owner.
         // SAFETY: no preconditions.
         let parent = unsafe { libc::getppid() } as u32;
         let slot = heap.inner.slot(63).unwrap();
         slot.owner
             .store(slot_owner::owner_value(parent, 1), Ordering::Release);
-        assert!(matches!(heap.recover(), Err(Error::InUse { .. })));
+        assert!(matches!(
+            // SAFETY: no other thread of this process uses the allocator meanwhile.
+            unsafe { heap.recover() },
+            Err(Error::InUse { .. })
+        ));
         slot.owner.store(slot_owner::FREE, Ordering::Release);
-        heap.recover().unwrap();
+        // SAFETY: no other thread of this process uses the allocator meanwhile.
+        unsafe { heap.recover() }.unwrap();
         heap.check().unwrap();
     }
 
@@ -1100,8 +1117,13 @@ mod tests {
         unsafe {
             (block.as_ptr() as *mut u64).write(heap.inner.key(offset, class_for(64, 8).unwrap()))
         };
-        heap.free(block).unwrap();
-        assert!(matches!(heap.free(block), Err(Error::InvalidFree { .. })));
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(block) }.unwrap();
+        assert!(matches!(
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free(block) },
+            Err(Error::InvalidFree { .. })
+        ));
         heap.check().unwrap();
     }
 
@@ -1115,7 +1137,8 @@ mod tests {
         let class = class_for(64, 8).unwrap();
         let cached = heap.allocate(64).unwrap();
         let kept = heap.allocate(64).unwrap();
-        heap.free(cached).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(cached) }.unwrap();
         let slot = heap.my_slot(&MemContext::default()).unwrap();
         let magazine = &slot.magazines[class];
         let item = magazine.items[0].load(Ordering::Relaxed);
@@ -1148,7 +1171,8 @@ mod tests {
         }
         // The allocation dropped every wild entry on its way to the pages.
         assert_eq!(magazine.count.load(Ordering::Relaxed), 0);
-        heap.free(other).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(other) }.unwrap();
         heap.check().unwrap();
     }
 
@@ -1157,8 +1181,10 @@ mod tests {
         let heap = heap();
         let first = heap.allocate(64).unwrap();
         let second = heap.allocate(64).unwrap();
-        heap.free(first).unwrap();
-        heap.free(second).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(first) }.unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(second) }.unwrap();
         // Forge what two racing frees of `second` leave: a second copy of
         // its entry, below the first.
         let slot = heap.my_slot(&MemContext::default()).unwrap();

@@ -84,8 +84,9 @@ impl<T: ShmSafe> ShmBox<T> {
         let ptr = self.resolve(alloc)?;
         // SAFETY: `resolve` checked a live, aligned block of at least one `T`
         // that does not contain `self`; every bit pattern is a `T`
-        // (`T: ShmSafe`), and the borrow of `self` keeps this API from
-        // changing it meanwhile.
+        // (`T: ShmSafe`). The borrow of `self` keeps this API from changing
+        // or freeing it meanwhile, and any other free of the block is
+        // `unsafe` and promises no borrow into it lives (`free_offset`).
         Ok(unsafe { ptr.as_ref() })
     }
 
@@ -113,7 +114,8 @@ impl<T: ShmSafe> ShmBox<T> {
         // SAFETY: checked by `resolve`; the box is consumed, so the value is
         // moved out once and its block freed right after.
         let value = unsafe { ptr.as_ptr().read() };
-        free_block(alloc, self.offset)?;
+        // SAFETY: the box owned the block and is consumed.
+        unsafe { free_block(alloc, self.offset)? };
         Ok(value)
     }
 
@@ -123,7 +125,8 @@ impl<T: ShmSafe> ShmBox<T> {
         // SAFETY: checked by `resolve`; the box is consumed, so the value is
         // dropped once, before its block is freed.
         unsafe { std::ptr::drop_in_place(ptr.as_ptr()) };
-        free_block(alloc, self.offset)
+        // SAFETY: the box owned the block and is consumed.
+        unsafe { free_block(alloc, self.offset) }
     }
 }
 

@@ -383,7 +383,8 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
         if let Some(old) = old {
             if let Err(err) = Self::rehash(&old, &new, len) {
                 // The old table still holds every entry: keep it.
-                let _ = free_block(alloc, block.offset);
+                // SAFETY: the fresh table never left this function.
+                let _ = unsafe { free_block(alloc, block.offset) };
                 return Err(err);
             }
         }
@@ -394,9 +395,12 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
             // `storage::recorded_before_free`).
             recorded_before_free();
             crash_point!("hash_map.table_moved");
-            if let Err(err) = free_block(alloc, previous.0) {
+            // SAFETY: the map owns the old table, no longer records it, and
+            // `&mut self` outlives every borrow it handed out.
+            if let Err(err) = unsafe { free_block(alloc, previous.0) } {
                 (self.table, self.buckets, self.segment) = previous;
-                let _ = free_block(alloc, block.offset);
+                // SAFETY: the fresh table, recorded nowhere now.
+                let _ = unsafe { free_block(alloc, block.offset) };
                 return Err(err);
             }
         }
@@ -496,8 +500,10 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
             return Ok(None);
         };
         match table.probe(hash_of(key), key)? {
-            // SAFETY: a full bucket's value, inside the checked table; the
-            // borrow of `self` keeps this API from changing it meanwhile.
+            // SAFETY: a full bucket's value, inside the checked table. The
+            // borrow of `self` keeps this API from changing or freeing it
+            // meanwhile, and any other free of the table is `unsafe` and
+            // promises no borrow into it lives (`free_offset`).
             Probe::Found(i) => Ok(Some(unsafe { &*table.value(i) })),
             Probe::Vacant(_) => Ok(None),
         }
@@ -678,7 +684,8 @@ impl<K: ShmSafe + Hash + Eq, V: ShmSafe> ShmHashMap<K, V> {
             let previous = (self.table, self.buckets);
             (self.table, self.buckets) = (0, 0);
             recorded_before_free();
-            if let Err(err) = free_block(alloc, previous.0) {
+            // SAFETY: as in the grow above: owned, forgotten, `&mut self`.
+            if let Err(err) = unsafe { free_block(alloc, previous.0) } {
                 (self.table, self.buckets) = previous;
                 return Err(err);
             }

@@ -241,14 +241,22 @@ impl Shape {
     }
 
     /// Validates the ring at `offset`, clears its magic (so later opens
-    /// fail) and frees its block. The caller guarantees that no handle of
-    /// the ring is used afterwards.
-    pub(super) fn destroy<A: ShmAllocator + ?Sized>(&self, alloc: &A, offset: u64) -> Result<()> {
+    /// fail) and frees its block.
+    ///
+    /// # Safety
+    ///
+    /// No handle of the ring is used afterwards.
+    pub(super) unsafe fn destroy<A: ShmAllocator + ?Sized>(
+        &self,
+        alloc: &A,
+        offset: u64,
+    ) -> Result<()> {
         let (block, _, _) = self.validate(alloc, offset)?;
         // SAFETY: validated header; an atomic.
         let fixed = unsafe { &*block.as_ptr().cast::<Fixed<AtomicU64>>() };
         fixed.magic.store(0, Ordering::Release);
-        alloc.free_offset(&MemContext::default(), offset)
+        // SAFETY: the caller uses no handle of the ring afterwards.
+        unsafe { alloc.free_offset(&MemContext::default(), offset) }
     }
 
     /// Checks a capacity asked for at creation.
@@ -277,14 +285,16 @@ impl Shape {
         let block = match alloc.full_ptr(offset) {
             Ok(block) if block.as_ptr() as usize % extent.align == 0 => block,
             Ok(_) => {
-                let _ = alloc.free_offset(&MemContext::default(), offset);
+                // SAFETY: the fresh block never left this function.
+                let _ = unsafe { alloc.free_offset(&MemContext::default(), offset) };
                 return Err(Error::Misaligned {
                     offset,
                     align: extent.align,
                 });
             }
             Err(error) => {
-                let _ = alloc.free_offset(&MemContext::default(), offset);
+                // SAFETY: the fresh block never left this function.
+                let _ = unsafe { alloc.free_offset(&MemContext::default(), offset) };
                 return Err(error);
             }
         };
@@ -1110,7 +1120,8 @@ const MPMC_MAGIC: u64 = 0x314d_504d_4b4d_4853; // "SHMKMPM1"
 ///
 /// // In any attached process:
 /// let found = alloc.segment().root::<MpmcRing<u64>>("jobs").expect("published");
-/// let jobs = MpmcRing::<u64>::open(&alloc, found)?;
+/// // SAFETY: "jobs" names a ring `create` made, used only through handles.
+/// let jobs = unsafe { MpmcRing::<u64>::open(&alloc, found)? };
 /// jobs.push(7);
 /// assert_eq!(jobs.try_push(8), Ok(()));
 /// assert_eq!(jobs.pop(), 7);
@@ -1204,7 +1215,15 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
     /// a power-of-two capacity whose cells fit in the block. The handle
     /// keeps the checked capacity and cell address, so nothing written to
     /// the shared bytes later can make it reach outside the block.
-    pub fn open<A: ShmAllocator + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// The checks cannot tell a ring from bytes that merely look like one:
+    /// `offset` must name a ring that [`create`](Self::create) made, whose
+    /// block this process reaches only through ring handles (no container
+    /// owns it, no reference into it lives), and which nobody destroys or
+    /// frees while the handle lives.
+    pub unsafe fn open<A: ShmAllocator + ?Sized>(
         alloc: &A,
         offset: Offset<MpmcRing<T>>,
     ) -> Result<MpmcHandle<'_, T>> {
@@ -1241,7 +1260,8 @@ impl<T: ShmSafe + Copy> MpmcRing<T> {
         alloc: &A,
         offset: Offset<MpmcRing<T>>,
     ) -> Result<()> {
-        Self::shape().destroy(alloc, offset.raw())?;
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::shape().destroy(alloc, offset.raw())? };
         // Notes of claims on this ring must not describe a ring made later
         // at the same offset.
         if let Some(segment) = alloc.backing_segment() {
@@ -1299,7 +1319,9 @@ impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
     fn core(&self) -> MpmcCore<'_, T, Os, &SegSlots<T>, LoggedClaims<'_>> {
         MpmcCore {
             // SAFETY: validated at open; the mapping lives as long as the
-            // borrow of the allocator; only atomics are reached through it.
+            // borrow of the allocator, and the block until `destroy` or a
+            // free of it, both `unsafe` and promising no handle is used
+            // afterwards; only atomics are reached through it.
             words: unsafe { &self.ring.as_ref().words },
             cells: &self.slots,
             mask: self.mask,
@@ -1396,7 +1418,9 @@ mod tests {
     #[test]
     fn fifo_through_wrap_around() {
         let alloc = MallocAllocator::new();
-        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()) }.unwrap();
         let mut next_in = 0;
         let mut next_out = 0;
         for round in 0..50 {
@@ -1418,7 +1442,9 @@ mod tests {
     #[test]
     fn full_and_empty_give_the_value_back() {
         let alloc = MallocAllocator::new();
-        let ring = MpmcRing::<u32>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()).unwrap();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u32>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()) }.unwrap();
         assert_eq!(ring.try_pop(), None);
         assert!(ring.is_empty());
         ring.try_push(1).unwrap();
@@ -1436,7 +1462,9 @@ mod tests {
     #[test]
     fn a_claimed_unpublished_push_is_reported() {
         let alloc = MallocAllocator::new();
-        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()) }.unwrap();
         ring.try_push(10).unwrap();
         assert_eq!(ring.in_flight(), InFlight::default());
         // A producer claims position 1 and dies.
@@ -1457,7 +1485,9 @@ mod tests {
     #[test]
     fn a_claimed_unreleased_pop_is_reported() {
         let alloc = MallocAllocator::new();
-        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()).unwrap();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 2).unwrap()) }.unwrap();
         ring.try_push(1).unwrap();
         ring.try_push(2).unwrap();
         // A consumer claims position 0 and dies before releasing the cell.
@@ -1476,7 +1506,9 @@ mod tests {
     #[test]
     fn corrupt_words_read_as_full_or_empty_never_loop() {
         let alloc = MallocAllocator::new();
-        let ring = MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()).unwrap();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()) }.unwrap();
         let core = ring.core();
         // Cell 0 claims to hold position 7's value while the head says 0.
         // SAFETY: index 0 < 4.
@@ -1496,18 +1528,21 @@ mod tests {
         let alloc = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
         let offset = MpmcRing::<u64>::create(&alloc, 8).unwrap();
         assert!(matches!(
-            MpmcRing::<u32>::open(&alloc, offset.cast()),
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u32>::open(&alloc, offset.cast()) },
             Err(Error::WrongType { .. })
         ));
         assert!(matches!(
-            crate::containers::SpscRing::<u64>::producer(&alloc, offset.cast()),
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { crate::containers::SpscRing::<u64>::producer(&alloc, offset.cast()) },
             Err(Error::CorruptData { .. })
         ));
         let live = alloc.stats().live_allocations;
         // SAFETY: no handle is open.
         unsafe { MpmcRing::destroy(&alloc, offset) }.unwrap();
         assert_eq!(alloc.stats().live_allocations, live - 1);
-        assert!(MpmcRing::open(&alloc, offset).is_err());
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        assert!(unsafe { MpmcRing::open(&alloc, offset) }.is_err());
     }
 }
 

@@ -252,10 +252,14 @@ const SPSC_MAGIC: u64 = 0x3143_5350_4b4d_4853; // "SHMKPSC1"
 /// let alloc = SizeClassAllocator::create(&SegmentOptions::private().size(1 << 20))?;
 /// let offset = SpscRing::<[u8; 16]>::create(&alloc, 4)?;
 ///
-/// let mut tx = SpscRing::producer(&alloc, offset)?;
-/// let mut rx = SpscRing::consumer(&alloc, offset)?;
+/// // SAFETY: a ring `create` made, used only through its endpoints.
+/// let mut tx = unsafe { SpscRing::producer(&alloc, offset)? };
+/// // SAFETY: as above.
+/// let mut rx = unsafe { SpscRing::consumer(&alloc, offset)? };
 /// // The roles are taken while these live:
-/// assert!(matches!(SpscRing::producer(&alloc, offset), Err(shmkit::Error::InUse { .. })));
+/// // SAFETY: as above.
+/// let again = unsafe { SpscRing::producer(&alloc, offset) };
+/// assert!(matches!(again, Err(shmkit::Error::InUse { .. })));
 ///
 /// tx.push(*b"0123456789abcdef");
 /// assert_eq!(&rx.pop(), b"0123456789abcdef");
@@ -353,7 +357,14 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
     /// element size or alignment, a capacity that is not a power of two or
     /// cells outside the block). Fails with [`Error::InUse`] while another
     /// live producer endpoint exists, in this process or another.
-    pub fn producer<A: ShmAllocator + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// As for [`MpmcRing::open`](super::MpmcRing::open): `offset` names a
+    /// ring [`create`](Self::create) made, reached in this process only
+    /// through ring endpoints, and not destroyed or freed while the
+    /// endpoint lives.
+    pub unsafe fn producer<A: ShmAllocator + ?Sized>(
         alloc: &A,
         offset: Offset<SpscRing<T>>,
     ) -> Result<SpscProducer<'_, T>> {
@@ -364,7 +375,11 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
 
     /// Opens the ring at `offset` and claims its consumer role; as
     /// [`producer`](Self::producer).
-    pub fn consumer<A: ShmAllocator + ?Sized>(
+    ///
+    /// # Safety
+    ///
+    /// As for [`producer`](Self::producer).
+    pub unsafe fn consumer<A: ShmAllocator + ?Sized>(
         alloc: &A,
         offset: Offset<SpscRing<T>>,
     ) -> Result<SpscConsumer<'_, T>> {
@@ -383,7 +398,8 @@ impl<T: ShmSafe + Copy> SpscRing<T> {
         alloc: &A,
         offset: Offset<SpscRing<T>>,
     ) -> Result<()> {
-        Self::shape().destroy(alloc, offset.raw())
+        // SAFETY: forwarded from the caller.
+        unsafe { Self::shape().destroy(alloc, offset.raw()) }
     }
 }
 
@@ -523,7 +539,9 @@ impl<T: ShmSafe + Copy> Endpoint<'_, T> {
 impl<T> Endpoint<'_, T> {
     fn words(&self) -> &SpscWords<AtomicU64, AtomicU32> {
         // SAFETY: validated when the endpoint was made; the mapping lives as
-        // long as the borrow of the allocator; only atomics are reached.
+        // long as the borrow of the allocator, and the block until
+        // `destroy` or a free of it, both `unsafe` and promising no
+        // endpoint is used afterwards; only atomics are reached.
         unsafe { &self.ring.as_ref().words }
     }
 
@@ -701,10 +719,13 @@ mod tests {
     fn fifo_through_wrap_around_and_roles() {
         let alloc = MallocAllocator::new();
         let offset = SpscRing::<u64>::create(&alloc, 4).unwrap();
-        let mut tx = SpscRing::producer(&alloc, offset).unwrap();
-        let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
         assert!(matches!(
-            SpscRing::<u64>::consumer(&alloc, offset),
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { SpscRing::<u64>::consumer(&alloc, offset) },
             Err(Error::InUse { .. })
         ));
         let (mut next_in, mut next_out) = (0, 0);
@@ -725,7 +746,8 @@ mod tests {
         // where the old one stopped.
         tx.try_push(1000).unwrap();
         drop(rx);
-        let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
         assert_eq!(rx.try_pop(), Some(1000));
         assert_eq!(tx.push_timeout(1, Duration::from_millis(1)), Ok(()));
         assert_eq!(rx.pop_timeout(Duration::from_millis(1)), Some(1));
@@ -736,8 +758,10 @@ mod tests {
     fn a_contradicting_tail_reads_as_empty() {
         let alloc = MallocAllocator::new();
         let offset = SpscRing::<u64>::create(&alloc, 4).unwrap();
-        let mut rx = SpscRing::consumer(&alloc, offset).unwrap();
-        let mut tx = SpscRing::producer(&alloc, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut rx = unsafe { SpscRing::consumer(&alloc, offset) }.unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
         rx.endpoint
             .words()
             .producer
@@ -767,7 +791,8 @@ mod tests {
             .0
             .owner
             .store(slot_owner::owner_value(dead, 1), Ordering::Release);
-        let mut tx = SpscRing::producer(&alloc, offset).unwrap();
+        // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+        let mut tx = unsafe { SpscRing::producer(&alloc, offset) }.unwrap();
         tx.try_push(3).unwrap();
         // A live owner keeps its role. (Only a live owner that provably does
         // not map the ring's memory counts as gone; private memory is
@@ -781,7 +806,8 @@ mod tests {
             .owner
             .store(slot_owner::owner_value(parent, 1), Ordering::Release);
         assert!(matches!(
-            SpscRing::<u32>::consumer(&alloc, offset),
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { SpscRing::<u32>::consumer(&alloc, offset) },
             Err(Error::InUse { .. })
         ));
     }

@@ -153,7 +153,8 @@ pub(super) fn allocate_block<A: ShmAllocator + ?Sized>(
             segment: full.segment_id().0,
         }),
         Err(err) => {
-            let _ = alloc.free_offset(&ctx, offset);
+            // SAFETY: the fresh block never left this function.
+            let _ = unsafe { alloc.free_offset(&ctx, offset) };
             Err(err)
         }
     }
@@ -171,8 +172,16 @@ pub(super) fn recorded_before_free() {
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
-pub(super) fn free_block<A: ShmAllocator + ?Sized>(alloc: &A, offset: u64) -> Result<()> {
-    alloc.free_offset(&MemContext::default(), offset)
+/// Frees a block a container owns.
+///
+/// # Safety
+///
+/// The calling container owns the block, no longer records it, and is
+/// held by `&mut self` or by value, so no borrow it handed out into the
+/// block is alive.
+pub(super) unsafe fn free_block<A: ShmAllocator + ?Sized>(alloc: &A, offset: u64) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { alloc.free_offset(&MemContext::default(), offset) }
 }
 
 /// A count recorded in shared memory, as a `usize`.

@@ -232,7 +232,9 @@ impl<T: ShmSafe> ShmVec<T> {
     ) -> Result<NonNull<T>> {
         let bytes = array_bytes::<T>(new_cap).ok_or_else(capacity_overflow)?;
         let ctx = MemContext::default();
-        if self.storage != 0 && alloc.resize_in_place(&ctx, self.storage, bytes)? {
+        // SAFETY: the vector owns its storage and `&mut self` outlives every
+        // borrow it handed out; `new_cap` keeps every element.
+        if self.storage != 0 && unsafe { alloc.resize_in_place(&ctx, self.storage, bytes)? } {
             self.capacity = new_cap as u64;
             return Ok(raw.ptr);
         }
@@ -252,10 +254,13 @@ impl<T: ShmSafe> ShmVec<T> {
             // `storage::recorded_before_free`).
             recorded_before_free();
             crash_point!("vec.storage_moved");
-            if let Err(err) = alloc.free_offset(&ctx, old.0) {
+            // SAFETY: the vector owns the old storage, no longer records it,
+            // and `&mut self` outlives every borrow it handed out.
+            if let Err(err) = unsafe { alloc.free_offset(&ctx, old.0) } {
                 // Keep the old block (still holding every element) instead.
                 (self.storage, self.capacity, self.segment) = old;
-                let _ = alloc.free_offset(&ctx, block.offset);
+                // SAFETY: the fresh block, recorded nowhere now.
+                let _ = unsafe { alloc.free_offset(&ctx, block.offset) };
                 return Err(err);
             }
         }
@@ -438,8 +443,10 @@ impl<T: ShmSafe> ShmVec<T> {
         let raw = self.raw(alloc)?;
         // SAFETY: `raw` checked that `raw.len` elements lie inside a live,
         // aligned block that does not contain `self`; they are initialized
-        // (every bit pattern is a `T`, as `T: ShmSafe`), and the borrow of
-        // `self` keeps this API from changing them meanwhile.
+        // (every bit pattern is a `T`, as `T: ShmSafe`). The borrow of
+        // `self` keeps this API from changing or freeing them meanwhile, and
+        // any other free of the block is `unsafe` and promises no borrow
+        // into it lives (`free_offset`).
         Ok(unsafe { std::slice::from_raw_parts(raw.ptr.as_ptr(), raw.len) })
     }
 
@@ -491,7 +498,9 @@ impl<T: ShmSafe> ShmVec<T> {
         let old = (self.storage, self.capacity);
         (self.storage, self.capacity) = (0, 0);
         recorded_before_free();
-        if let Err(err) = free_block(alloc, old.0) {
+        // SAFETY: owned, forgotten above, and `&mut self` outlives every
+        // borrow the vector handed out.
+        if let Err(err) = unsafe { free_block(alloc, old.0) } {
             (self.storage, self.capacity) = old;
             return Err(err);
         }

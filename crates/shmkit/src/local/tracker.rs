@@ -663,7 +663,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAlloc<A> {
 /// let kept = tracked.allocate(100)?;
 /// let (_, report) = tracked.tracker().measure(|| {
 ///     let scratch = tracked.allocate(5000).unwrap();
-///     tracked.free(scratch).unwrap();
+///     // SAFETY: nothing uses `scratch` after its free.
+///     unsafe { tracked.free(scratch) }.unwrap();
 /// });
 /// assert_eq!((report.allocations, report.frees, report.net_bytes()), (1, 1, 0));
 /// assert_eq!(tracked.tracker().leaks().leaks.len(), 1); // `kept`
@@ -713,13 +714,14 @@ impl<A: ShmAllocator> ShmAllocator for Tracked<A> {
         Ok(offset)
     }
 
-    fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+    unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         // Sized before the free and counted once it succeeded, so a refused
         // free changes nothing here either; the record goes before the
         // block can be handed to another thread (see `Tracker::on_free`).
         let usable = self.inner.usable_size(offset)?;
         let record = self.tracker.take_record(offset as usize);
-        match self.inner.free_offset(ctx, offset) {
+        // SAFETY: forwarded from the caller.
+        match unsafe { self.inner.free_offset(ctx, offset) } {
             Ok(()) => {
                 drop(record);
                 self.tracker.count_free(usable);
@@ -764,13 +766,20 @@ impl<A: ShmAllocator> ShmAllocator for Tracked<A> {
         self.inner.regions(visit)
     }
 
-    fn recovery_pass(&self) -> Result<RecoveryReport> {
-        self.inner.recovery_pass()
+    unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.inner.recovery_pass() }
     }
 
-    fn resize_in_place(&self, ctx: &MemContext, offset: u64, new_size: usize) -> Result<bool> {
+    unsafe fn resize_in_place(
+        &self,
+        ctx: &MemContext,
+        offset: u64,
+        new_size: usize,
+    ) -> Result<bool> {
         let old = self.inner.usable_size(offset)?;
-        let resized = self.inner.resize_in_place(ctx, offset, new_size)?;
+        // SAFETY: forwarded from the caller.
+        let resized = unsafe { self.inner.resize_in_place(ctx, offset, new_size)? };
         if resized {
             let new = self.inner.usable_size(offset).unwrap_or(new_size);
             // A resize in place is the old block freed and a new one made.

@@ -150,7 +150,8 @@ pub(crate) fn create<A: ShmAllocator + ?Sized>(segment: &Segment, alloc: &A) -> 
     let offset = match alloc.allocate_offset(&ctx, std::mem::size_of::<Directory>(), 8) {
         Ok(offset) => offset,
         Err(error) => {
-            let _ = alloc.free_offset(&ctx, table);
+            // SAFETY: the fresh table never left this function.
+            let _ = unsafe { alloc.free_offset(&ctx, table) };
             return Err(error);
         }
     };
@@ -173,15 +174,23 @@ pub(crate) fn create<A: ShmAllocator + ?Sized>(segment: &Segment, alloc: &A) -> 
 }
 
 /// Frees a directory that was never published.
-pub(crate) fn discard<A: ShmAllocator + ?Sized>(
+///
+/// # Safety
+///
+/// `offset` is a directory this process made with [`create`] and never
+/// published, so nothing else knows its blocks.
+pub(crate) unsafe fn discard<A: ShmAllocator + ?Sized>(
     segment: &Segment,
     alloc: &A,
     offset: u64,
 ) -> Result<()> {
     let directory = open(segment, offset)?;
     let ctx = MemContext::default();
-    alloc.free_offset(&ctx, directory.table.load(Ordering::Acquire))?;
-    alloc.free_offset(&ctx, offset)
+    // SAFETY: never published (the caller's promise): ours alone.
+    unsafe {
+        alloc.free_offset(&ctx, directory.table.load(Ordering::Acquire))?;
+        alloc.free_offset(&ctx, offset)
+    }
 }
 
 /// The directory at `offset`, checked to be one.
@@ -302,7 +311,9 @@ impl Directory {
                 // Clear first: a death between the two leaks the table
                 // rather than freeing it twice.
                 word.store(0, Ordering::Release);
-                let _ = alloc.free_offset(&ctx, stray);
+                // SAFETY: under the directory lock, a table neither current
+                // nor in anyone's hands: its builder or retirer died.
+                let _ = unsafe { alloc.free_offset(&ctx, stray) };
             }
             word.store(0, Ordering::Release);
         }
@@ -484,7 +495,9 @@ impl<'a> Locked<'a> {
         // rather than freeing it twice.
         directory.retired.store(0, Ordering::Release);
         self.table = fresh;
-        alloc.free_offset(&MemContext::default(), old)
+        // SAFETY: under the directory lock, which every reader of a table
+        // holds; no longer recorded, and `self` no longer refers to it.
+        unsafe { alloc.free_offset(&MemContext::default(), old) }
     }
 
     /// Decodes a LIVE entry, checking every field against the segment.

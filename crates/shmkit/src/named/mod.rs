@@ -92,7 +92,8 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
                         // Another process published its directory first:
                         // use that one. Any other failure is the caller's.
                         let theirs = segment.root::<u8>(directory::ROOT_NAME);
-                        let _ = directory::discard(segment, alloc, ours);
+                        // SAFETY: made above and never published.
+                        let _ = unsafe { directory::discard(segment, alloc, ours) };
                         theirs.ok_or(error)?.raw()
                     }
                 }
@@ -164,7 +165,14 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
     /// Removes `name`, drops its value in place and frees its memory. Fails
     /// with [`Error::NameNotFound`], or [`Error::WrongType`] (nothing
     /// changes).
-    pub fn destroy<T: ShmSafe>(&self, name: &str) -> Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`ShmAllocator::free_offset`]: nothing in this process may
+    /// use the object afterwards (no reference made from a pointer that
+    /// [`find`](Self::find) returned may outlive this call). Other
+    /// processes that use it need the application's own agreement.
+    pub unsafe fn destroy<T: ShmSafe>(&self, name: &str) -> Result<()> {
         let name_bytes = check_name(name)?;
         let (object, names_block) = {
             let mut locked = self.lock()?;
@@ -179,7 +187,8 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
         };
         // The entry was LIVE with `T`'s identity, so the block holds a `T`
         // placed by `insert`; removing the entry made this caller its only
-        // owner, as it is of a value placed but never filed.
+        // owner (nothing of this process uses it: the caller's promise), as
+        // it is of a value placed but never filed.
         Placed {
             alloc: self.alloc,
             object,
@@ -300,7 +309,8 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
         ) {
             Ok(offset) => offset,
             Err(error) => {
-                let _ = alloc.free_offset(&ctx, names_block);
+                // SAFETY: the fresh block never left this function.
+                let _ = unsafe { alloc.free_offset(&ctx, names_block) };
                 return Err(error);
             }
         };
@@ -315,8 +325,10 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
         let (names, object) = match blocks {
             Ok(blocks) => blocks,
             Err(error) => {
-                let _ = alloc.free_offset(&ctx, names_block);
-                let _ = alloc.free_offset(&ctx, object_offset);
+                // SAFETY: fresh blocks that never left this function.
+                let _ = unsafe { alloc.free_offset(&ctx, names_block) };
+                // SAFETY: as above.
+                let _ = unsafe { alloc.free_offset(&ctx, object_offset) };
                 return Err(error);
             }
         };
@@ -356,8 +368,11 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
         // filed, or its entry removed), so this is its only owner.
         unsafe { std::ptr::drop_in_place(self.object.as_ptr()) };
         let ctx = MemContext::default();
-        self.alloc.free_offset(&ctx, self.object.offset().raw())?;
-        self.alloc.free_offset(&ctx, self.names_block)
+        // SAFETY: as above, the only owner of both blocks.
+        unsafe {
+            self.alloc.free_offset(&ctx, self.object.offset().raw())?;
+            self.alloc.free_offset(&ctx, self.names_block)
+        }
     }
 }
 
@@ -410,11 +425,13 @@ mod tests {
             Err(Error::NameExists { .. })
         ));
         let in_use = heap.stats().live_allocations;
-        names.destroy::<Pair>("pair").unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { names.destroy::<Pair>("pair") }.unwrap();
         assert_eq!(heap.stats().live_allocations, in_use - 2);
         assert!(names.find::<Pair>("pair").unwrap().is_none());
         assert!(matches!(
-            names.destroy::<Pair>("pair"),
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { names.destroy::<Pair>("pair") },
             Err(Error::NameNotFound { .. })
         ));
     }
@@ -427,7 +444,8 @@ mod tests {
         for result in [
             names.find::<i64>("count").map(|_| ()),
             names.find::<u32>("count").map(|_| ()),
-            names.destroy::<Pair>("count"),
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { names.destroy::<Pair>("count") },
         ] {
             match result {
                 Err(Error::WrongType {
@@ -456,7 +474,8 @@ mod tests {
             names.construct(&format!("object-{i}"), i).unwrap();
         }
         for i in (0..1000u64).step_by(3) {
-            names.destroy::<u64>(&format!("object-{i}")).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { names.destroy::<u64>(&format!("object-{i}")) }.unwrap();
         }
         // Reuse the tombstones' slots, then check every survivor.
         for i in 0..200u64 {

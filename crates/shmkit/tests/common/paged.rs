@@ -88,7 +88,8 @@ pub fn bad_frees_are_refused_and_change_nothing<A: PagedHeap>() {
     let other = heap.allocate_offset(&ctx(), 64, 8).unwrap();
     let large = heap.allocate_offset(&ctx(), 3 * PAGE as usize, 8).unwrap();
     let freed = heap.allocate_offset(&ctx(), 300, 8).unwrap();
-    heap.free_offset(&ctx(), freed).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { heap.free_offset(&ctx(), freed) }.unwrap();
     let before: AllocStats = heap.stats();
     let size = heap.segment_of().size();
     let bogus = [
@@ -107,7 +108,8 @@ pub fn bad_frees_are_refused_and_change_nothing<A: PagedHeap>() {
         heap.segment_of().data_offset(), // the page table
     ];
     for offset in bogus {
-        let result = heap.free_offset(&ctx(), offset);
+        // SAFETY: nothing uses the block after it is freed.
+        let result = unsafe { heap.free_offset(&ctx(), offset) };
         assert!(
             matches!(result, Err(Error::InvalidFree { offset: o }) if o == offset),
             "free({offset}) gave {result:?}"
@@ -117,9 +119,11 @@ pub fn bad_frees_are_refused_and_change_nothing<A: PagedHeap>() {
     }
     // The live blocks are still live and freeable exactly once.
     for offset in [small, other, large] {
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
         assert!(matches!(
-            heap.free_offset(&ctx(), offset),
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx(), offset) },
             Err(Error::InvalidFree { .. })
         ));
     }
@@ -157,7 +161,8 @@ pub fn alignment_of_every_power_of_two<A: PagedHeap>() {
     }
     heap.check().unwrap();
     for offset in blocks {
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
     heap.check().unwrap();
 }
@@ -258,9 +263,12 @@ pub fn random_sequence_matches_a_model<A: PagedHeap>(ops: Vec<Op>) -> Result<(),
                 let mut keys: Vec<u64> = model.keys().copied().collect();
                 keys.sort_unstable();
                 let offset = keys[pick % keys.len()];
-                heap.free_offset(&ctx(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 model.remove(&offset);
-                prop_assert!(heap.free_offset(&ctx(), offset).is_err());
+                // SAFETY: a second free of a freed block, which is refused.
+                let again = unsafe { heap.free_offset(&ctx(), offset) };
+                prop_assert!(again.is_err());
             }
             Op::Realloc(pick, new_size) if !model.is_empty() => {
                 let mut keys: Vec<u64> = model.keys().copied().collect();
@@ -268,7 +276,8 @@ pub fn random_sequence_matches_a_model<A: PagedHeap>(ops: Vec<Op>) -> Result<(),
                 let offset = keys[pick % keys.len()];
                 let (size, byte) = model[&offset];
                 let ptr = heap.full_ptr(offset).unwrap();
-                match heap.reallocate(ptr, new_size) {
+                // SAFETY: nothing uses the block after it is freed.
+                match unsafe { heap.reallocate(ptr, new_size) } {
                     Ok(moved) => {
                         let kept = size.min(new_size);
                         // SAFETY: `kept` bytes of a live block.
@@ -351,7 +360,8 @@ pub fn exchange_blocks<A: PagedHeap>(heap: &A, worker: u64) -> u64 {
             0 | 1 => {
                 let (offset, size, seq) = mine.swap_remove((pick as usize / 5) % mine.len());
                 assert_eq!(verify_block(heap, offset, size), (pid, seq));
-                heap.free_offset(&ctx(), offset).unwrap();
+                // SAFETY: nothing uses the block after it is freed.
+                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
             }
             2 => {
                 // Post a block (offset and size) for another process.
@@ -372,7 +382,8 @@ pub fn exchange_blocks<A: PagedHeap>(heap: &A, worker: u64) -> u64 {
                     if owner != pid {
                         freed_foreign += 1;
                     }
-                    heap.free_offset(&ctx(), offset).unwrap();
+                    // SAFETY: nothing uses the block after it is freed.
+                    unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 }
             }
             _ => {}
@@ -380,12 +391,14 @@ pub fn exchange_blocks<A: PagedHeap>(heap: &A, worker: u64) -> u64 {
         while mine.len() > 256 {
             let (offset, size, seq) = mine.swap_remove((pick as usize / 8) % mine.len());
             assert_eq!(verify_block(heap, offset, size), (pid, seq));
-            heap.free_offset(&ctx(), offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
         }
     }
     for (offset, size, seq) in mine {
         assert_eq!(verify_block(heap, offset, size), (pid, seq));
-        heap.free_offset(&ctx(), offset).unwrap();
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
     }
     freed_foreign
 }
@@ -429,11 +442,13 @@ pub fn share_between_processes<A: PagedHeap>(tag: &str, child_test: &str) -> (A,
         if word != 0 {
             let (offset, size) = (word >> 20, (word & 0xfffff) as usize);
             verify_block(&parent, offset, size);
-            parent.free_offset(&ctx(), offset).unwrap();
+            // SAFETY: nothing uses the block after it is freed.
+            unsafe { parent.free_offset(&ctx(), offset) }.unwrap();
             left += 1;
         }
     }
     eprintln!("blocks freed by another process: {foreign} + {left} by the parent");
-    parent.free_offset(&ctx(), words).unwrap();
+    // SAFETY: nothing uses the block after it is freed.
+    unsafe { parent.free_offset(&ctx(), words) }.unwrap();
     (parent, cleanup)
 }
