@@ -1,7 +1,14 @@
 //! The crash soak: worker processes allocate, tag, verify and free on one
-//! shared allocator while the test SIGKILLs random workers at random moments
-//! and starts replacements. For each allocator that shares its state:
+//! shared allocator while the test SIGKILLs workers and starts replacements.
+//! Most kills land inside the allocator on purpose: the test asks for a
+//! victim, the next worker to reach one of the allocator's crash points
+//! (the `crash-points` feature) says "inside" in its journal and waits
+//! there, and the test kills it; for the free-list and buddy allocators
+//! every such point is under the allocator's lock. Other kills land at
+//! random moments. For each allocator that shares its state:
 //!
+//! - at least [`MIN_INSIDE_KILLS`] kills land inside the allocator's code
+//!   (counted from the victims' journals, never assumed);
 //! - no surviving worker stalls longer than [`STALL_BOUND`] (no deadlock,
 //!   even when a victim died holding a lock);
 //! - no live block is handed out twice: every allocation claims its offset
@@ -19,15 +26,19 @@
 //!   `check()` passes and no block is left allocated: zero lost to the
 //!   kills.
 //!
-//! `SHMKIT_SOAK_SECS` sets the seconds per allocator (default 2); for a long
-//! run: `SHMKIT_SOAK_SECS=120 cargo test --release -p shmkit --test
-//! crash_soak -- --nocapture`.
+//! `SHMKIT_SOAK_SECS` sets the least seconds per allocator (default 2; the
+//! soak goes on until its inside kills are in); for a long run:
+//! `SHMKIT_SOAK_SECS=120 cargo test --release -p shmkit --features
+//! crash-points --test crash_soak -- --nocapture`.
+#![cfg(feature = "crash-points")]
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
 use std::process::Child;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{child_env, fresh_shm, shm_name, spawn_self, Rng};
@@ -50,6 +61,37 @@ const STALL_BOUND: Duration = Duration::from_secs(5);
 /// Blocks a worker holds at most.
 const HELD: usize = 48;
 const LEDGER_ROOT: &str = "soak.ledger";
+/// Kills inside the allocator's code that each soak must land.
+const MIN_INSIDE_KILLS: usize = 20;
+/// The longest a soak may take to land them.
+const INSIDE_DEADLINE: Duration = Duration::from_secs(90);
+/// How long a worker waits at a crash point for its kill before it goes on.
+const PAUSE: Duration = Duration::from_secs(2);
+/// The allocators' crash points a soak worker may stop at, by number.
+const POINTS: &[&str] = &[
+    "pool.alloc.pending",
+    "pool.alloc.recorded",
+    "pool.free.unlisted",
+    "size_class.alloc.claimed",
+    "size_class.alloc.fresh_page",
+    "size_class.alloc.large_pending",
+    "size_class.alloc.recorded",
+    "size_class.free.marked",
+    "thread_local.alloc.cached",
+    "thread_local.alloc.recorded",
+    "thread_local.give_back.unheld",
+    "free_list.alloc.intended",
+    "free_list.alloc.committed",
+    "free_list.free.committed",
+    "buddy.alloc.intended",
+    "buddy.alloc.committed",
+    "buddy.free.committed",
+];
+
+/// Whether the point lies under the allocator's lock.
+fn under_lock(point: &str) -> bool {
+    point.starts_with("free_list.") || point.starts_with("buddy.")
+}
 
 const RUNNING: u32 = 1;
 const FINISHED: u32 = 2;
@@ -68,12 +110,18 @@ struct Journal {
     heartbeat_ns: AtomicU64,
     slowest_ns: AtomicU64,
     pending: AtomicU64,
+    /// `1 +` the index in [`POINTS`] of the crash point the worker waits
+    /// at to be killed, or 0.
+    inside: AtomicU64,
 }
 
 /// Shared by the test and its workers, in a segment of its own.
 #[repr(C)]
 struct Ledger {
     stop: AtomicU32,
+    /// Set by the test when it wants a victim inside the allocator; the
+    /// worker that takes it (back to 0) stops at its next crash point.
+    want_inside: AtomicU32,
     journals: [Journal; MAX_WORKERS],
     /// `worker + 1` of the holder of the block at each granule, or 0.
     claims: [AtomicU32; CLAIMS],
@@ -109,6 +157,50 @@ fn ledger(segment: &Segment) -> &Ledger {
     unsafe { segment.resolve(offset).unwrap().as_ref() }
 }
 
+/// This worker's ledger and index, for the crash-point hook.
+static PAUSING: OnceLock<(&'static Ledger, usize)> = OnceLock::new();
+
+thread_local! {
+    static POINT_RNG: Cell<u64> = Cell::new(u64::from(std::process::id()) | 1);
+}
+
+/// The crash-point hook of a soak worker: when the test wants a victim,
+/// one point in four takes the request, says "inside" and waits there for
+/// the kill (going on after [`PAUSE`] if none comes).
+fn wait_inside_for_the_kill(point: &'static str) {
+    let Some(&(ledger, worker)) = PAUSING.get() else {
+        return;
+    };
+    if ledger.want_inside.load(Ordering::Relaxed) == 0 {
+        return;
+    }
+    let skip = POINT_RNG.with(|rng| {
+        let mut state = Rng(rng.get());
+        let skip = state.below(4) != 0;
+        rng.set(state.0);
+        skip
+    });
+    if skip
+        || ledger
+            .want_inside
+            .compare_exchange(1, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        return;
+    }
+    let index = POINTS
+        .iter()
+        .position(|&known| known == point)
+        .unwrap_or_else(|| panic!("crash point {point} is not in the soak's list"));
+    let journal = &ledger.journals[worker];
+    journal.inside.store(index as u64 + 1, Ordering::Release);
+    let until = Instant::now() + PAUSE;
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    journal.inside.store(0, Ordering::Release);
+}
+
 /// The byte a worker fills a block with.
 fn tag(worker: usize, seq: u64) -> u8 {
     (worker as u64).wrapping_mul(131).wrapping_add(seq) as u8
@@ -121,10 +213,18 @@ fn tag(worker: usize, seq: u64) -> u8 {
 fn child_soak_worker() {
     let kind = child_env("SHMKIT_SOAK_KIND");
     let worker: usize = child_env("SHMKIT_SOAK_WORKER").parse().unwrap();
-    let ledger_segment = Segment::attach(&SegmentOptions::shm(child_env("SHMKIT_SOAK_LEDGER")))
-        .expect("attach the ledger");
-    let ledger = ledger(&ledger_segment);
+    // Mapped for the life of the process: the crash-point hook uses it.
+    let ledger_segment: &'static Segment = Box::leak(Box::new(
+        Segment::attach(&SegmentOptions::shm(child_env("SHMKIT_SOAK_LEDGER")))
+            .expect("attach the ledger"),
+    ));
+    let ledger = ledger(ledger_segment);
     let journal = &ledger.journals[worker];
+    assert!(
+        PAUSING.set((ledger, worker)).is_ok(),
+        "one worker per process"
+    );
+    shmkit::crash_point::on_reach(wait_inside_for_the_kill);
     let allocator = attach(
         &kind,
         &SegmentOptions::shm(child_env("SHMKIT_SOAK_SEGMENT")),
@@ -194,7 +294,8 @@ fn child_soak_worker() {
                     unsafe { std::ptr::write_bytes(block.as_ptr(), tag(worker, seq), size) };
                     held.push((offset, size, seq));
                 }
-                Err(Error::OutOfMemory { .. }) => {}
+                // The workload never holds more than a fraction of the
+                // segment, and victims' blocks are reaped as they die.
                 Err(other) => panic!("{kind}: worker {worker} allocate({size}): {other}"),
             }
             journal.pending.store(0, Ordering::Release);
@@ -371,18 +472,40 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
 
     let mut workers: Vec<Worker> = (0..WORKERS).map(|_| soak.spawn()).collect();
     let mut rng = Rng((0x5eed ^ kind.len() as u64) | 1);
-    let (mut kills, mut mid_operation) = (0u64, 0u64);
+    let mut kills = 0u64;
+    // Kills that landed inside the allocator, by crash point.
+    let mut inside: BTreeMap<&str, usize> = BTreeMap::new();
+    let inside_kills = |inside: &BTreeMap<&str, usize>| inside.values().sum::<usize>();
     let run = Duration::from_secs_f64(soak_seconds());
     let started = Instant::now();
-    let mut next_kill = started + Duration::from_millis(100 + rng.below(150));
-    while started.elapsed() < run {
-        std::thread::sleep(Duration::from_millis(5));
+    let mut next_random_kill = started + Duration::from_millis(100 + rng.below(150));
+    let mut next_inside_kill = started + Duration::from_millis(50);
+    while started.elapsed() < run || inside_kills(&inside) < MIN_INSIDE_KILLS {
+        assert!(
+            started.elapsed() < INSIDE_DEADLINE,
+            "{kind}: only {} kills landed inside the allocator in {INSIDE_DEADLINE:?}: {inside:?}",
+            inside_kills(&inside)
+        );
+        std::thread::sleep(Duration::from_millis(1));
         soak.watch(&mut workers);
-        if Instant::now() < next_kill {
-            continue;
-        }
-        next_kill = Instant::now() + Duration::from_millis(30 + rng.below(120));
-        let pick = rng.below(workers.len() as u64) as usize;
+        // A worker waiting inside is killed at once; otherwise, now and
+        // then, the next one to reach a crash point is asked to wait.
+        let waiting = workers
+            .iter()
+            .position(|worker| ledger.journals[worker.index].inside.load(Ordering::Acquire) != 0);
+        let pick = match waiting {
+            Some(pick) => pick,
+            None if Instant::now() >= next_random_kill => {
+                next_random_kill = Instant::now() + Duration::from_millis(30 + rng.below(120));
+                rng.below(workers.len() as u64) as usize
+            }
+            None => {
+                if Instant::now() >= next_inside_kill {
+                    ledger.want_inside.store(1, Ordering::Release);
+                }
+                continue;
+            }
+        };
         let journal = &ledger.journals[workers[pick].index];
         if journal.state.load(Ordering::Acquire) != RUNNING {
             continue; // let it start first
@@ -391,17 +514,17 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
         victim.child.kill().unwrap();
         victim.child.wait().unwrap();
         kills += 1;
-        if ledger.journals[victim.index]
-            .pending
-            .load(Ordering::Acquire)
-            != 0
-        {
-            mid_operation += 1;
+        // Read after its death: where it was when the kill landed.
+        let at = ledger.journals[victim.index].inside.load(Ordering::Acquire);
+        if at != 0 {
+            *inside.entry(POINTS[at as usize - 1]).or_default() += 1;
+            next_inside_kill = Instant::now() + Duration::from_millis(20 + rng.below(40));
         }
         soak.victims.push(victim.index);
         soak.reap_handoffs();
         soak.reap(victim.index);
     }
+    ledger.want_inside.store(0, Ordering::Release);
     ledger.stop.store(1, Ordering::Release);
     let stop_deadline = Instant::now() + Duration::from_secs(30);
     for worker in &mut workers {
@@ -480,9 +603,21 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
         .map(|w| ledger.journals[w].slowest_ns.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
-    assert!(kills > 0, "{kind}: the soak killed nobody");
+    let inside_kills = inside_kills(&inside);
+    assert!(inside_kills >= MIN_INSIDE_KILLS, "{kind}: {inside:?}");
+    if kind == "free-list" || kind == "buddy" {
+        let locked: usize = inside
+            .iter()
+            .filter(|(point, _)| under_lock(point))
+            .map(|(_, n)| n)
+            .sum();
+        assert!(
+            locked >= MIN_INSIDE_KILLS,
+            "{kind}: only {locked} kills landed holding the allocator's lock: {inside:?}"
+        );
+    }
     println!(
-        "{kind}: {kills} kills survived ({mid_operation} inside an allocate or free), {} \
+        "{kind}: {kills} kills survived ({inside_kills} inside the allocator: {inside:?}), {} \
          workers, {ops} operations in {:.1} s, slowest operation {:.1} ms; {} blocks of \
          victims reaped while running, {handoffs_during_run} of them from the hand-off log",
         soak.started,

@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use super::type_identity::TypeIdentity;
 use crate::alloc::{MemContext, ShmAllocator};
+use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::Offset;
 use crate::segment::Segment;
@@ -401,7 +402,9 @@ impl<'a> Locked<'a> {
         entry.size.store(new.identity.size, Ordering::Relaxed);
         entry.align.store(new.identity.align, Ordering::Relaxed);
         entry.type_hash.store(new.identity.hash, Ordering::Relaxed);
+        crash_point!("directory.insert.filled");
         entry.state.store(state::LIVE, Ordering::Release);
+        crash_point!("directory.insert.published");
         self.directory.live.fetch_add(1, Ordering::AcqRel);
         if was == state::EMPTY {
             self.directory.used.fetch_add(1, Ordering::AcqRel);
@@ -414,6 +417,7 @@ impl<'a> Locked<'a> {
         self.table.entries[index]
             .state
             .store(state::TOMBSTONE, Ordering::Release);
+        crash_point!("directory.remove.marked");
         self.directory.live.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -459,6 +463,7 @@ impl<'a> Locked<'a> {
         let directory = self.directory;
         let fresh_offset = new_table(self.segment, alloc, capacity)?;
         directory.building.store(fresh_offset, Ordering::Release);
+        crash_point!("directory.rehash.building");
         let fresh = Table::open(self.segment, fresh_offset)?;
         let mut live = 0;
         for entry in self.table.entries {
@@ -487,6 +492,7 @@ impl<'a> Locked<'a> {
         }
         let old = self.table.offset;
         directory.retired.store(old, Ordering::Release);
+        crash_point!("directory.rehash.retired");
         directory.table.store(fresh_offset, Ordering::Release);
         directory.building.store(0, Ordering::Release);
         directory.live.store(live, Ordering::Release);
