@@ -5,12 +5,12 @@ mod common;
 
 use std::io::Read;
 use std::process::{Child, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{child_env, fresh_shm, shm_name, spawn_self, spawn_workers, worker_stdout};
 use shmkit::sync::{ShmMutex, ShmRwLock};
-use shmkit::{BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
+use shmkit::{shm_struct, BumpAllocator, LinearAlloc, SegmentAllocator, SegmentOptions};
 
 /// How long a test waits for something that should take milliseconds
 /// before it calls it a failure.
@@ -239,12 +239,49 @@ fn a_killed_mutex_holder_is_taken_over() {
 // ---------------------------------------------------------------------------
 // (3) The reader-writer lock across processes.
 
+const RW_READERS: usize = 3;
+
+shm_struct! {
+    /// The start line of the reader-writer test: the children attach, say
+    /// they are ready, and wait for the parent's word; halfway through the
+    /// writes the writer waits until every reader has read a value from
+    /// the middle.
+    struct RwStart {
+        go: AtomicU32,
+        readers_ready: AtomicU32,
+        writer_ready: AtomicU32,
+        _padding: u32,
+        /// Per reader: reads that saw a value strictly between the first
+        /// and the last write, so taken while the writer ran.
+        overlapping: [AtomicU64; RW_READERS],
+    }
+}
+
+fn wait_for_go(start: &RwStart) {
+    let deadline = Instant::now() + PATIENCE;
+    while start.go.load(Ordering::Acquire) == 0 {
+        assert!(Instant::now() < deadline, "never told to start");
+        std::thread::yield_now();
+    }
+}
+
 #[test]
 #[ignore = "child process of reader_processes_see_only_whole_values"]
 fn child_rw_writer() {
     let bump = attach_from_env();
     let table: &ShmRwLock<[u64; WORDS]> = root(&bump, "table");
+    let start: &RwStart = root(&bump, "start");
+    start.writer_ready.store(1, Ordering::Release);
+    wait_for_go(start);
     for round in 1..=ROUNDS {
+        if round == ROUNDS / 2 {
+            wait_until("every reader to read while the writer runs", || {
+                start
+                    .overlapping
+                    .iter()
+                    .all(|n| n.load(Ordering::Acquire) > 0)
+            });
+        }
         let mut guard = table.write().unwrap();
         for (i, word) in guard.iter_mut().enumerate() {
             *word = round;
@@ -265,17 +302,20 @@ fn child_rw_writer() {
 fn child_rw_reader() {
     let bump = attach_from_env();
     let table: &ShmRwLock<[u64; WORDS]> = root(&bump, "table");
+    let start: &RwStart = root(&bump, "start");
+    let me = start.readers_ready.fetch_add(1, Ordering::AcqRel) as usize;
+    wait_for_go(start);
     let mut last = 0;
-    let mut reads = 0u64;
     while last < ROUNDS {
         let guard = table.read().unwrap();
         assert!(!guard.owner_died());
         assert!(guard.iter().all(|&w| w == guard[0]), "torn: {guard:?}");
         assert!(guard[0] >= last, "went back from {last} to {}", guard[0]);
         last = guard[0];
-        reads += 1;
+        if (1..ROUNDS).contains(&last) {
+            start.overlapping[me].fetch_add(1, Ordering::Release);
+        }
     }
-    println!("reads {reads}");
 }
 
 #[test]
@@ -284,15 +324,40 @@ fn reader_processes_see_only_whole_values() {
     let name = shm_name(&options);
     let bump = BumpAllocator::create(&options.size(1 << 20)).unwrap();
     let table = publish(&bump, "table", ShmRwLock::new([0u64; WORDS]));
-    let readers: Vec<_> = (0..3)
+    let start = publish(
+        &bump,
+        "start",
+        RwStart {
+            go: AtomicU32::new(0),
+            readers_ready: AtomicU32::new(0),
+            writer_ready: AtomicU32::new(0),
+            _padding: 0,
+            overlapping: Default::default(),
+        },
+    );
+    let readers: Vec<_> = (0..RW_READERS)
         .map(|_| Process::start("child_rw_reader", &name))
         .collect();
     let writer = Process::start("child_rw_writer", &name);
+    wait_until("the children to attach", || {
+        start.readers_ready.load(Ordering::Acquire) == RW_READERS as u32
+            && start.writer_ready.load(Ordering::Acquire) == 1
+    });
+    start.go.store(1, Ordering::Release);
     writer.succeeds("the writer");
     for reader in readers {
         reader.succeeds("a reader");
     }
     assert_eq!(*table.read().unwrap(), [ROUNDS; WORDS]);
+    let overlapping: Vec<u64> = start
+        .overlapping
+        .iter()
+        .map(|n| n.load(Ordering::Relaxed))
+        .collect();
+    assert!(
+        overlapping.iter().all(|&n| n > 0),
+        "a reader never read while the writer ran: {overlapping:?}"
+    );
 }
 
 #[test]

@@ -102,19 +102,31 @@ mod tests {
 
     #[test]
     fn a_wake_reaches_a_sleeping_thread() {
+        // The word never changes, so only a wake can end the sleep before
+        // its 10 s timeout. The waker repeats until the kernel reports that
+        // it woke one sleeper, which proves the sleeper was asleep.
         let word = AtomicU32::new(0);
+        let timeout = Duration::from_secs(10);
         std::thread::scope(|scope| {
             let sleeper = scope.spawn(|| {
-                while word.load(Ordering::Acquire) == 0 {
-                    wait(&word, 0, Some(Duration::from_secs(10)));
-                }
+                let started = Instant::now();
+                (wait(&word, 0, Some(timeout)), started.elapsed())
             });
-            word.store(1, Ordering::Release);
-            // Keep waking until the sleeper has seen the store.
-            while !sleeper.is_finished() {
-                wake_all(&word);
-                std::thread::yield_now();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while wake_all(&word) == 0 {
+                assert!(
+                    Instant::now() < deadline,
+                    "no wake reached a sleeper within 5 s"
+                );
+                std::thread::sleep(Duration::from_millis(1));
             }
+            let (woken, slept) = sleeper.join().unwrap();
+            assert_eq!(woken, Woken::Maybe);
+            assert!(
+                slept < timeout / 2,
+                "the sleeper slept {slept:?}: its timeout ended it, not the wake"
+            );
         });
+        assert_eq!(word.load(Ordering::Relaxed), 0);
     }
 }

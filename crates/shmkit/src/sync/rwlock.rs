@@ -760,12 +760,24 @@ mod tests {
 
     #[test]
     fn readers_never_see_a_half_written_value() {
+        // Halfway, each writer waits until every reader has read a value
+        // from the middle of the run, so the reads provably overlap the
+        // writes (a reader that ran only before or after would not count).
+        const READERS: usize = 2;
         let lock = ShmRwLock::new([0u64; 8]);
-        let reads = AtomicUsize::new(0);
+        let overlapped: [AtomicUsize; READERS] = Default::default();
+        let writers_done = AtomicUsize::new(0);
         std::thread::scope(|scope| {
             for _ in 0..2 {
                 scope.spawn(|| {
                     for round in 1..=500u64 {
+                        if round == 250 {
+                            let deadline = Instant::now() + Duration::from_secs(10);
+                            while overlapped.iter().any(|n| n.load(Ordering::Acquire) == 0) {
+                                assert!(Instant::now() < deadline, "a reader never read");
+                                std::thread::yield_now();
+                            }
+                        }
                         let mut guard = lock.write().unwrap();
                         for (i, word) in guard.iter_mut().enumerate() {
                             *word = round;
@@ -774,19 +786,24 @@ mod tests {
                             }
                         }
                     }
+                    writers_done.fetch_add(1, Ordering::Release);
                 });
             }
-            for _ in 0..2 {
-                scope.spawn(|| {
-                    for _ in 0..2000 {
+            for overlapped in &overlapped {
+                let writers_done = &writers_done;
+                let lock = &lock;
+                scope.spawn(move || {
+                    while writers_done.load(Ordering::Acquire) < 2 {
                         let guard = lock.read().unwrap();
                         assert!(guard.iter().all(|&w| w == guard[0]), "torn: {guard:?}");
-                        reads.fetch_add(1, Ordering::Relaxed);
+                        if (1..500).contains(&guard[0]) {
+                            overlapped.fetch_add(1, Ordering::Release);
+                        }
                     }
                 });
             }
         });
-        assert_eq!(reads.load(Ordering::Relaxed), 4000);
+        assert!(overlapped.iter().all(|n| n.load(Ordering::Relaxed) > 0));
         assert_eq!(*lock.read().unwrap(), [500; 8]);
         assert!(lock.readers.iter().all(|s| s.load(Ordering::Relaxed) == 0));
         assert_eq!(lock.writer.load(Ordering::Relaxed), 0);
