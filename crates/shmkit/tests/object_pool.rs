@@ -465,11 +465,40 @@ fn contention_never_lends_an_object_twice() {
     let pool = ConcurrentPool::bounded(4, Exclusive::new);
     let acquired = AtomicUsize::new(0);
     let start = Barrier::new(THREADS);
+    // First, the contended state on purpose: four holders at once, and a
+    // fifth thread refused while they hold.
+    let (held_at_once, refusals, filled) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        std::sync::atomic::AtomicBool::new(false),
+    );
     std::thread::scope(|scope| {
         for _ in 0..THREADS {
             scope.spawn(|| {
                 start.wait();
                 let mut mine = 0;
+                while !filled.load(Ordering::Acquire) {
+                    let Some(mut object) = pool.try_acquire() else {
+                        refusals.fetch_add(1, Ordering::AcqRel);
+                        std::thread::yield_now();
+                        continue;
+                    };
+                    object.hold();
+                    held_at_once.fetch_add(1, Ordering::AcqRel);
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                    while held_at_once.load(Ordering::Acquire) < 4
+                        || refusals.load(Ordering::Acquire) == 0
+                    {
+                        assert!(
+                            std::time::Instant::now() < deadline,
+                            "four holders and a refusal never met"
+                        );
+                        std::thread::yield_now();
+                    }
+                    filled.store(true, Ordering::Release);
+                    object.let_go();
+                    mine += 1;
+                }
                 for _ in 0..ROUNDS {
                     // Eight threads, four objects: exhaustion is expected.
                     if let Some(mut object) = pool.try_acquire() {
@@ -484,10 +513,11 @@ fn contention_never_lends_an_object_twice() {
             });
         }
     });
-    // Objects are made only as threads overlap; the scheduler decides how
-    // often, so anywhere from one to the bound of four.
+    // The four holders made the pool grow to its bound, and it refused
+    // while they held.
     let capacity = pool.capacity();
-    assert!((1..=4).contains(&capacity), "capacity {capacity}");
+    assert_eq!(capacity, 4);
+    assert!(refusals.into_inner() > 0);
     assert_eq!((pool.available(), pool.in_use()), (capacity, 0));
     let objects: Vec<_> = (0..capacity).map(|_| pool.acquire().unwrap()).collect();
     let uses: u64 = objects.iter().map(|o| o.uses).sum();

@@ -274,7 +274,7 @@ mod loom_models {
     /// The same model without the tag must fail: evidence that the model
     /// reaches the ABA schedule at all.
     #[test]
-    #[should_panic]
+    #[should_panic(expected = "popped twice while held")]
     fn untagged_stack_falls_to_aba() {
         aba_race(|word| UntaggedHead(LoomU64::new(word)));
     }
