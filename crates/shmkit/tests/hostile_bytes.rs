@@ -116,18 +116,18 @@ fn lock_timed_out<T>(result: &shmkit::Result<T>) -> bool {
 }
 
 /// Everything a process might do with what it attached; errors are fine.
-/// Returns false when a lock timed out.
-fn exercise(heap: &AnyAllocator, live: &[u64], stray: &[u64]) -> bool {
+/// Returns how many fresh blocks it got, or `None` when a lock timed out.
+fn exercise(heap: &AnyAllocator, live: &[u64], stray: &[u64]) -> Option<usize> {
     if lock_timed_out(&heap.check()) {
-        return false;
+        return None;
     }
     let _ = heap.stats();
     let mut regions = 0u64;
     if lock_timed_out(&heap.regions(&mut |_| regions += 1)) {
-        return false;
+        return None;
     }
     let Some(alloc) = heap.as_shm_allocator() else {
-        return true;
+        return Some(0);
     };
     let ctx = MemContext::default();
     for &offset in live.iter().chain(stray) {
@@ -138,17 +138,17 @@ fn exercise(heap: &AnyAllocator, live: &[u64], stray: &[u64]) -> bool {
     for size in [8usize, 64, 300, 2048, 5000] {
         match alloc.allocate_offset(&ctx, size, 8) {
             Ok(offset) => fresh.push(offset),
-            Err(Error::LockTimeout { .. }) => return false,
+            Err(Error::LockTimeout { .. }) => return None,
             Err(_) => {}
         }
     }
     for &offset in live.iter().chain(stray).chain(&fresh) {
         // SAFETY: nothing uses the block after it is freed.
         if lock_timed_out(&unsafe { alloc.free_offset(&ctx, offset) }) {
-            return false;
+            return None;
         }
     }
-    !lock_timed_out(&alloc.check())
+    (!lock_timed_out(&alloc.check())).then_some(fresh.len())
 }
 
 fn kinds() -> impl Strategy<Value = AllocatorKind> {
@@ -190,7 +190,10 @@ fn flipped_bytes_give_errors_never_crashes() {
         prop::collection::vec((0.0f64..1.0, 1u8..=255), 1..12),
         prop::collection::vec(any::<u64>(), 0..6),
     );
-    let attached = AtomicU64::new(0);
+    // Per target (header, state, anywhere): segments attached, and those
+    // on which the exercise then got fresh blocks.
+    let attached: [AtomicU64; 3] = Default::default();
+    let allocated_in: [AtomicU64; 3] = Default::default();
     let timed_out = AtomicU64::new(0);
     let ran = AtomicU64::new(0);
     runner()
@@ -212,9 +215,15 @@ fn flipped_bytes_give_errors_never_crashes() {
             drop(heap);
             // A second process's view: attach whatever is there now.
             if let Ok(heap) = AnyAllocator::attach(&options) {
-                attached.fetch_add(1, Ordering::Relaxed);
-                if !exercise(&heap, &live, &stray) {
-                    timed_out.fetch_add(1, Ordering::Relaxed);
+                attached[target as usize].fetch_add(1, Ordering::Relaxed);
+                match exercise(&heap, &live, &stray) {
+                    None => {
+                        timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(0) => {}
+                    Some(_) => {
+                        allocated_in[target as usize].fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             }
             ran.fetch_add(1, Ordering::Relaxed);
@@ -222,13 +231,25 @@ fn flipped_bytes_give_errors_never_crashes() {
             Ok(())
         })
         .unwrap();
-    let (ran, attached) = (ran.into_inner(), attached.into_inner());
+    let ran = ran.into_inner();
+    let attached = attached.map(AtomicU64::into_inner);
+    let allocated_in = allocated_in.map(AtomicU64::into_inner);
     eprintln!(
-        "hostile bytes: {ran} corrupted segments, {attached} of them attached and exercised, \
-         {} stopped by a lock timeout",
+        "hostile bytes: {ran} corrupted segments; attached (header, state, anywhere): \
+         {attached:?}, of which fresh blocks came from {allocated_in:?}; {} stopped by a lock \
+         timeout",
         timed_out.into_inner()
     );
     assert_eq!(ran, u64::from(cases()));
+    // The point is what a corrupted segment does once attached: segments
+    // with damaged allocator state or data must have been attached and
+    // allocated from, not only refused at the door.
+    for (target, what) in [(Target::State, "state"), (Target::Anywhere, "anywhere")] {
+        assert!(
+            allocated_in[target as usize] > 0,
+            "no segment with bytes flipped in the {what} range was attached and allocated from"
+        );
+    }
 }
 
 #[test]

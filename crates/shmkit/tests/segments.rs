@@ -241,11 +241,14 @@ fn named_roots_let_processes_meet() {
 #[test]
 fn racing_root_publishers_agree_on_one_winner() {
     let segment = Segment::create(&SegmentOptions::private().size(1 << 20)).unwrap();
+    // All four publish at once, so the claim really races.
+    let start = std::sync::Barrier::new(4);
     let wins = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4u64)
             .map(|i| {
-                let segment = &segment;
+                let (segment, start) = (&segment, &start);
                 scope.spawn(move || {
+                    start.wait();
                     segment
                         .set_root("leader", Offset::<u8>::from_raw(4096 + i))
                         .is_ok()

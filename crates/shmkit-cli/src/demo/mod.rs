@@ -344,3 +344,49 @@ fn print_table(reports: &[WorkerReport], overlapping: &[u64]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(ranges: &[(u64, u64)]) -> WorkerReport {
+        WorkerReport {
+            pid: 1,
+            blocks: ranges.len() as u64,
+            bytes: ranges.iter().map(|&(_, len)| len).sum(),
+            elapsed: Duration::ZERO,
+            damaged: 0,
+            ranges: ranges.to_vec(),
+        }
+    }
+
+    #[test]
+    fn blocks_that_touch_but_do_not_share_a_byte_do_not_overlap() {
+        let reports = [report(&[(0, 64), (128, 64)]), report(&[(64, 64), (192, 8)])];
+        assert_eq!(count_overlaps(&reports), [0, 0]);
+    }
+
+    #[test]
+    fn a_byte_shared_by_two_workers_flags_both_blocks() {
+        let reports = [report(&[(0, 64), (1000, 8)]), report(&[(63, 8)])];
+        assert_eq!(count_overlaps(&reports), [1, 1]);
+    }
+
+    #[test]
+    fn a_block_inside_a_long_one_is_caught_past_a_short_neighbour() {
+        // The long block reaches past the short one that starts after it:
+        // the sweep keeps the furthest end, not the last block's.
+        let reports = [
+            report(&[(0, 4096)]),
+            report(&[(100, 8)]),
+            report(&[(2000, 16), (5000, 16)]),
+        ];
+        assert_eq!(count_overlaps(&reports), [1, 1, 1]);
+    }
+
+    #[test]
+    fn one_workers_own_blocks_that_overlap_are_counted() {
+        let reports = [report(&[(0, 32), (16, 32), (64, 8)])];
+        assert_eq!(count_overlaps(&reports), [2]);
+    }
+}
