@@ -95,6 +95,64 @@ fn every_allocator_runs_every_workload_it_supports() {
     }
     assert_eq!(report["settings"]["bulk_blocks"], 3000);
     assert!(report["notes"].as_array().unwrap().is_empty(), "{report}");
+    every_row_ran_as_its_table_says(&report);
+}
+
+/// Each row's census (what its workers reported about themselves) matches
+/// the row's words: one worker in this process, two threads of it, or two
+/// other processes; 64-byte blocks for pair64 and bulk, 16 B to 4 KiB in
+/// churn; and at least the operations the rounds asked for.
+fn every_row_ran_as_its_table_says(report: &Value) {
+    let bench_pid = report["settings"]["bench_pid"].as_u64().unwrap();
+    for row in report["rows"].as_array().unwrap() {
+        let census = row["census"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no census: {row}"));
+        let pids: BTreeSet<u64> = census.iter().map(|w| w["pid"].as_u64().unwrap()).collect();
+        let threads: BTreeSet<u64> = census
+            .iter()
+            .map(|w| w["thread"].as_u64().unwrap())
+            .collect();
+        match row["mode"].as_str().unwrap() {
+            "1t" => {
+                assert_eq!(census.len(), 1, "{row}");
+                assert_eq!(pids, BTreeSet::from([bench_pid]), "{row}");
+            }
+            "2t" => {
+                assert_eq!(census.len(), 2, "{row}");
+                assert_eq!(pids, BTreeSet::from([bench_pid]), "{row}");
+                assert_eq!(threads.len(), 2, "two threads: {row}");
+            }
+            "2p" => {
+                assert_eq!(census.len(), 2, "{row}");
+                assert_eq!(pids.len(), 2, "two processes: {row}");
+                assert!(
+                    !pids.contains(&bench_pid),
+                    "workers, not the bench itself: {row}"
+                );
+            }
+            other => panic!("unknown mode {other}"),
+        }
+        let rounds = row["samples"].as_array().unwrap().len() as u64;
+        let asked = rounds * row["ops_per_round"].as_u64().unwrap();
+        for worker in census {
+            let allocations = worker["allocations"].as_u64().unwrap();
+            let bytes = worker["bytes"].as_u64().unwrap();
+            assert!(
+                allocations >= asked,
+                "fewer allocations than rounds asked: {row}"
+            );
+            match row["workload"].as_str().unwrap() {
+                "pair64" | "bulk" => assert_eq!(bytes, 64 * allocations, "{row}"),
+                "churn" => {
+                    let mean = bytes / allocations;
+                    assert!((16..=4096).contains(&mean), "churn mean {mean} B: {row}");
+                    assert_ne!(bytes, 64 * allocations, "churn varies its sizes: {row}");
+                }
+                other => panic!("unknown workload {other}"),
+            }
+        }
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use super::subject::{Instance, Subject, WithWorkers};
-use super::workload::{Discipline, Mode, Runner, Worker, Workload};
+use super::workload::{Census, Discipline, Mode, Runner, Worker, Workload};
 
 /// How long and how often to measure.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,8 @@ pub struct Measurement {
     pub samples: Vec<f64>,
     /// Operations per worker in each timed round.
     pub ops_per_round: u64,
+    /// Each worker: where it ran and what it asked for, over every round.
+    pub workers: Vec<Census>,
 }
 
 /// Operations of the first calibration round.
@@ -80,6 +82,7 @@ pub fn measure(
         ns_per_op: median(&samples),
         samples,
         ops_per_round: ops,
+        workers: Vec::new(),
     })
 }
 
@@ -133,11 +136,12 @@ impl WithWorkers for OneThread<'_> {
     fn run<W: Worker, F: Fn() -> W + Sync>(self, make: F) -> Self::Output {
         let cell = self.0;
         let mut runner = Runner::new(make(), cell.workload, cell.discipline, seed(0))?;
-        let measurement = measure(cell.plan, cell.workload, 1, &mut |ops| {
+        let mut measurement = measure(cell.plan, cell.workload, 1, &mut |ops| {
             let elapsed = runner.round(ops)?;
             cell.instance.after_round();
             Ok(elapsed)
         })?;
+        measurement.workers.push(runner.census());
         runner.finish()?;
         Ok(measurement)
     }
@@ -159,9 +163,11 @@ impl WithWorkers for TwoThreads<'_> {
         let fail = |message: String| {
             failure.lock().unwrap().get_or_insert(message);
         };
+        let census: Mutex<Vec<Census>> = Mutex::new(Vec::new());
         let measured = std::thread::scope(|scope| {
             for worker in 0..THREADS {
                 let (ops, start, end, fail, make) = (&ops, &start, &end, &fail, &make);
+                let census = &census;
                 scope.spawn(move || {
                     let mut runner =
                         Runner::new(make(), cell.workload, cell.discipline, seed(worker))
@@ -184,6 +190,7 @@ impl WithWorkers for TwoThreads<'_> {
                         end.wait();
                     }
                     if let Some(r) = runner {
+                        census.lock().unwrap().push(r.census());
                         r.finish().map_err(fail).ok();
                     }
                 });
@@ -207,7 +214,9 @@ impl WithWorkers for TwoThreads<'_> {
         if let Some(message) = failure.into_inner().unwrap() {
             return Err(message);
         }
-        measured
+        let mut measured = measured?;
+        measured.workers = census.into_inner().unwrap();
+        Ok(measured)
     }
 }
 
@@ -278,14 +287,17 @@ impl WorkerProcess {
         }
     }
 
-    fn finish(mut self) -> Result<(), String> {
+    /// Ends the worker; returns its census.
+    fn finish(mut self) -> Result<Census, String> {
         self.send("quit")?;
-        self.expect("finished")?;
+        let words = self.expect("finished")?;
+        let census = Census::from_words(&words)
+            .ok_or_else(|| format!("worker process ended with `finished {words}`"))?;
         let status = self.child.wait().map_err(|e| e.to_string())?;
         if !status.success() {
             return Err(format!("worker process exited with {status}"));
         }
-        Ok(())
+        Ok(census)
     }
 }
 
@@ -303,7 +315,7 @@ fn two_processes(subject: Subject, segment: &str, cell: Cell<'_>) -> Result<Meas
     let mut workers = (0..2)
         .map(|id| WorkerProcess::spawn(subject, segment, cell.workload, id))
         .collect::<Result<Vec<_>, String>>()?;
-    let measured = measure(cell.plan, cell.workload, 2, &mut |ops| {
+    let mut measured = measure(cell.plan, cell.workload, 2, &mut |ops| {
         let command = format!("run {ops}");
         let began = Instant::now();
         for worker in workers.iter_mut() {
@@ -317,13 +329,14 @@ fn two_processes(subject: Subject, segment: &str, cell: Cell<'_>) -> Result<Meas
         Ok(elapsed)
     })?;
     for worker in workers {
-        worker.finish()?;
+        measured.workers.push(worker.finish()?);
     }
     Ok(measured)
 }
 
 /// The worker side of [`two_processes`]: answers `run N` with `done NANOS`
-/// and `quit` with `finished`; any failure with `error MESSAGE`.
+/// and `quit` with `finished CENSUS` ([`Census::to_words`]); any failure
+/// with `error MESSAGE`.
 pub struct ProcessWorker {
     pub workload: Workload,
     pub discipline: Discipline,
@@ -359,8 +372,9 @@ impl WithWorkers for ProcessWorker {
                 Err(e) => return reply(format!("error {e}")).and(Err(e)),
             }
         }
+        let census = runner.census();
         match runner.finish() {
-            Ok(_) => reply("finished".into()),
+            Ok(_) => reply(format!("finished {}", census.to_words())),
             Err(e) => reply(format!("error {e}")).and(Err(e)),
         }
     }

@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use super::driver::{Measurement, Plan};
 use super::subject::REFERENCE;
-use super::workload::{Mode, Workload};
+use super::workload::{Census, Mode, Workload};
 
 /// One measurement of one allocator, or why it failed.
 #[derive(Debug)]
@@ -43,6 +43,23 @@ impl Row {
                     .map(|s| s.iter().filter_map(|v| v.as_f64()).collect())
                     .unwrap_or_default(),
                 ops_per_round: value["ops_per_round"].as_u64().unwrap_or(0),
+                // Rows of peers' harnesses carry none.
+                workers: value["census"]
+                    .as_array()
+                    .map(|workers| {
+                        workers
+                            .iter()
+                            .filter_map(|w| {
+                                Some(Census {
+                                    pid: u32::try_from(w["pid"].as_u64()?).ok()?,
+                                    thread: u32::try_from(w["thread"].as_u64()?).ok()?,
+                                    allocations: w["allocations"].as_u64()?,
+                                    bytes: w["bytes"].as_u64()?,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }),
         };
         Ok(Row {
@@ -217,6 +234,20 @@ impl Report {
                         value["ratio_to_system"] = json!(self.ratio(row));
                         value["samples"] = json!(m.samples);
                         value["ops_per_round"] = json!(m.ops_per_round);
+                        if !m.workers.is_empty() {
+                            value["census"] = m
+                                .workers
+                                .iter()
+                                .map(|w| {
+                                    json!({
+                                        "pid": w.pid,
+                                        "thread": w.thread,
+                                        "allocations": w.allocations,
+                                        "bytes": w.bytes,
+                                    })
+                                })
+                                .collect();
+                        }
                     }
                     Err(e) => value["error"] = json!(e),
                 }
@@ -232,6 +263,7 @@ impl Report {
                 "samples": self.plan.samples,
                 "round_ms": self.plan.round_time.as_millis() as u64,
                 "bulk_blocks": self.plan.bulk_blocks,
+                "bench_pid": std::process::id(),
             },
             "allocators": self.allocators(),
             "unit": "ns per operation: one allocate and its free (pair64, churn step, bulk block); with 2 workers, wall time over both workers' operations",
@@ -309,6 +341,7 @@ mod tests {
                 ns_per_op: ns,
                 samples: vec![ns],
                 ops_per_round: 1,
+                workers: Vec::new(),
             }),
         }
     }

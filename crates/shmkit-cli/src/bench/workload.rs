@@ -145,6 +145,47 @@ pub struct Runner<W: Worker> {
     rng: u64,
     live: Vec<(NonZeroUsize, usize)>,
     bulk: Vec<NonZeroUsize>,
+    allocations: u64,
+    bytes: u64,
+}
+
+/// Who ran a workload and what it asked for: the process and thread, the
+/// allocations it made and the bytes it asked for in them (summed from the
+/// very sizes handed to the allocator), so a report can show that a row
+/// ran with the workers and block sizes its table names.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Census {
+    pub pid: u32,
+    pub thread: u32,
+    pub allocations: u64,
+    pub bytes: u64,
+}
+
+impl Census {
+    /// As a worker process reports it: `PID THREAD ALLOCATIONS BYTES`.
+    pub fn to_words(self) -> String {
+        format!(
+            "{} {} {} {}",
+            self.pid, self.thread, self.allocations, self.bytes
+        )
+    }
+
+    pub fn from_words(words: &str) -> Option<Census> {
+        let mut numbers = words.split_whitespace().map(str::parse::<u64>);
+        let mut next = || numbers.next()?.ok();
+        Some(Census {
+            pid: u32::try_from(next()?).ok()?,
+            thread: u32::try_from(next()?).ok()?,
+            allocations: next()?,
+            bytes: next()?,
+        })
+    }
+}
+
+/// The calling thread's kernel id.
+fn current_thread() -> u32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
 impl<W: Worker> Runner<W> {
@@ -157,6 +198,7 @@ impl<W: Worker> Runner<W> {
     ) -> Result<Self, String> {
         let mut rng = seed | 1;
         let mut live = Vec::new();
+        let mut bytes = 0;
         if workload == Workload::Churn {
             live.reserve(CHURN_LIVE);
             for _ in 0..CHURN_LIVE {
@@ -165,6 +207,7 @@ impl<W: Worker> Runner<W> {
                     .alloc(size)
                     .ok_or("out of memory building the churn set")?;
                 live.push((token, size));
+                bytes += size as u64;
             }
         }
         Ok(Runner {
@@ -172,9 +215,21 @@ impl<W: Worker> Runner<W> {
             workload,
             discipline,
             rng,
+            allocations: live.len() as u64,
+            bytes,
             live,
             bulk: Vec::new(),
         })
+    }
+
+    /// What this runner asked for so far, seen from the calling thread.
+    pub fn census(&self) -> Census {
+        Census {
+            pid: std::process::id(),
+            thread: current_thread(),
+            allocations: self.allocations,
+            bytes: self.bytes,
+        }
     }
 
     /// Runs `ops` operations (pairs, churn steps or bulk blocks) and
@@ -190,12 +245,17 @@ impl<W: Worker> Runner<W> {
     }
 
     fn pair64(&mut self, ops: u64) -> Result<(), String> {
+        let mut bytes = 0;
         for _ in 0..ops {
-            let token = self.worker.alloc(black_box(64)).ok_or(OUT_OF_MEMORY)?;
-            if !self.worker.free(black_box(token), 64) {
+            let size = black_box(64);
+            let token = self.worker.alloc(size).ok_or(OUT_OF_MEMORY)?;
+            bytes += size as u64;
+            if !self.worker.free(black_box(token), size) {
                 return Err(REFUSED.into());
             }
         }
+        self.allocations += ops;
+        self.bytes += bytes;
         Ok(())
     }
 
@@ -209,16 +269,23 @@ impl<W: Worker> Runner<W> {
             let size = churn_size(&mut self.rng);
             let token = self.worker.alloc(size).ok_or(OUT_OF_MEMORY)?;
             self.live[slot] = (token, size);
+            self.bytes += size as u64;
         }
+        self.allocations += ops;
         Ok(())
     }
 
     fn bulk(&mut self, blocks: u64) -> Result<(), String> {
         self.bulk.reserve(blocks as usize);
+        let mut bytes = 0;
         for _ in 0..blocks {
-            let token = self.worker.alloc(64).ok_or(OUT_OF_MEMORY)?;
+            let size = black_box(64);
+            let token = self.worker.alloc(size).ok_or(OUT_OF_MEMORY)?;
+            bytes += size as u64;
             self.bulk.push(token);
         }
+        self.allocations += blocks;
+        self.bytes += bytes;
         let refused = match self.discipline {
             Discipline::AnyOrder => self.bulk.drain(..).any(|t| !self.worker.free(t, 64)),
             Discipline::Lifo => self.bulk.drain(..).rev().any(|t| !self.worker.free(t, 64)),
