@@ -70,10 +70,7 @@ fn workers_fill_the_segment_without_overlap() {
     let blocks: u64 = rows.iter().map(|r| r[2].parse::<u64>().unwrap()).sum();
     // 4 MiB of blocks averaging ~520 B: thousands, not a handful.
     assert!(blocks > 4000, "only {blocks} blocks: {stdout}");
-    let percent = stdout
-        .split('(')
-        .find_map(|part| part.split("%)").next()?.parse::<f64>().ok())
-        .expect("a fill percentage");
+    let percent = fill_percent(&stdout);
     assert!(percent > 95.0, "segment only {percent}% full: {stdout}");
 }
 
@@ -95,9 +92,10 @@ fn the_demo_refuses_an_existing_name_and_leaves_it_alone() {
     assert_eq!(kept.unwrap(), b"someone else's");
 }
 
-#[test]
-fn ctrl_c_stops_the_workers_and_removes_the_segment() {
-    let name = unique("sigint");
+/// Starts a demo on a large segment, waits for the stdout line that starts
+/// with `at`, sends `signal`, and returns the exit code and the stderr.
+fn signal_demo(tag: &str, at: &str, signal: i32) -> (Option<i32>, String, String) {
+    let name = unique(tag);
     let mut child = shmkit()
         .args(["demo", "--workers", "2", "--size", "1GiB", "--name", &name])
         .stdout(Stdio::piped())
@@ -105,19 +103,101 @@ fn ctrl_c_stops_the_workers_and_removes_the_segment() {
         .spawn()
         .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut banner = String::new();
-    stdout.read_line(&mut banner).unwrap();
-    assert!(banner.starts_with("shmkit demo:"), "{banner}");
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the demo ended before `{at}`: {seen}"
+        );
+        seen.push_str(&line);
+        if line.starts_with(at) {
+            break;
+        }
+    }
     // SAFETY: plain signal to our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.code(),
-        Some(130),
-        "expected the interrupted exit code"
-    );
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let output = child.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    seen.push_str(&rest);
     assert!(
         !Path::new(&format!("/dev/shm/{name}")).exists(),
         "segment left behind"
     );
+    (
+        output.status.code(),
+        seen,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ctrl_c_stops_the_workers_and_removes_the_segment() {
+    let (code, _, stderr) = signal_demo("sigint", "shmkit demo:", libc::SIGINT);
+    assert_eq!(
+        code,
+        Some(130),
+        "expected the interrupted exit code: {stderr}"
+    );
+    assert!(stderr.contains("interrupted (SIGINT)"), "{stderr}");
+}
+
+#[test]
+fn sigterm_and_sighup_clean_up_as_ctrl_c_does() {
+    let (code, _, stderr) = signal_demo("sigterm", "shmkit demo:", libc::SIGTERM);
+    assert_eq!(code, Some(143), "{stderr}");
+    assert!(stderr.contains("terminated (SIGTERM)"), "{stderr}");
+    let (code, _, stderr) = signal_demo("sighup", "shmkit demo:", libc::SIGHUP);
+    assert_eq!(code, Some(129), "{stderr}");
+    assert!(stderr.contains("hung up (SIGHUP)"), "{stderr}");
+}
+
+#[test]
+fn an_interrupt_while_the_parent_verifies_stops_it() {
+    let (code, stdout, stderr) = signal_demo("sigint-verify", "workers done;", libc::SIGINT);
+    assert_eq!(code, Some(130), "{stdout}\n{stderr}");
+    assert!(
+        !stdout.contains("checked "),
+        "the verification ran to its end: {stdout}"
+    );
+}
+
+#[test]
+fn a_size_below_the_smallest_segment_is_raised_and_said() {
+    let name = unique("tiny");
+    // 7000 bytes: room for the header, not whole pages.
+    let (stdout, _) = run_demo(&["--workers", "2", "--size", "7000"], &name);
+    assert!(
+        stdout.contains("note: --size 6.8 KiB raised to 8.0 KiB"),
+        "{stdout}"
+    );
+    let percent = fill_percent(&stdout);
+    assert!((0.0..=100.0).contains(&percent), "{stdout}");
+    assert!(stdout.contains("time: segment created in "), "{stdout}");
+}
+
+/// The fill percentage of the demo's summary line.
+fn fill_percent(stdout: &str) -> f64 {
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("segment: "))
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    summary
+        .split('(')
+        .nth(1)
+        .and_then(|rest| rest.split('%').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no percentage in `{summary}`"))
+}
+
+#[test]
+fn a_size_without_room_for_the_header_is_refused() {
+    let out = shmkit()
+        .args(["demo", "--size", "1K", "--name", &unique("no-room")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("smaller than its header"), "{stderr}");
 }

@@ -300,3 +300,203 @@ fn create_refuses_an_existing_name_and_rm_refuses_foreign_files() {
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(stderr(&missing).lines().count(), 1, "{}", stderr(&missing));
 }
+
+/// Runs `shmkit` as the unprivileged user `nobody`, when this test runs as
+/// root (else `None`: the permission cases need two users).
+fn as_nobody(args: &[&str]) -> Option<Output> {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the permission cases need root to run shmkit as `nobody`");
+        return None;
+    }
+    Some(
+        Command::new(env!("CARGO_BIN_EXE_shmkit"))
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn another_users_segments_are_listed_with_owner_and_marked_unreadable() {
+    let private = Name::new("ls-private");
+    let shared = Name::new("ls-readable");
+    create(&private, "1MiB", "free-list");
+    let out = shmkit(&[
+        "create", &shared.0, "-s", "1MiB", "-a", "pool", "--mode", "644",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let Some(out) = as_nobody(&["ls", "--json"]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = |name: &Name| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name.0.as_str())
+            .unwrap_or_else(|| panic!("{} not listed: {rows}", name.0))
+            .clone()
+    };
+    let private_row = row(&private);
+    assert_eq!(private_row["owner"], "root");
+    assert_eq!(private_row["mode"], "600");
+    assert_eq!(private_row["state"], "unreadable");
+    assert_eq!(private_row["file_size"].as_u64(), Some(1 << 20));
+    let shared_row = row(&shared);
+    assert_eq!(shared_row["state"], "read-only");
+    assert_eq!(shared_row["allocator"], "pool");
+    // The table says the same.
+    let out = as_nobody(&["ls"]).unwrap();
+    let text = stdout(&out);
+    let line = text.lines().find(|l| l.starts_with(&private.0)).unwrap();
+    assert!(
+        line.contains("root") && line.contains("rw-------") && line.ends_with("unreadable"),
+        "{line}"
+    );
+}
+
+#[test]
+fn stat_needs_read_access_only_and_rm_says_permission() {
+    let shared = Name::new("stat-readable");
+    let private = Name::new("rm-private");
+    let out = shmkit(&[
+        "create",
+        &shared.0,
+        "-s",
+        "1MiB",
+        "-a",
+        "size-class",
+        "-m",
+        "644",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    create(&private, "1MiB", "buddy");
+    let Some(out) = as_nobody(&["stat", &shared.0]) else {
+        return;
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("read-only") && text.contains("size-class"),
+        "{text}"
+    );
+    let out = as_nobody(&["stat", &shared.0, "--json"]).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["access"], "read-only");
+    assert_eq!(report["size"].as_u64(), Some(1 << 20));
+
+    let out = as_nobody(&["rm", &private.0]).unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !stderr(&out).contains("not a shmkit segment"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(Path::new(&private.path()).exists());
+}
+
+#[test]
+fn an_empty_file_is_not_called_a_segment_being_created() {
+    let empty = Name::new("empty");
+    std::fs::write(empty.path(), b"").unwrap();
+    for sub in ["stat", "check"] {
+        let out = shmkit(&[sub, &empty.0]);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert!(
+            stderr(&out).contains("not a shmkit segment (an empty file)"),
+            "{sub}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn create_and_rm_speak_json_and_help_lists_the_exit_codes() {
+    let name = Name::new("json");
+    let out = shmkit(&[
+        "create",
+        &name.0,
+        "-s",
+        "2MiB",
+        "-a",
+        "thread-local",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(created["created"], name.0.as_str());
+    assert_eq!(created["allocator"], "thread-local");
+    assert_eq!(created["size"].as_u64(), Some(2 << 20));
+    let out = shmkit(&["rm", &name.0, "-j"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(removed["removed"], name.0.as_str());
+    for help in [vec!["--help"], vec!["ls", "--help"], vec!["demo", "--help"]] {
+        let text = stdout(&shmkit(&help));
+        assert!(
+            text.contains("Exit codes:") && text.contains("143"),
+            "{help:?}: {text}"
+        );
+    }
+}
+
+#[test]
+fn long_names_keep_the_columns_straight() {
+    let long = Name(format!(
+        "shmkit-cli-a-rather-long-segment-name-for-columns-{}",
+        std::process::id()
+    ));
+    create(&long, "1MiB", "bump");
+    let short = Name::new("col");
+    create(&short, "1MiB", "bump");
+    let text = stdout(&shmkit(&["ls"]));
+    let header = text.lines().next().unwrap();
+    let column = header.find("OWNER").unwrap();
+    // Both rows have their owner right under OWNER, whatever their names'
+    // lengths.
+    let owners: Vec<&str> = [&long, &short]
+        .iter()
+        .map(|name| {
+            let line = text.lines().find(|l| l.starts_with(&name.0)).unwrap();
+            assert_eq!(line.as_bytes()[column - 1], b' ', "{text}");
+            line[column..].split_whitespace().next().unwrap()
+        })
+        .collect();
+    assert_eq!(owners[0], owners[1], "{text}");
+    assert!(!owners[0].is_empty() && owners[0] != "-", "{text}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let name = Name::new("pipe");
+    create(&name, "1MiB", "size-class");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmkit"))
+        .args(["stat", &name.0])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end at once, as `| head -0` would.
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    child.wait().unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

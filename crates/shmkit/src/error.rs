@@ -129,7 +129,11 @@ pub enum Error {
     },
 
     /// The allocator has no room for the request.
-    #[error("out of memory: requested {requested} bytes, {available} available")]
+    #[error(
+        "out of memory: asked for {}, {} available",
+        human_bytes(*requested),
+        human_bytes(*available)
+    )]
     OutOfMemory {
         /// Bytes requested (including alignment padding where known).
         requested: u64,
@@ -138,7 +142,7 @@ pub enum Error {
     },
 
     /// The backing store (for example a full `/dev/shm`) cannot hold the segment.
-    #[error("no space to back {requested} bytes of segment `{name}`")]
+    #[error("no space to back {} of segment `{name}`", human_bytes(*requested))]
     NoSpace {
         /// The name or path of the segment.
         name: String,
@@ -392,4 +396,20 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// A byte count as people read it in a message: `512 B`, `1.5 KiB`,
+/// `100.0 TiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
 }

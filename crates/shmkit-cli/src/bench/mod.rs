@@ -14,6 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::signals;
 use driver::{Plan, ProcessWorker};
 use report::{Report, Row};
 use subject::{Subject, REFERENCE, SUBJECTS};
@@ -161,6 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         print(&load_report(path)?, args);
         return Ok(ExitCode::SUCCESS);
     }
+    signals::catch_termination()?;
     let plan = Plan {
         samples: args.samples.unwrap_or(if args.quick { 3 } else { 5 }),
         round_time: Duration::from_millis(args.round_ms.unwrap_or(if args.quick {
@@ -208,6 +210,14 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         let segment = format!("shmkit-bench-{}-{}", std::process::id(), subject.name);
         let instance = subject.instantiate(&segment, segment_size(&plan));
         for (workload, mode) in cells(subject) {
+            // A signal ends the run between cells; dropping the instance
+            // removes its segment.
+            if let Some(signal) = signals::received() {
+                progress.finish_and_clear();
+                drop(instance);
+                eprintln!("shmkit: {}; benchmark stopped", signals::describe(signal));
+                return Ok(signals::exit_code(signal));
+            }
             progress.set_message(format!("{} {workload} {}", subject.name, mode.name()));
             let outcome = instance
                 .as_ref()

@@ -4,14 +4,15 @@ pub mod worker;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
 use shmkit::{BumpAllocator, LinearAlloc, Location, SegmentAllocator, SegmentOptions};
 
 use crate::remove_on_drop::RemoveOnDrop;
+use crate::signals;
 use crate::units::{format_bytes, format_rate, parse_size};
 
 /// Named root of the start barrier (an `AtomicU32` of arrived workers).
@@ -67,7 +68,41 @@ struct WorkerReport {
     ranges: Vec<(u64, u64)>,
 }
 
+/// Why the demo stopped before its end.
+enum Stopped {
+    /// SIGINT, SIGTERM or SIGHUP: clean up, exit 128 + the signal.
+    Signal(i32),
+    Failed(String),
+}
+
+impl From<String> for Stopped {
+    fn from(message: String) -> Self {
+        Stopped::Failed(message)
+    }
+}
+
+/// Stops at the first signal received.
+fn check_signals() -> Result<(), Stopped> {
+    match signals::received() {
+        Some(signal) => Err(Stopped::Signal(signal)),
+        None => Ok(()),
+    }
+}
+
+/// A progress bar on stderr when it is a terminal (hidden otherwise).
+fn progress(len: u64, message: &'static str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>10} [{bar:30}] {percent:>3}% {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
+}
+
 pub fn run(args: &DemoArgs) -> Result<ExitCode, String> {
+    signals::catch_termination()?;
     let workers = args.workers.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -82,20 +117,38 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, String> {
         .clone()
         .unwrap_or_else(|| format!("shmkit-demo-{}", std::process::id()));
 
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = interrupted.clone();
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .map_err(|e| format!("installing the Ctrl-C handler: {e}"))?;
-    }
-
+    let created_at = Instant::now();
     let options = SegmentOptions::shm(&name).size(args.size);
     let bump = BumpAllocator::create(&options).map_err(|e| e.to_string())?;
     let _remove = RemoveOnDrop(Location::Shm(name.clone()));
+    let created = created_at.elapsed();
+    match demo(args, workers, &name, &bump, created) {
+        Ok(code) => Ok(code),
+        Err(Stopped::Signal(signal)) => {
+            eprintln!(
+                "shmkit: {}; workers stopped, removing /{name}",
+                signals::describe(signal)
+            );
+            Ok(signals::exit_code(signal))
+        }
+        Err(Stopped::Failed(message)) => Err(message),
+    }
+}
+
+/// The demo on a created segment (removed by the caller whatever happens).
+fn demo(
+    args: &DemoArgs,
+    workers: u32,
+    name: &str,
+    bump: &BumpAllocator,
+    created: Duration,
+) -> Result<ExitCode, Stopped> {
     bump.make_handle(AtomicU32::new(0))
         .and_then(|barrier| bump.segment().set_root(ARRIVED_ROOT, barrier))
         .map_err(|e| e.to_string())?;
     let start_used = bump.used();
+    // What the workers may fill: the data area less the demo's own barrier.
+    let room = bump.capacity().saturating_sub(start_used);
 
     println!(
         "shmkit demo: {workers} worker processes share POSIX shared memory `/{name}` \
@@ -103,39 +156,56 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, String> {
         format_bytes(bump.segment().size()),
         bump.segment().allocator_kind()
     );
+    if bump.segment().size() > args.size {
+        println!(
+            "note: --size {} raised to {} (a segment is whole pages); the workers have {} to \
+             fill",
+            format_bytes(args.size),
+            format_bytes(bump.segment().size()),
+            format_bytes(room)
+        );
+    }
+    check_signals()?;
     let started = Instant::now();
-    let children = spawn_workers(&name, workers, args.blocks)?;
-    let reports = match collect(children, &interrupted) {
-        Ok(reports) => reports,
-        Err(Collect::Interrupted) => {
-            eprintln!("shmkit: interrupted; workers stopped, removing /{name}");
-            return Ok(ExitCode::from(130));
-        }
-        Err(Collect::Failed(message)) => return Err(message),
-    };
-    let wall = started.elapsed();
-
-    let overlapping = count_overlaps(&reports);
-    let damaged_seen_by_parent = verify_from_parent(&bump, &reports)?;
-    print_table(&reports, &overlapping);
+    let children = spawn_workers(name, workers, args.blocks)?;
+    let reports = collect(children, bump, room, start_used)?;
+    let ran = started.elapsed();
 
     let blocks: u64 = reports.iter().map(|r| r.blocks).sum();
+    println!("workers done; verifying {blocks} blocks from the parent's own mapping");
+    let verifying = Instant::now();
+    let overlapping = count_overlaps(&reports);
+    let damaged_seen_by_parent = verify_from_parent(bump, &reports)?;
+    let verified = verifying.elapsed();
+    check_signals()?;
+    print_table(&reports, &overlapping);
+
     let bytes: u64 = reports.iter().map(|r| r.bytes).sum();
     let total_overlapping: u64 = overlapping.iter().sum();
     let damaged: u64 = reports.iter().map(|r| r.damaged).sum::<u64>() + damaged_seen_by_parent;
     let used = bump.used() - start_used;
+    let slowest = reports.iter().map(|r| r.elapsed).max().unwrap_or_default();
     println!();
     println!(
-        "segment: {} used of {} capacity ({:.1}%), {} in {blocks} blocks, wall time {:.1} ms",
+        "segment: {} used of the {} the workers could fill ({:.1}%; {} asked for in {blocks} \
+         blocks, the rest is alignment)",
         format_bytes(used),
-        format_bytes(bump.capacity()),
-        100.0 * bump.used() as f64 / bump.capacity().max(1) as f64,
+        format_bytes(room),
+        100.0 * used as f64 / room.max(1) as f64,
         format_bytes(bytes),
-        wall.as_secs_f64() * 1e3
     );
     println!(
         "checked {blocks} blocks from the parent's own mapping: {total_overlapping} overlapping, \
          {damaged} with foreign bytes"
+    );
+    println!(
+        "time: segment created in {:.1} ms; workers {:.1} ms (slowest allocating {:.1} ms, the \
+         rest starting {workers} processes and reporting {blocks} blocks); parent's \
+         verification {:.1} ms",
+        ms(created),
+        ms(ran),
+        ms(slowest),
+        ms(verified)
     );
     println!("removing /{name}");
     if total_overlapping > 0 || damaged > 0 {
@@ -143,6 +213,10 @@ pub fn run(args: &DemoArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
 
 fn spawn_workers(name: &str, workers: u32, blocks: Option<usize>) -> Result<Vec<Child>, String> {
@@ -175,17 +249,15 @@ fn kill_all(children: &mut [Child]) {
     }
 }
 
-enum Collect {
-    Interrupted,
-    Failed(String),
-}
-
 /// Reads every worker's report (each on its own thread, so no pipe fills up)
-/// while watching for Ctrl-C and for workers that fail.
+/// while watching for signals and for workers that fail; shows the
+/// segment filling on a terminal.
 fn collect(
     mut children: Vec<Child>,
-    interrupted: &AtomicBool,
-) -> Result<Vec<WorkerReport>, Collect> {
+    bump: &BumpAllocator,
+    room: u64,
+    start_used: u64,
+) -> Result<Vec<WorkerReport>, Stopped> {
     let readers: Vec<_> = children
         .iter_mut()
         .map(|child| {
@@ -193,38 +265,42 @@ fn collect(
             std::thread::spawn(move || stdout.map(parse_report))
         })
         .collect();
+    let filling = progress(room, "allocating");
     let mut exited = vec![false; children.len()];
     while exited.iter().any(|done| !done) {
-        if interrupted.load(Ordering::SeqCst) {
+        if let Err(stop) = check_signals() {
+            filling.finish_and_clear();
             kill_all(&mut children);
-            return Err(Collect::Interrupted);
+            return Err(stop);
         }
+        filling.set_position(bump.used().saturating_sub(start_used));
         for (id, child) in children.iter_mut().enumerate() {
             if exited[id] {
                 continue;
             }
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => exited[id] = true,
-                Ok(Some(status)) => {
-                    kill_all(&mut children);
-                    return Err(Collect::Failed(format!("worker {id} failed ({status})")));
+            let failed = match child.try_wait() {
+                Ok(Some(status)) if status.success() => {
+                    exited[id] = true;
+                    continue;
                 }
-                Ok(None) => {}
-                Err(err) => {
-                    kill_all(&mut children);
-                    return Err(Collect::Failed(format!("waiting for worker {id}: {err}")));
-                }
-            }
+                Ok(Some(status)) => format!("worker {id} failed ({status})"),
+                Ok(None) => continue,
+                Err(err) => format!("waiting for worker {id}: {err}"),
+            };
+            filling.finish_and_clear();
+            kill_all(&mut children);
+            return Err(Stopped::Failed(failed));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    filling.finish_and_clear();
     readers
         .into_iter()
         .enumerate()
         .map(|(id, reader)| match reader.join() {
             Ok(Some(Ok(report))) => Ok(report),
-            Ok(Some(Err(err))) => Err(Collect::Failed(format!("worker {id}: {err}"))),
-            _ => Err(Collect::Failed(format!("worker {id} sent no report"))),
+            Ok(Some(Err(err))) => Err(Stopped::Failed(format!("worker {id}: {err}"))),
+            _ => Err(Stopped::Failed(format!("worker {id} sent no report"))),
         })
         .collect()
 }
@@ -302,11 +378,20 @@ fn count_overlaps(reports: &[WorkerReport]) -> Vec<u64> {
 }
 
 /// Re-reads every block through the parent's mapping (another address than
-/// any worker's): each must still hold its writer's tag.
-fn verify_from_parent(bump: &BumpAllocator, reports: &[WorkerReport]) -> Result<u64, String> {
+/// any worker's): each must still hold its writer's tag. Stops at a signal.
+fn verify_from_parent(bump: &BumpAllocator, reports: &[WorkerReport]) -> Result<u64, Stopped> {
+    let blocks: u64 = reports.iter().map(|r| r.blocks).sum();
+    let checking = progress(blocks, "verifying");
     let mut damaged = 0;
     for (worker, report) in reports.iter().enumerate() {
         for (seq, &(offset, len)) in report.ranges.iter().enumerate() {
+            if seq % 4096 == 0 {
+                checking.inc(4096.min(report.ranges.len() - seq) as u64);
+                if let Err(stop) = check_signals() {
+                    checking.finish_and_clear();
+                    return Err(stop);
+                }
+            }
             let ptr = bump
                 .segment()
                 .resolve_array(shmkit::Offset::<u8>::from_raw(offset), len)
@@ -321,6 +406,7 @@ fn verify_from_parent(bump: &BumpAllocator, reports: &[WorkerReport]) -> Result<
             }
         }
     }
+    checking.finish_and_clear();
     Ok(damaged)
 }
 
