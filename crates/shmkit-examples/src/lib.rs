@@ -1,6 +1,11 @@
 //! What the producer and consumer examples share: the segment, the queue
 //! and the message they agree on, and the robust pattern around them.
 //!
+//! ```sh
+//! cargo run --release -p shmkit-examples --bin consumer &   # either order works
+//! cargo run --release -p shmkit-examples --bin producer -- --count 100000 --size 256
+//! ```
+//!
 //! Either side may die at any moment (SIGKILL included), so:
 //!
 //! - each side records its pid in the segment's [`Session`], and waits
@@ -11,9 +16,11 @@
 //!   arrives, is a previous run's leftover (its processes died before
 //!   removing the name) and may still hold that run's messages:
 //!   [`open_segment`] removes it (if the name still names it) and starts a
-//!   fresh one, so a run never reads another run's messages.
+//!   fresh one, so a run never reads another run's messages;
+//! - SIGINT, SIGTERM and SIGHUP end a side the same way: it removes the
+//!   segment's name ([`stop_if_signalled`]) and exits 128 + the signal.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use shmkit::containers::MpmcRing;
@@ -135,31 +142,40 @@ pub fn checksum(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The segment name: the first argument that is neither a `--flag` nor a
-/// flag's value; the default otherwise.
-pub fn segment_name(args: &[String]) -> String {
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        if arg.starts_with("--") {
-            args.next(); // the flag's value
-        } else {
-            return arg.clone();
-        }
-    }
-    DEFAULT_SEGMENT.to_owned()
+static SIGNALLED: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn note_signal(signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    SIGNALLED.store(signal, Ordering::SeqCst);
 }
 
-/// The value of `--flag N`, or `default`.
-pub fn flag(args: &[String], flag: &str, default: u64) -> u64 {
-    args.iter()
-        .position(|arg| arg == flag)
-        .and_then(|at| args.get(at + 1))
-        .map(|value| {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{flag} takes a number"))
-        })
-        .unwrap_or(default)
+/// Notes SIGINT, SIGTERM and SIGHUP instead of dying at once, so that a
+/// side can remove the segment's name on its way out
+/// ([`stop_if_signalled`], called wherever a side waits).
+pub fn catch_termination() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: a zeroed `sigaction` is valid; the handler only stores to
+        // an atomic, which is async-signal-safe.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// After a signal: removes the segment's name (the run is over; the other
+/// side sees this one gone and stops too) and exits 128 + the signal.
+pub fn stop_if_signalled(heap: &SizeClassAllocator, name: &str, me: &str) {
+    let signal = SIGNALLED.load(Ordering::SeqCst);
+    if signal == 0 {
+        return;
+    }
+    eprintln!("{me}: stopped by signal {signal}; removing /{name}");
+    let _ = remove_if_ours(heap, name);
+    std::process::exit(128 + signal);
 }
 
 /// Attaches the segment, or creates it if nobody has; either side may start
@@ -232,6 +248,11 @@ pub fn open_segment_patiently(
 ) -> shmkit::Result<SizeClassAllocator> {
     let deadline = Instant::now() + patience;
     loop {
+        // Nothing of ours to remove yet: a signal just ends the wait.
+        let signal = SIGNALLED.load(Ordering::SeqCst);
+        if signal != 0 {
+            std::process::exit(128 + signal);
+        }
         match open_segment(name) {
             Err(Error::NotReady { .. } | Error::NotFound { .. }) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));

@@ -2,39 +2,28 @@
 //! mid-run and run again: a side whose partner died does not wait forever,
 //! and a run never reads a dead run's messages.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use common::unique_name;
+/// A segment name no other test (or run) uses.
+fn unique_name(tag: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "shmkit-test-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
 
-/// The example binary `name`, built next to this test (by `cargo test`,
-/// or here when only this test was built).
+/// The example binary `name`, built with this test.
 fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .and_then(|deps| deps.parent())
-        .unwrap()
-        .join("examples")
-        .join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-        let profile = if cfg!(debug_assertions) {
-            vec![]
-        } else {
-            vec!["--release"]
-        };
-        let status = Command::new(cargo)
-            .args(["build", "-q", "-p", "shmkit", "--example", name])
-            .args(profile)
-            .status()
-            .unwrap();
-        assert!(status.success(), "building the {name} example");
+    match name {
+        "producer" => PathBuf::from(env!("CARGO_BIN_EXE_producer")),
+        "consumer" => PathBuf::from(env!("CARGO_BIN_EXE_consumer")),
+        other => panic!("no example {other}"),
     }
-    path
 }
 
 fn start(name: &str, args: &[&str]) -> Child {
@@ -145,4 +134,53 @@ fn a_run_after_both_sides_were_killed_reads_only_its_own_messages() {
     );
     assert!(stdout.contains(" 0 corrupt"), "{stdout}");
     assert!(!shm_exists(&segment));
+}
+
+#[test]
+fn help_is_help_not_a_segment_name() {
+    for name in ["producer", "consumer"] {
+        let output = finishes_within(start(name, &["--help"]), Duration::from_secs(10), "--help");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{name}: {output:?}");
+        assert!(
+            stdout.contains("Usage") && stdout.contains("Exit codes"),
+            "{name}: {stdout}"
+        );
+        assert!(!shm_exists("--help"), "{name} took --help for a name");
+    }
+}
+
+/// Sends `signal` to a side of a running pair once its segment exists;
+/// both must stop, the segment gone.
+fn signalled(victim: &str, signal: i32) {
+    let segment = unique_name(&format!("example-signal-{victim}"));
+    let consumer = start("consumer", &[&segment]);
+    let producer = start(
+        "producer",
+        &[&segment, "--count", "100000000", "--size", "64"],
+    );
+    let_them_run(&segment);
+    let (victim_child, other) = if victim == "producer" {
+        (producer, consumer)
+    } else {
+        (consumer, producer)
+    };
+    // SAFETY: a plain signal to our own child.
+    unsafe { libc::kill(victim_child.id() as i32, signal) };
+    let stopped = finishes_within(victim_child, Duration::from_secs(10), victim);
+    assert_eq!(
+        stopped.status.code(),
+        Some(128 + signal),
+        "{victim}: {}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let other = finishes_within(other, Duration::from_secs(20), "the other side");
+    assert_eq!(other.status.code(), Some(2), "{other:?}");
+    assert!(!shm_exists(&segment), "the segment stayed behind");
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_a_side_and_its_segment() {
+    signalled("consumer", libc::SIGTERM);
+    signalled("producer", libc::SIGINT);
 }

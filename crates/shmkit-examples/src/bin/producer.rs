@@ -2,8 +2,8 @@
 //! sends only its offset through a lock-free queue in the same segment.
 //!
 //! ```sh
-//! cargo run --release -p shmkit --example consumer &   # either order works
-//! cargo run --release -p shmkit --example producer -- --count 100000 --size 256
+//! cargo run --release -p shmkit-examples --bin consumer &   # either order works
+//! cargo run --release -p shmkit-examples --bin producer -- --count 100000 --size 256
 //! ```
 //!
 //! Usage: `producer [SEGMENT] [--count N] [--size BYTES] [--consumers N]`.
@@ -12,20 +12,42 @@
 //! consumer dies mid-run the producer removes the name and exits with
 //! status 2 instead of waiting for room forever.
 
-mod queue;
-
 use std::time::Instant;
 
-use queue::{Message, Side, END};
+use clap::Parser;
 use shmkit::containers::MpmcRing;
 use shmkit::{ShmAllocator, ShmPtr};
+use shmkit_examples as queue;
+use shmkit_examples::{Message, Side, END};
+
+/// Sends messages whose payloads live in a shared segment: the queue
+/// carries only their offsets.
+#[derive(Parser)]
+#[command(
+    after_help = "Exit codes: 0 sent everything; 1 an error; 2 the consumer died mid-run \
+                  (the segment's name is removed); 128 + N stopped by signal N (SIGINT, \
+                  SIGTERM, SIGHUP), after removing the name."
+)]
+struct Args {
+    /// The segment both sides meet in.
+    #[arg(default_value = queue::DEFAULT_SEGMENT)]
+    segment: String,
+    /// Messages to send.
+    #[arg(short, long, default_value_t = 100_000)]
+    count: u64,
+    /// Bytes per payload (at least 1).
+    #[arg(short, long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    size: u64,
+    /// Consumers reading the queue: one end-of-stream marker each.
+    #[arg(long, default_value_t = 1)]
+    consumers: u64,
+}
 
 fn main() -> shmkit::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let name = queue::segment_name(&args);
-    let count = queue::flag(&args, "--count", 100_000);
-    let size = queue::flag(&args, "--size", 256).max(1) as usize;
-    let consumers = queue::flag(&args, "--consumers", 1);
+    let args = Args::parse();
+    queue::catch_termination();
+    let name = args.segment;
+    let (count, size, consumers) = (args.count, args.size as usize, args.consumers);
 
     let heap = queue::open_segment_patiently(&name, std::time::Duration::from_secs(10))?;
     let session = queue::session(&heap)?;
@@ -42,6 +64,7 @@ fn main() -> shmkit::Result<()> {
                 Ok(()) => return,
                 Err(back) => message = back,
             }
+            queue::stop_if_signalled(&heap, &name, "producer");
             if session.other_side_died(Side::Producer) {
                 queue::abandon(&heap, &name, "producer", "consumer");
             }
@@ -51,6 +74,7 @@ fn main() -> shmkit::Result<()> {
     let started = Instant::now();
     let mut payload = vec![0u8; size];
     for seq in 0..count {
+        queue::stop_if_signalled(&heap, &name, "producer");
         // Vary the bytes so a mixed-up or torn payload fails the checksum.
         for (i, byte) in payload.iter_mut().enumerate() {
             *byte = (seq as usize).wrapping_mul(31).wrapping_add(i) as u8;

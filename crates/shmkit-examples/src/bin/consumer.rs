@@ -7,18 +7,32 @@
 //! (attached processes keep their mapping); if the producer dies mid-run it
 //! removes the name too and exits with status 2.
 
-#[allow(dead_code)] // each example uses part of the shared module
-mod queue;
-
 use std::time::{Duration, Instant};
 
-use queue::{Side, END};
+use clap::Parser;
 use shmkit::containers::MpmcRing;
 use shmkit::{FullPtr, ShmAllocator};
+use shmkit_examples as queue;
+use shmkit_examples::{Side, END};
+
+/// Reads messages from the queue and checks each payload where the
+/// producer wrote it.
+#[derive(Parser)]
+#[command(
+    after_help = "Exit codes: 0 read to the end of the stream; 1 an error; 2 the producer died \
+                  mid-run or none came in 30 s (the segment's name is removed); 128 + N stopped \
+                  by signal N (SIGINT, SIGTERM, SIGHUP), after removing the name."
+)]
+struct Args {
+    /// The segment both sides meet in.
+    #[arg(default_value = queue::DEFAULT_SEGMENT)]
+    segment: String,
+}
 
 fn main() -> shmkit::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let name = queue::segment_name(&args);
+    let args = Args::parse();
+    queue::catch_termination();
+    let name = args.segment;
     let heap = queue::open_segment_patiently(&name, Duration::from_secs(30))?;
     let session = queue::session(&heap)?;
     session.join(Side::Consumer);
@@ -32,6 +46,7 @@ fn main() -> shmkit::Result<()> {
     loop {
         // Wait with a timeout, and check after each that the producer
         // lives: a dead one sends nothing more.
+        queue::stop_if_signalled(&heap, &name, "consumer");
         let Some(message) = ring.pop_timeout(queue::CHECK_EVERY) else {
             if session.other_side_died(Side::Consumer) {
                 queue::abandon(&heap, &name, "consumer", "producer");
