@@ -135,7 +135,7 @@ fn stop_inside_the_directory(point: &'static str) {
     // Half the points reached pass, so the kills spread over them.
     static COIN: AtomicU64 = AtomicU64::new(0);
     let seed = match COIN.load(Ordering::Relaxed) {
-        0 => u64::from(std::process::id()) * 0x9e37_79b9 | 1,
+        0 => (u64::from(std::process::id()) * 0x9e37_79b9) | 1,
         state => state,
     };
     let mut rng = Rng(seed);
