@@ -21,12 +21,39 @@ pub struct MapArgs {
     /// Rows of the strip.
     #[arg(long, default_value_t = 8)]
     rows: usize,
-    /// Also write the picture, region by region, as an SVG file.
+    /// Also write the picture as an SVG file (an offset axis, a legend, and
+    /// a pixel's resolution, so scattered free space shows as such).
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Never color the strip (the default colors it on a terminal).
+    /// When to colour the strip: auto (on a terminal, unless NO_COLOR is
+    /// set), always or never.
+    #[arg(long, value_enum, default_value_t = ColorChoice::Auto)]
+    color: ColorChoice,
+    /// The same as `--color never`.
     #[arg(long)]
     no_color: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+impl ColorChoice {
+    /// Whether to colour output written to stdout (`NO_COLOR`, when set
+    /// and not empty, turns `auto` off: https://no-color.org).
+    fn for_stdout(self) -> bool {
+        match self {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                    && std::io::stdout().is_terminal()
+            }
+        }
+    }
 }
 
 /// Fraction of each of `cells` equal slices of `[start, end)` in use.
@@ -94,7 +121,7 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
     }
     let cells = (args.width * args.rows).max(1);
     let fill = cell_fill(&regions, start, end, cells);
-    let color = !args.no_color && std::io::stdout().is_terminal();
+    let color = !args.no_color && args.color.for_stdout();
     let per_cell = (end - start).div_ceil(cells as u64);
     println!(
         "/{} ({} allocator): {} data area from offset {start}, {} per cell{}",
@@ -148,56 +175,98 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
     })
 }
 
-/// The regions as rows of rectangles (one row per 1/16 of the data area),
-/// green in proportion to their use, with a title and a legend.
+/// Shades of green by use: free, partly used (three steps), full.
+const SHADES: [(&str, &str); 5] = [
+    ("#e6e6e6", "free"),
+    ("#b8dcb8", "under a third used"),
+    ("#7cc07c", "under two thirds used"),
+    ("#3f9a3f", "partly used"),
+    ("#1f6f1f", "full"),
+];
+
+fn shade_of(fill: f64) -> usize {
+    match fill {
+        f if f <= 0.0 => 0,
+        f if f < 0.34 => 1,
+        f if f < 0.67 => 2,
+        f if f < 1.0 => 3,
+        _ => 4,
+    }
+}
+
+/// The data area as 16 rows of one pixel per slice: each pixel shaded by
+/// the use of its slice, runs of one shade drawn as one rectangle (so a
+/// free list of 18,000 blocks is a few thousand rectangles at most, and a
+/// free block among used ones still shows). Each row is labelled with its
+/// first offset; a legend shows the shades.
 fn svg(regions: &[Region], start: u64, end: u64, name: &str, kind: &str) -> String {
-    const WIDTH: f64 = 1024.0;
+    const LEFT: f64 = 130.0;
+    const PIXELS: usize = 1024;
     const ROW: f64 = 24.0;
     const ROWS: u64 = 16;
     let span = (end - start).max(1);
     let row_bytes = span.div_ceil(ROWS);
     let mut out = String::new();
-    let height = 60.0 + ROWS as f64 * (ROW + 4.0) + 30.0;
+    let legend_y = 50.0 + ROWS as f64 * (ROW + 4.0) + 10.0;
+    let height = legend_y + 40.0;
     out.push_str(&format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
-         font-family=\"monospace\" font-size=\"13\">\n",
-        WIDTH + 40.0
+         font-family=\"monospace\" font-size=\"12\">\n",
+        LEFT + PIXELS as f64 + 20.0
     ));
     out.push_str(&format!(
-        "<text x=\"20\" y=\"24\">/{} ({kind} allocator): {} data area, {} per row</text>\n",
+        "<text x=\"10\" y=\"20\">/{} ({kind} allocator): {} data area, {} per row, {} per \
+         pixel</text>\n",
         xml_escape(name),
         format_bytes(span),
-        format_bytes(row_bytes)
+        format_bytes(row_bytes),
+        format_bytes(row_bytes.div_ceil(PIXELS as u64))
     ));
-    for region in regions {
-        let mut offset = region.offset.max(start);
-        let region_end = (region.offset + region.len).min(end);
-        let fill = region.used as f64 / region.len.max(1) as f64;
-        let shade = format!(
-            "rgb({},{},{})",
-            (230.0 - 190.0 * fill) as u8,
-            (230.0 - 60.0 * fill) as u8,
-            (230.0 - 190.0 * fill) as u8
-        );
-        // A region may wrap over several rows.
-        while offset < region_end {
-            let row = (offset - start) / row_bytes;
-            let row_end = (start + (row + 1) * row_bytes).min(region_end);
-            let x = 20.0 + WIDTH * ((offset - start) % row_bytes) as f64 / row_bytes as f64;
-            let w = (WIDTH * (row_end - offset) as f64 / row_bytes as f64).max(0.5);
-            let y = 40.0 + row as f64 * (ROW + 4.0);
+    out.push_str(&format!(
+        "<text x=\"10\" y=\"38\" fill=\"#555\">offset</text>\n"
+    ));
+    for row in 0..ROWS {
+        let row_start = start + row * row_bytes;
+        if row_start >= end {
+            break;
+        }
+        let row_end = (row_start + row_bytes).min(end);
+        let y = 44.0 + row as f64 * (ROW + 4.0);
+        out.push_str(&format!(
+            "<text x=\"10\" y=\"{:.1}\">{row_start}</text>\n",
+            y + ROW * 0.7
+        ));
+        let pixels = ((PIXELS as u64 * (row_end - row_start)) / row_bytes).max(1) as usize;
+        let fill = cell_fill(regions, row_start, row_end, pixels);
+        let mut run_start = 0;
+        for pixel in 1..=pixels {
+            let shade = shade_of(fill[run_start]);
+            if pixel < pixels && shade_of(fill[pixel]) == shade {
+                continue;
+            }
+            let from = row_start + (row_end - row_start) * run_start as u64 / pixels as u64;
+            let to = row_start + (row_end - row_start) * pixel as u64 / pixels as u64;
             out.push_str(&format!(
-                "<rect x=\"{x:.2}\" y=\"{y:.1}\" width=\"{w:.2}\" height=\"{ROW}\" fill=\"{shade}\" \
-                 stroke=\"#555\" stroke-width=\"0.3\"><title>offset {} length {} used {}</title></rect>\n",
-                region.offset, region.len, region.used
+                "<rect x=\"{}\" y=\"{y:.1}\" width=\"{}\" height=\"{ROW}\" fill=\"{}\">\
+                 <title>offsets {from}..{to}: {}</title></rect>\n",
+                LEFT + run_start as f64,
+                pixel - run_start,
+                SHADES[shade].0,
+                SHADES[shade].1
             ));
-            offset = row_end;
+            run_start = pixel;
         }
     }
-    out.push_str(&format!(
-        "<text x=\"20\" y=\"{:.1}\">green: in use (darker = fuller); light: free. Hover a block for its offset.</text>\n",
-        height - 14.0
-    ));
+    let mut x = LEFT;
+    for (colour, meaning) in SHADES {
+        out.push_str(&format!(
+            "<rect x=\"{x}\" y=\"{legend_y}\" width=\"14\" height=\"14\" fill=\"{colour}\" \
+             stroke=\"#555\" stroke-width=\"0.5\"/><text x=\"{}\" y=\"{}\">{meaning}</text>\n",
+            x + 18.0,
+            legend_y + 11.0
+        ));
+        x += 30.0 + 7.5 * meaning.len() as f64;
+    }
     out.push_str("</svg>\n");
     out
 }

@@ -500,3 +500,60 @@ fn output_into_a_closed_pipe_ends_quietly() {
     child.wait().unwrap();
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn the_svg_of_a_fragmented_free_list_shows_the_holes_with_an_axis_and_a_legend() {
+    let name = Name::new("map-fragments");
+    let heap = FreeListAllocator::create(&SegmentOptions::shm(&name.0).size(4 << 20)).unwrap();
+    let blocks: Vec<_> = (0..18_000).map(|_| heap.allocate(64).unwrap()).collect();
+    for block in blocks.iter().step_by(2) {
+        // SAFETY: nothing uses the block after it is freed.
+        unsafe { heap.free(*block) }.unwrap();
+    }
+    let svg = std::env::temp_dir().join(format!("{}.svg", name.0));
+    let out = shmkit(&["map", &name.0, "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    let rects = picture.matches("<rect").count();
+    // One rectangle per run of a shade, at most a pixel each: bounded by
+    // the picture, not by the 18,000 blocks.
+    assert!(rects < 16 * 1024 + 10, "{rects} rectangles");
+    assert!(picture.len() < 3 << 20, "{} bytes of SVG", picture.len());
+    // Half-used pixels where every other block is free, not one grey.
+    assert!(
+        picture.contains("partly used") || picture.contains("under"),
+        "{picture:.2000}"
+    );
+    // The offset axis starts at the data area; the legend names the shades.
+    let data_offset = heap.segment().data_offset();
+    assert!(
+        picture.contains(&format!(">{data_offset}</text>")),
+        "{picture:.2000}"
+    );
+    for meaning in ["free", "full"] {
+        assert!(picture.contains(&format!(">{meaning}</text>")), "{meaning}");
+    }
+}
+
+#[test]
+fn the_strip_is_coloured_only_when_asked_or_on_a_terminal_without_no_color() {
+    let name = Name::new("map-colour");
+    create(&name, "1MiB", "size-class");
+    let coloured = |args: &[&str], no_color: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_shmkit"));
+        command.args(["map", &name.0]).args(args);
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
+        stdout(&command.output().unwrap()).contains('\x1b')
+    };
+    assert!(coloured(&["--color", "always"], false));
+    assert!(
+        coloured(&["--color", "always"], true),
+        "an explicit flag wins"
+    );
+    assert!(!coloured(&["--color", "never"], false));
+    assert!(!coloured(&[], false), "not a terminal");
+    assert!(!coloured(&["--no-color", "--color", "always"], false));
+}

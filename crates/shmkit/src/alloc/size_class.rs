@@ -758,8 +758,9 @@ impl SizeClassAllocator {
         Ok(Some(head))
     }
 
-    /// One page for a size class.
-    fn take_page(&self) -> Result<u32> {
+    /// One page for a size class; out of memory speaks of `requested`, the
+    /// caller's request, not of the page it needed.
+    fn take_page(&self, requested: u64) -> Result<u32> {
         for attempt in 0..64 {
             if let Some(page) = self.pop_free_page()? {
                 return Ok(page);
@@ -777,7 +778,7 @@ impl SizeClassAllocator {
                 break;
             }
         }
-        Err(self.out_of_memory(PAGE_SIZE))
+        Err(self.out_of_memory(requested))
     }
 
     /// A run of `n` pages for a large block.
@@ -1088,7 +1089,7 @@ impl SizeClassAllocator {
 
     fn alloc_from_new_page(&self, class: usize, requested: u64) -> Result<u64> {
         let info = &CLASSES[class];
-        let page = self.take_page()?;
+        let page = self.take_page(requested)?;
         let base = match self.page_ptr(page) {
             Ok(base) => base,
             Err(e) => {
