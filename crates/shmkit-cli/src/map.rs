@@ -222,9 +222,7 @@ fn svg(regions: &[Region], start: u64, end: u64, name: &str, kind: &str) -> Stri
         format_bytes(row_bytes),
         format_bytes(row_bytes.div_ceil(PIXELS as u64))
     ));
-    out.push_str(&format!(
-        "<text x=\"10\" y=\"38\" fill=\"#555\">offset</text>\n"
-    ));
+    out.push_str("<text x=\"10\" y=\"38\" fill=\"#555\">offset</text>\n");
     for row in 0..ROWS {
         let row_start = start + row * row_bytes;
         if row_start >= end {
