@@ -32,6 +32,9 @@ pub struct MapArgs {
     /// The same as `--color never`.
     #[arg(long)]
     no_color: bool,
+    /// Print the regions as JSON instead of the strip.
+    #[arg(short, long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -119,41 +122,62 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
             used: 0,
         });
     }
+    if args.json {
+        let listed: Vec<serde_json::Value> = regions
+            .iter()
+            .map(|r| serde_json::json!({"offset": r.offset, "len": r.len, "used": r.used}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": segment.name(),
+                "allocator": heap.kind().to_string(),
+                "data_offset": start,
+                "size": segment.size(),
+                // Without a walk, two stretches in proportion to the accounting.
+                "walk_error": walk.as_ref().err().map(ToString::to_string),
+                "regions": listed,
+            })
+        );
+    }
     let cells = (args.width * args.rows).max(1);
     let fill = cell_fill(&regions, start, end, cells);
     let color = !args.no_color && args.color.for_stdout();
     let per_cell = (end - start).div_ceil(cells as u64);
-    println!(
-        "/{} ({} allocator): {} data area from offset {start}, {} per cell{}",
-        segment.name(),
-        heap.kind(),
-        format_bytes(end - start),
-        format_bytes(per_cell),
-        match &walk {
-            Ok(()) => String::new(),
-            Err(e) => format!(" (proportional: the region walk failed: {e})"),
+    let say = !args.json;
+    if say {
+        println!(
+            "/{} ({} allocator): {} data area from offset {start}, {} per cell{}",
+            segment.name(),
+            heap.kind(),
+            format_bytes(end - start),
+            format_bytes(per_cell),
+            match &walk {
+                Ok(()) => String::new(),
+                Err(e) => format!(" (proportional: the region walk failed: {e})"),
+            }
+        );
+        for row in fill.chunks(args.width.max(1)) {
+            let line: String = row
+                .iter()
+                .map(|&f| {
+                    let g = glyph(f);
+                    match (color, f > 0.0) {
+                        (true, true) => format!("\x1b[32m{g}\x1b[0m"),
+                        (true, false) => format!("\x1b[2m{g}\x1b[0m"),
+                        _ => g.to_string(),
+                    }
+                })
+                .collect();
+            println!("|{line}|");
         }
-    );
-    for row in fill.chunks(args.width.max(1)) {
-        let line: String = row
-            .iter()
-            .map(|&f| {
-                let g = glyph(f);
-                match (color, f > 0.0) {
-                    (true, true) => format!("\x1b[32m{g}\x1b[0m"),
-                    (true, false) => format!("\x1b[2m{g}\x1b[0m"),
-                    _ => g.to_string(),
-                }
-            })
-            .collect();
-        println!("|{line}|");
+        let used: u64 = regions.iter().map(|r| r.used).sum();
+        println!(
+            "legend: █ full  ▓ ▒ ░ partly used  . free    {} in use in {} regions",
+            format_bytes(used),
+            regions.len()
+        );
     }
-    let used: u64 = regions.iter().map(|r| r.used).sum();
-    println!(
-        "legend: █ full  ▓ ▒ ░ partly used  . free    {} in use in {} regions",
-        format_bytes(used),
-        regions.len()
-    );
     if let Some(path) = &args.svg {
         std::fs::write(
             path,
@@ -166,7 +190,9 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
             ),
         )
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        println!("wrote {}", path.display());
+        if say {
+            println!("wrote {}", path.display());
+        }
     }
     Ok(if walk.is_ok() {
         ExitCode::SUCCESS

@@ -201,3 +201,24 @@ fn a_size_without_room_for_the_header_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("smaller than its header"), "{stderr}");
 }
+
+#[test]
+fn json_output_is_one_object_with_every_worker() {
+    let name = unique("json");
+    let output = shmkit()
+        .args(["demo", "-w", "3", "-s", "2MiB", "--json", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("stdout is one JSON object");
+    let workers = report["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 3);
+    let blocks: u64 = workers.iter().map(|w| w["blocks"].as_u64().unwrap()).sum();
+    assert_eq!(report["blocks"].as_u64(), Some(blocks));
+    assert!(blocks > 1000, "{report}");
+    assert_eq!(report["overlapping"], 0);
+    assert_eq!(report["damaged"], 0);
+    assert!(report["ms"]["verify"].as_f64().unwrap() >= 0.0);
+    assert!(!Path::new(&format!("/dev/shm/{name}")).exists());
+}

@@ -557,3 +557,22 @@ fn the_strip_is_coloured_only_when_asked_or_on_a_terminal_without_no_color() {
     assert!(!coloured(&[], false), "not a terminal");
     assert!(!coloured(&["--no-color", "--color", "always"], false));
 }
+
+#[test]
+fn map_speaks_json_region_by_region() {
+    let name = Name::new("map-json");
+    let heap = FreeListAllocator::create(&SegmentOptions::shm(&name.0).size(1 << 20)).unwrap();
+    let kept = heap.allocate(1000).unwrap();
+    let out = shmkit(&["map", &name.0, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["allocator"], "free-list");
+    assert!(report["walk_error"].is_null());
+    let regions = report["regions"].as_array().unwrap();
+    let ours = regions
+        .iter()
+        .find(|r| r["used"].as_u64().unwrap() > 0)
+        .expect("a used region");
+    assert!(ours["len"].as_u64().unwrap() >= 1000);
+    assert!(ours["offset"].as_u64().unwrap() <= kept.offset().raw());
+}

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
 use shmkit::{BumpAllocator, LinearAlloc, Location, SegmentAllocator, SegmentOptions};
 
 use crate::remove_on_drop::RemoveOnDrop;
@@ -35,6 +36,9 @@ pub struct DemoArgs {
     /// Name of the POSIX shared-memory segment (default: shmkit-demo-PID).
     #[arg(short, long)]
     name: Option<String>,
+    /// Print one JSON object at the end instead of the table and lines.
+    #[arg(short, long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -143,6 +147,14 @@ fn demo(
     bump: &BumpAllocator,
     created: Duration,
 ) -> Result<ExitCode, Stopped> {
+    // The lines and table for people; with --json, one object at the end.
+    macro_rules! say {
+        ($($line:tt)*) => {
+            if !args.json {
+                println!($($line)*);
+            }
+        };
+    }
     bump.make_handle(AtomicU32::new(0))
         .and_then(|barrier| bump.segment().set_root(ARRIVED_ROOT, barrier))
         .map_err(|e| e.to_string())?;
@@ -150,14 +162,14 @@ fn demo(
     // What the workers may fill: the data area less the demo's own barrier.
     let room = bump.capacity().saturating_sub(start_used);
 
-    println!(
+    say!(
         "shmkit demo: {workers} worker processes share POSIX shared memory `/{name}` \
          ({}, {} allocator)",
         format_bytes(bump.segment().size()),
         bump.segment().allocator_kind()
     );
     if bump.segment().size() > args.size {
-        println!(
+        say!(
             "note: --size {} raised to {} (a segment is whole pages); the workers have {} to \
              fill",
             format_bytes(args.size),
@@ -172,21 +184,23 @@ fn demo(
     let ran = started.elapsed();
 
     let blocks: u64 = reports.iter().map(|r| r.blocks).sum();
-    println!("workers done; verifying {blocks} blocks from the parent's own mapping");
+    say!("workers done; verifying {blocks} blocks from the parent's own mapping");
     let verifying = Instant::now();
     let overlapping = count_overlaps(&reports);
     let damaged_seen_by_parent = verify_from_parent(bump, &reports)?;
     let verified = verifying.elapsed();
     check_signals()?;
-    print_table(&reports, &overlapping);
+    if !args.json {
+        print_table(&reports, &overlapping);
+    }
 
     let bytes: u64 = reports.iter().map(|r| r.bytes).sum();
     let total_overlapping: u64 = overlapping.iter().sum();
     let damaged: u64 = reports.iter().map(|r| r.damaged).sum::<u64>() + damaged_seen_by_parent;
     let used = bump.used() - start_used;
     let slowest = reports.iter().map(|r| r.elapsed).max().unwrap_or_default();
-    println!();
-    println!(
+    say!();
+    say!(
         "segment: {} used of the {} the workers could fill ({:.1}%; {} asked for in {blocks} \
          blocks, the rest is alignment)",
         format_bytes(used),
@@ -194,11 +208,11 @@ fn demo(
         100.0 * used as f64 / room.max(1) as f64,
         format_bytes(bytes),
     );
-    println!(
+    say!(
         "checked {blocks} blocks from the parent's own mapping: {total_overlapping} overlapping, \
          {damaged} with foreign bytes"
     );
-    println!(
+    say!(
         "time: segment created in {:.1} ms; workers {:.1} ms (slowest allocating {:.1} ms, the \
          rest starting {workers} processes and reporting {blocks} blocks); parent's \
          verification {:.1} ms",
@@ -207,7 +221,44 @@ fn demo(
         ms(slowest),
         ms(verified)
     );
-    println!("removing /{name}");
+    say!("removing /{name}");
+    if args.json {
+        let workers: Vec<Value> = reports
+            .iter()
+            .zip(&overlapping)
+            .map(|(report, overlapping)| {
+                json!({
+                    "pid": report.pid,
+                    "blocks": report.blocks,
+                    "bytes": report.bytes,
+                    "ms": ms(report.elapsed),
+                    "damaged": report.damaged,
+                    "overlapping": overlapping,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "segment": name,
+                "size": bump.segment().size(),
+                "size_asked": args.size,
+                "room": room,
+                "used": used,
+                "blocks": blocks,
+                "bytes": bytes,
+                "overlapping": total_overlapping,
+                "damaged": damaged,
+                "ms": {
+                    "create": ms(created),
+                    "workers": ms(ran),
+                    "slowest_worker": ms(slowest),
+                    "verify": ms(verified),
+                },
+                "workers": workers,
+            })
+        );
+    }
     if total_overlapping > 0 || damaged > 0 {
         eprintln!("shmkit: the demo found overlapping or damaged blocks");
         return Ok(ExitCode::FAILURE);
