@@ -33,6 +33,17 @@ fn shm_name(name: &str) -> &str {
     name.strip_prefix('/').unwrap_or(name)
 }
 
+/// Refuses a name that would leave the shared-memory directory.
+fn check_name(name: &str) -> Result<&str, String> {
+    let bare = shm_name(name);
+    if bare.is_empty() || bare.contains('/') || bare == "." || bare == ".." {
+        return Err(format!(
+            "{name}: not a shared-memory name (one path component, no `/` inside)"
+        ));
+    }
+    Ok(bare)
+}
+
 /// What the first bytes of a file in the shared-memory directory say,
 /// read without mapping it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,7 +64,20 @@ enum Probe {
 }
 
 fn probe(path: &Path) -> Probe {
-    let mut file = match std::fs::File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A FIFO, socket or device would block or mislead a read: only a
+    // regular file, not followed through a link, opened without blocking.
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Probe::Missing;
+    };
+    if !meta.is_file() {
+        return Probe::Foreign;
+    }
+    let opened = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path);
+    let mut file = match opened {
         Ok(file) => file,
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             return Probe::Unreadable
@@ -69,10 +93,14 @@ fn probe(path: &Path) -> Probe {
             Err(_) => return Probe::Missing,
         }
     }
+    // A segment being made is sized in whole pages, at least a header's
+    // worth, before its magic is written: eight zero bytes alone (a POSIX
+    // semaphore at 0, another program's zeroed memory) are not one.
+    let page_sized = meta.len() >= 4096 && meta.len() % 4096 == 0;
     match (read, u64::from_ne_bytes(first)) {
         (0, _) => Probe::Empty,
         (8, MAGIC) => Probe::Shmkit,
-        (8, 0) => Probe::Unfinished,
+        (8, 0) if page_sized => Probe::Unfinished,
         _ => Probe::Foreign,
     }
 }
@@ -80,7 +108,7 @@ fn probe(path: &Path) -> Probe {
 /// Attaches the segment `name` and its allocator, with an error that says
 /// what the name really is when it is not a usable shmkit segment.
 pub fn open(name: &str) -> Result<AnyAllocator, String> {
-    let path = Path::new(SHM_DIR).join(shm_name(name));
+    let path = Path::new(SHM_DIR).join(check_name(name)?);
     if let Some(problem) = not_a_segment(name, &path) {
         return Err(problem);
     }
@@ -133,19 +161,27 @@ fn user_name(uid: u32) -> String {
     // SAFETY: zeroed `passwd` is a valid out-parameter.
     let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
     let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer names memory of the stated size that lives
-    // across the call; getpwuid_r writes only into them.
-    let rc = unsafe {
-        libc::getpwuid_r(
-            uid,
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    if rc != 0 || found.is_null() {
-        return uid.to_string();
+    loop {
+        // SAFETY: every pointer names memory of the stated size that lives
+        // across the call; getpwuid_r writes only into them.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                &mut entry,
+                buffer.as_mut_ptr(),
+                buffer.len(),
+                &mut found,
+            )
+        };
+        // A long entry: a bigger buffer (bounded), then again.
+        if rc == libc::ERANGE && buffer.len() < 1 << 20 {
+            buffer.resize(buffer.len() * 4, 0);
+            continue;
+        }
+        if rc != 0 || found.is_null() {
+            return uid.to_string();
+        }
+        break;
     }
     // SAFETY: on success `pw_name` points at a NUL-terminated name inside
     // `buffer`, which is still alive.
@@ -340,7 +376,7 @@ pub struct NameArgs {
 }
 
 pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
-    let path = Path::new(SHM_DIR).join(shm_name(&args.name));
+    let path = Path::new(SHM_DIR).join(check_name(&args.name)?);
     if let Some(problem) = not_a_segment(&args.name, &path) {
         return Err(problem);
     }
@@ -596,7 +632,7 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
-    let mut options = SegmentOptions::shm(shm_name(&args.name)).size(args.size);
+    let mut options = SegmentOptions::shm(check_name(&args.name)?).size(args.size);
     if let Some(max) = args.max_size {
         options = options.max_size(max);
     }
@@ -642,14 +678,21 @@ pub struct RmArgs {
 }
 
 pub fn rm(args: &RmArgs) -> Result<ExitCode, String> {
-    let name = shm_name(&args.name);
+    let name = check_name(&args.name)?;
     let path = Path::new(SHM_DIR).join(name);
-    if !path.exists() {
+    if std::fs::symlink_metadata(&path).is_err() {
         return Err(format!("{}: no such shared-memory segment", args.name));
     }
     if !args.force {
         match probe(&path) {
-            Probe::Shmkit | Probe::Unfinished => {}
+            Probe::Shmkit => {}
+            Probe::Unfinished => {
+                return Err(format!(
+                    "{}: a shmkit segment still being created, or left so by a creator \
+                     that died; use --force to remove it",
+                    args.name
+                ))
+            }
             Probe::Unreadable => {
                 return Err(format!(
                     "{}: permission denied (owner {}, mode {}): this user may not read it, so \

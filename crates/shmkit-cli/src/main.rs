@@ -72,12 +72,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
     // `shmkit ls | head` ends quietly when `head` has read enough, as every
     // Unix tool does (Rust ignores SIGPIPE and would panic on the write).
-    // SAFETY: restoring the default action has no preconditions; no other
-    // thread runs yet.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
-    let cli = Cli::parse();
+    // Not for the commands that own a segment: SIGPIPE would kill them
+    // before they remove it (their writes fail instead, and the error path
+    // cleans up).
+    if !matches!(cli.command, Command::Demo(_) | Command::Bench(_)) {
+        // SAFETY: restoring the default action has no preconditions; no
+        // other thread runs yet.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::DemoWorker(args) => demo::worker::run(&args),

@@ -66,10 +66,17 @@ fn cell_fill(regions: &[Region], start: u64, end: u64, cells: usize) -> Vec<f64>
     let mut total = vec![0f64; cells];
     let cell_len = span / cells as f64;
     for region in regions {
-        // Spread the region's bytes, and its used share, over the cells it covers.
+        // Spread the region's bytes, and its used share, over the cells it
+        // covers: only its part inside `[start, end)` (a picture row is a
+        // slice of the data area).
         let density = region.used as f64 / region.len.max(1) as f64;
-        let from = (region.offset.saturating_sub(start)) as f64;
-        let to = from + region.len as f64;
+        let lo = region.offset.max(start);
+        let hi = region.offset.saturating_add(region.len).min(end);
+        if hi <= lo {
+            continue;
+        }
+        let from = (lo - start) as f64;
+        let to = (hi - start) as f64;
         let first = (from / cell_len) as usize;
         let last = ((to / cell_len).ceil() as usize).min(cells);
         for cell in first..last {
@@ -140,7 +147,13 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
             })
         );
     }
-    let cells = (args.width * args.rows).max(1);
+    // Bounded: a strip is for a terminal.
+    let cells = args
+        .width
+        .checked_mul(args.rows)
+        .filter(|&cells| cells <= 1 << 16)
+        .ok_or("--width x --rows is over 65536 cells")?
+        .max(1);
     let fill = cell_fill(&regions, start, end, cells);
     let color = !args.no_color && args.color.for_stdout();
     let per_cell = (end - start).div_ceil(cells as u64);
@@ -206,7 +219,7 @@ const SHADES: [(&str, &str); 5] = [
     ("#e6e6e6", "free"),
     ("#b8dcb8", "under a third used"),
     ("#7cc07c", "under two thirds used"),
-    ("#3f9a3f", "partly used"),
+    ("#3f9a3f", "over two thirds used"),
     ("#1f6f1f", "full"),
 ];
 

@@ -14,8 +14,9 @@ extern "C" fn note(signal: libc::c_int) {
     RECEIVED.store(signal, Ordering::SeqCst);
 }
 
-/// Catches the three signals from now on (a second one is noted the same
-/// way: the command is already on its way out).
+/// Catches the three signals from now on. Each is caught once: the handler
+/// puts the default action back (`SA_RESETHAND`), so a second Ctrl-C ends
+/// a command that is stuck on its way out.
 pub fn catch_termination() -> Result<(), String> {
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
         // SAFETY: a zeroed `sigaction` is valid; its handler only stores to
@@ -25,7 +26,7 @@ pub fn catch_termination() -> Result<(), String> {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = note as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
             libc::sigaction(signal, &action, std::ptr::null_mut())
         };
         if installed != 0 {

@@ -521,8 +521,11 @@ fn the_svg_of_a_fragmented_free_list_shows_the_holes_with_an_axis_and_a_legend()
     assert!(rects < 16 * 1024 + 10, "{rects} rectangles");
     assert!(picture.len() < 3 << 20, "{} bytes of SVG", picture.len());
     // Half-used pixels where every other block is free, not one grey.
+    let shades = titles(&picture);
     assert!(
-        picture.contains("partly used") || picture.contains("under"),
+        shades
+            .iter()
+            .any(|(_, meaning)| meaning.starts_with("under") || meaning.starts_with("over")),
         "{picture:.2000}"
     );
     // The offset axis starts at the data area; the legend names the shades.
@@ -575,4 +578,91 @@ fn map_speaks_json_region_by_region() {
         .expect("a used region");
     assert!(ours["len"].as_u64().unwrap() >= 1000);
     assert!(ours["offset"].as_u64().unwrap() <= kept.offset().raw());
+}
+
+/// The SVG's runs: (first offset, what its shade means), from the titles.
+fn titles(picture: &str) -> Vec<(u64, String)> {
+    picture
+        .split("<title>offsets ")
+        .skip(1)
+        .map(|rest| {
+            let (range, rest) = rest.split_once(": ").unwrap();
+            let meaning = rest.split("</title>").next().unwrap().to_owned();
+            (range.split("..").next().unwrap().parse().unwrap(), meaning)
+        })
+        .collect()
+}
+
+#[test]
+fn each_svg_row_shows_its_own_slice() {
+    // One used block at the start of a 4 MiB free list: past the first
+    // row, every pixel is free (a row once drew the regions before it).
+    let name = Name::new("map-rows");
+    let heap = FreeListAllocator::create(&SegmentOptions::shm(&name.0).size(4 << 20)).unwrap();
+    let _kept = heap.allocate(4096).unwrap();
+    let svg = std::env::temp_dir().join(format!("{}.svg", name.0));
+    let out = shmkit(&["map", &name.0, "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let picture = std::fs::read_to_string(&svg).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    let start = heap.segment().data_offset();
+    let row = (heap.segment().size() - start).div_ceil(16);
+    let runs = titles(&picture);
+    assert!(runs
+        .iter()
+        .any(|(from, meaning)| *from < start + row && meaning != "free"));
+    for (from, meaning) in runs.iter().filter(|(from, _)| *from >= start + row) {
+        assert_eq!(meaning, "free", "the run at {from}");
+    }
+}
+
+#[test]
+fn a_fifo_or_a_path_outside_the_directory_is_refused_without_blocking() {
+    let fifo = Name::new("fifo");
+    let path = std::ffi::CString::new(fifo.path()).unwrap();
+    // SAFETY: a NUL-terminated path; mkfifo only creates it.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    for sub in ["stat", "check", "rm"] {
+        let out = shmkit(&[sub, &fifo.0]);
+        assert_eq!(out.status.code(), Some(1), "{sub}");
+        assert!(
+            stderr(&out).contains("not a shmkit segment"),
+            "{sub}: {}",
+            stderr(&out)
+        );
+    }
+    let out = shmkit(&["stat", "../../dev/zero"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a shared-memory name"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn eight_zero_bytes_are_not_a_segment_being_created() {
+    // A POSIX semaphore at 0 (32 bytes, the first 8 zero).
+    let semaphore = Name::new("sem-like");
+    std::fs::write(semaphore.path(), [0u8; 32]).unwrap();
+    let out = shmkit(&["rm", &semaphore.0]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a shmkit segment"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(Path::new(&semaphore.path()).exists());
+    // Whole zero pages: a segment being made; rm wants --force for it.
+    let making = Name::new("being-made");
+    std::fs::write(making.path(), vec![0u8; 8192]).unwrap();
+    let out = shmkit(&["stat", &making.0]);
+    assert!(
+        stderr(&out).contains("still being created"),
+        "{}",
+        stderr(&out)
+    );
+    let out = shmkit(&["rm", &making.0]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(shmkit(&["rm", &making.0, "--force"]).status.success());
 }

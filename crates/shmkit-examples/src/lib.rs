@@ -87,6 +87,15 @@ impl Session {
         self.word(side).store(std::process::id(), Ordering::Release);
     }
 
+    /// Whether the other side has not joined yet.
+    pub fn other_side_absent(&self, me: Side) -> bool {
+        let other = match me {
+            Side::Producer => Side::Consumer,
+            Side::Consumer => Side::Producer,
+        };
+        self.word(other).load(Ordering::Acquire) == 0
+    }
+
     /// Whether the other side joined and has died since (a pid checked
     /// with `kill(pid, 0)`: good enough for an example; the library's
     /// locks also compare the thread's start time, against reused pids).
@@ -108,15 +117,34 @@ pub fn abandon(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> 
     std::process::exit(PARTNER_DIED);
 }
 
-/// Removes the name if it still names `heap`'s segment: another run may
-/// have made a fresh one under it meanwhile, which must stay.
-fn remove_if_ours(heap: &SizeClassAllocator, name: &str) -> shmkit::Result<()> {
+/// Removes the name if it still names `heap`'s segment (returns whether it
+/// did): another run may have made a fresh one under it meanwhile, which
+/// must stay.
+pub fn remove_if_ours(heap: &SizeClassAllocator, name: &str) -> shmkit::Result<bool> {
     let now = SizeClassAllocator::attach(&SegmentOptions::shm(name));
     match now {
-        Ok(now) if now.segment().id() == heap.segment().id() => heap.segment().unlink(),
-        Ok(_) | Err(Error::NotFound { .. }) => Ok(()),
+        Ok(now) if now.segment().id() == heap.segment().id() => match heap.segment().unlink() {
+            Ok(()) => Ok(true),
+            Err(Error::NotFound { .. }) => Ok(false),
+            Err(other) => Err(other),
+        },
+        Ok(_) | Err(Error::NotFound { .. }) => Ok(false),
         Err(other) => Err(other),
     }
+}
+
+/// How long a side waits for the other to arrive at all.
+pub const PARTNER_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Ends this process when the other side never came: removes the name (if
+/// still ours) and exits 2.
+pub fn give_up_waiting(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> ! {
+    eprintln!(
+        "{me}: no {other} came in {} s; removing /{name}",
+        PARTNER_PATIENCE.as_secs()
+    );
+    let _ = remove_if_ours(heap, name);
+    std::process::exit(PARTNER_DIED);
 }
 
 /// Whether a segment this process attached belongs to a dead run: its
@@ -160,7 +188,7 @@ pub fn catch_termination() {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = note_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
             libc::sigemptyset(&mut action.sa_mask);
-            action.sa_flags = libc::SA_RESTART;
+            action.sa_flags = libc::SA_RESTART | libc::SA_RESETHAND;
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }

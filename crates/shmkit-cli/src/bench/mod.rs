@@ -241,6 +241,13 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
             }
         }
     }
+    // A signal during the last cell or a check: stop here, the segments are
+    // already gone with their instances.
+    if let Some(signal) = signals::received() {
+        progress.finish_and_clear();
+        eprintln!("shmkit: {}; benchmark stopped", signals::describe(signal));
+        return Ok(signals::exit_code(signal));
+    }
     if args.peers {
         progress.set_message("Boost.Interprocess");
         let limit = round_limit_ms(&plan);
@@ -261,6 +268,10 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
         progress.inc(1);
     }
     progress.finish_and_clear();
+    if let Some(signal) = signals::received() {
+        eprintln!("shmkit: {}; benchmark stopped", signals::describe(signal));
+        return Ok(signals::exit_code(signal));
+    }
 
     print(&report, args);
     Ok(if failed {

@@ -340,6 +340,10 @@ fn collect(
             };
             filling.finish_and_clear();
             kill_all(&mut children);
+            // A terminal's Ctrl-C reaches the workers too, and one may die
+            // of it before this process notes its own.
+            std::thread::sleep(Duration::from_millis(20));
+            check_signals()?;
             return Err(Stopped::Failed(failed));
         }
         std::thread::sleep(Duration::from_millis(5));

@@ -54,8 +54,7 @@ fn main() -> shmkit::Result<()> {
             if session.producer.load(std::sync::atomic::Ordering::Acquire) == 0
                 && waiting_since.elapsed() > Duration::from_secs(30)
             {
-                eprintln!("consumer: no producer came in 30 s");
-                std::process::exit(queue::PARTNER_DIED);
+                queue::give_up_waiting(&heap, &name, "consumer", "producer");
             }
             continue;
         };
@@ -86,10 +85,10 @@ fn main() -> shmkit::Result<()> {
     // The stream is over (the producer sent the marker after its last
     // message), so the name can go; processes still attached keep their
     // mapping. With several consumers, the first to finish removes it.
-    match heap.segment().unlink() {
-        Ok(()) => println!("consumer: removed /{name}"),
-        Err(shmkit::Error::NotFound { .. }) => {}
-        Err(other) => return Err(other),
+    // Only if the name still names this run's segment: a new run may have
+    // taken the name over while this one drained.
+    if queue::remove_if_ours(&heap, &name)? {
+        println!("consumer: removed /{name}");
     }
     if bad > 0 {
         std::process::exit(1);

@@ -35,8 +35,10 @@ struct Args {
     /// Messages to send.
     #[arg(short, long, default_value_t = 100_000)]
     count: u64,
-    /// Bytes per payload (at least 1).
-    #[arg(short, long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Bytes per payload (1 to 4 MiB: the 64 MiB segment holds the
+    /// payloads in flight).
+    #[arg(short, long, default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=queue::SEGMENT_SIZE / 16))]
     size: u64,
     /// Consumers reading the queue: one end-of-stream marker each.
     #[arg(long, default_value_t = 1)]
@@ -50,11 +52,24 @@ fn main() -> shmkit::Result<()> {
     let (count, size, consumers) = (args.count, args.size as usize, args.consumers);
 
     let heap = queue::open_segment_patiently(&name, std::time::Duration::from_secs(10))?;
+    let arrived = Instant::now();
     let session = queue::session(&heap)?;
     session.join(Side::Producer);
     // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
     let ring = unsafe { MpmcRing::open(&heap, queue::queue(&heap)?) }?;
     println!("producer: segment /{name}, {count} messages of {size} bytes");
+    // While waiting for room: a signal, a dead consumer or one that never
+    // came end the run (neither would ever make room).
+    let wait_on_consumer = || {
+        queue::stop_if_signalled(&heap, &name, "producer");
+        if session.other_side_died(Side::Producer) {
+            queue::abandon(&heap, &name, "producer", "consumer");
+        }
+        if session.other_side_absent(Side::Producer) && arrived.elapsed() > queue::PARTNER_PATIENCE
+        {
+            queue::give_up_waiting(&heap, &name, "producer", "consumer");
+        }
+    };
     // Waits with a timeout for room, checking after each that the consumer
     // lives (a dead one frees nothing and takes nothing).
     let send = |message: Message| {
@@ -64,10 +79,7 @@ fn main() -> shmkit::Result<()> {
                 Ok(()) => return,
                 Err(back) => message = back,
             }
-            queue::stop_if_signalled(&heap, &name, "producer");
-            if session.other_side_died(Side::Producer) {
-                queue::abandon(&heap, &name, "producer", "consumer");
-            }
+            wait_on_consumer();
         }
     };
 
@@ -85,9 +97,7 @@ fn main() -> shmkit::Result<()> {
                 Ok(block) => break block,
                 // Consumers free as they read: wait for room.
                 Err(shmkit::Error::OutOfMemory { .. }) => {
-                    if session.other_side_died(Side::Producer) {
-                        queue::abandon(&heap, &name, "producer", "consumer");
-                    }
+                    wait_on_consumer();
                     std::thread::yield_now();
                 }
                 Err(other) => return Err(other),
