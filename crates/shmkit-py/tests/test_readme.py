@@ -18,6 +18,32 @@ def example():
     return text
 
 
+def arrays_example():
+    text = re.search(r"## Python\n.*?```python\n.*?```.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    assert '"my-arrays"' in text and "heap.ndarray" in text
+    return text
+
+
+def test_the_readme_arrays_example_runs(tmp_path, name):
+    pytest.importorskip("numpy")
+    script = tmp_path / "arrays.py"
+    script.write_text(arrays_example().replace('"my-arrays"', repr(name)))
+    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
+
+
+def test_the_readme_arrays_example_passes_mypy_strict(tmp_path):
+    pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")
+    script = tmp_path / "arrays.py"
+    script.write_text(arrays_example())
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_readme_example_runs(tmp_path, name):
     script = tmp_path / "example.py"
     script.write_text(example().replace('"my-pool"', repr(name)))

@@ -51,8 +51,35 @@ __all__ = [
     "CorruptSegmentError",
     "NeedsRecoveryError",
     "SegmentInUseError",
+    "SharedArray",
     "unlink",
 ]
+
+from shmkit import _arrays
+
+# Shared numpy arrays on every allocator (numpy is imported when one is
+# made): ``heap.ndarray(shape, dtype)`` and ``heap.free_array(array)``.
+for _allocator in (
+    BumpAllocator,
+    StackAllocator,
+    FreeListAllocator,
+    SlabAllocator,
+    BuddyAllocator,
+    SizeClassAllocator,
+    ThreadLocalAllocator,
+):
+    _allocator.ndarray = _arrays.ndarray
+    _allocator.free_array = _arrays.free_array
+del _allocator
+
+
+def __getattr__(name):
+    # ``shmkit.SharedArray``, made on first use: it subclasses numpy's
+    # ndarray, and numpy is optional.
+    if name == "SharedArray":
+        return _arrays._shared_array()
+    raise AttributeError(f"module 'shmkit' has no attribute {name!r}")
+
 
 # The import bound the native submodule here; it is no part of the API.
 del _native  # noqa: F821

@@ -15,7 +15,10 @@ segment. Closing never removes a segment: ``unlink()`` (or
 """
 
 from types import TracebackType
-from typing import Optional, Type, TypedDict, TypeVar, final
+from typing import Any, Optional, Sequence, Type, TypedDict, TypeVar, Union, final
+
+import numpy
+import numpy.typing
 
 from typing_extensions import Buffer, Self
 
@@ -34,6 +37,7 @@ __all__ = [
     "CorruptSegmentError",
     "NeedsRecoveryError",
     "SegmentInUseError",
+    "SharedArray",
     "unlink",
 ]
 
@@ -127,7 +131,27 @@ class _Recovery(TypedDict):
     used_bytes_after: int
     """``used_bytes`` before, and as recounted from the blocks."""
 
+class SharedArray(numpy.ndarray[Any, Any]):
+    """A numpy array over a block of a shmkit segment (``heap.ndarray``).
+    It pickles as a handle to the block (allocator, segment name, offset,
+    shape, dtype, strides), so a ``multiprocessing`` worker gets a zero-copy
+    view of the same bytes; slices and views of it do too. Pickling one
+    whose block was freed raises ValueError."""
+
 class _Allocator:
+    def ndarray(
+        self,
+        shape: Union[int, Sequence[int]],
+        dtype: numpy.typing.DTypeLike = "float64",
+        zero: bool = True,
+    ) -> SharedArray:
+        """A numpy array of ``shape`` and ``dtype`` whose bytes live in the
+        segment (zeroed unless ``zero=False``). MemoryError when the
+        segment has no room; ImportError when numpy is not installed."""
+    def free_array(self, array: numpy.ndarray[Any, Any]) -> None:
+        """Give the array's block back. The array and every view of it must
+        not be used afterwards. ValueError for an array that is not over a
+        live block of this heap (freed, a plain array, another segment's)."""
     def write(self, offset: int, data: Buffer) -> None:
         """Copy ``data`` (any bytes-like object: bytes, bytearray,
         memoryview, array, numpy array) to the start of the block at
