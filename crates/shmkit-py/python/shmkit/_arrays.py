@@ -29,22 +29,34 @@ _attached: "dict[tuple[str, str, bool], object]" = {}
 _attached_lock = threading.Lock()
 
 
+# numpy and the SharedArray class, once imported (a rebuild is on the path
+# of every array a worker receives: no import machinery there).
+_numpy_module = None
+_shared_array_class = None
+
+
 def _numpy():
-    try:
-        import numpy
-    except ImportError as missing:
-        raise ImportError(_NUMPY_MISSING) from missing
-    return numpy
+    global _numpy_module
+    if _numpy_module is None:
+        try:
+            import numpy
+        except ImportError as missing:
+            raise ImportError(_NUMPY_MISSING) from missing
+        _numpy_module = numpy
+    return _numpy_module
 
 
 def _shared_array():
     """The ``SharedArray`` class, imported on first use: it subclasses
     numpy's ``ndarray``, and numpy must not be imported before it is
     needed."""
-    _numpy()
-    from shmkit._shared_array import SharedArray
+    global _shared_array_class
+    if _shared_array_class is None:
+        _numpy()
+        from shmkit._shared_array import SharedArray
 
-    return SharedArray
+        _shared_array_class = SharedArray
+    return _shared_array_class
 
 
 class _Block:
@@ -94,9 +106,12 @@ def _handle_of(array):
 
 
 def _attach(class_name, name, read_only):
+    key = (class_name, name, read_only)
+    heap = _attached.get(key)
+    if heap is not None and not heap.closed:
+        return heap
     import shmkit
 
-    key = (class_name, name, read_only)
     with _attached_lock:
         heap = _attached.get(key)
         if heap is None or heap.closed:
@@ -107,11 +122,8 @@ def _attach(class_name, name, read_only):
 
 
 def _wrap(heap, offset, view, start, shape, dtype, strides):
-    numpy = _numpy()
-    address = numpy.frombuffer(view, dtype=numpy.uint8).__array_interface__["data"][0]
-    array = numpy.ndarray(
-        shape, dtype=dtype, buffer=view, offset=start, strides=strides
-    ).view(_shared_array())
+    array = _shared_array()(shape, dtype=dtype, buffer=view, offset=start, strides=strides)
+    address = array.__array_interface__["data"][0] - start
     array._shmkit = _Block(heap, offset, address, view.nbytes)
     return array
 
