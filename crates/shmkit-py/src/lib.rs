@@ -17,6 +17,7 @@ mod classes;
 mod errors;
 mod heap;
 mod layer;
+mod queue;
 mod views;
 
 use pyo3::prelude::*;
@@ -31,6 +32,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<classes::BuddyAllocator>()?;
     module.add_class::<classes::SizeClassAllocator>()?;
     module.add_class::<classes::ThreadLocalAllocator>()?;
+    module.add_class::<queue::RawQueue>()?;
     module.add_function(wrap_pyfunction!(classes::unlink, module)?)?;
     module.add(
         "WrongAllocatorError",

@@ -51,11 +51,12 @@ __all__ = [
     "CorruptSegmentError",
     "NeedsRecoveryError",
     "SegmentInUseError",
-    "SharedArray",
+    "Queue",
     "unlink",
 ]
 
 from shmkit import _arrays
+from shmkit._queue import Queue
 
 # Shared numpy arrays on every allocator (numpy is imported when one is
 # made): ``heap.ndarray(shape, dtype)`` and ``heap.free_array(array)``.
@@ -74,11 +75,17 @@ del _allocator
 
 
 def __getattr__(name):
-    # ``shmkit.SharedArray``, made on first use: it subclasses numpy's
-    # ndarray, and numpy is optional.
+    # ``shmkit.SharedArray``, imported on first use: it subclasses numpy's
+    # ndarray, and numpy is optional (so it stays out of ``__all__``: a
+    # ``from shmkit import *`` must not need numpy).
     if name == "SharedArray":
         return _arrays._shared_array()
     raise AttributeError(f"module 'shmkit' has no attribute {name!r}")
+
+
+def __dir__():
+    # The API, not the private modules the package imports.
+    return sorted(__all__ + ["SharedArray"])
 
 
 # The import bound the native submodule here; it is no part of the API.

@@ -15,7 +15,7 @@ segment. Closing never removes a segment: ``unlink()`` (or
 """
 
 from types import TracebackType
-from typing import Any, Optional, Sequence, Type, TypedDict, TypeVar, Union, final
+from typing import Any, Iterable, Optional, Sequence, Type, TypedDict, TypeVar, Union, final
 
 import numpy
 import numpy.typing
@@ -37,7 +37,7 @@ __all__ = [
     "CorruptSegmentError",
     "NeedsRecoveryError",
     "SegmentInUseError",
-    "SharedArray",
+    "Queue",
     "unlink",
 ]
 
@@ -137,6 +137,59 @@ class SharedArray(numpy.ndarray[Any, Any]):
     shape, dtype, strides), so a ``multiprocessing`` worker gets a zero-copy
     view of the same bytes; slices and views of it do too. Pickling one
     whose block was freed raises ValueError."""
+
+class Queue:
+    """A multi-producer, multi-consumer queue that processes share through
+    the shared-memory segment ``name``: ``queue.Queue``'s calls, across
+    processes. Bytes-like objects travel as raw bytes and come out as
+    ``bytes``; anything else is pickled. ``capacity`` bytes hold the
+    messages waiting; ``maxsize`` (0: the ring's 65,536 cells) bounds how
+    many, rounded up to a power of two. ``create=False`` attaches a queue
+    another process made; it pickles by name. A process killed in the
+    middle of a ``put`` or ``get`` leaves the queue usable (at most its own
+    message is lost)."""
+
+    name: str
+    def __init__(
+        self, name: str, capacity: int = 67108864, create: bool = True, maxsize: int = 0
+    ) -> None: ...
+    @property
+    def maxsize(self) -> int:
+        """The most messages the queue holds (0: the ring's 65,536 cells)."""
+    def put(self, obj: object, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put ``obj``; ``queue.Full`` when no room came within ``timeout``."""
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """The next object; ``queue.Empty`` when none came within ``timeout``."""
+    def put_nowait(self, obj: object) -> None: ...
+    def get_nowait(self) -> Any: ...
+    def put_many(
+        self, objects: Iterable[object], block: bool = True, timeout: Optional[float] = None
+    ) -> None:
+        """Put each of ``objects`` in order."""
+    def get_many(
+        self, max_items: int, block: bool = True, timeout: Optional[float] = None
+    ) -> list[Any]:
+        """Up to ``max_items`` objects: waits for the first only."""
+    def qsize(self) -> int: ...
+    def empty(self) -> bool: ...
+    def full(self) -> bool: ...
+    def check(self) -> None:
+        """The segment allocator's integrity walk."""
+    def recover(self) -> dict[str, int]:
+        """Mends what processes killed mid-put or mid-get left."""
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Detach; the segment stays until ``unlink()``."""
+    def unlink(self) -> None:
+        """Remove the segment's name."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
 
 class _Allocator:
     def ndarray(

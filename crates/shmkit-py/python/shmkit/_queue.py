@@ -1,0 +1,157 @@
+"""``shmkit.Queue``: a multi-producer, multi-consumer queue that processes
+share through one segment, with the standard ``queue.Queue`` calls.
+
+Bytes-like objects travel as raw bytes and come out as ``bytes``; anything
+else is pickled. Waits sleep on a futex in the segment with the
+interpreter lock released. A process killed in the middle of a ``put`` or a
+``get`` leaves the queue usable; at most its own message is lost.
+"""
+
+import pickle
+import queue as _stdlib_queue
+
+from shmkit._native import _RawQueue  # type: ignore[import-not-found]
+from shmkit._native import unlink as _unlink  # type: ignore[import-not-found]
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _encode(obj):
+    if isinstance(obj, bytes):
+        return obj, False
+    if isinstance(obj, _BYTES_LIKE):
+        return bytes(obj), False
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), True
+
+
+def _timeout(block, timeout):
+    """The native calls' wait: None forever, 0 not at all, else seconds."""
+    if not block:
+        return 0.0
+    if timeout is None:
+        return None
+    if timeout < 0:
+        raise ValueError("'timeout' must be a non-negative number")
+    return float(timeout)
+
+
+class Queue:
+    """A queue in the shared-memory segment ``name``.
+
+    ``capacity`` bytes hold the messages waiting in the queue; ``maxsize``
+    (0: as many as the ring's 65,536 cells) bounds how many, rounded up to a
+    power of two. ``create=False`` attaches a queue another process made.
+    Pickles by name, so a ``multiprocessing`` worker attaches the same queue.
+    """
+
+    def __init__(self, name, capacity=64 << 20, create=True, maxsize=0):
+        if maxsize < 0:
+            raise ValueError("maxsize must be 0 (unbounded) or positive")
+        self._raw = _RawQueue(name, int(capacity), bool(create), int(maxsize))
+        # Bound once: put and get are the hot path.
+        self._put = self._raw.put
+        self._get = self._raw.get
+        self.name = name
+
+    @property
+    def maxsize(self):
+        """The most messages the queue holds (0: the ring's 65,536 cells)."""
+        return self._raw.maxsize
+
+    def put(self, obj, block=True, timeout=None):
+        """Put ``obj``, waiting for room unless ``block`` is false, at most
+        ``timeout`` seconds; ``queue.Full`` when there was none."""
+        if type(obj) is bytes:
+            data, pickled = obj, False
+        else:
+            data, pickled = _encode(obj)
+        wait = None if block and timeout is None else _timeout(block, timeout)
+        if not self._put(data, pickled, wait):
+            raise _stdlib_queue.Full
+
+    def get(self, block=True, timeout=None):
+        """The next object, waiting for one unless ``block`` is false, at
+        most ``timeout`` seconds; ``queue.Empty`` when none came."""
+        got = self._get(None if block and timeout is None else _timeout(block, timeout))
+        if got is None:
+            raise _stdlib_queue.Empty
+        data, pickled = got
+        return pickle.loads(data) if pickled else data
+
+    def put_nowait(self, obj):
+        return self.put(obj, block=False)
+
+    def get_nowait(self):
+        return self.get(block=False)
+
+    def put_many(self, objects, block=True, timeout=None):
+        """Put each of ``objects`` in order (each waits as ``put`` does)."""
+        for obj in objects:
+            self.put(obj, block, timeout)
+
+    def get_many(self, max_items, block=True, timeout=None):
+        """Up to ``max_items`` objects: waits (as ``get`` does) for the
+        first, then takes what is there without waiting."""
+        items = [self.get(block, timeout)]
+        while len(items) < max_items:
+            try:
+                items.append(self.get(block=False))
+            except _stdlib_queue.Empty:
+                break
+        return items
+
+    def qsize(self):
+        """Messages in the queue now (others may change it at once)."""
+        return self._raw.qsize()
+
+    def empty(self):
+        return self.qsize() == 0
+
+    def full(self):
+        return self.qsize() >= self._raw.cells()
+
+    def check(self):
+        """The segment allocator's integrity walk (CorruptSegmentError,
+        NeedsRecoveryError)."""
+        self._raw.check()
+
+    def recover(self):
+        """Mends what processes killed mid-put or mid-get left; refused
+        (SegmentInUseError) while other processes use the queue."""
+        locks, blocks = self._raw.recover()
+        return {"locks_taken_over": locks, "blocks_reclaimed": blocks}
+
+    @property
+    def closed(self):
+        return self._raw.closed
+
+    def close(self):
+        """Detach; the segment stays until ``unlink()``."""
+        self._raw.close()
+
+    def unlink(self):
+        """Remove the segment's name (attached processes keep using it)."""
+        _unlink(self.name)
+
+    def __enter__(self):
+        if self.closed:
+            raise ValueError("the queue is closed")
+        return self
+
+    def __exit__(self, kind, value, traceback):
+        self.close()
+        return False
+
+    def __reduce__(self):
+        return (_attach, (self.name,))
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{self.qsize()} waiting"
+        return f"<shmkit.Queue {self.name!r} ({state})>"
+
+
+def _attach(name):
+    return Queue(name, create=False)
+
+
+Queue.__module__ = "shmkit"

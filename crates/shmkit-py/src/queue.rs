@@ -1,0 +1,339 @@
+//! `_RawQueue`: the native half of `shmkit.Queue`. A segment managed by the
+//! size-class allocator holds an MPMC ring of message cells; each message's
+//! bytes live in a block of the segment, and its cell carries the block's
+//! offset and length. The Python half (`python/shmkit/_queue.py`) turns
+//! objects into bytes and back.
+//!
+//! A process killed at any instruction leaves the queue usable: the ring
+//! repairs a cell a dead process had claimed (its own message is lost), and
+//! a block it was filling or reading stays allocated until `recover()`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use shmkit_lib::containers::{MpmcHandle, MpmcRing};
+use shmkit_lib::{
+    Error, MemContext, Offset, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
+};
+
+use crate::errors::{lib_to_py, SegmentInUseError};
+
+/// Where the ring's offset is published in the segment.
+const RING_ROOT: &str = "shmkit.queue.ring";
+/// Cells of an unbounded queue's ring (`maxsize=0`).
+const UNBOUNDED_CELLS: usize = 1 << 16;
+/// The flag in a cell's length word: the bytes are a pickle.
+const PICKLED: u64 = 1 << 63;
+/// How often a put that waits for memory looks again.
+const MEMORY_POLL: Duration = Duration::from_millis(1);
+/// Messages at least this long are copied in without the interpreter lock.
+const LONG_COPY: usize = 64 << 10;
+
+shmkit_lib::shm_struct! {
+    /// One message: where its bytes are, and how many (with [`PICKLED`]).
+    #[derive(Clone, Copy)]
+    struct Cell {
+        offset: u64,
+        len: u64,
+    }
+}
+
+/// The attached segment and the ring handle over it.
+struct Attached {
+    // Declared first, so dropped first: it borrows `heap`.
+    ring: MpmcHandle<'static, Cell>,
+    heap: Box<SizeClassAllocator>,
+    /// Calls of this process running without the interpreter lock; recovery
+    /// waits for none.
+    detached: AtomicUsize,
+}
+
+impl Attached {
+    fn new(heap: SizeClassAllocator, ring_at: Offset<MpmcRing<Cell>>) -> Result<Attached, Error> {
+        let heap = Box::new(heap);
+        // SAFETY: the box's allocation never moves and outlives `ring`,
+        // which is declared before it and so dropped first.
+        let heap_ref: &'static SizeClassAllocator = unsafe { &*(heap.as_ref() as *const _) };
+        // SAFETY: the root names the ring `create` made in this queue's
+        // segment, reached only through ring handles and never destroyed.
+        let ring = unsafe { MpmcRing::open(heap_ref, ring_at)? };
+        Ok(Attached {
+            ring,
+            heap,
+            detached: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// Counts a call that runs without the interpreter lock.
+struct Detached<'a>(&'a AtomicUsize);
+
+impl<'a> Detached<'a> {
+    fn enter(count: &'a AtomicUsize) -> Detached<'a> {
+        count.fetch_add(1, Ordering::AcqRel);
+        Detached(count)
+    }
+}
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The native queue: bytes in, bytes out.
+#[pyclass(module = "shmkit._native", name = "_RawQueue", frozen)]
+pub struct RawQueue {
+    attached: RwLock<Option<Arc<Attached>>>,
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    maxsize: usize,
+}
+
+fn closed() -> PyErr {
+    PyValueError::new_err("the queue is closed")
+}
+
+fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+    deadline.map(|at| at.saturating_duration_since(Instant::now()))
+}
+
+impl RawQueue {
+    fn attached(&self) -> PyResult<Arc<Attached>> {
+        self.attached
+            .read()
+            .map_err(|_| PyRuntimeError::new_err("the queue's lock is poisoned"))?
+            .clone()
+            .ok_or_else(closed)
+    }
+}
+
+#[pymethods]
+impl RawQueue {
+    /// Creates the queue's segment (`create=True`) or attaches it.
+    #[new]
+    #[pyo3(signature = (name, capacity, create, maxsize))]
+    fn new(
+        py: Python<'_>,
+        name: &str,
+        capacity: u64,
+        create: bool,
+        maxsize: usize,
+    ) -> PyResult<Self> {
+        let options = SegmentOptions::shm(name);
+        let attached = py
+            .detach(|| -> Result<Attached, Error> {
+                if create {
+                    let cells = if maxsize == 0 {
+                        UNBOUNDED_CELLS
+                    } else {
+                        maxsize.max(2).checked_next_power_of_two().ok_or_else(|| {
+                            Error::InvalidSize {
+                                reason: format!("maxsize {maxsize} is too large"),
+                            }
+                        })?
+                    };
+                    let ring_bytes = MpmcRing::<Cell>::bytes_for(cells)? as u64;
+                    let heap =
+                        SizeClassAllocator::create(&options.size(capacity + 2 * ring_bytes))?;
+                    let ring = MpmcRing::<Cell>::create(&heap, cells)?;
+                    heap.segment().set_root(RING_ROOT, ring)?;
+                    Attached::new(heap, ring)
+                } else {
+                    let heap = SizeClassAllocator::attach(&options)?;
+                    let ring =
+                        heap.segment()
+                            .root(RING_ROOT)
+                            .ok_or_else(|| Error::CorruptHeader {
+                                reason: format!("segment `{name}` holds no shmkit queue"),
+                            })?;
+                    Attached::new(heap, ring)
+                }
+            })
+            .map_err(lib_to_py)?;
+        // The ring's cells bound the queue: `maxsize` rounded up to a power
+        // of two, or unbounded (0) for the default ring.
+        let cells = attached.ring.capacity();
+        let maxsize = if cells == UNBOUNDED_CELLS { 0 } else { cells };
+        Ok(RawQueue {
+            attached: RwLock::new(Some(Arc::new(attached))),
+            name: name.to_owned(),
+            maxsize,
+        })
+    }
+
+    /// Puts `data` (a pickle when `pickled`); returns False when the queue
+    /// stayed full (or the segment without room) until `timeout` (`None`:
+    /// forever; 0: not at all).
+    #[pyo3(signature = (data, pickled, timeout))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        data: &[u8],
+        pickled: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<bool> {
+        let attached = self.attached()?;
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        let len = data.len() as u64;
+        let ctx = MemContext::default();
+        // The block for the bytes: wait for memory (consumers free as
+        // they read) until the deadline.
+        let offset = loop {
+            match attached.heap.allocate_offset(&ctx, data.len().max(1), 8) {
+                Ok(offset) => break offset,
+                Err(Error::OutOfMemory { .. }) => {
+                    if remaining(deadline) == Some(Duration::ZERO) {
+                        return Ok(false);
+                    }
+                    let _detached = Detached::enter(&attached.detached);
+                    py.detach(|| std::thread::sleep(MEMORY_POLL));
+                }
+                Err(other) => return Err(lib_to_py(other)),
+            }
+        };
+        let block = attached.heap.full_ptr(offset).map_err(lib_to_py)?;
+        let target = block.as_ptr() as usize;
+        let copy = || {
+            // SAFETY: a fresh block of at least `len` bytes, ours until
+            // pushed; `data` is an immutable bytes object's buffer.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), target as *mut u8, data.len()) }
+        };
+        if data.len() >= LONG_COPY {
+            let _detached = Detached::enter(&attached.detached);
+            py.detach(copy);
+        } else {
+            copy();
+        }
+        let cell = Cell {
+            offset,
+            len: len | if pickled { PICKLED } else { 0 },
+        };
+        // Room at once is the common case: no wait, so no release of the
+        // interpreter lock (which costs more than the push).
+        let pushed = match attached.ring.try_push(cell) {
+            Ok(()) => true,
+            Err(cell) => match remaining(deadline) {
+                Some(Duration::ZERO) => false,
+                wait => {
+                    let _detached = Detached::enter(&attached.detached);
+                    py.detach(|| match wait {
+                        None => {
+                            attached.ring.push(cell);
+                            true
+                        }
+                        Some(wait) => attached.ring.push_timeout(cell, wait).is_ok(),
+                    })
+                }
+            },
+        };
+        if !pushed {
+            // SAFETY: never pushed, so nobody else knows the block.
+            unsafe { attached.heap.free_offset(&ctx, offset) }.map_err(lib_to_py)?;
+        }
+        Ok(pushed)
+    }
+
+    /// The next message as `(bytes, pickled)`, or None when the queue stayed
+    /// empty until `timeout` (`None`: forever; 0: not at all).
+    #[pyo3(signature = (timeout))]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(Bound<'py, PyBytes>, bool)>> {
+        let attached = self.attached()?;
+        // A message at once is the common case: no wait, no release of the
+        // interpreter lock.
+        let cell = match (attached.ring.try_pop(), timeout) {
+            (Some(cell), _) => Some(cell),
+            (None, Some(t)) if t <= 0.0 => None,
+            (None, wait) => {
+                let _detached = Detached::enter(&attached.detached);
+                py.detach(|| match wait {
+                    None => Some(attached.ring.pop()),
+                    Some(t) => attached.ring.pop_timeout(Duration::from_secs_f64(t)),
+                })
+            }
+        };
+        let Some(cell) = cell else {
+            return Ok(None);
+        };
+        let len = (cell.len & !PICKLED) as usize;
+        let block = attached.heap.full_ptr(cell.offset).map_err(lib_to_py)?;
+        if attached.heap.usable_size(cell.offset).map_err(lib_to_py)? < len {
+            return Err(PyValueError::new_err(format!(
+                "a queue message of {len} bytes at offset {} is longer than its block",
+                cell.offset
+            )));
+        }
+        // SAFETY: the popped cell hands this process the block, `len` bytes
+        // long (checked), written before it was pushed.
+        let bytes = unsafe { PyBytes::from_ptr(py, block.as_ptr(), len) };
+        // SAFETY: the message was ours alone and its bytes are copied out.
+        unsafe {
+            attached
+                .heap
+                .free_offset(&MemContext::default(), cell.offset)
+        }
+        .map_err(lib_to_py)?;
+        Ok(Some((bytes, cell.len & PICKLED != 0)))
+    }
+
+    /// Messages in the queue now.
+    fn qsize(&self) -> PyResult<usize> {
+        Ok(self.attached()?.ring.len())
+    }
+
+    /// Cells of the ring (the most messages the queue holds).
+    fn cells(&self) -> PyResult<usize> {
+        Ok(self.attached()?.ring.capacity())
+    }
+
+    /// The segment allocator's integrity walk.
+    fn check(&self) -> PyResult<()> {
+        self.attached()?.heap.check().map_err(lib_to_py)
+    }
+
+    /// Mends what processes that died mid-put or mid-get left (see the
+    /// allocators' `recover`); refused while other processes use the
+    /// segment or a call of this process waits.
+    fn recover(&self) -> PyResult<(u64, u64)> {
+        let attached = self.attached()?;
+        let waiting = attached.detached.load(Ordering::Acquire);
+        if waiting > 0 {
+            return Err(SegmentInUseError::new_err(format!(
+                "{waiting} call(s) of this process are waiting on the queue"
+            )));
+        }
+        // SAFETY: this thread holds the interpreter lock, which every call
+        // takes to start, and no call that released it is running (checked
+        // above), so no other thread of this process is inside the
+        // allocator.
+        let report = unsafe { attached.heap.recover() }.map_err(lib_to_py)?;
+        Ok((report.locks_taken_over, report.blocks_reclaimed))
+    }
+
+    /// Detaches (the segment stays until `unlink()`); a call still waiting
+    /// on the queue keeps the mapping until it returns.
+    fn close(&self) -> PyResult<()> {
+        *self
+            .attached
+            .write()
+            .map_err(|_| PyRuntimeError::new_err("the queue's lock is poisoned"))? = None;
+        Ok(())
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.attached
+            .read()
+            .map(|slot| slot.is_none())
+            .unwrap_or(true)
+    }
+}
