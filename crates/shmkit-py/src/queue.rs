@@ -5,8 +5,9 @@
 //! objects into bytes and back.
 //!
 //! A process killed at any instruction leaves the queue usable: the ring
-//! repairs a cell a dead process had claimed (its own message is lost), and
-//! a block it was filling or reading stays allocated until `recover()`.
+//! repairs a cell a dead process had claimed (its own message is lost).
+//! The block of a message it was filling or reading stays allocated: a
+//! crash costs that much room for good (`recover()` keeps live blocks).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -46,7 +47,9 @@ shmkit_lib::shm_struct! {
 struct Attached {
     // Declared first, so dropped first: it borrows `heap`.
     ring: MpmcHandle<'static, Cell>,
-    heap: Box<SizeClassAllocator>,
+    heap: Arc<SizeClassAllocator>,
+    /// The ring's own block, which no cell may name.
+    ring_block: u64,
     /// Calls of this process running without the interpreter lock; recovery
     /// waits for none.
     detached: AtomicUsize,
@@ -54,16 +57,18 @@ struct Attached {
 
 impl Attached {
     fn new(heap: SizeClassAllocator, ring_at: Offset<MpmcRing<Cell>>) -> Result<Attached, Error> {
-        let heap = Box::new(heap);
-        // SAFETY: the box's allocation never moves and outlives `ring`,
-        // which is declared before it and so dropped first.
-        let heap_ref: &'static SizeClassAllocator = unsafe { &*(heap.as_ref() as *const _) };
+        let heap = Arc::new(heap);
+        // SAFETY: the Arc's allocation never moves and outlives `ring`,
+        // which is declared before it and so dropped first; an Arc (unlike
+        // a Box) asserts no uniqueness when it moves.
+        let heap_ref: &'static SizeClassAllocator = unsafe { &*Arc::as_ptr(&heap) };
         // SAFETY: the root names the ring `create` made in this queue's
         // segment, reached only through ring handles and never destroyed.
         let ring = unsafe { MpmcRing::open(heap_ref, ring_at)? };
         Ok(Attached {
             ring,
             heap,
+            ring_block: ring_at.raw(),
             detached: AtomicUsize::new(0),
         })
     }
@@ -101,6 +106,38 @@ fn closed() -> PyErr {
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|at| at.saturating_duration_since(Instant::now()))
+}
+
+/// The deadline of a wait of `timeout` seconds (`None`, an infinite or a
+/// too long one: none).
+fn deadline_after(timeout: Option<f64>) -> Option<Instant> {
+    let wait = Duration::try_from_secs_f64(timeout?.max(0.0)).ok()?;
+    Instant::now().checked_add(wait)
+}
+
+/// Waits in slices, so that a signal (Ctrl-C) reaches Python between
+/// them; `attempt` waits at most its argument and says whether it is done.
+fn wait_in_slices(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    detached: &AtomicUsize,
+    mut attempt: impl FnMut(Duration) -> bool + Send,
+) -> PyResult<bool> {
+    const SLICE: Duration = Duration::from_millis(100);
+    loop {
+        let slice = remaining(deadline).map_or(SLICE, |left| left.min(SLICE));
+        let done = {
+            let _detached = Detached::enter(detached);
+            py.detach(|| attempt(slice))
+        };
+        if done {
+            return Ok(true);
+        }
+        if remaining(deadline) == Some(Duration::ZERO) {
+            return Ok(false);
+        }
+        py.check_signals()?;
+    }
 }
 
 impl RawQueue {
@@ -179,8 +216,14 @@ impl RawQueue {
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let attached = self.attached()?;
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        let deadline = deadline_after(timeout);
+        let no_wait = timeout.is_some_and(|t| t <= 0.0);
         let len = data.len() as u64;
+        if len > attached.heap.segment().size() {
+            return Err(PyValueError::new_err(format!(
+                "a message of {len} bytes is larger than the queue's whole segment"
+            )));
+        }
         let ctx = MemContext::default();
         // The block for the bytes: wait for memory (consumers free as
         // they read) until the deadline.
@@ -188,16 +231,26 @@ impl RawQueue {
             match attached.heap.allocate_offset(&ctx, data.len().max(1), 8) {
                 Ok(offset) => break offset,
                 Err(Error::OutOfMemory { .. }) => {
-                    if remaining(deadline) == Some(Duration::ZERO) {
+                    if no_wait || remaining(deadline) == Some(Duration::ZERO) {
                         return Ok(false);
                     }
-                    let _detached = Detached::enter(&attached.detached);
-                    py.detach(|| std::thread::sleep(MEMORY_POLL));
+                    {
+                        let _detached = Detached::enter(&attached.detached);
+                        py.detach(|| std::thread::sleep(MEMORY_POLL));
+                    }
+                    py.check_signals()?;
                 }
                 Err(other) => return Err(lib_to_py(other)),
             }
         };
-        let block = attached.heap.full_ptr(offset).map_err(lib_to_py)?;
+        let block = match attached.heap.full_ptr(offset) {
+            Ok(block) => block,
+            Err(error) => {
+                // SAFETY: the fresh block never left this call.
+                let _ = unsafe { attached.heap.free_offset(&ctx, offset) };
+                return Err(lib_to_py(error));
+            }
+        };
         let target = block.as_ptr() as usize;
         let copy = || {
             // SAFETY: a fresh block of at least `len` bytes, ours until
@@ -217,20 +270,19 @@ impl RawQueue {
         // Room at once is the common case: no wait, so no release of the
         // interpreter lock (which costs more than the push).
         let pushed = match attached.ring.try_push(cell) {
-            Ok(()) => true,
-            Err(cell) => match remaining(deadline) {
-                Some(Duration::ZERO) => false,
-                wait => {
-                    let _detached = Detached::enter(&attached.detached);
-                    py.detach(|| match wait {
-                        None => {
-                            attached.ring.push(cell);
-                            true
-                        }
-                        Some(wait) => attached.ring.push_timeout(cell, wait).is_ok(),
-                    })
-                }
-            },
+            Ok(()) => Ok(true),
+            Err(_) if no_wait => Ok(false),
+            Err(cell) => wait_in_slices(py, deadline, &attached.detached, |slice| {
+                attached.ring.push_timeout(cell, slice).is_ok()
+            }),
+        };
+        let pushed = match pushed {
+            Ok(pushed) => pushed,
+            Err(interrupted) => {
+                // SAFETY: never pushed, so nobody else knows the block.
+                let _ = unsafe { attached.heap.free_offset(&ctx, offset) };
+                return Err(interrupted);
+            }
         };
         if !pushed {
             // SAFETY: never pushed, so nobody else knows the block.
@@ -250,39 +302,55 @@ impl RawQueue {
         let attached = self.attached()?;
         // A message at once is the common case: no wait, no release of the
         // interpreter lock.
-        let cell = match (attached.ring.try_pop(), timeout) {
-            (Some(cell), _) => Some(cell),
-            (None, Some(t)) if t <= 0.0 => None,
-            (None, wait) => {
-                let _detached = Detached::enter(&attached.detached);
-                py.detach(|| match wait {
-                    None => Some(attached.ring.pop()),
-                    Some(t) => attached.ring.pop_timeout(Duration::from_secs_f64(t)),
-                })
+        let cell = match attached.ring.try_pop() {
+            Some(cell) => Some(cell),
+            None if timeout.is_some_and(|t| t <= 0.0) => None,
+            None => {
+                let deadline = deadline_after(timeout);
+                let mut got = None;
+                wait_in_slices(py, deadline, &attached.detached, |slice| {
+                    got = attached.ring.pop_timeout(slice);
+                    got.is_some()
+                })?;
+                got
             }
         };
         let Some(cell) = cell else {
             return Ok(None);
         };
         let len = (cell.len & !PICKLED) as usize;
-        let block = attached.heap.full_ptr(cell.offset).map_err(lib_to_py)?;
-        if attached.heap.usable_size(cell.offset).map_err(lib_to_py)? < len {
+        // The cell is shared memory: it must name a live message block, not
+        // the ring's own, with its length inside.
+        let checked = (cell.offset != attached.ring_block)
+            .then(|| {
+                let usable = attached.heap.usable_size(cell.offset).ok()?;
+                let block = attached.heap.full_ptr(cell.offset).ok()?;
+                (usable >= len).then_some(block)
+            })
+            .flatten();
+        let Some(block) = checked else {
             return Err(PyValueError::new_err(format!(
-                "a queue message of {len} bytes at offset {} is longer than its block",
+                "a queue cell names no message block (offset {}, {len} bytes): the segment \
+                 is corrupt",
                 cell.offset
             )));
-        }
-        // SAFETY: the popped cell hands this process the block, `len` bytes
-        // long (checked), written before it was pushed.
-        let bytes = unsafe { PyBytes::from_ptr(py, block.as_ptr(), len) };
-        // SAFETY: the message was ours alone and its bytes are copied out.
+        };
+        let source = block.as_ptr() as usize;
+        let bytes = PyBytes::new_with(py, len, |target| {
+            // SAFETY: the popped cell hands this process the block, `len`
+            // bytes long (checked), written before it was pushed.
+            unsafe { std::ptr::copy_nonoverlapping(source as *const u8, target.as_mut_ptr(), len) };
+            Ok(())
+        });
+        // SAFETY: the message was ours alone and its bytes are copied out
+        // (or could not be: it is lost either way, its room comes back).
         unsafe {
             attached
                 .heap
                 .free_offset(&MemContext::default(), cell.offset)
         }
         .map_err(lib_to_py)?;
-        Ok(Some((bytes, cell.len & PICKLED != 0)))
+        Ok(Some((bytes?, cell.len & PICKLED != 0)))
     }
 
     /// Messages in the queue now.

@@ -118,3 +118,16 @@ def test_without_numpy_the_error_says_what_to_install(name):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert "ImportError: shmkit's shared arrays need numpy (pip install numpy)" in out.stdout
+
+
+def test_structured_dtypes_keep_their_fields(name):
+    with shmkit.FreeListAllocator(name, capacity=1 << 20) as heap:
+        records = heap.ndarray(3, numpy.dtype([("id", "<i4"), ("score", "<f8")]))
+        records["id"] = [1, 2, 3]
+        records["score"] = [0.5, 1.5, 2.5]
+        same = pickle.loads(pickle.dumps(records))
+        assert same.dtype.names == ("id", "score")
+        assert list(same["id"]) == [1, 2, 3] and same["score"][2] == 2.5
+        del same
+        heap.free_array(records)
+        heap.unlink()

@@ -162,3 +162,44 @@ def test_a_consumer_killed_mid_stream_costs_at_most_its_own_message(name):
     q.check()
     q.close()
     q.unlink()
+
+
+def test_odd_arguments_get_clear_answers(name):
+    with shmkit.Queue(name, capacity=1 << 20, maxsize=4) as q:
+        assert q.get_many(0) == []
+        with pytest.raises(ValueError):
+            q.get(timeout=float("nan"))
+        with pytest.raises(ValueError):
+            q.put(b"x", timeout=-1)
+        q.put(b"x")
+        assert q.get(timeout=float("inf")) == b"x"  # no wait needed
+        with pytest.raises(ValueError, match="larger than the queue's whole segment"):
+            q.put(bytes(4 << 20))
+        q.unlink()
+
+
+def test_ctrl_c_reaches_a_get_that_waits(name):
+    import subprocess
+    import sys
+
+    q = shmkit.Queue(name, capacity=1 << 20)
+    waiter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import shmkit, sys\n"
+            f"q = shmkit.Queue({name!r}, create=False)\n"
+            "print('waiting', flush=True)\n"
+            "try:\n"
+            "    q.get()\n"
+            "except KeyboardInterrupt:\n"
+            "    sys.exit(42)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert waiter.stdout.readline() == b"waiting\n"
+    time.sleep(0.3)
+    waiter.send_signal(signal.SIGINT)
+    assert waiter.wait(timeout=10) == 42
+    q.close()
+    q.unlink()

@@ -100,7 +100,8 @@ def _handle_of(array):
         block.offset,
         start - block.address,
         tuple(array.shape),
-        numpy.dtype(array.dtype).str,
+        # The dtype itself (it pickles), so structured fields survive.
+        numpy.dtype(array.dtype),
         tuple(array.strides),
     )
 

@@ -4,7 +4,8 @@ share through one segment, with the standard ``queue.Queue`` calls.
 Bytes-like objects travel as raw bytes and come out as ``bytes``; anything
 else is pickled. Waits sleep on a futex in the segment with the
 interpreter lock released. A process killed in the middle of a ``put`` or a
-``get`` leaves the queue usable; at most its own message is lost.
+``get`` leaves the queue usable; at most its own message is lost (and its
+block's room, for good).
 """
 
 import pickle
@@ -30,9 +31,10 @@ def _timeout(block, timeout):
         return 0.0
     if timeout is None:
         return None
-    if timeout < 0:
+    timeout = float(timeout)
+    if timeout != timeout or timeout < 0:  # NaN or negative
         raise ValueError("'timeout' must be a non-negative number")
-    return float(timeout)
+    return timeout
 
 
 class Queue:
@@ -92,6 +94,8 @@ class Queue:
     def get_many(self, max_items, block=True, timeout=None):
         """Up to ``max_items`` objects: waits (as ``get`` does) for the
         first, then takes what is there without waiting."""
+        if max_items < 1:
+            return []
         items = [self.get(block, timeout)]
         while len(items) < max_items:
             try:

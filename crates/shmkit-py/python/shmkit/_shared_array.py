@@ -17,16 +17,15 @@ class SharedArray(numpy.ndarray):  # type: ignore[type-arg]
         self._shmkit = getattr(source, "_shmkit", None)
 
     def __reduce__(self):  # type: ignore[no-untyped-def]
-        block = getattr(self, "_shmkit", None)
-        if block is not None and block.freed:
-            raise ValueError(
-                "this array's block was freed (heap.free_array): its bytes "
-                "may belong to another array now"
-            )
         handle = _arrays._handle_of(self)
         if handle is None:
             # Not over the block (a copy made from it): plain data.
             return numpy.asarray(self).__reduce__()
+        if self._shmkit.freed:
+            raise ValueError(
+                "this array's block was freed (heap.free_array): its bytes "
+                "may belong to another array now"
+            )
         return (_arrays._rebuild, handle)
 
     def __reduce_ex__(self, protocol):  # type: ignore[no-untyped-def]

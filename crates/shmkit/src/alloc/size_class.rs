@@ -1452,7 +1452,23 @@ impl ShmAllocator for SizeClassAllocator {
                 let (class, _, _) = self.small_block(page, within, state).ok_or_else(invalid)?;
                 Ok(CLASSES[class].size as usize)
             }
-            LARGE if within == 0 => Ok((desc.run.load(Ordering::Relaxed) * PAGE_SIZE) as usize),
+            LARGE if within == 0 => {
+                // The run length is shared memory: a block's bytes must lie
+                // in the page table's reach and in the segment as mapped.
+                let run = desc.run.load(Ordering::Relaxed);
+                let in_reach = run != 0
+                    && u64::from(page) + run <= u64::from(self.max_pages)
+                    && run
+                        .checked_mul(PAGE_SIZE)
+                        .and_then(|len| offset.checked_add(len))
+                        .is_some_and(|end| end <= self.segment.size());
+                if !in_reach {
+                    return Err(Error::corrupt(format!(
+                        "large block at page {page}: {run} pages"
+                    )));
+                }
+                Ok((run * PAGE_SIZE) as usize)
+            }
             _ => Err(invalid()),
         }
     }
