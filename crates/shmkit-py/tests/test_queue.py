@@ -165,6 +165,9 @@ def test_a_consumer_killed_mid_stream_costs_at_most_its_own_message(name):
 
 
 def test_odd_arguments_get_clear_answers(name):
+    with shmkit.Queue(name + "-unbounded", capacity=1 << 20, maxsize=-1) as unbounded:
+        assert unbounded.maxsize == 0, "as queue.Queue: below one is unbounded"
+        unbounded.unlink()
     with shmkit.Queue(name, capacity=1 << 20, maxsize=4) as q:
         assert q.get_many(0) == []
         with pytest.raises(ValueError):

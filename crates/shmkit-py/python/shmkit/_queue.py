@@ -47,8 +47,8 @@ class Queue:
     """
 
     def __init__(self, name, capacity=64 << 20, create=True, maxsize=0):
-        if maxsize < 0:
-            raise ValueError("maxsize must be 0 (unbounded) or positive")
+        # As queue.Queue: zero or less is unbounded.
+        maxsize = max(int(maxsize), 0)
         self._raw = _RawQueue(name, int(capacity), bool(create), int(maxsize))
         # Bound once: put and get are the hot path.
         self._put = self._raw.put
