@@ -557,8 +557,9 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
             "{kind}: before recovery, check calls a crash's traces corruption: {error}"
         );
     }
-    // SAFETY: no other thread of this process uses the allocator meanwhile.
-    let report = unsafe { allocator.recover() }.unwrap();
+    // Every worker has exited (the soaks of the other allocators fork
+    // theirs on other threads meanwhile: see the helper).
+    let report = common::recover_once_alone(&allocator);
     let handoffs_during_run = soak.handoffs_reaped;
     soak.reap_handoffs();
     // The final reaping: a victim's unfinished free names its block.

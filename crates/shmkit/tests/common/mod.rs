@@ -169,3 +169,25 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// `recover()` for a test whose own processes have all exited, in a test
+/// binary whose other tests fork children on other threads: a child
+/// between its fork and its exec maps every segment of this process for a
+/// moment, and recovery rightly refuses (`InUse`) while it does. Such a
+/// user goes away within milliseconds; one that stays 10 s fails the test.
+pub fn recover_once_alone(allocator: &dyn shmkit::ShmAllocator) -> shmkit::RecoveryReport {
+    let started = std::time::Instant::now();
+    loop {
+        // SAFETY: the calling test uses the allocator from this thread only.
+        match unsafe { allocator.recover() } {
+            Err(shmkit::Error::InUse { reason }) => {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "recovery refused for 10 s: {reason}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
