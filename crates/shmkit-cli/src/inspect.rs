@@ -454,17 +454,17 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
             }
         );
     }
-    println!("allocator          {}", heap.kind());
-    println!("format version     {}", segment.format_version());
-    println!("segment id         {}", segment.id());
-    println!("zero on free       {}", segment.zero_on_free());
-    println!("creator            pid {}", segment.creator_pid());
-    println!(
-        "size               {} (max {})",
-        format_bytes(segment.size()),
-        format_bytes(segment.max_size())
-    );
-    println!("data offset        {}", segment.data_offset());
+    HeaderFacts {
+        allocator: heap.kind(),
+        format_version: segment.format_version(),
+        id: segment.id(),
+        zero_on_free: Some(segment.zero_on_free()),
+        creator_pid: segment.creator_pid(),
+        size: segment.size(),
+        max_size: segment.max_size(),
+        data_offset: segment.data_offset(),
+    }
+    .print();
     if linear {
         println!(
             "used               {} (below the cursor; a {} allocator counts bytes, not blocks)",
@@ -496,6 +496,38 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What a segment's header says, as `stat` prints it (from a writable or a
+/// read-only attachment).
+struct HeaderFacts {
+    allocator: AllocatorKind,
+    format_version: u32,
+    id: shmkit::SegmentId,
+    /// Not known without write access (the flag lives with the allocator).
+    zero_on_free: Option<bool>,
+    creator_pid: u32,
+    size: u64,
+    max_size: u64,
+    data_offset: u64,
+}
+
+impl HeaderFacts {
+    fn print(&self) {
+        println!("allocator          {}", self.allocator);
+        println!("format version     {}", self.format_version);
+        println!("segment id         {}", self.id);
+        if let Some(zero_on_free) = self.zero_on_free {
+            println!("zero on free       {zero_on_free}");
+        }
+        println!("creator            pid {}", self.creator_pid);
+        println!(
+            "size               {} (max {})",
+            format_bytes(self.size),
+            format_bytes(self.max_size)
+        );
+        println!("data offset        {}", self.data_offset);
+    }
 }
 
 /// `stat` of a segment this user may read but not write: what the header
@@ -535,16 +567,17 @@ fn stat_read_only(args: &NameArgs, options: &SegmentOptions) -> Result<ExitCode,
         owner_of(&path),
         mode_of(&path)
     );
-    println!("allocator          {}", segment.allocator_kind());
-    println!("format version     {}", segment.format_version());
-    println!("segment id         {}", segment.id());
-    println!("creator            pid {}", segment.creator_pid());
-    println!(
-        "size               {} (max {})",
-        format_bytes(segment.size()),
-        format_bytes(segment.max_size())
-    );
-    println!("data offset        {}", segment.data_offset());
+    HeaderFacts {
+        allocator: segment.allocator_kind(),
+        format_version: segment.format_version(),
+        id: segment.id(),
+        zero_on_free: None,
+        creator_pid: segment.creator_pid(),
+        size: segment.size(),
+        max_size: segment.max_size(),
+        data_offset: segment.data_offset(),
+    }
+    .print();
     for (name, offset) in segment.roots() {
         println!("root               {name} -> {offset}");
     }

@@ -25,16 +25,9 @@ import numpy
 import shmkit
 
 
-def shmkit_worker(inbox, outbox):
-    while True:
-        array = inbox.get()
-        if array is None:
-            return
-        array += 1
-        outbox.put(array)
-
-
-def pickled_worker(inbox, outbox):
+def array_worker(inbox, outbox):
+    """Adds 1 in place and hands the array back: a SharedArray (its pickle
+    a handle) or a plain one (its pickle the data)."""
     while True:
         array = inbox.get()
         if array is None:
@@ -90,7 +83,7 @@ def main():
     name = f"bench-arrays-{uuid.uuid4().hex[:8]}"
     with shmkit.SizeClassAllocator(name, capacity=max(64, 4 * args.mib) << 20) as heap:
         array = heap.ndarray(count, "float64")
-        rate, last = run(shmkit_worker, array, lambda a: a, lambda a: a, args.rounds)
+        rate, last = run(array_worker, array, lambda a: a, lambda a: a, args.rounds)
         assert last[0] == args.rounds + 1, last[0]
         results["shmkit SharedArray through a Queue"] = rate
         del last
@@ -98,7 +91,7 @@ def main():
         heap.unlink()
 
     rate, last = run(
-        pickled_worker, numpy.zeros(count), lambda a: a, lambda a: a, args.rounds
+        array_worker, numpy.zeros(count), lambda a: a, lambda a: a, args.rounds
     )
     assert last[0] == args.rounds + 1, last[0]
     results["the array pickled through a Queue"] = rate

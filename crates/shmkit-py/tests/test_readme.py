@@ -12,75 +12,46 @@ import pytest
 README = pathlib.Path(__file__).resolve().parents[3] / "README.md"
 
 
-def example():
-    text = re.search(r"## Python\n.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    assert '"my-pool"' in text
+def _block(pattern, *markers):
+    text = re.search(pattern, README.read_text(), re.S).group(1)
+    for marker in markers:
+        assert marker in text, marker
     return text
 
 
-def arrays_example():
-    text = re.search(r"## Python\n.*?```python\n.*?```.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
-    assert '"my-arrays"' in text and "heap.ndarray" in text
-    return text
+# The README's Python examples: how to find each, and the segment names it
+# uses (replaced by fresh ones when it runs).
+EXAMPLES = {
+    "allocator": (lambda: _block(r"## Python\n.*?```python\n(.*?)```", '"my-pool"'), ["my-pool"]),
+    "arrays": (
+        lambda: _block(r"## Python\n.*?```python\n.*?```.*?```python\n(.*?)```", '"my-arrays"', "heap.ndarray"),
+        ["my-arrays"],
+    ),
+    "queue": (
+        lambda: _block(r"```python\n(import multiprocessing\n\nimport shmkit\n.*?)```", '"my-jobs"', "shmkit.Queue"),
+        ["my-jobs", "my-done"],
+    ),
+}
 
 
-def test_the_readme_arrays_example_runs(tmp_path, name):
-    pytest.importorskip("numpy")
-    script = tmp_path / "arrays.py"
-    script.write_text(arrays_example().replace('"my-arrays"', repr(name)))
+@pytest.mark.parametrize("which", sorted(EXAMPLES))
+def test_the_readme_example_runs(tmp_path, name, which):
+    if which == "arrays":
+        pytest.importorskip("numpy")
+    find, names = EXAMPLES[which]
+    text = find()
+    for index, segment in enumerate(names):
+        text = text.replace(f'"{segment}"', repr(f"{name}-{index}"))
+    script = tmp_path / f"readme_{which}_example.py"
+    script.write_text(text)
     subprocess.run([sys.executable, str(script)], check=True, timeout=120)
 
 
-def test_the_readme_arrays_example_passes_mypy_strict(tmp_path):
+@pytest.mark.parametrize("which", sorted(EXAMPLES))
+def test_the_readme_example_passes_mypy_strict(tmp_path, which):
     pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")
-    script = tmp_path / "arrays.py"
-    script.write_text(arrays_example())
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def queue_example():
-    text = re.search(r"```python\n(import multiprocessing\n\nimport shmkit\n.*?)```", README.read_text(), re.S).group(1)
-    assert '"my-jobs"' in text and "shmkit.Queue" in text
-    return text
-
-
-def test_the_readme_queue_example_runs(tmp_path, name):
-    script = tmp_path / "queue_example.py"
-    script.write_text(
-        queue_example().replace('"my-jobs"', repr(name + "-jobs")).replace('"my-done"', repr(name + "-done"))
-    )
-    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
-
-
-def test_the_readme_queue_example_passes_mypy_strict(tmp_path):
-    pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")
-    script = tmp_path / "queue_example.py"
-    script.write_text(queue_example())
-    result = subprocess.run(
-        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_the_readme_example_runs(tmp_path, name):
-    script = tmp_path / "example.py"
-    script.write_text(example().replace('"my-pool"', repr(name)))
-    subprocess.run([sys.executable, str(script)], check=True, timeout=120)
-
-
-def test_the_readme_example_passes_mypy_strict(tmp_path):
-    pytest.importorskip("mypy", reason="mypy is not installed (scripts/test installs it)")
-    script = tmp_path / "example.py"
-    script.write_text(example())
+    script = tmp_path / f"readme_{which}_example.py"
+    script.write_text(EXAMPLES[which][0]())
     result = subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(script)],
         capture_output=True,
