@@ -905,16 +905,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
     #[inline(never)]
     fn released_for_dead_pop(&self, seq: &E::U64, lap: u64, position: u64) -> bool {
         let behind = position.wrapping_sub(self.mask).wrapping_sub(1);
-        let died = lap == behind.wrapping_add(1)
-            && self.claims.stuck(Side::Pop, behind)
-            && self
-                .words
-                .head
-                .0
-                .load(Ordering::Acquire)
-                .wrapping_sub(behind) as i64
-                > 0
-            && self.claims.claimer_died(Side::Pop, behind);
+        let died = lap == behind.wrapping_add(1) && self.claimed_by_the_dead(Side::Pop, behind);
         if died
             && seq
                 .compare_exchange_weak(lap, position, Ordering::AcqRel, Ordering::Relaxed)
@@ -926,6 +917,19 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
         died
     }
 
+    /// Whether `side`'s claim at `position` belongs to the dead: the cell is
+    /// stuck, the side's cursor has moved past it (so it was claimed), and
+    /// the claimer's note says it died.
+    fn claimed_by_the_dead(&self, side: Side, position: u64) -> bool {
+        let cursor = match side {
+            Side::Push => &self.words.tail.0,
+            Side::Pop => &self.words.head.0,
+        };
+        self.claims.stuck(side, position)
+            && cursor.load(Ordering::Acquire).wrapping_sub(position) as i64 > 0
+            && self.claims.claimer_died(side, position)
+    }
+
     /// For a pop that found its cell unpublished: if a push claimed it (the
     /// tail moved past it) and its thread died before publishing, skips
     /// the cell (releases it for the next lap; the value never arrived).
@@ -933,16 +937,7 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
     #[cold]
     #[inline(never)]
     fn skipped_dead_push(&self, seq: &E::U64, lap: u64, position: u64) -> bool {
-        let died = lap == position
-            && self.claims.stuck(Side::Push, position)
-            && self
-                .words
-                .tail
-                .0
-                .load(Ordering::Acquire)
-                .wrapping_sub(position) as i64
-                > 0
-            && self.claims.claimer_died(Side::Push, position);
+        let died = lap == position && self.claimed_by_the_dead(Side::Push, position);
         let next_lap = position.wrapping_add(self.mask).wrapping_add(1);
         if died
             && seq
