@@ -112,9 +112,20 @@ impl Session {
 /// Ends this process because the other side died mid-run: the run is over,
 /// so the segment's name goes (the next run starts afresh).
 pub fn abandon(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> ! {
-    eprintln!("{me}: the {other} died mid-run; removing /{name}");
+    end_run(
+        heap,
+        name,
+        &format!("{me}: the {other} died mid-run"),
+        PARTNER_DIED,
+    )
+}
+
+/// Ends this side's run: says why, removes the name (if it still names
+/// this run's segment) and exits with `code`.
+fn end_run(heap: &SizeClassAllocator, name: &str, why: &str, code: i32) -> ! {
+    eprintln!("{why}; removing /{name}");
     let _ = remove_if_ours(heap, name);
-    std::process::exit(PARTNER_DIED);
+    std::process::exit(code);
 }
 
 /// Removes the name if it still names `heap`'s segment (returns whether it
@@ -139,12 +150,8 @@ pub const PARTNER_PATIENCE: Duration = Duration::from_secs(30);
 /// Ends this process when the other side never came: removes the name (if
 /// still ours) and exits 2.
 pub fn give_up_waiting(heap: &SizeClassAllocator, name: &str, me: &str, other: &str) -> ! {
-    eprintln!(
-        "{me}: no {other} came in {} s; removing /{name}",
-        PARTNER_PATIENCE.as_secs()
-    );
-    let _ = remove_if_ours(heap, name);
-    std::process::exit(PARTNER_DIED);
+    let why = format!("{me}: no {other} came in {} s", PARTNER_PATIENCE.as_secs());
+    end_run(heap, name, &why, PARTNER_DIED)
 }
 
 /// Whether a segment this process attached belongs to a dead run: its
@@ -201,9 +208,12 @@ pub fn stop_if_signalled(heap: &SizeClassAllocator, name: &str, me: &str) {
     if signal == 0 {
         return;
     }
-    eprintln!("{me}: stopped by signal {signal}; removing /{name}");
-    let _ = remove_if_ours(heap, name);
-    std::process::exit(128 + signal);
+    end_run(
+        heap,
+        name,
+        &format!("{me}: stopped by signal {signal}"),
+        128 + signal,
+    )
 }
 
 /// Attaches the segment, or creates it if nobody has; either side may start
