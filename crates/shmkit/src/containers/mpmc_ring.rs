@@ -1031,6 +1031,28 @@ impl<T: Copy, E: Env, S: SeqCells<T, Seq = E::U64>, C: Claims> MpmcCore<'_, T, E
         tail.wrapping_sub(head).min(self.mask + 1)
     }
 
+    /// Visits the published values from head to tail without taking them.
+    ///
+    /// # Safety
+    ///
+    /// No other thread or process pushes or pops meanwhile (see
+    /// [`MpmcHandle::for_each_waiting`]).
+    pub(super) unsafe fn for_each_waiting(&self, mut visit: impl FnMut(T)) {
+        let head = self.words.head.0.load(Ordering::Acquire);
+        let tail = self.words.tail.0.load(Ordering::Acquire);
+        for step in 0..tail.wrapping_sub(head).min(self.mask + 1) {
+            let position = head.wrapping_add(step);
+            // A cell claimed by a push that died is not published: skipped,
+            // as the next pop skips it.
+            if self.seq(position).load(Ordering::Acquire) == position.wrapping_add(1) {
+                // SAFETY: masked index; the cell was published, and nobody
+                // pops or pushes meanwhile (the caller's promise), so
+                // nothing writes it while it is read.
+                visit(unsafe { self.cells.read((position & self.mask) as usize) });
+            }
+        }
+    }
+
     pub(super) fn in_flight(&self) -> InFlight {
         let head = self.words.head.0.load(Ordering::Acquire);
         let tail = self.words.tail.0.load(Ordering::Acquire);
@@ -1395,6 +1417,20 @@ impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
         self.recheck = clamp_recheck(interval);
     }
 
+    /// Calls `visit` with a copy of each value waiting in the ring, oldest
+    /// first, without taking them: what a recovery pass needs to learn
+    /// which blocks the ring still names.
+    ///
+    /// # Safety
+    ///
+    /// No other thread or process pushes or pops meanwhile (a racing push
+    /// could write a cell while it is read): call it alone, as under
+    /// [`Segment::lock_for_recovery`](crate::Segment::lock_for_recovery).
+    pub unsafe fn for_each_waiting(&self, visit: impl FnMut(T)) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.core().for_each_waiting(visit) }
+    }
+
     /// Cells claimed but not finished at the head or the tail: ordinary
     /// operations in flight, or (when the same position stays reported)
     /// an operation whose process died, which stalls the ring (see
@@ -1409,6 +1445,27 @@ impl<T: ShmSafe + Copy> MpmcHandle<'_, T> {
 mod tests {
     use super::*;
     use crate::{MallocAllocator, SegmentAllocator, SegmentOptions, SizeClassAllocator};
+
+    #[test]
+    fn for_each_waiting_sees_the_waiting_values_in_order() {
+        let alloc = MallocAllocator::new();
+        let ring =
+            // SAFETY: a ring from `create`, used only through ring handles, not destroyed meanwhile.
+            unsafe { MpmcRing::<u64>::open(&alloc, MpmcRing::create(&alloc, 4).unwrap()) }.unwrap();
+        for round in 0..3u64 {
+            // Pushes and pops move head and tail round the ring's end.
+            for value in 0..3 {
+                ring.try_push(round * 10 + value).unwrap();
+            }
+            assert_eq!(ring.try_pop(), Some(round * 10));
+            let mut seen = Vec::new();
+            // SAFETY: this thread alone uses the ring.
+            unsafe { ring.for_each_waiting(|value| seen.push(value)) };
+            assert_eq!(seen, [round * 10 + 1, round * 10 + 2]);
+            assert_eq!(ring.len(), 2, "nothing was taken");
+            while ring.try_pop().is_some() {}
+        }
+    }
 
     #[test]
     fn fifo_through_wrap_around() {

@@ -412,6 +412,12 @@ impl<T> ShmMutex<T> {
         self.acquire(Wait::For(patience))
     }
 
+    /// Whether some thread holds the mutex now (a snapshot, for
+    /// diagnostics: it may change at once).
+    pub fn is_locked(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & OWNER != 0
+    }
+
     /// The value, through exclusive access to the mutex (no locking).
     pub fn get_mut(&mut self) -> &mut T {
         self.value.get_mut()
@@ -583,7 +589,9 @@ mod tests {
     #[test]
     fn try_lock_on_a_held_lock_is_none_until_released() {
         let mutex = ShmMutex::new(7u32);
+        assert!(!mutex.is_locked());
         let guard = mutex.lock().unwrap();
+        assert!(mutex.is_locked());
         std::thread::scope(|scope| {
             let other = scope.spawn(|| mutex.try_lock().map(|g| g.is_some()));
             assert!(!other.join().unwrap().unwrap(), "try_lock got a held lock");
