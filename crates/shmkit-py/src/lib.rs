@@ -8,7 +8,10 @@
 //! `views.rs` (this process's live views per block), `heap.rs` (one
 //! attached segment: allocate, free, bounds, accounting, recovery),
 //! `buffer.rs` (the buffer protocol both ways), `args.rs` and `errors.rs`
-//! (arguments and exceptions), `classes.rs` (the Python classes).
+//! (arguments and exceptions), `classes.rs` (the Python classes). Beside
+//! them, over a segment of its own: `queue.rs` (`shmkit.Queue`), with
+//! `own_segment.rs` for what such structures share (their calls without
+//! the interpreter lock, accounting, the recovery sweep).
 
 mod args;
 mod blocks;
@@ -17,6 +20,7 @@ mod classes;
 mod errors;
 mod heap;
 mod layer;
+mod own_segment;
 mod queue;
 mod views;
 

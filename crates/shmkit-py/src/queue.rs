@@ -6,9 +6,11 @@
 //!
 //! A process killed at any instruction leaves the queue usable: the ring
 //! repairs a cell a dead process had claimed (its own message is lost).
-//! The block of a message it was filling or reading stays allocated: a
-//! crash costs that much room for good (`recover()` keeps live blocks).
+//! The block of a message it was filling or reading stays allocated until
+//! `recover()`, which runs alone, frees every block no waiting message
+//! names.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +24,7 @@ use shmkit_lib::{
 };
 
 use crate::errors::{lib_to_py, SegmentInUseError};
+use crate::own_segment::{self, Detached};
 
 /// Where the ring's offset is published in the segment.
 const RING_ROOT: &str = "shmkit.queue.ring";
@@ -71,22 +74,6 @@ impl Attached {
             ring_block: ring_at.raw(),
             detached: AtomicUsize::new(0),
         })
-    }
-}
-
-/// Counts a call that runs without the interpreter lock.
-struct Detached<'a>(&'a AtomicUsize);
-
-impl<'a> Detached<'a> {
-    fn enter(count: &'a AtomicUsize) -> Detached<'a> {
-        count.fetch_add(1, Ordering::AcqRel);
-        Detached(count)
-    }
-}
-
-impl Drop for Detached<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -368,9 +355,17 @@ impl RawQueue {
         self.attached()?.heap.check().map_err(lib_to_py)
     }
 
-    /// Mends what processes that died mid-put or mid-get left (see the
-    /// allocators' `recover`); refused while other processes use the
-    /// segment or a call of this process waits.
+    /// The segment allocator's accounting: `(live blocks, allocated
+    /// bytes, free bytes, capacity)`. The ring is one live block.
+    fn heap_stats(&self) -> PyResult<(u64, u64, u64, u64)> {
+        Ok(own_segment::heap_stats(&self.attached()?.heap))
+    }
+
+    /// Mends what processes that died mid-put or mid-get left: the
+    /// allocator's recovery pass, then every block that no waiting message
+    /// names (a message a dead producer had not pushed, or a dead consumer
+    /// had taken and not freed) is freed. Refused while other processes use
+    /// the segment or a call of this process waits.
     fn recover(&self) -> PyResult<(u64, u64)> {
         let attached = self.attached()?;
         let waiting = attached.detached.load(Ordering::Acquire);
@@ -379,12 +374,29 @@ impl RawQueue {
                 "{waiting} call(s) of this process are waiting on the queue"
             )));
         }
+        let alone = attached
+            .heap
+            .segment()
+            .lock_for_recovery(false)
+            .map_err(lib_to_py)?;
         // SAFETY: this thread holds the interpreter lock, which every call
         // takes to start, and no call that released it is running (checked
         // above), so no other thread of this process is inside the
-        // allocator.
-        let report = unsafe { attached.heap.recover() }.map_err(lib_to_py)?;
-        Ok((report.locks_taken_over, report.blocks_reclaimed))
+        // allocator or the ring; the recovery lock keeps other processes
+        // out.
+        let report = unsafe { attached.heap.recovery_pass() }.map_err(lib_to_py)?;
+        let mut named = HashSet::from([attached.ring_block]);
+        // SAFETY: as above: nobody pushes or pops meanwhile.
+        unsafe {
+            attached.ring.for_each_waiting(|cell| {
+                named.insert(cell.offset);
+            })
+        };
+        // SAFETY: as above; the segment is the queue's alone.
+        let swept =
+            unsafe { own_segment::free_unnamed(&attached.heap, &named) }.map_err(lib_to_py)?;
+        drop(alone);
+        Ok((report.locks_taken_over, report.blocks_reclaimed + swept))
     }
 
     /// Detaches (the segment stays until `unlink()`); a call still waiting

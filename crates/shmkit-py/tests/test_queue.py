@@ -206,3 +206,60 @@ def test_ctrl_c_reaches_a_get_that_waits(name):
     assert waiter.wait(timeout=10) == 42
     q.close()
     q.unlink()
+
+
+def message(seq):
+    return seq.to_bytes(8, "little") * 16
+
+
+def busy_queue_user(q):
+    """Puts and gets forever, keeping a few messages waiting."""
+    seq = 0
+    while True:
+        q.put(message(seq))
+        seq += 1
+        if q.qsize() > 4:
+            got = q.get()
+            assert got == got[:8] * 16
+
+
+def test_recover_gives_back_the_blocks_of_messages_the_dead_held(name):
+    """Each victim is frozen at a moment it holds a message block that no
+    waiting message names (filled and not yet pushed, or taken and not yet
+    freed), then killed; recover() frees that block, the messages left are
+    whole, and draining them leaves only the ring."""
+    import random
+
+    context = multiprocessing.get_context("fork")
+    q = shmkit.Queue(name, capacity=8 << 20)
+    rng = random.Random(5)
+    for _ in range(10):
+        victim = context.Process(target=busy_queue_user, args=(q,))
+        victim.start()
+        time.sleep(0.005)
+        deadline = time.monotonic() + 20
+        while True:
+            assert time.monotonic() < deadline, "never caught holding a block"
+            time.sleep(rng.random() * 0.002)
+            os.kill(victim.pid, signal.SIGSTOP)
+            os.waitpid(victim.pid, os.WUNTRACED)
+            stats = q.stats()
+            if stats["blocks"] > stats["messages"] + 1:
+                break
+            os.kill(victim.pid, signal.SIGCONT)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(30)
+        report = q.recover()
+        assert report["blocks_reclaimed"] >= 1, report
+        q.check()
+        drained = 0
+        while True:
+            try:
+                got = q.get_nowait()
+            except queue.Empty:
+                break
+            assert got == got[:8] * 16, "a torn message"
+            drained += 1
+        assert q.stats()["blocks"] == 1, f"{q.stats()} after draining {drained} messages"
+    q.close()
+    q.unlink()

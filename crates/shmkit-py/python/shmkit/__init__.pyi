@@ -173,6 +173,9 @@ class Queue:
     def qsize(self) -> int: ...
     def empty(self) -> bool: ...
     def full(self) -> bool: ...
+    def stats(self) -> dict[str, int]:
+        """``messages``, ``blocks``, ``allocated_bytes``, ``free_bytes``,
+        ``capacity``."""
     def check(self) -> None:
         """The segment allocator's integrity walk."""
     def recover(self) -> dict[str, int]:

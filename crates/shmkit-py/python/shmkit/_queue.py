@@ -4,8 +4,8 @@ share through one segment, with the standard ``queue.Queue`` calls.
 Bytes-like objects travel as raw bytes and come out as ``bytes``; anything
 else is pickled. Waits sleep on a futex in the segment with the
 interpreter lock released. A process killed in the middle of a ``put`` or a
-``get`` leaves the queue usable; at most its own message is lost (and its
-block's room, for good).
+``get`` leaves the queue usable; at most its own message is lost, and
+``recover()`` gives its block's room back.
 """
 
 import pickle
@@ -114,14 +114,28 @@ class Queue:
     def full(self):
         return self.qsize() >= self._raw.cells()
 
+    def stats(self):
+        """The queue's messages and its segment's accounting: ``messages``,
+        ``blocks`` (live blocks: one per message, and the ring),
+        ``allocated_bytes``, ``free_bytes`` and ``capacity``."""
+        blocks, allocated, free, capacity = self._raw.heap_stats()
+        return {
+            "messages": self.qsize(),
+            "blocks": blocks,
+            "allocated_bytes": allocated,
+            "free_bytes": free,
+            "capacity": capacity,
+        }
+
     def check(self):
         """The segment allocator's integrity walk (CorruptSegmentError,
         NeedsRecoveryError)."""
         self._raw.check()
 
     def recover(self):
-        """Mends what processes killed mid-put or mid-get left; refused
-        (SegmentInUseError) while other processes use the queue."""
+        """Mends what processes killed mid-put or mid-get left, and frees
+        the blocks of messages they held; refused (SegmentInUseError) while
+        other processes use the queue."""
         locks, blocks = self._raw.recover()
         return {"locks_taken_over": locks, "blocks_reclaimed": blocks}
 
