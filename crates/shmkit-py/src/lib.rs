@@ -9,14 +9,16 @@
 //! attached segment: allocate, free, bounds, accounting, recovery),
 //! `buffer.rs` (the buffer protocol both ways), `args.rs` and `errors.rs`
 //! (arguments and exceptions), `classes.rs` (the Python classes). Beside
-//! them, over a segment of its own: `queue.rs` (`shmkit.Queue`), with
-//! `own_segment.rs` for what such structures share (their calls without
-//! the interpreter lock, accounting, the recovery sweep).
+//! them, each over a segment of its own: `queue.rs` (`shmkit.Queue`) and
+//! `dict.rs` (`shmkit.Dict`), with `own_segment.rs` for what both share
+//! (their calls without the interpreter lock, accounting, the recovery
+//! sweep).
 
 mod args;
 mod blocks;
 mod buffer;
 mod classes;
+mod dict;
 mod errors;
 mod heap;
 mod layer;
@@ -37,6 +39,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<classes::SizeClassAllocator>()?;
     module.add_class::<classes::ThreadLocalAllocator>()?;
     module.add_class::<queue::RawQueue>()?;
+    module.add_class::<dict::RawDict>()?;
     module.add_function(wrap_pyfunction!(classes::unlink, module)?)?;
     module.add(
         "WrongAllocatorError",

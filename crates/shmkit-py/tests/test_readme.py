@@ -31,6 +31,10 @@ EXAMPLES = {
         lambda: _block(r"```python\n(import multiprocessing\n\nimport shmkit\n.*?)```", '"my-jobs"', "shmkit.Queue"),
         ["my-jobs", "my-done"],
     ),
+    "dict": (
+        lambda: _block(r"```python\n(import multiprocessing\n\nimport shmkit\n\n\ndef count_words.*?)```", '"my-counts"', "shmkit.Dict"),
+        ["my-counts"],
+    ),
 }
 
 

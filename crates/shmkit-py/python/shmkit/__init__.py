@@ -52,10 +52,12 @@ __all__ = [
     "NeedsRecoveryError",
     "SegmentInUseError",
     "Queue",
+    "Dict",
     "unlink",
 ]
 
 from shmkit import _arrays
+from shmkit._dict import Dict
 from shmkit._queue import Queue
 
 # Shared numpy arrays on every allocator (numpy is imported when one is

@@ -15,6 +15,7 @@ segment. Closing never removes a segment: ``unlink()`` (or
 """
 
 from types import TracebackType
+from collections.abc import Iterator, MutableMapping
 from typing import Any, Iterable, Optional, Sequence, Type, TypedDict, TypeVar, Union, final
 
 import numpy
@@ -38,6 +39,7 @@ __all__ = [
     "NeedsRecoveryError",
     "SegmentInUseError",
     "Queue",
+    "Dict",
     "unlink",
 ]
 
@@ -180,6 +182,59 @@ class Queue:
         """The segment allocator's integrity walk."""
     def recover(self) -> dict[str, int]:
         """Mends what processes killed mid-put or mid-get left."""
+    @property
+    def closed(self) -> bool: ...
+    def close(self) -> None:
+        """Detach; the segment stays until ``unlink()``."""
+    def unlink(self) -> None:
+        """Remove the segment's name."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        kind: Optional[Type[BaseException]],
+        value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+class Dict(MutableMapping[Union[str, bytes], Any]):
+    """A ``MutableMapping`` that processes share through the shared-memory
+    segment ``name``. Keys are ``str`` or ``bytes``; bytes-like values are
+    stored raw (read back as ``bytes``), anything else is pickled.
+    ``capacity`` bytes hold the entries; ``create=False`` attaches a dict
+    another process made; it pickles by name. The table is split into
+    stripes with robust locks of their own; each call is atomic across
+    processes, and a process killed in the middle of a write leaves the
+    dict usable (readers see the old value or the new one). Iteration walks
+    a snapshot taken stripe by stripe."""
+
+    name: str
+    def __init__(self, name: str, capacity: int = 67108864, create: bool = True) -> None: ...
+    def __getitem__(self, key: Union[str, bytes]) -> Any: ...
+    def __setitem__(self, key: Union[str, bytes], value: Any) -> None: ...
+    def __delitem__(self, key: Union[str, bytes]) -> None: ...
+    def __iter__(self) -> Iterator[Union[str, bytes]]: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, key: object) -> bool: ...
+    def get(self, key: Union[str, bytes], default: Any = None) -> Any:  # type: ignore[override]
+        """The value of ``key``, or ``default`` (one call, one lock)."""
+    def pop(self, key: Union[str, bytes], default: Any = ...) -> Any:  # type: ignore[override]
+        """Remove ``key`` and return its value, atomically."""
+    def popitem(self) -> tuple[Union[str, bytes], Any]:
+        """Remove some entry and return ``(key, value)``."""
+    def setdefault(self, key: Union[str, bytes], default: Any = None) -> Any:
+        """``key``'s value, after setting it to ``default`` if it had none,
+        atomically."""
+    def clear(self) -> None:
+        """Remove every entry and give their room back."""
+    def copy(self) -> dict[Union[str, bytes], Any]:
+        """A plain ``dict`` snapshot of the entries."""
+    def stats(self) -> dict[str, int]:
+        """``entries``, ``blocks``, ``allocated_bytes``, ``free_bytes``,
+        ``capacity``."""
+    def check(self) -> None:
+        """Walk the allocator and every stripe."""
+    def recover(self) -> dict[str, int]:
+        """Mend what processes killed mid-write left."""
     @property
     def closed(self) -> bool: ...
     def close(self) -> None:

@@ -1,0 +1,358 @@
+"""shmkit.Dict: a MutableMapping shared by processes, checked against a
+plain dict, under concurrent writers, after SIGKILLs inside writes, and
+against hostile bytes."""
+
+import multiprocessing
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import shmkit
+
+
+def test_keys_and_values_round_trip(name):
+    with shmkit.Dict(name, capacity=1 << 20) as d:
+        d["a"] = 1
+        d[b"a"] = b"raw"
+        d["array"] = bytearray(b"xy")
+        d["view"] = memoryview(b"zw")
+        d["nested"] = {"list": [1, 2.5, None]}
+        d["é"] = "unicode"
+        assert d["a"] == 1 and d[b"a"] == b"raw", "str and bytes keys are different keys"
+        assert d["array"] == b"xy" and d["view"] == b"zw", "bytes-like values come back as bytes"
+        assert d["nested"] == {"list": [1, 2.5, None]}
+        assert d["é"] == "unicode"
+        assert len(d) == 6
+        assert set(d) == {"a", b"a", "array", "view", "nested", "é"}
+        assert "a" in d and b"a" in d and "b" not in d and 5 not in d
+        with pytest.raises(KeyError):
+            d["missing"]
+        with pytest.raises(TypeError, match="keys are str or bytes"):
+            d[5] = 1
+        with pytest.raises(TypeError):
+            d[5]
+        d.unlink()
+
+
+def test_the_mapping_methods(name):
+    with shmkit.Dict(name, capacity=1 << 20) as d:
+        d.update({"x": 1, "y": 2}, z=3)
+        assert d == {"x": 1, "y": 2, "z": 3}
+        assert sorted(d.keys()) == ["x", "y", "z"]
+        assert sorted(d.values()) == [1, 2, 3]
+        assert sorted(d.items()) == [("x", 1), ("y", 2), ("z", 3)]
+        assert ("x", 1) in d.items() and "x" in d.keys()
+        assert d.get("x") == 1 and d.get("nope") is None and d.get("nope", 7) == 7
+        assert d.pop("x") == 1 and d.pop("x", "gone") == "gone"
+        with pytest.raises(KeyError):
+            d.pop("x")
+        assert d.setdefault("y", 99) == 2, "an existing value wins"
+        assert d.setdefault("w", 99) == 99 and d["w"] == 99
+        assert d.setdefault("none") is None and d["none"] is None
+        assert d.copy() == {"y": 2, "z": 3, "w": 99, "none": None}
+        key, value = d.popitem()
+        assert key not in d and value in (2, 3, 99, None)
+        remaining = next(iter(d))
+        del d[remaining]
+        assert remaining not in d
+        with pytest.raises(KeyError):
+            del d["never"]
+        d.clear()
+        assert len(d) == 0 and list(d) == [] and d == {}
+        with pytest.raises(KeyError, match="empty"):
+            d.popitem()
+        d.check()
+        d.unlink()
+
+
+def test_a_random_workload_matches_a_plain_dict(name):
+    rng = random.Random(7)
+    model = {}
+    with shmkit.Dict(name, capacity=16 << 20) as d:
+        for step in range(30_000):
+            key = f"k{rng.randrange(3000)}" if rng.random() < 0.5 else b"b%d" % rng.randrange(3000)
+            action = rng.random()
+            if action < 0.55:
+                value = rng.choice([step, b"v" * rng.randrange(0, 300), (step, "t")])
+                d[key] = value
+                model[key] = value
+            elif action < 0.8:
+                assert d.pop(key, None) == model.pop(key, None)
+            elif action < 0.9:
+                assert d.setdefault(key, step) == model.setdefault(key, step)
+            else:
+                assert d.get(key) == model.get(key)
+        assert len(d) == len(model)
+        assert dict(d.items()) == model
+        d.check()
+        blocks = d.stats()["blocks"]
+        # One block per entry, at most one slot array per stripe, the table.
+        assert len(model) + 1 <= blocks <= len(model) + 1 + 128
+        d.clear()
+        assert d.stats()["blocks"] == 1, "clear gives every block but the table back"
+        d.unlink()
+
+
+def test_large_values_and_a_full_segment(name):
+    with shmkit.Dict(name, capacity=4 << 20) as d:
+        big = os.urandom(1 << 20)
+        d["big"] = big
+        assert d["big"] == big
+        d["small"] = 1
+        with pytest.raises(MemoryError):
+            for index in range(10):
+                d[f"fill{index}"] = big
+        assert d["big"] == big and d["small"] == 1, "a refused write loses nothing"
+        d.check()
+        for key in [k for k in d if k.startswith("fill")]:
+            del d[key]
+        d["again"] = big  # the room came back
+        assert d["again"] == big
+        d.unlink()
+
+
+def test_closed_dicts_refuse_and_pickles_attach_by_name(name):
+    d = shmkit.Dict(name, capacity=1 << 20)
+    d["k"] = "v"
+    other = pickle.loads(pickle.dumps(d))
+    assert other["k"] == "v" and other.name == name
+    other["k2"] = 2
+    assert d["k2"] == 2
+    other.close()
+    d.close()
+    assert d.closed and "closed" in repr(d)
+    with pytest.raises(ValueError, match="closed"):
+        d["k"]
+    with pytest.raises(ValueError, match="closed"):
+        with d:
+            pass
+    attached = shmkit.Dict(name, create=False)
+    assert attached["k"] == "v"
+    attached.close()
+    d.unlink()
+    with pytest.raises(FileNotFoundError):
+        shmkit.Dict(name, create=False)
+
+
+def test_a_segment_that_is_no_dict_is_refused(name):
+    heap = shmkit.SizeClassAllocator(name, capacity=1 << 20)
+    with pytest.raises(shmkit.CorruptSegmentError):
+        shmkit.Dict(name, create=False)
+    heap.close()
+    heap.unlink()
+
+
+WRITERS = 3
+PER_WRITER = 2000
+
+
+def write_own_keys(d, writer):
+    """Each writer sets its own keys, rewrites every third, deletes every
+    fifth, and bumps shared keys with setdefault (one winner for all)."""
+    for seq in range(PER_WRITER):
+        d[f"w{writer}-{seq}"] = (writer, seq)
+        if seq % 3 == 0:
+            d[f"w{writer}-{seq}"] = (writer, seq, "again")
+        if seq % 5 == 0:
+            del d[f"w{writer}-{seq}"]
+        d.setdefault(f"shared-{seq % 50}", writer)
+
+
+def expected_for(writer):
+    model = {}
+    for seq in range(PER_WRITER):
+        if seq % 5 == 0:
+            continue
+        model[f"w{writer}-{seq}"] = (writer, seq, "again") if seq % 3 == 0 else (writer, seq)
+    return model
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_concurrent_writers_match_the_model(name, method):
+    context = multiprocessing.get_context(method)
+    d = shmkit.Dict(name, capacity=32 << 20)
+    writers = [context.Process(target=write_own_keys, args=(d, w)) for w in range(WRITERS)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(120)
+        assert writer.exitcode == 0
+    model = {}
+    for writer in range(WRITERS):
+        model.update(expected_for(writer))
+    held = dict(d.items())
+    shared = {key: held.pop(key) for key in list(held) if key.startswith("shared-")}
+    assert held == model, "a write was lost or a deleted key came back"
+    assert len(shared) == 50 and set(shared.values()) <= set(range(WRITERS))
+    assert len(d) == len(model) + 50
+    d.check()
+    d.close()
+    d.unlink()
+
+
+def racing_setdefault(d, writer, results):
+    results.put(d.setdefault("race", writer))
+
+
+def test_setdefault_has_one_winner_across_processes(name):
+    context = multiprocessing.get_context("fork")
+    d = shmkit.Dict(name, capacity=1 << 20)
+    results = context.Queue()
+    racers = [context.Process(target=racing_setdefault, args=(d, w, results)) for w in range(6)]
+    for racer in racers:
+        racer.start()
+    seen = {results.get(timeout=60) for _ in racers}
+    for racer in racers:
+        racer.join(60)
+    assert seen == {d["race"]}, seen
+    d.close()
+    d.unlink()
+
+
+KILL_KEYS = 64
+PAYLOAD = b"p" * 200
+
+
+def busy_writer(d):
+    """Writes, rewrites and deletes forever; every value names its key."""
+    rng = random.Random(os.getpid())
+    generation = 0
+    while True:
+        generation += 1
+        key = f"k{rng.randrange(KILL_KEYS)}"
+        action = rng.random()
+        if action < 0.6:
+            d[key] = (key, generation, PAYLOAD)
+        elif action < 0.8:
+            d.pop(key, None)
+        elif action < 0.9:
+            d.setdefault(key, (key, generation, PAYLOAD))
+        else:
+            d.clear()
+
+
+def stop_inside_a_write(d, pid, rng, patience=20.0):
+    """Freezes `pid` (SIGSTOP) at moments picked at random until it is
+    frozen holding a stripe lock, then leaves it stopped there. Whether it
+    got one in `patience` seconds."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        time.sleep(rng.random() * 0.002)
+        os.kill(pid, signal.SIGSTOP)
+        os.waitpid(pid, os.WUNTRACED)
+        if d._raw.held_stripes():
+            return True
+        os.kill(pid, signal.SIGCONT)
+    return False
+
+
+INSIDE_KILLS = 40
+
+
+def test_sigkill_inside_writes_leaves_the_dict_whole(name):
+    """Each victim is killed while it holds a stripe lock (frozen there
+    first, so every kill lands inside a write); after each, recover()
+    reports the lock it took over, every value is whole and names its key,
+    check() is clean, and no block leaks."""
+    context = multiprocessing.get_context("fork")
+    d = shmkit.Dict(name, capacity=8 << 20)
+    rng = random.Random(11)
+    taken_over = 0
+    for _ in range(INSIDE_KILLS):
+        victim = context.Process(target=busy_writer, args=(d,))
+        victim.start()
+        time.sleep(0.005)
+        assert stop_inside_a_write(d, victim.pid, rng), "never caught inside a write"
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(30)
+        taken_over += d.recover()["locks_taken_over"]
+        assert not d._raw.held_stripes()
+        for key, value in d.items():
+            assert value[0] == key and value[2] == PAYLOAD, (key, value)
+        d.check()
+    assert taken_over == INSIDE_KILLS, f"{taken_over} locks taken over, {INSIDE_KILLS} kills"
+    # Every write still works, and every block comes back: recover() after
+    # each kill freed what the dead had made or was retiring.
+    for key in range(KILL_KEYS):
+        d[f"k{key}"] = ("after", key)
+    assert all(d[f"k{key}"] == ("after", key) for key in range(KILL_KEYS))
+    d.clear()
+    leaked = d.stats()["blocks"] - 1
+    assert leaked == 0, f"{leaked} blocks leaked over {INSIDE_KILLS} kills"
+    d.close()
+    d.unlink()
+
+
+def test_a_writer_killed_holding_a_stripe_does_not_stall_the_others(name):
+    """A survivor keeps writing every key while victims die mid-write."""
+    context = multiprocessing.get_context("fork")
+    d = shmkit.Dict(name, capacity=8 << 20)
+    for _ in range(10):
+        victim = context.Process(target=busy_writer, args=(d,))
+        victim.start()
+        time.sleep(0.01)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(30)
+        # No recover(): the survivor's own writes mend the stripes.
+        for key in range(KILL_KEYS):
+            d[f"k{key}"] = ("survivor", key)
+        assert all(d[f"k{key}"] == ("survivor", key) for key in range(KILL_KEYS))
+    # The allocator may hold a block a victim was handed or freeing halfway:
+    # check() says so, and recover() mends it.
+    d.recover()
+    d.check()
+    d.close()
+    d.unlink()
+
+
+HOSTILE_READER = """
+import shmkit, sys
+try:
+    d = shmkit.Dict(sys.argv[1], create=False)
+except (shmkit.CorruptSegmentError, ValueError, OSError):
+    sys.exit(0)
+outcomes = 0
+for call in (
+    lambda: len(d),
+    lambda: list(d.items()),
+    lambda: d.get("k1"),
+    lambda: d.__setitem__("k1", b"new"),
+    lambda: d.pop("k2", None),
+    lambda: d.check(),
+    lambda: d.clear(),
+):
+    try:
+        call()
+    except (shmkit.CorruptSegmentError, ValueError, KeyError, MemoryError, TimeoutError):
+        pass
+    outcomes += 1
+sys.exit(0 if outcomes == 7 else 1)
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hostile_bytes_give_errors_not_signals(name, seed):
+    with shmkit.Dict(name, capacity=1 << 20) as d:
+        for index in range(300):
+            d[f"k{index}"] = b"v" * (index % 50)
+    rng = random.Random(seed)
+    path = f"/dev/shm/{name}"
+    size = os.path.getsize(path)
+    with open(path, "r+b") as segment:
+        # Past the segment's own header (which has its own tests), words of
+        # garbage, zeros and small numbers where the dict keeps its table.
+        for _ in range(400):
+            segment.seek(rng.randrange(4096, size - 8) & ~7)
+            segment.write(
+                rng.choice([os.urandom(8), bytes(8), rng.randrange(1 << 20).to_bytes(8, "little")])
+            )
+    reader = subprocess.run(
+        [sys.executable, "-c", HOSTILE_READER, name], timeout=120, capture_output=True
+    )
+    assert reader.returncode == 0, (reader.returncode, reader.stderr.decode()[-2000:])
