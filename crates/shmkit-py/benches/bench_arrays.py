@@ -15,6 +15,7 @@ the ratios.
 """
 
 import argparse
+import json
 import multiprocessing
 import time
 import uuid
@@ -76,6 +77,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--mib", type=int, default=1)
+    parser.add_argument("--json", help="also write the figures here, for scripts/plot-python-peers.py")
     args = parser.parse_args()
     count = (args.mib << 20) // 8
     results = {}
@@ -113,6 +115,11 @@ def main():
     print(f"{args.mib} MiB float64 array to a worker and back ({args.rounds} rounds, fork):")
     for what, rate in results.items():
         print(f"  {what:<40} {rate:>10.0f} round trips/s   shmkit is {base / rate:5.2f}x")
+    if args.json:
+        rows = [{"label": what, "value": rate} for what, rate in results.items()]
+        panel = {"title": f"{args.mib} MiB numpy array to a worker and back", "unit": "round trips/s"}
+        with open(args.json, "w") as out:
+            json.dump({"panels": [dict(panel, rows=rows)]}, out, indent=1)
 
 
 if __name__ == "__main__":

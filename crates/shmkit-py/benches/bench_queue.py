@@ -10,6 +10,7 @@ first put to the consumer's last get.
 """
 
 import argparse
+import json
 import multiprocessing
 import time
 import uuid
@@ -55,6 +56,7 @@ def measure(make_queue, consumer, put, count):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--json", help="also write the figures here, for scripts/plot-python-peers.py")
     args = parser.parse_args()
     count = args.messages
     results = {}
@@ -91,6 +93,11 @@ def main():
     print(f"{count} messages of 64 B, 1 producer -> 1 consumer process (fork):")
     for what, rate in results.items():
         print(f"  {what:<44} {rate:>12,.0f} messages/s   shmkit is {base / rate:5.2f}x")
+    if args.json:
+        rows = [{"label": what, "value": rate} for what, rate in results.items()]
+        panel = {"title": "64 B messages, 1 producer -> 1 consumer process", "unit": "messages/s"}
+        with open(args.json, "w") as out:
+            json.dump({"panels": [dict(panel, rows=rows)]}, out, indent=1)
 
 
 if __name__ == "__main__":
