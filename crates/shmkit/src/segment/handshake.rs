@@ -48,8 +48,12 @@ impl AllocatorSetup<'_> {
     };
 }
 
-/// Upper bound on how many times `open_or_create` retries a create/attach race.
-const OPEN_OR_CREATE_ATTEMPTS: usize = 16;
+/// Upper bound on how many times `open_or_create` retries a create/attach
+/// race (it also stops once the options' ready timeout has passed).
+const OPEN_OR_CREATE_ATTEMPTS: usize = 64;
+/// The first pause after a lost race, doubled after each, up to the most.
+const RACE_BACKOFF_FIRST: Duration = Duration::from_micros(50);
+const RACE_BACKOFF_MAX: Duration = Duration::from_millis(20);
 
 impl Segment {
     /// Creates a new segment with no allocator (the data area is the
@@ -161,6 +165,7 @@ impl Segment {
             ));
         }
         let started = Instant::now();
+        let mut backoff = RACE_BACKOFF_FIRST;
         for _ in 0..OPEN_OR_CREATE_ATTEMPTS {
             match Self::create_with(options, setup) {
                 Ok(segment) => return Ok((segment, Opened::Created)),
@@ -176,6 +181,15 @@ impl Segment {
                 Err(Error::CreatorDied { .. }) => reclaim_dead(options)?,
                 Err(other) => return Err(other),
             }
+            // Lost a race: another process is removing, reclaiming or
+            // creating the name. Give it time to finish (doubling pauses)
+            // rather than spend every attempt in a few microseconds, for as
+            // long as a creator may take to publish.
+            if started.elapsed() >= options.ready_timeout {
+                break;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(RACE_BACKOFF_MAX);
         }
         // Every attempt lost a create/remove race with other processes.
         Err(Error::NotReady {
