@@ -356,3 +356,54 @@ def test_hostile_bytes_give_errors_not_signals(name, seed):
         [sys.executable, "-c", HOSTILE_READER, name], timeout=120, capture_output=True
     )
     assert reader.returncode == 0, (reader.returncode, reader.stderr.decode()[-2000:])
+
+
+def threaded_work(d, tag):
+    """One thread's writes: keys only it touches, so its final state is
+    known; reads and snapshots in between."""
+    for i in range(3000):
+        d[f"{tag}-{i % 300}"] = (tag, i)
+        d.get(f"{tag}-{(i * 7) % 300}")
+        if i % 11 == 0:
+            d.pop(f"{tag}-{i % 300}", None)
+        if i % 997 == 0:
+            list(d.items())
+
+
+def threaded_model(tag):
+    model = {}
+    for i in range(3000):
+        model[f"{tag}-{i % 300}"] = (tag, i)
+        if i % 11 == 0:
+            model.pop(f"{tag}-{i % 300}", None)
+    return model
+
+
+def threads_of(d, prefix):
+    import threading
+
+    threads = [threading.Thread(target=threaded_work, args=(d, f"{prefix}{t}")) for t in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_threads_of_several_processes_at_once(name):
+    context = multiprocessing.get_context("fork")
+    d = shmkit.Dict(name, capacity=16 << 20)
+    others = [context.Process(target=threads_of, args=(d, f"p{p}-")) for p in range(2)]
+    for other in others:
+        other.start()
+    threads_of(d, "main-")
+    for other in others:
+        other.join(120)
+        assert other.exitcode == 0
+    model = {}
+    for prefix in ["main-", "p0-", "p1-"]:
+        for t in range(3):
+            model.update(threaded_model(f"{prefix}{t}"))
+    assert dict(d.items()) == model
+    d.check()
+    d.close()
+    d.unlink()
