@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::Segment;
 use crate::error::{Error, Result};
-use crate::sync::identity::Identity;
+use crate::sync::identity::{self, Identity};
 use crate::sync::mapped_by;
 use crate::sync::robust_lock::DeathWatch;
 use crate::sync::thread_id;
@@ -120,7 +120,12 @@ impl Segment {
             for pid in mapped_by::processes_locking(&object).map_err(io)? {
                 match pid {
                     0 => users.outside_namespace += 1,
-                    pid if pid != me => users.pids.push(pid),
+                    // A lock names the process that took it, but belongs to
+                    // the open file, which a forked child inherits: once
+                    // that process has exited (even unreaped), whoever
+                    // still holds the file maps the segment and is found
+                    // below.
+                    pid if pid != me && !identity::has_exited(pid) => users.pids.push(pid),
                     _ => {}
                 }
             }

@@ -5,7 +5,8 @@
 //! the `loom` model checks (on `loom` atomics) execute the same lines.
 //!
 //! Public: [`ShmMutex`] and [`ShmRwLock`], locks that live in a segment,
-//! sleep in the kernel (shared futexes) and survive a dead holder.
+//! sleep in the kernel (shared futexes) and survive a dead holder; and
+//! [`current_pid`], the cached process id.
 
 /// The atomic word the algorithms run on, in a segment or under loom.
 pub(crate) mod atomic_word;
@@ -33,4 +34,13 @@ pub(crate) mod tagged_stack;
 pub(crate) mod thread_id;
 
 pub use mutex::{ShmMutex, ShmMutexGuard};
+
+/// This process's id without a system call: cached, and learned afresh in
+/// a forked child (which has a new pid). Cheap enough to compare on every
+/// call, which is how process-local state tells that it was inherited
+/// through `fork`.
+#[inline]
+pub fn current_pid() -> u32 {
+    pid::cached_pid()
+}
 pub use rwlock::{ShmRwLock, ShmRwLockReadGuard, ShmRwLockWriteGuard, READER_SLOTS};
