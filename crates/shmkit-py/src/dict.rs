@@ -36,9 +36,10 @@
 //! Readers take the lock too, and copy a value out before releasing it, so
 //! a retired entry can be freed as soon as it is unlinked.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -50,8 +51,8 @@ use shmkit_lib::{
     Error, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator, ShmMutex, SizeClassAllocator,
 };
 
-use crate::errors::{lib_to_py, SegmentInUseError};
-use crate::own_segment::{self, Detached};
+use crate::errors::lib_to_py;
+use crate::own_segment::{self, InFlight};
 
 /// Where the table's offset is published in the segment.
 const TABLE_ROOT: &str = "shmkit.dict.table";
@@ -115,6 +116,8 @@ struct Slot {
 /// A checked view of a stripe's slot array.
 #[derive(Clone, Copy)]
 struct Slots {
+    /// The index of the stripe whose array this is.
+    stripe: usize,
     offset: u64,
     first: NonNull<Slot>,
     mask: u64,
@@ -242,9 +245,8 @@ struct Attached {
     heap: SizeClassAllocator,
     table_offset: u64,
     stripes: NonNull<Stripe>,
-    /// Calls of this process running without the interpreter lock; recovery
-    /// waits for none.
-    detached: AtomicUsize,
+    /// This process's calls in flight on the segment (any handle).
+    in_flight: Arc<InFlight>,
 }
 
 // SAFETY: the pointers name the shared table, whose words are atomics or
@@ -303,11 +305,12 @@ impl Attached {
         }
         // SAFETY: inside the checked block, 64-aligned (the block is).
         let first = unsafe { start.add(TABLE_HEADER) } as *mut Stripe;
+        let in_flight = InFlight::of_segment(heap.segment().id());
         Ok(Attached {
             heap,
             table_offset: offset,
             stripes: NonNull::new(first).expect("a mapped block is not null"),
-            detached: AtomicUsize::new(0),
+            in_flight,
         })
     }
 
@@ -323,7 +326,7 @@ impl Attached {
     }
 
     /// The stripe's slot array, checked (`None` before the first insert).
-    fn slots_at(&self, offset: u64) -> Result<Option<Slots>, Error> {
+    fn slots_at(&self, stripe: usize, offset: u64) -> Result<Option<Slots>, Error> {
         if offset == EMPTY {
             return Ok(None);
         }
@@ -344,6 +347,7 @@ impl Attached {
         // SAFETY: inside the block; slots are 8-aligned as the block is.
         let first = unsafe { start.add(SLOTS_HEADER) } as *mut Slot;
         Ok(Some(Slots {
+            stripe,
             offset,
             first: NonNull::new(first).expect("a mapped block is not null"),
             mask: count - 1,
@@ -351,14 +355,26 @@ impl Attached {
     }
 
     fn slots(&self, stripe: &Stripe) -> Result<Option<Slots>, Error> {
-        self.slots_at(stripe.slots.load(Ordering::Acquire))
+        self.slots_at(self.index_of(stripe), stripe.slots.load(Ordering::Acquire))
     }
 
-    /// The entry at `offset`, checked against its block.
-    fn entry_at(&self, offset: u64) -> Result<Entry, Error> {
+    /// The index of one of this table's stripes.
+    fn index_of(&self, stripe: &Stripe) -> usize {
+        (stripe as *const Stripe as usize - self.stripes.as_ptr() as usize)
+            / std::mem::size_of::<Stripe>()
+    }
+
+    /// The entry a slot of `slots` names at `offset` with `hash`, checked
+    /// against its block: a whole entry whose stored hash is the slot's,
+    /// and which belongs in this stripe (so a stray offset that names some
+    /// other block, such as the slot array itself, is refused).
+    fn entry_at(&self, slots: &Slots, offset: u64, hash: u64) -> Result<Entry, Error> {
         let bad = |why: &str| corrupt(format!("a slot names {why} at {offset}"));
-        if offset == self.table_offset || offset < 8 {
+        if offset == self.table_offset || offset == slots.offset || offset < 8 {
             return Err(bad("no entry"));
+        }
+        if (hash >> STRIPE_SHIFT) as usize != slots.stripe {
+            return Err(bad("an entry of another stripe"));
         }
         let usable = self.heap.usable_size(offset).map_err(|_| bad("no entry"))?;
         if usable < ENTRY_HEADER {
@@ -367,16 +383,20 @@ impl Attached {
         let start = self.heap.full_ptr(offset).map_err(|_| bad("no entry"))?;
         let ptr = start.as_ptr();
         // SAFETY: the block holds at least the header (checked).
-        let (key_len, flags, value_len) = unsafe {
+        let (key_len, flags, value_len, stored_hash) = unsafe {
             (
                 (ptr as *const u32).read(),
                 (ptr.add(4) as *const u32).read(),
                 (ptr.add(8) as *const u64).read(),
+                (ptr.add(16) as *const u64).read(),
             )
         };
         let total = (ENTRY_HEADER as u128) + u128::from(key_len) + u128::from(value_len);
         if total > usable as u128 || flags & !(KEY_STR | VALUE_PICKLED) != 0 {
             return Err(bad("a cut entry"));
+        }
+        if stored_hash != hash {
+            return Err(bad("an entry whose hash is not the slot's"));
         }
         Ok(Entry {
             start: NonNull::new(ptr).expect("a mapped block is not null"),
@@ -405,7 +425,7 @@ impl Attached {
                     if slot.hash.load(Ordering::Relaxed) != key.hash {
                         continue;
                     }
-                    let entry = self.entry_at(offset)?;
+                    let entry = self.entry_at(slots, offset, key.hash)?;
                     // SAFETY: the caller holds the stripe's lock.
                     if entry.flags & KEY_STR == key.flag() && unsafe { entry.key() } == key.bytes {
                         return Ok(Probe::Found {
@@ -468,7 +488,6 @@ impl Attached {
             }
         };
         if value.len() >= LONG_COPY {
-            let _detached = Detached::enter(&self.detached);
             py.detach(fill);
         } else {
             fill();
@@ -499,16 +518,13 @@ impl Attached {
                 }
                 return Ok((guard, repair));
             }
-            {
-                let _detached = Detached::enter(&self.detached);
-                py.detach(|| {
-                    // Wait for the holder, then let the next try take it
-                    // (a guard stays on the thread that locked).
-                    if let Ok(guard) = stripe.lock.lock_timeout(LOCK_SLICE) {
-                        drop(guard);
-                    }
-                });
-            }
+            py.detach(|| {
+                // Wait for the holder, then let the next try take it (a
+                // guard stays on the thread that locked).
+                if let Ok(guard) = stripe.lock.lock_timeout(LOCK_SLICE) {
+                    drop(guard);
+                }
+            });
             py.check_signals()?;
         }
     }
@@ -574,6 +590,7 @@ impl Attached {
             (*(start as *const AtomicU64)).store(count, Ordering::Relaxed);
         }
         let new = Slots {
+            stripe: self.index_of(stripe),
             offset,
             // SAFETY: inside the fresh block.
             first: NonNull::new(unsafe { start.add(SLOTS_HEADER) } as *mut Slot)
@@ -651,12 +668,23 @@ fn value_of(entry: &Entry) -> Copied {
 }
 
 /// A key object as the table's bytes and kind.
-fn key_parts<'py>(key: &'py Bound<'py, PyAny>) -> PyResult<(&'py [u8], bool)> {
+fn key_parts<'py>(key: &'py Bound<'py, PyAny>) -> PyResult<(Cow<'py, [u8]>, bool)> {
     if let Ok(text) = key.cast::<PyString>() {
-        return Ok((text.to_str()?.as_bytes(), true));
+        return Ok(match text.to_str() {
+            Ok(text) => (Cow::Borrowed(text.as_bytes()), true),
+            // Lone surrogates (a dict takes them as keys): kept as the
+            // bytes `surrogatepass` gives, and given back the same way.
+            Err(_) => {
+                let encoded = text.call_method1("encode", ("utf-8", "surrogatepass"))?;
+                (
+                    Cow::Owned(encoded.cast::<PyBytes>()?.as_bytes().to_vec()),
+                    true,
+                )
+            }
+        });
     }
     if let Ok(bytes) = key.cast::<PyBytes>() {
-        return Ok((bytes.as_bytes(), false));
+        return Ok((Cow::Borrowed(bytes.as_bytes()), false));
     }
     Err(PyTypeError::new_err(format!(
         "shmkit.Dict keys are str or bytes, not {}",
@@ -666,13 +694,15 @@ fn key_parts<'py>(key: &'py Bound<'py, PyAny>) -> PyResult<(&'py [u8], bool)> {
 
 /// The Python key object for an entry's key bytes.
 fn key_object<'py>(py: Python<'py>, bytes: &[u8], is_str: bool) -> PyResult<Bound<'py, PyAny>> {
-    if is_str {
-        let text = std::str::from_utf8(bytes)
-            .map_err(|_| lib_to_py(corrupt("a str key holds bytes that are not UTF-8".into())))?;
-        Ok(PyString::new(py, text).into_any())
-    } else {
-        Ok(PyBytes::new(py, bytes).into_any())
+    if !is_str {
+        return Ok(PyBytes::new(py, bytes).into_any());
     }
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return Ok(PyString::new(py, text).into_any());
+    }
+    PyBytes::new(py, bytes)
+        .call_method1("decode", ("utf-8", "surrogatepass"))
+        .map_err(|_| lib_to_py(corrupt("a str key holds bytes that are not UTF-8".into())))
 }
 
 type Value<'py> = (Bound<'py, PyBytes>, bool);
@@ -714,8 +744,9 @@ impl RawDict {
         only_if_absent: bool,
     ) -> PyResult<Option<Copied>> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let (bytes, is_str) = key_parts(key)?;
-        let key = Key::new(bytes, is_str);
+        let key = Key::new(&bytes, is_str);
         let fresh = attached
             .make_entry(py, &key, value, pickled)
             .map_err(lib_to_py)?;
@@ -778,8 +809,9 @@ impl RawDict {
         want_value: bool,
     ) -> PyResult<Option<Option<Copied>>> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let (bytes, is_str) = key_parts(key)?;
-        let key = Key::new(bytes, is_str);
+        let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
         let (retired, value) = {
             let (_guard, _) = attached.lock(py, stripe)?;
@@ -846,8 +878,9 @@ impl RawDict {
     /// `(value, pickled)` for `key`, or None.
     fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Option<Value<'py>>> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let (bytes, is_str) = key_parts(key)?;
-        let key = Key::new(bytes, is_str);
+        let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
         let value = {
             let (_guard, _) = attached.lock(py, stripe)?;
@@ -865,8 +898,9 @@ impl RawDict {
     /// Whether `key` is in the dict.
     fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let (bytes, is_str) = key_parts(key)?;
-        let key = Key::new(bytes, is_str);
+        let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
         let (_guard, _) = attached.lock(py, stripe)?;
         let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? else {
@@ -922,9 +956,13 @@ impl RawDict {
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyBytes>, bool)> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
-            if stripe.live.load(Ordering::Acquire) == 0 {
+            // By the array, not the count: a writer that died between its
+            // publication and its count leaves the count short until the
+            // stripe is locked and mended.
+            if stripe.slots.load(Ordering::Acquire) == EMPTY {
                 continue;
             }
             let taken = {
@@ -938,7 +976,8 @@ impl RawDict {
                     if offset == EMPTY || offset == TOMBSTONE {
                         continue;
                     }
-                    let entry = attached.entry_at(offset).map_err(lib_to_py)?;
+                    let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
+                    let entry = attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
                     // SAFETY: the stripe's lock is held.
                     let key = unsafe { entry.key() }.to_vec();
                     let value = value_of(&entry);
@@ -971,6 +1010,7 @@ impl RawDict {
     #[pyo3(signature = (values))]
     fn snapshot<'py>(&self, py: Python<'py>, values: bool) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let mut out = Vec::new();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
@@ -985,7 +1025,8 @@ impl RawDict {
                     if offset == EMPTY || offset == TOMBSTONE {
                         continue;
                     }
-                    let entry = attached.entry_at(offset).map_err(lib_to_py)?;
+                    let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
+                    let entry = attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
                     // SAFETY: the stripe's lock is held.
                     let key = unsafe { entry.key() }.to_vec();
                     let value = values.then(|| value_of(&entry));
@@ -1009,21 +1050,28 @@ impl RawDict {
     /// Removes every entry (stripe by stripe) and gives the room back.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
             let (_guard, _) = attached.lock(py, stripe)?;
             let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? else {
                 continue;
             };
+            let mut freed = HashSet::new();
             for slot in 0..slots.count() {
                 let offset = slots.slot(slot).entry.load(Ordering::Acquire);
                 if offset == EMPTY || offset == TOMBSTONE {
                     continue;
                 }
+                // Only what is surely an entry of this stripe, and once.
+                let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
+                attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
                 unlink(stripe, &slots, slot, offset);
-                // Under the lock, one at a time: a death here loses at most
-                // this block's room.
-                attached.free_block(offset).map_err(lib_to_py)?;
+                if freed.insert(offset) {
+                    // Under the lock, one at a time: a death here leaves
+                    // at most this block for `recover()` to sweep.
+                    attached.free_block(offset).map_err(lib_to_py)?;
+                }
             }
             stripe.pending[PENDING_OLD_SLOTS].store(slots.offset, Ordering::Release);
             stripe.slots.store(EMPTY, Ordering::Release);
@@ -1053,6 +1101,7 @@ impl RawDict {
     /// entry, and the counts match.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         attached.heap.check().map_err(lib_to_py)?;
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
@@ -1064,7 +1113,8 @@ impl RawDict {
                         EMPTY => {}
                         TOMBSTONE => used += 1,
                         offset => {
-                            attached.entry_at(offset).map_err(lib_to_py)?;
+                            let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
+                            attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
                             live += 1;
                             used += 1;
                         }
@@ -1087,15 +1137,11 @@ impl RawDict {
     /// Mends what processes that died mid-write left: repairs every stripe,
     /// runs the allocator's recovery, then frees every live block that no
     /// stripe names (the segment is the dict's alone). Refused while other
-    /// processes use the segment or a call of this process waits.
+    /// processes use the segment or a call of this process is in flight on
+    /// it (through any handle).
     fn recover(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
         let attached = self.attached()?;
-        let waiting = attached.detached.load(Ordering::Acquire);
-        if waiting > 0 {
-            return Err(SegmentInUseError::new_err(format!(
-                "{waiting} call(s) of this process are waiting on the dict"
-            )));
-        }
+        attached.in_flight.refuse_recovery_if_busy("dict")?;
         let alone = attached
             .heap
             .segment()
@@ -1121,10 +1167,14 @@ impl RawDict {
                 }
                 guards.push(guard);
             }
-            // SAFETY: this thread holds the interpreter lock, which every
-            // call takes to start, and no call that released it is running
-            // (checked above), so no other thread of this process is inside
-            // the allocator; the recovery lock is held.
+            // Waiting for a stripe may have let other threads (or a signal
+            // handler) start calls: ask again, now that none can start.
+            attached.in_flight.refuse_recovery_if_busy("dict")?;
+            // SAFETY: no call of this process is in flight on the segment
+            // (checked just above, through any handle), and none can start:
+            // this thread holds the interpreter lock, which every call takes
+            // to start, until the end; the recovery lock keeps other
+            // processes out.
             let report = unsafe { attached.heap.recovery_pass() }.map_err(lib_to_py)?;
             locks += report.locks_taken_over;
             freed += report.blocks_reclaimed;

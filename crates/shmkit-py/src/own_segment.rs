@@ -1,29 +1,99 @@
 //! What the structures that own a whole segment (`shmkit.Queue`,
-//! `shmkit.Dict`) share: counting their calls that run without the
-//! interpreter lock, their accounting, and the sweep by which `recover()`
-//! frees the blocks a dead process left that the structure no longer
-//! names.
+//! `shmkit.Dict`) share: counting this process's calls in flight on a
+//! segment, their accounting, and the sweep by which `recover()` frees the
+//! blocks a dead process left that the structure no longer names.
 
-use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use shmkit_lib::{Error, MemContext, ShmAllocator, SizeClassAllocator};
+use pyo3::PyResult;
+use shmkit_lib::sync::current_pid;
+use shmkit_lib::{Error, MemContext, SegmentId, ShmAllocator, SizeClassAllocator};
 
-/// Counts a call that runs without the interpreter lock, for as long as it
-/// lives: a recovery pass must not run while one of this process's calls
-/// is inside the segment with the lock released.
-pub struct Detached<'a>(&'a AtomicUsize);
+use crate::errors::SegmentInUseError;
 
-impl<'a> Detached<'a> {
-    pub fn enter(count: &'a AtomicUsize) -> Detached<'a> {
-        count.fetch_add(1, Ordering::AcqRel);
-        Detached(count)
+/// The calls of this process in flight on one segment, through any handle
+/// (each `Queue` or `Dict` object, a pickled copy, a second attach): what
+/// `recover()` must see as zero before it treats an unnamed block as a dead
+/// process's. A call counts from its start to its end, not only while it
+/// waits without the interpreter lock: between an allocation and its
+/// publication it may run Python code (a signal handler, a finalizer) that
+/// calls `recover()`.
+pub struct InFlight {
+    /// The process that counted: a forked child starts from zero, since
+    /// its parent's calls did not come with it.
+    pid: AtomicU32,
+    calls: AtomicUsize,
+}
+
+impl InFlight {
+    /// The counter of the segment `id` in this process (one for all
+    /// handles).
+    pub fn of_segment(id: SegmentId) -> Arc<InFlight> {
+        static COUNTERS: OnceLock<Mutex<HashMap<u64, Weak<InFlight>>>> = OnceLock::new();
+        let mut counters = COUNTERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        counters.retain(|_, counter| counter.strong_count() > 0);
+        if let Some(counter) = counters.get(&id.0).and_then(Weak::upgrade) {
+            return counter;
+        }
+        let counter = Arc::new(InFlight {
+            pid: AtomicU32::new(current_pid()),
+            calls: AtomicUsize::new(0),
+        });
+        counters.insert(id.0, Arc::downgrade(&counter));
+        counter
+    }
+
+    /// Counts a call until the returned guard drops.
+    #[inline]
+    pub fn enter(&self) -> Call<'_> {
+        let pid = current_pid();
+        if self.pid.load(Ordering::Relaxed) != pid {
+            // Inherited through fork: the parent's calls are not ours. The
+            // child has one thread until it starts more, so nothing races.
+            self.calls.store(0, Ordering::Relaxed);
+            self.pid.store(pid, Ordering::Relaxed);
+        }
+        self.calls.fetch_add(1, Ordering::AcqRel);
+        Call(self)
+    }
+
+    /// Calls in flight now, in this process.
+    pub fn calls(&self) -> usize {
+        if self.pid.load(Ordering::Relaxed) != current_pid() {
+            return 0;
+        }
+        self.calls.load(Ordering::Acquire)
+    }
+
+    /// Refuses a recovery while any call of this process is in flight on
+    /// the segment (the recovering one is not counted).
+    pub fn refuse_recovery_if_busy(&self, what: &str) -> PyResult<()> {
+        match self.calls() {
+            0 => Ok(()),
+            calls => Err(SegmentInUseError::new_err(format!(
+                "{calls} call(s) of this process are in flight on the {what}"
+            ))),
+        }
     }
 }
 
-impl Drop for Detached<'_> {
+/// One call in flight (see [`InFlight`]).
+pub struct Call<'a>(&'a InFlight);
+
+impl Drop for Call<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        // A guard that crossed a fork finds the count reset: saturate.
+        let _ = self
+            .0
+            .calls
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |calls| {
+                calls.checked_sub(1)
+            });
     }
 }
 
@@ -44,8 +114,8 @@ pub fn heap_stats(heap: &SizeClassAllocator) -> (u64, u64, u64, u64) {
 /// # Safety
 ///
 /// The segment is the structure's alone, and nobody else uses it during
-/// the call (the caller holds its recovery lock, and no other thread of
-/// this process is inside it), so a block it does not name is one a dead
+/// the call (the caller holds its recovery lock, and [`InFlight`] counts no
+/// call of this process on it), so a block it does not name is one a dead
 /// process was making or retiring.
 pub unsafe fn free_unnamed(heap: &SizeClassAllocator, named: &HashSet<u64>) -> Result<u64, Error> {
     // The dead threads' hand-off records name some of those blocks; the

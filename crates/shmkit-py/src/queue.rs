@@ -11,7 +11,6 @@
 //! names.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,8 @@ use shmkit_lib::{
     Error, MemContext, Offset, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
 };
 
-use crate::errors::{lib_to_py, SegmentInUseError};
-use crate::own_segment::{self, Detached};
+use crate::errors::lib_to_py;
+use crate::own_segment::{self, InFlight};
 
 /// Where the ring's offset is published in the segment.
 const RING_ROOT: &str = "shmkit.queue.ring";
@@ -53,9 +52,8 @@ struct Attached {
     heap: Arc<SizeClassAllocator>,
     /// The ring's own block, which no cell may name.
     ring_block: u64,
-    /// Calls of this process running without the interpreter lock; recovery
-    /// waits for none.
-    detached: AtomicUsize,
+    /// This process's calls in flight on the segment (any handle).
+    in_flight: Arc<InFlight>,
 }
 
 impl Attached {
@@ -68,11 +66,12 @@ impl Attached {
         // SAFETY: the root names the ring `create` made in this queue's
         // segment, reached only through ring handles and never destroyed.
         let ring = unsafe { MpmcRing::open(heap_ref, ring_at)? };
+        let in_flight = InFlight::of_segment(heap.segment().id());
         Ok(Attached {
             ring,
             heap,
             ring_block: ring_at.raw(),
-            detached: AtomicUsize::new(0),
+            in_flight,
         })
     }
 }
@@ -107,16 +106,12 @@ fn deadline_after(timeout: Option<f64>) -> Option<Instant> {
 fn wait_in_slices(
     py: Python<'_>,
     deadline: Option<Instant>,
-    detached: &AtomicUsize,
     mut attempt: impl FnMut(Duration) -> bool + Send,
 ) -> PyResult<bool> {
     const SLICE: Duration = Duration::from_millis(100);
     loop {
         let slice = remaining(deadline).map_or(SLICE, |left| left.min(SLICE));
-        let done = {
-            let _detached = Detached::enter(detached);
-            py.detach(|| attempt(slice))
-        };
+        let done = py.detach(|| attempt(slice));
         if done {
             return Ok(true);
         }
@@ -203,6 +198,7 @@ impl RawQueue {
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         let deadline = deadline_after(timeout);
         let no_wait = timeout.is_some_and(|t| t <= 0.0);
         let len = data.len() as u64;
@@ -221,10 +217,7 @@ impl RawQueue {
                     if no_wait || remaining(deadline) == Some(Duration::ZERO) {
                         return Ok(false);
                     }
-                    {
-                        let _detached = Detached::enter(&attached.detached);
-                        py.detach(|| std::thread::sleep(MEMORY_POLL));
-                    }
+                    py.detach(|| std::thread::sleep(MEMORY_POLL));
                     py.check_signals()?;
                 }
                 Err(other) => return Err(lib_to_py(other)),
@@ -245,7 +238,6 @@ impl RawQueue {
             unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), target as *mut u8, data.len()) }
         };
         if data.len() >= LONG_COPY {
-            let _detached = Detached::enter(&attached.detached);
             py.detach(copy);
         } else {
             copy();
@@ -259,7 +251,7 @@ impl RawQueue {
         let pushed = match attached.ring.try_push(cell) {
             Ok(()) => Ok(true),
             Err(_) if no_wait => Ok(false),
-            Err(cell) => wait_in_slices(py, deadline, &attached.detached, |slice| {
+            Err(cell) => wait_in_slices(py, deadline, |slice| {
                 attached.ring.push_timeout(cell, slice).is_ok()
             }),
         };
@@ -287,6 +279,7 @@ impl RawQueue {
         timeout: Option<f64>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, bool)>> {
         let attached = self.attached()?;
+        let _call = attached.in_flight.enter();
         // A message at once is the common case: no wait, no release of the
         // interpreter lock.
         let cell = match attached.ring.try_pop() {
@@ -295,7 +288,7 @@ impl RawQueue {
             None => {
                 let deadline = deadline_after(timeout);
                 let mut got = None;
-                wait_in_slices(py, deadline, &attached.detached, |slice| {
+                wait_in_slices(py, deadline, |slice| {
                     got = attached.ring.pop_timeout(slice);
                     got.is_some()
                 })?;
@@ -365,25 +358,20 @@ impl RawQueue {
     /// allocator's recovery pass, then every block that no waiting message
     /// names (a message a dead producer had not pushed, or a dead consumer
     /// had taken and not freed) is freed. Refused while other processes use
-    /// the segment or a call of this process waits.
+    /// the segment or a call of this process is in flight on it.
     fn recover(&self) -> PyResult<(u64, u64)> {
         let attached = self.attached()?;
-        let waiting = attached.detached.load(Ordering::Acquire);
-        if waiting > 0 {
-            return Err(SegmentInUseError::new_err(format!(
-                "{waiting} call(s) of this process are waiting on the queue"
-            )));
-        }
+        attached.in_flight.refuse_recovery_if_busy("queue")?;
         let alone = attached
             .heap
             .segment()
             .lock_for_recovery(false)
             .map_err(lib_to_py)?;
-        // SAFETY: this thread holds the interpreter lock, which every call
-        // takes to start, and no call that released it is running (checked
-        // above), so no other thread of this process is inside the
-        // allocator or the ring; the recovery lock keeps other processes
-        // out.
+        // SAFETY: no call of this process is in flight on the segment
+        // (checked above, through any handle), and none can start: this
+        // thread holds the interpreter lock, which every call takes to
+        // start, and keeps it until the end; the recovery lock keeps other
+        // processes out.
         let report = unsafe { attached.heap.recovery_pass() }.map_err(lib_to_py)?;
         let mut named = HashSet::from([attached.ring_block]);
         // SAFETY: as above: nobody pushes or pops meanwhile.

@@ -15,7 +15,7 @@ segment. Closing never removes a segment: ``unlink()`` (or
 """
 
 from types import TracebackType
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, Iterable, Optional, Sequence, Type, TypedDict, TypeVar, Union, final
 
 import numpy
@@ -143,8 +143,8 @@ class SharedArray(numpy.ndarray[Any, Any]):
 class Queue:
     """A multi-producer, multi-consumer queue that processes share through
     the shared-memory segment ``name``: ``queue.Queue``'s calls, across
-    processes. Bytes-like objects travel as raw bytes and come out as
-    ``bytes``; anything else is pickled. ``capacity`` bytes hold the
+    processes. ``bytes``, ``bytearray`` and ``memoryview`` objects travel
+    as raw bytes and come out as ``bytes``; anything else is pickled. ``capacity`` bytes hold the
     messages waiting; ``maxsize`` (0: the ring's 65,536 cells) bounds how
     many, rounded up to a power of two. ``create=False`` attaches a queue
     another process made; it pickles by name. A process killed in the
@@ -198,8 +198,9 @@ class Queue:
 
 class Dict(MutableMapping[Union[str, bytes], Any]):
     """A ``MutableMapping`` that processes share through the shared-memory
-    segment ``name``. Keys are ``str`` or ``bytes``; bytes-like values are
-    stored raw (read back as ``bytes``), anything else is pickled.
+    segment ``name``. Keys are ``str`` or ``bytes``; ``bytes``,
+    ``bytearray`` and ``memoryview`` values are stored raw (read back as
+    ``bytes``), anything else is pickled.
     ``capacity`` bytes hold the entries; ``create=False`` attaches a dict
     another process made; it pickles by name. The table is split into
     stripes with robust locks of their own; each call is atomic across
@@ -228,6 +229,10 @@ class Dict(MutableMapping[Union[str, bytes], Any]):
         """Remove every entry and give their room back."""
     def copy(self) -> dict[Union[str, bytes], Any]:
         """A plain ``dict`` snapshot of the entries."""
+    def __ior__(self, other: Any) -> Self: ...  # type: ignore[misc]
+    def __or__(self, other: Mapping[Union[str, bytes], Any]) -> dict[Union[str, bytes], Any]:
+        """A plain ``dict``: a snapshot of the entries, updated by ``other``."""
+    def __ror__(self, other: Mapping[Union[str, bytes], Any]) -> dict[Union[str, bytes], Any]: ...
     def stats(self) -> dict[str, int]:
         """``entries``, ``blocks``, ``allocated_bytes``, ``free_bytes``,
         ``capacity``."""

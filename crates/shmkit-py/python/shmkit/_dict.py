@@ -1,8 +1,9 @@
 """``shmkit.Dict``: a ``MutableMapping`` that processes share through one
 segment.
 
-Keys are ``str`` or ``bytes``; values are bytes-like (stored raw, read back
-as ``bytes``) or any picklable object. The table is split into stripes,
+Keys are ``str`` or ``bytes``; ``bytes``, ``bytearray`` and ``memoryview``
+values are stored raw (read back as ``bytes``), any other object is pickled
+(a numpy array keeps its dtype and shape). The table is split into stripes,
 each with its own robust lock, so writers of different keys rarely wait for
 each other. Every single call (``d[k] = v``, ``d[k]``, ``del d[k]``,
 ``pop``, ``setdefault``, ``popitem``) is atomic across processes. A process
@@ -12,13 +13,23 @@ never a torn one.
 """
 
 import pickle
-from collections.abc import ItemsView, KeysView, MutableMapping, ValuesView
+from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 
 from shmkit._native import _RawDict  # type: ignore[import-not-found]
 from shmkit._native import unlink as _unlink  # type: ignore[import-not-found]
 
 _BYTES_LIKE = (bytearray, memoryview)
+_KEY_TYPES = (str, bytes)
 _MISSING = object()
+
+
+def _absent(key):
+    """A key the native call refused for its type: absent, as in a dict
+    (KeyError), unless unhashable (TypeError, as a dict says)."""
+    if isinstance(key, _KEY_TYPES):
+        return False
+    hash(key)
+    return True
 
 
 def _encode(value):
@@ -72,7 +83,12 @@ class Dict(MutableMapping):
         self.name = name
 
     def __getitem__(self, key):
-        got = self._get(key)
+        try:
+            got = self._get(key)
+        except TypeError:
+            if _absent(key):
+                raise KeyError(key) from None
+            raise
         if got is None:
             raise KeyError(key)
         data, pickled = got
@@ -85,7 +101,13 @@ class Dict(MutableMapping):
             self._set(key, *_encode(value))
 
     def __delitem__(self, key):
-        if not self._raw.delete(key):
+        try:
+            deleted = self._raw.delete(key)
+        except TypeError:
+            if _absent(key):
+                raise KeyError(key) from None
+            raise
+        if not deleted:
             raise KeyError(key)
 
     def __contains__(self, key):
@@ -101,7 +123,12 @@ class Dict(MutableMapping):
 
     def get(self, key, default=None):
         """The value of ``key``, or ``default`` (one call, one lock)."""
-        got = self._get(key)
+        try:
+            got = self._get(key)
+        except TypeError:
+            if _absent(key):
+                return default
+            raise
         if got is None:
             return default
         return _decode(*got)
@@ -109,7 +136,12 @@ class Dict(MutableMapping):
     def pop(self, key, default=_MISSING):
         """Remove ``key`` and return its value, atomically; ``default`` (or
         ``KeyError``) when absent."""
-        got = self._raw.pop(key)
+        try:
+            got = self._raw.pop(key)
+        except TypeError:
+            if not _absent(key):
+                raise
+            got = None
         if got is None:
             if default is _MISSING:
                 raise KeyError(key)
@@ -144,6 +176,25 @@ class Dict(MutableMapping):
     def copy(self):
         """A plain ``dict`` snapshot of the entries."""
         return dict(self.items())
+
+    def __ior__(self, other):
+        self.update(other)
+        return self
+
+    def __or__(self, other):
+        """A plain ``dict``: a snapshot of the entries, updated by ``other``."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = self.copy()
+        merged.update(other)
+        return merged
+
+    def __ror__(self, other):
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        merged = dict(other)
+        merged.update(self.items())
+        return merged
 
     def stats(self):
         """The dict's entries and its segment's accounting: ``entries``,

@@ -1,8 +1,8 @@
 """``shmkit.Queue``: a multi-producer, multi-consumer queue that processes
 share through one segment, with the standard ``queue.Queue`` calls.
 
-Bytes-like objects travel as raw bytes and come out as ``bytes``; anything
-else is pickled. Waits sleep on a futex in the segment with the
+``bytes``, ``bytearray`` and ``memoryview`` objects travel as raw bytes and
+come out as ``bytes``; anything else is pickled. Waits sleep on a futex in the segment with the
 interpreter lock released. A process killed in the middle of a ``put`` or a
 ``get`` leaves the queue usable; at most its own message is lost, and
 ``recover()`` gives its block's room back.
