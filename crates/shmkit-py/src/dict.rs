@@ -40,7 +40,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
@@ -245,8 +245,10 @@ struct Attached {
     heap: SizeClassAllocator,
     table_offset: u64,
     stripes: NonNull<Stripe>,
-    /// This process's calls in flight on the segment (any handle).
-    in_flight: Arc<InFlight>,
+    /// This process's calls in flight on the segment (any handle), looked
+    /// up on the first call (with the interpreter lock held, see
+    /// [`InFlight::of_segment`]).
+    in_flight: OnceLock<Arc<InFlight>>,
 }
 
 // SAFETY: the pointers name the shared table, whose words are atomics or
@@ -305,13 +307,18 @@ impl Attached {
         }
         // SAFETY: inside the checked block, 64-aligned (the block is).
         let first = unsafe { start.add(TABLE_HEADER) } as *mut Stripe;
-        let in_flight = InFlight::of_segment(heap.segment().id());
         Ok(Attached {
             heap,
             table_offset: offset,
             stripes: NonNull::new(first).expect("a mapped block is not null"),
-            in_flight,
+            in_flight: OnceLock::new(),
         })
+    }
+
+    /// This process's counter of calls on the segment.
+    fn in_flight(&self, py: Python<'_>) -> &InFlight {
+        self.in_flight
+            .get_or_init(|| InFlight::of_segment(py, self.heap.segment().id()))
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {
@@ -744,7 +751,7 @@ impl RawDict {
         only_if_absent: bool,
     ) -> PyResult<Option<Copied>> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let (bytes, is_str) = key_parts(key)?;
         let key = Key::new(&bytes, is_str);
         let fresh = attached
@@ -809,7 +816,7 @@ impl RawDict {
         want_value: bool,
     ) -> PyResult<Option<Option<Copied>>> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let (bytes, is_str) = key_parts(key)?;
         let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
@@ -878,7 +885,7 @@ impl RawDict {
     /// `(value, pickled)` for `key`, or None.
     fn get<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<Option<Value<'py>>> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let (bytes, is_str) = key_parts(key)?;
         let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
@@ -898,7 +905,7 @@ impl RawDict {
     /// Whether `key` is in the dict.
     fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let (bytes, is_str) = key_parts(key)?;
         let key = Key::new(&bytes, is_str);
         let stripe = attached.stripe(key.hash);
@@ -956,7 +963,7 @@ impl RawDict {
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyBytes>, bool)> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
             // By the array, not the count: a writer that died between its
@@ -1010,7 +1017,7 @@ impl RawDict {
     #[pyo3(signature = (values))]
     fn snapshot<'py>(&self, py: Python<'py>, values: bool) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let mut out = Vec::new();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
@@ -1050,7 +1057,7 @@ impl RawDict {
     /// Removes every entry (stripe by stripe) and gives the room back.
     fn clear(&self, py: Python<'_>) -> PyResult<()> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
             let (_guard, _) = attached.lock(py, stripe)?;
@@ -1101,7 +1108,7 @@ impl RawDict {
     /// entry, and the counts match.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         attached.heap.check().map_err(lib_to_py)?;
         for index in 0..STRIPES {
             let stripe = attached.stripe_at(index);
@@ -1141,7 +1148,7 @@ impl RawDict {
     /// it (through any handle).
     fn recover(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
         let attached = self.attached()?;
-        attached.in_flight.refuse_recovery_if_busy("dict")?;
+        attached.in_flight(py).refuse_recovery_if_busy("dict")?;
         let alone = attached
             .heap
             .segment()
@@ -1169,7 +1176,7 @@ impl RawDict {
             }
             // Waiting for a stripe may have let other threads (or a signal
             // handler) start calls: ask again, now that none can start.
-            attached.in_flight.refuse_recovery_if_busy("dict")?;
+            attached.in_flight(py).refuse_recovery_if_busy("dict")?;
             // SAFETY: no call of this process is in flight on the segment
             // (checked just above, through any handle), and none can start:
             // this thread holds the interpreter lock, which every call takes

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use pyo3::PyResult;
+use pyo3::{PyResult, Python};
 use shmkit_lib::sync::current_pid;
 use shmkit_lib::{Error, MemContext, SegmentId, ShmAllocator, SizeClassAllocator};
 
@@ -29,8 +29,10 @@ pub struct InFlight {
 
 impl InFlight {
     /// The counter of the segment `id` in this process (one for all
-    /// handles).
-    pub fn of_segment(id: SegmentId) -> Arc<InFlight> {
+    /// handles). Taken with the interpreter lock held (the token), as
+    /// every use of the registry is: Python forks only with that lock held,
+    /// so no fork can leave the registry's mutex locked in a child.
+    pub fn of_segment(_gil: Python<'_>, id: SegmentId) -> Arc<InFlight> {
         static COUNTERS: OnceLock<Mutex<HashMap<u64, Weak<InFlight>>>> = OnceLock::new();
         let mut counters = COUNTERS
             .get_or_init(Default::default)

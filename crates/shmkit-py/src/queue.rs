@@ -11,7 +11,7 @@
 //! names.
 
 use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -52,8 +52,10 @@ struct Attached {
     heap: Arc<SizeClassAllocator>,
     /// The ring's own block, which no cell may name.
     ring_block: u64,
-    /// This process's calls in flight on the segment (any handle).
-    in_flight: Arc<InFlight>,
+    /// This process's calls in flight on the segment (any handle), looked
+    /// up on the first call (with the interpreter lock held, see
+    /// [`InFlight::of_segment`]).
+    in_flight: OnceLock<Arc<InFlight>>,
 }
 
 impl Attached {
@@ -66,13 +68,18 @@ impl Attached {
         // SAFETY: the root names the ring `create` made in this queue's
         // segment, reached only through ring handles and never destroyed.
         let ring = unsafe { MpmcRing::open(heap_ref, ring_at)? };
-        let in_flight = InFlight::of_segment(heap.segment().id());
         Ok(Attached {
             ring,
             heap,
             ring_block: ring_at.raw(),
-            in_flight,
+            in_flight: OnceLock::new(),
         })
+    }
+
+    /// This process's counter of calls on the segment.
+    fn in_flight(&self, py: Python<'_>) -> &InFlight {
+        self.in_flight
+            .get_or_init(|| InFlight::of_segment(py, self.heap.segment().id()))
     }
 }
 
@@ -198,7 +205,7 @@ impl RawQueue {
         timeout: Option<f64>,
     ) -> PyResult<bool> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         let deadline = deadline_after(timeout);
         let no_wait = timeout.is_some_and(|t| t <= 0.0);
         let len = data.len() as u64;
@@ -279,7 +286,7 @@ impl RawQueue {
         timeout: Option<f64>,
     ) -> PyResult<Option<(Bound<'py, PyBytes>, bool)>> {
         let attached = self.attached()?;
-        let _call = attached.in_flight.enter();
+        let _call = attached.in_flight(py).enter();
         // A message at once is the common case: no wait, no release of the
         // interpreter lock.
         let cell = match attached.ring.try_pop() {
@@ -359,9 +366,9 @@ impl RawQueue {
     /// names (a message a dead producer had not pushed, or a dead consumer
     /// had taken and not freed) is freed. Refused while other processes use
     /// the segment or a call of this process is in flight on it.
-    fn recover(&self) -> PyResult<(u64, u64)> {
+    fn recover(&self, py: Python<'_>) -> PyResult<(u64, u64)> {
         let attached = self.attached()?;
-        attached.in_flight.refuse_recovery_if_busy("queue")?;
+        attached.in_flight(py).refuse_recovery_if_busy("queue")?;
         let alone = attached
             .heap
             .segment()
