@@ -484,6 +484,15 @@ macro_rules! allocator_class {
                 self.handle.free(py, offset, force)
             }
 
+            /// The check word of the live block at `offset` (for shared
+            /// arrays' handles: it changes when the offset is reused).
+            fn _block_check(&self, py: Python<'_>, offset: &Bound<'_, PyAny>) -> PyResult<u64> {
+                let offset = unsigned(offset, "offset")?;
+                self.handle
+                    .with(py, |heap| heap.block_check(offset))?
+                    .map_err(|fault| fault.into_py(py))
+            }
+
             /// The size asked for when the block at `offset` was allocated.
             fn size_of(&self, py: Python<'_>, offset: &Bound<'_, PyAny>) -> PyResult<u64> {
                 let offset = unsigned(offset, "offset")?;

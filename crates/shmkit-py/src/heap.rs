@@ -486,6 +486,12 @@ impl Heap {
         }
     }
 
+    /// The check word of the live block at `offset`: it changes when the
+    /// block is freed and another allocated at the same offset.
+    pub fn block_check(&self, offset: u64) -> Result<u64, Fault> {
+        self.block(offset).map(|block| block.check)
+    }
+
     /// The size asked for when the block at `offset` was allocated.
     pub fn size_of(&self, offset: u64) -> Result<u64, Fault> {
         self.block(offset).map(|block| block.size)
@@ -545,7 +551,7 @@ impl Heap {
         }
         if !align.is_power_of_two() || align > MAX_SIZE {
             return Err(Fault::BadArgument(format!(
-                "alignment {align} is not a power of two up to 2**56"
+                "alignment {align} is not a power of two up to 2**42"
             )));
         }
         let prefix = align.max(HEADER);

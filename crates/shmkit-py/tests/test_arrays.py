@@ -97,6 +97,26 @@ def test_freed_and_foreign_handles_are_refused(name):
     heap.unlink()
 
 
+@pytest.mark.parametrize("kind", FREEING)
+def test_a_handle_to_a_block_allocated_again_at_its_offset_is_refused(kind, name):
+    heap = KINDS[kind](name, capacity=4 << 20, slab_size=4096)
+    array = heap.ndarray(64, "float64")
+    offset = array._shmkit.offset
+    handle = pickle.dumps(array)
+    heap.free_array(array)
+    # The next array of the same size takes the same offset: the old handle
+    # must not rebuild onto its bytes.
+    successor = heap.ndarray(64, "float64")
+    assert successor._shmkit.offset == offset, "the allocator did not reuse the offset"
+    successor[:] = 7.0
+    with pytest.raises(ValueError, match="another allocated there since"):
+        pickle.loads(handle)
+    assert (pickle.loads(pickle.dumps(successor)) == 7.0).all(), "its own handle still works"
+    heap.free_array(successor)
+    heap.close()
+    heap.unlink()
+
+
 def test_an_allocator_without_room_raises_memory_error(name):
     with shmkit.FreeListAllocator(name, capacity=1 << 16) as heap:
         with pytest.raises(MemoryError):

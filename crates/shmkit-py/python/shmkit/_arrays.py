@@ -98,6 +98,9 @@ def _handle_of(array):
         heap.name,
         heap.read_only,
         block.offset,
+        # The block's check word: a freed block refuses here, and a block
+        # allocated since at the same offset carries another word.
+        heap._block_check(block.offset),
         start - block.address,
         tuple(array.shape),
         # The dtype itself (it pickles), so structured fields survive.
@@ -129,16 +132,23 @@ def _wrap(heap, offset, view, start, shape, dtype, strides):
     return array
 
 
-def _rebuild(class_name, name, read_only, offset, start, shape, dtype, strides):
+def _rebuild(class_name, name, read_only, offset, check, start, shape, dtype, strides):
     """The receiving side of a pickled array: the same bytes, attached here."""
     heap = _attach(class_name, name, read_only)
     try:
         view = heap.view(offset)
+        same = heap._block_check(offset) == check
     except ValueError as refused:
         raise ValueError(
             f"no live array block at offset {offset} of segment {name!r} "
             "(freed, or not an array of this segment)"
         ) from refused
+    if not same:
+        view.release()
+        raise ValueError(
+            f"the array's block at offset {offset} of segment {name!r} was freed "
+            "and another allocated there since"
+        )
     return _wrap(heap, offset, view, start, shape, _numpy().dtype(dtype), strides)
 
 
