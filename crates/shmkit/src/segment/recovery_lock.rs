@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::Segment;
 use crate::error::{Error, Result};
-use crate::sync::identity::{self, Identity};
+use crate::sync::identity::{self, Identity, Seen};
 use crate::sync::mapped_by;
 use crate::sync::robust_lock::DeathWatch;
 use crate::sync::thread_id;
@@ -98,6 +98,34 @@ impl Drop for RecoveryLock<'_> {
     }
 }
 
+/// Whether process `pid` has certainly exited: it no longer exists, or it
+/// is a zombie, every thread of it exited. A process whose main thread
+/// exited while others run shows a zombie main thread (and empty maps), so
+/// each thread is looked at; anything `/proc` does not show (another
+/// user's process under `hidepid`) counts as alive.
+fn certainly_exited(pid: u32) -> bool {
+    if !super::process_alive(pid) {
+        return true;
+    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut threads = 0;
+    for task in tasks {
+        let Some(tid) = task
+            .ok()
+            .and_then(|task| task.file_name().to_str()?.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        threads += 1;
+        if !matches!(identity::look(tid), Seen::Zombie | Seen::Gone) {
+            return false;
+        }
+    }
+    threads > 0
+}
+
 impl Segment {
     /// The other processes that use this segment: those that hold it open
     /// (from `/proc/locks`, whoever they run as) and those that map it
@@ -125,7 +153,7 @@ impl Segment {
                     // that process has exited (even unreaped), whoever
                     // still holds the file maps the segment and is found
                     // below.
-                    pid if pid != me && !identity::has_exited(pid) => users.pids.push(pid),
+                    pid if pid != me && !certainly_exited(pid) => users.pids.push(pid),
                     _ => {}
                 }
             }

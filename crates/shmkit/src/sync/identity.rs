@@ -138,12 +138,6 @@ pub(crate) fn is_dead(identity: Identity) -> Option<bool> {
     }
 }
 
-/// Whether process (or thread) `id` has exited: gone, or a zombie not yet
-/// reaped. False when `/proc` cannot say.
-pub(crate) fn has_exited(id: u32) -> bool {
-    matches!(look(id), Seen::Gone | Seen::Zombie)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
