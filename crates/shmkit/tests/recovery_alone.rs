@@ -242,24 +242,25 @@ fn forced_recovery_runs_beside_an_idle_process_and_plain_recovery_does_not() {
 }
 
 #[test]
-fn a_process_whose_main_thread_exited_still_uses_the_segment() {
-    let (options, _cleanup) = fresh_shm("alone-main-exited");
-    let heap =
-        AnyAllocator::create(AllocatorKind::FreeList, &options.clone().size(1 << 20)).unwrap();
+#[ignore = "child process of a_process_whose_main_thread_exited_still_uses_the_segment"]
+fn child_forks_a_user_whose_main_thread_exits() {
+    // Forked from this process, where nothing else runs (the harness's
+    // main thread only waits for this one), so the fork is safe.
+    let name = child_env("SHMKIT_TEST_SEGMENT");
     let mut ready = [0 as libc::c_int; 2];
     // SAFETY: `pipe` fills the two descriptors.
     assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
-    // SAFETY: the child attaches, starts a thread that keeps the segment
-    // and sleeps, says so, and ends its main thread; it never returns into
-    // the test harness.
+    // SAFETY: the grandchild attaches, starts a thread that keeps the
+    // segment and sleeps, says so, and ends its main thread; it never
+    // returns into the test harness.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        let attached = AnyAllocator::attach(&options).expect("attach in the child");
+        let attached = AnyAllocator::attach(&SegmentOptions::shm(name)).expect("attach");
         std::thread::spawn(move || {
             let _keep = attached;
             std::thread::sleep(Duration::from_secs(60));
-            // SAFETY: ends the whole child process.
+            // SAFETY: ends the whole grandchild.
             unsafe { libc::_exit(0) };
         });
         // SAFETY: writes one byte from a local to the pipe; then ends only
@@ -271,14 +272,34 @@ fn a_process_whose_main_thread_exited_still_uses_the_segment() {
         }
         unreachable!("the thread exited");
     }
-    let pid = pid as u32;
     let mut byte = [0u8; 1];
     // SAFETY: reads one byte into a local buffer.
     assert_eq!(
         unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) },
         1
     );
-    // Wait until the main thread is a zombie while the other one runs.
+    println!("@user {pid}");
+    std::io::stdout().flush().unwrap();
+    let _ = std::io::stdin().read_line(&mut String::new());
+    // SAFETY: plain signal and wait on our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+#[test]
+fn a_process_whose_main_thread_exited_still_uses_the_segment() {
+    let (options, _cleanup) = fresh_shm("alone-main-exited");
+    let heap =
+        AnyAllocator::create(AllocatorKind::FreeList, &options.clone().size(1 << 20)).unwrap();
+    let mut child = start_child(
+        "child_forks_a_user_whose_main_thread_exits",
+        &shm_name(&options),
+        None,
+    );
+    let pid: u32 = line_from(&mut child, "@user ").parse().unwrap();
+    // Wait until its main thread is a zombie while the other one runs.
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .unwrap_or_default()
@@ -287,20 +308,14 @@ fn a_process_whose_main_thread_exited_still_uses_the_segment() {
     {
         assert!(
             Instant::now() < deadline,
-            "the child's main thread did not exit"
+            "the user's main thread did not exit"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
     let users = heap.segment().users().unwrap();
     // SAFETY: no other thread of this process uses the allocator meanwhile.
     let verdict = unsafe { heap.recover() };
-    // SAFETY: plain signal and wait on our own child.
-    unsafe {
-        libc::kill(pid as libc::pid_t, libc::SIGKILL);
-        libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
-        libc::close(ready[0]);
-        libc::close(ready[1]);
-    }
+    release(child);
     assert!(users.pids.contains(&pid), "{users:?} misses {pid}");
     assert!(
         matches!(verdict, Err(Error::InUse { .. })),
