@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{child_env, fresh_shm, shm_name, spawn_self};
+use shmkit::containers::SpscRing;
 use shmkit::{AllocatorKind, AnyAllocator, Error, Segment, SegmentOptions};
 
 /// Two unprivileged users that may not read each other's `/proc/PID/maps`.
@@ -258,7 +259,13 @@ fn child_forks_a_user_whose_main_thread_exits() {
     if pid == 0 {
         let attached = AnyAllocator::attach(&SegmentOptions::shm(name)).expect("attach");
         std::thread::spawn(move || {
-            let _keep = attached;
+            let ring = attached
+                .segment()
+                .root::<SpscRing<u64>>("ring")
+                .expect("the ring");
+            let alloc = attached.as_shm_allocator().expect("a shared allocator");
+            // SAFETY: the test's ring, used only through ring handles.
+            let _producer = unsafe { SpscRing::producer(alloc, ring) }.expect("produce");
             std::thread::sleep(Duration::from_secs(60));
             // SAFETY: ends the whole grandchild.
             unsafe { libc::_exit(0) };
@@ -293,6 +300,10 @@ fn a_process_whose_main_thread_exited_still_uses_the_segment() {
     let (options, _cleanup) = fresh_shm("alone-main-exited");
     let heap =
         AnyAllocator::create(AllocatorKind::FreeList, &options.clone().size(1 << 20)).unwrap();
+    // The user will hold the producer role of a ring on its other thread.
+    let alloc = heap.as_shm_allocator().unwrap();
+    let ring = SpscRing::<u64>::create(alloc, 8).unwrap();
+    heap.segment().set_root("ring", ring).unwrap();
     let mut child = start_child(
         "child_forks_a_user_whose_main_thread_exits",
         &shm_name(&options),
@@ -313,10 +324,18 @@ fn a_process_whose_main_thread_exited_still_uses_the_segment() {
         std::thread::sleep(Duration::from_millis(5));
     }
     let users = heap.segment().users().unwrap();
+    // The role's owner is judged by its process, whose maps under its pid
+    // are empty now: it must still count as alive.
+    // SAFETY: the test's ring, used only through ring handles.
+    let second_producer = unsafe { SpscRing::producer(alloc, ring) }.map(|_| ());
     // SAFETY: no other thread of this process uses the allocator meanwhile.
     let verdict = unsafe { heap.recover() };
     release(child);
     assert!(users.pids.contains(&pid), "{users:?} misses {pid}");
+    assert!(
+        second_producer.is_err(),
+        "a live process's producer role was taken over"
+    );
     assert!(
         matches!(verdict, Err(Error::InUse { .. })),
         "recovery ran beside a live user: {verdict:?}"

@@ -40,12 +40,29 @@ pub(crate) fn try_object_at(addr: usize) -> std::io::Result<Option<MappedObject>
 /// were read and the object is not there; `None` when they cannot be read
 /// (another user's process, say), which the caller must treat as "maybe".
 pub(crate) fn process_maps(pid: u32, object: &MappedObject) -> Option<bool> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let mut maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    if maps.is_empty() {
+        // A live process always maps something; empty maps under its pid
+        // mean its main thread exited (a zombie) while others may run, and
+        // a live thread's own entry shows the process's maps.
+        maps = live_thread_maps(pid).unwrap_or_default();
+    }
     Some(maps.lines().any(|line| {
         let mut fields = line.split_whitespace().skip(3);
         fields.next() == Some(object.device.as_str())
             && fields.next().and_then(|i| i.parse::<u64>().ok()) == Some(object.inode)
     }))
+}
+
+/// The maps of process `pid` as one of its live threads shows them.
+fn live_thread_maps(pid: u32) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .filter_map(|task| {
+            let task = task.ok()?.file_name();
+            std::fs::read_to_string(format!("/proc/{pid}/task/{}/maps", task.to_str()?)).ok()
+        })
+        .find(|maps| !maps.is_empty())
 }
 
 /// The other processes that map `object`, as far as this user may read
