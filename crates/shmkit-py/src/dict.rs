@@ -40,10 +40,10 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyKeyError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyKeyError, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use shmkit_lib::sync::ShmMutexGuard;
@@ -52,7 +52,7 @@ use shmkit_lib::{
 };
 
 use crate::errors::lib_to_py;
-use crate::own_segment::{self, InFlight};
+use crate::own_segment::{self, Holder, InFlight};
 
 /// Where the table's offset is published in the segment.
 const TABLE_ROOT: &str = "shmkit.dict.table";
@@ -126,6 +126,14 @@ struct Slots {
 impl Slots {
     fn count(&self) -> u64 {
         self.mask + 1
+    }
+
+    /// The slots that name an entry, as `(slot index, entry offset)`.
+    fn occupied(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        (0..self.count()).filter_map(|index| {
+            let offset = self.slot(index).entry.load(Ordering::Acquire);
+            (offset != EMPTY && offset != TOMBSTONE).then_some((index, offset))
+        })
     }
 
     fn slot(&self, index: u64) -> &Slot {
@@ -411,6 +419,11 @@ impl Attached {
             flags,
             value_len: value_len as usize,
         })
+    }
+
+    /// The entry slot `slot` of `slots` names at `offset`, checked.
+    fn slot_entry(&self, slots: &Slots, slot: u64, offset: u64) -> Result<Entry, Error> {
+        self.entry_at(slots, offset, slots.slot(slot).hash.load(Ordering::Relaxed))
     }
 
     /// Looks `key` up in `slots`. The caller holds the stripe's lock.
@@ -721,22 +734,14 @@ fn value_object(py: Python<'_>, (bytes, pickled): Copied) -> Value<'_> {
 /// The native dict: str or bytes keys, bytes values (pickles flagged).
 #[pyclass(module = "shmkit._native", name = "_RawDict", frozen)]
 pub struct RawDict {
-    attached: RwLock<Option<Arc<Attached>>>,
+    attached: Holder<Attached>,
     #[pyo3(get)]
     name: String,
 }
 
-fn closed() -> PyErr {
-    PyValueError::new_err("the dict is closed")
-}
-
 impl RawDict {
     fn attached(&self) -> PyResult<Arc<Attached>> {
-        self.attached
-            .read()
-            .map_err(|_| PyRuntimeError::new_err("the dict's lock is poisoned"))?
-            .clone()
-            .ok_or_else(closed)
+        self.attached.get()
     }
 
     /// Puts a new entry for `key`: replacing the old one (`only_if_absent`
@@ -877,7 +882,7 @@ impl RawDict {
             })
             .map_err(lib_to_py)?;
         Ok(RawDict {
-            attached: RwLock::new(Some(Arc::new(attached))),
+            attached: Holder::new(attached, "dict"),
             name: name.to_owned(),
         })
     }
@@ -977,22 +982,17 @@ impl RawDict {
                 let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? else {
                     continue;
                 };
-                let mut taken = None;
-                for slot in 0..slots.count() {
-                    let offset = slots.slot(slot).entry.load(Ordering::Acquire);
-                    if offset == EMPTY || offset == TOMBSTONE {
-                        continue;
-                    }
-                    let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
-                    let entry = attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
-                    // SAFETY: the stripe's lock is held.
-                    let key = unsafe { entry.key() }.to_vec();
-                    let value = value_of(&entry);
-                    unlink(stripe, &slots, slot, offset);
-                    taken = Some((offset, key, entry.flags & KEY_STR != 0, value));
-                    break;
-                }
-                taken
+                let Some((slot, offset)) = slots.occupied().next() else {
+                    continue;
+                };
+                let entry = attached
+                    .slot_entry(&slots, slot, offset)
+                    .map_err(lib_to_py)?;
+                // SAFETY: the stripe's lock is held.
+                let key = unsafe { entry.key() }.to_vec();
+                let value = value_of(&entry);
+                unlink(stripe, &slots, slot, offset);
+                Some((offset, key, entry.flags & KEY_STR != 0, value))
             };
             if let Some((offset, key, is_str, value)) = taken {
                 attached.free_block(offset).map_err(lib_to_py)?;
@@ -1027,13 +1027,10 @@ impl RawDict {
                 let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? else {
                     continue;
                 };
-                for slot in 0..slots.count() {
-                    let offset = slots.slot(slot).entry.load(Ordering::Acquire);
-                    if offset == EMPTY || offset == TOMBSTONE {
-                        continue;
-                    }
-                    let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
-                    let entry = attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
+                for (slot, offset) in slots.occupied() {
+                    let entry = attached
+                        .slot_entry(&slots, slot, offset)
+                        .map_err(lib_to_py)?;
                     // SAFETY: the stripe's lock is held.
                     let key = unsafe { entry.key() }.to_vec();
                     let value = values.then(|| value_of(&entry));
@@ -1065,14 +1062,11 @@ impl RawDict {
                 continue;
             };
             let mut freed = HashSet::new();
-            for slot in 0..slots.count() {
-                let offset = slots.slot(slot).entry.load(Ordering::Acquire);
-                if offset == EMPTY || offset == TOMBSTONE {
-                    continue;
-                }
+            for (slot, offset) in slots.occupied() {
                 // Only what is surely an entry of this stripe, and once.
-                let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
-                attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
+                attached
+                    .slot_entry(&slots, slot, offset)
+                    .map_err(lib_to_py)?;
                 unlink(stripe, &slots, slot, offset);
                 if freed.insert(offset) {
                     // Under the lock, one at a time: a death here leaves
@@ -1120,8 +1114,9 @@ impl RawDict {
                         EMPTY => {}
                         TOMBSTONE => used += 1,
                         offset => {
-                            let hash = slots.slot(slot).hash.load(Ordering::Relaxed);
-                            attached.entry_at(&slots, offset, hash).map_err(lib_to_py)?;
+                            attached
+                                .slot_entry(&slots, slot, offset)
+                                .map_err(lib_to_py)?;
                             live += 1;
                             used += 1;
                         }
@@ -1165,12 +1160,7 @@ impl RawDict {
                 freed += repair.freed;
                 if let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? {
                     named.insert(slots.offset);
-                    for slot in 0..slots.count() {
-                        let offset = slots.slot(slot).entry.load(Ordering::Acquire);
-                        if offset != EMPTY && offset != TOMBSTONE {
-                            named.insert(offset);
-                        }
-                    }
+                    named.extend(slots.occupied().map(|(_, offset)| offset));
                 }
                 guards.push(guard);
             }
@@ -1198,18 +1188,11 @@ impl RawDict {
 
     /// Detaches (the segment stays until `unlink()`).
     fn close(&self) -> PyResult<()> {
-        *self
-            .attached
-            .write()
-            .map_err(|_| PyRuntimeError::new_err("the dict's lock is poisoned"))? = None;
-        Ok(())
+        self.attached.close()
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.attached
-            .read()
-            .map(|slot| slot.is_none())
-            .unwrap_or(true)
+        self.attached.is_closed()
     }
 }

@@ -5,9 +5,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
-use pyo3::{PyResult, Python};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::{PyErr, PyResult, Python};
 use shmkit_lib::sync::current_pid;
 use shmkit_lib::{Error, MemContext, SegmentId, ShmAllocator, SizeClassAllocator};
 
@@ -136,4 +137,48 @@ pub unsafe fn free_unnamed(heap: &SizeClassAllocator, named: &HashSet<u64>) -> R
         unsafe { heap.free_offset(&ctx, offset) }?;
     }
     Ok(unnamed.len() as u64)
+}
+
+/// A Python object's hold on its attached structure: shared with the calls
+/// in flight (each takes an `Arc`), dropped by `close()`, after which every
+/// call is a `ValueError` naming `what` ("queue", "dict").
+pub struct Holder<T> {
+    attached: RwLock<Option<Arc<T>>>,
+    what: &'static str,
+}
+
+impl<T> Holder<T> {
+    pub fn new(attached: T, what: &'static str) -> Holder<T> {
+        Holder {
+            attached: RwLock::new(Some(Arc::new(attached))),
+            what,
+        }
+    }
+
+    /// The attached structure, for one call.
+    pub fn get(&self) -> PyResult<Arc<T>> {
+        self.attached
+            .read()
+            .map_err(|_| self.poisoned())?
+            .clone()
+            .ok_or_else(|| PyValueError::new_err(format!("the {} is closed", self.what)))
+    }
+
+    /// Lets go of the structure; a call still running keeps it until it
+    /// returns.
+    pub fn close(&self) -> PyResult<()> {
+        *self.attached.write().map_err(|_| self.poisoned())? = None;
+        Ok(())
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.attached
+            .read()
+            .map(|slot| slot.is_none())
+            .unwrap_or(true)
+    }
+
+    fn poisoned(&self) -> PyErr {
+        PyRuntimeError::new_err(format!("the {}'s lock is poisoned", self.what))
+    }
 }

@@ -11,10 +11,10 @@
 //! names.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use shmkit_lib::containers::{MpmcHandle, MpmcRing};
@@ -23,7 +23,7 @@ use shmkit_lib::{
 };
 
 use crate::errors::lib_to_py;
-use crate::own_segment::{self, InFlight};
+use crate::own_segment::{self, Holder, InFlight};
 
 /// Where the ring's offset is published in the segment.
 const RING_ROOT: &str = "shmkit.queue.ring";
@@ -86,15 +86,11 @@ impl Attached {
 /// The native queue: bytes in, bytes out.
 #[pyclass(module = "shmkit._native", name = "_RawQueue", frozen)]
 pub struct RawQueue {
-    attached: RwLock<Option<Arc<Attached>>>,
+    attached: Holder<Attached>,
     #[pyo3(get)]
     name: String,
     #[pyo3(get)]
     maxsize: usize,
-}
-
-fn closed() -> PyErr {
-    PyValueError::new_err("the queue is closed")
 }
 
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
@@ -131,11 +127,7 @@ fn wait_in_slices(
 
 impl RawQueue {
     fn attached(&self) -> PyResult<Arc<Attached>> {
-        self.attached
-            .read()
-            .map_err(|_| PyRuntimeError::new_err("the queue's lock is poisoned"))?
-            .clone()
-            .ok_or_else(closed)
+        self.attached.get()
     }
 }
 
@@ -187,7 +179,7 @@ impl RawQueue {
         let cells = attached.ring.capacity();
         let maxsize = if cells == UNBOUNDED_CELLS { 0 } else { cells };
         Ok(RawQueue {
-            attached: RwLock::new(Some(Arc::new(attached))),
+            attached: Holder::new(attached, "queue"),
             name: name.to_owned(),
             maxsize,
         })
@@ -397,18 +389,11 @@ impl RawQueue {
     /// Detaches (the segment stays until `unlink()`); a call still waiting
     /// on the queue keeps the mapping until it returns.
     fn close(&self) -> PyResult<()> {
-        *self
-            .attached
-            .write()
-            .map_err(|_| PyRuntimeError::new_err("the queue's lock is poisoned"))? = None;
-        Ok(())
+        self.attached.close()
     }
 
     #[getter]
     fn closed(&self) -> bool {
-        self.attached
-            .read()
-            .map(|slot| slot.is_none())
-            .unwrap_or(true)
+        self.attached.is_closed()
     }
 }

@@ -16,7 +16,7 @@ import pickle
 from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, ValuesView
 
 from shmkit._native import _RawDict  # type: ignore[import-not-found]
-from shmkit._native import unlink as _unlink  # type: ignore[import-not-found]
+from shmkit._own_segment import OwnSegment
 
 _BYTES_LIKE = (bytearray, memoryview)
 _KEY_TYPES = (str, bytes)
@@ -63,7 +63,7 @@ class _Values(ValuesView):
             yield _decode(data, pickled)
 
 
-class Dict(MutableMapping):
+class Dict(OwnSegment, MutableMapping):
     """A dict in the shared-memory segment ``name``.
 
     ``capacity`` bytes hold the entries (keys, values and their index).
@@ -74,6 +74,8 @@ class Dict(MutableMapping):
     snapshot taken stripe by stripe: it never fails because another process
     writes meanwhile, and sees each entry at most once.
     """
+
+    _what = "dict"
 
     def __init__(self, name, capacity=64 << 20, create=True):
         self._raw = _RawDict(name, int(capacity), bool(create))
@@ -201,49 +203,7 @@ class Dict(MutableMapping):
         ``blocks`` (live blocks: one per entry, one slot array per stripe
         in use, and the table), ``allocated_bytes``, ``free_bytes`` and
         ``capacity``."""
-        blocks, allocated, free, capacity = self._raw.heap_stats()
-        return {
-            "entries": len(self),
-            "blocks": blocks,
-            "allocated_bytes": allocated,
-            "free_bytes": free,
-            "capacity": capacity,
-        }
-
-    def check(self):
-        """Walk the allocator and every stripe (CorruptSegmentError,
-        NeedsRecoveryError)."""
-        self._raw.check()
-
-    def recover(self):
-        """Mend what processes killed mid-write left; refused
-        (SegmentInUseError) while other processes use the dict."""
-        locks, blocks = self._raw.recover()
-        return {"locks_taken_over": locks, "blocks_reclaimed": blocks}
-
-    @property
-    def closed(self):
-        return self._raw.closed
-
-    def close(self):
-        """Detach; the segment stays until ``unlink()``."""
-        self._raw.close()
-
-    def unlink(self):
-        """Remove the segment's name (attached processes keep using it)."""
-        _unlink(self.name)
-
-    def __enter__(self):
-        if self.closed:
-            raise ValueError("the dict is closed")
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        self.close()
-        return False
-
-    def __reduce__(self):
-        return (_attach, (self.name,))
+        return {"entries": len(self), **self._segment_stats()}
 
     def __eq__(self, other):
         if isinstance(other, Dict) and other.name == self.name:
@@ -255,10 +215,6 @@ class Dict(MutableMapping):
     def __repr__(self):
         state = "closed" if self.closed else f"{len(self)} entries"
         return f"<shmkit.Dict {self.name!r} ({state})>"
-
-
-def _attach(name):
-    return Dict(name, create=False)
 
 
 Dict.__module__ = "shmkit"

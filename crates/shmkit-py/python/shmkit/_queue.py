@@ -12,7 +12,7 @@ import pickle
 import queue as _stdlib_queue
 
 from shmkit._native import _RawQueue  # type: ignore[import-not-found]
-from shmkit._native import unlink as _unlink  # type: ignore[import-not-found]
+from shmkit._own_segment import OwnSegment
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
@@ -37,7 +37,7 @@ def _timeout(block, timeout):
     return timeout
 
 
-class Queue:
+class Queue(OwnSegment):
     """A queue in the shared-memory segment ``name``.
 
     ``capacity`` bytes hold the messages waiting in the queue; ``maxsize``
@@ -45,6 +45,8 @@ class Queue:
     power of two. ``create=False`` attaches a queue another process made.
     Pickles by name, so a ``multiprocessing`` worker attaches the same queue.
     """
+
+    _what = "queue"
 
     def __init__(self, name, capacity=64 << 20, create=True, maxsize=0):
         # As queue.Queue: zero or less is unbounded.
@@ -118,58 +120,11 @@ class Queue:
         """The queue's messages and its segment's accounting: ``messages``,
         ``blocks`` (live blocks: one per message, and the ring),
         ``allocated_bytes``, ``free_bytes`` and ``capacity``."""
-        blocks, allocated, free, capacity = self._raw.heap_stats()
-        return {
-            "messages": self.qsize(),
-            "blocks": blocks,
-            "allocated_bytes": allocated,
-            "free_bytes": free,
-            "capacity": capacity,
-        }
-
-    def check(self):
-        """The segment allocator's integrity walk (CorruptSegmentError,
-        NeedsRecoveryError)."""
-        self._raw.check()
-
-    def recover(self):
-        """Mends what processes killed mid-put or mid-get left, and frees
-        the blocks of messages they held; refused (SegmentInUseError) while
-        other processes use the queue."""
-        locks, blocks = self._raw.recover()
-        return {"locks_taken_over": locks, "blocks_reclaimed": blocks}
-
-    @property
-    def closed(self):
-        return self._raw.closed
-
-    def close(self):
-        """Detach; the segment stays until ``unlink()``."""
-        self._raw.close()
-
-    def unlink(self):
-        """Remove the segment's name (attached processes keep using it)."""
-        _unlink(self.name)
-
-    def __enter__(self):
-        if self.closed:
-            raise ValueError("the queue is closed")
-        return self
-
-    def __exit__(self, kind, value, traceback):
-        self.close()
-        return False
-
-    def __reduce__(self):
-        return (_attach, (self.name,))
+        return {"messages": self.qsize(), **self._segment_stats()}
 
     def __repr__(self):
         state = "closed" if self.closed else f"{self.qsize()} waiting"
         return f"<shmkit.Queue {self.name!r} ({state})>"
-
-
-def _attach(name):
-    return Queue(name, create=False)
 
 
 Queue.__module__ = "shmkit"
