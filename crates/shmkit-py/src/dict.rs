@@ -40,7 +40,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::exceptions::{PyKeyError, PyTypeError};
@@ -52,7 +52,7 @@ use shmkit_lib::{
 };
 
 use crate::errors::lib_to_py;
-use crate::own_segment::{self, Holder, InFlight};
+use crate::own_segment::{self, Holder, InFlight, InFlightCell};
 
 /// Where the table's offset is published in the segment.
 const TABLE_ROOT: &str = "shmkit.dict.table";
@@ -62,6 +62,8 @@ const STRIPES: usize = 128;
 const STRIPE_SHIFT: u32 = 64 - STRIPES.trailing_zeros();
 /// Bytes in front of the stripes in the table block.
 const TABLE_HEADER: usize = 64;
+/// The table block: its header and the stripes.
+const TABLE_BYTES: usize = TABLE_HEADER + STRIPES * std::mem::size_of::<Stripe>();
 /// Bytes in front of the slots in a slot array.
 const SLOTS_HEADER: usize = 16;
 const SLOT_BYTES: usize = 16;
@@ -133,6 +135,17 @@ impl Slots {
         (0..self.count()).filter_map(|index| {
             let offset = self.slot(index).entry.load(Ordering::Acquire);
             (offset != EMPTY && offset != TOMBSTONE).then_some((index, offset))
+        })
+    }
+
+    /// `(live entries, used slots)`: what the stripe's counts should say.
+    fn counts(&self) -> (u64, u64) {
+        (0..self.count()).fold((0, 0), |(live, used), index| {
+            match self.slot(index).entry.load(Ordering::Acquire) {
+                EMPTY => (live, used),
+                TOMBSTONE => (live, used + 1),
+                _ => (live + 1, used + 1),
+            }
         })
     }
 
@@ -253,10 +266,8 @@ struct Attached {
     heap: SizeClassAllocator,
     table_offset: u64,
     stripes: NonNull<Stripe>,
-    /// This process's calls in flight on the segment (any handle), looked
-    /// up on the first call (with the interpreter lock held, see
-    /// [`InFlight::of_segment`]).
-    in_flight: OnceLock<Arc<InFlight>>,
+    /// This process's calls in flight on the segment (any handle).
+    in_flight: InFlightCell,
 }
 
 // SAFETY: the pointers name the shared table, whose words are atomics or
@@ -267,14 +278,13 @@ unsafe impl Sync for Attached {}
 
 impl Attached {
     fn create(heap: SizeClassAllocator) -> Result<Attached, Error> {
-        let bytes = TABLE_HEADER + STRIPES * std::mem::size_of::<Stripe>();
         let ctx = MemContext::default();
-        let offset = heap.allocate_offset(&ctx, bytes, 64)?;
+        let offset = heap.allocate_offset(&ctx, TABLE_BYTES, 64)?;
         let start = heap.full_ptr(offset)?.as_ptr();
-        // SAFETY: a fresh block of `bytes` bytes, nobody else's until the
+        // SAFETY: a fresh block of `TABLE_BYTES` bytes, nobody else's until the
         // root is published; all-zero bytes are a free, empty table.
         unsafe {
-            std::ptr::write_bytes(start, 0, bytes);
+            std::ptr::write_bytes(start, 0, TABLE_BYTES);
             (*(start as *const AtomicU64)).store(MAGIC, Ordering::Relaxed);
             (*(start.add(8) as *const AtomicU64)).store(STRIPES as u64, Ordering::Relaxed);
         }
@@ -295,12 +305,11 @@ impl Attached {
     }
 
     fn open(heap: SizeClassAllocator, offset: u64) -> Result<Attached, Error> {
-        let bytes = TABLE_HEADER + STRIPES * std::mem::size_of::<Stripe>();
-        if heap.usable_size(offset)? < bytes {
+        if heap.usable_size(offset)? < TABLE_BYTES {
             return Err(corrupt(format!("the table block at {offset} is too small")));
         }
         let start = heap.full_ptr(offset)?.as_ptr();
-        // SAFETY: the block holds `bytes` bytes (checked) and lives as long
+        // SAFETY: the block holds `TABLE_BYTES` bytes (checked) and lives as long
         // as the segment; the header words are read as atomics.
         let (magic, stripes) = unsafe {
             (
@@ -319,14 +328,13 @@ impl Attached {
             heap,
             table_offset: offset,
             stripes: NonNull::new(first).expect("a mapped block is not null"),
-            in_flight: OnceLock::new(),
+            in_flight: InFlightCell::default(),
         })
     }
 
     /// This process's counter of calls on the segment.
     fn in_flight(&self, py: Python<'_>) -> &InFlight {
-        self.in_flight
-            .get_or_init(|| InFlight::of_segment(py, self.heap.segment().id()))
+        self.in_flight.get(py, self.heap.segment())
     }
 
     fn stripe(&self, hash: u64) -> &Stripe {
@@ -557,17 +565,8 @@ impl Attached {
         let (mut live, mut used) = (0, 0);
         if let Some(slots) = &slots {
             named.insert(slots.offset);
-            for index in 0..slots.count() {
-                match slots.slot(index).entry.load(Ordering::Acquire) {
-                    EMPTY => {}
-                    TOMBSTONE => used += 1,
-                    offset => {
-                        named.insert(offset);
-                        live += 1;
-                        used += 1;
-                    }
-                }
-            }
+            named.extend(slots.occupied().map(|(_, offset)| offset));
+            (live, used) = slots.counts();
         }
         let mut repair = Repair {
             took_over: true,
@@ -867,7 +866,7 @@ impl RawDict {
         let attached = py
             .detach(|| -> Result<Attached, Error> {
                 if create {
-                    let table = (TABLE_HEADER + STRIPES * std::mem::size_of::<Stripe>()) as u64;
+                    let table = TABLE_BYTES as u64;
                     // The table and one page per stripe's first slot array
                     // on top of what the user asked for.
                     let size = capacity.checked_add(table + (64 << 10)).ok_or_else(|| {
@@ -1109,19 +1108,12 @@ impl RawDict {
             let (_guard, _) = attached.lock(py, stripe)?;
             let (mut live, mut used) = (0, 0);
             if let Some(slots) = attached.slots(stripe).map_err(lib_to_py)? {
-                for slot in 0..slots.count() {
-                    match slots.slot(slot).entry.load(Ordering::Acquire) {
-                        EMPTY => {}
-                        TOMBSTONE => used += 1,
-                        offset => {
-                            attached
-                                .slot_entry(&slots, slot, offset)
-                                .map_err(lib_to_py)?;
-                            live += 1;
-                            used += 1;
-                        }
-                    }
+                for (slot, offset) in slots.occupied() {
+                    attached
+                        .slot_entry(&slots, slot, offset)
+                        .map_err(lib_to_py)?;
                 }
+                (live, used) = slots.counts();
             }
             let counted = (
                 stripe.live.load(Ordering::Acquire),

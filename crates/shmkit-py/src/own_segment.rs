@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::{PyErr, PyResult, Python};
 use shmkit_lib::sync::current_pid;
-use shmkit_lib::{Error, MemContext, SegmentId, ShmAllocator, SizeClassAllocator};
+use shmkit_lib::{Error, MemContext, Segment, SegmentId, ShmAllocator, SizeClassAllocator};
 
 use crate::errors::SegmentInUseError;
 
@@ -33,7 +33,7 @@ impl InFlight {
     /// handles). Taken with the interpreter lock held (the token), as
     /// every use of the registry is: Python forks only with that lock held,
     /// so no fork can leave the registry's mutex locked in a child.
-    pub fn of_segment(_gil: Python<'_>, id: SegmentId) -> Arc<InFlight> {
+    fn of_segment(_gil: Python<'_>, id: SegmentId) -> Arc<InFlight> {
         static COUNTERS: OnceLock<Mutex<HashMap<u64, Weak<InFlight>>>> = OnceLock::new();
         let mut counters = COUNTERS
             .get_or_init(Default::default)
@@ -82,6 +82,18 @@ impl InFlight {
                 "{calls} call(s) of this process are in flight on the {what}"
             ))),
         }
+    }
+}
+
+/// A handle's [`InFlight`], looked up in the registry on the handle's
+/// first call (so with the interpreter lock held), then kept.
+#[derive(Default)]
+pub struct InFlightCell(OnceLock<Arc<InFlight>>);
+
+impl InFlightCell {
+    pub fn get(&self, py: Python<'_>, segment: &Segment) -> &InFlight {
+        self.0
+            .get_or_init(|| InFlight::of_segment(py, segment.id()))
     }
 }
 

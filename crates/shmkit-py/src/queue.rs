@@ -11,7 +11,7 @@
 //! names.
 
 use std::collections::HashSet;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::PyValueError;
@@ -23,7 +23,7 @@ use shmkit_lib::{
 };
 
 use crate::errors::lib_to_py;
-use crate::own_segment::{self, Holder, InFlight};
+use crate::own_segment::{self, Holder, InFlight, InFlightCell};
 
 /// Where the ring's offset is published in the segment.
 const RING_ROOT: &str = "shmkit.queue.ring";
@@ -52,10 +52,8 @@ struct Attached {
     heap: Arc<SizeClassAllocator>,
     /// The ring's own block, which no cell may name.
     ring_block: u64,
-    /// This process's calls in flight on the segment (any handle), looked
-    /// up on the first call (with the interpreter lock held, see
-    /// [`InFlight::of_segment`]).
-    in_flight: OnceLock<Arc<InFlight>>,
+    /// This process's calls in flight on the segment (any handle).
+    in_flight: InFlightCell,
 }
 
 impl Attached {
@@ -72,14 +70,13 @@ impl Attached {
             ring,
             heap,
             ring_block: ring_at.raw(),
-            in_flight: OnceLock::new(),
+            in_flight: InFlightCell::default(),
         })
     }
 
     /// This process's counter of calls on the segment.
     fn in_flight(&self, py: Python<'_>) -> &InFlight {
-        self.in_flight
-            .get_or_init(|| InFlight::of_segment(py, self.heap.segment().id()))
+        self.in_flight.get(py, self.heap.segment())
     }
 }
 
