@@ -17,8 +17,9 @@ from collections.abc import ItemsView, KeysView, Mapping, MutableMapping, Values
 
 from shmkit._native import _RawDict  # type: ignore[import-not-found]
 from shmkit._own_segment import OwnSegment
+from shmkit._own_segment import decode as _decode
+from shmkit._own_segment import encode as _encode
 
-_BYTES_LIKE = (bytearray, memoryview)
 _KEY_TYPES = (str, bytes)
 _MISSING = object()
 
@@ -30,20 +31,6 @@ def _absent(key):
         return False
     hash(key)
     return True
-
-
-def _encode(value):
-    if type(value) is bytes:
-        return value, False
-    if isinstance(value, bytes):
-        return bytes(value), False
-    if isinstance(value, _BYTES_LIKE):
-        return bytes(value), False
-    return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL), True
-
-
-def _decode(data, pickled):
-    return pickle.loads(data) if pickled else data
 
 
 class _Keys(KeysView):

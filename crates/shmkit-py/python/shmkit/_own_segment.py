@@ -1,8 +1,27 @@
 """What ``shmkit.Queue`` and ``shmkit.Dict`` share: each owns a segment of
 its own, reached through its native half (``self._raw``) by name
-(``self.name``), and closes, unlinks, reports and pickles the same way."""
+(``self.name``), closes, unlinks, reports and pickles the same way, and
+turns objects into bytes the same way."""
+
+import pickle
 
 from shmkit._native import unlink as _unlink  # type: ignore[import-not-found]
+
+_RAW = (bytes, bytearray, memoryview)
+
+
+def encode(obj):
+    """``(data, pickled)``: ``bytes``, ``bytearray`` and ``memoryview`` as
+    raw bytes, anything else as a pickle."""
+    if isinstance(obj, bytes):
+        return obj, False
+    if isinstance(obj, _RAW):
+        return bytes(obj), False
+    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), True
+
+
+def decode(data, pickled):
+    return pickle.loads(data) if pickled else data
 
 
 class OwnSegment:

@@ -2,8 +2,8 @@
 share through one segment, with the standard ``queue.Queue`` calls.
 
 ``bytes``, ``bytearray`` and ``memoryview`` objects travel as raw bytes and
-come out as ``bytes``; anything else is pickled. Waits sleep on a futex in the segment with the
-interpreter lock released. A process killed in the middle of a ``put`` or a
+come out as ``bytes``; anything else is pickled. Waits sleep on a futex in
+the segment with the interpreter lock released. A process killed in the middle of a ``put`` or a
 ``get`` leaves the queue usable; at most its own message is lost, and
 ``recover()`` gives its block's room back.
 """
@@ -13,17 +13,7 @@ import queue as _stdlib_queue
 
 from shmkit._native import _RawQueue  # type: ignore[import-not-found]
 from shmkit._own_segment import OwnSegment
-
-_BYTES_LIKE = (bytes, bytearray, memoryview)
-
-
-def _encode(obj):
-    if isinstance(obj, bytes):
-        return obj, False
-    if isinstance(obj, _BYTES_LIKE):
-        return bytes(obj), False
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL), True
-
+from shmkit._own_segment import encode as _encode
 
 def _timeout(block, timeout):
     """The native calls' wait: None forever, 0 not at all, else seconds."""
