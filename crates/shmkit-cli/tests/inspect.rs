@@ -92,7 +92,7 @@ fn ls_lists_shmkit_segments_and_skips_foreign_files() {
         row["creator_alive"], false,
         "the creating command has exited"
     );
-    assert_eq!(row["format_version"], 3);
+    assert_eq!(row["format_version"], 4);
 }
 
 #[test]

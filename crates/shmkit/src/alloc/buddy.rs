@@ -835,26 +835,10 @@ impl Heap<'_> {
         Ok(())
     }
 
-    /// Moves the shared counters to the values the tables imply (a process
-    /// that died between its table write and its counter update).
+    /// Moves the counters to the values the tables imply (a process that
+    /// died between its table write and its counter update).
     fn resync_counters(&self, live: u64, bytes: u64) {
-        let counters = &self.state.counters;
-        let (current_bytes, current_live, _) = counters.snapshot();
-        // A crash leaves a difference of one; anything beyond the number of
-        // units is garbage that no loop should chase.
-        let limit = self.geo.units;
-        if live > current_live && live - current_live <= limit {
-            (current_live..live).for_each(|_| counters.on_allocate_locked(0));
-        } else if current_live > live && current_live - live <= limit {
-            (live..current_live).for_each(|_| counters.on_free_locked(0));
-        }
-        if bytes > current_bytes {
-            counters.on_allocate_locked(bytes - current_bytes);
-            counters.on_free_locked(0);
-        } else if current_bytes > bytes {
-            counters.on_free_locked(current_bytes - bytes);
-            counters.on_allocate_locked(0);
-        }
+        self.state.counters.reset_to(self.segment, bytes, live);
     }
 
     // ---- the operations, under the lock ----
@@ -882,7 +866,7 @@ impl Heap<'_> {
                 crash_point!("buddy.alloc.intended");
                 // The commit: the block is live from here on.
                 self.set(unit, HEAD | ALLOCATED | order as u8);
-                self.state.counters.on_allocate_locked(size);
+                self.state.counters.on_allocate(self.segment, size);
                 crash_point!("buddy.alloc.committed");
                 if let Some(log) = log {
                     log.record(offset);
@@ -919,7 +903,7 @@ impl Heap<'_> {
         self.segment.scrub(offset, 1 << order);
         // The commit: the block is free from here on.
         self.set(unit, HEAD | order as u8);
-        self.state.counters.on_free_locked(size);
+        self.state.counters.on_free(self.segment, size);
         crash_point!("buddy.free.committed");
         if let Err(err) = self.coalesce_and_push(unit, order, end) {
             // The table already says free; the lists follow from it.
@@ -936,8 +920,7 @@ impl Heap<'_> {
         if new_order <= order {
             // The new size fits every order between the two.
             self.record_size(unit, order, new_size);
-            counters.on_free_locked(old_size);
-            counters.on_allocate_locked(new_size);
+            counters.on_resize(self.segment, old_size, new_size);
             let mut k = order;
             while k > new_order {
                 k -= 1;
@@ -971,8 +954,7 @@ impl Heap<'_> {
             self.set(buddy, 0);
         }
         self.record_size(unit, new_order, new_size);
-        counters.on_free_locked(old_size);
-        counters.on_allocate_locked(new_size);
+        counters.on_resize(self.segment, old_size, new_size);
         Ok(true)
     }
 
@@ -1086,7 +1068,7 @@ impl Heap<'_> {
                 )));
             }
         }
-        let (counted_bytes, counted_live, _) = self.state.counters.snapshot();
+        let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if (counted_bytes, counted_live) != (bytes, live) {
             return Err(Error::corrupt(format!(
                 "accounting says {counted_live} live blocks of {counted_bytes} bytes, \
@@ -1162,7 +1144,8 @@ impl ShmAllocator for BuddyAllocator {
 
     fn stats(&self) -> AllocStats {
         let heap = self.heap();
-        let (allocated_bytes, live_allocations, peak_bytes) = heap.state.counters.snapshot();
+        let (allocated_bytes, live_allocations, peak_bytes) =
+            heap.state.counters.snapshot(&self.segment);
         let free_bytes = (self.geo.min_order..=MAX_ORDER).fold(0u64, |sum, k| {
             let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
             sum.saturating_add(count.saturating_mul(1 << k))

@@ -1,11 +1,56 @@
-//! Always-on accounting that lives in the segment, shared by every process.
+//! Always-on accounting that lives in the segment, sharded per thread.
+//!
+//! Each thread counts its allocations and frees in a [`Share`] of its own
+//! (its hand-off slot in a segment, see `handoff`), with plain loads and
+//! stores on a line no other thread writes; threads without a slot use the
+//! shared [`AllocCounters`] line with locked adds. Readers sum the shares.
+//! A share stays with its slot from owner to owner, so the sum is exact
+//! whoever came and went (a share may be negative: any thread may free a
+//! block another allocated).
+//!
+//! The peak cannot be summed. Each share also keeps the highest and lowest
+//! value it ever held; `high_i + sum over j != i of low_j` is a total the
+//! allocator really reached (at the moment share `i` peaked, every other
+//! share was at least its low), so the largest such sum, and every total a
+//! reader sees, raise the recorded peak. The peak is therefore a lower
+//! bound, exact while one thread allocates.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-/// Bytes and blocks in use, and the peak, updated on every allocate and
-/// free. Kept on a cache line of its own, away from allocation cursors.
+use super::handoff;
+use crate::segment::Segment;
+
+/// One thread slot's part of an allocator's accounting. Written only by
+/// the thread that holds the slot.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Share {
+    /// Requested bytes and live blocks (wrapping: read as signed).
+    bytes: AtomicU64,
+    live: AtomicU64,
+    /// The highest and lowest `bytes` ever held (signed).
+    high: AtomicU64,
+    low: AtomicU64,
+}
+
+impl Share {
+    #[inline]
+    fn add(&self, bytes: u64, live: u64) {
+        let now = single_writer_add(&self.bytes, bytes);
+        single_writer_add(&self.live, live);
+        if now as i64 > self.high.load(Ordering::Relaxed) as i64 {
+            self.high.store(now, Ordering::Relaxed);
+        } else if (now as i64) < self.low.load(Ordering::Relaxed) as i64 {
+            self.low.store(now, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The shared part: what threads without a slot count, the base a repair
+/// sets, and the recorded peak. On a cache line of its own, away from
+/// allocation cursors.
 #[repr(C)]
 pub(crate) struct AllocCounters {
     inner: CachePadded<Counters>,
@@ -29,72 +74,131 @@ impl AllocCounters {
         }
     }
 
+    /// Counts an allocation of `bytes` in `segment` by the calling thread
+    /// (in its slot's share).
     #[inline]
-    pub(crate) fn on_allocate(&self, bytes: u64) {
-        let now = self
-            .inner
-            .allocated_bytes
-            .fetch_add(bytes, Ordering::Relaxed)
-            .wrapping_add(bytes);
-        self.inner.live_allocations.fetch_add(1, Ordering::Relaxed);
-        // The peak line is only written when a new peak is reached.
-        if now > self.inner.peak_bytes.load(Ordering::Relaxed) {
-            self.inner.peak_bytes.fetch_max(now, Ordering::Relaxed);
+    pub(crate) fn on_allocate(&self, segment: &Segment, bytes: u64) {
+        self.on_allocate_to(handoff::my_share(segment), bytes);
+    }
+
+    /// Counts a free of a block of `bytes`.
+    #[inline]
+    pub(crate) fn on_free(&self, segment: &Segment, bytes: u64) {
+        self.on_free_to(handoff::my_share(segment), bytes);
+    }
+
+    /// Counts a block resized in place from `old` to `new` bytes.
+    #[inline]
+    pub(crate) fn on_resize(&self, segment: &Segment, old: u64, new: u64) {
+        self.add(handoff::my_share(segment), new.wrapping_sub(old), 0);
+    }
+
+    /// (allocated bytes, live allocations, peak bytes) of `segment`'s
+    /// allocator.
+    pub(crate) fn snapshot(&self, segment: &Segment) -> (u64, u64, u64) {
+        self.snapshot_of(handoff::shares(segment))
+    }
+
+    /// Sets the totals to ones recounted from the blocks (see
+    /// [`reset_shares_to`](Self::reset_shares_to)).
+    pub(crate) fn reset_to(&self, segment: &Segment, allocated_bytes: u64, live_allocations: u64) {
+        self.reset_shares_to(handoff::shares(segment), allocated_bytes, live_allocations);
+    }
+
+    /// Counts an allocation in `mine`, or in the shared counters for a
+    /// thread without a share.
+    #[inline]
+    pub(crate) fn on_allocate_to(&self, mine: Option<&Share>, bytes: u64) {
+        self.add(mine, bytes, 1);
+    }
+
+    /// Counts a free in `mine`, or in the shared counters.
+    #[inline]
+    pub(crate) fn on_free_to(&self, mine: Option<&Share>, bytes: u64) {
+        self.add(mine, bytes.wrapping_neg(), 1u64.wrapping_neg());
+    }
+
+    #[inline]
+    fn add(&self, mine: Option<&Share>, bytes: u64, live: u64) {
+        match mine {
+            Some(share) => share.add(bytes, live),
+            None => {
+                // The base alone is no total: readers raise the peak.
+                self.inner
+                    .allocated_bytes
+                    .fetch_add(bytes, Ordering::Relaxed);
+                self.inner
+                    .live_allocations
+                    .fetch_add(live, Ordering::Relaxed);
+            }
         }
     }
 
-    #[inline]
-    pub(crate) fn on_free(&self, bytes: u64) {
-        self.inner
-            .allocated_bytes
-            .fetch_sub(bytes, Ordering::Relaxed);
-        self.inner.live_allocations.fetch_sub(1, Ordering::Relaxed);
+    /// Makes the totals (shared base plus `shares`) equal the ones recounted
+    /// from the allocator's blocks, after a repair that runs alone (or under
+    /// the lock every count is made under); the peak only ever rises.
+    pub(crate) fn reset_shares_to<'a>(
+        &self,
+        shares: impl Iterator<Item = &'a Share> + Clone,
+        allocated_bytes: u64,
+        live_allocations: u64,
+    ) {
+        let (in_shares, live_in_shares) = sum(shares);
+        let c = &self.inner;
+        c.allocated_bytes
+            .store(allocated_bytes.wrapping_sub(in_shares), Ordering::Relaxed);
+        c.live_allocations.store(
+            live_allocations.wrapping_sub(live_in_shares),
+            Ordering::Relaxed,
+        );
+        c.peak_bytes.fetch_max(allocated_bytes, Ordering::Relaxed);
     }
 
-    /// Overwrites the live totals with ones recounted from the allocator's
-    /// blocks (after a repair); the peak only ever rises.
-    pub(crate) fn reset_to(&self, allocated_bytes: u64, live_allocations: u64) {
-        self.inner
-            .allocated_bytes
-            .store(allocated_bytes, Ordering::Relaxed);
-        self.inner
+    /// (allocated bytes, live allocations, peak bytes): the shared base plus
+    /// every share, and the peak raised to what the shares show (see the
+    /// module docs).
+    pub(crate) fn snapshot_of<'a>(
+        &self,
+        shares: impl Iterator<Item = &'a Share> + Clone,
+    ) -> (u64, u64, u64) {
+        let c = &self.inner;
+        let base = c.allocated_bytes.load(Ordering::Relaxed);
+        let (in_shares, live_in_shares) = sum(shares.clone());
+        let bytes = base.wrapping_add(in_shares);
+        let live = c
             .live_allocations
-            .store(live_allocations, Ordering::Relaxed);
-        self.inner
+            .load(Ordering::Relaxed)
+            .wrapping_add(live_in_shares);
+        // Lows of every share, then each share's high in place of its low.
+        let lows = shares.clone().fold(base as i64, |acc, share| {
+            acc.wrapping_add(share.low.load(Ordering::Relaxed) as i64)
+        });
+        let reached = shares
+            .map(|share| {
+                let low = share.low.load(Ordering::Relaxed) as i64;
+                let high = share.high.load(Ordering::Relaxed) as i64;
+                lows.wrapping_sub(low).wrapping_add(high)
+            })
+            .chain([bytes as i64])
+            .max()
+            .unwrap_or(0)
+            .max(0) as u64;
+        let peak = c
             .peak_bytes
-            .fetch_max(allocated_bytes, Ordering::Relaxed);
+            .fetch_max(reached, Ordering::Relaxed)
+            .max(reached);
+        (bytes, live, peak)
     }
+}
 
-    /// [`on_allocate`](Self::on_allocate) for allocators that update these
-    /// counters only under one lock: plain loads and stores, no locked
-    /// instruction.
-    #[inline]
-    pub(crate) fn on_allocate_locked(&self, bytes: u64) {
-        let c = &self.inner;
-        let now = single_writer_add(&c.allocated_bytes, bytes);
-        single_writer_add(&c.live_allocations, 1);
-        if now > c.peak_bytes.load(Ordering::Relaxed) {
-            c.peak_bytes.store(now, Ordering::Relaxed);
-        }
-    }
-
-    /// [`on_free`](Self::on_free) for allocators that update these counters
-    /// only under one lock.
-    #[inline]
-    pub(crate) fn on_free_locked(&self, bytes: u64) {
-        let c = &self.inner;
-        single_writer_add(&c.allocated_bytes, bytes.wrapping_neg());
-        single_writer_add(&c.live_allocations, 1u64.wrapping_neg());
-    }
-
-    /// (allocated bytes, live allocations, peak bytes).
-    pub(crate) fn snapshot(&self) -> (u64, u64, u64) {
+/// (bytes, live blocks) summed over `shares`, wrapping.
+fn sum<'a>(shares: impl Iterator<Item = &'a Share>) -> (u64, u64) {
+    shares.fold((0u64, 0u64), |(bytes, live), share| {
         (
-            self.inner.allocated_bytes.load(Ordering::Relaxed),
-            self.inner.live_allocations.load(Ordering::Relaxed),
-            self.inner.peak_bytes.load(Ordering::Relaxed),
+            bytes.wrapping_add(share.bytes.load(Ordering::Relaxed)),
+            live.wrapping_add(share.live.load(Ordering::Relaxed)),
         )
-    }
+    })
 }
 
 /// Adds `delta` (wrapping) to a word that only one writer at a time updates

@@ -377,7 +377,8 @@ impl FreeListAllocator {
     /// what the shared words say.
     fn stats_from(&self, walked: Option<((u64, u64), u64)>) -> AllocStats {
         let state = self.state();
-        let (allocated_bytes, live_allocations, peak_bytes) = state.counters.snapshot();
+        let (allocated_bytes, live_allocations, peak_bytes) =
+            state.counters.snapshot(&self.segment);
         let ((free_bytes, largest_free_block), capacity) = walked.unwrap_or_else(|| {
             let end = state.heap_end.load(Ordering::Acquire);
             let bytes = state.free_bytes.load(Ordering::Acquire);
@@ -464,7 +465,7 @@ impl Heap<'_> {
         handoff::settle_tentative(segment, dead, |payload| {
             // Not a live block: the commit never happened, nothing to undo.
             if let Ok(requested) = self.free(payload) {
-                self.state.counters.on_free_locked(requested);
+                self.state.counters.on_free(segment, requested);
             }
         });
     }
@@ -1123,7 +1124,7 @@ impl<'a> Heap<'a> {
             self.insert(first, total)?;
         }
         state.last_block.store(prev, Ordering::Release);
-        state.counters.reset_to(live_bytes, live);
+        state.counters.reset_to(self.segment, live_bytes, live);
         state.repairs.fetch_add(1, Ordering::AcqRel);
         state.needs_repair.store(0, Ordering::Release);
         Ok(quarantined)
@@ -1337,7 +1338,7 @@ impl<'a> Heap<'a> {
                 "free totals say {state_blocks} blocks / {state_bytes} bytes, the heap has {listed} / {free_bytes}"
             )));
         }
-        let (counted_bytes, counted_live, _) = self.state.counters.snapshot();
+        let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if counted_live != live || counted_bytes != live_bytes {
             return Err(Error::corrupt(format!(
                 "counters say {counted_live} blocks / {counted_bytes} bytes live, the heap has {live} / {live_bytes}"
@@ -1375,7 +1376,7 @@ impl ShmAllocator for FreeListAllocator {
             loop {
                 if let Some((block, block_size)) = heap.find(need, search, align)? {
                     let live = heap.carve(block, block_size, need, align, requested)?;
-                    heap.state.counters.on_allocate_locked(requested);
+                    heap.state.counters.on_allocate(heap.segment, requested);
                     return Ok(live + HEADER);
                 }
                 let current = heap.segment.size();
@@ -1403,7 +1404,7 @@ impl ShmAllocator for FreeListAllocator {
         handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
-            heap.state.counters.on_free_locked(requested);
+            heap.state.counters.on_free(heap.segment, requested);
             Ok(())
         })
     }
@@ -1490,8 +1491,9 @@ impl ShmAllocator for FreeListAllocator {
         self.locked_for(ctx, |heap| {
             Ok(match heap.resize(offset, new_size as u64)? {
                 Some(old) => {
-                    heap.state.counters.on_free_locked(old);
-                    heap.state.counters.on_allocate_locked(new_size as u64);
+                    heap.state
+                        .counters
+                        .on_resize(heap.segment, old, new_size as u64);
                     true
                 }
                 None => false,

@@ -24,8 +24,10 @@
 //! settles the tentative record: it frees the block if the commit happened
 //! (nobody got it), and forgets the record either way.
 //!
-//! The log is a table of [`SLOTS`] cache lines between the segment header
-//! and the allocator state (see `segment::header::Layout`). A thread claims
+//! The log is a table of [`SLOTS`] pairs of cache lines between the
+//! segment header and the allocator state (see `segment::header::Layout`);
+//! each slot also keeps its threads' share of the allocator's accounting
+//! (`alloc::counters`), so no counter is shared. A thread claims
 //! a slot on its first allocation in a segment (its identity in the owner
 //! word) and gives it back when it exits; a slot whose owner died is taken
 //! by a claimer only when no free one is left. A thread without a slot
@@ -37,6 +39,7 @@
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::counters::Share;
 use crate::segment::Segment;
 use crate::sync::thread_id;
 
@@ -45,9 +48,9 @@ pub(crate) const SLOTS: usize = 64;
 /// Bytes of the log in a segment.
 pub(crate) const AREA_LEN: u64 = (SLOTS * std::mem::size_of::<HandoffSlot>()) as u64;
 
-/// One thread's slot, on a cache line of its own (every allocation of the
-/// thread writes it).
-#[repr(C, align(64))]
+/// One thread's slot, on lines of its own (every allocation of the thread
+/// writes it; 128 bytes, as the prefetcher pulls lines in pairs).
+#[repr(C, align(128))]
 pub(crate) struct HandoffSlot {
     /// The owner thread's packed identity, 0 when free.
     owner: AtomicU64,
@@ -66,13 +69,16 @@ pub(crate) struct HandoffSlot {
     /// [`intend_claim`]: HandoffSlot::intend_claim
     ring: AtomicU64,
     ring_claim: AtomicU64,
+    /// The allocator's accounting done by the threads that held this slot
+    /// (see `counters`): it stays with the slot from owner to owner.
+    pub(crate) share: Share,
 }
 
 /// The record's flag for an allocation under a lock that has not committed
 /// for sure yet (see the module docs).
 const TENTATIVE: u64 = 1 << 63;
 
-const _: () = assert!(std::mem::size_of::<HandoffSlot>() == 64);
+const _: () = assert!(std::mem::size_of::<HandoffSlot>() == 128);
 
 impl HandoffSlot {
     /// Records that `offset` is being handed to the owner: one store, to a
@@ -312,7 +318,7 @@ fn slots(segment: &Segment) -> &[HandoffSlot] {
     let base = segment.base().as_ptr() as usize
         + crate::segment::header::Layout::handoff_offset() as usize;
     // SAFETY: every segment's layout reserves `AREA_LEN` bytes at
-    // `handoff_offset`, 64-aligned, inside the bytes every process maps
+    // `handoff_offset`, 128-aligned, inside the bytes every process maps
     // (below the data offset, which validation checked against the size);
     // the slots are atomics, valid for any bytes; `segment` outlives the
     // borrow.
@@ -324,6 +330,17 @@ fn slots(segment: &Segment) -> &[HandoffSlot] {
 #[inline]
 pub(crate) fn my_slot(segment: &Segment) -> Option<&HandoffSlot> {
     my_indexed_slot(segment).map(|(_, slot)| slot)
+}
+
+/// The calling thread's share of `segment`'s accounting (its slot's).
+#[inline]
+pub(crate) fn my_share(segment: &Segment) -> Option<&Share> {
+    my_slot(segment).map(|slot| &slot.share)
+}
+
+/// Every slot's share of `segment`'s accounting.
+pub(crate) fn shares(segment: &Segment) -> impl Iterator<Item = &Share> + Clone {
+    slots(segment).iter().map(|slot| &slot.share)
 }
 
 /// [`my_slot`] with its index in the log.

@@ -9,9 +9,9 @@ use std::sync::Mutex;
 
 use crossbeam_utils::CachePadded;
 
-use super::counters::AllocCounters;
+use super::counters::{AllocCounters, Share};
 use super::memory_resource::impl_allocator_api2;
-use super::shm_allocator::{power_of_two_align, AddressHasher};
+use super::shm_allocator::{current_thread_index, power_of_two_align, AddressHasher};
 use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr};
@@ -19,6 +19,9 @@ use crate::segment::SegmentOptions;
 
 /// Shards of the table of live blocks, so threads rarely share a lock.
 const SHARDS: usize = 16;
+/// Threads with a share of the accounting of their own (by thread index;
+/// later threads share the common counters).
+const SHARE_THREADS: usize = 64;
 
 type LiveBlocks = HashMap<usize, Layout, BuildHasherDefault<AddressHasher>>;
 
@@ -46,6 +49,8 @@ pub struct MallocAllocator {
     /// One cache line or more per shard: neighbours never share a line.
     live: [CachePadded<Mutex<LiveBlocks>>; SHARDS],
     counters: AllocCounters,
+    /// Each thread's share of the accounting, by thread index.
+    shares: Box<[CachePadded<Share>]>,
 }
 
 impl Default for MallocAllocator {
@@ -68,7 +73,21 @@ impl MallocAllocator {
         MallocAllocator {
             live: std::array::from_fn(|_| CachePadded::new(Mutex::new(LiveBlocks::default()))),
             counters: AllocCounters::new(),
+            shares: (0..SHARE_THREADS).map(|_| CachePadded::default()).collect(),
         }
+    }
+
+    /// The calling thread's share of the accounting, if it has one.
+    #[inline]
+    fn my_share(&self) -> Option<&Share> {
+        self.shares
+            .get(current_thread_index() as usize)
+            .map(|share| &**share)
+    }
+
+    fn snapshot(&self) -> (u64, u64, u64) {
+        self.counters
+            .snapshot_of(self.shares.iter().map(|share| &**share))
     }
 
     /// Always an error: the system allocator of one process cannot be
@@ -113,7 +132,7 @@ impl ShmAllocator for MallocAllocator {
             });
         }
         self.shard(ptr as usize).insert(ptr as usize, layout);
-        self.counters.on_allocate(size as u64);
+        self.counters.on_allocate_to(self.my_share(), size as u64);
         Ok(ptr as u64)
     }
 
@@ -126,7 +145,8 @@ impl ShmAllocator for MallocAllocator {
         // SAFETY: the block was allocated above with exactly this layout and
         // was live until removed from the table just now.
         unsafe { std::alloc::dealloc(addr as *mut u8, layout) };
-        self.counters.on_free(layout.size() as u64);
+        self.counters
+            .on_free_to(self.my_share(), layout.size() as u64);
         Ok(())
     }
 
@@ -148,7 +168,7 @@ impl ShmAllocator for MallocAllocator {
     }
 
     fn stats(&self) -> AllocStats {
-        let (allocated_bytes, live_allocations, peak_bytes) = self.counters.snapshot();
+        let (allocated_bytes, live_allocations, peak_bytes) = self.snapshot();
         AllocStats {
             allocated_bytes,
             peak_bytes,
@@ -166,7 +186,7 @@ impl ShmAllocator for MallocAllocator {
             .iter()
             .map(|shard| shard.lock().unwrap_or_else(|e| e.into_inner()).len() as u64)
             .sum();
-        let (_, live, _) = self.counters.snapshot();
+        let (_, live, _) = self.snapshot();
         if recorded != live {
             return Err(Error::corrupt(format!(
                 "{recorded} blocks recorded, {live} counted live"

@@ -947,7 +947,9 @@ impl PoolAllocator {
                 }
             }
         }
-        self.state().counters.reset_to(live_bytes, live);
+        self.state()
+            .counters
+            .reset_to(&self.segment, live_bytes, live);
         handoff::forget_dead_records(&self.segment, |block| never_handed_out.contains(&block));
         Ok(RecoveryReport {
             blocks_reclaimed: free.saturating_sub(on_stacks),
@@ -985,7 +987,7 @@ impl ShmAllocator for PoolAllocator {
                 "slot {at} came off the free list while live"
             )));
         }
-        self.state().counters.on_allocate(size);
+        self.state().counters.on_allocate(&self.segment, size);
         let offset = self.slot_offset(at);
         crash_point!("pool.alloc.pending");
         if let Some(log) = handoff::my_slot(&self.segment) {
@@ -1010,7 +1012,9 @@ impl ShmAllocator for PoolAllocator {
         }
         self.segment
             .scrub(offset, self.geometry.slabs[at.slab].slot);
-        self.state().counters.on_free(u64::from(value - 1));
+        self.state()
+            .counters
+            .on_free(&self.segment, u64::from(value - 1));
         crash_point!("pool.free.unlisted");
         self.give_slot(at);
         Ok(())
@@ -1062,8 +1066,7 @@ impl ShmAllocator for PoolAllocator {
             return Err(Error::InvalidFree { offset });
         }
         let counters = &self.state().counters;
-        counters.on_free(u64::from(value - 1));
-        counters.on_allocate(new_size);
+        counters.on_resize(&self.segment, u64::from(value - 1), new_size);
         Ok(true)
     }
 
@@ -1072,7 +1075,8 @@ impl ShmAllocator for PoolAllocator {
     /// `largest_free_block` is the largest slot size that can be served now
     /// without growing; `capacity` is the page area at the current size.
     fn stats(&self) -> AllocStats {
-        let (allocated_bytes, live_allocations, peak_bytes) = self.state().counters.snapshot();
+        let (allocated_bytes, live_allocations, peak_bytes) =
+            self.state().counters.snapshot(&self.segment);
         let size = self.segment.size();
         let pages = self.pages().min(self.geometry.max_pages);
         let untouched = size.saturating_sub(self.geometry.page_offset(pages));
@@ -1295,7 +1299,7 @@ impl ShmAllocator for PoolAllocator {
                 );
             }
         }
-        let (allocated, live_count, _) = self.state().counters.snapshot();
+        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment);
         let live_total: u64 = live.iter().sum();
         if live_count != live_total || allocated != live_bytes {
             traces.add(

@@ -1471,7 +1471,9 @@ impl ShmAllocator for SizeClassAllocator {
 
     fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
         let offset = self.alloc_block(size, align)?;
-        self.state().counters.on_allocate(size as u64);
+        self.state()
+            .counters
+            .on_allocate(&self.segment, size as u64);
         Ok(offset)
     }
 
@@ -1490,7 +1492,7 @@ impl ShmAllocator for SizeClassAllocator {
             }
             Freed::Large { requested } => requested,
         };
-        self.state().counters.on_free(requested);
+        self.state().counters.on_free(&self.segment, requested);
         Ok(())
     }
 
@@ -1567,13 +1569,13 @@ impl ShmAllocator for SizeClassAllocator {
             _ => return Err(invalid()),
         };
         let counters = &self.state().counters;
-        counters.on_free(old);
-        counters.on_allocate(new);
+        counters.on_resize(&self.segment, old, new);
         Ok(true)
     }
 
     fn stats(&self) -> AllocStats {
-        let (allocated_bytes, live_allocations, peak_bytes) = self.state().counters.snapshot();
+        let (allocated_bytes, live_allocations, peak_bytes) =
+            self.state().counters.snapshot(&self.segment);
         let pages_now = self.pages_now();
         let bump = self.bump_now().min(pages_now);
         let mut free_bytes = u64::from(pages_now - bump) * PAGE_SIZE;
@@ -1664,7 +1666,7 @@ impl SizeClassAllocator {
         live_total: u64,
         bytes_total: u64,
     ) -> std::result::Result<(), String> {
-        let (allocated, live_count, _) = self.state().counters.snapshot();
+        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment);
         if live_count != live_total || allocated != bytes_total {
             return Err(format!(
                 "counters say {live_count} blocks / {allocated} bytes, pages hold \
@@ -2108,7 +2110,9 @@ impl SizeClassAllocator {
         for (head, len) in runs.into_iter().rev() {
             self.push_run(head, len);
         }
-        state.counters.reset_to(rebuilt.live_bytes, rebuilt.live);
+        state
+            .counters
+            .reset_to(&self.segment, rebuilt.live_bytes, rebuilt.live);
         handoff::forget_dead_records(&self.segment, |block| released.contains(&block));
         Ok(rebuilt)
     }

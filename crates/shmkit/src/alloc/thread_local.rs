@@ -544,7 +544,7 @@ impl Inner {
     /// (requested bytes, live blocks): the shared counters plus every slot's
     /// share.
     fn totals(&self) -> (u64, u64) {
-        let (bytes, live, _) = self.core.counters().snapshot();
+        let (bytes, live, _) = self.core.counters().snapshot(self.core.segment());
         self.all_slots()
             .fold((bytes, live), |(bytes, live), (_, slot)| {
                 (
@@ -568,7 +568,9 @@ impl Inner {
             }
             None => {
                 // Rare (more threads than slots): sample the peak every time.
-                self.core.counters().on_allocate(requested);
+                self.core
+                    .counters()
+                    .on_allocate(self.core.segment(), requested);
                 self.raise_peak(self.totals().0);
             }
         }
@@ -582,7 +584,7 @@ impl Inner {
                 single_writer_add(&slot.bytes, requested.wrapping_neg());
                 single_writer_add(&slot.live, 1u64.wrapping_neg());
             }
-            None => self.core.counters().on_free(requested),
+            None => self.core.counters().on_free(self.core.segment(), requested),
         }
     }
 
@@ -954,6 +956,7 @@ impl ShmAllocator for ThreadLocalAllocator {
             }
         }
         core.counters().reset_to(
+            core.segment(),
             rebuilt
                 .live_bytes
                 .wrapping_sub(cached_bytes)

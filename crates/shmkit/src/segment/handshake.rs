@@ -259,6 +259,18 @@ impl Segment {
         // processes may map it already, but they only load the magic word
         // (still zero) until it is published below.
         unsafe { (*header_ptr).fill(fields) };
+        let log_offset = super::header::Layout::handoff_offset();
+        // SAFETY: the log lies between the header and the custom area, inside
+        // the mapping (the layout put `custom_offset` after it), and nobody
+        // reads it before the magic word is published; a caller's buffer
+        // need not come zeroed.
+        unsafe {
+            std::ptr::write_bytes(
+                self.mapping.base().as_ptr().add(log_offset as usize),
+                0,
+                (fields.layout.custom_offset - log_offset) as usize,
+            )
+        };
         if !custom_init.is_empty() {
             let custom = self.resolve_array(
                 Offset::<u8>::from_raw(fields.layout.custom_offset),

@@ -42,8 +42,9 @@ use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
 
 /// The on-segment format this build writes and reads (2: the flags word;
-/// 3: the hand-off log after the header).
-pub const FORMAT_VERSION: u32 = 3;
+/// 3: the hand-off log after the header; 4: each thread's share of the
+/// accounting in its hand-off slot).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Bits of the header's flags word: features fixed at creation that every
 /// attached process must honour.
