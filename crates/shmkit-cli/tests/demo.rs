@@ -166,10 +166,10 @@ fn an_interrupt_while_the_parent_verifies_stops_it() {
 #[test]
 fn a_size_below_the_smallest_segment_is_raised_and_said() {
     let name = unique("tiny");
-    // 7000 bytes: room for the header, not whole pages.
-    let (stdout, _) = run_demo(&["--workers", "2", "--size", "7000"], &name);
+    // 11000 bytes: room for the header and the hand-off log, not whole pages.
+    let (stdout, _) = run_demo(&["--workers", "2", "--size", "11000"], &name);
     assert!(
-        stdout.contains("note: --size 6.8 KiB raised to 8.0 KiB"),
+        stdout.contains("note: --size 10.7 KiB raised to 12.0 KiB"),
         "{stdout}"
     );
     let percent = fill_percent(&stdout);
