@@ -19,15 +19,21 @@
 //!   class size minus the size requested, for exact accounting), then its
 //!   blocks.
 //! * **Classes.** Each class has a tagged stack of its pages that may have
-//!   room. Allocation reserves a block by raising the page's live count with
-//!   a compare-and-swap, then claims a bit of the bitmap; free clears the bit
+//!   room, one per *shard*: a thread carves pages of the shard its hand-off
+//!   slot falls in (slot index mod 8), so two workers touch no page or
+//!   stack head in common, and a page with room again goes back to its own
+//!   shard's stack. A shard with no page of the class opens a new one while
+//!   less than half the heap is carved, and borrows another shard's page
+//!   after that (sharding costs contention, never capacity). Allocation
+//!   reserves a block by raising the page's live count with a
+//!   compare-and-swap, then claims a bit of the bitmap; free clears the bit
 //!   (`fetch_and`, so a double free is detected exactly) and lowers the live
 //!   count.
 //!
 //! A page descriptor is 32 bytes, at `data offset + 32 * page`: the state
 //! word (`+0`: the phase in the low byte, 0 free, 1 small, 2 large, 3 tail
 //! of a large block; the class in the next byte; the live count from bit
-//! 16; the listed flag at bit 32), the link (`+8`: `index + 1` of the next
+//! 16; the listed flag at bit 32; the shard in bits 33-35), the link (`+8`: `index + 1` of the next
 //! page on the stack the page is on, 0 at its end), the run length (`+16`)
 //! and the requested size of a large block (`+24`).
 //!
@@ -273,6 +279,12 @@ const PENDING_LARGE: u64 = 4;
 const LIVE_SHIFT: u32 = 16;
 const LIVE_ONE: u64 = 1 << LIVE_SHIFT;
 const LISTED: u64 = 1 << 32;
+/// The page's shard: which threads' class stacks it goes back to.
+const SHARD_SHIFT: u32 = 33;
+const SHARD_BITS: u32 = 3;
+/// Class stacks per class: threads of different shards (by hand-off slot)
+/// carve different pages, so two workers write no page line in common.
+const SHARDS: usize = 1 << SHARD_BITS;
 
 #[inline]
 fn phase(state: u64) -> u64 {
@@ -287,8 +299,22 @@ fn live(state: u64) -> u64 {
     (state >> LIVE_SHIFT) & 0xffff
 }
 #[inline]
-fn small_state(class: usize, live: u64, listed: bool) -> u64 {
-    SMALL | ((class as u64) << 8) | (live << LIVE_SHIFT) | if listed { LISTED } else { 0 }
+fn shard_of(state: u64) -> usize {
+    ((state >> SHARD_SHIFT) as usize) & (SHARDS - 1)
+}
+#[inline]
+fn small_state(class: usize, live: u64, listed: bool, shard: usize) -> u64 {
+    SMALL
+        | ((class as u64) << 8)
+        | (live << LIVE_SHIFT)
+        | if listed { LISTED } else { 0 }
+        | ((shard as u64) << SHARD_SHIFT)
+}
+
+/// The calling thread's shard in `segment` (its hand-off slot's).
+#[inline]
+fn my_shard(segment: &Segment) -> usize {
+    handoff::my_indexed_slot(segment).map_or(0, |(index, _)| index as usize % SHARDS)
 }
 
 /// One page's metadata, in the table at the start of the data area.
@@ -320,8 +346,9 @@ struct SizeClassState {
     /// Collect passes under way (an allocation that finds nothing while one
     /// runs waits for it rather than fail).
     collecting: CachePadded<AtomicU64>,
-    /// Tagged heads of the per-class stacks of pages that may have room.
-    classes: [CachePadded<AtomicU64>; NUM_CLASSES],
+    /// Tagged heads of the per-class stacks of pages that may have room,
+    /// one set per shard.
+    classes: [CachePadded<[AtomicU64; NUM_CLASSES]>; SHARDS],
     counters: AllocCounters,
 }
 
@@ -445,7 +472,7 @@ impl SegmentAllocator for SizeClassAllocator {
                 free_runs: CachePadded::new(AtomicU64::new(tagged_stack::EMPTY)),
                 collecting: CachePadded::new(AtomicU64::new(0)),
                 classes: std::array::from_fn(|_| {
-                    CachePadded::new(AtomicU64::new(tagged_stack::EMPTY))
+                    CachePadded::new(std::array::from_fn(|_| AtomicU64::new(tagged_stack::EMPTY)))
                 }),
                 counters: AllocCounters::new(),
             })
@@ -809,6 +836,14 @@ impl SizeClassAllocator {
         Ok(Some(head))
     }
 
+    /// A free page if one is at hand: no growth, no collect pass.
+    fn take_page_at_hand(&self) -> Result<Option<u32>> {
+        match self.pop_free_page()? {
+            Some(page) => Ok(Some(page)),
+            None => self.bump_pages(1, false),
+        }
+    }
+
     /// One page for a size class; out of memory speaks of `requested`, the
     /// caller's request, not of the page it needed.
     fn take_page(&self, requested: u64) -> Result<u32> {
@@ -936,8 +971,12 @@ impl SizeClassAllocator {
         let mut runs: Vec<(u32, u32)> = Vec::new();
         let mut error = None;
         if ghosts {
-            for (class, head) in state.classes.iter().enumerate() {
-                let taken = tagged_stack::take_all(&**head);
+            let heads = state
+                .classes
+                .iter()
+                .flat_map(|shard| shard.iter().enumerate());
+            for (class, head) in heads {
+                let taken = tagged_stack::take_all(head);
                 let looped = || Error::corrupt(format!("class {class} page list"));
                 self.drain_chain(
                     taken,
@@ -947,7 +986,7 @@ impl SizeClassAllocator {
                     |page, desc| {
                         // We hold the page's listed token: retire it if empty.
                         let current = desc.state.load(Ordering::Acquire);
-                        let empty = small_state(class, 0, true);
+                        let empty = small_state(class, 0, true, shard_of(current));
                         if current == empty
                             && desc
                                 .state
@@ -956,7 +995,7 @@ impl SizeClassAllocator {
                         {
                             runs.push((page, 1));
                         } else {
-                            tagged_stack::push(&**head, page, &desc.link);
+                            tagged_stack::push(head, page, &desc.link);
                         }
                         Ok(())
                     },
@@ -1057,13 +1096,38 @@ impl SizeClassAllocator {
         )))
     }
 
-    fn alloc_small(&self, class: usize, requested: u64) -> Result<u64> {
+    /// A block of `class` for a thread of `shard`: from a page of its own
+    /// shard, else a new page while the heap is roomy, else any shard's
+    /// page, else a page however it comes. Once half the pages are carved,
+    /// a shard borrows a neighbour's page before it opens one of its own,
+    /// so sharding costs contention, never capacity, in a tight segment.
+    fn alloc_small(&self, class: usize, requested: u64, shard: usize) -> Result<u64> {
+        if let Some(offset) = self.alloc_from_listed(class, requested, shard)? {
+            return Ok(offset);
+        }
+        let roomy = self.bump_now() < self.max_pages / 2;
+        if roomy {
+            if let Some(page) = self.take_page_at_hand()? {
+                return self.alloc_from_new_page(page, class, requested, shard);
+            }
+        }
+        for other in (1..SHARDS).map(|k| (shard + k) % SHARDS) {
+            if let Some(offset) = self.alloc_from_listed(class, requested, other)? {
+                return Ok(offset);
+            }
+        }
+        let page = self.take_page(requested)?;
+        self.alloc_from_new_page(page, class, requested, shard)
+    }
+
+    /// A block from a page on the class stack of `shard`, if it has one.
+    fn alloc_from_listed(&self, class: usize, requested: u64, shard: usize) -> Result<Option<u64>> {
         let info = &CLASSES[class];
-        let head_cell = &*self.state().classes[class];
+        let head_cell = &self.state().classes[shard][class];
         loop {
             let head = head_cell.load(Ordering::Acquire);
             let Some(page) = tagged_stack::top(head) else {
-                return self.alloc_from_new_page(class, requested);
+                return Ok(None);
             };
             let desc = self
                 .desc(page)
@@ -1103,7 +1167,7 @@ impl SizeClassAllocator {
                     crash_point!("size_class.alloc.recorded");
                     // SAFETY: `index < info.count`, a block we just claimed.
                     unsafe { Self::set_slack(base, info, index, info.size - requested) };
-                    return Ok(offset);
+                    return Ok(Some(offset));
                 }
                 continue;
             }
@@ -1138,9 +1202,16 @@ impl SizeClassAllocator {
         }
     }
 
-    fn alloc_from_new_page(&self, class: usize, requested: u64) -> Result<u64> {
+    /// Makes `page` (the caller's alone) a page of `class` in `shard` and
+    /// hands out its first block.
+    fn alloc_from_new_page(
+        &self,
+        page: u32,
+        class: usize,
+        requested: u64,
+        shard: usize,
+    ) -> Result<u64> {
         let info = &CLASSES[class];
-        let page = self.take_page(requested)?;
         let base = match self.page_ptr(page) {
             Ok(base) => base,
             Err(e) => {
@@ -1161,8 +1232,8 @@ impl SizeClassAllocator {
             return Err(Error::corrupt(format!("page {page} out of range")));
         };
         desc.state
-            .store(small_state(class, 1, true), Ordering::Release);
-        tagged_stack::push(&*self.state().classes[class], page, &desc.link);
+            .store(small_state(class, 1, true, shard), Ordering::Release);
+        tagged_stack::push(&self.state().classes[shard][class], page, &desc.link);
         let offset = self.block_offset(page, info, 0);
         crash_point!("size_class.alloc.fresh_page");
         self.record_handoff(offset);
@@ -1194,7 +1265,11 @@ impl SizeClassAllocator {
             ) {
                 Ok(_) => {
                     match action {
-                        1 => tagged_stack::push(&*self.state().classes[class], page, &desc.link),
+                        1 => tagged_stack::push(
+                            &self.state().classes[shard_of(current)][class],
+                            page,
+                            &desc.link,
+                        ),
                         2 => self.push_run(page, 1),
                         _ => {}
                     }
@@ -1232,7 +1307,7 @@ impl SizeClassAllocator {
         }
         let requested = size as u64;
         let offset = match class_for(requested.max(1), align) {
-            Some(class) => self.alloc_small(class, requested)?,
+            Some(class) => self.alloc_small(class, requested, my_shard(&self.segment))?,
             None => {
                 let pages = requested.max(1).div_ceil(PAGE_SIZE);
                 if pages > u64::from(self.max_pages) {
@@ -1756,7 +1831,7 @@ impl SizeClassAllocator {
                         Error::corrupt(format!("page {page}: class {class} out of range"))
                     })?;
                     let used = live(current);
-                    if used > info.count || current >> 33 != 0 {
+                    if used > info.count || current >> (SHARD_SHIFT + SHARD_BITS) != 0 {
                         return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
                     }
                     if current & LISTED != 0 {
@@ -1841,24 +1916,34 @@ impl SizeClassAllocator {
                 }
             }
         }
-        // Class lists: each listed page exactly once, of its class.
-        for (class, head) in state.classes.iter().enumerate() {
-            let mut next = tagged_stack::top(head.load(Ordering::Acquire));
+        // Class lists: each listed page exactly once, of its class, on its
+        // shard's list.
+        for class in 0..NUM_CLASSES {
             let mut count = 0u64;
-            while let Some(page) = next {
-                count += 1;
-                let desc = self
-                    .desc(page)
-                    .filter(|_| count <= listed[class])
-                    .ok_or_else(|| Error::corrupt(format!("class {class} list is too long")))?;
-                let current = desc.state.load(Ordering::Acquire);
-                if phase(current) != SMALL || class_of(current) != class || current & LISTED == 0 {
-                    return Err(Error::corrupt(format!(
-                        "class {class} lists page {page} in state {current:#x}"
-                    )));
-                }
-                next = tagged_stack::decode_link(desc.link.load(Ordering::Acquire), self.max_pages)
+            for (shard, heads) in state.classes.iter().enumerate() {
+                let mut next = tagged_stack::top(heads[class].load(Ordering::Acquire));
+                while let Some(page) = next {
+                    count += 1;
+                    let desc = self
+                        .desc(page)
+                        .filter(|_| count <= listed[class])
+                        .ok_or_else(|| Error::corrupt(format!("class {class} list is too long")))?;
+                    let current = desc.state.load(Ordering::Acquire);
+                    if phase(current) != SMALL
+                        || class_of(current) != class
+                        || current & LISTED == 0
+                        || shard_of(current) != shard
+                    {
+                        return Err(Error::corrupt(format!(
+                            "class {class} shard {shard} lists page {page} in state {current:#x}"
+                        )));
+                    }
+                    next = tagged_stack::decode_link(
+                        desc.link.load(Ordering::Acquire),
+                        self.max_pages,
+                    )
                     .map_err(|bad| bad_link("class page list", bad))?;
+                }
             }
             if count > listed[class] {
                 return Err(Error::corrupt(format!(
@@ -1994,7 +2079,7 @@ impl SizeClassAllocator {
         let bump = bump as u32;
         self.validate_pages(bump)?;
         let free_before = self.pages_on_free_runs();
-        for head in state.classes.iter() {
+        for head in state.classes.iter().flat_map(|shard| shard.iter()) {
             head.store(tagged_stack::EMPTY, Ordering::Release);
         }
         state
@@ -2060,10 +2145,11 @@ impl SizeClassAllocator {
                         free_pages.push(page);
                     } else {
                         let listed = held < info.count;
+                        let shard = shard_of(current);
                         desc.state
-                            .store(small_state(class, held, listed), Ordering::Release);
+                            .store(small_state(class, held, listed, shard), Ordering::Release);
                         if listed {
-                            tagged_stack::push(&*state.classes[class], page, &desc.link);
+                            tagged_stack::push(&state.classes[shard][class], page, &desc.link);
                         }
                     }
                     page += 1;
