@@ -33,9 +33,10 @@
 //! A page descriptor is 32 bytes, at `data offset + 32 * page`: the state
 //! word (`+0`: the phase in the low byte, 0 free, 1 small, 2 large, 3 tail
 //! of a large block; the class in the next byte; the live count from bit
-//! 16; the listed flag at bit 32; the shard in bits 33-35), the link (`+8`: `index + 1` of the next
-//! page on the stack the page is on, 0 at its end), the run length (`+16`)
-//! and the requested size of a large block (`+24`).
+//! 16; the listed flag at bit 32; the shard in bits 33 to 35), the link
+//! (`+8`: `index + 1` of the next page on the stack the page is on, 0 at
+//! its end), the run length (`+16`) and the requested size of a large
+//! block (`+24`).
 //!
 //! ## Damaged links
 //!
