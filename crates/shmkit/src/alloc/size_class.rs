@@ -312,12 +312,6 @@ fn small_state(class: usize, live: u64, listed: bool, shard: usize) -> u64 {
         | ((shard as u64) << SHARD_SHIFT)
 }
 
-/// The calling thread's shard in `segment` (its hand-off slot's).
-#[inline]
-fn my_shard(segment: &Segment) -> usize {
-    handoff::my_indexed_slot(segment).map_or(0, |(index, _)| index as usize % SHARDS)
-}
-
 /// One page's metadata, in the table at the start of the data area.
 #[repr(C)]
 struct PageDesc {
@@ -1308,7 +1302,9 @@ impl SizeClassAllocator {
         }
         let requested = size as u64;
         let offset = match class_for(requested.max(1), align) {
-            Some(class) => self.alloc_small(class, requested, my_shard(&self.segment))?,
+            Some(class) => {
+                self.alloc_small(class, requested, handoff::my_shard(&self.segment, SHARDS))?
+            }
             None => {
                 let pages = requested.max(1).div_ceil(PAGE_SIZE);
                 if pages > u64::from(self.max_pages) {
