@@ -99,8 +99,7 @@ fn every_allocator_runs_every_workload_it_supports() {
 }
 
 /// Each row's census (what its workers reported about themselves) matches
-/// the row's words: one worker in this process, two threads of it, or two
-/// other processes; 64-byte blocks for pair64 and bulk, 16 B to 4 KiB in
+/// the row's words: N threads of this process, or N other processes; 64-byte blocks for pair64 and bulk, 16 B to 4 KiB in
 /// churn; and at least the operations the rounds asked for.
 fn every_row_ran_as_its_table_says(report: &Value) {
     let bench_pid = report["settings"]["bench_pid"].as_u64().unwrap();
@@ -113,25 +112,23 @@ fn every_row_ran_as_its_table_says(report: &Value) {
             .iter()
             .map(|w| w["thread"].as_u64().unwrap())
             .collect();
-        match row["mode"].as_str().unwrap() {
-            "1t" => {
-                assert_eq!(census.len(), 1, "{row}");
+        let mode = row["mode"].as_str().unwrap();
+        let (count, kind) = mode.split_at(mode.len() - 1);
+        let workers: usize = count.parse().unwrap_or_else(|_| panic!("mode {mode}"));
+        assert_eq!(census.len(), workers, "{row}");
+        match kind {
+            "t" => {
                 assert_eq!(pids, BTreeSet::from([bench_pid]), "{row}");
+                assert_eq!(threads.len(), workers, "{workers} threads: {row}");
             }
-            "2t" => {
-                assert_eq!(census.len(), 2, "{row}");
-                assert_eq!(pids, BTreeSet::from([bench_pid]), "{row}");
-                assert_eq!(threads.len(), 2, "two threads: {row}");
-            }
-            "2p" => {
-                assert_eq!(census.len(), 2, "{row}");
-                assert_eq!(pids.len(), 2, "two processes: {row}");
+            "p" => {
+                assert_eq!(pids.len(), workers, "{workers} processes: {row}");
                 assert!(
                     !pids.contains(&bench_pid),
                     "workers, not the bench itself: {row}"
                 );
             }
-            other => panic!("unknown mode {other}"),
+            other => panic!("unknown mode kind {other}"),
         }
         let rounds = row["samples"].as_array().unwrap().len() as u64;
         let asked = rounds * row["ops_per_round"].as_u64().unwrap();
@@ -238,6 +235,48 @@ fn a_saved_run_prints_again_without_measuring() {
     let ratio = format!("({:.2}) |", mimalloc["ratio_to_system"].as_f64().unwrap());
     let line = md.lines().find(|l| l.starts_with("| mimalloc |"));
     assert!(line.is_some_and(|l| l.ends_with(&ratio)), "{md}");
+}
+
+#[test]
+fn workers_adds_that_many_threads_and_processes() {
+    let report = json_of(&bench(
+        &[
+            "--allocators",
+            "shmkit-size-class,shmkit-pool",
+            "--workloads",
+            "pair64,churn",
+            "--modes",
+            "1t",
+            "--workers",
+            "3",
+            "--json",
+        ],
+        &[],
+    ));
+    for allocator in ["system", "shmkit-size-class", "shmkit-pool"] {
+        assert_eq!(
+            cells(&report, allocator),
+            all_of(&["pair64", "churn"], &["1t", "3t", "3p"]),
+            "{allocator}"
+        );
+    }
+    every_row_ran_as_its_table_says(&report);
+}
+
+#[test]
+fn bad_modes_and_worker_counts_are_usage_errors() {
+    for args in [
+        ["--modes", "0t"],
+        ["--modes", "2x"],
+        ["--modes", "p"],
+        ["--workers", "0"],
+        ["--workers", "65"],
+    ] {
+        let out = bench(&args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let err = String::from_utf8_lossy(&bench(&["--modes", "2x"], &[]).stderr).into_owned();
+    assert!(err.contains("`2x` is not a mode"), "{err}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Running one measurement: a workload on one subject, by one thread, two
-//! threads or two processes, with calibrated rounds and a median.
+//! Running one measurement: a workload on one subject, by one thread or by
+//! several threads or processes, with calibrated rounds and a median.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
@@ -113,10 +113,12 @@ pub fn run_cell(
         discipline: subject.discipline(),
         plan,
     };
-    match mode {
-        Mode::OneThread => instance.visit(OneThread(cell)),
-        Mode::TwoThreads => instance.visit(TwoThreads(cell)),
-        Mode::TwoProcesses => two_processes(subject, segment, cell),
+    if mode.is_processes() {
+        processes(subject, segment, cell, mode.workers())
+    } else if mode.workers() == 1 {
+        instance.visit(OneThread(cell))
+    } else {
+        instance.visit(Threads(cell, mode.workers()))
     }
 }
 
@@ -147,25 +149,25 @@ impl WithWorkers for OneThread<'_> {
     }
 }
 
-struct TwoThreads<'a>(Cell<'a>);
+/// Several threads of this process on one allocator.
+struct Threads<'a>(Cell<'a>, u64);
 
-impl WithWorkers for TwoThreads<'_> {
+impl WithWorkers for Threads<'_> {
     type Output = Result<Measurement, String>;
 
     fn run<W: Worker, F: Fn() -> W + Sync>(self, make: F) -> Self::Output {
-        const THREADS: u64 = 2;
-        let cell = self.0;
+        let Threads(cell, threads) = self;
         // Operations for the next round; 0 tells the threads to stop.
         let ops = AtomicU64::new(0);
-        let start = Barrier::new(THREADS as usize + 1);
-        let end = Barrier::new(THREADS as usize + 1);
+        let start = Barrier::new(threads as usize + 1);
+        let end = Barrier::new(threads as usize + 1);
         let failure: Mutex<Option<String>> = Mutex::new(None);
         let fail = |message: String| {
             failure.lock().unwrap().get_or_insert(message);
         };
         let census: Mutex<Vec<Census>> = Mutex::new(Vec::new());
         let measured = std::thread::scope(|scope| {
-            for worker in 0..THREADS {
+            for worker in 0..threads {
                 let (ops, start, end, fail, make) = (&ops, &start, &end, &fail, &make);
                 let census = &census;
                 scope.spawn(move || {
@@ -195,7 +197,7 @@ impl WithWorkers for TwoThreads<'_> {
                     }
                 });
             }
-            let measured = measure(cell.plan, cell.workload, THREADS, &mut |count| {
+            let measured = measure(cell.plan, cell.workload, threads, &mut |count| {
                 ops.store(count, Ordering::Release);
                 let began = Instant::now();
                 start.wait();
@@ -220,7 +222,8 @@ impl WithWorkers for TwoThreads<'_> {
     }
 }
 
-/// One worker process of a two-process measurement, seen from the parent.
+/// One worker process of a several-process measurement, seen from the
+/// parent.
 struct WorkerProcess {
     child: Child,
     input: ChildStdin,
@@ -311,11 +314,17 @@ impl Drop for WorkerProcess {
     }
 }
 
-fn two_processes(subject: Subject, segment: &str, cell: Cell<'_>) -> Result<Measurement, String> {
-    let mut workers = (0..2)
+/// `count` worker processes on one segment.
+fn processes(
+    subject: Subject,
+    segment: &str,
+    cell: Cell<'_>,
+    count: u64,
+) -> Result<Measurement, String> {
+    let mut workers = (0..count)
         .map(|id| WorkerProcess::spawn(subject, segment, cell.workload, id))
         .collect::<Result<Vec<_>, String>>()?;
-    let mut measured = measure(cell.plan, cell.workload, 2, &mut |ops| {
+    let mut measured = measure(cell.plan, cell.workload, count, &mut |ops| {
         let command = format!("run {ops}");
         let began = Instant::now();
         for worker in workers.iter_mut() {
@@ -334,7 +343,7 @@ fn two_processes(subject: Subject, segment: &str, cell: Cell<'_>) -> Result<Meas
     Ok(measured)
 }
 
-/// The worker side of [`two_processes`]: answers `run N` with `done NANOS`
+/// The worker side of [`processes`]: answers `run N` with `done NANOS`
 /// and `quit` with `finished CENSUS` ([`Census::to_words`]); any failure
 /// with `error MESSAGE`.
 pub struct ProcessWorker {

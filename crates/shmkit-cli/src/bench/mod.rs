@@ -46,9 +46,15 @@ pub struct BenchArgs {
     /// Only these workloads.
     #[arg(long, value_delimiter = ',', value_enum)]
     workloads: Vec<Workload>,
-    /// Only these modes: 1t (one thread), 2t (two threads), 2p (two processes).
-    #[arg(long, value_delimiter = ',', value_enum)]
+    /// Only these modes: a worker count and `t` (threads of this process)
+    /// or `p` (processes on one segment), such as 1t, 2t, 2p (the default
+    /// three) or 4p.
+    #[arg(long, value_delimiter = ',', value_parser = Mode::parse)]
     modes: Vec<Mode>,
+    /// Also measure with N threads and N processes (more workers than cores
+    /// oversubscribes the machine, but shows how the allocators scale).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(Mode::MAX_WORKERS)))]
+    workers: Option<u32>,
     /// Timed rounds per measurement; the median is reported.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     samples: Option<u32>,
@@ -76,9 +82,9 @@ pub struct WorkerArgs {
     seed: u64,
 }
 
-/// Shared-segment size: room for two workers' bulk blocks with headers.
-fn segment_size(plan: &Plan) -> u64 {
-    (plan.bulk_blocks * 2 * 256).max(64 << 20)
+/// Shared-segment size: room for every worker's bulk blocks with headers.
+fn segment_size(plan: &Plan, workers: u64) -> u64 {
+    (plan.bulk_blocks * workers.max(2) * 256).max(64 << 20)
 }
 
 /// A peer round that takes longer than this gives up (quadratic cases).
@@ -180,11 +186,16 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     } else {
         args.workloads.clone()
     };
-    let modes = if args.modes.is_empty() {
+    let mut modes = if args.modes.is_empty() {
         Mode::ALL.to_vec()
     } else {
         args.modes.clone()
     };
+    if let Some(workers) = args.workers {
+        modes.extend([Mode::threads(workers), Mode::processes(workers)]);
+    }
+    let mut seen = std::collections::HashSet::new();
+    modes.retain(|&mode| seen.insert(mode));
     let cells = |subject: &Subject| {
         let discipline = subject.discipline();
         workloads
@@ -208,7 +219,8 @@ pub fn run(args: &BenchArgs) -> Result<ExitCode, String> {
     let mut failed = false;
     for subject in &subjects {
         let segment = format!("shmkit-bench-{}-{}", std::process::id(), subject.name);
-        let instance = subject.instantiate(&segment, segment_size(&plan));
+        let most_workers = modes.iter().map(|m| m.workers()).max().unwrap_or(2);
+        let instance = subject.instantiate(&segment, segment_size(&plan, most_workers));
         for (workload, mode) in cells(subject) {
             // A signal ends the run between cells; dropping the instance
             // removes its segment.

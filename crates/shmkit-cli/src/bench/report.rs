@@ -88,7 +88,7 @@ impl Report {
         let rank = |row: &Row| {
             (
                 Workload::ALL.iter().position(|&w| w == row.workload),
-                Mode::ALL.iter().position(|&m| m == row.mode),
+                row.mode.rank(),
             )
         };
         rows.sort_by_key(|row| rank(row)); // stable: keeps measuring order
@@ -122,7 +122,7 @@ impl Report {
         for row in self.ordered() {
             let group = (row.workload, row.mode);
             let (workload, mode) = if last_group == Some(group) {
-                ("", "")
+                ("", String::new())
             } else {
                 if last_group.is_some() {
                     out.push('\n');
@@ -155,14 +155,13 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         for workload in Workload::ALL {
-            let modes: Vec<Mode> = Mode::ALL
-                .into_iter()
-                .filter(|&m| {
-                    self.rows
-                        .iter()
-                        .any(|r| r.workload == workload && r.mode == m)
-                })
-                .collect();
+            let mut modes: Vec<Mode> = Vec::new();
+            for row in self.rows.iter().filter(|r| r.workload == workload) {
+                if !modes.contains(&row.mode) {
+                    modes.push(row.mode);
+                }
+            }
+            modes.sort_by_key(|m| m.rank());
             if modes.is_empty() {
                 continue;
             }
@@ -362,11 +361,11 @@ mod tests {
     #[test]
     fn ratios_are_taken_against_system_in_the_same_workload_and_mode() {
         let report = report(vec![
-            measured("system", Workload::Pair64, Mode::OneThread, 10.0),
-            measured("system", Workload::Pair64, Mode::TwoThreads, 4.0),
-            measured("shmkit-pool", Workload::Pair64, Mode::OneThread, 25.0),
-            measured("shmkit-pool", Workload::Pair64, Mode::TwoThreads, 8.0),
-            measured("shmkit-pool", Workload::Churn, Mode::OneThread, 8.0),
+            measured("system", Workload::Pair64, Mode::ONE_THREAD, 10.0),
+            measured("system", Workload::Pair64, Mode::TWO_THREADS, 4.0),
+            measured("shmkit-pool", Workload::Pair64, Mode::ONE_THREAD, 25.0),
+            measured("shmkit-pool", Workload::Pair64, Mode::TWO_THREADS, 8.0),
+            measured("shmkit-pool", Workload::Churn, Mode::ONE_THREAD, 8.0),
         ]);
         let ratio = |i: usize| report.ratio(&report.rows[i]);
         assert_eq!(ratio(2), Some(2.5));
@@ -378,13 +377,13 @@ mod tests {
     #[test]
     fn table_groups_rows_and_shows_failures() {
         let mut rows = vec![
-            measured("shmkit-pool", Workload::Bulk, Mode::OneThread, 30.0),
-            measured("system", Workload::Pair64, Mode::OneThread, 10.0),
+            measured("shmkit-pool", Workload::Bulk, Mode::ONE_THREAD, 30.0),
+            measured("system", Workload::Pair64, Mode::ONE_THREAD, 10.0),
         ];
         rows.push(Row {
             allocator: "boost-simple-seq-fit".into(),
             workload: Workload::Bulk,
-            mode: Mode::OneThread,
+            mode: Mode::ONE_THREAD,
             outcome: Err("gave up".into()),
         });
         let text = report(rows).table();
@@ -398,8 +397,8 @@ mod tests {
     #[test]
     fn json_carries_rows_ratios_and_machine() {
         let value = report(vec![
-            measured("system", Workload::Churn, Mode::TwoProcesses, 50.0),
-            measured("mimalloc", Workload::Churn, Mode::TwoProcesses, 25.0),
+            measured("system", Workload::Churn, Mode::TWO_PROCESSES, 50.0),
+            measured("mimalloc", Workload::Churn, Mode::TWO_PROCESSES, 25.0),
         ])
         .json();
         let rows = value["rows"].as_array().unwrap();
@@ -423,8 +422,8 @@ mod tests {
     #[test]
     fn markdown_has_a_table_per_workload_and_a_line_per_allocator() {
         let md = report(vec![
-            measured("system", Workload::Bulk, Mode::OneThread, 20.0),
-            measured("bumpalo", Workload::Bulk, Mode::OneThread, 2.0),
+            measured("system", Workload::Bulk, Mode::ONE_THREAD, 20.0),
+            measured("bumpalo", Workload::Bulk, Mode::ONE_THREAD, 2.0),
         ])
         .markdown();
         assert!(md.contains("**bulk**"), "{md}");

@@ -40,48 +40,90 @@ impl fmt::Display for Workload {
     }
 }
 
-/// How many workers run a workload at once, and as what.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mode {
-    /// One thread.
-    #[value(name = "1t")]
-    OneThread,
-    /// Two threads of one process on one allocator.
-    #[value(name = "2t")]
-    TwoThreads,
-    /// Two processes on one segment (process-local peers: one heap each).
-    #[value(name = "2p")]
-    TwoProcesses,
+/// How many workers run a workload at once, and as what: threads of this
+/// process on one allocator, or processes on one segment (process-local
+/// peers: one heap each). Written `1t`, `2t`, `2p`, `4t`, `4p`, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mode {
+    workers: u32,
+    processes: bool,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 3] = [Mode::OneThread, Mode::TwoThreads, Mode::TwoProcesses];
+    pub const ONE_THREAD: Mode = Mode::threads(1);
+    pub const TWO_THREADS: Mode = Mode::threads(2);
+    pub const TWO_PROCESSES: Mode = Mode::processes(2);
+    /// The modes measured by default.
+    pub const ALL: [Mode; 3] = [Mode::ONE_THREAD, Mode::TWO_THREADS, Mode::TWO_PROCESSES];
+    /// The most workers a mode may have.
+    pub const MAX_WORKERS: u32 = 64;
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::OneThread => "1t",
-            Mode::TwoThreads => "2t",
-            Mode::TwoProcesses => "2p",
+    pub const fn threads(workers: u32) -> Mode {
+        Mode {
+            workers,
+            processes: false,
         }
+    }
+
+    pub const fn processes(workers: u32) -> Mode {
+        Mode {
+            workers,
+            processes: true,
+        }
+    }
+
+    pub fn is_processes(self) -> bool {
+        self.processes
+    }
+
+    pub fn name(self) -> String {
+        format!("{}{}", self.workers, if self.processes { 'p' } else { 't' })
     }
 
     pub fn from_name(name: &str) -> Option<Mode> {
-        Mode::ALL.into_iter().find(|m| m.name() == name)
+        let (count, kind) = name.split_at(name.len().checked_sub(1)?);
+        let workers: u32 = count.parse().ok()?;
+        if !(1..=Mode::MAX_WORKERS).contains(&workers) {
+            return None;
+        }
+        match kind {
+            "t" => Some(Mode::threads(workers)),
+            "p" => Some(Mode::processes(workers)),
+            _ => None,
+        }
+    }
+
+    /// For `--modes`: a clear error for a bad name.
+    pub fn parse(name: &str) -> Result<Mode, String> {
+        Mode::from_name(name).ok_or_else(|| {
+            format!(
+                "`{name}` is not a mode: a worker count from 1 to {} and `t` (threads) or \
+                 `p` (processes), such as 1t, 2t, 2p, 4p",
+                Mode::MAX_WORKERS
+            )
+        })
     }
 
     pub fn workers(self) -> u64 {
-        match self {
-            Mode::OneThread => 1,
-            Mode::TwoThreads | Mode::TwoProcesses => 2,
-        }
+        u64::from(self.workers)
     }
 
-    pub fn describe(self) -> &'static str {
-        match self {
-            Mode::OneThread => "1 thread",
-            Mode::TwoThreads => "2 threads",
-            Mode::TwoProcesses => "2 processes",
-        }
+    pub fn describe(self) -> String {
+        let (one, many) = if self.processes {
+            ("process", "processes")
+        } else {
+            ("thread", "threads")
+        };
+        format!(
+            "{} {}",
+            self.workers,
+            if self.workers == 1 { one } else { many }
+        )
+    }
+
+    /// Table order: fewer workers first, threads before processes.
+    pub fn rank(self) -> (u32, bool) {
+        (self.workers, self.processes)
     }
 }
 
@@ -101,7 +143,7 @@ impl Discipline {
     pub fn supports(self, workload: Workload, mode: Mode) -> bool {
         match self {
             Discipline::AnyOrder => true,
-            Discipline::Lifo => mode == Mode::OneThread && workload != Workload::Churn,
+            Discipline::Lifo => mode == Mode::ONE_THREAD && workload != Workload::Churn,
             Discipline::BumpOnly => workload == Workload::Bulk,
         }
     }
@@ -321,6 +363,26 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
+    #[test]
+    fn modes_read_back_as_they_are_named() {
+        for mode in [
+            Mode::ONE_THREAD,
+            Mode::processes(1),
+            Mode::threads(7),
+            Mode::processes(64),
+        ] {
+            assert_eq!(Mode::from_name(&mode.name()), Some(mode));
+        }
+        assert_eq!(Mode::TWO_PROCESSES.name(), "2p");
+        assert_eq!(Mode::ONE_THREAD.describe(), "1 thread");
+        assert_eq!(Mode::processes(4).describe(), "4 processes");
+        for bad in ["", "t", "0t", "65p", "2", "2x", "-1t", "1.5t"] {
+            assert_eq!(Mode::from_name(bad), None, "{bad}");
+        }
+        assert!(Mode::threads(2).rank() < Mode::processes(2).rank());
+        assert!(Mode::processes(2).rank() < Mode::threads(3).rank());
+    }
+
     /// Counts live blocks and refuses unknown or repeated frees.
     #[derive(Default)]
     struct Ledger {
@@ -402,10 +464,10 @@ mod tests {
 
     #[test]
     fn disciplines_skip_what_they_cannot_do() {
-        assert!(!Discipline::BumpOnly.supports(Workload::Pair64, Mode::OneThread));
-        assert!(Discipline::BumpOnly.supports(Workload::Bulk, Mode::TwoProcesses));
-        assert!(!Discipline::Lifo.supports(Workload::Churn, Mode::OneThread));
-        assert!(!Discipline::Lifo.supports(Workload::Pair64, Mode::TwoThreads));
-        assert!(Discipline::Lifo.supports(Workload::Bulk, Mode::OneThread));
+        assert!(!Discipline::BumpOnly.supports(Workload::Pair64, Mode::ONE_THREAD));
+        assert!(Discipline::BumpOnly.supports(Workload::Bulk, Mode::TWO_PROCESSES));
+        assert!(!Discipline::Lifo.supports(Workload::Churn, Mode::ONE_THREAD));
+        assert!(!Discipline::Lifo.supports(Workload::Pair64, Mode::TWO_THREADS));
+        assert!(Discipline::Lifo.supports(Workload::Bulk, Mode::ONE_THREAD));
     }
 }
