@@ -9,7 +9,7 @@ use std::hash::Hasher;
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
-use crate::ptr::{FullPtr, ShmSafe};
+use crate::ptr::{FullPtr, Offset, ShmSafe};
 use crate::segment::Segment;
 
 use super::{AllocatorKind, RecoveryReport};
@@ -321,7 +321,7 @@ pub trait ShmAllocator: Send + Sync {
     #[inline]
     fn allocate_aligned(&self, size: usize, align: usize) -> Result<FullPtr<u8>> {
         let offset = self.allocate_offset(&MemContext::default(), size, align)?;
-        self.full_ptr(offset)
+        ptr_to_known_block(self, offset)
     }
 
     /// Frees a block.
@@ -352,11 +352,11 @@ pub trait ShmAllocator: Send + Sync {
         // SAFETY: the caller gives up `ptr`; a shrink in place cuts off
         // bytes nobody uses.
         if unsafe { self.resize_in_place(&ctx, offset, new_size)? } {
-            return self.full_ptr(offset);
+            return ptr_to_known_block(self, offset);
         }
         let new_offset = self.allocate_offset(&ctx, new_size, 8)?;
-        let new = self.full_ptr(new_offset)?;
-        let old = self.full_ptr(offset)?;
+        let new = ptr_to_known_block(self, new_offset)?;
+        let old = ptr_to_known_block(self, offset)?;
         // SAFETY: both blocks are live, distinct allocations of this
         // allocator, each at least as long as the bytes copied.
         unsafe {
@@ -481,6 +481,16 @@ pub trait ShmAllocator: Send + Sync {
         unsafe { drop_prefix(ptr.local(), count) };
         // SAFETY: the caller does not use `ptr` afterwards.
         unsafe { self.free(ptr.cast()) }
+    }
+}
+
+/// The pointer to a block the allocator has just validated or handed out:
+/// only the mapping is looked up, the block is not checked a second time.
+#[inline]
+fn ptr_to_known_block<A: ShmAllocator + ?Sized>(allocator: &A, offset: u64) -> Result<FullPtr<u8>> {
+    match allocator.backing_segment() {
+        Some(segment) => segment.full_ptr_from_offset(Offset::from_raw(offset)),
+        None => allocator.full_ptr(offset),
     }
 }
 
