@@ -19,6 +19,8 @@ use crate::segment::SegmentOptions;
 
 /// Shards of the table of live blocks, so threads rarely share a lock.
 const SHARDS: usize = 16;
+/// log2 of the size of a glibc thread arena's heap (`HEAP_MAX_SIZE`).
+const ARENA_SHIFT: u32 = 26;
 /// Threads with a share of the accounting of their own (by thread index;
 /// later threads share the common counters).
 const SHARE_THREADS: usize = 64;
@@ -99,7 +101,11 @@ impl MallocAllocator {
     }
 
     fn shard(&self, addr: usize) -> std::sync::MutexGuard<'_, LiveBlocks> {
-        let index = (addr >> 4).wrapping_mul(0x9e37_79b9) % SHARDS;
+        // By the 64 MiB region the block lies in, not by its exact address:
+        // glibc gives each thread an arena of its own, 64 MiB-aligned heaps,
+        // so each thread's blocks fall in a shard of their own and two
+        // threads rarely pass a shard's line back and forth.
+        let index = (addr >> ARENA_SHIFT) % SHARDS;
         // A panic while holding a shard cannot leave the map half-updated
         // (each operation is one insert or remove), so poisoning is ignored.
         self.live[index].lock().unwrap_or_else(|e| e.into_inner())
