@@ -329,6 +329,48 @@ fn out_of_memory_then_growth_with_max_size() {
 }
 
 #[test]
+fn slots_a_consumer_frees_come_back_to_the_producer() {
+    // The producer and the consumer work on different shards (each holds a
+    // hand-off slot of its own). Freed slots must go back to the shard that
+    // carved them: were they kept by the freeing thread's shard, the
+    // producer would never see them and would claim page after page while
+    // the segment may grow.
+    let options = SegmentOptions::private().size(1 << 20).max_size(256 << 20);
+    let pool = PoolAllocator::create(&options).unwrap();
+    let (send, receive) = std::sync::mpsc::sync_channel::<u64>(64);
+    std::thread::scope(|scope| {
+        let pool = &pool;
+        scope.spawn(move || {
+            // SAFETY: a block of its own, freed once.
+            unsafe {
+                pool.free_offset(
+                    &Default::default(),
+                    pool.allocate_offset(&Default::default(), 64, 8).unwrap(),
+                )
+            }
+            .unwrap();
+            for offset in receive {
+                // SAFETY: each block is sent once and not used afterwards.
+                unsafe { pool.free_offset(&Default::default(), offset) }.unwrap();
+            }
+        });
+        for _ in 0..200_000 {
+            send.send(pool.allocate_offset(&Default::default(), 64, 8).unwrap())
+                .unwrap();
+        }
+        drop(send);
+    });
+    // 200,000 blocks of 64 B are 12.8 MB; at most 64 live at once.
+    assert!(
+        pool.segment().size() <= 4 << 20,
+        "the pool grew to {} bytes",
+        pool.segment().size()
+    );
+    assert_eq!(pool.stats().live_allocations, 0);
+    pool.check().unwrap();
+}
+
+#[test]
 fn stats_count_requested_bytes_and_free_space() {
     let pool = pool(1 << 20);
     let empty = pool.stats();

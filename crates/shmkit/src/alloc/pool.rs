@@ -9,7 +9,8 @@
 //! segment grows when it runs out. A page belongs to one slab and holds:
 //!
 //! ```text
-//! page + 0   PageHeader { slab: 1-based slab number (0 = not yet set up), seal }
+//! page + 0   PageHeader { slab: 1-based slab number (0 = not yet set up)
+//!                         | home shard << 16, seal }
 //! page + 8   markers: [AtomicU32; per_page]   0 = free, else requested size + 1
 //!                                              (| PENDING while handed out)
 //! page + first (aligned to the slot alignment)   per_page slots of `slot` bytes
@@ -23,12 +24,15 @@
 //!
 //! Each slab has four *shards*, each a free stack and a fresh word on cache
 //! lines of their own. A thread works on the shard its hand-off slot falls
-//! in (slot index mod 4): it pops and pushes its own stack and carves its
-//! own page, so two workers write no line in common. A slot freed by a
-//! thread goes onto that thread's stack, wherever it was carved. A shard
+//! in (slot index mod 4): it pops its own stack and carves its own pages,
+//! so two workers write no line in common. A page has a *home* shard, the
+//! one that claimed it (in the high half of its header's slab word), and a
+//! freed slot goes back onto its home shard's stack, whoever frees it: a
+//! producer's slots freed by a consumer come back to the producer. A shard
 //! with nothing left claims a new page while less than half the pages are
-//! claimed, and takes from the other shards after that, so every slot
-//! stays reachable in a full pool.
+//! claimed, and takes from the other shards after that (and once more
+//! before it reports that memory is out), so every slot stays reachable in
+//! a full pool.
 //!
 //! Free finds the page from the offset, the slab from the page header, checks
 //! that the offset is exactly a slot boundary, and claims the slot's marker
@@ -261,7 +265,8 @@ impl Geometry {
 
 #[repr(C)]
 struct PageHeader {
-    /// 1-based number of the slab that owns the page; 0 until set up.
+    /// The page's owners: the 1-based number of its slab in the low 16 bits
+    /// (0 until set up) and its home shard above them (see `owner_word`).
     slab: AtomicU32,
     /// `page ^ PAGE_KEY`, written with the slab number.
     seal: AtomicU32,
@@ -296,6 +301,18 @@ struct PoolState {
     /// Pages claimed so far from the shared region.
     pages: CachePadded<AtomicU64>,
     slabs: [[SlabState; POOL_SHARDS]; POOL_MAX_SLABS],
+}
+
+/// The page header's owner word for `slab` and home `shard`.
+fn owner_word(slab: usize, shard: usize) -> u32 {
+    (slab as u32 + 1) | ((shard as u32) << 16)
+}
+
+/// The (slab, home shard) of an owner word of a pool with `slabs` slabs;
+/// `None` for a page not set up or a word no set-up wrote.
+fn decode_owner(word: u32, slabs: usize) -> Option<(usize, usize)> {
+    let (slab, shard) = ((word & 0xffff) as usize, (word >> 16) as usize);
+    (slab != 0 && slab <= slabs && shard < POOL_SHARDS).then(|| (slab - 1, shard))
 }
 
 fn pack_fresh(page: u32, used: u32) -> u64 {
@@ -554,35 +571,42 @@ impl PoolAllocator {
     /// The 0-based slab that owns a claimed, set-up page.
     #[inline]
     fn page_slab(&self, page: u32) -> Option<usize> {
+        self.page_owner(page).map(|(slab, _)| slab)
+    }
+
+    /// The slab and home shard of a set-up page.
+    fn page_owner(&self, page: u32) -> Option<(usize, usize)> {
         if u64::from(page) >= self.pages() {
             return None;
         }
         let header = self.page_header(page)?;
-        let slab = header.slab.load(Ordering::Acquire) as usize;
-        if slab == 0 || slab > self.geometry.count {
-            return None;
-        }
-        (header.seal.load(Ordering::Relaxed) == page ^ PAGE_KEY).then_some(slab - 1)
+        let owner = decode_owner(header.slab.load(Ordering::Acquire), self.geometry.count)?;
+        (header.seal.load(Ordering::Relaxed) == page ^ PAGE_KEY).then_some(owner)
     }
 
     /// The slab of claimed page `page` for [`regions`](ShmAllocator::regions):
     /// `None` while its header is not set up (a claim in progress, or a
     /// claimer that died first), an error when the header is garbage.
     fn walked_page_slab(&self, page: u32) -> Result<Option<usize>> {
+        Ok(self.walked_page_owner(page)?.map(|(slab, _)| slab))
+    }
+
+    /// [`walked_page_slab`](Self::walked_page_slab) with the home shard.
+    fn walked_page_owner(&self, page: u32) -> Result<Option<(usize, usize)>> {
         let header = self
             .page_header(page)
             .ok_or_else(|| Error::corrupt(format!("pool: page {page} is out of bounds")))?;
-        let slab = header.slab.load(Ordering::Acquire);
-        if slab == 0 {
+        let word = header.slab.load(Ordering::Acquire);
+        if word == 0 {
             return Ok(None);
         }
         let seal = header.seal.load(Ordering::Relaxed);
-        if slab as usize > self.geometry.count || seal != page ^ PAGE_KEY {
-            return Err(Error::corrupt(format!(
-                "pool: page {page} has slab {slab} and seal {seal:#x}, not a set-up page"
-            )));
+        match decode_owner(word, self.geometry.count) {
+            Some(owner) if seal == page ^ PAGE_KEY => Ok(Some(owner)),
+            _ => Err(Error::corrupt(format!(
+                "pool: page {page} has owner word {word:#x} and seal {seal:#x}, not a set-up page"
+            ))),
         }
-        Ok(Some(slab as usize - 1))
     }
 
     #[inline]
@@ -699,29 +723,45 @@ impl PoolAllocator {
     /// than half the pages are claimed, else from another shard's stack or
     /// carving page, else a new page however it comes. Borrowing only once
     /// the pool is half full keeps workers apart while there is room and
-    /// leaves no slot unreachable when there is not.
+    /// leaves no slot unreachable when there is not; before it reports that
+    /// no page is left, it looks at every shard once more, since a slot may
+    /// have been freed behind its first pass.
     fn take_slot(&self, slab: usize, shard: usize) -> Result<SlotRef> {
-        if let Some(at) = self.pop_slot(slab, shard)? {
-            return Ok(at);
-        }
-        if let Some(at) = self.carve(slab, shard)? {
+        if let Some(at) = self.take_from_shard(slab, shard)? {
             return Ok(at);
         }
         if self.pages() < self.pages_at_most() / 2 {
-            match self.carve_new_page(slab, shard) {
-                Err(Error::OutOfMemory { .. }) => {} // the segment could not grow
-                taken => return taken,
-            }
-        }
-        for other in (1..POOL_SHARDS).map(|k| (shard + k) % POOL_SHARDS) {
-            if let Some(at) = self.pop_slot(slab, other)? {
-                return Ok(at);
-            }
-            if let Some(at) = self.carve(slab, other)? {
+            // Any failure to get a page (a segment that cannot grow, a full
+            // file system) leaves the other shards to look at.
+            if let Ok(at) = self.carve_new_page(slab, shard) {
                 return Ok(at);
             }
         }
-        self.carve_new_page(slab, shard)
+        let others = || (1..POOL_SHARDS).map(|k| (shard + k) % POOL_SHARDS);
+        for other in others() {
+            if let Some(at) = self.take_from_shard(slab, other)? {
+                return Ok(at);
+            }
+        }
+        match self.carve_new_page(slab, shard) {
+            Ok(at) => Ok(at),
+            Err(no_page) => {
+                for any in std::iter::once(shard).chain(others()) {
+                    if let Some(at) = self.take_from_shard(slab, any)? {
+                        return Ok(at);
+                    }
+                }
+                Err(no_page)
+            }
+        }
+    }
+
+    /// A slot from the free stack or the carving page of `slab` in `shard`.
+    fn take_from_shard(&self, slab: usize, shard: usize) -> Result<Option<SlotRef>> {
+        match self.pop_slot(slab, shard)? {
+            Some(at) => Ok(Some(at)),
+            None => self.carve(slab, shard),
+        }
     }
 
     /// The most pages the segment can hold, grown to its maximum size.
@@ -796,7 +836,7 @@ impl PoolAllocator {
     /// and hands out its first slot.
     fn carve_new_page(&self, slab: usize, shard: usize) -> Result<SlotRef> {
         let per_page = self.geometry.slabs[slab].per_page;
-        let page = self.claim_page(slab)?;
+        let page = self.claim_page(slab, shard)?;
         let first = SlotRef {
             slab,
             page,
@@ -828,7 +868,7 @@ impl PoolAllocator {
 
     /// Claims the next page of the shared region for `slab` (growing the
     /// segment if it may) and sets up its header and markers.
-    fn claim_page(&self, slab: usize) -> Result<u32> {
+    fn claim_page(&self, slab: usize, shard: usize) -> Result<u32> {
         let pages = &self.state().pages;
         let mut claimed = pages.load(Ordering::Acquire);
         loop {
@@ -853,12 +893,12 @@ impl PoolAllocator {
         }
         // `claimed < max_pages <= EMPTY`.
         let page = claimed as u32;
-        self.set_up_page(page, slab)?;
+        self.set_up_page(page, slab, shard)?;
         Ok(page)
     }
 
     /// Zeroes a claimed page's markers and publishes it as `slab`'s.
-    fn set_up_page(&self, page: u32, slab: usize) -> Result<()> {
+    fn set_up_page(&self, page: u32, slab: usize, shard: usize) -> Result<()> {
         let start = self.geometry.page_offset(u64::from(page));
         let per_page = self.geometry.slabs[slab].per_page;
         let markers = self
@@ -879,7 +919,9 @@ impl PoolAllocator {
             .ok_or_else(|| Error::corrupt(format!("claimed page {page} is out of bounds")))?;
         header.seal.store(page ^ PAGE_KEY, Ordering::Relaxed);
         // Release: whoever sees the slab number sees the zeroed markers.
-        header.slab.store(slab as u32 + 1, Ordering::Release);
+        header
+            .slab
+            .store(owner_word(slab, shard), Ordering::Release);
         Ok(())
     }
 
@@ -971,10 +1013,10 @@ impl PoolAllocator {
             )));
         }
         // Validate everything before changing anything.
-        let mut page_slabs = Vec::with_capacity(pages as usize);
+        let mut page_owners = Vec::with_capacity(pages as usize);
         for page in 0..pages as u32 {
-            let slab = self.walked_page_slab(page)?;
-            if let Some(slab) = slab {
+            let owner = self.walked_page_owner(page)?;
+            if let Some((slab, _)) = owner {
                 let shape = geometry.slabs[slab];
                 for slot in 0..shape.per_page {
                     let value = self.walked_marker(SlotRef { slab, page, slot })?;
@@ -985,7 +1027,7 @@ impl PoolAllocator {
                     }
                 }
             }
-            page_slabs.push(slab);
+            page_owners.push(owner);
         }
         // Each slab's carving pages, and where each stops: slots from there
         // on were never carved.
@@ -1009,19 +1051,18 @@ impl PoolAllocator {
         let mut never_handed_out = HashSet::new();
         // Pushed from the last page down, so the lowest slots come off first.
         for page in (0..pages as u32).rev() {
-            let slab = match page_slabs[page as usize] {
-                Some(slab) => slab,
+            let (slab, shard) = match page_owners[page as usize] {
+                Some(owner) => owner,
                 None => {
                     // Its claimer died before setting it up: give it to the
-                    // first slab.
-                    self.set_up_page(page, 0)?;
-                    0
+                    // first slab, at home in a shard chosen by its number.
+                    let shard = page as usize % POOL_SHARDS;
+                    self.set_up_page(page, 0, shard)?;
+                    (0, shard)
                 }
             };
             let shape = geometry.slabs[slab];
             let uncarved_from = carving.get(&page).copied().unwrap_or(shape.per_page);
-            // Spread over the shards by page, so no shard starts with all.
-            let shard = page as usize % POOL_SHARDS;
             for slot in (0..shape.per_page).rev() {
                 let at = SlotRef { slab, page, slot };
                 if slot >= uncarved_from {
@@ -1099,6 +1140,7 @@ impl ShmAllocator for PoolAllocator {
 
     unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         let (at, marker, value) = self.live_slot(offset)?;
+        let home = self.page_owner(at.page).map_or(0, |(_, shard)| shard);
         handoff::forget_mine(&self.segment, offset);
         // Claiming the marker makes this free the only one: a second free,
         // racing or later, finds 0 and is refused.
@@ -1114,7 +1156,7 @@ impl ShmAllocator for PoolAllocator {
             .counters
             .on_free(&self.segment, u64::from(value - 1));
         crash_point!("pool.free.unlisted");
-        self.give_slot(at, handoff::my_shard(&self.segment, POOL_SHARDS));
+        self.give_slot(at, home);
         Ok(())
     }
 
@@ -1358,6 +1400,12 @@ impl ShmAllocator for PoolAllocator {
                     if carving.get(&at.page).is_some_and(|&used| at.slot >= used) {
                         return Err(Error::corrupt(format!(
                             "pool: uncarved slot {at} is on the free stack"
+                        )));
+                    }
+                    let home = self.page_owner(at.page).map(|(_, home)| home);
+                    if home != Some(shard) {
+                        return Err(Error::corrupt(format!(
+                            "pool: slot {at} is on free stack {shard}, its page's home is {home:?}"
                         )));
                     }
                     index = self
