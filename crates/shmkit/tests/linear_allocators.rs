@@ -213,6 +213,64 @@ fn threads_contending_never_receive_overlapping_blocks() {
 }
 
 #[test]
+fn threads_filling_a_large_bump_get_every_byte_exactly_once() {
+    // Large enough that most blocks take the fetch_add path and the last
+    // few megabytes the compare-and-swap one.
+    let mut bump = bump(24 << 20);
+    let capacity = bump.capacity();
+    for round in 0..2 {
+        let mut ranges = ranges_from_threads(4, |_| {
+            let mut mine = Vec::new();
+            loop {
+                match bump.alloc_handle(64, 8) {
+                    Ok(offset) => mine.push((offset.raw(), 64)),
+                    Err(Error::OutOfMemory { .. }) => break,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            mine
+        });
+        assert!(ranges.iter().all(|r| r.0 % 8 == 0), "round {round}");
+        assert_disjoint(&mut ranges);
+        let last = ranges.last().unwrap();
+        assert!(last.0 + last.1 <= bump.segment().size(), "round {round}");
+        // Every byte handed out once, none lost: the data area, less what
+        // cannot hold one more block.
+        let handed_out = ranges.len() as u64 * 64;
+        assert_eq!(bump.used(), handed_out, "round {round}");
+        assert!(
+            capacity - handed_out < 64,
+            "round {round}: {handed_out} of {capacity}"
+        );
+        // A reset makes the whole area usable again, fast path included.
+        bump.reset();
+        assert_eq!(bump.used(), 0);
+    }
+}
+
+#[test]
+fn misaligned_neighbours_never_break_alignment() {
+    let bump = bump(32 << 20);
+    let mut ranges = ranges_from_threads(3, |t| {
+        let mut mine = Vec::new();
+        for i in 0..50_000u64 {
+            // One thread leaves the cursor odd; the others ask for aligned
+            // blocks of multiples of 8.
+            let (size, align) = if t == 0 && i % 3 == 0 {
+                (7, 1)
+            } else {
+                (64, 8)
+            };
+            let offset = bump.alloc_handle(size, align).unwrap().raw();
+            assert_eq!(offset % align as u64, 0);
+            mine.push((offset, size as u64));
+        }
+        mine
+    });
+    assert_disjoint(&mut ranges);
+}
+
+#[test]
 fn a_buffer_backed_allocator_stays_in_its_buffer() {
     let mut buffer = vec![0u8; 64 << 10];
     let range = buffer.as_ptr_range();
