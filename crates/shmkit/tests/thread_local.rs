@@ -417,7 +417,7 @@ fn mem_context_thread_picks_the_slot_and_dropping_the_view_releases_it() {
 fn more_threads_than_slots_fall_back_to_the_shared_pages() {
     let heap = private(8 << 20);
     let threads = ThreadLocalAllocator::THREAD_SLOTS + 16;
-    let barrier = std::sync::Barrier::new(threads);
+    let barrier = common::PatientBarrier::new(threads);
     std::thread::scope(|scope| {
         let mut handles = Vec::new();
         for thread in 0..threads as u64 {

@@ -191,3 +191,46 @@ pub fn recover_once_alone(allocator: &dyn shmkit::ShmAllocator) -> shmkit::Recov
         }
     }
 }
+
+/// A barrier for test threads that gives up instead of waiting forever:
+/// when one thread panics before it arrives, the others fail after
+/// `patience` with a message, rather than hang the test run.
+#[allow(dead_code)]
+pub struct PatientBarrier {
+    state: std::sync::Mutex<(usize, u64)>,
+    arrived: std::sync::Condvar,
+    threads: usize,
+    patience: std::time::Duration,
+}
+
+#[allow(dead_code)]
+impl PatientBarrier {
+    pub fn new(threads: usize) -> PatientBarrier {
+        PatientBarrier {
+            state: std::sync::Mutex::new((0, 0)),
+            arrived: std::sync::Condvar::new(),
+            threads,
+            patience: std::time::Duration::from_secs(60),
+        }
+    }
+
+    pub fn wait(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = state.1;
+        state.0 += 1;
+        if state.0 == self.threads {
+            *state = (0, generation + 1);
+            self.arrived.notify_all();
+            return;
+        }
+        let (state, timeout) = self
+            .arrived
+            .wait_timeout_while(state, self.patience, |s| s.1 == generation)
+            .unwrap_or_else(|e| e.into_inner());
+        drop(state);
+        assert!(
+            !timeout.timed_out(),
+            "a thread never reached the barrier (did it panic?)"
+        );
+    }
+}
