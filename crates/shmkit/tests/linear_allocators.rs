@@ -214,8 +214,8 @@ fn threads_contending_never_receive_overlapping_blocks() {
 
 #[test]
 fn threads_filling_a_large_bump_get_every_byte_exactly_once() {
-    // Large enough that most blocks take the fetch_add path and the last
-    // few megabytes the compare-and-swap one.
+    // Large, so that a cursor with a different path far from the end
+    // (a fetch_add, say) would be exercised too.
     let mut bump = bump(24 << 20);
     let capacity = bump.capacity();
     for round in 0..2 {
@@ -268,6 +268,31 @@ fn misaligned_neighbours_never_break_alignment() {
         mine
     });
     assert_disjoint(&mut ranges);
+}
+
+#[test]
+fn odd_alignments_hold_far_from_the_end_too() {
+    let bump = bump(32 << 20);
+    for align in [3usize, 5, 6, 7, 12, 24] {
+        for size in [8usize, 24, 64] {
+            let offset = bump.alloc_handle(size, align).unwrap().raw();
+            assert_eq!(offset % align as u64, 0, "size {size} align {align}");
+        }
+    }
+    // Small alignments after an odd size pack as tightly as before: no
+    // request wastes more than its alignment.
+    let before = bump.used();
+    bump.alloc_handle(4, 4).unwrap();
+    for _ in 0..1000 {
+        bump.alloc_handle(8, 4).unwrap();
+    }
+    assert_eq!(bump.used() - before, 4 + 8 * 1000 + padding_to(before, 4));
+}
+
+/// Bytes from `at` (relative to the data area, which is 8-aligned or more)
+/// to the next multiple of `align`.
+fn padding_to(at: u64, align: u64) -> u64 {
+    (align - at % align) % align
 }
 
 #[test]

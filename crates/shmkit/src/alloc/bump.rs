@@ -21,19 +21,13 @@ use crate::sync::cursor::{self, BumpFailure};
 struct BumpState {
     /// Offset of the first free byte.
     cursor: CachePadded<AtomicU64>,
-    /// 1 once the cursor came within the guard of the end: every request
-    /// then takes the compare-and-swap (see `sync::cursor`). Read on every
-    /// allocation, written rarely: a line of its own.
-    near_end: CachePadded<AtomicU64>,
 }
 
 /// A lock-free linear allocator whose cursor lives in the segment.
 ///
 /// Every process that attaches the segment allocates from the same cursor
-/// with one atomic operation per allocation (no lock, no syscall): a
-/// `fetch_add` for small requests while the cursor is far from the end, a
-/// compare-and-swap near it, so a request that does not fit changes
-/// nothing. Memory is given back all at once with
+/// with one compare-and-swap per allocation (no lock, no syscall); a request
+/// that does not fit changes nothing. Memory is given back all at once with
 /// [`reset`](Self::reset), or in LIFO frames with [`scope`](Self::scope).
 /// When the segment was created with a maximum size above its initial size,
 /// an allocation that does not fit grows the segment first.
@@ -92,10 +86,6 @@ impl SegmentAllocator for BumpAllocator {
         unsafe {
             state.as_ptr().write(BumpState {
                 cursor: CachePadded::new(AtomicU64::new(segment.data_offset())),
-                near_end: CachePadded::new(AtomicU64::new(u64::from(!cursor::far_from_end(
-                    segment.data_offset(),
-                    segment.size(),
-                )))),
             })
         };
         Ok(())
@@ -127,18 +117,6 @@ impl Carve for BumpAllocator {
 
     #[inline]
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
-        if align <= 8 && size % 8 == 0 && size <= cursor::FAST_MAX {
-            let state = self.state();
-            if let Some(start) = cursor::bump_far_from_end(
-                &*state.cursor,
-                &*state.near_end,
-                size,
-                self.floor,
-                || self.end(),
-            ) {
-                return Ok(start);
-            }
-        }
         loop {
             match cursor::bump(self.cursor_cell(), size, align, self.floor, || self.end()) {
                 Ok(start) => return Ok(start),
@@ -212,18 +190,7 @@ impl BumpAllocator {
                 available: max.saturating_sub(cursor),
             });
         }
-        self.segment.grow(target)?;
-        self.refresh_near_end();
-        Ok(())
-    }
-
-    /// Clears the near-the-end flag when the cursor is far from the end
-    /// again (after a reset or a growth), so the `fetch_add` path resumes.
-    fn refresh_near_end(&self) {
-        let far = cursor::far_from_end(self.cursor(), self.end());
-        self.state()
-            .near_end
-            .store(u64::from(!far), Ordering::Release);
+        self.segment.grow(target)
     }
 
     /// Bytes handed out so far (alignment padding included).
@@ -287,7 +254,6 @@ impl BumpAllocator {
     pub unsafe fn reset_shared(&self) {
         self.cursor_cell()
             .store(self.segment.data_offset(), Ordering::Release);
-        self.refresh_near_end();
     }
 
     /// Zeroes every byte handed out so far, then rewinds like
@@ -454,8 +420,8 @@ impl InBuffer<'_, BumpAllocator> {
     pub fn reset(&mut self) {
         // The `InBuffer` is held mutably, so no scope borrows the allocator.
         let bump: &BumpAllocator = self;
-        // SAFETY: held mutably, as `BumpAllocator::reset` is.
-        unsafe { bump.reset_shared() }
+        bump.cursor_cell()
+            .store(bump.segment.data_offset(), Ordering::Release);
     }
 }
 

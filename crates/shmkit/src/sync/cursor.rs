@@ -5,17 +5,6 @@
 //! moves the cursor exactly once. Two callers can never receive overlapping
 //! ranges because each range is claimed by a single successful CAS from the
 //! value the range starts above.
-//!
-//! Far from the end, a small request takes the cheaper [`bump_far_from_end`]:
-//! one `fetch_add`, which never retries under contention. A `fetch_add`
-//! cannot refuse, so it is only taken while a shared *near the end* flag is
-//! clear, and whoever's range ends within [`GUARD`] bytes of the end raises
-//! it: from then on every request takes the compare-and-swap. A thread that
-//! read the flag clear just before it was raised adds at most
-//! [`FAST_MAX`] bytes more, so the cursor would pass the end only if more
-//! than `GUARD / FAST_MAX` (1,024) threads did so at once; even then no range
-//! past the end is handed out (those bytes count as used, as alignment
-//! padding does).
 
 use super::atomic_word::AtomicWord;
 
@@ -63,49 +52,6 @@ fn place(
         return Err(BumpFailure::Full { cursor });
     }
     Ok((start, stop))
-}
-
-/// The largest request the `fetch_add` path takes.
-pub(crate) const FAST_MAX: u64 = 4096;
-/// How close to the end the `fetch_add` path stops: its ranges end at least
-/// this far below the end (see the module docs).
-pub(crate) const GUARD: u64 = 4 << 20;
-
-/// Whether a cursor at `cursor` with `end` as its end is far enough from it
-/// for the `fetch_add` path (twice the guard, so a flag cleared here is not
-/// raised again at once).
-#[inline]
-pub(crate) fn far_from_end(cursor: u64, end: u64) -> bool {
-    end.saturating_sub(cursor) >= 2 * GUARD
-}
-
-/// The `fetch_add` path of [`bump`] for `size` bytes aligned to at most 8,
-/// `size` a multiple of 8 and at most [`FAST_MAX`]: the start, or `None`
-/// for the caller to take [`bump`] (the flag is raised, or the range came
-/// out misaligned or past the end: then its bytes stay consumed, as
-/// padding).
-#[inline(always)]
-pub(crate) fn bump_far_from_end<C: AtomicWord>(
-    cursor: &C,
-    near_end: &C,
-    size: u64,
-    floor: u64,
-    end: impl Fn() -> u64,
-) -> Option<u64> {
-    debug_assert!(size % 8 == 0 && size <= FAST_MAX);
-    if near_end.load_acquire() != 0 {
-        return None;
-    }
-    let start = cursor.fetch_add(size);
-    let stop = start.wrapping_add(size);
-    let end = end();
-    if stop.saturating_add(GUARD) > end {
-        near_end.store_release(1);
-    }
-    // A cursor left unaligned by a request of an odd size gives a
-    // misaligned range: wasted once, and the compare-and-swap that serves
-    // this request instead aligns the cursor again.
-    (start >= floor && start % 8 == 0 && stop <= end).then_some(start)
 }
 
 /// Claims `size` bytes aligned to `align` in `[floor, end())`; returns the
@@ -197,53 +143,6 @@ mod loom_models {
             }
             let highest = ranges.iter().map(|r| r.1).max().unwrap();
             assert_eq!(cursor.load_acquire(), highest);
-        });
-    }
-
-    /// Two `fetch_add` requests and a compare-and-swap one race at the very
-    /// end (inside the guard, where only one 32-byte range fits beside the
-    /// others): whatever the interleaving, no two ranges overlap, every
-    /// range lies below the end and is aligned, the cursor passes the end
-    /// by at most the requests that were refused, and the flag is raised.
-    #[test]
-    fn fetch_add_path_and_cas_path_never_overlap() {
-        loom::model(|| {
-            let end = 48;
-            let cursor = Arc::new(LoomWord::new(0));
-            let near_end = Arc::new(LoomWord::new(0));
-            let fast: Vec<_> = (0..2)
-                .map(|_| {
-                    let (cursor, near_end) = (cursor.clone(), near_end.clone());
-                    loom::thread::spawn(move || {
-                        let start = bump_far_from_end(&*cursor, &*near_end, 32, 0, || end)
-                            .map(Ok)
-                            .unwrap_or_else(|| bump(&*cursor, 32, 8, 0, || end));
-                        start.map(|start| (start, start + 32))
-                    })
-                })
-                .collect();
-            let careful = bump(&*cursor, 8, 8, 0, || end).map(|start| (start, start + 8));
-            let mut ranges: Vec<(u64, u64)> = fast
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .chain(std::iter::once(careful))
-                .filter_map(|r| r.ok())
-                .collect();
-            assert!(!ranges.is_empty());
-            ranges.sort();
-            for pair in ranges.windows(2) {
-                assert!(pair[0].1 <= pair[1].0, "{ranges:?} overlap");
-            }
-            assert!(
-                ranges.iter().all(|r| r.1 <= end && r.0 % 8 == 0),
-                "{ranges:?}"
-            );
-            assert!(
-                cursor.load_acquire() <= end + 32,
-                "{}",
-                cursor.load_acquire()
-            );
-            assert_eq!(near_end.load_acquire(), 1);
         });
     }
 
