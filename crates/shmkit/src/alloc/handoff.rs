@@ -88,6 +88,15 @@ impl HandoffSlot {
         self.block.store(offset, Ordering::Release);
     }
 
+    /// Forgets the record of `offset`, a block the owner is about to free
+    /// (see [`forget_mine`]).
+    #[inline]
+    pub(crate) fn forget(&self, offset: u64) {
+        if self.block.load(Ordering::Relaxed) == offset {
+            self.block.store(0, Ordering::Release);
+        }
+    }
+
     /// Records, under an allocator's lock and before its commit, that
     /// `offset` is about to be handed out; [`record`](Self::record) follows
     /// the commit.
@@ -381,9 +390,7 @@ pub(crate) fn forget_mine(segment: &Segment, offset: u64) {
         held_slot(segment)
     };
     if let Some(slot) = slot {
-        if slot.block.load(Ordering::Relaxed) == offset {
-            slot.block.store(0, Ordering::Release);
-        }
+        slot.forget(offset);
     }
 }
 

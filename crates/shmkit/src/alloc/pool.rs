@@ -1111,7 +1111,11 @@ impl ShmAllocator for PoolAllocator {
         let align = power_of_two_align(align, self.segment.max_align())?;
         let size = size.max(1) as u64;
         let slab = self.pick(size, align as u64)?;
-        let at = self.take_slot(slab, handoff::my_shard(&self.segment, POOL_SHARDS))?;
+        // One lookup of the thread's hand-off slot serves the shard, the
+        // accounting and the record.
+        let mine = handoff::my_indexed_slot(&self.segment);
+        let shard = mine.map_or(0, |(index, _)| index as usize & (POOL_SHARDS - 1));
+        let at = self.take_slot(slab, shard)?;
         let marker = self
             .marker(at)
             .ok_or_else(|| Error::corrupt(format!("slot {at} has no marker")))?;
@@ -1126,10 +1130,12 @@ impl ShmAllocator for PoolAllocator {
                 "slot {at} came off the free list while live"
             )));
         }
-        self.state().counters.on_allocate(&self.segment, size);
+        self.state()
+            .counters
+            .on_allocate_to(mine.map(|(_, slot)| &slot.share), size);
         let offset = self.slot_offset(at);
         crash_point!("pool.alloc.pending");
-        if let Some(log) = handoff::my_slot(&self.segment) {
+        if let Some((_, log)) = mine {
             log.record(offset);
         }
         crash_point!("pool.alloc.recorded");
@@ -1141,7 +1147,12 @@ impl ShmAllocator for PoolAllocator {
     unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
         let (at, marker, value) = self.live_slot(offset)?;
         let home = self.page_owner(at.page).map_or(0, |(_, shard)| shard);
-        handoff::forget_mine(&self.segment, offset);
+        // One lookup of the thread's hand-off slot: the record and the
+        // accounting.
+        let mine = handoff::my_slot(&self.segment);
+        if let Some(log) = mine {
+            log.forget(offset);
+        }
         // Claiming the marker makes this free the only one: a second free,
         // racing or later, finds 0 and is refused.
         if marker
@@ -1154,7 +1165,7 @@ impl ShmAllocator for PoolAllocator {
             .scrub(offset, self.geometry.slabs[at.slab].slot);
         self.state()
             .counters
-            .on_free(&self.segment, u64::from(value - 1));
+            .on_free_to(mine.map(|slot| &slot.share), u64::from(value - 1));
         crash_point!("pool.free.unlisted");
         self.give_slot(at, home);
         Ok(())
