@@ -352,16 +352,6 @@ pub(crate) fn shares(segment: &Segment) -> impl Iterator<Item = &Share> + Clone 
     slots(segment).iter().map(|slot| &slot.share)
 }
 
-/// The calling thread's shard among `shards` (a power of two) in
-/// `segment`: its hand-off slot's index modulo `shards`, so threads that
-/// hold neighbouring slots work on different shards of a sharded
-/// structure. A thread without a slot shares shard 0.
-#[inline]
-pub(crate) fn my_shard(segment: &Segment, shards: usize) -> usize {
-    debug_assert!(shards.is_power_of_two());
-    my_indexed_slot(segment).map_or(0, |(index, _)| index as usize & (shards - 1))
-}
-
 /// [`my_slot`] with its index in the log.
 #[inline]
 pub(crate) fn my_indexed_slot(segment: &Segment) -> Option<(u32, &HandoffSlot)> {

@@ -1536,7 +1536,8 @@ mod tests {
             .seal
             .store(7, Ordering::Relaxed);
         // The stack the free above went to: this thread's shard.
-        let mine = handoff::my_shard(pool.segment(), POOL_SHARDS);
+        let mine = handoff::my_indexed_slot(pool.segment())
+            .map_or(0, |(index, _)| index as usize & (POOL_SHARDS - 1));
         let head = pool.state().slabs[0][mine].hot.head.load(Ordering::Relaxed);
         assert_ne!(slot_stack::unpack(head).1, EMPTY);
         assert!(matches!(

@@ -83,7 +83,7 @@ use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
-use super::handoff;
+use super::handoff::{self, HandoffSlot};
 use super::memory_resource::impl_allocator_api2;
 use super::recovery::Traces;
 use super::segment_allocator::SegmentAllocator;
@@ -310,6 +310,18 @@ fn small_state(class: usize, live: u64, listed: bool, shard: usize) -> u64 {
         | (live << LIVE_SHIFT)
         | if listed { LISTED } else { 0 }
         | ((shard as u64) << SHARD_SHIFT)
+}
+
+/// The calling thread's hand-off slot and its index, looked up once per
+/// call: its index picks the shard, the slot takes the record.
+type Mine<'a> = Option<(u32, &'a HandoffSlot)>;
+
+/// Records `offset` in the thread's hand-off slot, if it has one.
+#[inline]
+fn record(mine: Mine<'_>, offset: u64) {
+    if let Some((_, log)) = mine {
+        log.record(offset);
+    }
 }
 
 /// One page's metadata, in the table at the start of the data area.
@@ -1096,27 +1108,34 @@ impl SizeClassAllocator {
     /// page, else a page however it comes. Once half the pages are carved,
     /// a shard borrows a neighbour's page before it opens one of its own,
     /// so sharding costs contention, never capacity, in a tight segment.
-    fn alloc_small(&self, class: usize, requested: u64, shard: usize) -> Result<u64> {
-        if let Some(offset) = self.alloc_from_listed(class, requested, shard)? {
+    fn alloc_small(&self, class: usize, requested: u64, mine: Mine<'_>) -> Result<u64> {
+        let shard = mine.map_or(0, |(index, _)| index as usize & (SHARDS - 1));
+        if let Some(offset) = self.alloc_from_listed(class, requested, shard, mine)? {
             return Ok(offset);
         }
         let roomy = self.bump_now() < self.max_pages / 2;
         if roomy {
             if let Some(page) = self.take_page_at_hand()? {
-                return self.alloc_from_new_page(page, class, requested, shard);
+                return self.alloc_from_new_page(page, class, requested, shard, mine);
             }
         }
         for other in (1..SHARDS).map(|k| (shard + k) % SHARDS) {
-            if let Some(offset) = self.alloc_from_listed(class, requested, other)? {
+            if let Some(offset) = self.alloc_from_listed(class, requested, other, mine)? {
                 return Ok(offset);
             }
         }
         let page = self.take_page(requested)?;
-        self.alloc_from_new_page(page, class, requested, shard)
+        self.alloc_from_new_page(page, class, requested, shard, mine)
     }
 
     /// A block from a page on the class stack of `shard`, if it has one.
-    fn alloc_from_listed(&self, class: usize, requested: u64, shard: usize) -> Result<Option<u64>> {
+    fn alloc_from_listed(
+        &self,
+        class: usize,
+        requested: u64,
+        shard: usize,
+        mine: Mine<'_>,
+    ) -> Result<Option<u64>> {
         let info = &CLASSES[class];
         let head_cell = &self.state().classes[shard][class];
         loop {
@@ -1158,7 +1177,7 @@ impl SizeClassAllocator {
                     let base = self.page_ptr(page)?;
                     let offset = self.block_offset(page, info, index);
                     crash_point!("size_class.alloc.claimed");
-                    self.record_handoff(offset);
+                    record(mine, offset);
                     crash_point!("size_class.alloc.recorded");
                     // SAFETY: `index < info.count`, a block we just claimed.
                     unsafe { Self::set_slack(base, info, index, info.size - requested) };
@@ -1205,6 +1224,7 @@ impl SizeClassAllocator {
         class: usize,
         requested: u64,
         shard: usize,
+        mine: Mine<'_>,
     ) -> Result<u64> {
         let info = &CLASSES[class];
         let base = match self.page_ptr(page) {
@@ -1231,7 +1251,7 @@ impl SizeClassAllocator {
         tagged_stack::push(&self.state().classes[shard][class], page, &desc.link);
         let offset = self.block_offset(page, info, 0);
         crash_point!("size_class.alloc.fresh_page");
-        self.record_handoff(offset);
+        record(mine, offset);
         // SAFETY: block 0, ours.
         unsafe { Self::set_slack(base, info, 0, info.size - requested) };
         Ok(offset)
@@ -1293,6 +1313,12 @@ impl SizeClassAllocator {
 
     /// Allocates a block without touching the counters.
     pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Result<u64> {
+        self.alloc_block_for(size, align, handoff::my_indexed_slot(&self.segment))
+    }
+
+    /// [`alloc_block`](Self::alloc_block) for a thread whose hand-off slot
+    /// the caller looked up (its shard and its record).
+    fn alloc_block_for(&self, size: usize, align: usize, mine: Mine<'_>) -> Result<u64> {
         let align = power_of_two_align(align, self.segment.max_align())? as u64;
         if align > PAGE_SIZE {
             return Err(Error::InvalidAlignment {
@@ -1302,9 +1328,7 @@ impl SizeClassAllocator {
         }
         let requested = size as u64;
         let offset = match class_for(requested.max(1), align) {
-            Some(class) => {
-                self.alloc_small(class, requested, handoff::my_shard(&self.segment, SHARDS))?
-            }
+            Some(class) => self.alloc_small(class, requested, mine)?,
             None => {
                 let pages = requested.max(1).div_ceil(PAGE_SIZE);
                 if pages > u64::from(self.max_pages) {
@@ -1324,7 +1348,7 @@ impl SizeClassAllocator {
                 desc.state.store(PENDING_LARGE, Ordering::Release);
                 let offset = self.page_offset(head);
                 crash_point!("size_class.alloc.large_pending");
-                self.record_handoff(offset);
+                record(mine, offset);
                 desc.state.store(LARGE, Ordering::Release);
                 offset
             }
@@ -1542,15 +1566,20 @@ impl ShmAllocator for SizeClassAllocator {
     }
 
     fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
-        let offset = self.alloc_block(size, align)?;
+        // One lookup of the thread's hand-off slot: shard, record, counts.
+        let mine = handoff::my_indexed_slot(&self.segment);
+        let offset = self.alloc_block_for(size, align, mine)?;
         self.state()
             .counters
-            .on_allocate(&self.segment, size as u64);
+            .on_allocate_to(mine.map(|(_, slot)| &slot.share), size as u64);
         Ok(offset)
     }
 
     unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        handoff::forget_mine(&self.segment, offset);
+        let mine = handoff::my_slot(&self.segment);
+        if let Some(log) = mine {
+            log.forget(offset);
+        }
         let requested = match self.take_for_free(offset)? {
             Freed::Small {
                 page,
@@ -1564,7 +1593,9 @@ impl ShmAllocator for SizeClassAllocator {
             }
             Freed::Large { requested } => requested,
         };
-        self.state().counters.on_free(&self.segment, requested);
+        self.state()
+            .counters
+            .on_free_to(mine.map(|slot| &slot.share), requested);
         Ok(())
     }
 
