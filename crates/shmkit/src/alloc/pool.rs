@@ -304,12 +304,14 @@ struct PoolState {
 }
 
 /// The page header's owner word for `slab` and home `shard`.
+#[inline]
 fn owner_word(slab: usize, shard: usize) -> u32 {
     (slab as u32 + 1) | ((shard as u32) << 16)
 }
 
 /// The (slab, home shard) of an owner word of a pool with `slabs` slabs;
 /// `None` for a page not set up or a word no set-up wrote.
+#[inline]
 fn decode_owner(word: u32, slabs: usize) -> Option<(usize, usize)> {
     let (slab, shard) = ((word & 0xffff) as usize, (word >> 16) as usize);
     (slab != 0 && slab <= slabs && shard < POOL_SHARDS).then(|| (slab - 1, shard))
@@ -575,6 +577,7 @@ impl PoolAllocator {
     }
 
     /// The slab and home shard of a set-up page.
+    #[inline]
     fn page_owner(&self, page: u32) -> Option<(usize, usize)> {
         if u64::from(page) >= self.pages() {
             return None;
@@ -657,29 +660,40 @@ impl PoolAllocator {
         self.atomic_at(self.slot_offset(at))
     }
 
-    /// The slot that starts exactly at `offset`, if any.
-    fn locate(&self, offset: u64) -> Option<SlotRef> {
+    /// The slot that starts exactly at `offset`, if any, and its page's
+    /// home shard.
+    #[inline]
+    fn locate(&self, offset: u64) -> Option<(SlotRef, usize)> {
         let relative = offset.checked_sub(self.geometry.base)?;
         let page = u32::try_from(relative / self.geometry.page).ok()?;
-        let slab = self.page_slab(page)?;
+        let (slab, home) = self.page_owner(page)?;
         let shape = self.geometry.slabs[slab];
         let within = (relative % self.geometry.page).checked_sub(shape.first)?;
         if within % shape.slot != 0 {
             return None;
         }
         let slot = u32::try_from(within / shape.slot).ok()?;
-        (slot < shape.per_page).then_some(SlotRef { slab, page, slot })
+        (slot < shape.per_page).then_some((SlotRef { slab, page, slot }, home))
     }
 
-    /// The live slot at `offset` and its marker value (requested size + 1).
+    /// The live slot at `offset`, its marker and the marker's value
+    /// (requested size + 1).
     fn live_slot(&self, offset: u64) -> Result<(SlotRef, &AtomicU32, u32)> {
+        self.live_slot_and_home(offset)
+            .map(|(at, marker, value, _)| (at, marker, value))
+    }
+
+    /// [`live_slot`](Self::live_slot) with its page's home shard, where a
+    /// free gives it back.
+    #[inline]
+    fn live_slot_and_home(&self, offset: u64) -> Result<(SlotRef, &AtomicU32, u32, usize)> {
         let invalid = || Error::InvalidFree { offset };
-        let at = self.locate(offset).ok_or_else(invalid)?;
+        let (at, home) = self.locate(offset).ok_or_else(invalid)?;
         let marker = self.marker(at).ok_or_else(invalid)?;
         match marker.load(Ordering::Acquire) {
             // Pending: not yet handed to anyone, so nobody may free it.
             value if value == 0 || value & PENDING != 0 => Err(invalid()),
-            value => Ok((at, marker, value)),
+            value => Ok((at, marker, value, home)),
         }
     }
 
@@ -757,6 +771,7 @@ impl PoolAllocator {
     }
 
     /// A slot from the free stack or the carving page of `slab` in `shard`.
+    #[inline]
     fn take_from_shard(&self, slab: usize, shard: usize) -> Result<Option<SlotRef>> {
         match self.pop_slot(slab, shard)? {
             Some(at) => Ok(Some(at)),
@@ -771,6 +786,7 @@ impl PoolAllocator {
     }
 
     /// Pops a slot off the free stack of `slab` in `shard`.
+    #[inline]
     fn pop_slot(&self, slab: usize, shard: usize) -> Result<Option<SlotRef>> {
         let hot = &self.state().slabs[slab][shard].hot;
         match slot_stack::pop(&hot.head, &self.links(slab)) {
@@ -792,6 +808,7 @@ impl PoolAllocator {
 
     /// Pushes a slot that the caller holds (and has marked free) onto the
     /// free stack of `shard`.
+    #[inline]
     fn give_slot(&self, at: SlotRef, shard: usize) {
         let hot = &self.state().slabs[at.slab][shard].hot;
         hot.free_slots.fetch_add(1, Ordering::Relaxed);
@@ -1145,8 +1162,7 @@ impl ShmAllocator for PoolAllocator {
     }
 
     unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        let (at, marker, value) = self.live_slot(offset)?;
-        let home = self.page_owner(at.page).map_or(0, |(_, shard)| shard);
+        let (at, marker, value, home) = self.live_slot_and_home(offset)?;
         // One lookup of the thread's hand-off slot: the record and the
         // accounting.
         let mine = handoff::my_slot(&self.segment);
@@ -1656,7 +1672,7 @@ mod tests {
             Err(Error::CorruptHeader { .. })
         ));
         header.seal.store(seal, Ordering::Relaxed);
-        let at = pool.locate(block.offset().raw()).unwrap();
+        let (at, _) = pool.locate(block.offset().raw()).unwrap();
         let marker = pool.marker(at).unwrap();
         marker.store(u32::MAX, Ordering::Relaxed);
         assert!(pool.regions(&mut |_| {}).is_err(), "a marker past its slot");
