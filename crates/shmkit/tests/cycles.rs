@@ -109,8 +109,8 @@ fn is_corrupt_data<T>(result: &shmkit::Result<T>) -> bool {
 
 /// Bytes of a size-class page (`SizeClassAllocator::PAGE_SIZE`).
 const PAGE: u64 = SizeClassAllocator::PAGE_SIZE;
-/// A page descriptor: 32 bytes at `data_offset + 32 * page`.
-const DESC_LEN: u64 = 32;
+/// A page descriptor: 64 bytes at `data_offset + 64 * page`.
+const DESC_LEN: u64 = 64;
 /// The descriptor's state word: phase in the low byte (0 free, 1 small).
 const DESC_STATE: u64 = 0;
 /// The descriptor's link word: `index + 1` of the next page on its stack.

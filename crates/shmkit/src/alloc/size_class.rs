@@ -13,7 +13,7 @@
 //!   pushes the rest back.
 //! * **Pages.** Each page in use has a descriptor in a table at the start of
 //!   the data area (sized from `max_size`, so growth needs no new table): a
-//!   state word (phase, class, live count, *listed* flag), a link for the
+//!   state word (phase, class, live count, *listed* flag, shard), a link for the
 //!   stack it is on, a run length and the requested size of a large block.
 //!   A small page starts with an allocation bitmap and a *slack* array (the
 //!   class size minus the size requested, for exact accounting), then its
@@ -30,7 +30,8 @@
 //!   (`fetch_and`, so a double free is detected exactly) and lowers the live
 //!   count.
 //!
-//! A page descriptor is 32 bytes, at `data offset + 32 * page`: the state
+//! A page descriptor is 64 bytes (a cache line of its own: two threads on
+//! neighbouring pages share no line), at `data offset + 64 * page`: the state
 //! word (`+0`: the phase in the low byte, 0 free, 1 small, 2 large, 3 tail
 //! of a large block; the class in the next byte; the live count from bit
 //! 16; the listed flag at bit 32; the shard in bits 33 to 35), the link
@@ -324,8 +325,11 @@ fn record(mine: Mine<'_>, offset: u64) {
     }
 }
 
-/// One page's metadata, in the table at the start of the data area.
-#[repr(C)]
+/// One page's metadata, in the table at the start of the data area: one
+/// cache line each, since the state word takes a read-modify-write on
+/// every allocation and free in the page, and two threads working on
+/// neighbouring pages must not pass one line back and forth.
+#[repr(C, align(64))]
 struct PageDesc {
     /// Phase, class, live count, listed flag.
     state: AtomicU64,
@@ -338,6 +342,7 @@ struct PageDesc {
 }
 
 const DESC_LEN: u64 = std::mem::size_of::<PageDesc>() as u64;
+const _: () = assert!(DESC_LEN == 64);
 
 #[repr(C)]
 struct SizeClassState {
