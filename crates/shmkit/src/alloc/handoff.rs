@@ -352,6 +352,16 @@ pub(crate) fn shares(segment: &Segment) -> impl Iterator<Item = &Share> + Clone 
     slots(segment).iter().map(|slot| &slot.share)
 }
 
+/// The shard among `shards` (a power of two) of a thread that holds
+/// `mine` (its slot and index, from [`my_indexed_slot`]): the slot index
+/// modulo `shards`, so threads on neighbouring slots work on different
+/// shards of a sharded structure. A thread without a slot uses shard 0.
+#[inline]
+pub(crate) fn shard_of(mine: Option<(u32, &HandoffSlot)>, shards: usize) -> usize {
+    debug_assert!(shards.is_power_of_two());
+    mine.map_or(0, |(index, _)| index as usize & (shards - 1))
+}
+
 /// [`my_slot`] with its index in the log.
 #[inline]
 pub(crate) fn my_indexed_slot(segment: &Segment) -> Option<(u32, &HandoffSlot)> {

@@ -1049,11 +1049,8 @@ impl PoolAllocator {
         // Each slab's carving pages, and where each stops: slots from there
         // on were never carved.
         let mut carving: HashMap<u32, u32> = HashMap::new();
-        for (slab, shape) in geometry.slabs().iter().enumerate() {
-            for (page, used) in self.carving_pages(slab)? {
-                carving.insert(page, used);
-                debug_assert!(used <= shape.per_page);
-            }
+        for slab in 0..geometry.count {
+            carving.extend(self.carving_pages(slab)?);
         }
         let mut on_stacks = 0;
         for (slab, shape) in geometry.slabs().iter().enumerate() {
@@ -1131,7 +1128,7 @@ impl ShmAllocator for PoolAllocator {
         // One lookup of the thread's hand-off slot serves the shard, the
         // accounting and the record.
         let mine = handoff::my_indexed_slot(&self.segment);
-        let shard = mine.map_or(0, |(index, _)| index as usize & (POOL_SHARDS - 1));
+        let shard = handoff::shard_of(mine, POOL_SHARDS);
         let at = self.take_slot(slab, shard)?;
         let marker = self
             .marker(at)
@@ -1552,8 +1549,7 @@ mod tests {
             .seal
             .store(7, Ordering::Relaxed);
         // The stack the free above went to: this thread's shard.
-        let mine = handoff::my_indexed_slot(pool.segment())
-            .map_or(0, |(index, _)| index as usize & (POOL_SHARDS - 1));
+        let mine = handoff::shard_of(handoff::my_indexed_slot(pool.segment()), POOL_SHARDS);
         let head = pool.state().slabs[0][mine].hot.head.load(Ordering::Relaxed);
         assert_ne!(slot_stack::unpack(head).1, EMPTY);
         assert!(matches!(

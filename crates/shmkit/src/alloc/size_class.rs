@@ -24,11 +24,12 @@
 //!   stack head in common, and a page with room again goes back to its own
 //!   shard's stack. A shard with no page of the class opens a new one while
 //!   less than half the heap is carved, and borrows another shard's page
-//!   after that (sharding costs contention, never capacity). Allocation
-//!   reserves a block by raising the page's live count with a
-//!   compare-and-swap, then claims a bit of the bitmap; free clears the bit
-//!   (`fetch_and`, so a double free is detected exactly) and lowers the live
-//!   count.
+//!   after that, so a nearly full heap still hands out every block (while
+//!   less than half is carved, each active shard may hold a partly used
+//!   page per class of its own). Allocation reserves a block by raising
+//!   the page's live count with a compare-and-swap, then claims a bit of
+//!   the bitmap; free clears the bit (`fetch_and`, so a double free is
+//!   detected exactly) and lowers the live count.
 //!
 //! A page descriptor is 64 bytes (a cache line of its own: two threads on
 //! neighbouring pages share no line), at `data offset + 64 * page`: the state
@@ -1112,9 +1113,9 @@ impl SizeClassAllocator {
     /// shard, else a new page while the heap is roomy, else any shard's
     /// page, else a page however it comes. Once half the pages are carved,
     /// a shard borrows a neighbour's page before it opens one of its own,
-    /// so sharding costs contention, never capacity, in a tight segment.
+    /// so a tight segment still hands out every block it holds.
     fn alloc_small(&self, class: usize, requested: u64, mine: Mine<'_>) -> Result<u64> {
-        let shard = mine.map_or(0, |(index, _)| index as usize & (SHARDS - 1));
+        let shard = handoff::shard_of(mine, SHARDS);
         if let Some(offset) = self.alloc_from_listed(class, requested, shard, mine)? {
             return Ok(offset);
         }
