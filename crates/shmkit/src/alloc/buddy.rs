@@ -31,8 +31,12 @@
 //! The tables are sized from the segment's *maximum* size so it can grow;
 //! the trait gives `state_len` only the parameters, so they sit at the start
 //! of the data area instead of the state area. They cost 5 bytes per
-//! minimum block of the maximum size (8 % with the default 64-byte minimum);
-//! when they do not fit the initial size, creation grows the segment first.
+//! minimum block of the maximum size (8 % with the default 64-byte minimum),
+//! but only as the heap reaches the units they describe: creation extends
+//! the segment over them without backing them, and every growth of the heap
+//! backs the table pages of its new units before it writes them. Nothing
+//! reads an entry past the heap end (such a page may be unbacked, and a fault
+//! on it would commit memory, or raise SIGBUS on a full file system).
 //!
 //! # Crash consistency
 //!
@@ -180,6 +184,21 @@ impl Geometry {
     }
 }
 
+impl Geometry {
+    /// The largest block the heap could hold in `[from, to)` (offsets):
+    /// blocks are aligned to their size relative to the heap start. Blocks
+    /// already free below `from` that growth would merge with are not
+    /// counted, so this is a lower bound.
+    fn largest_block_between(&self, from: u64, to: u64) -> u64 {
+        let (from, to) = (from - self.heap_start, to.saturating_sub(self.heap_start));
+        (self.min_order..=MAX_ORDER)
+            .rev()
+            .map(|k| 1u64 << k)
+            .find(|&block| align_up(from, block).saturating_add(block) <= to)
+            .unwrap_or(0)
+    }
+}
+
 fn align_up(value: u64, align: u64) -> u64 {
     value.div_ceil(align) * align
 }
@@ -274,11 +293,12 @@ impl SegmentAllocator for BuddyAllocator {
             min_order,
             page_size(),
         )?;
-        // The tables must lie inside the current size, with some heap after.
-        let needed = geo.heap_start + (1u64 << min_order);
-        if segment.size() < needed {
-            segment.grow(needed)?;
-        }
+        // The tables must lie inside the current size, with some heap
+        // after. Their pages are backed as the heap reaches the units they
+        // describe (see `absorb`), so a large maximum costs nothing until
+        // used.
+        segment.grow_unbacked(geo.heap_start)?;
+        segment.grow(geo.heap_start + (1u64 << min_order))?;
         let state = segment.allocator_state::<BuddyState>()?;
         // SAFETY: runs in the creator before *ready*, so no other process
         // uses the state yet; `allocator_state` checked size and alignment.
@@ -483,6 +503,11 @@ impl Heap<'_> {
     /// The block starting at `unit`: its order and whether it is live, if
     /// the state byte there describes a whole block inside the heap.
     fn head_at(&self, unit: usize, end_units: usize) -> Option<(u32, bool)> {
+        // Never read past the heap end: the table's pages there may not be
+        // backed yet (see `absorb`).
+        if unit >= end_units {
+            return None;
+        }
         let byte = self.byte(unit);
         if byte & HEAD == 0 {
             return None;
@@ -675,6 +700,14 @@ impl Heap<'_> {
         let end = self.heap_end()?;
         let limit_rel = self.absorbable_end() - geo.heap_start;
         let mut rel = end - geo.heap_start;
+        if rel < limit_rel {
+            // Back the table entries of the new units before touching them.
+            let (first, last) = (rel >> geo.min_order, limit_rel >> geo.min_order);
+            self.segment
+                .back_range(geo.table_offset + first, geo.table_offset + last)?;
+            self.segment
+                .back_range(geo.sizes_offset + 4 * first, geo.sizes_offset + 4 * last)?;
+        }
         while rel < limit_rel {
             let fits = 63 - (limit_rel - rel).leading_zeros();
             let order = if rel == 0 {
@@ -731,9 +764,7 @@ impl Heap<'_> {
         if needed > self.geo.heap_limit {
             return Ok(false);
         }
-        self.segment
-            .grow(needed.max(size.saturating_mul(2)).min(max))?;
-        Ok(self.segment.size() > end)
+        Ok(self.segment.grow_to_fit(needed)? && self.segment.size() > end)
     }
 
     /// The largest free block now (the highest non-empty order).
@@ -1150,15 +1181,20 @@ impl ShmAllocator for BuddyAllocator {
             let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
             sum.saturating_add(count.saturating_mul(1 << k))
         });
-        let capacity = heap.heap_end().map_or(0, |end| end - self.geo.heap_start);
+        let end = heap.heap_end().unwrap_or(self.geo.heap_start);
+        let room = self.geo.heap_limit.saturating_sub(end);
         AllocStats {
             allocated_bytes,
             peak_bytes,
             live_allocations,
             free_bytes,
             largest_free_block: heap.largest_free(),
-            capacity,
+            capacity: end - self.geo.heap_start,
         }
+        .with_room_to_grow(
+            room,
+            self.geo.largest_block_between(end, self.geo.heap_limit),
+        )
     }
 
     fn check(&self) -> Result<()> {

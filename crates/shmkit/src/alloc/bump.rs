@@ -120,7 +120,7 @@ impl Carve for BumpAllocator {
         loop {
             match cursor::bump(self.cursor_cell(), size, align, self.floor, || self.end()) {
                 Ok(start) => return Ok(start),
-                Err(failure) => self.grow_for(failure, size)?,
+                Err(failure) => self.grow_for(failure, size, align)?,
             }
         }
     }
@@ -157,7 +157,7 @@ impl BumpAllocator {
 
     /// After a failed bump: grow the segment if it may grow, else report.
     #[cold]
-    fn grow_for(&self, failure: BumpFailure, size: u64) -> Result<()> {
+    fn grow_for(&self, failure: BumpFailure, size: u64, align: u64) -> Result<()> {
         let cursor = match failure {
             BumpFailure::Full { cursor } | BumpFailure::Moved { cursor } => cursor,
             BumpFailure::Overflow => {
@@ -172,25 +172,17 @@ impl BumpAllocator {
                 )))
             }
         };
-        let current = self.segment.size();
-        let max = self.segment.max_size();
-        let out_of_memory = Error::OutOfMemory {
-            requested: size,
-            available: current.saturating_sub(cursor),
-        };
-        if current >= max {
-            return Err(out_of_memory);
-        }
-        // Double, or more when one request needs it; never past the maximum.
-        let needed = cursor.saturating_add(size).saturating_add(4096);
-        let target = needed.max(current.saturating_mul(2)).min(max);
-        if needed > max {
-            return Err(Error::OutOfMemory {
+        let needed = cursor::align_up(cursor, align)
+            .and_then(|start| start.checked_add(size))
+            .ok_or_else(|| Error::invalid_size(format!("{size} bytes overflow the segment")))?;
+        if self.segment.grow_to_fit(needed)? {
+            Ok(())
+        } else {
+            Err(Error::OutOfMemory {
                 requested: size,
-                available: max.saturating_sub(cursor),
-            });
+                available: self.segment.max_size().saturating_sub(cursor),
+            })
         }
-        self.segment.grow(target)
     }
 
     /// Bytes handed out so far (alignment padding included).
@@ -198,21 +190,22 @@ impl BumpAllocator {
         self.cursor().saturating_sub(self.segment.data_offset())
     }
 
-    /// Bytes the data area holds at the segment's current size.
+    /// Bytes the data area holds once the segment is grown to its maximum
+    /// size (it is backed as the cursor reaches it).
     pub fn capacity(&self) -> u64 {
-        self.segment
-            .size()
-            .saturating_sub(self.segment.data_offset())
-    }
-
-    /// Bytes the data area can hold once the segment is grown to its maximum.
-    pub fn max_capacity(&self) -> u64 {
         self.segment
             .max_size()
             .saturating_sub(self.segment.data_offset())
     }
 
-    /// Bytes still free at the current size.
+    /// The same as [`capacity`](Self::capacity), which counts the room to
+    /// grow now that segments are backed on demand.
+    #[deprecated(note = "equal to `capacity()`")]
+    pub fn max_capacity(&self) -> u64 {
+        self.capacity()
+    }
+
+    /// Bytes still free, counting the room to grow.
     pub fn remaining(&self) -> u64 {
         self.capacity().saturating_sub(self.used())
     }
@@ -488,7 +481,7 @@ impl Carve for Scope<'_> {
                 // Someone else allocated: this scope can no longer rewind.
                 Err(BumpFailure::Moved { .. }) => self.contiguous.set(false),
                 // Out of room: grow (or report) and try again in place.
-                Err(failure) => self.bump.grow_for(failure, size)?,
+                Err(failure) => self.bump.grow_for(failure, size, align)?,
             }
         }
         self.bump.carve(size, align)

@@ -375,7 +375,10 @@ impl FreeListAllocator {
     /// The accounting, with the free-space figures of a walk under the lock
     /// (`(free bytes, largest free block), capacity`) when there is one, else
     /// what the shared words say.
-    fn stats_from(&self, walked: Option<((u64, u64), u64)>) -> AllocStats {
+    /// The figures from the shared words, or from a walk under the lock:
+    /// ((free bytes, largest free block), heap bytes), and the free block
+    /// at the heap's end that growth would merge with.
+    fn stats_from(&self, walked: Option<((u64, u64), u64)>, free_tail: u64) -> AllocStats {
         let state = self.state();
         let (allocated_bytes, live_allocations, peak_bytes) =
             state.counters.snapshot(&self.segment);
@@ -388,6 +391,15 @@ impl FreeListAllocator {
                 end.saturating_sub(self.heap_start),
             )
         });
+        // Growth turns the room up to the maximum into one free block,
+        // merged with a free block at the heap's end.
+        let heap_end = self.heap_start.saturating_add(capacity);
+        let room = (self.segment.max_size() & !(GRANULE - 1)).saturating_sub(heap_end);
+        let grown = if room >= MIN_BLOCK {
+            (free_tail + room).saturating_sub(HEADER)
+        } else {
+            0
+        };
         AllocStats {
             allocated_bytes,
             peak_bytes,
@@ -396,6 +408,7 @@ impl FreeListAllocator {
             largest_free_block,
             capacity,
         }
+        .with_room_to_grow(room, grown)
     }
 
     fn state(&self) -> &FreeListState {
@@ -1379,15 +1392,15 @@ impl ShmAllocator for FreeListAllocator {
                     heap.state.counters.on_allocate(heap.segment, requested);
                     return Ok(live + HEADER);
                 }
+                // Past the current size at least: a search that failed
+                // although the tail would seem to hold it still needs room.
                 let current = heap.segment.size();
-                let max = heap.segment.max_size();
                 let wanted = (heap.end - heap.free_tail()?)
                     .checked_add(search)
-                    .and_then(|e| e.checked_add(MIN_BLOCK));
+                    .and_then(|e| e.checked_add(MIN_BLOCK))
+                    .map(|wanted| wanted.max(current.saturating_add(1)));
                 match wanted {
-                    Some(wanted) if current < max && wanted <= max => {
-                        let target = wanted.max(current.saturating_mul(2)).min(max);
-                        heap.segment.grow(target)?;
+                    Some(wanted) if heap.segment.grow_to_fit(wanted)? => {
                         let before = heap.end;
                         heap.absorb_growth()?;
                         if heap.end == before {
@@ -1433,14 +1446,18 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn stats(&self) -> AllocStats {
-        self.try_stats().unwrap_or_else(|_| self.stats_from(None))
+        self.try_stats()
+            .unwrap_or_else(|_| self.stats_from(None, 0))
     }
 
     fn try_stats(&self) -> Result<AllocStats> {
-        let summary = self.locked(false, |heap| {
-            Ok((heap.free_summary()?, heap.end - heap.start))
+        let (summary, tail) = self.locked(false, |heap| {
+            Ok((
+                (heap.free_summary()?, heap.end - heap.start),
+                heap.free_tail()?,
+            ))
         })?;
-        Ok(self.stats_from(Some(summary)))
+        Ok(self.stats_from(Some(summary), tail))
     }
 
     fn check(&self) -> Result<()> {
@@ -1452,7 +1469,7 @@ impl ShmAllocator for FreeListAllocator {
     /// crash would. `before` is what the shared words said (a walk would
     /// take the lock, and with it repair first).
     unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
-        let before = self.stats_from(None);
+        let before = self.stats_from(None, 0);
         let (took_over, quarantined) =
             self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), true, |heap, took_over| {
                 Ok((took_over, heap.rebuild()?))

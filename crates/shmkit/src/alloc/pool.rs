@@ -944,17 +944,11 @@ impl PoolAllocator {
 
     #[cold]
     fn grow_for(&self, end: u64, slab: usize) -> Result<()> {
-        let current = self.segment.size();
-        let max = self.segment.max_size();
-        if end > max || current >= max {
-            return Err(self.out_of_pages(slab));
+        if self.segment.grow_to_fit(end)? {
+            Ok(())
+        } else {
+            Err(self.out_of_pages(slab))
         }
-        let target = end.max(current.saturating_mul(2)).min(max);
-        self.segment.grow(target)?;
-        if self.segment.size() < end {
-            return Err(self.out_of_pages(slab));
-        }
-        Ok(())
     }
 
     #[cold]
@@ -1241,7 +1235,9 @@ impl ShmAllocator for PoolAllocator {
     fn stats(&self) -> AllocStats {
         let (allocated_bytes, live_allocations, peak_bytes) =
             self.state().counters.snapshot(&self.segment);
-        let size = self.segment.size();
+        // Measured at the maximum size: the rest is backed as pages are
+        // claimed.
+        let size = self.segment.max_size();
         let pages = self.pages().min(self.geometry.max_pages);
         let untouched = size.saturating_sub(self.geometry.page_offset(pages));
         let mut free_bytes = untouched;

@@ -97,15 +97,29 @@ pub struct AllocStats {
     /// Number of live allocations.
     pub live_allocations: u64,
     /// Bytes the allocator could still hand out (free blocks, free slots,
-    /// untouched space), at the segment's current size.
+    /// untouched space), counting the room the segment may still grow into
+    /// (its data area is backed as it fills; see
+    /// [`SegmentOptions::size`](crate::SegmentOptions::size)).
     pub free_bytes: u64,
-    /// The largest single request that would succeed now, without growing.
+    /// The largest single request that would succeed now (growing the
+    /// segment if need be).
     pub largest_free_block: u64,
-    /// Bytes the allocator manages at the segment's current size.
+    /// Bytes the allocator manages once the segment is grown to its maximum
+    /// size.
     pub capacity: u64,
 }
 
 impl AllocStats {
+    /// Adds `room`, the bytes the heap may still grow into (backed on
+    /// demand), to figures measured over what is backed now; `largest` is
+    /// the largest block growing would make.
+    pub(crate) fn with_room_to_grow(mut self, room: u64, largest: u64) -> AllocStats {
+        self.free_bytes = self.free_bytes.saturating_add(room);
+        self.capacity = self.capacity.saturating_add(room);
+        self.largest_free_block = self.largest_free_block.max(largest);
+        self
+    }
+
     /// External fragmentation: `1 - largest_free_block / free_bytes`
     /// (0 when all free memory is one block, close to 1 when it is scattered).
     pub fn fragmentation(&self) -> f64 {

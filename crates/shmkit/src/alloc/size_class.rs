@@ -792,8 +792,7 @@ impl SizeClassAllocator {
                 if !grow || self.segment.max_size() <= self.segment.size() {
                     return Ok(None);
                 }
-                self.segment.grow(needed)?;
-                if needed > self.segment.size() {
+                if !self.segment.grow_to_fit(needed)? {
                     return Ok(None);
                 }
             }
@@ -1685,9 +1684,11 @@ impl ShmAllocator for SizeClassAllocator {
     fn stats(&self) -> AllocStats {
         let (allocated_bytes, live_allocations, peak_bytes) =
             self.state().counters.snapshot(&self.segment);
-        let pages_now = self.pages_now();
-        let bump = self.bump_now().min(pages_now);
-        let mut free_bytes = u64::from(pages_now - bump) * PAGE_SIZE;
+        // Measured at the maximum size: the rest is backed as pages are
+        // carved.
+        let pages = self.max_pages;
+        let bump = self.bump_now().min(pages);
+        let mut free_bytes = u64::from(pages - bump) * PAGE_SIZE;
         let mut largest_run = 0u64;
         let mut run = 0u64;
         let mut largest_block = 0u64;
@@ -1722,14 +1723,14 @@ impl ShmAllocator for SizeClassAllocator {
                 run = 0;
             }
         }
-        largest_run = largest_run.max(run + u64::from(pages_now - bump));
+        largest_run = largest_run.max(run + u64::from(pages - bump));
         AllocStats {
             allocated_bytes,
             peak_bytes,
             live_allocations,
             free_bytes,
             largest_free_block: (largest_run * PAGE_SIZE).max(largest_block),
-            capacity: u64::from(pages_now) * PAGE_SIZE,
+            capacity: u64::from(pages) * PAGE_SIZE,
         }
     }
 

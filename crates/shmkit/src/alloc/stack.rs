@@ -233,18 +233,11 @@ impl StackAllocator {
 }
 
 impl StackAllocator {
-    /// After a request ending at `end` did not fit: grows the segment (to
-    /// twice its size, or more when one request needs it; never past the
-    /// maximum). Returns whether it may now fit.
+    /// After a request ending at `end` did not fit: grows the segment (see
+    /// [`Segment::grow_to_fit`]). Returns whether it may now fit.
     #[cold]
     fn grow_to_hold(&self, end: u64) -> Result<bool> {
-        let (current, max) = (self.segment.size(), self.segment.max_size());
-        if end > max {
-            return Ok(false);
-        }
-        self.segment
-            .grow(end.max(current.saturating_mul(2)).min(max))?;
-        Ok(true)
+        self.segment.grow_to_fit(end)
     }
 
     /// The segment this allocator manages.
@@ -412,10 +405,11 @@ impl StackAllocator {
         self.top().saturating_sub(self.segment.data_offset())
     }
 
-    /// Bytes the data area holds.
+    /// Bytes the data area holds once the segment is grown to its maximum
+    /// size (it is backed as the top reaches it).
     pub fn capacity(&self) -> u64 {
         self.segment
-            .size()
+            .max_size()
             .saturating_sub(self.segment.data_offset())
     }
 

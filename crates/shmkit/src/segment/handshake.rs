@@ -86,10 +86,10 @@ impl Segment {
         setup: &AllocatorSetup<'_>,
     ) -> Result<Segment> {
         let layout = Layout::new(options.custom_header_len, setup.state_len)?;
-        let (size, max_size) = plan_sizes(options, &layout)?;
+        let sizes = plan_sizes(options, &layout)?;
         let fields = NewHeader {
-            size,
-            max_size,
+            size: sizes.initial,
+            max_size: sizes.max_size,
             segment_id: random_segment_id()?,
             kind: setup.kind,
             params: setup.params,
@@ -104,21 +104,21 @@ impl Segment {
         let (mapping, fd, max_align) = match &options.location {
             Location::Shm(shm_name) => {
                 let fd = backend::create_shm(shm_name, options.mode)?;
-                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                let mapping = map_new_object(&fd, options, sizes, &name)?;
                 (mapping, Some(fd), super::page_size() as usize)
             }
             Location::File(path) => {
                 let fd = backend::create_file(path, options.mode)?;
-                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                let mapping = map_new_object(&fd, options, sizes, &name)?;
                 (mapping, Some(fd), super::page_size() as usize)
             }
             Location::Memfd(label) => {
                 let fd = backend::create_memfd(label)?;
-                let mapping = map_new_object(&fd, options, size, max_size, &name)?;
+                let mapping = map_new_object(&fd, options, sizes, &name)?;
                 (mapping, Some(fd), super::page_size() as usize)
             }
             Location::Private => (
-                Mapping::map_private(max_size)?,
+                Mapping::map_private(sizes.max_size)?,
                 None,
                 super::page_size() as usize,
             ),
@@ -128,7 +128,7 @@ impl Segment {
                 ))
             }
         };
-        let backed = Backed::new(fd, size, mapping.len() as u64);
+        let backed = Backed::new(fd, sizes.initial, mapping.len() as u64);
         let segment = Segment {
             registration: None,
             backed: std::sync::Arc::new(backed),
@@ -345,32 +345,59 @@ fn reclaim_dead(options: &SegmentOptions) -> Result<()> {
     }
 }
 
-/// Validates the requested sizes and returns (initial, maximum), page-rounded.
-fn plan_sizes(options: &SegmentOptions, layout: &Layout) -> Result<(u64, u64)> {
-    let size = round_to_page(options.size);
-    if size < layout.data_offset {
+/// How much of the data area a new segment backs at creation, unless the
+/// caller asked to commit it all: the allocators back the rest in steps as
+/// they need it (see [`Segment::grow_to_fit`]), so creating a large segment
+/// costs neither time nor memory in proportion to its size.
+const INITIAL_DATA_BACKING: u64 = 1 << 20;
+
+/// The sizes of a new segment, page-rounded.
+#[derive(Clone, Copy, Debug)]
+struct SizePlan {
+    /// Bytes backed at creation.
+    initial: u64,
+    /// The size the caller counts on (checked against the file system's
+    /// free space at creation).
+    capacity: u64,
+    /// The size the segment may grow to.
+    max_size: u64,
+}
+
+/// Validates the requested sizes and plans the initial backing.
+fn plan_sizes(options: &SegmentOptions, layout: &Layout) -> Result<SizePlan> {
+    let capacity = round_to_page(options.size);
+    if capacity < layout.data_offset {
         return Err(Error::invalid_size(format!(
             "segment size {} is smaller than its header and allocator state ({} bytes)",
             options.size, layout.data_offset
         )));
     }
-    let max_size = round_to_page(options.max_size.unwrap_or(size)).max(size);
+    let max_size = round_to_page(options.max_size.unwrap_or(capacity)).max(capacity);
     if max_size > header::MAX_SEGMENT_SIZE {
         return Err(Error::invalid_size(format!(
             "maximum size {max_size} exceeds {}",
             header::MAX_SEGMENT_SIZE
         )));
     }
-    Ok((size, max_size))
+    let initial = if options.commit_upfront {
+        capacity
+    } else {
+        round_to_page(layout.data_offset.saturating_add(INITIAL_DATA_BACKING)).min(capacity)
+    };
+    Ok(SizePlan {
+        initial,
+        capacity,
+        max_size,
+    })
 }
 
-/// Sets the mode, reserves the space and maps the whole range of a newly
+/// Sets the mode, backs the initial size, checks that the file system has
+/// room for the rest of the capacity, and maps the whole range of a newly
 /// created object; removes the object again if any step fails.
 fn map_new_object(
     fd: &OwnedFd,
     options: &SegmentOptions,
-    size: u64,
-    max_size: u64,
+    sizes: SizePlan,
     name: &str,
 ) -> Result<Mapping> {
     let result = (|| {
@@ -380,8 +407,9 @@ fn map_new_object(
         if !matches!(options.location, Location::Memfd(_)) {
             backend::set_mode(fd.as_fd(), options.mode, name)?;
         }
-        backend::reserve(fd.as_fd(), 0, size, name)?;
-        Mapping::map_shared(fd.as_fd(), max_size, Access::ReadWrite, name)
+        backend::reserve(fd.as_fd(), 0, sizes.initial, name)?;
+        backend::check_room(fd.as_fd(), sizes.initial, sizes.capacity, name)?;
+        Mapping::map_shared(fd.as_fd(), sizes.max_size, Access::ReadWrite, name)
     })();
     if result.is_err() {
         let _ = remove(&options.location);

@@ -214,8 +214,10 @@ impl Segment {
         SegmentId(self.fixed.id)
     }
 
-    /// Current usable size in bytes, header included. Grows with
-    /// [`grow`](Self::grow), seen at once by every attached process.
+    /// Bytes backed now, header included: every offset below it may be
+    /// touched. The allocators grow it as they need (up to
+    /// [`max_size`](Self::max_size); see [`SegmentOptions::size`]), and
+    /// every attached process sees it at once.
     #[inline]
     pub fn size(&self) -> u64 {
         // Never beyond what this process knows the backing object holds,
@@ -224,7 +226,8 @@ impl Segment {
             .bound(self.header().size.load(Ordering::Acquire))
     }
 
-    /// The size the segment may grow to.
+    /// The size the segment may grow to: the size it was created with, or
+    /// the larger maximum it was given.
     pub fn max_size(&self) -> u64 {
         self.fixed.max_size
     }
@@ -309,6 +312,16 @@ impl Segment {
     /// another process, say).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
         self.backed.fd()
+    }
+
+    /// Bytes of memory or disk the backing object takes now (what the file
+    /// system has allocated for it), or `None` for a segment without a
+    /// descriptor (private memory, a caller's buffer). It follows what the
+    /// allocators have backed, not the size asked for at creation (see
+    /// [`SegmentOptions::size`]).
+    pub fn backed_bytes(&self) -> Option<u64> {
+        let fd = self.backed.fd()?;
+        backend::allocated_bytes(fd)
     }
 
     /// Checks that `len` bytes at `offset` lie inside the segment's current
@@ -426,6 +439,63 @@ impl Segment {
         Ok(())
     }
 
+    /// Extends the segment to `new_size` bytes (page-rounded, at most the
+    /// maximum) without backing the new range: for an allocator's tables,
+    /// sized for the maximum, whose pages it backs with
+    /// [`back_range`](Self::back_range) before it reads or writes them (a
+    /// fault on an unbacked page of a full file system is a SIGBUS, reads
+    /// included). Later growth backs only what lies past `new_size`.
+    pub(crate) fn grow_unbacked(&self, new_size: u64) -> Result<()> {
+        let new_size = round_to_page(new_size).min(self.max_size());
+        if new_size <= self.size() {
+            return Ok(());
+        }
+        if let Some(fd) = self.backed.fd() {
+            backend::set_len(fd, new_size, &self.name())?;
+        }
+        self.backed.grew_to(new_size);
+        self.header().size.fetch_max(new_size, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Backs the pages of `[from, to)`, which lie below the size (see
+    /// [`grow_unbacked`](Self::grow_unbacked)); pages already backed stay
+    /// as they are. `NoSpace` when the file system is full.
+    pub(crate) fn back_range(&self, from: u64, to: u64) -> Result<()> {
+        let page = page_size();
+        let (from, to) = (from / page * page, round_to_page(to).min(self.size()));
+        match self.backed.fd() {
+            Some(fd) if from < to => backend::reserve(fd, from, to, &self.name()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes sure the first `end` bytes are backed, growing by a step when
+    /// they are not: to `end` at least, and past it by the current size
+    /// (doubling) but by no more than 16 MiB, so that a run of allocations
+    /// takes one system call and committed memory stays close to what is
+    /// used; never past the maximum. When the file system cannot back the
+    /// step, it backs `end` alone if it can (else `NoSpace`). Returns false,
+    /// growing nothing, when `end` lies beyond the maximum.
+    pub fn grow_to_fit(&self, end: u64) -> Result<bool> {
+        let current = self.size();
+        if end <= current {
+            return Ok(true);
+        }
+        let max = self.max_size();
+        if end > max {
+            return Ok(false);
+        }
+        let step = current.min(GROWTH_STEP_CAP);
+        let stepped = end.max(current.saturating_add(step)).min(max);
+        match self.grow(stepped) {
+            // A nearly full file system may still hold what is needed.
+            Err(Error::NoSpace { .. }) if stepped > round_to_page(end) => self.grow(end)?,
+            other => other?,
+        }
+        Ok(self.size() >= end)
+    }
+
     /// Binds the memory of this process's mapping of the segment (its whole
     /// mapped range, up to the maximum size) to NUMA node `node`; see
     /// [`numa::bind`](crate::numa::bind) for what that does and when it is a
@@ -473,6 +543,11 @@ pub fn remove(location: &Location) -> Result<()> {
         _ => Err(Error::Unsupported("only named segments can be removed")),
     }
 }
+
+/// The most [`Segment::grow_to_fit`] backs beyond what was asked for: the
+/// latency of one grow (about 5 ms per 16 MiB on tmpfs) and the memory
+/// committed ahead of use stay bounded.
+const GROWTH_STEP_CAP: u64 = 16 << 20;
 
 pub(crate) fn page_size() -> u64 {
     // SAFETY: `sysconf` has no preconditions.

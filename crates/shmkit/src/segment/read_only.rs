@@ -139,8 +139,8 @@ impl ReadOnlySegment {
         SegmentId(self.fixed.id)
     }
 
-    /// Current usable size in bytes, header included; follows the writers'
-    /// [`Segment::grow`].
+    /// Bytes backed now, header included; follows the writers' growth (see
+    /// [`Segment::size`]).
     pub fn size(&self) -> u64 {
         // Never beyond what this process knows the backing object holds,
         // whatever the shared word says.
@@ -151,6 +151,12 @@ impl ReadOnlySegment {
     /// The size the segment may grow to.
     pub fn max_size(&self) -> u64 {
         self.fixed.max_size
+    }
+
+    /// Bytes of memory or disk the backing object takes now; see
+    /// [`Segment::backed_bytes`].
+    pub fn backed_bytes(&self) -> Option<u64> {
+        super::backend::allocated_bytes(self.fd())
     }
 
     /// The allocator that manages the data area.

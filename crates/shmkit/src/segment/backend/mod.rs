@@ -263,6 +263,19 @@ pub(crate) mod object_lock {
     }
 }
 
+/// Bytes the file system has allocated for the object (`st_blocks` is in
+/// 512-byte units whatever the block size).
+pub(crate) fn allocated_bytes(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: `stat` is a plain struct for which all-zero bytes are valid.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `stat` is a valid, writable `struct stat`.
+    (unsafe { libc::fstat(fd.as_raw_fd(), &mut stat) } == 0).then(|| {
+        u64::try_from(stat.st_blocks)
+            .unwrap_or(0)
+            .saturating_mul(512)
+    })
+}
+
 /// Whether two descriptors name the same object (device and inode).
 pub(crate) fn same_object(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
     let identity = |fd: BorrowedFd<'_>| {
@@ -316,7 +329,38 @@ pub(crate) fn reserve(fd: BorrowedFd<'_>, from: u64, to: u64, name: &str) -> Res
     }
 }
 
-fn set_len(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
+/// Refuses a segment whose file system cannot hold `[backed, capacity)`
+/// besides what is backed already: a best-effort check at creation (other
+/// users may fill the file system later; then a grow fails with `NoSpace`,
+/// never a later touch with SIGBUS). A file system that reports no figures
+/// passes.
+pub(crate) fn check_room(fd: BorrowedFd<'_>, backed: u64, capacity: u64, name: &str) -> Result<()> {
+    let wanted = capacity.saturating_sub(backed);
+    if wanted == 0 {
+        return Ok(());
+    }
+    // SAFETY: `statvfs` is a plain struct for which all-zero bytes are valid.
+    let mut figures: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `figures` is a valid, writable `struct statvfs`; the
+    // descriptor is ours.
+    if unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut figures) } != 0 || figures.f_blocks == 0 {
+        return Ok(());
+    }
+    // The fields are 32 bits wide on some targets.
+    #[allow(clippy::useless_conversion)]
+    let room = u64::from(figures.f_bavail).saturating_mul(u64::from(figures.f_frsize));
+    if room < wanted {
+        return Err(Error::NoSpace {
+            name: name.to_owned(),
+            requested: capacity,
+        });
+    }
+    Ok(())
+}
+
+/// Extends the object to `len` bytes without reserving them (a shorter
+/// length is left alone).
+pub(crate) fn set_len(fd: BorrowedFd<'_>, len: u64, name: &str) -> Result<()> {
     let current = object_len(fd, name)?;
     if current >= len {
         return Ok(());
