@@ -205,8 +205,9 @@ fn summary(name: &str, heap: &AnyAllocator) -> Value {
     let stats = heap.stats();
     json!({
         "name": name,
-        "size": segment.size(),
+        "size": segment.max_size(),
         "max_size": segment.max_size(),
+        "backed": segment.backed_bytes().unwrap_or(segment.size()),
         "used": stats.allocated_bytes,
         "allocator": heap.kind().to_string(),
         "format_version": segment.format_version(),
@@ -227,6 +228,8 @@ fn listing_row(dir: &Path, name: &str) -> Option<Value> {
         "uid": meta.uid(),
         "mode": format!("{:o}", meta.mode() & 0o777),
         "file_size": meta.size(),
+        // What the file system has allocated (st_blocks is in 512-byte units).
+        "backed": meta.blocks().saturating_mul(512),
     });
     let state = match probe(&path) {
         Probe::Shmkit => "ready",
@@ -250,6 +253,7 @@ fn listing_row(dir: &Path, name: &str) -> Option<Value> {
             for key in [
                 "size",
                 "max_size",
+                "backed",
                 "used",
                 "allocator",
                 "format_version",
@@ -268,8 +272,9 @@ fn listing_row(dir: &Path, name: &str) -> Option<Value> {
             // Readable, not writable: the header, not the accounting.
             Ok(segment) => {
                 row["state"] = json!("read-only");
-                row["size"] = json!(segment.size());
+                row["size"] = json!(segment.max_size());
                 row["max_size"] = json!(segment.max_size());
+                row["backed"] = json!(segment.backed_bytes().unwrap_or(segment.size()));
                 row["allocator"] = json!(segment.allocator_kind().to_string());
                 row["format_version"] = json!(segment.format_version());
             }
@@ -302,7 +307,7 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode, String> {
         other => other.to_string(),
     };
     let bytes = |value: &Value| value.as_u64().map_or("-".into(), format_bytes);
-    let table: Vec<[String; 8]> = rows
+    let table: Vec<[String; 9]> = rows
         .iter()
         .map(|row| {
             [
@@ -312,6 +317,7 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode, String> {
                     u32::from_str_radix(row["mode"].as_str().unwrap_or("0"), 8).unwrap_or(0),
                 ),
                 bytes(row.get("size").unwrap_or(&row["file_size"])),
+                bytes(&row["backed"]),
                 bytes(&row["used"]),
                 text(&row["allocator"]),
                 text(&row["attached_processes"]),
@@ -325,12 +331,13 @@ pub fn ls(args: &LsArgs) -> Result<ExitCode, String> {
             "OWNER",
             "MODE",
             "SIZE",
+            "BACKED",
             "USED",
             "ALLOCATOR",
             "ATTACHED",
             "STATE",
         ],
-        &[false, false, false, true, true, false, true, false],
+        &[false, false, false, true, true, true, false, true, false],
         &table,
     );
     Ok(ExitCode::SUCCESS)
@@ -460,8 +467,8 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
         id: segment.id(),
         zero_on_free: Some(segment.zero_on_free()),
         creator_pid: segment.creator_pid(),
-        size: segment.size(),
-        max_size: segment.max_size(),
+        size: segment.max_size(),
+        backed: segment.backed_bytes().unwrap_or(segment.size()),
         data_offset: segment.data_offset(),
     }
     .print();
@@ -507,8 +514,10 @@ struct HeaderFacts {
     /// Not known without write access (the flag lives with the allocator).
     zero_on_free: Option<bool>,
     creator_pid: u32,
+    /// What the segment holds once grown (its maximum size).
     size: u64,
-    max_size: u64,
+    /// Bytes backed now (the allocators back the rest as they need it).
+    backed: u64,
     data_offset: u64,
 }
 
@@ -522,9 +531,9 @@ impl HeaderFacts {
         }
         println!("creator            pid {}", self.creator_pid);
         println!(
-            "size               {} (max {})",
+            "size               {} ({} backed)",
             format_bytes(self.size),
-            format_bytes(self.max_size)
+            format_bytes(self.backed)
         );
         println!("data offset        {}", self.data_offset);
     }
@@ -541,8 +550,9 @@ fn stat_read_only(args: &NameArgs, options: &SegmentOptions) -> Result<ExitCode,
         "access": "read-only",
         "owner": owner_of(&path),
         "mode": mode_of(&path),
-        "size": segment.size(),
+        "size": segment.max_size(),
         "max_size": segment.max_size(),
+        "backed": segment.backed_bytes().unwrap_or(segment.size()),
         "allocator": segment.allocator_kind().to_string(),
         "format_version": segment.format_version(),
         "segment_id": segment.id().to_string(),
@@ -573,8 +583,8 @@ fn stat_read_only(args: &NameArgs, options: &SegmentOptions) -> Result<ExitCode,
         id: segment.id(),
         zero_on_free: None,
         creator_pid: segment.creator_pid(),
-        size: segment.size(),
-        max_size: segment.max_size(),
+        size: segment.max_size(),
+        backed: segment.backed_bytes().unwrap_or(segment.size()),
         data_offset: segment.data_offset(),
     }
     .print();
@@ -652,6 +662,10 @@ pub struct CreateArgs {
     /// does not linger (the allocators that free single blocks).
     #[arg(long)]
     zero_on_free: bool,
+    /// Back the whole size now (by default memory is backed as the
+    /// allocator fills the segment)
+    #[arg(long)]
+    commit_upfront: bool,
     /// Print JSON instead of text.
     #[arg(short, long)]
     json: bool,
@@ -672,7 +686,9 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
     if let Some(mode) = args.mode {
         options = options.mode(mode);
     }
-    options = options.zero_on_free(args.zero_on_free);
+    options = options
+        .zero_on_free(args.zero_on_free)
+        .commit_upfront(args.commit_upfront);
     let made = AnyAllocator::create(args.allocator, &options)
         .map_err(|e| format!("{}: {e}", args.name))?;
     if args.json {
@@ -680,8 +696,9 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
             "{}",
             json!({
                 "created": shm_name(&args.name),
-                "size": made.segment().size(),
+                "size": made.segment().max_size(),
                 "max_size": made.segment().max_size(),
+                "backed": made.segment().backed_bytes().unwrap_or(made.segment().size()),
                 "allocator": made.kind().to_string(),
                 "mode": format!("{:o}", args.mode.unwrap_or(0o600)),
                 "zero_on_free": made.segment().zero_on_free(),
@@ -691,7 +708,7 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
         println!(
             "created /{} ({}, {} allocator)",
             shm_name(&args.name),
-            format_bytes(made.segment().size()),
+            format_bytes(made.segment().max_size()),
             made.kind()
         );
     }

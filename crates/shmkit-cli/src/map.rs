@@ -111,7 +111,8 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
     let detailed = walk.is_ok();
     let segment = heap.segment();
     let start = segment.data_offset();
-    let end = segment.size().max(start + 1);
+    // The whole data area, backed or not: unbacked room is free.
+    let end = segment.max_size().max(start + 1);
     if !detailed {
         // The walk found an inconsistency: still draw something useful, one
         // used and one free stretch in proportion to the accounting.
@@ -140,7 +141,7 @@ pub fn run(args: &MapArgs) -> Result<ExitCode, String> {
                 "name": segment.name(),
                 "allocator": heap.kind().to_string(),
                 "data_offset": start,
-                "size": segment.size(),
+                "size": segment.max_size(),
                 // Without a walk, two stretches in proportion to the accounting.
                 "walk_error": walk.as_ref().err().map(ToString::to_string),
                 "regions": listed,

@@ -451,6 +451,36 @@ fn create_and_rm_speak_json_and_help_lists_the_exit_codes() {
 }
 
 #[test]
+fn create_backs_memory_as_the_segment_fills_unless_asked_to_commit() {
+    for (flags, eager) in [(vec![], false), (vec!["--commit-upfront"], true)] {
+        let name = Name::new(if eager { "eager" } else { "lazy" });
+        let mut args = vec!["create", &name.0, "-s", "256MiB", "-a", "buddy", "-j"];
+        args.extend(flags);
+        let out = shmkit(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let created: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(created["size"].as_u64(), Some(256 << 20));
+        let backed = created["backed"].as_u64().unwrap();
+        let on_disk =
+            std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(name.path()).unwrap()) * 512;
+        if eager {
+            assert!(backed >= 256 << 20, "{created}");
+        } else {
+            assert!(backed <= 8 << 20, "{created}");
+        }
+        let listed = stdout(&shmkit(&["ls", "-j"]));
+        let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        let row = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["name"] == name.0.as_str())
+            .expect("listed");
+        assert_eq!(row["backed"].as_u64(), Some(on_disk), "{row}");
+    }
+}
+
+#[test]
 fn long_names_keep_the_columns_straight() {
     let long = Name(format!(
         "shmkit-cli-a-rather-long-segment-name-for-columns-{}",

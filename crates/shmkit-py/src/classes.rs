@@ -563,8 +563,8 @@ macro_rules! allocator_class {
                 self.handle.capacity()
             }
 
-            /// Bytes the shared-memory object takes now (after `close()`:
-            /// when it was closed).
+            /// Bytes of the shared-memory object backed now; it grows as
+            /// blocks are allocated (after `close()`: when it was closed).
             #[getter]
             fn total_size(&self, py: Python<'_>) -> u64 {
                 self.handle

@@ -94,9 +94,10 @@ class _Stats(TypedDict):
     peak_used_bytes: int
     """The most ``used_bytes`` has ever been."""
     segment_size: int
-    """Bytes the shared-memory object takes now: the capacity plus the
-    segment header, the allocator's state, and a 16-byte header per block.
-    Grows when blocks need more room for their headers."""
+    """Bytes of the shared-memory object backed now: the segment header,
+    the allocator's state and a first megabyte at creation, then more as
+    blocks are allocated (memory is committed as it is used), up to
+    ``segment_max_size``."""
     segment_max_size: int
     """Bytes the segment may grow to."""
     heap_free_bytes: Optional[int]
@@ -336,7 +337,8 @@ class _Allocator:
         """Bytes users can allocate; the segment is larger (headers)."""
     @property
     def total_size(self) -> int:
-        """Bytes the shared-memory object takes now."""
+        """Bytes of the shared-memory object backed now; it grows as blocks
+        are allocated (see ``stats()["segment_size"]``)."""
     @property
     def name(self) -> str:
         """The shared-memory name."""
