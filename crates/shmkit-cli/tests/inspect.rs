@@ -92,7 +92,10 @@ fn ls_lists_shmkit_segments_and_skips_foreign_files() {
         row["creator_alive"], false,
         "the creating command has exited"
     );
-    assert_eq!(row["format_version"], 4);
+    assert_eq!(
+        row["format_version"],
+        shmkit::segment::header::FORMAT_VERSION
+    );
 }
 
 #[test]

@@ -208,3 +208,175 @@ fn running_out_of_backing_store_is_an_error_not_a_signal() {
         );
     }
 }
+
+/// Where the child below finds its small file system.
+const SMALL_FS: &str = "SHMKIT_TEST_SMALL_FS";
+
+/// In a private mount namespace with a 48 MiB tmpfs at `SMALL_FS` (a file
+/// system that really fills up): a buddy segment whose maximum is far
+/// beyond it runs out with `NoSpace`, keeps serving from its free lists
+/// afterwards, and a heap end forged past its backed tables gives errors,
+/// never SIGBUS.
+#[test]
+#[ignore = "run by a_full_file_system_leaves_the_buddy_usable_and_never_raises_sigbus"]
+fn child_fills_a_small_file_system() {
+    use shmkit::{BuddyAllocator, BuddyParams, ShmAllocator};
+    let dir = std::path::PathBuf::from(child_env(SMALL_FS));
+    // Room set aside, given back below.
+    let filler = dir.join("filler");
+    std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
+    let path = dir.join("buddy");
+    let options = SegmentOptions::file(&path).size(MIB).max_size(512 * MIB);
+    // 16-byte units: the state table's first backed megabyte describes only
+    // the first 16 MiB of heap, so the forged end below reaches unbacked
+    // table pages.
+    let buddy = BuddyAllocator::create_with(&options, &BuddyParams { min_block: 16 }).unwrap();
+    let mut blocks = Vec::new();
+    let error = loop {
+        match buddy.allocate(64 << 10) {
+            Ok(block) => blocks.push(block),
+            Err(error) => break error,
+        }
+    };
+    assert!(
+        matches!(error, Error::NoSpace { .. }),
+        "expected NoSpace, got {error}"
+    );
+    assert!(blocks.len() >= 100, "only {} blocks", blocks.len());
+    buddy.check().unwrap();
+    // Another process grows the segment's data by 4 MiB with the room set
+    // aside, leaving none for the tables that would describe it: the heap
+    // cannot take the growth in, and free blocks are served regardless.
+    std::fs::remove_file(&filler).unwrap();
+    let grown_to = buddy.segment().size() + (4 << 20) - (64 << 10);
+    buddy.segment().grow(grown_to).unwrap();
+    for _ in 0..3 {
+        let block = blocks.pop().unwrap();
+        // SAFETY: nothing uses the block after its free.
+        unsafe { buddy.free(block) }.unwrap();
+        let small = buddy.allocate(64).expect("served from the free lists");
+        // SAFETY: as above.
+        unsafe { buddy.free(small) }.unwrap();
+        blocks.push(buddy.allocate(64 << 10).expect("the freed block again"));
+    }
+    buddy.check().unwrap();
+
+    // A hostile process lengthens the file (sparse) by 64 MiB, forges the
+    // header's size word and the heap end to match, and the file system is
+    // full: the tables past the real heap end are not backed.
+    fill_up(&dir.join("filler-2"));
+    let lengthened = buddy.segment().size() + 64 * MIB;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(lengthened)
+        .unwrap();
+    let base = buddy.segment().base().as_ptr();
+    // SAFETY: header byte 32 is the size word (8-aligned, atomic).
+    let size_word = unsafe { &*base.add(32).cast::<std::sync::atomic::AtomicU64>() };
+    let real_size = size_word.load(std::sync::atomic::Ordering::Acquire);
+    size_word.store(lengthened, std::sync::atomic::Ordering::Release);
+    assert_eq!(
+        buddy.segment().size(),
+        lengthened,
+        "the forged size is believed"
+    );
+    // SAFETY: header byte 104 holds the state area's offset (8-aligned);
+    // the heap end is the state's fifth word; atomics, ours alone here.
+    let heap_end = unsafe {
+        let state = base.add(base.add(104).cast::<u64>().read() as usize);
+        &*state.add(32).cast::<std::sync::atomic::AtomicU64>()
+    };
+    let real_end = heap_end.load(std::sync::atomic::Ordering::Acquire);
+    let forged = buddy.segment().size() & !0xffff;
+    assert!(forged > real_end + 32 * MIB, "{forged} vs {real_end}");
+    heap_end.store(forged, std::sync::atomic::Ordering::Release);
+    let probe = forged - (64 << 10);
+    // Past what the state table's first backed megabyte describes.
+    assert!(probe - heap_start(&buddy) > 16 * MIB);
+    assert!(buddy.usable_size(probe).is_err());
+    // SAFETY: a refused free changes nothing.
+    assert!(unsafe { buddy.free_offset(&Default::default(), probe) }.is_err());
+    assert!(buddy.allocate(64 << 10).is_err());
+    heap_end.store(real_end, std::sync::atomic::Ordering::Release);
+    size_word.store(real_size, std::sync::atomic::Ordering::Release);
+    buddy.check().unwrap();
+    println!("ok {} blocks", blocks.len());
+}
+
+/// Writes `path` until the file system is full.
+fn fill_up(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    let page = [7u8; 4096];
+    while file.write_all(&page).is_ok() {}
+}
+
+/// The buddy heap's first byte: the state's third word.
+fn heap_start(buddy: &shmkit::BuddyAllocator) -> u64 {
+    let base = buddy.segment().base().as_ptr();
+    // SAFETY: header byte 104 holds the state area's offset; the heap start
+    // is the state's third word, written once at creation.
+    unsafe {
+        let state = base.add(base.add(104).cast::<u64>().read() as usize);
+        state.add(16).cast::<u64>().read()
+    }
+}
+
+#[test]
+fn a_full_file_system_leaves_the_buddy_usable_and_never_raises_sigbus() {
+    let dir = std::env::temp_dir().join(common::unique_name("small-fs"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=48m shmkit-test {dir} && exec {exe} --exact \
+         child_fills_a_small_file_system --ignored --nocapture --test-threads=1",
+        dir = dir.display(),
+        exe = exe.display()
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env(SMALL_FS, &dir)
+        .output();
+    let _ = std::fs::remove_dir(&dir);
+    let out = match out {
+        Ok(out) => out,
+        Err(error) => {
+            eprintln!("skipped: no unshare ({error})");
+            return;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() && (stderr.contains("unshare failed") || stderr.contains("mount:")) {
+        // Without the privilege to make a private mount namespace and a
+        // small tmpfs, this machine cannot fill a file system safely.
+        eprintln!("skipped: cannot mount a small tmpfs here: {stderr}");
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok "),
+        "{}\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+fn the_free_lists_largest_free_block_counts_the_room_to_grow_exactly() {
+    use shmkit::{FreeListAllocator, ShmAllocator};
+    for (size, max) in [(8 * MIB, 8 * MIB), (MIB, 32 * MIB), (64 << 10, 8 * MIB)] {
+        let options = SegmentOptions::private().size(size).max_size(max);
+        let heap = FreeListAllocator::create(&options).unwrap();
+        let _kept = heap.allocate(1000).unwrap();
+        let largest = heap.stats().largest_free_block;
+        assert!(largest > max - MIB, "{size}/{max}: {largest}");
+        match heap.allocate(largest as usize + 1) {
+            Err(Error::OutOfMemory { available, .. }) => assert_eq!(available, largest),
+            other => panic!("{size}/{max}: one byte more than the largest: {other:?}"),
+        }
+        heap.allocate(largest as usize)
+            .unwrap_or_else(|e| panic!("{size}/{max}: the largest: {e}"));
+        heap.check().unwrap();
+    }
+}

@@ -238,6 +238,10 @@ pub struct BuddyAllocator {
     table: NonNull<AtomicU8>,
     sizes: NonNull<AtomicU32>,
     geo: Geometry,
+    /// The heap end up to which this process has backed (or seen backed)
+    /// the table pages: a heap end word past it, written by another process
+    /// or forged, has its tables backed here before any entry is read.
+    tables_backed: AtomicU64,
 }
 
 // SAFETY: the state, tables and free-block links are reached through atomics
@@ -317,8 +321,10 @@ impl SegmentAllocator for BuddyAllocator {
             })
         };
         let (table, sizes) = resolve_tables(segment, &geo)?;
+        let tables_backed = AtomicU64::new(geo.heap_start);
         let heap = Heap {
             segment,
+            tables_backed: &tables_backed,
             // SAFETY: just written; lives in the segment, atomics only.
             state: unsafe { state.as_ref() },
             // SAFETY: `resolve_tables` checked bounds and alignment.
@@ -362,6 +368,7 @@ impl SegmentAllocator for BuddyAllocator {
             table,
             sizes,
             geo,
+            tables_backed: AtomicU64::new(geo.heap_start),
         };
         buddy.heap().heap_end()?;
         Ok(buddy)
@@ -400,6 +407,7 @@ impl BuddyAllocator {
         let units = self.geo.units as usize;
         Heap {
             segment: &self.segment,
+            tables_backed: &self.tables_backed,
             // SAFETY: points into the segment, which lives as long as `self`;
             // checked at construction; atomics only.
             state: unsafe { self.state.as_ref() },
@@ -427,6 +435,8 @@ impl BuddyAllocator {
 /// A borrowed view with all the algorithms; `initialize` uses one too.
 struct Heap<'a> {
     segment: &'a Segment,
+    /// See [`BuddyAllocator::tables_backed`].
+    tables_backed: &'a AtomicU64,
     state: &'a BuddyState,
     table: &'a [AtomicU8],
     sizes: &'a [AtomicU32],
@@ -468,6 +478,14 @@ impl Heap<'_> {
                 geo.heap_start,
                 geo.heap_limit.min(self.segment.size())
             )));
+        }
+        let backed = self.tables_backed.load(Ordering::Acquire);
+        if end > backed {
+            // Another process moved the heap end (it backed the tables
+            // first), or the word is forged: backing is idempotent, and on
+            // a full file system an error here beats a SIGBUS on the read.
+            self.back_tables(backed, end)?;
+            self.tables_backed.fetch_max(end, Ordering::AcqRel);
         }
         Ok(end)
     }
@@ -698,15 +716,22 @@ impl Heap<'_> {
     fn absorb(&self) -> Result<usize> {
         let geo = self.geo;
         let end = self.heap_end()?;
-        let limit_rel = self.absorbable_end() - geo.heap_start;
+        let mut limit_rel = self.absorbable_end() - geo.heap_start;
         let mut rel = end - geo.heap_start;
         if rel < limit_rel {
-            // Back the table entries of the new units before touching them.
-            let (first, last) = (rel >> geo.min_order, limit_rel >> geo.min_order);
-            self.segment
-                .back_range(geo.table_offset + first, geo.table_offset + last)?;
-            self.segment
-                .back_range(geo.sizes_offset + 4 * first, geo.sizes_offset + 4 * last)?;
+            // Back the table entries of the new units before touching them;
+            // on a full file system, take in as much as can be described.
+            let min = 1u64 << geo.min_order;
+            let mut limit = geo.heap_start + limit_rel;
+            while let Err(error) = self.back_tables(end, limit) {
+                let half = end + (((limit - end) / 2) & !(min - 1));
+                if half <= end || limit - end <= page_size() {
+                    return Err(error);
+                }
+                limit = half;
+            }
+            self.tables_backed.fetch_max(limit, Ordering::AcqRel);
+            limit_rel = limit - geo.heap_start;
         }
         while rel < limit_rel {
             let fits = 63 - (limit_rel - rel).leading_zeros();
@@ -731,6 +756,20 @@ impl Heap<'_> {
             self.coalesce_and_push(unit, order, unit + span)?;
         }
         Ok((rel >> geo.min_order) as usize)
+    }
+
+    /// Backs the table pages that describe the heap bytes `[from, to)`.
+    fn back_tables(&self, from: u64, to: u64) -> Result<()> {
+        let geo = &self.geo;
+        let first = (from - geo.heap_start) >> geo.min_order;
+        let last = (to.min(geo.heap_limit) - geo.heap_start) >> geo.min_order;
+        if first >= last {
+            return Ok(());
+        }
+        self.segment
+            .back_range(geo.table_offset + first, geo.table_offset + last)?;
+        self.segment
+            .back_range(geo.sizes_offset + 4 * first, geo.sizes_offset + 4 * last)
     }
 
     /// Where the heap ends once [`absorb`](Self::absorb) has taken in all
@@ -763,6 +802,14 @@ impl Heap<'_> {
         let needed = self.geo.heap_start + needed_rel;
         if needed > self.geo.heap_limit {
             return Ok(false);
+        }
+        // The table pages first, for all the growth will bring (or, on a
+        // nearly full file system, for what this request needs): the last
+        // free space goes to them rather than to heap pages the tables
+        // could then not describe.
+        let target = self.segment.growth_target(needed);
+        if self.back_tables(end, target).is_err() {
+            self.back_tables(end, needed)?;
         }
         Ok(self.segment.grow_to_fit(needed)? && self.segment.size() > end)
     }
@@ -876,7 +923,14 @@ impl Heap<'_> {
 
     fn allocate_locked(&self, size: u64, order: u32) -> Result<u64> {
         loop {
-            let end = self.absorb()?;
+            // Growth the heap cannot take in (its table pages could not be
+            // backed: the file system is full) leaves the free lists as
+            // they are; only a request they cannot serve reports it.
+            let absorbed = self.absorb();
+            let end = match &absorbed {
+                Ok(end) => *end,
+                Err(_) => self.end_units()?,
+            };
             let mut found = None;
             for from in order..=MAX_ORDER {
                 if let Some(unit) = self.pop(from, end)? {
@@ -904,6 +958,7 @@ impl Heap<'_> {
                 }
                 return Ok(offset);
             }
+            absorbed?;
             if !self.grow_for(order)? {
                 return Err(Error::OutOfMemory {
                     requested: size,

@@ -391,15 +391,8 @@ impl FreeListAllocator {
                 end.saturating_sub(self.heap_start),
             )
         });
-        // Growth turns the room up to the maximum into one free block,
-        // merged with a free block at the heap's end.
         let heap_end = self.heap_start.saturating_add(capacity);
-        let room = (self.segment.max_size() & !(GRANULE - 1)).saturating_sub(heap_end);
-        let grown = if room >= MIN_BLOCK {
-            (free_tail + room).saturating_sub(HEADER)
-        } else {
-            0
-        };
+        let (room, grown) = room_to_grow(&self.segment, heap_end, free_tail);
         AllocStats {
             allocated_bytes,
             peak_bytes,
@@ -1027,6 +1020,13 @@ impl<'a> Heap<'a> {
         Ok(Some(requested))
     }
 
+    /// The largest request that would succeed, growing the heap if need be
+    /// (what an out-of-memory error reports as available).
+    fn largest_request(&self) -> Result<u64> {
+        let (_, largest) = room_to_grow(self.segment, self.end, self.free_tail()?);
+        Ok(self.free_summary()?.1.max(largest))
+    }
+
     /// The size of the last block if it is free (growth merges with it).
     fn free_tail(&self) -> Result<u64> {
         let last = self.state.last_block.load(Ordering::Acquire);
@@ -1394,20 +1394,24 @@ impl ShmAllocator for FreeListAllocator {
                 }
                 // Past the current size at least: a search that failed
                 // although the tail would seem to hold it still needs room.
+                // A minimum block past the request, so the rest stays a
+                // block, unless that is beyond the maximum and the request
+                // alone is not (it then takes the whole tail).
                 let current = heap.segment.size();
+                let top = heap.segment.max_size() & !(GRANULE - 1);
                 let wanted = (heap.end - heap.free_tail()?)
                     .checked_add(search)
-                    .and_then(|e| e.checked_add(MIN_BLOCK))
+                    .map(|end| end.saturating_add(MIN_BLOCK).min(top).max(end))
                     .map(|wanted| wanted.max(current.saturating_add(1)));
                 match wanted {
                     Some(wanted) if heap.segment.grow_to_fit(wanted)? => {
                         let before = heap.end;
                         heap.absorb_growth()?;
                         if heap.end == before {
-                            return Err(out_of_memory(heap.free_summary()?.1));
+                            return Err(out_of_memory(heap.largest_request()?));
                         }
                     }
-                    _ => return Err(out_of_memory(heap.free_summary()?.1)),
+                    _ => return Err(out_of_memory(heap.largest_request()?)),
                 }
             }
         })
@@ -1537,6 +1541,19 @@ fn locked_update32(word: &AtomicU32, change: impl FnOnce(u32) -> u32) -> u32 {
     let old = word.load(Ordering::Relaxed);
     word.store(change(old), Ordering::Release);
     old
+}
+
+/// The room the heap may still grow into (up to the maximum size), and the
+/// largest request growth would serve: growth turns the room into one free
+/// block merged with a free block at the heap's end (`free_tail`).
+fn room_to_grow(segment: &Segment, heap_end: u64, free_tail: u64) -> (u64, u64) {
+    let room = (segment.max_size() & !(GRANULE - 1)).saturating_sub(heap_end);
+    let largest = if room >= MIN_BLOCK {
+        (free_tail + room).saturating_sub(HEADER)
+    } else {
+        0
+    };
+    (room, largest)
 }
 
 #[cfg(test)]

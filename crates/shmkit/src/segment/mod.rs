@@ -215,7 +215,10 @@ impl Segment {
     }
 
     /// Bytes backed now, header included: every offset below it may be
-    /// touched. The allocators grow it as they need (up to
+    /// touched, but for the buddy allocator's tables, which it backs as its
+    /// heap reaches the units they describe (an offset into them that the
+    /// heap has not reached may fault on a full file system; no block lies
+    /// there). The allocators grow it as they need (up to
     /// [`max_size`](Self::max_size); see [`SegmentOptions::size`]), and
     /// every attached process sees it at once.
     #[inline]
@@ -482,18 +485,25 @@ impl Segment {
         if end <= current {
             return Ok(true);
         }
-        let max = self.max_size();
-        if end > max {
+        if end > self.max_size() {
             return Ok(false);
         }
-        let step = current.min(GROWTH_STEP_CAP);
-        let stepped = end.max(current.saturating_add(step)).min(max);
+        let stepped = self.growth_target(end);
         match self.grow(stepped) {
             // A nearly full file system may still hold what is needed.
             Err(Error::NoSpace { .. }) if stepped > round_to_page(end) => self.grow(end)?,
             other => other?,
         }
         Ok(self.size() >= end)
+    }
+
+    /// The size [`grow_to_fit`](Self::grow_to_fit) grows to first when the
+    /// first `end` bytes are not backed (for an allocator that must prepare
+    /// for the growth, such as backing its tables).
+    pub(crate) fn growth_target(&self, end: u64) -> u64 {
+        let current = self.size();
+        let step = current.min(GROWTH_STEP_CAP);
+        end.max(current.saturating_add(step)).min(self.max_size())
     }
 
     /// Binds the memory of this process's mapping of the segment (its whole
