@@ -205,7 +205,7 @@ fn summary(name: &str, heap: &AnyAllocator) -> Value {
     let stats = heap.stats();
     json!({
         "name": name,
-        "size": segment.max_size(),
+        "size": segment.capacity(),
         "max_size": segment.max_size(),
         "backed": segment.backed_bytes().unwrap_or(segment.size()),
         "used": stats.allocated_bytes,
@@ -272,7 +272,7 @@ fn listing_row(dir: &Path, name: &str) -> Option<Value> {
             // Readable, not writable: the header, not the accounting.
             Ok(segment) => {
                 row["state"] = json!("read-only");
-                row["size"] = json!(segment.max_size());
+                row["size"] = json!(segment.capacity());
                 row["max_size"] = json!(segment.max_size());
                 row["backed"] = json!(segment.backed_bytes().unwrap_or(segment.size()));
                 row["allocator"] = json!(segment.allocator_kind().to_string());
@@ -467,7 +467,8 @@ pub fn stat(args: &NameArgs) -> Result<ExitCode, String> {
         id: segment.id(),
         zero_on_free: Some(segment.zero_on_free()),
         creator_pid: segment.creator_pid(),
-        size: segment.max_size(),
+        size: segment.capacity(),
+        max_size: segment.max_size(),
         backed: segment.backed_bytes().unwrap_or(segment.size()),
         data_offset: segment.data_offset(),
     }
@@ -514,8 +515,9 @@ struct HeaderFacts {
     /// Not known without write access (the flag lives with the allocator).
     zero_on_free: Option<bool>,
     creator_pid: u32,
-    /// What the segment holds once grown (its maximum size).
+    /// The size it was created with.
     size: u64,
+    max_size: u64,
     /// Bytes backed now (the allocators back the rest as they need it).
     backed: u64,
     data_offset: u64,
@@ -531,8 +533,9 @@ impl HeaderFacts {
         }
         println!("creator            pid {}", self.creator_pid);
         println!(
-            "size               {} ({} backed)",
+            "size               {} (max {}, {} backed)",
             format_bytes(self.size),
+            format_bytes(self.max_size),
             format_bytes(self.backed)
         );
         println!("data offset        {}", self.data_offset);
@@ -550,7 +553,7 @@ fn stat_read_only(args: &NameArgs, options: &SegmentOptions) -> Result<ExitCode,
         "access": "read-only",
         "owner": owner_of(&path),
         "mode": mode_of(&path),
-        "size": segment.max_size(),
+        "size": segment.capacity(),
         "max_size": segment.max_size(),
         "backed": segment.backed_bytes().unwrap_or(segment.size()),
         "allocator": segment.allocator_kind().to_string(),
@@ -583,7 +586,8 @@ fn stat_read_only(args: &NameArgs, options: &SegmentOptions) -> Result<ExitCode,
         id: segment.id(),
         zero_on_free: None,
         creator_pid: segment.creator_pid(),
-        size: segment.max_size(),
+        size: segment.capacity(),
+        max_size: segment.max_size(),
         backed: segment.backed_bytes().unwrap_or(segment.size()),
         data_offset: segment.data_offset(),
     }
@@ -696,7 +700,7 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
             "{}",
             json!({
                 "created": shm_name(&args.name),
-                "size": made.segment().max_size(),
+                "size": made.segment().capacity(),
                 "max_size": made.segment().max_size(),
                 "backed": made.segment().backed_bytes().unwrap_or(made.segment().size()),
                 "allocator": made.kind().to_string(),
@@ -708,7 +712,7 @@ pub fn create(args: &CreateArgs) -> Result<ExitCode, String> {
         println!(
             "created /{} ({}, {} allocator)",
             shm_name(&args.name),
-            format_bytes(made.segment().max_size()),
+            format_bytes(made.segment().capacity()),
             made.kind()
         );
     }

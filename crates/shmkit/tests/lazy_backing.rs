@@ -14,6 +14,7 @@ use shmkit::{
 };
 
 const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
 
 /// Every allocator, each with a way to take one block of `len` bytes.
 const KINDS: [AllocatorKind; 7] = [
@@ -99,6 +100,24 @@ fn a_large_segment_commits_memory_as_it_fills() {
         );
         assert!(stats.free_bytes + stats.allocated_bytes <= stats.capacity + MIB);
     }
+}
+
+#[test]
+fn the_header_keeps_the_size_asked_for_apart_from_the_maximum() {
+    let options = SegmentOptions::memfd("capacity")
+        .size(64 * MIB + 1)
+        .max_size(GIB);
+    let heap = AnyAllocator::create(AllocatorKind::SizeClass, &options).unwrap();
+    let page = 4096;
+    assert_eq!(
+        heap.segment().capacity(),
+        (64 * MIB + 1).div_ceil(page) * page
+    );
+    assert_eq!(heap.segment().max_size(), GIB);
+    assert!(heap.segment().size() < 8 * MIB, "backed as it fills");
+    let fd = heap.segment().fd().unwrap().try_clone_to_owned().unwrap();
+    let reader = shmkit::ReadOnlySegment::attach(&SegmentOptions::fd(fd)).unwrap();
+    assert_eq!(reader.capacity(), heap.segment().capacity());
 }
 
 #[test]

@@ -165,15 +165,15 @@ fn demo(
     say!(
         "shmkit demo: {workers} worker processes share POSIX shared memory `/{name}` \
          ({}, {} allocator)",
-        format_bytes(bump.segment().max_size()),
+        format_bytes(bump.segment().capacity()),
         bump.segment().allocator_kind()
     );
-    if bump.segment().max_size() > args.size {
+    if bump.segment().capacity() > args.size {
         say!(
             "note: --size {} raised to {} (a segment is whole pages); the workers have {} to \
              fill",
             format_bytes(args.size),
-            format_bytes(bump.segment().max_size()),
+            format_bytes(bump.segment().capacity()),
             format_bytes(room)
         );
     }
@@ -241,7 +241,7 @@ fn demo(
             "{}",
             json!({
                 "segment": name,
-                "size": bump.segment().max_size(),
+                "size": bump.segment().capacity(),
                 "size_asked": args.size,
                 "room": room,
                 "used": used,

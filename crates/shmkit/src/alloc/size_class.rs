@@ -789,7 +789,9 @@ impl SizeClassAllocator {
             }
             let needed = self.heap_base + end * PAGE_SIZE;
             if needed > self.segment.size() {
-                if !grow || self.segment.max_size() <= self.segment.size() {
+                // Backing within the capacity is no growth: only past it
+                // do freed pages come first.
+                if !grow && needed > self.segment.capacity() {
                     return Ok(None);
                 }
                 if !self.segment.grow_to_fit(needed)? {

@@ -89,6 +89,7 @@ impl Segment {
         let sizes = plan_sizes(options, &layout)?;
         let fields = NewHeader {
             size: sizes.initial,
+            capacity: sizes.capacity,
             max_size: sizes.max_size,
             segment_id: random_segment_id()?,
             kind: setup.kind,
@@ -220,6 +221,7 @@ impl Segment {
         }
         let fields = NewHeader {
             size: len as u64,
+            capacity: len as u64,
             max_size: len as u64,
             segment_id: random_segment_id()?,
             kind: setup.kind,

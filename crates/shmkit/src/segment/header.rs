@@ -22,6 +22,9 @@
 //! 128   roots            [RootSlot; 32], 64 bytes each
 //! 2176  flags            u64        features every process must honour
 //! 2184  recovery         AtomicU64  who runs a recovery pass now (0: nobody)
+//! 2192  capacity         u64        the size asked for: backed freely as
+//!                                   the allocator fills it; past it (up to
+//!                                   max_size) is growth
 //! ```
 //!
 //! The magic word and the format version never move, so any future format can
@@ -147,6 +150,8 @@ pub(crate) struct Header {
     /// `recovery_lock`). In what used to be padding (zero in every
     /// segment), so the format is unchanged.
     pub recovery: AtomicU64,
+    /// The size the creator asked for (see [`Segment::capacity`](crate::Segment::capacity)).
+    pub capacity: u64,
 }
 
 const _: () = assert!(std::mem::size_of::<RootSlot>() == 64);
@@ -222,6 +227,7 @@ impl Header {
             std::mem::size_of::<RootSlot>() as u64,
             u64::from(self.header_len),
             self.max_size,
+            self.capacity,
             u64::from(self.allocator_kind),
             u64::from(self.custom_len),
             self.custom_offset,
@@ -241,6 +247,7 @@ impl Header {
         self.creator_pid = std::process::id();
         *self.size.get_mut() = fields.size;
         self.max_size = fields.max_size;
+        self.capacity = fields.capacity;
         self.segment_id = fields.segment_id;
         self.allocator_kind = fields.kind.code();
         self.custom_len = fields.layout.custom_len;
@@ -290,6 +297,12 @@ impl Header {
             return Err(Error::corrupt(format!(
                 "size {size} outside [{}, {}]",
                 self.data_offset, self.max_size
+            )));
+        }
+        if self.capacity < self.data_offset || self.capacity > self.max_size {
+            return Err(Error::corrupt(format!(
+                "capacity {} outside [{}, {}]",
+                self.capacity, self.data_offset, self.max_size
             )));
         }
         if self.max_size > MAX_SEGMENT_SIZE {
@@ -448,6 +461,7 @@ pub const MAX_SEGMENT_SIZE: u64 = 1 << 47;
 /// Fields the creator chooses.
 pub(crate) struct NewHeader {
     pub size: u64,
+    pub capacity: u64,
     pub max_size: u64,
     pub segment_id: u64,
     pub kind: AllocatorKind,
@@ -466,6 +480,7 @@ impl NewHeader {
             kind: self.kind,
             params: self.params,
             max_size: self.max_size,
+            capacity: self.capacity,
             custom_offset: self.layout.custom_offset,
             custom_len: self.layout.custom_len,
             state_offset: self.layout.state_offset,
@@ -543,6 +558,7 @@ mod tests {
         let layout = Layout::new(0, 128).unwrap();
         header.fill(&NewHeader {
             size: 1 << 20,
+            capacity: 1 << 20,
             max_size: 1 << 20,
             segment_id: 7,
             kind: AllocatorKind::Bump,

@@ -63,6 +63,7 @@ pub(crate) struct Fixed {
     pub kind: AllocatorKind,
     pub params: [u64; PARAM_WORDS],
     pub max_size: u64,
+    pub capacity: u64,
     pub custom_offset: u64,
     pub custom_len: u32,
     pub state_offset: u64,
@@ -80,6 +81,7 @@ impl Fixed {
             kind: header.kind(),
             params: header.allocator_params,
             max_size: header.max_size,
+            capacity: header.capacity,
             custom_offset: header.custom_offset,
             custom_len: header.custom_len,
             state_offset: header.state_offset,
@@ -233,6 +235,14 @@ impl Segment {
     /// the larger maximum it was given.
     pub fn max_size(&self) -> u64 {
         self.fixed.max_size
+    }
+
+    /// The size the segment was created with (page-rounded): the allocators
+    /// back it freely as they fill it; past it, up to
+    /// [`max_size`](Self::max_size), they grow only when reusing freed
+    /// memory would not do.
+    pub fn capacity(&self) -> u64 {
+        self.fixed.capacity
     }
 
     /// The allocator that manages the data area.

@@ -110,7 +110,8 @@ impl SegmentOptions {
     }
 
     /// The size in bytes, header included (rounded up to a page): what the
-    /// allocator may hand out. Ignored on attach.
+    /// allocator may hand out, recorded as the segment's
+    /// [`capacity`](crate::Segment::capacity). Ignored on attach.
     ///
     /// Creation backs only the header, the allocator's state and the first
     /// megabyte of the data area; the allocators back the rest in steps as
@@ -128,7 +129,8 @@ impl SegmentOptions {
 
     /// The largest size the segment may grow to while attached (default: the
     /// size). Unlike the size, it is not checked against the file system's
-    /// free space at creation. The whole range is reserved in every process's address
+    /// free space at creation, and the allocators grow past the size only
+    /// when reusing freed memory would not do. The whole range is reserved in every process's address
     /// space at once, so growth never moves the mapping.
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = Some(bytes);

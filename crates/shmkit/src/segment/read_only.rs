@@ -153,6 +153,11 @@ impl ReadOnlySegment {
         self.fixed.max_size
     }
 
+    /// The size the segment was created with; see [`Segment::capacity`].
+    pub fn capacity(&self) -> u64 {
+        self.fixed.capacity
+    }
+
     /// Bytes of memory or disk the backing object takes now; see
     /// [`Segment::backed_bytes`].
     pub fn backed_bytes(&self) -> Option<u64> {
