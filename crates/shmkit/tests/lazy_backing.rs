@@ -399,3 +399,111 @@ fn the_free_lists_largest_free_block_counts_the_room_to_grow_exactly() {
         heap.check().unwrap();
     }
 }
+
+#[test]
+fn below_the_capacity_backing_is_free_and_past_it_freed_pages_come_first() {
+    use shmkit::{ShmAllocator, SizeClassAllocator};
+    let capacity = 20 * MIB;
+    let options = SegmentOptions::private().size(capacity).max_size(GIB);
+    let heap = SizeClassAllocator::create(&options).unwrap();
+    let fill = |len: usize| {
+        let mut blocks = Vec::new();
+        while (blocks.len() * len) < (capacity as usize) * 6 / 10 {
+            blocks.push(heap.allocate(len).unwrap());
+        }
+        blocks
+    };
+    for block in fill(64) {
+        // SAFETY: nothing uses the block after its free.
+        unsafe { heap.free(block) }.unwrap();
+    }
+    let _kept = fill(1024);
+    assert!(
+        heap.segment().size() <= capacity,
+        "grew to {} past a capacity of {capacity} with empty pages to collect",
+        heap.segment().size()
+    );
+    heap.check().unwrap();
+}
+
+/// The size-class kinds the child below runs on.
+const SHARDED_KIND: &str = "SHMKIT_TEST_SHARDED_KIND";
+
+/// Under a 24 MiB file-size limit, a 64 MiB segment filled by one thread
+/// until `NoSpace`, then half freed: fresh threads (other shards) are served
+/// from the freed blocks, and empty pages are collected for another size.
+#[test]
+#[ignore = "run by a_full_file_system_sends_threads_to_freed_blocks"]
+fn child_shares_freed_blocks_under_a_file_size_limit() {
+    let kind = AllocatorKind::from_code(child_env(SHARDED_KIND).parse().unwrap());
+    // SAFETY: as in `child_fills_under_a_file_size_limit`.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let limit = libc::rlimit {
+            rlim_cur: 24 * MIB,
+            rlim_max: 24 * MIB,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+    let options = SegmentOptions::memfd("sharded").size(64 * MIB);
+    let heap = AnyAllocator::create(kind, &options).unwrap();
+    let allocator = heap.as_shm_allocator().unwrap();
+    let mut blocks = Vec::new();
+    let error = loop {
+        match allocator.allocate_offset(&Default::default(), 64, 8) {
+            Ok(offset) => blocks.push(offset),
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::NoSpace { .. }), "{kind}: {error}");
+    // Every other block back, then a run of whole pages.
+    let (even, odd): (Vec<_>, Vec<_>) = blocks.iter().partition(|&&o| (o / 64) % 2 == 0);
+    for offset in even {
+        // SAFETY: nothing uses the block after its free.
+        unsafe { allocator.free_offset(&Default::default(), offset) }.unwrap();
+    }
+    let keep = odd.len() / 2;
+    for &offset in &odd[keep..] {
+        // SAFETY: as above.
+        unsafe { allocator.free_offset(&Default::default(), offset) }.unwrap();
+    }
+    std::thread::scope(|scope| {
+        for thread in 0..8 {
+            let allocator = &allocator;
+            scope.spawn(move || {
+                for _ in 0..1000 {
+                    allocator
+                        .allocate_offset(&Default::default(), 64, 8)
+                        .unwrap_or_else(|e| panic!("{kind}: thread {thread}: {e}"));
+                }
+            });
+        }
+    });
+    // Pages emptied above serve another size.
+    for _ in 0..2048 {
+        allocator
+            .allocate_offset(&Default::default(), 1024, 8)
+            .unwrap_or_else(|e| panic!("{kind}: 1 KiB blocks from collected pages: {e}"));
+    }
+    heap.check().unwrap();
+    println!("ok {kind}");
+}
+
+#[test]
+fn a_full_file_system_sends_threads_to_freed_blocks() {
+    for kind in [AllocatorKind::SizeClass, AllocatorKind::ThreadLocal] {
+        let out = spawn_self(
+            "child_shares_freed_blocks_under_a_file_size_limit",
+            &[(SHARDED_KIND, kind.code().to_string())],
+        )
+        .output()
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains(&format!("ok {kind}")),
+            "{kind}: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -242,6 +242,9 @@ pub struct BuddyAllocator {
     /// the table pages: a heap end word past it, written by another process
     /// or forged, has its tables backed here before any entry is read.
     tables_backed: AtomicU64,
+    /// The heap end `absorb` last failed to back the tables for (0: none):
+    /// allocations the free lists can serve do not try again at that size.
+    absorb_stalled: AtomicU64,
 }
 
 // SAFETY: the state, tables and free-block links are reached through atomics
@@ -322,9 +325,11 @@ impl SegmentAllocator for BuddyAllocator {
         };
         let (table, sizes) = resolve_tables(segment, &geo)?;
         let tables_backed = AtomicU64::new(geo.heap_start);
+        let absorb_stalled = AtomicU64::new(0);
         let heap = Heap {
             segment,
             tables_backed: &tables_backed,
+            absorb_stalled: &absorb_stalled,
             // SAFETY: just written; lives in the segment, atomics only.
             state: unsafe { state.as_ref() },
             // SAFETY: `resolve_tables` checked bounds and alignment.
@@ -333,7 +338,7 @@ impl SegmentAllocator for BuddyAllocator {
             sizes: unsafe { std::slice::from_raw_parts(sizes.as_ptr(), geo.units as usize) },
             geo,
         };
-        heap.absorb()?;
+        heap.absorb(true)?;
         Ok(())
     }
 
@@ -369,6 +374,7 @@ impl SegmentAllocator for BuddyAllocator {
             sizes,
             geo,
             tables_backed: AtomicU64::new(geo.heap_start),
+            absorb_stalled: AtomicU64::new(0),
         };
         buddy.heap().heap_end()?;
         Ok(buddy)
@@ -408,6 +414,7 @@ impl BuddyAllocator {
         Heap {
             segment: &self.segment,
             tables_backed: &self.tables_backed,
+            absorb_stalled: &self.absorb_stalled,
             // SAFETY: points into the segment, which lives as long as `self`;
             // checked at construction; atomics only.
             state: unsafe { self.state.as_ref() },
@@ -437,6 +444,8 @@ struct Heap<'a> {
     segment: &'a Segment,
     /// See [`BuddyAllocator::tables_backed`].
     tables_backed: &'a AtomicU64,
+    /// See [`BuddyAllocator::absorb_stalled`].
+    absorb_stalled: &'a AtomicU64,
     state: &'a BuddyState,
     table: &'a [AtomicU8],
     sizes: &'a [AtomicU32],
@@ -713,22 +722,37 @@ impl Heap<'_> {
 
     /// Adds the space the segment has gained since the last call as free
     /// blocks of the largest orders that fit; returns the heap's units.
-    fn absorb(&self) -> Result<usize> {
+    /// Unless `retry`, growth whose tables could not be backed at this very
+    /// size is not tried again (each try costs system calls under the lock).
+    fn absorb(&self, retry: bool) -> Result<usize> {
         let geo = self.geo;
         let end = self.heap_end()?;
-        let mut limit_rel = self.absorbable_end() - geo.heap_start;
+        let absorbable = self.absorbable_end();
+        let mut limit_rel = absorbable - geo.heap_start;
         let mut rel = end - geo.heap_start;
         if rel < limit_rel {
+            if !retry && self.absorb_stalled.load(Ordering::Relaxed) == absorbable {
+                return Err(Error::NoSpace {
+                    name: self.segment.name(),
+                    requested: absorbable,
+                });
+            }
             // Back the table entries of the new units before touching them;
             // on a full file system, take in as much as can be described.
             let min = 1u64 << geo.min_order;
-            let mut limit = geo.heap_start + limit_rel;
+            let mut limit = absorbable;
+            let mut stalled = false;
             while let Err(error) = self.back_tables(end, limit) {
+                stalled = true;
+                self.absorb_stalled.store(absorbable, Ordering::Relaxed);
                 let half = end + (((limit - end) / 2) & !(min - 1));
                 if half <= end || limit - end <= page_size() {
                     return Err(error);
                 }
                 limit = half;
+            }
+            if !stalled {
+                self.absorb_stalled.store(0, Ordering::Relaxed);
             }
             self.tables_backed.fetch_max(limit, Ordering::AcqRel);
             limit_rel = limit - geo.heap_start;
@@ -922,11 +946,13 @@ impl Heap<'_> {
     // ---- the operations, under the lock ----
 
     fn allocate_locked(&self, size: u64, order: u32) -> Result<u64> {
+        let mut retry = false;
         loop {
             // Growth the heap cannot take in (its table pages could not be
             // backed: the file system is full) leaves the free lists as
-            // they are; only a request they cannot serve reports it.
-            let absorbed = self.absorb();
+            // they are; only a request they cannot serve tries again, and
+            // reports it.
+            let absorbed = self.absorb(retry);
             let end = match &absorbed {
                 Ok(end) => *end,
                 Err(_) => self.end_units()?,
@@ -957,6 +983,10 @@ impl Heap<'_> {
                     log.record(offset);
                 }
                 return Ok(offset);
+            }
+            if absorbed.is_err() && !retry {
+                retry = true;
+                continue;
             }
             absorbed?;
             if !self.grow_for(order)? {

@@ -790,11 +790,23 @@ impl SizeClassAllocator {
             let needed = self.heap_base + end * PAGE_SIZE;
             if needed > self.segment.size() {
                 // Backing within the capacity is no growth: only past it
-                // do freed pages come first.
-                if !grow && needed > self.segment.capacity() {
-                    return Ok(None);
-                }
-                if !self.segment.grow_to_fit(needed)? {
+                // do freed pages come first. Without leave to grow, the
+                // backing stops at the capacity, and a full file system
+                // sends the caller on to other shards' pages and to
+                // collection rather than failing the request.
+                let grown = if grow {
+                    self.segment.grow_to_fit(needed)?
+                } else {
+                    match self
+                        .segment
+                        .grow_to_fit_below(needed, self.segment.capacity())
+                    {
+                        Ok(grown) => grown,
+                        Err(Error::NoSpace { .. }) => false,
+                        Err(other) => return Err(other),
+                    }
+                };
+                if !grown {
                     return Ok(None);
                 }
             }

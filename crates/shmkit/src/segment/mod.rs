@@ -491,14 +491,21 @@ impl Segment {
     /// step, it backs `end` alone if it can (else `NoSpace`). Returns false,
     /// growing nothing, when `end` lies beyond the maximum.
     pub fn grow_to_fit(&self, end: u64) -> Result<bool> {
+        self.grow_to_fit_below(end, self.max_size())
+    }
+
+    /// [`grow_to_fit`](Self::grow_to_fit) with the step cut at `limit` (at
+    /// most the maximum): for backing within the capacity, which must not
+    /// spill past it.
+    pub(crate) fn grow_to_fit_below(&self, end: u64, limit: u64) -> Result<bool> {
         let current = self.size();
         if end <= current {
             return Ok(true);
         }
-        if end > self.max_size() {
+        if end > limit.min(self.max_size()) {
             return Ok(false);
         }
-        let stepped = self.growth_target(end);
+        let stepped = self.growth_target(end).min(limit).max(end);
         match self.grow(stepped) {
             // A nearly full file system may still hold what is needed.
             Err(Error::NoSpace { .. }) if stepped > round_to_page(end) => self.grow(end)?,
