@@ -18,15 +18,7 @@ use shmkit::{AllocatorKind, AnyAllocator, LinearAlloc, SegmentOptions};
 
 const SIZE: u64 = 4 << 30;
 
-const KINDS: [AllocatorKind; 7] = [
-    AllocatorKind::Bump,
-    AllocatorKind::Stack,
-    AllocatorKind::Pool,
-    AllocatorKind::FreeList,
-    AllocatorKind::Buddy,
-    AllocatorKind::SizeClass,
-    AllocatorKind::ThreadLocal,
-];
+const KINDS: [AllocatorKind; 7] = AnyAllocator::KINDS;
 
 /// Creates the segment, then drops and removes it.
 fn create_and_remove(kind: AllocatorKind, eager: bool) {

@@ -16,16 +16,23 @@ use shmkit::{
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
-/// Every allocator, each with a way to take one block of `len` bytes.
-const KINDS: [AllocatorKind; 7] = [
-    AllocatorKind::Bump,
-    AllocatorKind::Stack,
-    AllocatorKind::Pool,
-    AllocatorKind::FreeList,
-    AllocatorKind::Buddy,
-    AllocatorKind::SizeClass,
-    AllocatorKind::ThreadLocal,
-];
+/// Every allocator a segment can hold.
+const KINDS: [AllocatorKind; 7] = AnyAllocator::KINDS;
+
+/// Makes this (child) process's file-size limit `bytes`, with the signal
+/// the limit raises ignored, so that backing past it fails with EFBIG (a
+/// stand-in for a full file system).
+fn limit_file_size(bytes: u64) {
+    // SAFETY: plain system calls on this single-threaded child process.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        let limit = libc::rlimit {
+            rlim_cur: bytes,
+            rlim_max: bytes,
+        };
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+    }
+}
 
 /// Bytes the segment's backing object takes, from the file system.
 fn committed(heap: &AnyAllocator) -> u64 {
@@ -158,16 +165,7 @@ const LIMITED_KIND: &str = "SHMKIT_TEST_LIMITED_KIND";
 #[ignore = "run by running_out_of_backing_store_is_an_error_not_a_signal"]
 fn child_fills_under_a_file_size_limit() {
     let kind = AllocatorKind::from_code(child_env(LIMITED_KIND).parse().unwrap());
-    // SAFETY: plain system calls on this (single-threaded child) process: the
-    // signal the limit raises is ignored, so the call fails with EFBIG.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let limit = libc::rlimit {
-            rlim_cur: 40 * MIB,
-            rlim_max: 40 * MIB,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-    }
+    limit_file_size(40 * MIB);
     let options = SegmentOptions::memfd("limited").size(256 * MIB);
     let heap = AnyAllocator::create(kind, &options).unwrap();
     let len = block_len(kind);
@@ -211,13 +209,16 @@ fn child_fills_under_a_file_size_limit() {
 
 #[test]
 fn running_out_of_backing_store_is_an_error_not_a_signal() {
-    for kind in KINDS {
-        let out = spawn_self(
-            "child_fills_under_a_file_size_limit",
-            &[(LIMITED_KIND, kind.code().to_string())],
-        )
-        .output()
-        .unwrap();
+    run_child_for_each(&KINDS, "child_fills_under_a_file_size_limit", LIMITED_KIND);
+}
+
+/// Runs the ignored test `child` once per kind in a child process (the kind
+/// in `env_key`) and checks that it exited cleanly and said so.
+fn run_child_for_each(kinds: &[AllocatorKind], child: &str, env_key: &str) {
+    for &kind in kinds {
+        let out = spawn_self(child, &[(env_key, kind.code().to_string())])
+            .output()
+            .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             out.status.success() && stdout.contains(&format!("ok {kind}")),
@@ -436,15 +437,7 @@ const SHARDED_KIND: &str = "SHMKIT_TEST_SHARDED_KIND";
 #[ignore = "run by a_full_file_system_sends_threads_to_freed_blocks"]
 fn child_shares_freed_blocks_under_a_file_size_limit() {
     let kind = AllocatorKind::from_code(child_env(SHARDED_KIND).parse().unwrap());
-    // SAFETY: as in `child_fills_under_a_file_size_limit`.
-    unsafe {
-        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-        let limit = libc::rlimit {
-            rlim_cur: 24 * MIB,
-            rlim_max: 24 * MIB,
-        };
-        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
-    }
+    limit_file_size(24 * MIB);
     let options = SegmentOptions::memfd("sharded").size(64 * MIB);
     let heap = AnyAllocator::create(kind, &options).unwrap();
     let allocator = heap.as_shm_allocator().unwrap();
@@ -491,19 +484,9 @@ fn child_shares_freed_blocks_under_a_file_size_limit() {
 
 #[test]
 fn a_full_file_system_sends_threads_to_freed_blocks() {
-    for kind in [AllocatorKind::SizeClass, AllocatorKind::ThreadLocal] {
-        let out = spawn_self(
-            "child_shares_freed_blocks_under_a_file_size_limit",
-            &[(SHARDED_KIND, kind.code().to_string())],
-        )
-        .output()
-        .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains(&format!("ok {kind}")),
-            "{kind}: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_child_for_each(
+        &[AllocatorKind::SizeClass, AllocatorKind::ThreadLocal],
+        "child_shares_freed_blocks_under_a_file_size_limit",
+        SHARDED_KIND,
+    );
 }
