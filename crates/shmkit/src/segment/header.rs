@@ -46,9 +46,10 @@ pub const MAGIC: u64 = u64::from_ne_bytes(*b"\x7fSHMKIT\0");
 
 /// The on-segment format this build writes and reads (2: the flags word;
 /// 3: the hand-off log after the header; 4: each thread's share of the
-/// accounting in its hand-off slot; 5: the data area is backed as it fills,
-/// and the buddy allocator's tables only as far as its heap reaches, which
-/// a build that expects them backed must not touch).
+/// accounting in its hand-off slot; 5: the size asked for kept apart from
+/// the maximum (`capacity`), the data area backed as it fills, and the buddy
+/// allocator's tables only as far as its heap reaches, which a build that
+/// expects them backed must not touch).
 pub const FORMAT_VERSION: u32 = 5;
 
 /// Bits of the header's flags word: features fixed at creation that every
