@@ -105,7 +105,12 @@ fn child_dies_at_a_crash_point() {
     if operation == "allocate-first" {
         shmkit::crash_point::arm(point);
     }
-    let held = heap.allocate_offset(&ctx, SMALL, 16).unwrap();
+    let held_size = if operation == "free-large" {
+        LARGE
+    } else {
+        SMALL
+    };
+    let held = heap.allocate_offset(&ctx, held_size, 16).unwrap();
     announce("held", held);
     match operation.as_str() {
         "allocate" | "allocate-large" => {
@@ -128,7 +133,7 @@ fn child_dies_at_a_crash_point() {
             // SAFETY: raise has no memory preconditions.
             unsafe { libc::raise(libc::SIGKILL) };
         }
-        "free" => {
+        "free" | "free-large" => {
             announce("freeing", held);
             shmkit::crash_point::arm(point);
             // SAFETY: nothing uses the block after it is freed.
@@ -247,6 +252,7 @@ fn dies_at_then(
         let fresh = create(kind, &fresh_options);
         let sizes: &[usize] = match operation {
             "allocate-large" => &[SMALL, LARGE],
+            "free-large" => &[LARGE],
             _ => &[SMALL, SMALL],
         };
         let history: Vec<u64> = sizes
@@ -347,6 +353,24 @@ fn a_large_size_class_allocation_killed_before_its_record_is_rolled_back() {
         "size_class",
         "size_class.alloc.large_pending",
         "allocate-large",
+    );
+}
+
+#[test]
+fn a_large_size_class_allocation_killed_between_its_tails_and_its_head_is_rolled_back() {
+    dies_at(
+        "size_class",
+        "size_class.alloc.large_tails",
+        "allocate-large",
+    );
+}
+
+#[test]
+fn a_large_size_class_free_killed_before_its_tails_are_cleared_completes() {
+    dies_at(
+        "size_class",
+        "size_class.free.large_head_freed",
+        "free-large",
     );
 }
 

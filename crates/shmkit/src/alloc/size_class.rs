@@ -1362,6 +1362,7 @@ impl SizeClassAllocator {
                         d.state.store(TAIL, Ordering::Relaxed);
                     }
                 }
+                crash_point!("size_class.alloc.large_tails");
                 desc.run.store(pages, Ordering::Relaxed);
                 desc.requested.store(requested, Ordering::Relaxed);
                 desc.state.store(PENDING_LARGE, Ordering::Release);
@@ -1421,6 +1422,7 @@ impl SizeClassAllocator {
                     return Err(invalid());
                 }
                 // FREE but on no stack yet: nobody else can take these pages.
+                crash_point!("size_class.free.large_head_freed");
                 self.segment.scrub(offset, len * PAGE_SIZE);
                 for tail in page + 1..page + len as u32 {
                     if let Some(d) = self.desc(tail) {
@@ -1959,6 +1961,25 @@ impl SizeClassAllocator {
                         format!("the large block at page {page} was never handed out"),
                     );
                     page += len;
+                }
+                TAIL if current == TAIL => {
+                    // Tails with no large head before them: an allocation
+                    // killed after writing its tails and before its head,
+                    // or a free killed after freeing its head and before
+                    // its tails. A rebuild frees them.
+                    let first = page;
+                    while page < bump
+                        && self.desc(page).map(|d| d.state.load(Ordering::Acquire)) == Some(TAIL)
+                    {
+                        page += 1;
+                    }
+                    traces.add(
+                        1,
+                        format!(
+                            "pages {first}..{page}: the tail of a large block whose \
+                             allocation or free was cut short"
+                        ),
+                    );
                 }
                 _ => {
                     return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
