@@ -850,6 +850,8 @@ mod tests {
     }
 
     #[test]
+    // The backtrace must show this frame, in optimized builds too.
+    #[inline(never)]
     fn records_follow_the_recording_mode() {
         let tracker = Tracker::new();
         tracker.on_allocate(1, 8); // before recording: never reported
