@@ -55,6 +55,19 @@ fn every_subcommand_has_help() {
     }
 }
 
+/// The row `shmkit ls --json` gives for `name`.
+fn ls_json_row(name: &Name) -> serde_json::Value {
+    let out = shmkit(&["ls", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == name.0.as_str())
+        .cloned()
+        .expect("listed in JSON")
+}
+
 #[test]
 fn ls_lists_shmkit_segments_and_skips_foreign_files() {
     let ours = Name::new("ls");
@@ -79,14 +92,7 @@ fn ls_lists_shmkit_segments_and_skips_foreign_files() {
         "{text}"
     );
     // The same as JSON, for scripts.
-    let out = shmkit(&["ls", "--json"]);
-    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == ours.0.as_str())
-        .expect("listed in JSON");
+    let row = ls_json_row(&ours);
     assert_eq!(row["allocator"], "size-class");
     assert_eq!(
         row["creator_alive"], false,
@@ -471,14 +477,7 @@ fn create_backs_memory_as_the_segment_fills_unless_asked_to_commit() {
         } else {
             assert!(backed <= 8 << 20, "{created}");
         }
-        let listed = stdout(&shmkit(&["ls", "-j"]));
-        let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
-        let row = rows
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|row| row["name"] == name.0.as_str())
-            .expect("listed");
+        let row = ls_json_row(&name);
         assert_eq!(row["backed"].as_u64(), Some(on_disk), "{row}");
     }
 }

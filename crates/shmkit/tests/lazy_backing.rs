@@ -19,6 +19,15 @@ const GIB: u64 = 1 << 30;
 /// Every allocator a segment can hold.
 const KINDS: [AllocatorKind; 7] = AnyAllocator::KINDS;
 
+/// In a child: the kind named in `env_key`, and a memfd segment of `size`
+/// bytes on it, created under a file-size limit of `limit` bytes.
+fn child_heap_under_a_limit(env_key: &str, limit: u64, size: u64) -> (AllocatorKind, AnyAllocator) {
+    let kind = AllocatorKind::from_code(child_env(env_key).parse().unwrap());
+    limit_file_size(limit);
+    let options = SegmentOptions::memfd(format!("limited-{kind}")).size(size);
+    (kind, AnyAllocator::create(kind, &options).unwrap())
+}
+
 /// Makes this (child) process's file-size limit `bytes`, with the signal
 /// the limit raises ignored, so that backing past it fails with EFBIG (a
 /// stand-in for a full file system).
@@ -164,10 +173,7 @@ const LIMITED_KIND: &str = "SHMKIT_TEST_LIMITED_KIND";
 #[test]
 #[ignore = "run by running_out_of_backing_store_is_an_error_not_a_signal"]
 fn child_fills_under_a_file_size_limit() {
-    let kind = AllocatorKind::from_code(child_env(LIMITED_KIND).parse().unwrap());
-    limit_file_size(40 * MIB);
-    let options = SegmentOptions::memfd("limited").size(256 * MIB);
-    let heap = AnyAllocator::create(kind, &options).unwrap();
+    let (kind, heap) = child_heap_under_a_limit(LIMITED_KIND, 40 * MIB, 256 * MIB);
     let len = block_len(kind);
     let mut blocks = Vec::new();
     let error = loop {
@@ -436,10 +442,7 @@ const SHARDED_KIND: &str = "SHMKIT_TEST_SHARDED_KIND";
 #[test]
 #[ignore = "run by a_full_file_system_sends_threads_to_freed_blocks"]
 fn child_shares_freed_blocks_under_a_file_size_limit() {
-    let kind = AllocatorKind::from_code(child_env(SHARDED_KIND).parse().unwrap());
-    limit_file_size(24 * MIB);
-    let options = SegmentOptions::memfd("sharded").size(64 * MIB);
-    let heap = AnyAllocator::create(kind, &options).unwrap();
+    let (kind, heap) = child_heap_under_a_limit(SHARDED_KIND, 24 * MIB, 64 * MIB);
     let allocator = heap.as_shm_allocator().unwrap();
     let mut blocks = Vec::new();
     let error = loop {

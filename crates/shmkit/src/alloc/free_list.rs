@@ -373,11 +373,9 @@ impl FreeListAllocator {
     }
 
     /// The accounting, with the free-space figures of a walk under the lock
-    /// (`(free bytes, largest free block), capacity`) when there is one, else
-    /// what the shared words say.
-    /// The figures from the shared words, or from a walk under the lock:
-    /// ((free bytes, largest free block), heap bytes), and the free block
-    /// at the heap's end that growth would merge with.
+    /// (`(free bytes, largest free block), heap bytes`) when there is one,
+    /// else what the shared words say, plus the room to grow; `free_tail` is
+    /// the free block at the heap's end that growth would merge with.
     fn stats_from(&self, walked: Option<((u64, u64), u64)>, free_tail: u64) -> AllocStats {
         let state = self.state();
         let (allocated_bytes, live_allocations, peak_bytes) =
