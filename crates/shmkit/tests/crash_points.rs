@@ -133,6 +133,22 @@ fn child_dies_at_a_crash_point() {
             // SAFETY: raise has no memory preconditions.
             unsafe { libc::raise(libc::SIGKILL) };
         }
+        "free-many" => {
+            // More frees than a magazine holds: the last gives half back
+            // to the heap.
+            let blocks: Vec<u64> = (0..9)
+                .map(|_| heap.allocate_offset(&ctx, size, 16).unwrap())
+                .collect();
+            for &block in &blocks {
+                announce("held", block);
+                announce("freeing", block);
+            }
+            shmkit::crash_point::arm(point);
+            for block in blocks {
+                // SAFETY: nothing uses the block after it is freed.
+                let _ = unsafe { heap.free_offset(&ctx, block) };
+            }
+        }
         "free" | "free-large" => {
             announce("freeing", held);
             shmkit::crash_point::arm(point);
@@ -408,19 +424,40 @@ fn a_thread_local_block_handed_out_to_a_killed_thread_is_in_the_log() {
     dies_at("thread_local", "", "returned");
 }
 
+// Large blocks: small ones go through the thread cache, without the lock.
 #[test]
 fn a_free_list_allocation_killed_before_its_commit_is_rolled_back() {
-    dies_at("free_list", "free_list.alloc.intended", "allocate");
+    dies_at("free_list", "free_list.alloc.intended", "allocate-large");
 }
 
 #[test]
 fn a_free_list_allocation_killed_after_its_commit_is_rolled_back() {
-    dies_at("free_list", "free_list.alloc.committed", "allocate");
+    dies_at("free_list", "free_list.alloc.committed", "allocate-large");
 }
 
 #[test]
 fn a_free_list_free_killed_under_the_lock_completes() {
-    dies_at("free_list", "free_list.free.committed", "free");
+    dies_at("free_list", "free_list.free.committed", "free-large");
+}
+
+#[test]
+fn a_free_list_cached_free_killed_before_its_magazine_is_recovered() {
+    dies_at("free_list", "free_list.cache.flagged", "free");
+}
+
+#[test]
+fn a_free_list_cached_allocation_killed_after_the_pop_is_recovered() {
+    dies_at("free_list", "free_list.cache.popped", "allocate");
+}
+
+#[test]
+fn a_free_list_cached_allocation_killed_after_the_take_is_rolled_back() {
+    dies_at("free_list", "free_list.cache.taken", "allocate");
+}
+
+#[test]
+fn a_free_list_cache_killed_giving_blocks_back_is_recovered() {
+    dies_at("free_list", "free_list.cache.giving_back", "free-many");
 }
 
 #[test]

@@ -3,9 +3,10 @@
 //! Most kills land inside the allocator on purpose: the test asks for a
 //! victim, the next worker to reach one of the allocator's crash points
 //! (the `crash-points` feature) says "inside" in its journal and waits
-//! there, and the test kills it; for the free-list and buddy allocators
-//! every such point is under the allocator's lock. Other kills land at
-//! random moments. For each allocator that shares its state:
+//! there, and the test kills it; for the buddy allocator every such point
+//! is under its lock, for the free list all but its thread cache's (and the
+//! soak goes on until enough kills landed under the lock). Other kills land
+//! at random moments. For each allocator that shares its state:
 //!
 //! - at least [`MIN_INSIDE_KILLS`] kills land inside the allocator's code
 //!   (counted from the victims' journals, never assumed);
@@ -85,6 +86,10 @@ const POINTS: &[&str] = &[
     "free_list.alloc.intended",
     "free_list.alloc.committed",
     "free_list.free.committed",
+    "free_list.cache.flagged",
+    "free_list.cache.popped",
+    "free_list.cache.taken",
+    "free_list.cache.giving_back",
     "buddy.alloc.intended",
     "buddy.alloc.committed",
     "buddy.free.committed",
@@ -92,7 +97,10 @@ const POINTS: &[&str] = &[
 
 /// Whether the point lies under the allocator's lock.
 fn under_lock(point: &str) -> bool {
-    point.starts_with("free_list.") || point.starts_with("buddy.")
+    // The free list's thread cache frees and allocates without the lock;
+    // only giving blocks back takes it.
+    let lock_free = point.starts_with("free_list.cache.") && point != "free_list.cache.giving_back";
+    (point.starts_with("free_list.") && !lock_free) || point.starts_with("buddy.")
 }
 
 const RUNNING: u32 = 1;
@@ -478,11 +486,23 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
     // Kills that landed inside the allocator, by crash point.
     let mut inside: BTreeMap<&str, usize> = BTreeMap::new();
     let inside_kills = |inside: &BTreeMap<&str, usize>| inside.values().sum::<usize>();
+    let locked_kills = |inside: &BTreeMap<&str, usize>| {
+        inside
+            .iter()
+            .filter(|(point, _)| under_lock(point))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    let locking = kind == "free-list" || kind == "buddy";
+    let enough = |inside: &BTreeMap<&str, usize>| {
+        inside_kills(inside) >= MIN_INSIDE_KILLS
+            && (!locking || locked_kills(inside) >= MIN_INSIDE_KILLS)
+    };
     let run = Duration::from_secs_f64(soak_seconds());
     let started = Instant::now();
     let mut next_random_kill = started + Duration::from_millis(100 + rng.below(150));
     let mut next_inside_kill = started + Duration::from_millis(50);
-    while started.elapsed() < run || inside_kills(&inside) < MIN_INSIDE_KILLS {
+    while started.elapsed() < run || !enough(&inside) {
         assert!(
             started.elapsed() < INSIDE_DEADLINE,
             "{kind}: only {} kills landed inside the allocator in {INSIDE_DEADLINE:?}: {inside:?}",
@@ -608,12 +628,8 @@ fn soak<A: SegmentAllocator + ShmAllocator>(kind: &str, params: &A::Params) {
         .unwrap_or(0);
     let inside_kills = inside_kills(&inside);
     assert!(inside_kills >= MIN_INSIDE_KILLS, "{kind}: {inside:?}");
-    if kind == "free-list" || kind == "buddy" {
-        let locked: usize = inside
-            .iter()
-            .filter(|(point, _)| under_lock(point))
-            .map(|(_, n)| n)
-            .sum();
+    if locking {
+        let locked = locked_kills(&inside);
         assert!(
             locked >= MIN_INSIDE_KILLS,
             "{kind}: only {locked} kills landed holding the allocator's lock: {inside:?}"

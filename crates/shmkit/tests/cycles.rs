@@ -303,9 +303,11 @@ fn free_list_chain_self_loop_and_wild_link_are_errors() {
     for damage in BOTH {
         let what = format!("free-list chain, {damage:?}");
         let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
-        let before = heap.allocate(64).unwrap();
-        let freed = heap.allocate(64).unwrap();
-        let after = heap.allocate(64).unwrap();
+        // Too large for the thread cache: a freed block goes on a list.
+        const LISTED: usize = 300;
+        let before = heap.allocate(LISTED).unwrap();
+        let freed = heap.allocate(LISTED).unwrap();
+        let after = heap.allocate(LISTED).unwrap();
         // SAFETY: nothing uses the block after it is freed.
         unsafe { heap.free(freed) }.unwrap();
         // A free block's list links are its first payload words: next, prev.
@@ -323,10 +325,10 @@ fn free_list_chain_self_loop_and_wild_link_are_errors() {
             is_corrupt_header(&bounded(&what, || heap.check())),
             "{what}"
         );
-        let result = bounded(&what, || heap.allocate(64));
+        let result = bounded(&what, || heap.allocate(LISTED));
         assert!(is_corrupt_header(&result), "{what}: {result:?}");
         // The report stands; the rebuild it triggered makes the heap usable.
-        let again = bounded(&what, || heap.allocate(64)).unwrap();
+        let again = bounded(&what, || heap.allocate(LISTED)).unwrap();
         for live in [before, after] {
             assert_ne!(again.offset(), live.offset(), "{what}");
         }

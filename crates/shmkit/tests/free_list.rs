@@ -22,6 +22,9 @@ use shmkit::{
 
 /// Bytes of a block header (the layout documented in `alloc/free_list.rs`).
 const HEADER: u64 = 32;
+/// A request whose block is too large for the thread cache (256 bytes with
+/// the header), so its free takes the lock.
+const BIG: usize = 300;
 /// Where the segment header records the allocator state's offset.
 const STATE_OFFSET_FIELD: u64 = 104;
 
@@ -101,8 +104,9 @@ fn freed_blocks_are_reused_and_coalesced() {
     assert!(a.offset().raw() < b.offset().raw() && b.offset().raw() < c.offset().raw());
     // SAFETY: nothing uses the block after it is freed.
     unsafe { heap.free(b) }.unwrap();
-    // The hole is reused for a request that fits it.
-    let b2 = heap.allocate(90).unwrap();
+    // The hole is reused for a request of its size (this thread's cache
+    // holds it).
+    let b2 = heap.allocate(100).unwrap();
     assert_eq!(b2.offset(), b.offset());
     // SAFETY: nothing uses the block after it is freed.
     unsafe { heap.free(b2) }.unwrap();
@@ -734,9 +738,11 @@ fn a_dead_owner_mid_split_is_repaired() {
 #[test]
 fn a_broken_chain_is_reported_then_quarantined() {
     let heap = heap(256 << 10);
-    let a = heap.allocate(100).unwrap();
-    let b = heap.allocate(100).unwrap();
-    fill(b, 100, 0xbb);
+    // Blocks too large for the thread cache: their frees take the lock and
+    // look at the neighbours.
+    let a = heap.allocate(BIG).unwrap();
+    let b = heap.allocate(BIG).unwrap();
+    fill(b, BIG, 0xbb);
     let live_before = heap.stats().live_allocations;
     // A size word that no write order produces (a stray write did it).
     let b_block = b.offset().raw() - HEADER;
@@ -758,13 +764,13 @@ fn a_broken_chain_is_reported_then_quarantined() {
         unsafe { heap.free(b) },
         Err(Error::InvalidFree { .. })
     ));
-    assert!(holds(b, 100, 0xbb), "quarantined bytes are left alone");
+    assert!(holds(b, BIG, 0xbb), "quarantined bytes are left alone");
     // SAFETY: nothing uses the block after it is freed.
     unsafe { heap.free(a) }.unwrap();
-    let mut ranges = vec![(b_block, 144)];
+    let mut ranges = vec![(b_block, BIG as u64 + HEADER)];
     let mut fresh = Vec::new();
-    while let Ok(block) = heap.allocate(100) {
-        ranges.push((block.offset().raw(), 100));
+    while let Ok(block) = heap.allocate(BIG) {
+        ranges.push((block.offset().raw(), BIG as u64));
         fresh.push(block);
     }
     assert_disjoint(&mut ranges);

@@ -105,6 +105,15 @@ impl HandoffSlot {
         self.block.store(offset | TENTATIVE, Ordering::Release);
     }
 
+    /// Forgets the tentative record of `offset` (the allocation did not
+    /// happen).
+    #[inline]
+    pub(crate) fn forget_intent(&self, offset: u64) {
+        if self.block.load(Ordering::Relaxed) == offset | TENTATIVE {
+            self.block.store(0, Ordering::Release);
+        }
+    }
+
     /// Records, before the stack allocator's compare-and-swap of its top
     /// word from `prev_word` to a word naming this slot, the block it
     /// carves: whoever finds the top still naming this slot after the owner
@@ -267,6 +276,21 @@ pub(crate) fn settle_tentative(segment: &Segment, dead_owner: u64, roll_back: im
     if record & TENTATIVE != 0 {
         roll_back(record & !TENTATIVE);
         slot.block.store(0, Ordering::Release);
+    }
+}
+
+/// Settles the tentative records of every dead thread, for a recovery
+/// pass that runs alone (no lock owner to wait for): `roll_back` gets each
+/// block, which it frees if the allocation committed; the record is
+/// forgotten either way. For allocations made without a lock.
+pub(crate) fn settle_dead_tentatives(segment: &Segment, mut roll_back: impl FnMut(u64)) {
+    for slot in slots(segment) {
+        let owner = slot.owner.load(Ordering::Acquire);
+        let record = slot.block.load(Ordering::Acquire);
+        if owner != 0 && record & TENTATIVE != 0 && owner_is_dead(owner) {
+            roll_back(record & !TENTATIVE);
+            slot.block.store(0, Ordering::Release);
+        }
     }
 }
 
@@ -506,6 +530,30 @@ fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
 /// or reused by a thread started at another time).
 fn owner_is_dead(owner: u64) -> bool {
     crate::segment::thread_is_dead(owner)
+}
+
+/// Runs `visit` on the index of every slot no live thread holds (free, or
+/// its owner died), holding the slot meanwhile under the calling thread's
+/// identity so that no thread claims it before `visit` returns, then giving
+/// it back as it was (a dead owner's records stay for the reaper): for
+/// whoever empties what a slot's past owners left in structures indexed by
+/// slot.
+pub(crate) fn with_idle_slots(segment: &Segment, mut visit: impl FnMut(u32)) {
+    let me = thread_id::current_identity_word();
+    for (index, slot) in slots(segment).iter().enumerate() {
+        let owner = slot.owner.load(Ordering::Acquire);
+        if owner == me || (owner != 0 && !owner_is_dead(owner)) {
+            continue;
+        }
+        if slot
+            .owner
+            .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            visit(index as u32);
+            slot.owner.store(owner, Ordering::Release);
+        }
+    }
 }
 
 /// Takes the records of threads that died, freeing their slots: the blocks

@@ -16,6 +16,9 @@
 //! +32  payload     (16-aligned; the offset handed out)
 //! ```
 //!
+//! A small block a thread freed may sit in that thread's cache instead,
+//! marked `CACHED` (8) in its size word: see [`thread_cache`].
+//!
 //! A free block keeps its free-list links in its first payload words:
 //! `+32 next_free`, `+40 prev_free` (offsets, 0 for none). The smallest block
 //! is 48 bytes.
@@ -80,9 +83,13 @@
 //! list link, say) is reported as [`Error::CorruptHeader`], and the
 //! structure is rebuilt before the lock is released.
 
+mod thread_cache;
+
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
+
+use self::thread_cache::{CachedFree, ThreadCaches, CACHED};
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -125,7 +132,8 @@ const SMALL: u64 = 1 << FL_SHIFT;
 /// First-level classes: enough for any segment (at most 2^47 bytes).
 const FL_COUNT: usize = 48;
 
-const STATE_MAGIC: u64 = u64::from_ne_bytes(*b"TLSFv001");
+/// Version 2 added the thread caches (a segment of version 1 is refused).
+const STATE_MAGIC: u64 = u64::from_ne_bytes(*b"TLSFv002");
 const SEAL_KEY: u64 = 0x6b1d_f3a5_9e27_c40f;
 
 /// How long an operation waits for the lock held by a live process.
@@ -148,6 +156,7 @@ struct FreeListState {
     sl_bitmap: [AtomicU32; FL_COUNT],
     heads: [[AtomicU64; SL_COUNT]; FL_COUNT],
     counters: AllocCounters,
+    caches: ThreadCaches,
 }
 
 #[repr(C)]
@@ -270,6 +279,15 @@ pub struct FreeListAllocator {
 unsafe impl Send for FreeListAllocator {}
 // SAFETY: as above.
 unsafe impl Sync for FreeListAllocator {}
+
+impl Drop for FreeListAllocator {
+    /// Gives the calling thread's cached blocks back to the heap (a thread
+    /// that goes on to use the segment through another handle just caches
+    /// anew).
+    fn drop(&mut self) {
+        self.give_back_on_drop();
+    }
+}
 
 impl std::fmt::Debug for FreeListAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -551,8 +569,8 @@ impl<'a> Heap<'a> {
         let header = self.header(block)?;
         let word = header.size_flags.load(Ordering::Acquire);
         let (size, flags) = (word & !FLAGS, word & FLAGS);
-        if flags & !(FREE | PREV_FREE | QUARANTINED) != 0
-            || flags & (FREE | QUARANTINED) == FREE | QUARANTINED
+        if flags & !(FREE | PREV_FREE | QUARANTINED | CACHED) != 0
+            || (flags & (FREE | QUARANTINED | CACHED)).count_ones() > 1
             || size < MIN_BLOCK
             || block.checked_add(size).is_none_or(|end| end > self.end)
         {
@@ -595,6 +613,51 @@ impl<'a> Heap<'a> {
         );
     }
 
+    /// Commits a new size, flags and length for the validated block `used`
+    /// by compare-and-swap from the word it was validated with (a cached
+    /// free may set `CACHED` on a live block without the lock: then the
+    /// block is no longer the caller's, [`Error::InvalidFree`]), then
+    /// reseals it.
+    fn commit_live(
+        &self,
+        used: &UsedBlock<'_>,
+        size: u64,
+        flags: u64,
+        requested: u64,
+    ) -> Result<()> {
+        let header = used.header;
+        header
+            .size_flags
+            .compare_exchange(
+                used.size | used.flags,
+                size | flags,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .map_err(|_| Error::InvalidFree {
+                offset: used.block + HEADER,
+            })?;
+        header.requested.store(requested, Ordering::Relaxed);
+        header.seal.store(
+            seal(used.block, size | (flags & FREE), requested),
+            Ordering::Release,
+        );
+        Ok(())
+    }
+
+    /// [`commit_live`](Self::commit_live) after other changes: if it fails,
+    /// the next locker rebuilds what those changes began.
+    fn commit_live_or_repair(
+        &self,
+        used: &UsedBlock<'_>,
+        size: u64,
+        flags: u64,
+        requested: u64,
+    ) -> Result<()> {
+        self.commit_live(used, size, flags, requested)
+            .inspect_err(|_| self.state.needs_repair.store(1, Ordering::Release))
+    }
+
     /// Points the block at `next` (if inside the heap) back at `prev`.
     fn link_next(&self, next: u64, prev: u64, prev_free: bool) -> Result<()> {
         if next >= self.end {
@@ -602,10 +665,11 @@ impl<'a> Heap<'a> {
         }
         let header = self.header(next)?;
         header.prev_phys.store(prev, Ordering::Release);
+        // Atomic: a cached free may set `CACHED` on a live `next` meanwhile.
         if prev_free {
-            locked_update(&header.size_flags, |flags| flags | PREV_FREE);
+            header.size_flags.fetch_or(PREV_FREE, Ordering::AcqRel);
         } else {
-            locked_update(&header.size_flags, |flags| flags & !PREV_FREE);
+            header.size_flags.fetch_and(!PREV_FREE, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -849,6 +913,12 @@ impl<'a> Heap<'a> {
     /// Validates `offset` as the payload of a live block; anything else is
     /// [`Error::InvalidFree`].
     fn used_block(&self, offset: u64) -> Result<UsedBlock<'a>> {
+        self.used_block_as(offset, false)
+    }
+
+    /// [`used_block`](Self::used_block) for a block in use that is (when
+    /// `cached`) or is not in a thread cache.
+    fn used_block_as(&self, offset: u64, cached: bool) -> Result<UsedBlock<'a>> {
         let invalid = Error::InvalidFree { offset };
         if offset % GRANULE != 0 || offset < self.start + HEADER || offset >= self.end {
             return Err(invalid);
@@ -859,6 +929,7 @@ impl<'a> Heap<'a> {
             .map_err(|_| Error::InvalidFree { offset })?;
         let requested = header.requested.load(Ordering::Acquire);
         if flags & (FREE | QUARANTINED) != 0
+            || (flags & CACHED != 0) != cached
             || requested > size - HEADER
             || header.seal.load(Ordering::Acquire) != seal(block, size, requested)
         {
@@ -898,6 +969,25 @@ impl<'a> Heap<'a> {
         })
     }
 
+    /// Frees every block still marked cached once every magazine is empty:
+    /// the ones a killed thread left between its cache and the heap.
+    /// Returns how many.
+    fn free_orphans(&mut self) -> Result<u64> {
+        let mut orphans = Vec::new();
+        let mut block = self.start;
+        while block < self.end {
+            let (_, size, flags) = self.block(block)?;
+            if flags & CACHED != 0 {
+                orphans.push(block + HEADER);
+            }
+            block += size;
+        }
+        for &offset in &orphans {
+            self.free_as(offset, true)?;
+        }
+        Ok(orphans.len() as u64)
+    }
+
     /// The error of the first header the physical chain cannot pass, if
     /// any (a reason to rebuild, which quarantines it).
     fn broken_chain(&self) -> Option<Error> {
@@ -914,20 +1004,28 @@ impl<'a> Heap<'a> {
     /// Frees the live block whose payload is at `offset`, coalescing it
     /// with free neighbours; returns the length it recorded.
     fn free(&mut self, offset: u64) -> Result<u64> {
+        self.free_as(offset, false)
+    }
+
+    /// [`free`](Self::free) of a block that is (when `cached`: a thread
+    /// cache gives it back) or is not cached.
+    fn free_as(&mut self, offset: u64, cached: bool) -> Result<u64> {
+        let used = self.used_block_as(offset, cached)?;
         let UsedBlock {
             header,
             block,
             size,
             flags,
             requested,
-        } = self.used_block(offset)?;
-        // Under the lock the live block is ours alone.
+        } = used;
+        // Under the lock the block is ours alone (a cached free racing to
+        // take it loses, or makes the commit below fail).
         self.segment.scrub(offset, size - HEADER);
         let last = self.state.last_block.load(Ordering::Acquire);
         let mut is_last = last == block;
         // Mark it free (the commit), then tell the next block.
         let own_flags = FREE | (flags & PREV_FREE);
-        self.commit(header, block, size, own_flags, 0);
+        self.commit_live(&used, size, own_flags, 0)?;
         let next = block + size;
         crash_point!("free_list.free.committed");
         self.link_next(next, block, true)?;
@@ -971,11 +1069,11 @@ impl<'a> Heap<'a> {
             return Ok(None);
         };
         let UsedBlock {
-            header,
             block,
             size,
             flags,
             requested,
+            ..
         } = used;
         let next = block + size;
         let next_free = if next < self.end {
@@ -992,7 +1090,7 @@ impl<'a> Heap<'a> {
         let flags = flags & PREV_FREE;
         if need <= size && size - need < MIN_BLOCK {
             // Fits as it is: only the recorded length changes.
-            self.commit(header, block, size, flags, new_size);
+            self.commit_live(&used, size, flags, new_size)?;
             return Ok(Some(requested));
         }
         if let Some(next_size) = next_free {
@@ -1003,13 +1101,13 @@ impl<'a> Heap<'a> {
             let rest = block + need;
             self.write_header(rest, available - need, FREE, block, 0)?;
             self.link_next(end, rest, true)?;
-            self.commit(header, block, need, flags, new_size);
+            self.commit_live_or_repair(&used, need, flags, new_size)?;
             self.insert(rest, available - need)?;
             if last == block || (next_free.is_some() && last == next) {
                 self.state.last_block.store(rest, Ordering::Release);
             }
         } else {
-            self.commit(header, block, available, flags, new_size);
+            self.commit_live_or_repair(&used, available, flags, new_size)?;
             self.link_next(end, block, false)?;
             if next_free.is_some() && last == next {
                 self.state.last_block.store(block, Ordering::Release);
@@ -1122,10 +1220,11 @@ impl<'a> Heap<'a> {
                 if flags & QUARANTINED != 0 {
                     self.commit(header, block, size, prev_free | QUARANTINED, 0);
                 } else {
-                    let requested = header.requested.load(Ordering::Acquire).min(size - HEADER);
-                    self.commit(header, block, size, prev_free, requested);
-                    live += 1;
-                    live_bytes += requested;
+                    let requested = reseal_live(header, block, size, prev_free);
+                    if flags & CACHED == 0 {
+                        live += 1;
+                        live_bytes += requested;
+                    }
                 }
                 prev = block;
             }
@@ -1135,6 +1234,9 @@ impl<'a> Heap<'a> {
             self.insert(first, total)?;
         }
         state.last_block.store(prev, Ordering::Release);
+        if quarantined != 0 {
+            state.caches.switch_off();
+        }
         state.counters.reset_to(self.segment, live_bytes, live);
         state.repairs.fetch_add(1, Ordering::AcqRel);
         state.needs_repair.store(0, Ordering::Release);
@@ -1200,7 +1302,9 @@ impl<'a> Heap<'a> {
     fn free_summary(&self) -> Result<(u64, u64)> {
         let bytes = self.state.free_bytes.load(Ordering::Acquire);
         let blocks = self.state.free_blocks.load(Ordering::Acquire);
-        let usable = bytes.saturating_sub(blocks.saturating_mul(HEADER));
+        let usable = bytes
+            .saturating_sub(blocks.saturating_mul(HEADER))
+            .saturating_add(self.state.caches.cached_bytes());
         let fl_map = self.state.fl_bitmap.load(Ordering::Acquire);
         if fl_map == 0 {
             return Ok((usable, 0));
@@ -1235,6 +1339,7 @@ impl<'a> Heap<'a> {
     fn check(&self) -> Result<()> {
         self.check_end()?;
         let mut free_set = std::collections::HashSet::new();
+        let mut cached = std::collections::HashMap::new();
         let (mut free_bytes, mut live, mut live_bytes) = (0u64, 0u64, 0u64);
         let (mut prev, mut prev_free) = (0u64, false);
         let mut block = self.start;
@@ -1276,7 +1381,9 @@ impl<'a> Heap<'a> {
                         "block {block} records too long a length"
                     )));
                 }
-                if flags & QUARANTINED == 0 {
+                if flags & CACHED != 0 {
+                    cached.insert(block + HEADER, size);
+                } else if flags & QUARANTINED == 0 {
                     live += 1;
                     live_bytes += requested;
                 }
@@ -1349,6 +1456,23 @@ impl<'a> Heap<'a> {
                 "free totals say {state_blocks} blocks / {state_bytes} bytes, the heap has {listed} / {free_bytes}"
             )));
         }
+        for (slot, offset, size) in self.state.caches.entries().map_err(Error::corrupt)? {
+            if cached.remove(&offset) != Some(size) {
+                return Err(Error::corrupt(format!(
+                    "thread cache {slot} holds {offset} among blocks of {size} bytes: \
+                     no cached block of that size (or one held twice)"
+                )));
+            }
+        }
+        if !cached.is_empty() {
+            // A killed thread's block between its cache and the heap (the
+            // accounting may be off by it too).
+            return Err(Error::needs_recovery(
+                cached.len() as u64,
+                0,
+                format!("blocks cached in no thread cache: {:?}", cached.keys()),
+            ));
+        }
         let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if counted_live != live || counted_bytes != live_bytes {
             return Err(Error::corrupt(format!(
@@ -1382,40 +1506,60 @@ impl ShmAllocator for FreeListAllocator {
             need.checked_add(align + HEADER)
         }
         .ok_or_else(|| out_of_memory(0))?;
-        self.locked_for(ctx, |heap| {
-            heap.absorb_growth()?;
-            loop {
-                if let Some((block, block_size)) = heap.find(need, search, align)? {
-                    let live = heap.carve(block, block_size, need, align, requested)?;
-                    heap.state.counters.on_allocate(heap.segment, requested);
-                    return Ok(live + HEADER);
-                }
-                // Past the current size at least: a search that failed
-                // although the tail would seem to hold it still needs room.
-                // A minimum block past the request, so the rest stays a
-                // block, unless that is beyond the maximum and the request
-                // alone is not (it then takes the whole tail).
-                let current = heap.segment.size();
-                let top = heap.segment.max_size() & !(GRANULE - 1);
-                let wanted = (heap.end - heap.free_tail()?)
-                    .checked_add(search)
-                    .map(|end| end.saturating_add(MIN_BLOCK).min(top).max(end))
-                    .map(|wanted| wanted.max(current.saturating_add(1)));
-                match wanted {
-                    Some(wanted) if heap.segment.grow_to_fit(wanted)? => {
-                        let before = heap.end;
-                        heap.absorb_growth()?;
-                        if heap.end == before {
-                            return Err(out_of_memory(heap.largest_request()?));
-                        }
-                    }
-                    _ => return Err(out_of_memory(heap.largest_request()?)),
-                }
+        if align <= GRANULE {
+            if let Some(offset) = self.cached_allocate(need, requested) {
+                return Ok(offset);
             }
-        })
+        }
+        let locked_allocation = || {
+            self.locked_for(ctx, |heap| {
+                heap.absorb_growth()?;
+                loop {
+                    if let Some((block, block_size)) = heap.find(need, search, align)? {
+                        let live = heap.carve(block, block_size, need, align, requested)?;
+                        heap.state.counters.on_allocate(heap.segment, requested);
+                        return Ok(live + HEADER);
+                    }
+                    // Past the current size at least: a search that failed
+                    // although the tail would seem to hold it still needs room.
+                    // A minimum block past the request, so the rest stays a
+                    // block, unless that is beyond the maximum and the request
+                    // alone is not (it then takes the whole tail).
+                    let current = heap.segment.size();
+                    let top = heap.segment.max_size() & !(GRANULE - 1);
+                    let wanted = (heap.end - heap.free_tail()?)
+                        .checked_add(search)
+                        .map(|end| end.saturating_add(MIN_BLOCK).min(top).max(end))
+                        .map(|wanted| wanted.max(current.saturating_add(1)));
+                    match wanted {
+                        Some(wanted) if heap.segment.grow_to_fit(wanted)? => {
+                            let before = heap.end;
+                            heap.absorb_growth()?;
+                            if heap.end == before {
+                                return Err(out_of_memory(heap.largest_request()?));
+                            }
+                        }
+                        _ => return Err(out_of_memory(heap.largest_request()?)),
+                    }
+                }
+            })
+        };
+        match locked_allocation() {
+            // Cached blocks may be what is missing: give the caller's and
+            // the idle slots' back, and try once more.
+            Err(Error::OutOfMemory { .. })
+                if self.locked_for(ctx, |heap| Ok(self.give_back_idle(heap)))? =>
+            {
+                locked_allocation()
+            }
+            result => result,
+        }
     }
 
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        if let CachedFree::Cached = self.cached_free(offset)? {
+            return Ok(());
+        }
         handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
@@ -1452,8 +1596,11 @@ impl ShmAllocator for FreeListAllocator {
             .unwrap_or_else(|_| self.stats_from(None, 0))
     }
 
+    /// Gives the caller's cached blocks back to the heap first, so that
+    /// the figures are exact while one thread allocates.
     fn try_stats(&self) -> Result<AllocStats> {
         let (summary, tail) = self.locked(false, |heap| {
+            self.give_back_mine(heap);
             Ok((
                 (heap.free_summary()?, heap.end - heap.start),
                 heap.free_tail()?,
@@ -1472,16 +1619,32 @@ impl ShmAllocator for FreeListAllocator {
     /// take the lock, and with it repair first).
     unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
         let before = self.stats_from(None, 0);
-        let (took_over, quarantined) =
+        let (took_over, quarantined, orphans) =
             self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), true, |heap, took_over| {
-                Ok((took_over, heap.rebuild()?))
+                // The rebuild first: it fences off damage a walk of the
+                // cached blocks would stop at.
+                let quarantined = heap.rebuild()?;
+                let orphans = self.give_back_everything(heap)?;
+                // A cached allocation a killed thread had begun: its block,
+                // if the thread took it, was never handed out.
+                handoff::settle_dead_tentatives(heap.segment, |payload| {
+                    if let Ok(requested) = heap.free(payload) {
+                        heap.state.counters.on_free(heap.segment, requested);
+                    }
+                });
+                Ok((took_over, quarantined, orphans))
             })?;
-        Ok(RecoveryReport {
+        let report = Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
             bytes_quarantined: quarantined,
+            blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment))
+        .with_handoffs(&self.segment));
+        // Records of blocks the pass freed (a killed thread's cached block
+        // it was taking) name nothing now.
+        handoff::forget_dead_records(&self.segment, |offset| self.usable_size(offset).is_err());
+        report
     }
 
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
@@ -1489,7 +1652,11 @@ impl ShmAllocator for FreeListAllocator {
             let mut block = heap.start;
             while block < heap.end {
                 let (_, size, flags) = heap.block(block)?;
-                let used = if flags & FREE != 0 { 0 } else { size };
+                let used = if flags & (FREE | CACHED) != 0 {
+                    0
+                } else {
+                    size
+                };
                 visit(Region {
                     offset: block,
                     len: size,
@@ -1539,6 +1706,30 @@ fn locked_update32(word: &AtomicU32, change: impl FnOnce(u32) -> u32) -> u32 {
     let old = word.load(Ordering::Relaxed);
     word.store(change(old), Ordering::Release);
     old
+}
+
+/// Rewrites a block in use (cached or not) for a rebuild: its `PREV_FREE`,
+/// and its length and seal where they are torn, keeping `CACHED`, which a
+/// cached free or allocation may flip meanwhile. Returns the length.
+fn reseal_live(header: &BlockHeader, block: u64, size: u64, prev_free: u64) -> u64 {
+    let _ = header
+        .size_flags
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            Some(size | prev_free | (word & CACHED))
+        });
+    // The seal before the length: a cached allocation writes the length
+    // first, so a new seal read here comes with its new length.
+    let sealed = header.seal.load(Ordering::Acquire);
+    let recorded = header.requested.load(Ordering::Acquire);
+    let requested = recorded.min(size - HEADER);
+    if requested != recorded {
+        header.requested.store(requested, Ordering::Relaxed);
+    }
+    let expected = seal(block, size, requested);
+    if sealed != expected {
+        header.seal.store(expected, Ordering::Release);
+    }
+    requested
 }
 
 /// The room the heap may still grow into (up to the maximum size), and the

@@ -1,0 +1,429 @@
+//! The free list's per-thread caches: small freed blocks kept in the
+//! segment, one set of magazines per hand-off slot (see `alloc::handoff`),
+//! so that freeing and reusing them takes no lock and writes no line other
+//! workers write.
+//!
+//! A cached block stays a block of the physical chain, in use as far as
+//! the heap is concerned, with the [`CACHED`] bit in its size word. That
+//! bit is the whole protocol:
+//!
+//! * **Free** validates the header without the lock (a sealed, live block
+//!   of a cached size, inside the segment), then sets `CACHED` by
+//!   compare-and-swap from the very word it validated. Of two frees of one
+//!   block, even at the same instant, exactly one wins; the other finds the
+//!   bit set and is refused as a double free, as under the lock. Anything
+//!   the lock-free check does not accept goes to the locked free, which
+//!   decides. Then the block goes into the calling thread's magazine of its
+//!   size; a full magazine first gives half its blocks back to the heap
+//!   under the lock.
+//! * **Allocate** of a cached size (alignment up to 16) pops the magazine,
+//!   clears `CACHED` by compare-and-swap and writes the requested length
+//!   (and the seal) if it changed.
+//! * **The locked code** never overwrites the bit: it sets a neighbour's
+//!   `PREV_FREE` with an atomic or/and, commits a free or a resize of a live
+//!   block by compare-and-swap from the word it validated, and a rebuild
+//!   keeps the bit. A block with the bit is neither free nor live to it:
+//!   never merged, never handed out, and a locked free or resize of it is
+//!   refused.
+//! * **Accounting**: a cached free counts as a free, a cached allocation as
+//!   an allocation, in the thread's share (`alloc::counters`).
+//! * **Ownership**: the magazines of slot `i` are used only by the thread
+//!   that holds hand-off slot `i` (the first [`CACHE_SLOTS`] slots have
+//!   them). Dropping an allocator handle gives the calling thread's blocks
+//!   back; a thread that exits leaves them to the next holder of its slot;
+//!   [`stats`](crate::ShmAllocator::stats) gives the caller's own back
+//!   first, so its figures are exact for one thread; an allocation that runs
+//!   out gives back the caller's and those of slots no live thread holds,
+//!   then tries again.
+//! * **Crashes**: a block leaves a magazine (the count drops) before
+//!   anything else happens to it. A thread killed between the bit and the
+//!   magazine leaves a block cached in no magazine: [`check`] reports it
+//!   as needing recovery and [`recover`] gives it back, with every magazine
+//!   of the segment. Nothing is handed out twice.
+//! * **Quarantine**: after a rebuild fenced damaged bytes off, the caches
+//!   are switched off (a live block inside the fence must stay refused),
+//!   and every operation takes the lock, which validates neighbours too.
+//!
+//! [`check`]: crate::ShmAllocator::check
+//! [`recover`]: crate::ShmAllocator::recover
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use super::{seal, BlockHeader, FreeListAllocator, Heap, GRANULE, HEADER, MIN_BLOCK};
+use crate::alloc::handoff::{self, HandoffSlot};
+use crate::crash_point::crash_point;
+use crate::error::Result;
+use crate::ptr::Offset;
+use crate::sync::robust_lock::Patience;
+
+/// A cached block: in use as far as the heap is concerned, held by a
+/// thread's magazine.
+pub(super) const CACHED: u64 = 8;
+
+/// The largest cached block (header included).
+const CACHED_MAX: u64 = 256;
+/// Block sizes with a magazine: every multiple of [`GRANULE`] from
+/// [`MIN_BLOCK`] to [`CACHED_MAX`].
+const CACHED_SIZES: usize = ((CACHED_MAX - MIN_BLOCK) / GRANULE + 1) as usize;
+/// Blocks a magazine holds.
+const MAGAZINE: usize = 8;
+/// Hand-off slots with caches: the first 16 (threads claim the lowest free
+/// slot, so these are the long-lived workers'); a thread on a later slot
+/// frees and allocates under the lock. 16 KiB of state in all.
+const CACHE_SLOTS: usize = 16;
+/// How long dropping a handle waits for the lock to give its cache back.
+const DROP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often a free retries its compare-and-swap when only a neighbour's
+/// flag moved under it, before it leaves the free to the lock.
+const CAS_RETRIES: u32 = 4;
+
+/// The magazine index of a block of `size` bytes, if that size is cached.
+#[inline]
+fn magazine_of(size: u64) -> Option<usize> {
+    (MIN_BLOCK..=CACHED_MAX)
+        .contains(&size)
+        .then(|| ((size - MIN_BLOCK) / GRANULE) as usize)
+}
+
+/// The block size of magazine `index`.
+#[inline]
+fn size_of_magazine(index: usize) -> u64 {
+    MIN_BLOCK + index as u64 * GRANULE
+}
+
+#[repr(C)]
+pub(super) struct Magazine {
+    count: AtomicU64,
+    /// Payload offsets of cached blocks; the first `count` are valid.
+    items: [AtomicU64; MAGAZINE],
+}
+
+/// One hand-off slot's magazines, on lines of their own.
+#[repr(C, align(128))]
+pub(super) struct ThreadCache {
+    magazines: [Magazine; CACHED_SIZES],
+}
+
+/// Every slot's caches, and the switch a quarantine turns off.
+#[repr(C)]
+pub(super) struct ThreadCaches {
+    /// Non-zero once a rebuild fenced bytes off: every operation takes the
+    /// lock from then on.
+    off: CachePadded<AtomicU64>,
+    slots: [ThreadCache; CACHE_SLOTS],
+}
+
+impl ThreadCaches {
+    /// Turns the caches off for good (see the module docs).
+    pub(super) fn switch_off(&self) {
+        self.off.store(1, Ordering::Release);
+    }
+
+    #[inline]
+    fn on(&self) -> bool {
+        self.off.load(Ordering::Relaxed) == 0
+    }
+
+    /// Every (slot, magazine, block size) of the segment.
+    fn magazines(&self) -> impl Iterator<Item = (usize, &Magazine, u64)> {
+        self.slots.iter().enumerate().flat_map(|(slot, cache)| {
+            cache
+                .magazines
+                .iter()
+                .enumerate()
+                .map(move |(index, magazine)| (slot, magazine, size_of_magazine(index)))
+        })
+    }
+
+    /// Payload bytes of the blocks in every magazine (free to the user).
+    pub(super) fn cached_bytes(&self) -> u64 {
+        self.magazines()
+            .map(|(_, magazine, size)| valid_count(magazine) as u64 * (size - HEADER))
+            .sum()
+    }
+
+    /// Every cached offset a magazine holds, with its slot and block size
+    /// (a count beyond the magazine is reported as `Err`).
+    pub(super) fn entries(&self) -> std::result::Result<Vec<(usize, u64, u64)>, String> {
+        let mut entries = Vec::new();
+        for (slot, magazine, size) in self.magazines() {
+            let count = magazine.count.load(Ordering::Acquire);
+            if count > MAGAZINE as u64 {
+                return Err(format!(
+                    "thread cache {slot} counts {count} blocks of {size} bytes, it holds {MAGAZINE}"
+                ));
+            }
+            for item in &magazine.items[..count as usize] {
+                entries.push((slot, item.load(Ordering::Relaxed), size));
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// The entries of `magazine` that may be read (a corrupt count is capped).
+#[inline]
+fn valid_count(magazine: &Magazine) -> usize {
+    (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE)
+}
+
+/// What a free through the cache did.
+pub(super) enum CachedFree {
+    /// The block is in the caller's magazine.
+    Cached,
+    /// Not for the cache (too large, not validated without the lock, or
+    /// the caches are off): the locked free decides.
+    Uncached,
+}
+
+impl FreeListAllocator {
+    /// The caller's hand-off slot and its magazines, when the caches are on.
+    #[inline]
+    fn my_cache(&self) -> Option<(u32, &HandoffSlot, &ThreadCache)> {
+        let caches = &self.state().caches;
+        if !caches.on() {
+            return None;
+        }
+        let (index, slot) = handoff::my_indexed_slot(&self.segment)?;
+        Some((index, slot, caches.slots.get(index as usize)?))
+    }
+
+    /// The header of the block whose payload is at `offset`, if it can be
+    /// read at all (inside the segment, aligned, past the heap start).
+    #[inline]
+    fn header_of_payload(&self, offset: u64) -> Option<&BlockHeader> {
+        if offset % GRANULE != 0 || offset < self.heap_start + HEADER {
+            return None;
+        }
+        let ptr = self
+            .segment
+            .resolve(Offset::<BlockHeader>::from_raw(offset - HEADER))
+            .ok()?;
+        // SAFETY: `resolve` checked bounds and alignment; the header is made
+        // of atomics, valid for any bytes, and lives as long as the segment.
+        Some(unsafe { ptr.as_ref() })
+    }
+
+    /// Frees the block at `offset` into the caller's magazine, if it is a
+    /// live block of a cached size (see the module docs).
+    #[inline]
+    pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
+        let Some((_, slot, cache)) = self.my_cache() else {
+            return Ok(CachedFree::Uncached);
+        };
+        slot.forget(offset);
+        let Some(header) = self.header_of_payload(offset) else {
+            return Ok(CachedFree::Uncached);
+        };
+        let block = offset - HEADER;
+        let mut word = header.size_flags.load(Ordering::Acquire);
+        let mut retries = 0;
+        let (magazine, size, requested) = loop {
+            let size = word & !super::FLAGS;
+            let Some(index) = magazine_of(size) else {
+                return Ok(CachedFree::Uncached);
+            };
+            let requested = header.requested.load(Ordering::Acquire);
+            // Only a live, sealed block: free, quarantined, cached or
+            // anything odd is the locked free's to judge.
+            if word & (super::FREE | super::QUARANTINED | CACHED) != 0
+                || requested > size - HEADER
+                || block + size > self.segment.size()
+                || header.seal.load(Ordering::Acquire) != seal(block, size, requested)
+            {
+                return Ok(CachedFree::Uncached);
+            }
+            let magazine = &cache.magazines[index];
+            if valid_count(magazine) == MAGAZINE {
+                self.give_back(magazine, MAGAZINE / 2)?;
+            }
+            match header.size_flags.compare_exchange(
+                word,
+                word | CACHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break (magazine, size, requested),
+                // Only a neighbour's PREV_FREE may move under a live block;
+                // anything else (a racing free won) is for the lock to see.
+                Err(now) if now ^ word == super::PREV_FREE && retries < CAS_RETRIES => {
+                    word = now;
+                    retries += 1;
+                }
+                Err(_) => return Ok(CachedFree::Uncached),
+            }
+        };
+        crash_point!("free_list.cache.flagged");
+        self.state()
+            .counters
+            .on_free_to(Some(&slot.share), requested);
+        self.segment.scrub(offset, size - HEADER);
+        let count = valid_count(magazine);
+        magazine.items[count].store(offset, Ordering::Relaxed);
+        magazine.count.store(count as u64 + 1, Ordering::Release);
+        Ok(CachedFree::Cached)
+    }
+
+    /// Hands out a cached block of `need` bytes (header included) for a
+    /// request of `requested` bytes, from the caller's magazine.
+    #[inline]
+    pub(super) fn cached_allocate(&self, need: u64, requested: u64) -> Option<u64> {
+        let index = magazine_of(need)?;
+        let (_, slot, cache) = self.my_cache()?;
+        let magazine = &cache.magazines[index];
+        let mut count = valid_count(magazine);
+        while count > 0 {
+            count -= 1;
+            let offset = magazine.items[count].load(Ordering::Relaxed);
+            // The entry leaves the magazine before anything else.
+            magazine.count.store(count as u64, Ordering::Release);
+            crash_point!("free_list.cache.popped");
+            if let Some(block) = self.take_cached(slot, offset, need, requested) {
+                return Some(block);
+            }
+        }
+        None
+    }
+
+    /// Clears `CACHED` on the block at `offset` (of `size` bytes) for a new
+    /// request; `None` if the entry was not a cached block of that size.
+    #[inline]
+    fn take_cached(
+        &self,
+        slot: &HandoffSlot,
+        offset: u64,
+        size: u64,
+        requested: u64,
+    ) -> Option<u64> {
+        let header = self.header_of_payload(offset)?;
+        let block = offset - HEADER;
+        // A tentative record until the block is the caller's: a thread
+        // killed in between leaves it for `recover`, which frees the block
+        // (never handed out), and `take_dead_handoffs` passes it over. The
+        // count goes first too: a kill before the bit leaves a cached block
+        // in no magazine, which `check` reports before any count.
+        slot.intend(offset);
+        let counters = &self.state().counters;
+        counters.on_allocate_to(Some(&slot.share), requested);
+        let mut word = header.size_flags.load(Ordering::Acquire);
+        loop {
+            if word & !super::FLAGS != size
+                || word & (super::FREE | super::QUARANTINED | CACHED) != CACHED
+            {
+                counters.on_free_to(Some(&slot.share), requested);
+                slot.forget_intent(offset);
+                return None;
+            }
+            match header.size_flags.compare_exchange(
+                word,
+                word & !CACHED,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(now) => word = now,
+            }
+        }
+        if header.requested.load(Ordering::Relaxed) != requested {
+            header.requested.store(requested, Ordering::Relaxed);
+            header
+                .seal
+                .store(seal(block, size, requested), Ordering::Release);
+        }
+        crash_point!("free_list.cache.taken");
+        slot.record(offset);
+        Some(offset)
+    }
+
+    /// Gives blocks of `magazine` back to the heap under the lock until
+    /// `keep` remain.
+    fn give_back(&self, magazine: &Magazine, keep: usize) -> Result<()> {
+        self.locked(true, |heap| {
+            heap.empty_magazine(magazine, keep);
+            Ok(())
+        })
+    }
+
+    /// Gives the caller's cached blocks back to the heap, and those of the
+    /// slots no thread holds; returns whether there were any.
+    pub(super) fn give_back_idle(&self, heap: &mut Heap<'_>) -> bool {
+        let caches = &self.state().caches;
+        let mut gave = false;
+        let mut empty = |index: u32| {
+            if let Some(cache) = caches.slots.get(index as usize) {
+                for magazine in &cache.magazines {
+                    gave |= valid_count(magazine) != 0;
+                    heap.empty_magazine(magazine, 0);
+                }
+            }
+        };
+        if let Some((index, _)) = handoff::my_indexed_slot(&self.segment) {
+            empty(index);
+        }
+        handoff::with_idle_slots(&self.segment, &mut empty);
+        gave
+    }
+
+    /// Gives the caller's cached blocks back to the heap (for figures that
+    /// are exact for one thread).
+    pub(super) fn give_back_mine(&self, heap: &mut Heap<'_>) {
+        let caches = &self.state().caches;
+        if let Some((index, _)) = handoff::my_indexed_slot(&self.segment) {
+            if let Some(cache) = caches.slots.get(index as usize) {
+                for magazine in &cache.magazines {
+                    heap.empty_magazine(magazine, 0);
+                }
+            }
+        }
+    }
+
+    /// Gives the caller's cached blocks back as a handle goes away: only if
+    /// there are any, and without waiting long for a busy lock (the blocks
+    /// then stay cached, for the slot's next holder).
+    pub(super) fn give_back_on_drop(&self) {
+        let Some((_, _, cache)) = self.my_cache() else {
+            return;
+        };
+        if cache
+            .magazines
+            .iter()
+            .all(|magazine| valid_count(magazine) == 0)
+        {
+            return;
+        }
+        let _ = self.locked_noting_takeover(Patience::Wait(DROP_PATIENCE), true, |heap, _| {
+            self.give_back_mine(heap);
+            Ok(())
+        });
+    }
+
+    /// Gives every magazine's blocks back to the heap, then every block
+    /// still marked cached (one a killed thread left in no magazine).
+    /// Only for a pass that runs alone.
+    pub(super) fn give_back_everything(&self, heap: &mut Heap<'_>) -> Result<u64> {
+        for cache in &self.state().caches.slots {
+            for magazine in &cache.magazines {
+                heap.empty_magazine(magazine, 0);
+            }
+        }
+        heap.free_orphans()
+    }
+}
+
+impl Heap<'_> {
+    /// Moves blocks from `magazine` back into the heap until `keep` remain;
+    /// an entry that is not a cached block (a stray write) is dropped.
+    fn empty_magazine(&mut self, magazine: &Magazine, keep: usize) {
+        let mut count = valid_count(magazine);
+        while count > keep {
+            count -= 1;
+            let offset = magazine.items[count].load(Ordering::Relaxed);
+            magazine.count.store(count as u64, Ordering::Release);
+            crash_point!("free_list.cache.giving_back");
+            // Counted as freed when it was cached.
+            let _ = self.free_as(offset, true);
+        }
+    }
+}
