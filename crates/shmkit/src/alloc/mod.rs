@@ -12,6 +12,7 @@ mod free_list;
 pub(crate) mod handoff;
 mod kind;
 mod linear;
+mod magazine;
 mod malloc;
 pub(crate) mod memory_resource;
 mod pool;

@@ -89,7 +89,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use self::thread_cache::{CachedFree, ThreadCaches, CACHED};
+use self::thread_cache::{cached_bytes, cached_entries, CachedFree, ThreadCaches, CACHED};
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -1304,7 +1304,7 @@ impl<'a> Heap<'a> {
         let blocks = self.state.free_blocks.load(Ordering::Acquire);
         let usable = bytes
             .saturating_sub(blocks.saturating_mul(HEADER))
-            .saturating_add(self.state.caches.cached_bytes());
+            .saturating_add(cached_bytes(&self.state.caches));
         let fl_map = self.state.fl_bitmap.load(Ordering::Acquire);
         if fl_map == 0 {
             return Ok((usable, 0));
@@ -1456,7 +1456,7 @@ impl<'a> Heap<'a> {
                 "free totals say {state_blocks} blocks / {state_bytes} bytes, the heap has {listed} / {free_bytes}"
             )));
         }
-        for (slot, offset, size) in self.state.caches.entries().map_err(Error::corrupt)? {
+        for (slot, offset, size) in cached_entries(&self.state.caches).map_err(Error::corrupt)? {
             if cached.remove(&offset) != Some(size) {
                 return Err(Error::corrupt(format!(
                     "thread cache {slot} holds {offset} among blocks of {size} bytes: \

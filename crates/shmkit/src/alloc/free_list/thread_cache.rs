@@ -28,8 +28,8 @@
 //! * **Accounting**: a cached free counts as a free, a cached allocation as
 //!   an allocation, in the thread's share (`alloc::counters`).
 //! * **Ownership**: the magazines of slot `i` are used only by the thread
-//!   that holds hand-off slot `i` (the first [`CACHE_SLOTS`] slots have
-//!   them). Dropping an allocator handle gives the calling thread's blocks
+//!   that holds hand-off slot `i` (see `alloc::magazine`: the first 16
+//!   slots have them). Dropping an allocator handle gives the calling thread's blocks
 //!   back; a thread that exits leaves them to the next holder of its slot;
 //!   [`stats`](crate::ShmAllocator::stats) gives the caller's own back
 //!   first, so its figures are exact for one thread; an allocation that runs
@@ -47,12 +47,11 @@
 //! [`check`]: crate::ShmAllocator::check
 //! [`recover`]: crate::ShmAllocator::recover
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crossbeam_utils::CachePadded;
+use std::sync::atomic::Ordering;
 
 use super::{seal, BlockHeader, FreeListAllocator, Heap, GRANULE, HEADER, MIN_BLOCK};
-use crate::alloc::handoff::{self, HandoffSlot};
+use crate::alloc::handoff::HandoffSlot;
+use crate::alloc::magazine::{self, Magazine};
 use crate::crash_point::crash_point;
 use crate::error::Result;
 use crate::ptr::Offset;
@@ -67,19 +66,16 @@ const CACHED_MAX: u64 = 256;
 /// Block sizes with a magazine: every multiple of [`GRANULE`] from
 /// [`MIN_BLOCK`] to [`CACHED_MAX`].
 const CACHED_SIZES: usize = ((CACHED_MAX - MIN_BLOCK) / GRANULE + 1) as usize;
-/// Blocks a magazine holds.
-const MAGAZINE: usize = 8;
-/// Hand-off slots with caches: the first 16 (threads claim the lowest free
-/// slot, so these are the long-lived workers'); a thread on a later slot
-/// frees and allocates under the lock. 16 KiB of state in all.
-const CACHE_SLOTS: usize = 16;
 /// How long dropping a handle waits for the lock to give its cache back.
 const DROP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 /// How often a free retries its compare-and-swap when only a neighbour's
 /// flag moved under it, before it leaves the free to the lock.
 const CAS_RETRIES: u32 = 4;
 
-/// The magazine index of a block of `size` bytes, if that size is cached.
+/// The caches in the free list's state.
+pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_SIZES>;
+
+/// The magazine of a block of `size` bytes, if that size is cached.
 #[inline]
 fn magazine_of(size: u64) -> Option<usize> {
     (MIN_BLOCK..=CACHED_MAX)
@@ -93,80 +89,25 @@ fn size_of_magazine(index: usize) -> u64 {
     MIN_BLOCK + index as u64 * GRANULE
 }
 
-#[repr(C)]
-pub(super) struct Magazine {
-    count: AtomicU64,
-    /// Payload offsets of cached blocks; the first `count` are valid.
-    items: [AtomicU64; MAGAZINE],
+/// Payload bytes of the blocks in every magazine (free to the user).
+pub(super) fn cached_bytes(caches: &ThreadCaches) -> u64 {
+    caches
+        .counts()
+        .iter()
+        .enumerate()
+        .map(|(index, &count)| count * (size_of_magazine(index) - HEADER))
+        .sum()
 }
 
-/// One hand-off slot's magazines, on lines of their own.
-#[repr(C, align(128))]
-pub(super) struct ThreadCache {
-    magazines: [Magazine; CACHED_SIZES],
-}
-
-/// Every slot's caches, and the switch a quarantine turns off.
-#[repr(C)]
-pub(super) struct ThreadCaches {
-    /// Non-zero once a rebuild fenced bytes off: every operation takes the
-    /// lock from then on.
-    off: CachePadded<AtomicU64>,
-    slots: [ThreadCache; CACHE_SLOTS],
-}
-
-impl ThreadCaches {
-    /// Turns the caches off for good (see the module docs).
-    pub(super) fn switch_off(&self) {
-        self.off.store(1, Ordering::Release);
-    }
-
-    #[inline]
-    fn on(&self) -> bool {
-        self.off.load(Ordering::Relaxed) == 0
-    }
-
-    /// Every (slot, magazine, block size) of the segment.
-    fn magazines(&self) -> impl Iterator<Item = (usize, &Magazine, u64)> {
-        self.slots.iter().enumerate().flat_map(|(slot, cache)| {
-            cache
-                .magazines
-                .iter()
-                .enumerate()
-                .map(move |(index, magazine)| (slot, magazine, size_of_magazine(index)))
-        })
-    }
-
-    /// Payload bytes of the blocks in every magazine (free to the user).
-    pub(super) fn cached_bytes(&self) -> u64 {
-        self.magazines()
-            .map(|(_, magazine, size)| valid_count(magazine) as u64 * (size - HEADER))
-            .sum()
-    }
-
-    /// Every cached offset a magazine holds, with its slot and block size
-    /// (a count beyond the magazine is reported as `Err`).
-    pub(super) fn entries(&self) -> std::result::Result<Vec<(usize, u64, u64)>, String> {
-        let mut entries = Vec::new();
-        for (slot, magazine, size) in self.magazines() {
-            let count = magazine.count.load(Ordering::Acquire);
-            if count > MAGAZINE as u64 {
-                return Err(format!(
-                    "thread cache {slot} counts {count} blocks of {size} bytes, it holds {MAGAZINE}"
-                ));
-            }
-            for item in &magazine.items[..count as usize] {
-                entries.push((slot, item.load(Ordering::Relaxed), size));
-            }
-        }
-        Ok(entries)
-    }
-}
-
-/// The entries of `magazine` that may be read (a corrupt count is capped).
-#[inline]
-fn valid_count(magazine: &Magazine) -> usize {
-    (magazine.count.load(Ordering::Acquire) as usize).min(MAGAZINE)
+/// Every cached offset a magazine holds, with its slot and block size.
+pub(super) fn cached_entries(
+    caches: &ThreadCaches,
+) -> std::result::Result<Vec<(usize, u64, u64)>, String> {
+    Ok(caches
+        .entries()?
+        .into_iter()
+        .map(|(slot, index, offset)| (slot, offset, size_of_magazine(index)))
+        .collect())
 }
 
 /// What a free through the cache did.
@@ -179,17 +120,6 @@ pub(super) enum CachedFree {
 }
 
 impl FreeListAllocator {
-    /// The caller's hand-off slot and its magazines, when the caches are on.
-    #[inline]
-    fn my_cache(&self) -> Option<(u32, &HandoffSlot, &ThreadCache)> {
-        let caches = &self.state().caches;
-        if !caches.on() {
-            return None;
-        }
-        let (index, slot) = handoff::my_indexed_slot(&self.segment)?;
-        Some((index, slot, caches.slots.get(index as usize)?))
-    }
-
     /// The header of the block whose payload is at `offset`, if it can be
     /// read at all (inside the segment, aligned, past the heap start).
     #[inline]
@@ -210,7 +140,7 @@ impl FreeListAllocator {
     /// live block of a cached size (see the module docs).
     #[inline]
     pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
-        let Some((_, slot, cache)) = self.my_cache() else {
+        let Some((slot, cache)) = self.state().caches.mine(&self.segment) else {
             return Ok(CachedFree::Uncached);
         };
         slot.forget(offset);
@@ -235,9 +165,11 @@ impl FreeListAllocator {
             {
                 return Ok(CachedFree::Uncached);
             }
-            let magazine = &cache.magazines[index];
-            if valid_count(magazine) == MAGAZINE {
-                self.give_back(magazine, MAGAZINE / 2)?;
+            let Some(magazine) = cache.magazine(index) else {
+                return Ok(CachedFree::Uncached);
+            };
+            if magazine.is_full() {
+                self.give_back(magazine, magazine::MAGAZINE / 2)?;
             }
             match header.size_flags.compare_exchange(
                 word,
@@ -260,9 +192,7 @@ impl FreeListAllocator {
             .counters
             .on_free_to(Some(&slot.share), requested);
         self.segment.scrub(offset, size - HEADER);
-        let count = valid_count(magazine);
-        magazine.items[count].store(offset, Ordering::Relaxed);
-        magazine.count.store(count as u64 + 1, Ordering::Release);
+        magazine.push(offset);
         Ok(CachedFree::Cached)
     }
 
@@ -271,14 +201,10 @@ impl FreeListAllocator {
     #[inline]
     pub(super) fn cached_allocate(&self, need: u64, requested: u64) -> Option<u64> {
         let index = magazine_of(need)?;
-        let (_, slot, cache) = self.my_cache()?;
-        let magazine = &cache.magazines[index];
-        let mut count = valid_count(magazine);
-        while count > 0 {
-            count -= 1;
-            let offset = magazine.items[count].load(Ordering::Relaxed);
-            // The entry leaves the magazine before anything else.
-            magazine.count.store(count as u64, Ordering::Release);
+        let (slot, cache) = self.state().caches.mine(&self.segment)?;
+        let magazine = cache.magazine(index)?;
+        // The entry leaves the magazine before anything else.
+        while let Some(offset) = magazine.pop() {
             crash_point!("free_list.cache.popped");
             if let Some(block) = self.take_cached(slot, offset, need, requested) {
                 return Some(block);
@@ -341,56 +267,30 @@ impl FreeListAllocator {
     /// `keep` remain.
     fn give_back(&self, magazine: &Magazine, keep: usize) -> Result<()> {
         self.locked(true, |heap| {
-            heap.empty_magazine(magazine, keep);
+            magazine.drain(keep, |offset| heap.give_back(offset));
             Ok(())
         })
     }
 
     /// Gives the caller's cached blocks back to the heap, and those of the
-    /// slots no thread holds; returns whether there were any.
+    /// slots no live thread holds; returns whether there were any.
     pub(super) fn give_back_idle(&self, heap: &mut Heap<'_>) -> bool {
         let caches = &self.state().caches;
-        let mut gave = false;
-        let mut empty = |index: u32| {
-            if let Some(cache) = caches.slots.get(index as usize) {
-                for magazine in &cache.magazines {
-                    gave |= valid_count(magazine) != 0;
-                    heap.empty_magazine(magazine, 0);
-                }
-            }
-        };
-        if let Some((index, _)) = handoff::my_indexed_slot(&self.segment) {
-            empty(index);
-        }
-        handoff::with_idle_slots(&self.segment, &mut empty);
-        gave
+        caches.drain_idle(&self.segment, |_, offset| heap.give_back(offset))
     }
 
     /// Gives the caller's cached blocks back to the heap (for figures that
     /// are exact for one thread).
     pub(super) fn give_back_mine(&self, heap: &mut Heap<'_>) {
         let caches = &self.state().caches;
-        if let Some((index, _)) = handoff::my_indexed_slot(&self.segment) {
-            if let Some(cache) = caches.slots.get(index as usize) {
-                for magazine in &cache.magazines {
-                    heap.empty_magazine(magazine, 0);
-                }
-            }
-        }
+        caches.drain_mine(&self.segment, |_, offset| heap.give_back(offset));
     }
 
     /// Gives the caller's cached blocks back as a handle goes away: only if
     /// there are any, and without waiting long for a busy lock (the blocks
     /// then stay cached, for the slot's next holder).
     pub(super) fn give_back_on_drop(&self) {
-        let Some((_, _, cache)) = self.my_cache() else {
-            return;
-        };
-        if cache
-            .magazines
-            .iter()
-            .all(|magazine| valid_count(magazine) == 0)
-        {
+        if !self.state().caches.mine_holds_any(&self.segment) {
             return;
         }
         let _ = self.locked_noting_takeover(Patience::Wait(DROP_PATIENCE), true, |heap, _| {
@@ -403,27 +303,18 @@ impl FreeListAllocator {
     /// still marked cached (one a killed thread left in no magazine).
     /// Only for a pass that runs alone.
     pub(super) fn give_back_everything(&self, heap: &mut Heap<'_>) -> Result<u64> {
-        for cache in &self.state().caches.slots {
-            for magazine in &cache.magazines {
-                heap.empty_magazine(magazine, 0);
-            }
-        }
+        let caches = &self.state().caches;
+        caches.drain_all(|_, offset| heap.give_back(offset));
         heap.free_orphans()
     }
 }
 
 impl Heap<'_> {
-    /// Moves blocks from `magazine` back into the heap until `keep` remain;
-    /// an entry that is not a cached block (a stray write) is dropped.
-    fn empty_magazine(&mut self, magazine: &Magazine, keep: usize) {
-        let mut count = valid_count(magazine);
-        while count > keep {
-            count -= 1;
-            let offset = magazine.items[count].load(Ordering::Relaxed);
-            magazine.count.store(count as u64, Ordering::Release);
-            crash_point!("free_list.cache.giving_back");
-            // Counted as freed when it was cached.
-            let _ = self.free_as(offset, true);
-        }
+    /// Moves a block a magazine gave up back into the heap (it was counted
+    /// as freed when it was cached); an entry that is not a cached block (a
+    /// stray write) is dropped.
+    fn give_back(&mut self, offset: u64) {
+        crash_point!("free_list.cache.giving_back");
+        let _ = self.free_as(offset, true);
     }
 }
