@@ -3,9 +3,9 @@
 //! Most kills land inside the allocator on purpose: the test asks for a
 //! victim, the next worker to reach one of the allocator's crash points
 //! (the `crash-points` feature) says "inside" in its journal and waits
-//! there, and the test kills it; for the buddy allocator every such point
-//! is under its lock, for the free list all but its thread cache's (and the
-//! soak goes on until enough kills landed under the lock). Other kills land
+//! there, and the test kills it; for the free-list and buddy allocators
+//! every such point but their thread caches' is under the allocator's lock
+//! (and the soak goes on until enough kills landed under it). Other kills land
 //! at random moments. For each allocator that shares its state:
 //!
 //! - at least [`MIN_INSIDE_KILLS`] kills land inside the allocator's code
@@ -93,14 +93,19 @@ const POINTS: &[&str] = &[
     "buddy.alloc.intended",
     "buddy.alloc.committed",
     "buddy.free.committed",
+    "buddy.cache.flagged",
+    "buddy.cache.popped",
+    "buddy.cache.taken",
+    "buddy.cache.giving_back",
 ];
 
 /// Whether the point lies under the allocator's lock.
 fn under_lock(point: &str) -> bool {
-    // The free list's thread cache frees and allocates without the lock;
-    // only giving blocks back takes it.
-    let lock_free = point.starts_with("free_list.cache.") && point != "free_list.cache.giving_back";
-    (point.starts_with("free_list.") && !lock_free) || point.starts_with("buddy.")
+    // The thread caches free and allocate without the lock; only giving
+    // blocks back takes it.
+    let cache = point.contains(".cache.");
+    let lock_free = cache && !point.ends_with(".cache.giving_back");
+    (point.starts_with("free_list.") || point.starts_with("buddy.")) && !lock_free
 }
 
 const RUNNING: u32 = 1;

@@ -418,6 +418,21 @@ pub(crate) fn forget_mine(segment: &Segment, offset: u64) {
     }
 }
 
+/// The index of the slot the calling thread holds in `segment`, without
+/// claiming one.
+pub(crate) fn my_held_index(segment: &Segment) -> Option<u32> {
+    let (id, me) = (segment.id().0, thread_id::current_identity_word());
+    let (last_id, index, owner) = LAST.get();
+    if last_id == id && owner == me {
+        return Some(index);
+    }
+    let index = held_index(id, me)??;
+    slots(segment)
+        .get(index as usize)
+        .is_some_and(|slot| slot.owner.load(Ordering::Relaxed) == me)
+        .then_some(index)
+}
+
 /// The index of the slot this thread holds in segment `id` under identity
 /// `me`: `Some(None)` when it holds none, `None` when this thread's list is
 /// gone (the thread is exiting and its destructors ran).

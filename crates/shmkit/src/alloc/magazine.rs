@@ -33,6 +33,13 @@ pub(crate) struct Magazine {
 }
 
 impl Magazine {
+    fn new() -> Magazine {
+        Magazine {
+            count: AtomicU64::new(0),
+            items: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
     /// The entries that may be read (a corrupt count is capped).
     #[inline]
     pub(crate) fn len(&self) -> usize {
@@ -108,6 +115,16 @@ pub(crate) struct ThreadCaches<const CLASSES: usize> {
 }
 
 impl<const CLASSES: usize> ThreadCaches<CLASSES> {
+    /// Empty caches, switched on.
+    pub(crate) fn new() -> Self {
+        ThreadCaches {
+            off: CachePadded::new(AtomicU64::new(0)),
+            slots: std::array::from_fn(|_| ThreadCache {
+                magazines: std::array::from_fn(|_| Magazine::new()),
+            }),
+        }
+    }
+
     pub(crate) fn switch_off(&self) {
         self.off.store(1, Ordering::Release);
     }
@@ -131,18 +148,21 @@ impl<const CLASSES: usize> ThreadCaches<CLASSES> {
         Some((slot, self.slots.get(index as usize)?))
     }
 
+    /// The cache of the slot the calling thread holds, without claiming
+    /// one (a thread that holds none has nothing cached).
+    fn held(&self, segment: &Segment) -> Option<&ThreadCache<CLASSES>> {
+        self.slots.get(handoff::my_held_index(segment)? as usize)
+    }
+
     /// Whether the calling thread's cache holds any block.
     pub(crate) fn mine_holds_any(&self, segment: &Segment) -> bool {
-        self.mine(segment)
-            .is_some_and(|(_, cache)| !cache.is_empty())
+        self.held(segment).is_some_and(|cache| !cache.is_empty())
     }
 
     /// Empties the calling thread's cache into `give` (class, offset).
     pub(crate) fn drain_mine(&self, segment: &Segment, give: impl FnMut(usize, u64)) {
-        if let Some((index, _)) = handoff::my_indexed_slot(segment) {
-            if let Some(cache) = self.slots.get(index as usize) {
-                cache.drain(give);
-            }
+        if let Some(cache) = self.held(segment) {
+            cache.drain(give);
         }
     }
 
@@ -156,7 +176,7 @@ impl<const CLASSES: usize> ThreadCaches<CLASSES> {
                 cache.drain(&mut give);
             }
         };
-        if let Some((index, _)) = handoff::my_indexed_slot(segment) {
+        if let Some(index) = handoff::my_held_index(segment) {
             empty(index);
         }
         handoff::with_idle_slots(segment, empty);

@@ -1647,8 +1647,12 @@ impl ShmAllocator for FreeListAllocator {
         report
     }
 
+    /// Every block in offset order, after giving the caller's cached blocks
+    /// back (as [`try_stats`](ShmAllocator::try_stats) does); a cached block
+    /// counts as free.
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         self.locked(false, |heap| {
+            self.give_back_mine(heap);
             let mut block = heap.start;
             while block < heap.end {
                 let (_, size, flags) = heap.block(block)?;

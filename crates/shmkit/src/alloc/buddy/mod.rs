@@ -55,15 +55,22 @@
 //! - growth: a new block's interior bytes are cleared, its byte written, then
 //!   the heap end moves past it, then it merges.
 //!
+//! Small blocks a thread frees may stay live in the table, marked cached in
+//! their size entry, in that thread's cache: see [`thread_cache`].
+//!
 //! A locker told that the previous owner died (`RobustGuard::recovered`)
 //! rebuilds: it validates the walk, clears stale bytes inside blocks, merges
 //! free buddies, relinks every free block and re-derives the live count and
 //! bytes from the tables. A half-done allocation is then either free again
 //! or a live block that nobody holds (lost, as the design allows).
 
+mod thread_cache;
+
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
+
+use self::thread_cache::{CachedFree, ThreadCaches, CACHED_SIZE};
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -136,6 +143,7 @@ struct BuddyState {
     heads: [AtomicU64; ORDERS],
     counts: [AtomicU64; ORDERS],
     counters: AllocCounters,
+    caches: ThreadCaches,
 }
 
 /// The two links at the start of every free block.
@@ -253,6 +261,13 @@ unsafe impl Send for BuddyAllocator {}
 // SAFETY: as above.
 unsafe impl Sync for BuddyAllocator {}
 
+impl Drop for BuddyAllocator {
+    /// Gives the calling thread's cached blocks back to the heap.
+    fn drop(&mut self) {
+        self.give_back_on_drop();
+    }
+}
+
 impl std::fmt::Debug for BuddyAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuddyAllocator")
@@ -321,6 +336,7 @@ impl SegmentAllocator for BuddyAllocator {
                 heads: [const { AtomicU64::new(0) }; ORDERS],
                 counts: [const { AtomicU64::new(0) }; ORDERS],
                 counters: AllocCounters::new(),
+                caches: ThreadCaches::new(),
             })
         };
         let (table, sizes) = resolve_tables(segment, &geo)?;
@@ -925,8 +941,10 @@ impl Heap<'_> {
                 )));
             };
             if allocated {
-                live += 1;
-                bytes = bytes.saturating_add(self.read_size(unit, order));
+                if !self.is_cached(unit, order) {
+                    live += 1;
+                    bytes = bytes.saturating_add(self.read_size(unit, order));
+                }
             } else {
                 self.push(order, self.offset(unit), end)?;
             }
@@ -998,28 +1016,52 @@ impl Heap<'_> {
         }
     }
 
-    /// The live block at `offset`: its unit and order.
+    /// The live block at `offset`: its unit and order (not a cached one).
     fn live_block(&self, offset: u64, end_units: usize) -> Result<(usize, u32)> {
+        self.held_block(offset, end_units, false)
+    }
+
+    /// The block at `offset`, live and cached (when `cached`) or live and
+    /// not: its unit and order.
+    fn held_block(&self, offset: u64, end_units: usize, cached: bool) -> Result<(usize, u32)> {
         // Not `ok_or`: building the error on the hot path costs a call to
         // its drop glue on every free.
         let Some(unit) = self.unit(offset) else {
             return Err(Error::InvalidFree { offset });
         };
         match self.head_at(unit, end_units) {
-            Some((order, true)) => Ok((unit, order)),
+            Some((order, true)) if self.is_cached(unit, order) == cached => Ok((unit, order)),
             _ => Err(Error::InvalidFree { offset }),
         }
     }
 
     fn free_locked(&self, offset: u64) -> Result<()> {
+        self.free_as(offset, false)
+    }
+
+    /// Frees the block at `offset`: a live one, or (when `cached`) one a
+    /// thread cache gives back, counted as freed already.
+    fn free_as(&self, offset: u64, cached: bool) -> Result<()> {
         let end = self.end_units()?;
-        let (unit, order) = self.live_block(offset, end)?;
+        let (unit, order) = self.held_block(offset, end, cached)?;
         let size = self.read_size(unit, order);
-        // Under the lock the live block is ours alone.
+        // A block of a cached order is marked cached first, as a cached
+        // free would: the swap refuses a racing cached free of it (or loses
+        // to it), and a kill before the commit leaves a cached block in no
+        // magazine, whose free `recover` completes.
+        if !cached
+            && self.cacheable(order)
+            && !u32::try_from(size).is_ok_and(|low| self.swap_size(unit, low, CACHED_SIZE))
+        {
+            return Err(Error::InvalidFree { offset });
+        }
+        // Under the lock the block is ours alone.
         self.segment.scrub(offset, 1 << order);
         // The commit: the block is free from here on.
         self.set(unit, HEAD | order as u8);
-        self.state.counters.on_free(self.segment, size);
+        if !cached {
+            self.state.counters.on_free(self.segment, size);
+        }
         crash_point!("buddy.free.committed");
         if let Err(err) = self.coalesce_and_push(unit, order, end) {
             // The table already says free; the lists follow from it.
@@ -1033,6 +1075,14 @@ impl Heap<'_> {
         let (unit, order) = self.live_block(offset, end)?;
         let old_size = self.read_size(unit, order);
         let counters = &self.state.counters;
+        // The first write of the size entry swaps it from the length read,
+        // so a racing cached free of the block (a bug of the caller) makes
+        // this resize fail instead of losing its mark.
+        if self.cacheable(order)
+            && !u32::try_from(old_size).is_ok_and(|low| self.swap_size(unit, low, low))
+        {
+            return Err(Error::InvalidFree { offset });
+        }
         if new_order <= order {
             // The new size fits every order between the two.
             self.record_size(unit, order, new_size);
@@ -1095,7 +1145,8 @@ impl Heap<'_> {
         while unit < end {
             let (order, allocated) = self.walked_head(unit, end)?;
             let len = 1u64 << order;
-            push(self.offset(unit), len, if allocated { len } else { 0 });
+            let used = allocated && !self.is_cached(unit, order);
+            push(self.offset(unit), len, if used { len } else { 0 });
             unit += self.span(order);
         }
         // Growth not yet taken in: free blocks at the next allocation.
@@ -1108,6 +1159,7 @@ impl Heap<'_> {
         let end = self.end_units()?;
         let mut free_per_order = [0u64; ORDERS];
         let (mut live, mut bytes) = (0u64, 0u64);
+        let mut cached = std::collections::BTreeMap::new();
         let mut unit = 0;
         while unit < end {
             let (order, allocated) = self.walked_head(unit, end)?;
@@ -1118,7 +1170,9 @@ impl Heap<'_> {
                     self.offset(unit)
                 )));
             }
-            if allocated {
+            if allocated && self.is_cached(unit, order) {
+                cached.insert(self.offset(unit), order);
+            } else if allocated {
                 let size = self.read_size(unit, order);
                 if size > 1u64 << order {
                     return Err(Error::corrupt(format!(
@@ -1184,6 +1238,7 @@ impl Heap<'_> {
                 )));
             }
         }
+        self.check_cached(&mut cached)?;
         let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if (counted_bytes, counted_live) != (bytes, live) {
             return Err(Error::corrupt(format!(
@@ -1235,10 +1290,25 @@ impl ShmAllocator for BuddyAllocator {
                 available: self.heap().largest_free(),
             });
         };
-        self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order))
+        if let Some(offset) = self.cached_allocate(order, size as u64) {
+            return Ok(offset);
+        }
+        match self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order)) {
+            // Cached blocks may be what is missing: give the caller's and
+            // the idle slots' back, and try once more.
+            Err(Error::OutOfMemory { .. })
+                if self.locked_for(ctx, |heap| Ok(self.give_back_idle(heap)))? =>
+            {
+                self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order))
+            }
+            result => result,
+        }
     }
 
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
+        if let CachedFree::Cached = self.cached_free(offset)? {
+            return Ok(());
+        }
         handoff::forget_mine(&self.segment, offset);
         self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
@@ -1258,14 +1328,20 @@ impl ShmAllocator for BuddyAllocator {
         Ok(self.segment.offset_of(ptr.as_ptr().cast_const())?.raw())
     }
 
+    /// Gives the caller's cached blocks back to the heap first (when the
+    /// lock is free), so that the figures are exact while one thread
+    /// allocates.
     fn stats(&self) -> AllocStats {
+        self.give_back_mine(Patience::Wait(LOCK_PATIENCE));
         let heap = self.heap();
         let (allocated_bytes, live_allocations, peak_bytes) =
             heap.state.counters.snapshot(&self.segment);
-        let free_bytes = (self.geo.min_order..=MAX_ORDER).fold(0u64, |sum, k| {
-            let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
-            sum.saturating_add(count.saturating_mul(1 << k))
-        });
+        let free_bytes = (self.geo.min_order..=MAX_ORDER)
+            .fold(0u64, |sum, k| {
+                let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
+                sum.saturating_add(count.saturating_mul(1 << k))
+            })
+            .saturating_add(heap.cached_bytes());
         let end = heap.heap_end().unwrap_or(self.geo.heap_start);
         let room = self.geo.heap_limit.saturating_sub(end);
         AllocStats {
@@ -1300,17 +1376,29 @@ impl ShmAllocator for BuddyAllocator {
         if let Some(dead) = guard.dead_owner() {
             heap.settle_allocation_of(dead);
         }
+        let orphans = self.give_back_everything(&heap)?;
+        // A cached allocation a killed thread had begun: its block, if the
+        // thread took it, was never handed out.
+        handoff::settle_dead_tentatives(&self.segment, |offset| {
+            let _ = heap.free_locked(offset);
+        });
         let took_over = guard.recovered();
         drop(guard);
-        Ok(RecoveryReport {
+        let report = Ok(RecoveryReport {
             locks_taken_over: u64::from(took_over),
+            blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment))
+        .with_handoffs(&self.segment));
+        // Records of blocks the pass freed name nothing now.
+        handoff::forget_dead_records(&self.segment, |offset| self.usable_size(offset).is_err());
+        report
     }
 
-    /// Reports every block in offset order, a live one wholly in use (the
-    /// whole power of two, the bytes it may use) and a free one wholly free;
+    /// Reports every block in offset order (after giving the caller's cached
+    /// blocks back, as [`stats`](ShmAllocator::stats) does), a live one
+    /// wholly in use (the whole power of two, the bytes it may use) and a
+    /// free one (or a cached one) wholly free;
     /// before them the state and size tables, after them the space the
     /// segment has grown by and the heap has not yet taken in (each free:
     /// bytes no block holds). Walks the state table under the lock, as
@@ -1318,6 +1406,8 @@ impl ShmAllocator for BuddyAllocator {
     /// not tile the heap as an error; `visit` runs after the lock is
     /// released, so it may use the allocator.
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
+        // As for `stats`: the caller's own cache first.
+        self.give_back_mine(Patience::Wait(LOCK_PATIENCE));
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
         heap.repair_after(&guard)?;
