@@ -547,6 +547,14 @@ fn owner_is_dead(owner: u64) -> bool {
     crate::segment::thread_is_dead(owner)
 }
 
+/// Whether a live thread holds slot `index` of `segment`.
+pub(crate) fn held_by_live_thread(segment: &Segment, index: usize) -> bool {
+    slots(segment).get(index).is_some_and(|slot| {
+        let owner = slot.owner.load(Ordering::Acquire);
+        owner != 0 && !owner_is_dead(owner)
+    })
+}
+
 /// Runs `visit` on the index of every slot no live thread holds (free, or
 /// its owner died), holding the slot meanwhile under the calling thread's
 /// identity so that no thread claims it before `visit` returns, then giving

@@ -10,8 +10,15 @@
 //! else empties a set holds the slot meanwhile (`handoff::with_idle_slots`)
 //! or runs alone (a recovery pass). What a cached block is, and how it is
 //! told apart from a live or free one, is the allocator's business.
+//!
+//! Each set also has a sequence word, odd while its owner is inside a
+//! cached operation (a sequence lock with one writer): a reader that needs a
+//! still picture of blocks, magazines and counts together (a recount after
+//! a repair, `check`) runs until it saw no cached operation begin or end
+//! ([`ThreadCaches::read_still`]). A word left odd by a thread that died
+//! marks the operation it was killed in.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
@@ -85,10 +92,42 @@ impl Magazine {
 /// own.
 #[repr(C, align(128))]
 pub(crate) struct ThreadCache<const CLASSES: usize> {
+    /// Odd while the owner is inside a cached operation.
+    sequence: AtomicU64,
     magazines: [Magazine; CLASSES],
 }
 
+/// A cached operation under way (see the module docs); [`end`] it.
+///
+/// [`end`]: Operation::end
+#[must_use]
+pub(crate) struct Operation<'a> {
+    sequence: &'a AtomicU64,
+    even: u64,
+}
+
+impl Operation<'_> {
+    #[inline]
+    pub(crate) fn end(self) {
+        self.sequence.store(self.even + 2, Ordering::Release);
+    }
+}
+
 impl<const CLASSES: usize> ThreadCache<CLASSES> {
+    /// Marks the start of a cached operation (the owner only).
+    #[inline]
+    pub(crate) fn begin(&self) -> Operation<'_> {
+        // A word a killed owner left odd is taken as ended.
+        let even = (self.sequence.load(Ordering::Relaxed) + 1) & !1;
+        self.sequence.store(even + 1, Ordering::Relaxed);
+        // What the operation writes is seen only with the odd word.
+        fence(Ordering::Release);
+        Operation {
+            sequence: &self.sequence,
+            even,
+        }
+    }
+
     #[inline]
     pub(crate) fn magazine(&self, class: usize) -> Option<&Magazine> {
         self.magazines.get(class)
@@ -105,33 +144,137 @@ impl<const CLASSES: usize> ThreadCache<CLASSES> {
     }
 }
 
-/// Every slot's caches, and the switch that turns them off.
+/// Every slot's caches, and the words about them all.
 #[repr(C)]
 pub(crate) struct ThreadCaches<const CLASSES: usize> {
+    flags: CachePadded<Flags>,
+    slots: [ThreadCache<CLASSES>; CACHE_SLOTS],
+}
+
+#[repr(C)]
+struct Flags {
     /// Non-zero once the allocator turned its caches off for good (after
     /// damage that the lock-free checks would not see).
-    off: CachePadded<AtomicU64>,
-    slots: [ThreadCache<CLASSES>; CACHE_SLOTS],
+    off: AtomicU64,
+    /// Non-zero while the accounting may be off: a recount could not get a
+    /// still picture (cached operations never paused, or one was killed).
+    recount_wanted: AtomicU64,
+}
+
+/// What [`ThreadCaches::read_still`] saw.
+pub(crate) enum Still<R> {
+    /// A run during which no cached operation began or ended.
+    Quiet(R),
+    /// Cached operations ran during every try.
+    Busy,
+    /// These slots were left inside an operation by threads that died.
+    Interrupted(Vec<usize>),
 }
 
 impl<const CLASSES: usize> ThreadCaches<CLASSES> {
     /// Empty caches, switched on.
     pub(crate) fn new() -> Self {
         ThreadCaches {
-            off: CachePadded::new(AtomicU64::new(0)),
+            flags: CachePadded::new(Flags {
+                off: AtomicU64::new(0),
+                recount_wanted: AtomicU64::new(0),
+            }),
             slots: std::array::from_fn(|_| ThreadCache {
+                sequence: AtomicU64::new(0),
                 magazines: std::array::from_fn(|_| Magazine::new()),
             }),
         }
     }
 
     pub(crate) fn switch_off(&self) {
-        self.off.store(1, Ordering::Release);
+        self.flags.off.store(1, Ordering::Release);
     }
 
     #[inline]
     pub(crate) fn on(&self) -> bool {
-        self.off.load(Ordering::Relaxed) == 0
+        self.flags.off.load(Ordering::Relaxed) == 0
+    }
+
+    /// Whether the accounting may be off (see [`Flags::recount_wanted`]).
+    pub(crate) fn recount_wanted(&self) -> bool {
+        self.flags.recount_wanted.load(Ordering::Acquire) != 0
+    }
+
+    /// Runs `read` (at most `tries` times) until a run saw no cached
+    /// operation begin or end, for a reader that needs blocks, magazines
+    /// and counts to agree.
+    pub(crate) fn read_still<R>(
+        &self,
+        segment: &Segment,
+        tries: usize,
+        mut read: impl FnMut() -> R,
+    ) -> Still<R> {
+        for _ in 0..tries {
+            let before: Vec<u64> = self
+                .slots
+                .iter()
+                .map(|cache| cache.sequence.load(Ordering::Acquire))
+                .collect();
+            let odd: Vec<usize> = (0..before.len()).filter(|&i| before[i] & 1 != 0).collect();
+            if !odd.is_empty() {
+                let dead: Vec<usize> = odd
+                    .into_iter()
+                    .filter(|&i| !handoff::held_by_live_thread(segment, i))
+                    .collect();
+                if !dead.is_empty() {
+                    return Still::Interrupted(dead);
+                }
+                std::thread::yield_now();
+                continue;
+            }
+            let result = read();
+            fence(Ordering::Acquire);
+            if self
+                .slots
+                .iter()
+                .zip(&before)
+                .all(|(cache, &seen)| cache.sequence.load(Ordering::Relaxed) == seen)
+            {
+                return Still::Quiet(result);
+            }
+        }
+        Still::Busy
+    }
+
+    /// Recounts with `recount` (which also resets the counters) in a still
+    /// picture; when none comes, keeps the last count and marks the
+    /// accounting as possibly off until a later recount gets one.
+    pub(crate) fn recount_still<E>(
+        &self,
+        segment: &Segment,
+        mut recount: impl FnMut() -> Result<(), E>,
+    ) -> Result<(), E> {
+        let exact = match self.read_still(segment, 3, &mut recount) {
+            Still::Quiet(result) => {
+                result?;
+                true
+            }
+            Still::Busy | Still::Interrupted(_) => {
+                recount()?;
+                false
+            }
+        };
+        self.flags
+            .recount_wanted
+            .store(u64::from(!exact), Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes the operations dead threads were killed in as ended, once a
+    /// pass that runs alone mended what they left (see
+    /// [`Still::Interrupted`]).
+    pub(crate) fn forget_interrupted(&self) {
+        for cache in &self.slots {
+            let sequence = cache.sequence.load(Ordering::Acquire);
+            if sequence & 1 != 0 {
+                cache.sequence.store(sequence + 1, Ordering::Release);
+            }
+        }
     }
 
     /// The calling thread's hand-off slot in `segment` and its cache, when

@@ -71,6 +71,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use self::thread_cache::{CachedFree, ThreadCaches, CACHED_SIZE};
+use super::magazine::Still;
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -931,8 +932,8 @@ impl Heap<'_> {
             }
             unit += span;
         }
-        // 4. Relink every free block; recount the live ones.
-        let (mut live, mut bytes) = (0u64, 0u64);
+        // 4. Relink every free block; recount the live ones (a walk of its
+        //    own: cached frees and allocations run meanwhile).
         let mut unit = 0;
         while unit < end {
             let Some((order, allocated)) = self.head_at(unit, end) else {
@@ -940,25 +941,14 @@ impl Heap<'_> {
                     "buddy state table changed at {unit}"
                 )));
             };
-            if allocated {
-                if !self.is_cached(unit, order) {
-                    live += 1;
-                    bytes = bytes.saturating_add(self.read_size(unit, order));
-                }
-            } else {
+            if !allocated {
                 self.push(order, self.offset(unit), end)?;
             }
             unit += self.span(order);
         }
-        self.resync_counters(live, bytes);
+        self.recount()?;
         self.state.repair_pending.store(0, Ordering::Release);
         Ok(())
-    }
-
-    /// Moves the counters to the values the tables imply (a process that
-    /// died between its table write and its counter update).
-    fn resync_counters(&self, live: u64, bytes: u64) {
-        self.state.counters.reset_to(self.segment, bytes, live);
     }
 
     // ---- the operations, under the lock ----
@@ -1155,7 +1145,10 @@ impl Heap<'_> {
         Ok(regions)
     }
 
-    fn check_locked(&self) -> Result<()> {
+    /// Walks the table and the lists; with `still_caches` (no cached
+    /// operation ran during the call, see `alloc::magazine`), also the cached
+    /// blocks against the magazines and the accounting against the table.
+    fn check_locked(&self, still_caches: bool) -> Result<()> {
         let end = self.end_units()?;
         let mut free_per_order = [0u64; ORDERS];
         let (mut live, mut bytes) = (0u64, 0u64);
@@ -1238,15 +1231,52 @@ impl Heap<'_> {
                 )));
             }
         }
+        if !still_caches {
+            return Ok(());
+        }
         self.check_cached(&mut cached)?;
         let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if (counted_bytes, counted_live) != (bytes, live) {
-            return Err(Error::corrupt(format!(
+            let what = format!(
                 "accounting says {counted_live} live blocks of {counted_bytes} bytes, \
                  the tables say {live} of {bytes}"
-            )));
+            );
+            return Err(if self.state.caches.recount_wanted() {
+                Error::needs_recovery(
+                    0,
+                    0,
+                    format!("{what} (a repair ran beside cached operations)"),
+                )
+            } else {
+                Error::corrupt(what)
+            });
         }
         Ok(())
+    }
+
+    /// [`check_locked`](Self::check_locked) in a still picture of the
+    /// caches if one comes; a cached operation a killed thread left is a
+    /// crash trace.
+    fn check_beside_caches(&self) -> Result<()> {
+        self.recount_if_wanted()?;
+        match self
+            .state
+            .caches
+            .read_still(self.segment, 3, || self.check_locked(true))
+        {
+            Still::Quiet(result) => result,
+            // What the killed operation left (a half-written header, a
+            // block in no magazine) is recovery's to mend, and a check
+            // after it to judge.
+            Still::Interrupted(slots) => Err(Error::needs_recovery(
+                0,
+                slots.len() as u64,
+                format!(
+                    "thread caches {slots:?} were left inside an operation by threads that died"
+                ),
+            )),
+            Still::Busy => self.check_locked(false),
+        }
     }
 }
 
@@ -1306,7 +1336,7 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
-        if let CachedFree::Cached = self.cached_free(offset)? {
+        if let CachedFree::Cached = self.cached_free(ctx, offset)? {
             return Ok(());
         }
         handoff::forget_mine(&self.segment, offset);
@@ -1362,7 +1392,7 @@ impl ShmAllocator for BuddyAllocator {
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
         heap.repair_after(&guard)?;
-        heap.check_locked()
+        heap.check_beside_caches()
     }
 
     /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
@@ -1382,6 +1412,10 @@ impl ShmAllocator for BuddyAllocator {
         handoff::settle_dead_tentatives(&self.segment, |offset| {
             let _ = heap.free_locked(offset);
         });
+        // What the killed threads' cached operations left is mended: count
+        // again, alone.
+        heap.state.caches.forget_interrupted();
+        heap.recount()?;
         let took_over = guard.recovered();
         drop(guard);
         let report = Ok(RecoveryReport {

@@ -40,6 +40,7 @@ use std::sync::atomic::Ordering;
 use super::{BuddyAllocator, Heap, ALLOCATED, HEAD};
 use crate::alloc::handoff::HandoffSlot;
 use crate::alloc::magazine::{self, Magazine};
+use crate::alloc::MemContext;
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::sync::robust_lock::Patience;
@@ -173,6 +174,35 @@ impl Heap<'_> {
         Ok(())
     }
 
+    /// Resets the accounting to what the tables say, in a still picture of
+    /// the caches if one comes (see `alloc::magazine`).
+    pub(super) fn recount(&self) -> Result<()> {
+        self.state.caches.recount_still(self.segment, || {
+            let end = self.end_units()?;
+            let (mut live, mut bytes) = (0u64, 0u64);
+            let mut unit = 0;
+            while unit < end {
+                let (order, allocated) = self.walked_head(unit, end)?;
+                if allocated && !self.is_cached(unit, order) {
+                    live += 1;
+                    bytes = bytes.saturating_add(self.read_size(unit, order));
+                }
+                unit += self.span(order);
+            }
+            self.state.counters.reset_to(self.segment, bytes, live);
+            Ok(())
+        })
+    }
+
+    /// Recounts if an earlier recount could not get a still picture of the
+    /// caches (the next quiet moment makes the accounting exact again).
+    pub(super) fn recount_if_wanted(&self) -> Result<()> {
+        if self.state.caches.recount_wanted() {
+            self.recount()?;
+        }
+        Ok(())
+    }
+
     /// Bytes of the blocks in every magazine (free to the user).
     pub(super) fn cached_bytes(&self) -> u64 {
         let min_order = self.geo.min_order;
@@ -190,12 +220,11 @@ impl BuddyAllocator {
     /// Frees the block at `offset` into the caller's magazine, if it is a
     /// live block of a cached order (see the module docs).
     #[inline]
-    pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
+    pub(super) fn cached_free(&self, ctx: &MemContext, offset: u64) -> Result<CachedFree> {
         let heap = self.heap();
         let Some((slot, cache)) = heap.state.caches.mine(&self.segment) else {
             return Ok(CachedFree::Uncached);
         };
-        slot.forget(offset);
         let Some((unit, order)) = heap.cacheable_live_block(offset) else {
             return Ok(CachedFree::Uncached);
         };
@@ -209,21 +238,30 @@ impl BuddyAllocator {
         if requested > 1 << order {
             return Ok(CachedFree::Uncached);
         }
-        if magazine.is_full() {
-            self.give_back(magazine, magazine::MAGAZINE / 2)?;
+        // A busy lock (as `ctx` allows waiting) is the locked free's to
+        // report, with nothing changed.
+        if magazine.is_full() && self.give_back(ctx, magazine).is_err() {
+            return Ok(CachedFree::Uncached);
         }
+        let operation = cache.begin();
+        // The record goes before the free can take effect (see
+        // `handoff::forget_mine`).
+        slot.forget(offset);
         if !heap.swap_size(unit, low, CACHED_SIZE) {
+            operation.end();
             return Ok(CachedFree::Uncached);
         }
         if !heap.still_live(unit, order) {
             // Not the block the checks saw: put the length back.
             heap.swap_size(unit, CACHED_SIZE, low);
+            operation.end();
             return Ok(CachedFree::Uncached);
         }
         crash_point!("buddy.cache.flagged");
         heap.state.counters.on_free_to(Some(&slot.share), requested);
         self.segment.scrub(offset, 1 << order);
         magazine.push(offset);
+        operation.end();
         Ok(CachedFree::Cached)
     }
 
@@ -235,14 +273,21 @@ impl BuddyAllocator {
         let index = heap.magazine_of(order)?;
         let (slot, cache) = heap.state.caches.mine(&self.segment)?;
         let magazine = cache.magazine(index)?;
+        if magazine.len() == 0 {
+            return None;
+        }
+        let operation = cache.begin();
+        let mut taken = None;
         // The entry leaves the magazine before anything else.
         while let Some(offset) = magazine.pop() {
             crash_point!("buddy.cache.popped");
-            if let Some(block) = self.take_cached(&heap, slot, offset, order, requested) {
-                return Some(block);
+            taken = self.take_cached(&heap, slot, offset, order, requested);
+            if taken.is_some() {
+                break;
             }
         }
-        None
+        operation.end();
+        taken
     }
 
     /// Swaps the size entry of the cached block at `offset` (of `order`) to
@@ -279,11 +324,11 @@ impl BuddyAllocator {
         Some(offset)
     }
 
-    /// Gives blocks of `magazine` back to the heap under the lock until
-    /// `keep` remain.
-    fn give_back(&self, magazine: &Magazine, keep: usize) -> Result<()> {
-        self.locked_for(&crate::alloc::MemContext::default(), |heap| {
-            magazine.drain(keep, |offset| heap.give_back(offset));
+    /// Gives half the blocks of a full `magazine` back to the heap under
+    /// the lock, waiting for it as `ctx` allows.
+    fn give_back(&self, ctx: &MemContext, magazine: &Magazine) -> Result<()> {
+        self.locked_for(ctx, |heap| {
+            magazine.drain(magazine::MAGAZINE / 2, |offset| heap.give_back(offset));
             Ok(())
         })
     }
@@ -299,18 +344,19 @@ impl BuddyAllocator {
     /// Gives the caller's cached blocks back, if there are any, waiting for
     /// the lock only as long as `patience` allows (the blocks otherwise
     /// stay cached, for the slot's next holder).
+    /// Also recounts the accounting if a recount is wanted.
     pub(super) fn give_back_mine(&self, patience: Patience) {
         let heap = self.heap();
-        if !heap.state.caches.mine_holds_any(&self.segment) {
+        let caches = &heap.state.caches;
+        if !caches.mine_holds_any(&self.segment) && !caches.recount_wanted() {
             return;
         }
         let Ok(guard) = heap.state.lock.lock_with(patience) else {
             return;
         };
         if heap.repair_after(&guard).is_ok() {
-            heap.state
-                .caches
-                .drain_mine(&self.segment, |_, offset| heap.give_back(offset));
+            caches.drain_mine(&self.segment, |_, offset| heap.give_back(offset));
+            let _ = heap.recount_if_wanted();
         }
     }
 

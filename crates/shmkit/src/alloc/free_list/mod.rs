@@ -90,6 +90,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use self::thread_cache::{cached_bytes, cached_entries, CachedFree, ThreadCaches, CACHED};
+use super::magazine::Still;
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -1182,7 +1183,7 @@ impl<'a> Heap<'a> {
         }
         state.free_bytes.store(0, Ordering::Relaxed);
         state.free_blocks.store(0, Ordering::Relaxed);
-        let (mut live, mut live_bytes, mut quarantined) = (0u64, 0u64, 0u64);
+        let mut quarantined = 0u64;
         let mut prev = 0u64;
         // The free run being gathered: its first block and total size.
         let mut run: Option<(u64, u64)> = None;
@@ -1220,11 +1221,7 @@ impl<'a> Heap<'a> {
                 if flags & QUARANTINED != 0 {
                     self.commit(header, block, size, prev_free | QUARANTINED, 0);
                 } else {
-                    let requested = reseal_live(header, block, size, prev_free);
-                    if flags & CACHED == 0 {
-                        live += 1;
-                        live_bytes += requested;
-                    }
+                    reseal_live(header, block, size, prev_free);
                 }
                 prev = block;
             }
@@ -1237,7 +1234,8 @@ impl<'a> Heap<'a> {
         if quarantined != 0 {
             state.caches.switch_off();
         }
-        state.counters.reset_to(self.segment, live_bytes, live);
+        // A walk of its own: cached frees and allocations run meanwhile.
+        self.recount()?;
         state.repairs.fetch_add(1, Ordering::AcqRel);
         state.needs_repair.store(0, Ordering::Release);
         Ok(quarantined)
@@ -1336,7 +1334,12 @@ impl<'a> Heap<'a> {
     }
 
     /// Walks the chain and every list; the first inconsistency is an error.
-    fn check(&self) -> Result<()> {
+    ///
+    /// With `still_caches` (no cached operation ran during the call, see
+    /// `alloc::magazine`), also the cached blocks against the magazines and
+    /// the accounting against the blocks; without, a cached block's seal
+    /// (a cached allocation rewrites it) is not checked either.
+    fn check(&self, still_caches: bool) -> Result<()> {
         self.check_end()?;
         let mut free_set = std::collections::HashSet::new();
         let mut cached = std::collections::HashMap::new();
@@ -1364,7 +1367,9 @@ impl<'a> Heap<'a> {
                 )));
             }
             let expected = seal(block, size | (flags & FREE), requested);
-            if header.seal.load(Ordering::Acquire) != expected {
+            if (still_caches || flags & CACHED == 0)
+                && header.seal.load(Ordering::Acquire) != expected
+            {
                 return Err(Error::corrupt(format!("block {block} has a bad seal")));
             }
             if free {
@@ -1456,6 +1461,9 @@ impl<'a> Heap<'a> {
                 "free totals say {state_blocks} blocks / {state_bytes} bytes, the heap has {listed} / {free_bytes}"
             )));
         }
+        if !still_caches {
+            return Ok(());
+        }
         for (slot, offset, size) in cached_entries(&self.state.caches).map_err(Error::corrupt)? {
             if cached.remove(&offset) != Some(size) {
                 return Err(Error::corrupt(format!(
@@ -1475,11 +1483,44 @@ impl<'a> Heap<'a> {
         }
         let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
         if counted_live != live || counted_bytes != live_bytes {
-            return Err(Error::corrupt(format!(
+            let what = format!(
                 "counters say {counted_live} blocks / {counted_bytes} bytes live, the heap has {live} / {live_bytes}"
-            )));
+            );
+            return Err(if self.state.caches.recount_wanted() {
+                Error::needs_recovery(
+                    0,
+                    0,
+                    format!("{what} (a repair ran beside cached operations)"),
+                )
+            } else {
+                Error::corrupt(what)
+            });
         }
         Ok(())
+    }
+
+    /// [`check`](Self::check) in a still picture of the caches if one
+    /// comes; a cached operation a killed thread left is a crash trace.
+    fn check_beside_caches(&self) -> Result<()> {
+        self.recount_if_wanted()?;
+        match self
+            .state
+            .caches
+            .read_still(self.segment, 3, || self.check(true))
+        {
+            Still::Quiet(result) => result,
+            // What the killed operation left (a half-written header, a
+            // block in no magazine) is recovery's to mend, and a check
+            // after it to judge.
+            Still::Interrupted(slots) => Err(Error::needs_recovery(
+                0,
+                slots.len() as u64,
+                format!(
+                    "thread caches {slots:?} were left inside an operation by threads that died"
+                ),
+            )),
+            Still::Busy => self.check(false),
+        }
     }
 }
 
@@ -1557,7 +1598,7 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
-        if let CachedFree::Cached = self.cached_free(offset)? {
+        if let CachedFree::Cached = self.cached_free(ctx, offset)? {
             return Ok(());
         }
         handoff::forget_mine(&self.segment, offset);
@@ -1601,6 +1642,7 @@ impl ShmAllocator for FreeListAllocator {
     fn try_stats(&self) -> Result<AllocStats> {
         let (summary, tail) = self.locked(false, |heap| {
             self.give_back_mine(heap);
+            heap.recount_if_wanted()?;
             Ok((
                 (heap.free_summary()?, heap.end - heap.start),
                 heap.free_tail()?,
@@ -1609,8 +1651,12 @@ impl ShmAllocator for FreeListAllocator {
         Ok(self.stats_from(Some(summary), tail))
     }
 
+    /// Walks the chain and the lists under the lock; the thread caches and
+    /// the accounting are compared too when a pass sees no cached operation
+    /// begin or end (cached frees and allocations take no lock), which with
+    /// other threads busy may not come: those checks are then skipped.
     fn check(&self) -> Result<()> {
-        self.locked(false, |heap| heap.check())
+        self.locked(false, |heap| heap.check_beside_caches())
     }
 
     /// Takes the lock (over from a dead owner, if one holds it) and rebuilds
@@ -1628,10 +1674,12 @@ impl ShmAllocator for FreeListAllocator {
                 // A cached allocation a killed thread had begun: its block,
                 // if the thread took it, was never handed out.
                 handoff::settle_dead_tentatives(heap.segment, |payload| {
-                    if let Ok(requested) = heap.free(payload) {
-                        heap.state.counters.on_free(heap.segment, requested);
-                    }
+                    let _ = heap.free(payload);
                 });
+                // What the killed threads' cached operations left is mended:
+                // count again, alone.
+                heap.state.caches.forget_interrupted();
+                heap.recount()?;
                 Ok((took_over, quarantined, orphans))
             })?;
         let report = Ok(RecoveryReport {
@@ -1714,8 +1762,8 @@ fn locked_update32(word: &AtomicU32, change: impl FnOnce(u32) -> u32) -> u32 {
 
 /// Rewrites a block in use (cached or not) for a rebuild: its `PREV_FREE`,
 /// and its length and seal where they are torn, keeping `CACHED`, which a
-/// cached free or allocation may flip meanwhile. Returns the length.
-fn reseal_live(header: &BlockHeader, block: u64, size: u64, prev_free: u64) -> u64 {
+/// cached free or allocation may flip meanwhile.
+fn reseal_live(header: &BlockHeader, block: u64, size: u64, prev_free: u64) {
     let _ = header
         .size_flags
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
@@ -1733,7 +1781,6 @@ fn reseal_live(header: &BlockHeader, block: u64, size: u64, prev_free: u64) -> u
     if sealed != expected {
         header.seal.store(expected, Ordering::Release);
     }
-    requested
 }
 
 /// The room the heap may still grow into (up to the maximum size), and the

@@ -49,11 +49,14 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{seal, BlockHeader, FreeListAllocator, Heap, GRANULE, HEADER, MIN_BLOCK};
+use super::{
+    seal, BlockHeader, FreeListAllocator, Heap, FREE, GRANULE, HEADER, MIN_BLOCK, QUARANTINED,
+};
 use crate::alloc::handoff::HandoffSlot;
 use crate::alloc::magazine::{self, Magazine};
+use crate::alloc::MemContext;
 use crate::crash_point::crash_point;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ptr::Offset;
 use crate::sync::robust_lock::Patience;
 
@@ -139,18 +142,17 @@ impl FreeListAllocator {
     /// Frees the block at `offset` into the caller's magazine, if it is a
     /// live block of a cached size (see the module docs).
     #[inline]
-    pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
+    pub(super) fn cached_free(&self, ctx: &MemContext, offset: u64) -> Result<CachedFree> {
         let Some((slot, cache)) = self.state().caches.mine(&self.segment) else {
             return Ok(CachedFree::Uncached);
         };
-        slot.forget(offset);
         let Some(header) = self.header_of_payload(offset) else {
             return Ok(CachedFree::Uncached);
         };
         let block = offset - HEADER;
         let mut word = header.size_flags.load(Ordering::Acquire);
         let mut retries = 0;
-        let (magazine, size, requested) = loop {
+        let (magazine, size, requested, operation) = loop {
             let size = word & !super::FLAGS;
             let Some(index) = magazine_of(size) else {
                 return Ok(CachedFree::Uncached);
@@ -168,23 +170,33 @@ impl FreeListAllocator {
             let Some(magazine) = cache.magazine(index) else {
                 return Ok(CachedFree::Uncached);
             };
-            if magazine.is_full() {
-                self.give_back(magazine, magazine::MAGAZINE / 2)?;
+            // A busy lock (as `ctx` allows waiting) is the locked free's to
+            // report, with nothing changed.
+            if magazine.is_full() && self.give_back(ctx, magazine).is_err() {
+                return Ok(CachedFree::Uncached);
             }
+            let operation = cache.begin();
+            // The record goes before the free can take effect (see
+            // `handoff::forget_mine`).
+            slot.forget(offset);
             match header.size_flags.compare_exchange(
                 word,
                 word | CACHED,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break (magazine, size, requested),
+                Ok(_) => break (magazine, size, requested, operation),
                 // Only a neighbour's PREV_FREE may move under a live block;
                 // anything else (a racing free won) is for the lock to see.
                 Err(now) if now ^ word == super::PREV_FREE && retries < CAS_RETRIES => {
+                    operation.end();
                     word = now;
                     retries += 1;
                 }
-                Err(_) => return Ok(CachedFree::Uncached),
+                Err(_) => {
+                    operation.end();
+                    return Ok(CachedFree::Uncached);
+                }
             }
         };
         crash_point!("free_list.cache.flagged");
@@ -193,6 +205,7 @@ impl FreeListAllocator {
             .on_free_to(Some(&slot.share), requested);
         self.segment.scrub(offset, size - HEADER);
         magazine.push(offset);
+        operation.end();
         Ok(CachedFree::Cached)
     }
 
@@ -203,14 +216,21 @@ impl FreeListAllocator {
         let index = magazine_of(need)?;
         let (slot, cache) = self.state().caches.mine(&self.segment)?;
         let magazine = cache.magazine(index)?;
+        if magazine.len() == 0 {
+            return None;
+        }
+        let operation = cache.begin();
+        let mut taken = None;
         // The entry leaves the magazine before anything else.
         while let Some(offset) = magazine.pop() {
             crash_point!("free_list.cache.popped");
-            if let Some(block) = self.take_cached(slot, offset, need, requested) {
-                return Some(block);
+            taken = self.take_cached(slot, offset, need, requested);
+            if taken.is_some() {
+                break;
             }
         }
-        None
+        operation.end();
+        taken
     }
 
     /// Clears `CACHED` on the block at `offset` (of `size` bytes) for a new
@@ -225,6 +245,17 @@ impl FreeListAllocator {
     ) -> Option<u64> {
         let header = self.header_of_payload(offset)?;
         let block = offset - HEADER;
+        let mut word = header.size_flags.load(Ordering::Acquire);
+        let recorded = header.requested.load(Ordering::Relaxed);
+        // A cached block of this size, sealed (an entry a stray write made
+        // is dropped, never followed).
+        if word & !super::FLAGS != size
+            || word & (super::FREE | super::QUARANTINED | CACHED) != CACHED
+            || block + size > self.segment.size()
+            || header.seal.load(Ordering::Acquire) != seal(block, size, recorded)
+        {
+            return None;
+        }
         // A tentative record until the block is the caller's: a thread
         // killed in between leaves it for `recover`, which frees the block
         // (never handed out), and `take_dead_handoffs` passes it over. The
@@ -233,15 +264,16 @@ impl FreeListAllocator {
         slot.intend(offset);
         let counters = &self.state().counters;
         counters.on_allocate_to(Some(&slot.share), requested);
-        let mut word = header.size_flags.load(Ordering::Acquire);
+        // The length and its seal while the block is still cached (a kill
+        // in between leaves a cached block in no magazine, not a live one
+        // with a torn seal).
+        if recorded != requested {
+            header.requested.store(requested, Ordering::Relaxed);
+            header
+                .seal
+                .store(seal(block, size, requested), Ordering::Release);
+        }
         loop {
-            if word & !super::FLAGS != size
-                || word & (super::FREE | super::QUARANTINED | CACHED) != CACHED
-            {
-                counters.on_free_to(Some(&slot.share), requested);
-                slot.forget_intent(offset);
-                return None;
-            }
             match header.size_flags.compare_exchange(
                 word,
                 word & !CACHED,
@@ -249,25 +281,26 @@ impl FreeListAllocator {
                 Ordering::Acquire,
             ) {
                 Ok(_) => break,
-                Err(now) => word = now,
+                Err(now) if now ^ word == super::PREV_FREE => word = now,
+                Err(_) => {
+                    // Not ours after all (a duplicate entry a stray write
+                    // made): take nothing.
+                    counters.on_free_to(Some(&slot.share), requested);
+                    slot.forget_intent(offset);
+                    return None;
+                }
             }
-        }
-        if header.requested.load(Ordering::Relaxed) != requested {
-            header.requested.store(requested, Ordering::Relaxed);
-            header
-                .seal
-                .store(seal(block, size, requested), Ordering::Release);
         }
         crash_point!("free_list.cache.taken");
         slot.record(offset);
         Some(offset)
     }
 
-    /// Gives blocks of `magazine` back to the heap under the lock until
-    /// `keep` remain.
-    fn give_back(&self, magazine: &Magazine, keep: usize) -> Result<()> {
-        self.locked(true, |heap| {
-            magazine.drain(keep, |offset| heap.give_back(offset));
+    /// Gives half the blocks of a full `magazine` back to the heap under
+    /// the lock, waiting for it as `ctx` allows.
+    fn give_back(&self, ctx: &MemContext, magazine: &Magazine) -> Result<()> {
+        self.locked_noting_takeover(Patience::of(ctx, super::LOCK_PATIENCE), true, |heap, _| {
+            magazine.drain(magazine::MAGAZINE / 2, |offset| heap.give_back(offset));
             Ok(())
         })
     }
@@ -315,6 +348,45 @@ impl Heap<'_> {
     /// stray write) is dropped.
     fn give_back(&mut self, offset: u64) {
         crash_point!("free_list.cache.giving_back");
-        let _ = self.free_as(offset, true);
+        match self.free_as(offset, true) {
+            Ok(_) | Err(Error::InvalidFree { .. }) => {}
+            // A free that failed halfway: the next locker rebuilds.
+            Err(_) => self.state.needs_repair.store(1, Ordering::Release),
+        }
+    }
+
+    /// Resets the accounting to what the blocks say, in a still picture of
+    /// the caches if one comes (see `alloc::magazine`).
+    pub(super) fn recount(&self) -> Result<()> {
+        self.state.caches.recount_still(self.segment, || {
+            let (live, bytes) = self.count_live()?;
+            self.state.counters.reset_to(self.segment, bytes, live);
+            Ok(())
+        })
+    }
+
+    /// Recounts if an earlier recount could not get a still picture of the
+    /// caches (the next quiet moment makes the accounting exact again).
+    pub(super) fn recount_if_wanted(&self) -> Result<()> {
+        if self.state.caches.recount_wanted() {
+            self.recount()?;
+        }
+        Ok(())
+    }
+
+    /// (live blocks, their requested bytes) from a walk of the chain; a
+    /// cached block is not live.
+    fn count_live(&self) -> Result<(u64, u64)> {
+        let (mut live, mut bytes) = (0, 0);
+        let mut block = self.start;
+        while block < self.end {
+            let (header, size, flags) = self.block(block)?;
+            if flags & (FREE | QUARANTINED | CACHED) == 0 {
+                live += 1;
+                bytes += header.requested.load(Ordering::Acquire).min(size - HEADER);
+            }
+            block += size;
+        }
+        Ok((live, bytes))
     }
 }
