@@ -1336,7 +1336,7 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
-        if let CachedFree::Cached = self.cached_free(ctx, offset)? {
+        if let CachedFree::Cached = self.cached_free(offset)? {
             return Ok(());
         }
         handoff::forget_mine(&self.segment, offset);

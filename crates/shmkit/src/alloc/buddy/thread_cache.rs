@@ -16,8 +16,8 @@
 //!   it while the entry says cached): a block that changed under it (freed,
 //!   merged and reallocated meanwhile) gets its length back and goes to the
 //!   locked free, which decides. Then the block goes into the calling
-//!   thread's magazine of its order; a full magazine first gives half its
-//!   blocks back under the lock.
+//!   thread's magazine of its order, or, when that is full, to the locked
+//!   free.
 //! * **Allocate** of a cached order pops the magazine, checks the state
 //!   byte, and swaps the size entry from `CACHED_SIZE` to the new length.
 //! * **The locked code** never overwrites a cached entry: a free or resize
@@ -39,8 +39,7 @@ use std::sync::atomic::Ordering;
 
 use super::{BuddyAllocator, Heap, ALLOCATED, HEAD};
 use crate::alloc::handoff::HandoffSlot;
-use crate::alloc::magazine::{self, Magazine};
-use crate::alloc::MemContext;
+use crate::alloc::magazine;
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::sync::robust_lock::Patience;
@@ -220,7 +219,7 @@ impl BuddyAllocator {
     /// Frees the block at `offset` into the caller's magazine, if it is a
     /// live block of a cached order (see the module docs).
     #[inline]
-    pub(super) fn cached_free(&self, ctx: &MemContext, offset: u64) -> Result<CachedFree> {
+    pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
         let heap = self.heap();
         let Some((slot, cache)) = heap.state.caches.mine(&self.segment) else {
             return Ok(CachedFree::Uncached);
@@ -238,9 +237,9 @@ impl BuddyAllocator {
         if requested > 1 << order {
             return Ok(CachedFree::Uncached);
         }
-        // A busy lock (as `ctx` allows waiting) is the locked free's to
-        // report, with nothing changed.
-        if magazine.is_full() && self.give_back(ctx, magazine).is_err() {
+        // A full magazine leaves the block to the locked free: a run of frees
+        // (a batch given back) then costs what it costs without a cache.
+        if magazine.is_full() {
             return Ok(CachedFree::Uncached);
         }
         let operation = cache.begin();
@@ -322,15 +321,6 @@ impl BuddyAllocator {
         crash_point!("buddy.cache.taken");
         slot.record(offset);
         Some(offset)
-    }
-
-    /// Gives half the blocks of a full `magazine` back to the heap under
-    /// the lock, waiting for it as `ctx` allows.
-    fn give_back(&self, ctx: &MemContext, magazine: &Magazine) -> Result<()> {
-        self.locked_for(ctx, |heap| {
-            magazine.drain(magazine::MAGAZINE / 2, |offset| heap.give_back(offset));
-            Ok(())
-        })
     }
 
     /// Gives the caller's cached blocks back to the heap, and those of the

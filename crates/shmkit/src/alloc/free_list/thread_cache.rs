@@ -14,8 +14,8 @@
 //!   bit set and is refused as a double free, as under the lock. Anything
 //!   the lock-free check does not accept goes to the locked free, which
 //!   decides. Then the block goes into the calling thread's magazine of its
-//!   size; a full magazine first gives half its blocks back to the heap
-//!   under the lock.
+//!   size; when that is full, the block goes to the locked free instead
+//!   (so a batch of frees costs what it costs without a cache).
 //! * **Allocate** of a cached size (alignment up to 16) pops the magazine,
 //!   clears `CACHED` by compare-and-swap and writes the requested length
 //!   (and the seal) if it changed.
@@ -53,8 +53,7 @@ use super::{
     seal, BlockHeader, FreeListAllocator, Heap, FREE, GRANULE, HEADER, MIN_BLOCK, QUARANTINED,
 };
 use crate::alloc::handoff::HandoffSlot;
-use crate::alloc::magazine::{self, Magazine};
-use crate::alloc::MemContext;
+use crate::alloc::magazine;
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
 use crate::ptr::Offset;
@@ -142,7 +141,7 @@ impl FreeListAllocator {
     /// Frees the block at `offset` into the caller's magazine, if it is a
     /// live block of a cached size (see the module docs).
     #[inline]
-    pub(super) fn cached_free(&self, ctx: &MemContext, offset: u64) -> Result<CachedFree> {
+    pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
         let Some((slot, cache)) = self.state().caches.mine(&self.segment) else {
             return Ok(CachedFree::Uncached);
         };
@@ -170,9 +169,9 @@ impl FreeListAllocator {
             let Some(magazine) = cache.magazine(index) else {
                 return Ok(CachedFree::Uncached);
             };
-            // A busy lock (as `ctx` allows waiting) is the locked free's to
-            // report, with nothing changed.
-            if magazine.is_full() && self.give_back(ctx, magazine).is_err() {
+            // A full magazine leaves the block to the locked free: a run of frees
+            // (a batch given back) then costs what it costs without a cache.
+            if magazine.is_full() {
                 return Ok(CachedFree::Uncached);
             }
             let operation = cache.begin();
@@ -294,15 +293,6 @@ impl FreeListAllocator {
         crash_point!("free_list.cache.taken");
         slot.record(offset);
         Some(offset)
-    }
-
-    /// Gives half the blocks of a full `magazine` back to the heap under
-    /// the lock, waiting for it as `ctx` allows.
-    fn give_back(&self, ctx: &MemContext, magazine: &Magazine) -> Result<()> {
-        self.locked_noting_takeover(Patience::of(ctx, super::LOCK_PATIENCE), true, |heap, _| {
-            magazine.drain(magazine::MAGAZINE / 2, |offset| heap.give_back(offset));
-            Ok(())
-        })
     }
 
     /// Gives the caller's cached blocks back to the heap, and those of the
