@@ -650,10 +650,11 @@ fn a_corrupt_list_found_by_a_live_owner_is_rebuilt_from_the_table() {
     let b = buddy.allocate(100).unwrap().offset().raw();
     assert_eq!(b, a ^ 128);
     buddy.check().unwrap();
-    // A free-list head in the state area (order 9: byte 64 + 8 * 9) that
-    // points into a live block.
+    // A free-list head in the state area (order 10: byte 64 + 8 * 10) that
+    // points into a live block. (A request of 300 bytes is an order-9 block
+    // cut from a 1 KiB chunk, order 10: its allocation reads that list.)
     // SAFETY: inside the state area, 8-aligned.
-    let head = unsafe { &*state_area(&buddy).add(64 + 8 * 9).cast::<AtomicU64>() };
+    let head = unsafe { &*state_area(&buddy).add(64 + 8 * 10).cast::<AtomicU64>() };
     head.store(a, Ordering::Release);
     assert!(buddy.check().is_err());
     let c = buddy.allocate(300).unwrap().offset().raw();

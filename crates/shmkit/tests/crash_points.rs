@@ -505,6 +505,11 @@ fn a_buddy_cached_allocation_killed_after_the_take_is_rolled_back() {
 }
 
 #[test]
+fn a_buddy_refill_killed_splitting_its_chunk_is_recovered() {
+    dies_at("buddy", "buddy.cache.refill_split", "allocate-first");
+}
+
+#[test]
 fn a_buddy_cache_killed_giving_blocks_back_is_recovered() {
     dies_at("buddy", "buddy.cache.giving_back", "free-many");
 }

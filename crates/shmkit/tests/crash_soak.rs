@@ -97,6 +97,7 @@ const POINTS: &[&str] = &[
     "buddy.cache.popped",
     "buddy.cache.taken",
     "buddy.cache.giving_back",
+    "buddy.cache.refill_split",
 ];
 
 /// Whether the point lies under the allocator's lock.
@@ -104,7 +105,8 @@ fn under_lock(point: &str) -> bool {
     // The thread caches free and allocate without the lock; only giving
     // blocks back takes it.
     let cache = point.contains(".cache.");
-    let lock_free = cache && !point.ends_with(".cache.giving_back");
+    let lock_free =
+        cache && !point.ends_with(".cache.giving_back") && !point.ends_with(".cache.refill_split");
     (point.starts_with("free_list.") || point.starts_with("buddy.")) && !lock_free
 }
 

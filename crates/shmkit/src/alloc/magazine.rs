@@ -25,22 +25,21 @@ use crossbeam_utils::CachePadded;
 use super::handoff::{self, HandoffSlot};
 use crate::segment::Segment;
 
-/// Blocks a magazine holds.
-pub(crate) const MAGAZINE: usize = 8;
 /// Hand-off slots with magazines: the first 16 (threads claim the lowest
 /// free slot, so these are the long-lived workers'); a thread on a later
 /// slot goes straight to the allocator's lock.
 pub(crate) const CACHE_SLOTS: usize = 16;
 
+/// Up to `CAP` cached blocks of one class.
 #[repr(C)]
-pub(crate) struct Magazine {
+pub(crate) struct Magazine<const CAP: usize> {
     count: AtomicU64,
     /// Payload offsets of cached blocks; the first `count` are valid.
-    items: [AtomicU64; MAGAZINE],
+    items: [AtomicU64; CAP],
 }
 
-impl Magazine {
-    fn new() -> Magazine {
+impl<const CAP: usize> Magazine<CAP> {
+    fn new() -> Self {
         Magazine {
             count: AtomicU64::new(0),
             items: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -50,19 +49,19 @@ impl Magazine {
     /// The entries that may be read (a corrupt count is capped).
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        (self.count.load(Ordering::Acquire) as usize).min(MAGAZINE)
+        (self.count.load(Ordering::Acquire) as usize).min(CAP)
     }
 
     #[inline]
     pub(crate) fn is_full(&self) -> bool {
-        self.len() == MAGAZINE
+        self.len() == CAP
     }
 
     /// Adds `offset` (the owner only, and not when full).
     #[inline]
     pub(crate) fn push(&self, offset: u64) {
         let count = self.len();
-        debug_assert!(count < MAGAZINE, "push into a full magazine");
+        debug_assert!(count < CAP, "push into a full magazine");
         if let Some(item) = self.items.get(count) {
             item.store(offset, Ordering::Relaxed);
             self.count.store(count as u64 + 1, Ordering::Release);
@@ -91,10 +90,10 @@ impl Magazine {
 /// One hand-off slot's magazines, one per cached class, on lines of their
 /// own.
 #[repr(C, align(128))]
-pub(crate) struct ThreadCache<const CLASSES: usize> {
+pub(crate) struct ThreadCache<const CLASSES: usize, const CAP: usize> {
     /// Odd while the owner is inside a cached operation.
     sequence: AtomicU64,
-    magazines: [Magazine; CLASSES],
+    magazines: [Magazine<CAP>; CLASSES],
 }
 
 /// A cached operation under way (see the module docs); [`end`] it.
@@ -113,7 +112,7 @@ impl Operation<'_> {
     }
 }
 
-impl<const CLASSES: usize> ThreadCache<CLASSES> {
+impl<const CLASSES: usize, const CAP: usize> ThreadCache<CLASSES, CAP> {
     /// Marks the start of a cached operation (the owner only).
     #[inline]
     pub(crate) fn begin(&self) -> Operation<'_> {
@@ -129,7 +128,7 @@ impl<const CLASSES: usize> ThreadCache<CLASSES> {
     }
 
     #[inline]
-    pub(crate) fn magazine(&self, class: usize) -> Option<&Magazine> {
+    pub(crate) fn magazine(&self, class: usize) -> Option<&Magazine<CAP>> {
         self.magazines.get(class)
     }
 
@@ -146,9 +145,9 @@ impl<const CLASSES: usize> ThreadCache<CLASSES> {
 
 /// Every slot's caches, and the words about them all.
 #[repr(C)]
-pub(crate) struct ThreadCaches<const CLASSES: usize> {
+pub(crate) struct ThreadCaches<const CLASSES: usize, const CAP: usize> {
     flags: CachePadded<Flags>,
-    slots: [ThreadCache<CLASSES>; CACHE_SLOTS],
+    slots: [ThreadCache<CLASSES, CAP>; CACHE_SLOTS],
 }
 
 #[repr(C)]
@@ -171,7 +170,7 @@ pub(crate) enum Still<R> {
     Interrupted(Vec<usize>),
 }
 
-impl<const CLASSES: usize> ThreadCaches<CLASSES> {
+impl<const CLASSES: usize, const CAP: usize> ThreadCaches<CLASSES, CAP> {
     /// Empty caches, switched on.
     pub(crate) fn new() -> Self {
         ThreadCaches {
@@ -283,7 +282,7 @@ impl<const CLASSES: usize> ThreadCaches<CLASSES> {
     pub(crate) fn mine<'a>(
         &'a self,
         segment: &'a Segment,
-    ) -> Option<(&'a HandoffSlot, &'a ThreadCache<CLASSES>)> {
+    ) -> Option<(&'a HandoffSlot, &'a ThreadCache<CLASSES, CAP>)> {
         if !self.on() {
             return None;
         }
@@ -293,7 +292,7 @@ impl<const CLASSES: usize> ThreadCaches<CLASSES> {
 
     /// The cache of the slot the calling thread holds, without claiming
     /// one (a thread that holds none has nothing cached).
-    fn held(&self, segment: &Segment) -> Option<&ThreadCache<CLASSES>> {
+    fn held(&self, segment: &Segment) -> Option<&ThreadCache<CLASSES, CAP>> {
         self.slots.get(handoff::my_held_index(segment)? as usize)
     }
 
@@ -352,9 +351,9 @@ impl<const CLASSES: usize> ThreadCaches<CLASSES> {
         for (slot, cache) in self.slots.iter().enumerate() {
             for (class, magazine) in cache.magazines.iter().enumerate() {
                 let count = magazine.count.load(Ordering::Acquire);
-                if count > MAGAZINE as u64 {
+                if count > CAP as u64 {
                     return Err(format!(
-                        "thread cache {slot} counts {count} blocks of class {class}, it holds {MAGAZINE}"
+                        "thread cache {slot} counts {count} blocks of class {class}, it holds {CAP}"
                     ));
                 }
                 for item in &magazine.items[..count as usize] {

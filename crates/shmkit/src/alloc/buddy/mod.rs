@@ -173,7 +173,9 @@ impl Geometry {
         let min = 1u64 << min_order;
         let units = max_size.saturating_sub(data_offset) >> min_order;
         // All terms are below 2^48 (a segment is at most 2^47 bytes).
-        let sizes_offset = align_up(data_offset + units, 8);
+        // A line of its own for every 16 units' entries (a thread's refill
+        // chunk, see `thread_cache`).
+        let sizes_offset = align_up(data_offset + units, 64);
         let heap_start = align_up(sizes_offset + units * 4, page.max(8));
         if heap_start.saturating_add(min) > max_size {
             return Err(Error::invalid_size(format!(
@@ -1323,13 +1325,18 @@ impl ShmAllocator for BuddyAllocator {
         if let Some(offset) = self.cached_allocate(order, size as u64) {
             return Ok(offset);
         }
-        match self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order)) {
+        let refill = self.empty_magazine_of(order);
+        let allocate = |heap: &Heap<'_>| match refill {
+            Some(magazine) => heap.allocate_refilling(size as u64, order, magazine),
+            None => heap.allocate_locked(size as u64, order),
+        };
+        match self.locked_for(ctx, allocate) {
             // Cached blocks may be what is missing: give the caller's and
             // the idle slots' back, and try once more.
             Err(Error::OutOfMemory { .. })
                 if self.locked_for(ctx, |heap| Ok(self.give_back_idle(heap)))? =>
             {
-                self.locked_for(ctx, |heap| heap.allocate_locked(size as u64, order))
+                self.locked_for(ctx, allocate)
             }
             result => result,
         }

@@ -38,7 +38,7 @@
 use std::sync::atomic::Ordering;
 
 use super::{BuddyAllocator, Heap, ALLOCATED, HEAD};
-use crate::alloc::handoff::HandoffSlot;
+use crate::alloc::handoff::{self, HandoffSlot};
 use crate::alloc::magazine;
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
@@ -55,7 +55,11 @@ const CACHED_ORDERS: usize = (CACHED_MAX_ORDER - 4 + 1) as usize;
 const DROP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The caches in the buddy allocator's state.
-pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_ORDERS>;
+/// Blocks a magazine holds: a whole refill chunk of the smallest order
+/// (see [`Heap::allocate_refilling`]).
+pub(super) const MAGAZINE: usize = 16;
+
+pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_ORDERS, MAGAZINE>;
 
 /// What a free through the cache did.
 pub(super) enum CachedFree {
@@ -65,7 +69,81 @@ pub(super) enum CachedFree {
     Uncached,
 }
 
+/// Units of a refill chunk (see [`Heap::allocate_refilling`]): one cache
+/// line of the size table.
+const CHUNK_UNITS_LOG2: u32 = 4;
+
 impl Heap<'_> {
+    /// Allocates a block of `order` for `size` bytes for a thread whose
+    /// `magazine` of that order is empty: a block of a small order comes out
+    /// of a chunk of 16 units (one 64-byte line of the size table) split
+    /// whole, the rest of it cached in the magazine. So each thread's small
+    /// blocks have their size entries, which its cached frees and
+    /// allocations write, on lines of its own, and one lock serves a
+    /// magazine's worth of allocations.
+    ///
+    /// The chunk is allocated as one live block (recorded in the hand-off
+    /// log, as any allocation), then its upper blocks are written (size
+    /// entry cached, then state byte) inside it, where no walk looks, and
+    /// the commit is the chunk's own state byte shrinking to `order`. A
+    /// kill before it leaves the chunk live (the reaper frees the recorded
+    /// offset, the chunk); after it, the upper blocks are cached in no
+    /// magazine until they are pushed (`recover` frees them).
+    pub(super) fn allocate_refilling(
+        &self,
+        size: u64,
+        order: u32,
+        magazine: &magazine::Magazine<MAGAZINE>,
+    ) -> Result<u64> {
+        let chunk_order = self.geo.min_order + CHUNK_UNITS_LOG2;
+        if order >= chunk_order || magazine.len() != 0 || !self.cacheable(chunk_order) {
+            return self.allocate_locked(size, order);
+        }
+        let offset = match self.allocate_locked(size, chunk_order) {
+            Ok(offset) => offset,
+            // No chunk left: the block alone.
+            Err(Error::OutOfMemory { .. }) => return self.allocate_locked(size, order),
+            Err(other) => return Err(other),
+        };
+        let Some(unit) = self.unit(offset) else {
+            return Err(Error::corrupt(format!(
+                "refill chunk {offset} is off the unit grid"
+            )));
+        };
+        // Tentative again until the split is done: a kill in between has
+        // the lock's next taker free what the record names (the chunk, or
+        // its first block), and `recover` the cached rest.
+        let log = handoff::my_slot(self.segment);
+        if let Some(log) = log {
+            log.intend(offset);
+        }
+        let span = self.span(order);
+        let blocks = self.span(chunk_order) / span;
+        for upper in (1..blocks).rev().map(|i| unit + i * span) {
+            // The length's high word (a block of two units or more has one)
+            // is 0 for every cached order; the low word says cached.
+            if span > 1 {
+                if let Some(high) = self.sizes.get(upper + 1) {
+                    high.store(0, Ordering::Relaxed);
+                }
+            }
+            if let Some(entry) = self.sizes.get(upper) {
+                entry.store(CACHED_SIZE, Ordering::Relaxed);
+            }
+            self.set(upper, HEAD | ALLOCATED | order as u8);
+        }
+        // The commit: the chunk is `blocks` blocks from here on.
+        self.set(unit, HEAD | ALLOCATED | order as u8);
+        crash_point!("buddy.cache.refill_split");
+        for upper in (1..blocks.min(MAGAZINE + 1)).rev().map(|i| unit + i * span) {
+            magazine.push(self.offset(upper));
+        }
+        if let Some(log) = log {
+            log.record(offset);
+        }
+        Ok(offset)
+    }
+
     /// Whether blocks of `order` may be cached.
     #[inline]
     pub(super) fn cacheable(&self, order: u32) -> bool {
@@ -287,6 +365,16 @@ impl BuddyAllocator {
         }
         operation.end();
         taken
+    }
+
+    /// The caller's magazine of `order`, for a refill (see
+    /// [`Heap::allocate_refilling`]).
+    pub(super) fn empty_magazine_of(&self, order: u32) -> Option<&magazine::Magazine<MAGAZINE>> {
+        let state = self.heap().state;
+        let (_, cache) = state.caches.mine(&self.segment)?;
+        let index = order.checked_sub(self.geo.min_order)? as usize;
+        (order <= CACHED_MAX_ORDER).then_some(())?;
+        cache.magazine(index)
     }
 
     /// Swaps the size entry of the cached block at `offset` (of `order`) to

@@ -75,7 +75,10 @@ const DROP_PATIENCE: std::time::Duration = std::time::Duration::from_millis(100)
 const CAS_RETRIES: u32 = 4;
 
 /// The caches in the free list's state.
-pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_SIZES>;
+/// Blocks a magazine holds.
+const MAGAZINE: usize = 8;
+
+pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_SIZES, MAGAZINE>;
 
 /// The magazine of a block of `size` bytes, if that size is cached.
 #[inline]
