@@ -589,7 +589,8 @@ impl Heap<'_> {
             .sizes
             .get(unit)
             .map_or(0, |e| u64::from(e.load(Ordering::Acquire)));
-        let high = if order > self.geo.min_order {
+        // A length of a cached order has no high word worth reading.
+        let high = if order > self.geo.min_order && !self.cacheable(order) {
             self.sizes
                 .get(unit + 1)
                 .map_or(0, |e| u64::from(e.load(Ordering::Acquire)))
@@ -976,7 +977,18 @@ impl Heap<'_> {
             }
             if let Some((unit, from)) = found {
                 self.split(unit, from, order, end)?;
-                self.record_size(unit, order, size);
+                // A block of a cached order is committed marked cached, and
+                // gets its length after: a racing cached free of a stale
+                // offset (a double free of this block's last life) swaps
+                // from a length, so it cannot take the block between the
+                // length's store and the commit.
+                let cacheable = self.cacheable(order);
+                self.record_size(unit, order, if cacheable { 0 } else { size });
+                if cacheable {
+                    if let Some(entry) = self.sizes.get(unit) {
+                        entry.store(CACHED_SIZE, Ordering::Release);
+                    }
+                }
                 let offset = self.offset(unit);
                 // The hand-off log (see `alloc::handoff`): tentative before
                 // the commit, final after it, both under the lock.
@@ -987,6 +999,11 @@ impl Heap<'_> {
                 crash_point!("buddy.alloc.intended");
                 // The commit: the block is live from here on.
                 self.set(unit, HEAD | ALLOCATED | order as u8);
+                if cacheable {
+                    // Only this lock's holder swaps from the mark of a block
+                    // in no magazine.
+                    self.swap_size(unit, CACHED_SIZE, size as u32);
+                }
                 self.state.counters.on_allocate(self.segment, size);
                 crash_point!("buddy.alloc.committed");
                 if let Some(log) = log {

@@ -184,11 +184,24 @@ impl Heap<'_> {
     #[inline]
     fn cacheable_live_block(&self, offset: u64) -> Option<(usize, u32)> {
         let unit = self.unit(offset)?;
-        let seen = ((self.tables_backed.load(Ordering::Acquire) - self.geo.heap_start)
-            >> self.geo.min_order) as usize;
-        match self.head_at(unit, seen)? {
+        match self.head_seen(unit)? {
             (order, true) if self.cacheable(order) => Some((unit, order)),
             _ => None,
+        }
+    }
+
+    /// [`head_at`](Self::head_at) without the lock: as far as this process
+    /// has seen the heap, and past that after looking at the heap end again
+    /// (which backs the table pages up to it here), as a slot's magazine
+    /// may hold blocks another handle or process put there.
+    #[inline]
+    fn head_seen(&self, unit: usize) -> Option<(u32, bool)> {
+        let seen = ((self.tables_backed.load(Ordering::Acquire) - self.geo.heap_start)
+            >> self.geo.min_order) as usize;
+        if unit < seen {
+            self.head_at(unit, seen)
+        } else {
+            self.head_at(unit, self.end_units().ok()?)
         }
     }
 
@@ -390,9 +403,7 @@ impl BuddyAllocator {
         requested: u64,
     ) -> Option<u64> {
         let unit = heap.unit(offset)?;
-        let seen = ((heap.tables_backed.load(Ordering::Acquire) - heap.geo.heap_start)
-            >> heap.geo.min_order) as usize;
-        if heap.head_at(unit, seen) != Some((order, true)) {
+        if heap.head_seen(unit) != Some((order, true)) {
             return None;
         }
         // A tentative record, and the count, before the swap (see the free
@@ -402,6 +413,14 @@ impl BuddyAllocator {
         let counters = &heap.state.counters;
         counters.on_allocate_to(Some(&slot.share), requested);
         if !heap.swap_size(unit, CACHED_SIZE, requested as u32) {
+            counters.on_free_to(Some(&slot.share), requested);
+            slot.forget_intent(offset);
+            return None;
+        }
+        if !heap.still_live(unit, order) {
+            // Not the block the checks saw (an entry held twice, which a
+            // stray write would make): put the mark back, take nothing.
+            heap.swap_size(unit, requested as u32, CACHED_SIZE);
             counters.on_free_to(Some(&slot.share), requested);
             slot.forget_intent(offset);
             return None;
