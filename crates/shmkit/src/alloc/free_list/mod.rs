@@ -89,7 +89,9 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use self::thread_cache::{cached_bytes, cached_entries, CachedFree, ThreadCaches, CACHED};
+use self::thread_cache::{
+    cached_bytes, cached_entries, magazine_of, CachedFree, ThreadCaches, CACHED,
+};
 use super::magazine::Still;
 
 use super::counters::AllocCounters;
@@ -896,13 +898,25 @@ impl<'a> Heap<'a> {
             log.intend(live + HEADER);
         }
         crash_point!("free_list.alloc.intended");
+        // A block of a cached size is committed marked cached, then the mark
+        // goes: a racing cached free of a stale offset (a double free of
+        // this block's last life) swaps from an unmarked word, so it cannot
+        // take the block between the commit and its hand-out.
+        let mark = if magazine_of(live_size).is_some() {
+            CACHED
+        } else {
+            0
+        };
         self.commit(
             live_header,
             live,
             live_size,
-            live_flags & PREV_FREE,
+            (live_flags & PREV_FREE) | mark,
             requested,
         );
+        if mark != 0 {
+            live_header.size_flags.fetch_and(!CACHED, Ordering::AcqRel);
+        }
         self.link_next(live + live_size, live, false)?;
         crash_point!("free_list.alloc.committed");
         if let Some(log) = log {

@@ -82,7 +82,7 @@ pub(super) type ThreadCaches = magazine::ThreadCaches<CACHED_SIZES, MAGAZINE>;
 
 /// The magazine of a block of `size` bytes, if that size is cached.
 #[inline]
-fn magazine_of(size: u64) -> Option<usize> {
+pub(super) fn magazine_of(size: u64) -> Option<usize> {
     (MIN_BLOCK..=CACHED_MAX)
         .contains(&size)
         .then(|| ((size - MIN_BLOCK) / GRANULE) as usize)
