@@ -283,10 +283,12 @@ fn dies_at_then(
             fresh_blocks.push(offset);
         }
     }
-    assert_eq!(
+    // At least as many: the fresh segment's thread cache may still hold
+    // its small blocks where the recovered one gave everything back.
+    assert!(
+        again.len() >= fresh_blocks.len(),
+        "{kind} at {point}: capacity lost ({} blocks; a fresh segment holds {})",
         again.len(),
-        fresh_blocks.len(),
-        "{kind} at {point}: capacity lost (a fresh segment holds {} blocks)",
         fresh_blocks.len()
     );
     for offset in again {
@@ -453,6 +455,15 @@ fn a_free_list_cached_allocation_killed_after_the_pop_is_recovered() {
 #[test]
 fn a_free_list_cached_allocation_killed_after_the_take_is_rolled_back() {
     dies_at("free_list", "free_list.cache.taken", "allocate");
+}
+
+#[test]
+fn a_free_list_refill_killed_splitting_its_chunk_is_recovered() {
+    dies_at(
+        "free_list",
+        "free_list.cache.refill_split",
+        "allocate-first",
+    );
 }
 
 #[test]

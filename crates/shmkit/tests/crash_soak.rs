@@ -90,6 +90,7 @@ const POINTS: &[&str] = &[
     "free_list.cache.popped",
     "free_list.cache.taken",
     "free_list.cache.giving_back",
+    "free_list.cache.refill_split",
     "buddy.alloc.intended",
     "buddy.alloc.committed",
     "buddy.free.committed",

@@ -343,10 +343,12 @@ fn buddy_chain_self_loop_and_wild_link_are_repaired() {
     for damage in BOTH {
         let what = format!("buddy chain, {damage:?}");
         let buddy = BuddyAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
-        let live = buddy.allocate(64).unwrap();
+        // Past the thread cache's orders (whose misses split whole chunks).
+        const LISTED: u64 = 2048;
+        let live = buddy.allocate(LISTED as usize).unwrap();
         // The split left the buddy of the new block free, alone at the head
-        // of the smallest order; its first word is its `next` link.
-        let free_buddy = live.offset().raw() + 64;
+        // of its order; its first word is its `next` link.
+        let free_buddy = live.offset().raw() + LISTED;
         let next = word(buddy.segment(), free_buddy);
         assert_eq!(next.load(Ordering::Relaxed), 0, "alone in its list");
         next.store(
@@ -362,7 +364,7 @@ fn buddy_chain_self_loop_and_wild_link_are_repaired() {
         );
         // The state table is the authority: the lists are rebuilt from it
         // and the request served from them.
-        match bounded(&what, || buddy.allocate(64)) {
+        match bounded(&what, || buddy.allocate(LISTED as usize)) {
             Ok(block) => assert_ne!(block.offset(), live.offset(), "{what}"),
             Err(error) => assert!(matches!(error, Error::CorruptHeader { .. }), "{what}"),
         }

@@ -411,6 +411,33 @@ fn resolve_tables(
 }
 
 impl BuddyAllocator {
+    /// The accounting as the shared words say it now.
+    fn stats_now(&self) -> AllocStats {
+        let heap = self.heap();
+        let (allocated_bytes, live_allocations, peak_bytes) =
+            heap.state.counters.snapshot(&self.segment);
+        let free_bytes = (self.geo.min_order..=MAX_ORDER)
+            .fold(0u64, |sum, k| {
+                let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
+                sum.saturating_add(count.saturating_mul(1 << k))
+            })
+            .saturating_add(heap.cached_bytes());
+        let end = heap.heap_end().unwrap_or(self.geo.heap_start);
+        let room = self.geo.heap_limit.saturating_sub(end);
+        AllocStats {
+            allocated_bytes,
+            peak_bytes,
+            live_allocations,
+            free_bytes,
+            largest_free_block: heap.largest_free(),
+            capacity: end - self.geo.heap_start,
+        }
+        .with_room_to_grow(
+            room,
+            self.geo.largest_block_between(end, self.geo.heap_limit),
+        )
+    }
+
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
         &self.segment
@@ -1387,29 +1414,7 @@ impl ShmAllocator for BuddyAllocator {
     /// allocates.
     fn stats(&self) -> AllocStats {
         self.give_back_mine(Patience::Wait(LOCK_PATIENCE));
-        let heap = self.heap();
-        let (allocated_bytes, live_allocations, peak_bytes) =
-            heap.state.counters.snapshot(&self.segment);
-        let free_bytes = (self.geo.min_order..=MAX_ORDER)
-            .fold(0u64, |sum, k| {
-                let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
-                sum.saturating_add(count.saturating_mul(1 << k))
-            })
-            .saturating_add(heap.cached_bytes());
-        let end = heap.heap_end().unwrap_or(self.geo.heap_start);
-        let room = self.geo.heap_limit.saturating_sub(end);
-        AllocStats {
-            allocated_bytes,
-            peak_bytes,
-            live_allocations,
-            free_bytes,
-            largest_free_block: heap.largest_free(),
-            capacity: end - self.geo.heap_start,
-        }
-        .with_room_to_grow(
-            room,
-            self.geo.largest_block_between(end, self.geo.heap_limit),
-        )
+        self.stats_now()
     }
 
     fn check(&self) -> Result<()> {
@@ -1423,7 +1428,9 @@ impl ShmAllocator for BuddyAllocator {
     /// the free lists and counters from the state table, as the next locker
     /// after a crash would.
     unsafe fn recovery_pass(&self) -> Result<RecoveryReport> {
-        let before = self.stats();
+        // Not `stats`: that gives this thread's cache back, taking (over)
+        // the lock before the pass would.
+        let before = self.stats_now();
         let heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
         heap.rebuild()?;

@@ -72,6 +72,7 @@ pub(super) enum CachedFree {
 /// Units of a refill chunk (see [`Heap::allocate_refilling`]): one cache
 /// line of the size table.
 const CHUNK_UNITS_LOG2: u32 = 4;
+const _: () = assert!(1 << CHUNK_UNITS_LOG2 <= MAGAZINE);
 
 impl Heap<'_> {
     /// Allocates a block of `order` for `size` bytes for a thread whose
@@ -135,7 +136,8 @@ impl Heap<'_> {
         // The commit: the chunk is `blocks` blocks from here on.
         self.set(unit, HEAD | ALLOCATED | order as u8);
         crash_point!("buddy.cache.refill_split");
-        for upper in (1..blocks.min(MAGAZINE + 1)).rev().map(|i| unit + i * span) {
+        // At most 15 of them: room stays for the caller's next free.
+        for upper in (1..blocks).rev().map(|i| unit + i * span) {
             magazine.push(self.offset(upper));
         }
         if let Some(log) = log {

@@ -1566,9 +1566,21 @@ impl ShmAllocator for FreeListAllocator {
                 return Ok(offset);
             }
         }
+        // A miss of a cached size refills the caller's magazine too.
+        let refill = if align <= GRANULE {
+            self.empty_magazine_for(need)
+        } else {
+            None
+        };
         let locked_allocation = || {
             self.locked_for(ctx, |heap| {
                 heap.absorb_growth()?;
+                if let Some(magazine) = refill {
+                    if let Some(payload) = heap.allocate_refilling(need, requested, magazine)? {
+                        heap.state.counters.on_allocate(heap.segment, requested);
+                        return Ok(payload);
+                    }
+                }
                 loop {
                     if let Some((block, block_size)) = heap.find(need, search, align)? {
                         let live = heap.carve(block, block_size, need, align, requested)?;

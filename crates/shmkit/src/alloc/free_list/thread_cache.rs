@@ -50,8 +50,10 @@
 use std::sync::atomic::Ordering;
 
 use super::{
-    seal, BlockHeader, FreeListAllocator, Heap, FREE, GRANULE, HEADER, MIN_BLOCK, QUARANTINED,
+    seal, BlockHeader, FreeListAllocator, Heap, FREE, GRANULE, HEADER, MIN_BLOCK, PREV_FREE,
+    QUARANTINED,
 };
+use crate::alloc::handoff;
 use crate::alloc::handoff::HandoffSlot;
 use crate::alloc::magazine;
 use crate::crash_point::crash_point;
@@ -298,6 +300,13 @@ impl FreeListAllocator {
         Some(offset)
     }
 
+    /// The caller's magazine for blocks of `need` bytes, for a refill (see
+    /// [`Heap::allocate_refilling`]).
+    pub(super) fn empty_magazine_for(&self, need: u64) -> Option<&magazine::Magazine<MAGAZINE>> {
+        let (_, cache) = self.state().caches.mine(&self.segment)?;
+        cache.magazine(magazine_of(need)?)
+    }
+
     /// Gives the caller's cached blocks back to the heap, and those of the
     /// slots no live thread holds; returns whether there were any.
     pub(super) fn give_back_idle(&self, heap: &mut Heap<'_>) -> bool {
@@ -336,6 +345,70 @@ impl FreeListAllocator {
 }
 
 impl Heap<'_> {
+    /// Allocates a block of `need` bytes (header included) for `requested`
+    /// bytes for a thread whose `magazine` of that size is empty: carves a
+    /// chunk of a magazine's worth and splits it, the caller's block first
+    /// and the rest cached in the magazine, so one lock serves that many
+    /// allocations. `None` when no free block holds a chunk (the caller
+    /// then allocates the block alone, growing the heap if need be).
+    ///
+    /// The chunk is carved as one live block (recorded tentatively again
+    /// until the split is done), the headers of its later blocks are
+    /// written inside it, where no walk looks, and the commit is the first
+    /// block's size word shrinking. A kill before it leaves the chunk live,
+    /// which the lock's next taker frees; after it, the later blocks are
+    /// cached in no magazine until they are pushed (`recover` frees them).
+    pub(super) fn allocate_refilling(
+        &mut self,
+        need: u64,
+        requested: u64,
+        magazine: &magazine::Magazine<MAGAZINE>,
+    ) -> Result<Option<u64>> {
+        if magazine.len() != 0 {
+            return Ok(None);
+        }
+        // The caller's block and a magazine less one: room stays for the
+        // caller's next free.
+        let blocks = MAGAZINE as u64;
+        let chunk = need * blocks;
+        let Some((block, block_size)) = self.find(chunk, chunk, GRANULE)? else {
+            return Ok(None);
+        };
+        let live = self.carve(block, block_size, chunk, GRANULE, requested)?;
+        let (header, size, flags) = self.block(live)?;
+        let log = handoff::my_slot(self.segment);
+        if let Some(log) = log {
+            log.intend(live + HEADER);
+        }
+        let last = live + (blocks - 1) * need;
+        // The last block also takes what the carve left over.
+        for at in (1..blocks).rev().map(|i| live + i * need) {
+            let len = if at == last { live + size - last } else { need };
+            self.write_header(at, len, CACHED, at - need, 0)?;
+        }
+        // The commit, marked cached until the block is the caller's (see
+        // `carve`).
+        self.commit(header, live, need, (flags & PREV_FREE) | CACHED, requested);
+        header.size_flags.fetch_and(!CACHED, Ordering::AcqRel);
+        crash_point!("free_list.cache.refill_split");
+        self.link_next(live + size, last, false)?;
+        if self.state.last_block.load(Ordering::Acquire) == live {
+            self.state.last_block.store(last, Ordering::Release);
+        }
+        for at in (1..blocks).rev().map(|i| live + i * need) {
+            if at == last && live + size - last != need {
+                // A block of another size: back to the heap.
+                self.give_back(at + HEADER);
+            } else {
+                magazine.push(at + HEADER);
+            }
+        }
+        if let Some(log) = log {
+            log.record(live + HEADER);
+        }
+        Ok(Some(live + HEADER))
+    }
+
     /// Moves a block a magazine gave up back into the heap (it was counted
     /// as freed when it was cached); an entry that is not a cached block (a
     /// stray write) is dropped.
