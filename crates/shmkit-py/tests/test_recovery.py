@@ -35,8 +35,10 @@ def test_a_stray_write_through_a_stale_view_is_quarantined(name):
     heap.write(keep, b"K" * 1000)
     view = heap.view(first)
     heap.free(first, force=True)  # the caller keeps a view it should not
-    small = heap.allocate(64)  # carved from the front of the freed block
-    heap.write(small, b"S" * 64)
+    # Carved from the front of the freed block (a size past the thread
+    # cache, whose misses carve a chunk of eight blocks instead).
+    small = heap.allocate(300)
+    heap.write(small, b"S" * 300)
     view[:] = b"\xff" * len(view)  # lands on the allocator's headers
     del view
     with pytest.raises(shmkit.CorruptSegmentError):
