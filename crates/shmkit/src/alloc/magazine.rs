@@ -364,3 +364,86 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCaches<CLASSES, CAP> {
         Ok(entries)
     }
 }
+
+/// The sequence protocol of [`ThreadCache::begin`], [`Operation::end`] and
+/// [`ThreadCaches::read_still`], line for line on `loom`'s atomics (the
+/// segment's words are `std`'s): a cached operation marks a block and
+/// counts it, a reader takes both in one still picture.
+#[cfg(test)]
+mod loom_models {
+    use loom::sync::atomic::{fence, AtomicU64, Ordering};
+    use loom::sync::Arc;
+
+    /// A reader that saw the same even word before and after its reads saw
+    /// all of an operation's writes or none.
+    #[test]
+    fn a_still_read_never_sees_half_an_operation() {
+        loom::model(|| {
+            let sequence = Arc::new(AtomicU64::new(0));
+            // The block's mark (a compare-and-swap in the allocators) and
+            // the owner's count (plain stores on its own line).
+            let mark = Arc::new(AtomicU64::new(0));
+            let count = Arc::new(AtomicU64::new(0));
+            let writer = {
+                let (sequence, mark, count) = (sequence.clone(), mark.clone(), count.clone());
+                loom::thread::spawn(move || {
+                    // `begin`
+                    let even = (sequence.load(Ordering::Relaxed) + 1) & !1;
+                    sequence.store(even + 1, Ordering::Relaxed);
+                    fence(Ordering::Release);
+                    // The operation.
+                    mark.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                        .unwrap();
+                    count.store(1, Ordering::Relaxed);
+                    // `end`
+                    sequence.store(even + 2, Ordering::Release);
+                })
+            };
+            // One try of `read_still`.
+            let before = sequence.load(Ordering::Acquire);
+            if before & 1 == 0 {
+                let marked = mark.load(Ordering::Acquire);
+                let counted = count.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if sequence.load(Ordering::Relaxed) == before {
+                    assert_eq!(marked, counted, "a still picture with half an operation");
+                }
+            }
+            writer.join().unwrap();
+        });
+    }
+
+    /// Of two frees of one block at the same instant (each a
+    /// compare-and-swap from the live word to the marked one), exactly one
+    /// wins, and a take after both sees the block marked once.
+    #[test]
+    fn two_racing_frees_mark_a_block_once() {
+        const LIVE: u64 = 96;
+        const CACHED: u64 = LIVE | 8;
+        loom::model(|| {
+            let word = Arc::new(AtomicU64::new(LIVE));
+            let wins = Arc::new(AtomicU64::new(0));
+            let freers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (word, wins) = (word.clone(), wins.clone());
+                    loom::thread::spawn(move || {
+                        if word
+                            .compare_exchange(LIVE, CACHED, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                        {
+                            wins.fetch_add(1, Ordering::AcqRel);
+                        }
+                    })
+                })
+                .collect();
+            for freer in freers {
+                freer.join().unwrap();
+            }
+            assert_eq!(wins.load(Ordering::Acquire), 1);
+            assert_eq!(
+                word.compare_exchange(CACHED, LIVE, Ordering::AcqRel, Ordering::Acquire),
+                Ok(CACHED)
+            );
+        });
+    }
+}
