@@ -21,13 +21,29 @@ use crate::sync::cursor::{self, BumpFailure};
 struct BumpState {
     /// Offset of the first free byte.
     cursor: CachePadded<AtomicU64>,
+    /// Non-zero once the cursor came within [`NEAR_END`] of the maximum:
+    /// allocations then take the compare-and-swap loop (read-mostly, on a
+    /// line of its own).
+    near_end: CachePadded<AtomicU64>,
 }
+
+/// How close to the maximum the single `fetch_add` stops being used: room
+/// for 256 requests of `cursor::ADD_MAX` bytes in flight at once, so the
+/// ones that had not yet seen `near_end` still end below the maximum (past
+/// it, a request gives its bytes back, and racing ones could leave some
+/// behind).
+const NEAR_END: u64 = 256 * cursor::ADD_MAX;
 
 /// A lock-free linear allocator whose cursor lives in the segment.
 ///
 /// Every process that attaches the segment allocates from the same cursor
-/// with one compare-and-swap per allocation (no lock, no syscall); a request
-/// that does not fit changes nothing. Memory is given back all at once with
+/// with one atomic add per allocation (no lock, no syscall, no retry however
+/// many workers contend); within 1 MiB of the maximum size, and for requests
+/// over 4 KiB, with a compare-and-swap loop instead, so that a request that
+/// does not fit changes nothing. (An add whose bytes cannot serve its
+/// request, misaligned after a request of another alignment, gives them
+/// back unless another worker claimed after them, in which case they stay
+/// behind as alignment padding.) Memory is given back all at once with
 /// [`reset`](Self::reset), or in LIFO frames with [`scope`](Self::scope).
 /// When the segment was created with a maximum size above its initial size,
 /// an allocation that does not fit grows the segment first.
@@ -86,6 +102,7 @@ impl SegmentAllocator for BumpAllocator {
         unsafe {
             state.as_ptr().write(BumpState {
                 cursor: CachePadded::new(AtomicU64::new(segment.data_offset())),
+                near_end: CachePadded::new(AtomicU64::new(0)),
             })
         };
         Ok(())
@@ -117,8 +134,17 @@ impl Carve for BumpAllocator {
 
     #[inline]
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
+        let cell = self.cursor_cell();
+        if size <= cursor::ADD_MAX
+            && size != 0
+            && self.state().near_end.load(Ordering::Relaxed) == 0
+        {
+            if let Some(start) = self.carve_by_add(size, align) {
+                return Ok(start);
+            }
+        }
         loop {
-            match cursor::bump(self.cursor_cell(), size, align, self.floor, || self.end()) {
+            match cursor::bump(cell, size, align, self.floor, || self.end()) {
                 Ok(start) => return Ok(start),
                 Err(failure) => self.grow_for(failure, size, align)?,
             }
@@ -153,6 +179,44 @@ impl BumpAllocator {
 
     fn cursor(&self) -> u64 {
         self.cursor_cell().load(Ordering::Acquire)
+    }
+
+    /// One `fetch_add` (see `sync::cursor`), far enough from the maximum:
+    /// the bytes, grown into if need be, or `None` for the loop.
+    #[inline]
+    fn carve_by_add(&self, size: u64, align: u64) -> Option<u64> {
+        let max = self.segment.max_size();
+        let limit = max.saturating_sub(NEAR_END);
+        if limit <= self.floor {
+            // A small segment: all of it is near the end.
+            return None;
+        }
+        let cell = self.cursor_cell();
+        match cursor::bump_add(cell, size, align, self.floor, max) {
+            cursor::Added::Claimed { start, stop } => {
+                if stop > limit {
+                    self.state().near_end.store(1, Ordering::Relaxed);
+                }
+                if stop <= self.end() || self.grow_past(stop) {
+                    return Some(start);
+                }
+                // No room for bytes already claimed: back, if on top.
+                let _ = cursor::rewind(cell, stop, start);
+                None
+            }
+            cursor::Added::Refused { stop } => {
+                if stop > limit {
+                    self.state().near_end.store(1, Ordering::Relaxed);
+                }
+                None
+            }
+        }
+    }
+
+    /// Grows the segment to hold `stop` (below the maximum).
+    #[cold]
+    fn grow_past(&self, stop: u64) -> bool {
+        matches!(self.segment.grow_to_fit(stop), Ok(true))
     }
 
     /// After a failed bump: grow the segment if it may grow, else report.
@@ -247,6 +311,7 @@ impl BumpAllocator {
     pub unsafe fn reset_shared(&self) {
         self.cursor_cell()
             .store(self.segment.data_offset(), Ordering::Release);
+        self.state().near_end.store(0, Ordering::Release);
     }
 
     /// Zeroes every byte handed out so far, then rewinds like

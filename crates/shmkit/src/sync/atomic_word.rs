@@ -13,6 +13,8 @@ pub(crate) trait AtomicWord {
     fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64>;
     /// Weak compare-and-swap (may fail spuriously), for loops.
     fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64>;
+    /// Wrapping add, acquire-release; returns the old value.
+    fn fetch_add(&self, value: u64) -> u64;
 }
 
 impl AtomicWord for AtomicU64 {
@@ -34,6 +36,11 @@ impl AtomicWord for AtomicU64 {
     #[inline]
     fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
         AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+    }
+
+    #[inline]
+    fn fetch_add(&self, value: u64) -> u64 {
+        AtomicU64::fetch_add(self, value, Ordering::AcqRel)
     }
 }
 
@@ -66,5 +73,10 @@ impl AtomicWord for LoomWord {
     fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
         use loom::sync::atomic::Ordering::{AcqRel, Acquire};
         self.0.compare_exchange_weak(current, new, AcqRel, Acquire)
+    }
+
+    fn fetch_add(&self, value: u64) -> u64 {
+        self.0
+            .fetch_add(value, loom::sync::atomic::Ordering::AcqRel)
     }
 }

@@ -188,6 +188,9 @@ mod loom_models {
                 }
             }
         }
+        fn fetch_add(&self, value: u64) -> u64 {
+            self.0.fetch_add(value, O::AcqRel)
+        }
     }
 
     /// Slot links, plus a "held" flag per slot to catch double pops.
