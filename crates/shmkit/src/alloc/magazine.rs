@@ -23,6 +23,7 @@ use std::sync::atomic::{fence, AtomicU64, Ordering};
 use crossbeam_utils::CachePadded;
 
 use super::handoff::{self, HandoffSlot};
+use crate::error::{Error, Result};
 use crate::segment::Segment;
 
 /// Hand-off slots with magazines: the first 16 (threads claim the lowest
@@ -262,6 +263,49 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCaches<CLASSES, CAP> {
             .recount_wanted
             .store(u64::from(!exact), Ordering::Release);
         Ok(())
+    }
+
+    /// Runs an allocator's `check` (told whether the caches are still) in a
+    /// still picture if one comes, else without the caches and the
+    /// accounting; a cached operation a killed thread left is a crash trace
+    /// (what it left, a half-written header or a block in no magazine, is
+    /// recovery's to mend and a check after it to judge). Recounts first if
+    /// a recount is wanted, with `recount`.
+    pub(crate) fn check_beside(
+        &self,
+        segment: &Segment,
+        recount: impl FnOnce() -> Result<()>,
+        check: impl Fn(bool) -> Result<()>,
+    ) -> Result<()> {
+        if self.recount_wanted() {
+            recount()?;
+        }
+        match self.read_still(segment, 3, || check(true)) {
+            Still::Quiet(result) => result,
+            Still::Interrupted(slots) => Err(Error::needs_recovery(
+                0,
+                slots.len() as u64,
+                format!(
+                    "thread caches {slots:?} were left inside an operation by threads that died"
+                ),
+            )),
+            Still::Busy => check(false),
+        }
+    }
+
+    /// The error for accounting (`what`) that disagrees with the blocks:
+    /// corruption, unless a repair ran beside cached operations and could
+    /// not recount (see [`Flags::recount_wanted`]).
+    pub(crate) fn accounting_error(&self, what: String) -> Error {
+        if self.recount_wanted() {
+            Error::needs_recovery(
+                0,
+                0,
+                format!("{what} (a repair ran beside cached operations)"),
+            )
+        } else {
+            Error::corrupt(what)
+        }
     }
 
     /// Takes the operations dead threads were killed in as ended, once a

@@ -158,6 +158,19 @@ mod loom_models {
         a.0 < b.1 && b.0 < a.1
     }
 
+    /// Checks ranges (start, stop, align): aligned, at or above `floor`,
+    /// pairwise disjoint; returns the highest stop.
+    fn check_ranges(ranges: &[(u64, u64, u64)], floor: u64) -> u64 {
+        for (i, a) in ranges.iter().enumerate() {
+            assert_eq!(a.0 % a.2, 0, "misaligned range {a:?}");
+            assert!(a.0 >= floor);
+            for b in &ranges[i + 1..] {
+                assert!(!overlaps((a.0, a.1), (b.0, b.1)), "{a:?} overlaps {b:?}");
+            }
+        }
+        ranges.iter().map(|r| r.1).max().unwrap_or(floor)
+    }
+
     /// What the bump allocator does: one `fetch_add`, else the loop.
     fn claim(
         cursor: &LoomWord,
@@ -194,14 +207,7 @@ mod loom_models {
                 .into_iter()
                 .map(|h| h.join().unwrap().expect("fits"))
                 .collect();
-            for (i, a) in ranges.iter().enumerate() {
-                assert_eq!(a.0 % a.2, 0, "misaligned range {a:?}");
-                assert!(a.0 >= 16);
-                for b in &ranges[i + 1..] {
-                    assert!(!overlaps((a.0, a.1), (b.0, b.1)), "{a:?} overlaps {b:?}");
-                }
-            }
-            let highest = ranges.iter().map(|r| r.1).max().unwrap();
+            let highest = check_ranges(&ranges, 16);
             assert_eq!(cursor.load_acquire(), highest);
         });
     }
@@ -231,14 +237,7 @@ mod loom_models {
                 .into_iter()
                 .map(|h| h.join().unwrap().expect("fits"))
                 .collect();
-            for (i, a) in ranges.iter().enumerate() {
-                assert_eq!(a.0 % a.2, 0, "misaligned range {a:?}");
-                assert!(a.0 >= 16);
-                for b in &ranges[i + 1..] {
-                    assert!(!overlaps((a.0, a.1), (b.0, b.1)), "{a:?} overlaps {b:?}");
-                }
-            }
-            let highest = ranges.iter().map(|r| r.1).max().unwrap();
+            let highest = check_ranges(&ranges, 16);
             assert!(cursor.load_acquire() >= highest);
         });
     }

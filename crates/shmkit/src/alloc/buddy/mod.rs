@@ -71,7 +71,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 use self::thread_cache::{CachedFree, ThreadCaches, CACHED_SIZE};
-use super::magazine::Still;
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -1287,42 +1286,19 @@ impl Heap<'_> {
                 "accounting says {counted_live} live blocks of {counted_bytes} bytes, \
                  the tables say {live} of {bytes}"
             );
-            return Err(if self.state.caches.recount_wanted() {
-                Error::needs_recovery(
-                    0,
-                    0,
-                    format!("{what} (a repair ran beside cached operations)"),
-                )
-            } else {
-                Error::corrupt(what)
-            });
+            return Err(self.state.caches.accounting_error(what));
         }
         Ok(())
     }
 
-    /// [`check_locked`](Self::check_locked) in a still picture of the
-    /// caches if one comes; a cached operation a killed thread left is a
-    /// crash trace.
+    /// [`check_locked`](Self::check_locked) beside the caches (see
+    /// `ThreadCaches::check_beside`).
     fn check_beside_caches(&self) -> Result<()> {
-        self.recount_if_wanted()?;
-        match self
-            .state
-            .caches
-            .read_still(self.segment, 3, || self.check_locked(true))
-        {
-            Still::Quiet(result) => result,
-            // What the killed operation left (a half-written header, a
-            // block in no magazine) is recovery's to mend, and a check
-            // after it to judge.
-            Still::Interrupted(slots) => Err(Error::needs_recovery(
-                0,
-                slots.len() as u64,
-                format!(
-                    "thread caches {slots:?} were left inside an operation by threads that died"
-                ),
-            )),
-            Still::Busy => self.check_locked(false),
-        }
+        self.state.caches.check_beside(
+            self.segment,
+            || self.recount(),
+            |still| self.check_locked(still),
+        )
     }
 }
 

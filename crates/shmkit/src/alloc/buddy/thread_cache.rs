@@ -300,10 +300,11 @@ impl Heap<'_> {
     /// Recounts if an earlier recount could not get a still picture of the
     /// caches (the next quiet moment makes the accounting exact again).
     pub(super) fn recount_if_wanted(&self) -> Result<()> {
-        if self.state.caches.recount_wanted() {
-            self.recount()?;
-        }
-        Ok(())
+        self.state
+            .caches
+            .recount_wanted()
+            .then(|| self.recount())
+            .unwrap_or(Ok(()))
     }
 
     /// Bytes of the blocks in every magazine (free to the user).

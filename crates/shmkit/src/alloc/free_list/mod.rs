@@ -92,7 +92,6 @@ use std::time::Duration;
 use self::thread_cache::{
     cached_bytes, cached_entries, magazine_of, CachedFree, ThreadCaches, CACHED,
 };
-use super::magazine::Still;
 
 use super::counters::AllocCounters;
 use super::handoff;
@@ -1500,41 +1499,17 @@ impl<'a> Heap<'a> {
             let what = format!(
                 "counters say {counted_live} blocks / {counted_bytes} bytes live, the heap has {live} / {live_bytes}"
             );
-            return Err(if self.state.caches.recount_wanted() {
-                Error::needs_recovery(
-                    0,
-                    0,
-                    format!("{what} (a repair ran beside cached operations)"),
-                )
-            } else {
-                Error::corrupt(what)
-            });
+            return Err(self.state.caches.accounting_error(what));
         }
         Ok(())
     }
 
-    /// [`check`](Self::check) in a still picture of the caches if one
-    /// comes; a cached operation a killed thread left is a crash trace.
+    /// [`check`](Self::check) beside the caches (see
+    /// `ThreadCaches::check_beside`).
     fn check_beside_caches(&self) -> Result<()> {
-        self.recount_if_wanted()?;
-        match self
-            .state
+        self.state
             .caches
-            .read_still(self.segment, 3, || self.check(true))
-        {
-            Still::Quiet(result) => result,
-            // What the killed operation left (a half-written header, a
-            // block in no magazine) is recovery's to mend, and a check
-            // after it to judge.
-            Still::Interrupted(slots) => Err(Error::needs_recovery(
-                0,
-                slots.len() as u64,
-                format!(
-                    "thread caches {slots:?} were left inside an operation by threads that died"
-                ),
-            )),
-            Still::Busy => self.check(false),
-        }
+            .check_beside(self.segment, || self.recount(), |still| self.check(still))
     }
 }
 
