@@ -277,9 +277,7 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCaches<CLASSES, CAP> {
         recount: impl FnOnce() -> Result<()>,
         check: impl Fn(bool) -> Result<()>,
     ) -> Result<()> {
-        if self.recount_wanted() {
-            recount()?;
-        }
+        self.recount_if_wanted(recount)?;
         match self.read_still(segment, 3, || check(true)) {
             Still::Quiet(result) => result,
             Still::Interrupted(slots) => Err(Error::needs_recovery(
@@ -290,6 +288,16 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCaches<CLASSES, CAP> {
                 ),
             )),
             Still::Busy => check(false),
+        }
+    }
+
+    /// Runs `recount` if an earlier recount could not get a still picture
+    /// (the next quiet moment makes the accounting exact again).
+    pub(crate) fn recount_if_wanted(&self, recount: impl FnOnce() -> Result<()>) -> Result<()> {
+        if self.recount_wanted() {
+            recount()
+        } else {
+            Ok(())
         }
     }
 

@@ -297,16 +297,6 @@ impl Heap<'_> {
         })
     }
 
-    /// Recounts if an earlier recount could not get a still picture of the
-    /// caches (the next quiet moment makes the accounting exact again).
-    pub(super) fn recount_if_wanted(&self) -> Result<()> {
-        self.state
-            .caches
-            .recount_wanted()
-            .then(|| self.recount())
-            .unwrap_or(Ok(()))
-    }
-
     /// Bytes of the blocks in every magazine (free to the user).
     pub(super) fn cached_bytes(&self) -> u64 {
         let min_order = self.geo.min_order;
@@ -467,7 +457,7 @@ impl BuddyAllocator {
         };
         if heap.repair_after(&guard).is_ok() {
             caches.drain_mine(&self.segment, |_, offset| heap.give_back(offset));
-            let _ = heap.recount_if_wanted();
+            let _ = caches.recount_if_wanted(|| heap.recount());
         }
     }
 

@@ -1643,7 +1643,7 @@ impl ShmAllocator for FreeListAllocator {
     fn try_stats(&self) -> Result<AllocStats> {
         let (summary, tail) = self.locked(false, |heap| {
             self.give_back_mine(heap);
-            heap.recount_if_wanted()?;
+            heap.state.caches.recount_if_wanted(|| heap.recount())?;
             Ok((
                 (heap.free_summary()?, heap.end - heap.start),
                 heap.free_tail()?,

@@ -431,16 +431,6 @@ impl Heap<'_> {
         })
     }
 
-    /// Recounts if an earlier recount could not get a still picture of the
-    /// caches (the next quiet moment makes the accounting exact again).
-    pub(super) fn recount_if_wanted(&self) -> Result<()> {
-        self.state
-            .caches
-            .recount_wanted()
-            .then(|| self.recount())
-            .unwrap_or(Ok(()))
-    }
-
     /// (live blocks, their requested bytes) from a walk of the chain; a
     /// cached block is not live.
     fn count_live(&self) -> Result<(u64, u64)> {
