@@ -133,6 +133,32 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCache<CLASSES, CAP> {
         self.magazines.get(class)
     }
 
+    /// Pops entries of magazine `class` until `take` accepts one (and
+    /// returns the block), inside one cached operation; an entry `take`
+    /// refuses is dropped (it named no cached block of that class).
+    #[inline]
+    pub(crate) fn take_from(
+        &self,
+        class: usize,
+        mut take: impl FnMut(u64) -> Option<u64>,
+    ) -> Option<u64> {
+        let magazine = self.magazine(class)?;
+        if magazine.len() == 0 {
+            return None;
+        }
+        let operation = self.begin();
+        let mut taken = None;
+        // The entry leaves the magazine before anything else.
+        while let Some(offset) = magazine.pop() {
+            taken = take(offset);
+            if taken.is_some() {
+                break;
+            }
+        }
+        operation.end();
+        taken
+    }
+
     fn is_empty(&self) -> bool {
         self.magazines.iter().all(|magazine| magazine.len() == 0)
     }

@@ -366,22 +366,10 @@ impl BuddyAllocator {
         let heap = self.heap();
         let index = heap.magazine_of(order)?;
         let (slot, cache) = heap.state.caches.mine(&self.segment)?;
-        let magazine = cache.magazine(index)?;
-        if magazine.len() == 0 {
-            return None;
-        }
-        let operation = cache.begin();
-        let mut taken = None;
-        // The entry leaves the magazine before anything else.
-        while let Some(offset) = magazine.pop() {
+        cache.take_from(index, |offset| {
             crash_point!("buddy.cache.popped");
-            taken = self.take_cached(&heap, slot, offset, order, requested);
-            if taken.is_some() {
-                break;
-            }
-        }
-        operation.end();
-        taken
+            self.take_cached(&heap, slot, offset, order, requested)
+        })
     }
 
     /// The caller's magazine of `order`, for a refill (see

@@ -219,22 +219,10 @@ impl FreeListAllocator {
     pub(super) fn cached_allocate(&self, need: u64, requested: u64) -> Option<u64> {
         let index = magazine_of(need)?;
         let (slot, cache) = self.state().caches.mine(&self.segment)?;
-        let magazine = cache.magazine(index)?;
-        if magazine.len() == 0 {
-            return None;
-        }
-        let operation = cache.begin();
-        let mut taken = None;
-        // The entry leaves the magazine before anything else.
-        while let Some(offset) = magazine.pop() {
+        cache.take_from(index, |offset| {
             crash_point!("free_list.cache.popped");
-            taken = self.take_cached(slot, offset, need, requested);
-            if taken.is_some() {
-                break;
-            }
-        }
-        operation.end();
-        taken
+            self.take_cached(slot, offset, need, requested)
+        })
     }
 
     /// Clears `CACHED` on the block at `offset` (of `size` bytes) for a new
