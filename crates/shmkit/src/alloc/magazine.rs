@@ -78,12 +78,10 @@ impl<const CAP: usize> Magazine<CAP> {
         Some(offset)
     }
 
-    /// Pops entries into `give` until `keep` remain.
-    pub(crate) fn drain(&self, keep: usize, mut give: impl FnMut(u64)) {
-        while self.len() > keep {
-            if let Some(offset) = self.pop() {
-                give(offset);
-            }
+    /// Pops every entry into `give`.
+    pub(crate) fn drain(&self, mut give: impl FnMut(u64)) {
+        while let Some(offset) = self.pop() {
+            give(offset);
         }
     }
 }
@@ -165,7 +163,7 @@ impl<const CLASSES: usize, const CAP: usize> ThreadCache<CLASSES, CAP> {
 
     fn drain(&self, mut give: impl FnMut(usize, u64)) {
         for (class, magazine) in self.magazines.iter().enumerate() {
-            magazine.drain(0, |offset| give(class, offset));
+            magazine.drain(|offset| give(class, offset));
         }
     }
 }
