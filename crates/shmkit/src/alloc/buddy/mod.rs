@@ -275,7 +275,9 @@ impl std::fmt::Debug for BuddyAllocator {
         f.debug_struct("BuddyAllocator")
             .field("segment", &self.segment)
             .field("min_block", &(1u64 << self.geo.min_order))
-            .field("stats", &self.stats())
+            // Not `stats`: printing a handle takes no lock and gives no
+            // cached block back.
+            .field("stats", &self.stats_now())
             .finish()
     }
 }
