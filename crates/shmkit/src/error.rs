@@ -7,7 +7,7 @@
 use std::io;
 use std::time::Duration;
 
-use crate::alloc::AllocatorKind;
+use crate::segment::kind::AllocatorKind;
 
 /// The result type of shmkit.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -59,6 +59,7 @@ mod error;
 pub mod local;
 pub mod named;
 pub mod numa;
+mod os;
 pub mod ptr;
 pub mod registry;
 pub mod segment;

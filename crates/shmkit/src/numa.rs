@@ -41,11 +41,6 @@ const ONLINE_NODES_PATH: &str = "/sys/devices/system/node/online";
 /// at most `1 << 10`). It bounds the work a corrupt node list can cause.
 const NODE_LIMIT: u32 = 1 << 10;
 
-/// `mbind` flag (uapi `linux/mempolicy.h`, which `libc` does not carry):
-/// move the range's pages that are already present, and that this process
-/// alone maps, to the new node.
-const MPOL_MF_MOVE: libc::c_uint = 1 << 1;
-
 /// What [`bind`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NumaBinding {
@@ -183,7 +178,7 @@ pub fn bind(ptr: NonNull<u8>, len: usize, node: u32) -> Result<NumaBinding> {
     if len == 0 {
         return Err(Error::invalid_size("cannot bind an empty range to a node"));
     }
-    let page = crate::segment::page_size() as usize;
+    let page = crate::os::memory::page_size() as usize;
     let (start, span) = page_span(ptr.as_ptr() as usize, len, page)?;
     let online = online_nodes()?;
     if !online.contains(&node) {
@@ -192,30 +187,9 @@ pub fn bind(ptr: NonNull<u8>, len: usize, node: u32) -> Result<NumaBinding> {
     if online.len() == 1 {
         return Ok(NumaBinding::SingleNode { node });
     }
-    let mask = node_mask(node);
-    // The kernel reads one bit fewer than `maxnode` says (a historic quirk
-    // that every caller works around), so pass the mask's bits plus one.
-    let max_node = mask.len() as libc::c_ulong * libc::c_ulong::from(libc::c_ulong::BITS) + 1;
-    // SAFETY: `mbind` reads `mask`, which lives across the call and holds
-    // `max_node - 1` bits, and changes only the placement policy of the
-    // pages in `start..start + span` (moving a page keeps its contents), so
-    // no memory that Rust can see changes. A range that is not mapped is
-    // refused with an error, not touched.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_mbind,
-            start,
-            span,
-            libc::MPOL_BIND,
-            mask.as_ptr(),
-            max_node,
-            MPOL_MF_MOVE,
-        )
-    };
-    if rc == 0 {
+    let Err(err) = crate::os::memory::bind_pages(start, span, &node_mask(node)) else {
         return Ok(NumaBinding::Bound { node });
-    }
-    let err = io::Error::last_os_error();
+    };
     if err.raw_os_error() == Some(libc::ENOSYS) {
         // A kernel without NUMA support: all memory is one node.
         return Ok(NumaBinding::SingleNode { node });

@@ -40,13 +40,14 @@ use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::counters::Share;
+use crate::os::thread_id;
 use crate::segment::Segment;
-use crate::sync::thread_id;
 
 /// Slots in a segment's log.
 pub(crate) const SLOTS: usize = 64;
 /// Bytes of the log in a segment.
-pub(crate) const AREA_LEN: u64 = (SLOTS * std::mem::size_of::<HandoffSlot>()) as u64;
+pub(crate) const AREA_LEN: u64 = crate::segment::header::HANDOFF_AREA_LEN;
+const _: () = assert!((SLOTS * std::mem::size_of::<HandoffSlot>()) as u64 == AREA_LEN);
 
 /// One thread's slot, on lines of its own (every allocation of the thread
 /// writes it; 128 bytes, as the prefetcher pulls lines in pairs).
@@ -316,7 +317,7 @@ impl Drop for Held {
             if owner != me {
                 continue; // inherited through fork: the parent's
             }
-            crate::registry::with_mapping(id, |segment_base| {
+            crate::segment::mappings::with_mapping(id, |segment_base| {
                 let Some(slot) = slot_at(segment_base, index) else {
                     return;
                 };
@@ -544,7 +545,7 @@ fn take_from_dead(log: &[HandoffSlot], me: u64) -> Option<u32> {
 /// Whether the thread an owner word names has died (its id gone, a zombie,
 /// or reused by a thread started at another time).
 fn owner_is_dead(owner: u64) -> bool {
-    crate::segment::thread_is_dead(owner)
+    crate::os::identity::thread_is_dead(owner)
 }
 
 /// Whether a live thread holds slot `index` of `segment`.

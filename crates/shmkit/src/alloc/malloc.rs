@@ -11,9 +11,10 @@ use crossbeam_utils::CachePadded;
 
 use super::counters::{AllocCounters, Share};
 use super::memory_resource::impl_allocator_api2;
-use super::shm_allocator::{current_thread_index, power_of_two_align, AddressHasher};
+use super::shm_allocator::{power_of_two_align, AddressHasher};
 use super::{AllocStats, AllocatorKind, MemContext, ShmAllocator};
 use crate::error::{Error, Result};
+use crate::os::thread_id::current_thread_index;
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr};
 use crate::segment::SegmentOptions;
 

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, ShmSafe};
 use crate::segment::Segment;
 
-use super::{AllocatorKind, RecoveryReport};
+use super::{AllocStats, AllocatorKind, RecoveryReport};
 
 /// Per-call information an allocator may use: who calls (the thread-local
 /// allocator picks its cache slot from it) and whether the call may wait.
@@ -48,8 +48,18 @@ impl MemContext {
     /// The context of the calling thread.
     pub fn current() -> MemContext {
         MemContext {
-            thread: Some(current_thread_index()),
+            thread: Some(crate::os::thread_id::current_thread_index()),
             refuse_waits: false,
+        }
+    }
+
+    /// How long a call under this context waits for a lock: not at all when
+    /// it refuses waits, else `wait`.
+    pub(crate) fn patience(&self, wait: std::time::Duration) -> crate::sync::robust_lock::Patience {
+        if self.refuse_waits {
+            crate::sync::robust_lock::Patience::Refuse
+        } else {
+            crate::sync::robust_lock::Patience::Wait(wait)
         }
     }
 
@@ -63,16 +73,6 @@ impl MemContext {
     }
 }
 
-/// A dense, process-unique index for the calling thread (0, 1, 2...).
-pub fn current_thread_index() -> u32 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    thread_local! {
-        static INDEX: u32 = NEXT.fetch_add(1, Ordering::Relaxed);
-    }
-    INDEX.with(|index| *index)
-}
-
 /// A stretch of a segment's data area, as [`ShmAllocator::regions`] reports
 /// it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,51 +84,6 @@ pub struct Region {
     /// Bytes of it in use: `len` for a live block, 0 for a free one, in
     /// between for a page whose slots are partly in use.
     pub used: u64,
-}
-
-/// A snapshot of an allocator's accounting.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct AllocStats {
-    /// Bytes in live allocations, as requested (Hermes SHM's
-    /// `GetCurrentlyAllocatedSize`).
-    pub allocated_bytes: u64,
-    /// The most `allocated_bytes` has ever been.
-    pub peak_bytes: u64,
-    /// Number of live allocations.
-    pub live_allocations: u64,
-    /// Bytes the allocator could still hand out (free blocks, free slots,
-    /// untouched space), counting the room the segment may still grow into
-    /// (its data area is backed as it fills; see
-    /// [`SegmentOptions::size`](crate::SegmentOptions::size)).
-    pub free_bytes: u64,
-    /// The largest single request that would succeed now (growing the
-    /// segment if need be).
-    pub largest_free_block: u64,
-    /// Bytes the allocator manages once the segment is grown to its maximum
-    /// size.
-    pub capacity: u64,
-}
-
-impl AllocStats {
-    /// Adds `room`, the bytes the heap may still grow into (backed on
-    /// demand), to figures measured over what is backed now; `largest` is
-    /// the largest block growing would make.
-    pub(crate) fn with_room_to_grow(mut self, room: u64, largest: u64) -> AllocStats {
-        self.free_bytes = self.free_bytes.saturating_add(room);
-        self.capacity = self.capacity.saturating_add(room);
-        self.largest_free_block = self.largest_free_block.max(largest);
-        self
-    }
-
-    /// External fragmentation: `1 - largest_free_block / free_bytes`
-    /// (0 when all free memory is one block, close to 1 when it is scattered).
-    pub fn fragmentation(&self) -> f64 {
-        if self.free_bytes == 0 {
-            0.0
-        } else {
-            1.0 - (self.largest_free_block.min(self.free_bytes) as f64 / self.free_bytes as f64)
-        }
-    }
 }
 
 /// An allocator that allocates and frees blocks, whose state (for every

@@ -63,17 +63,18 @@ use super::counters::single_writer_add;
 use super::handoff;
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
-use super::shm_allocator::{current_thread_index, power_of_two_align};
+use super::shm_allocator::power_of_two_align;
 use super::size_class::{
     class_block_size, class_for, Freed, PagesChecked, SizeClassAllocator, SmallBlock,
 };
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
+use crate::os::process::{current_pid, process_alive};
+use crate::os::thread_id::current_thread_index;
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
-use crate::segment::{process_alive, Segment};
-use crate::sync::pid::cached_pid;
+use crate::segment::Segment;
 use crate::sync::slot_owner::{self, Claimed};
 
 /// Thread slots in a segment.
@@ -322,7 +323,7 @@ impl Drop for Held {
     fn drop(&mut self) {
         // The fast lookup must not name a slot that is about to be freed.
         LAST.with(|last| last.set(LastSlot::NONE));
-        let pid = cached_pid();
+        let pid = current_pid();
         for held in self.0.drain(..) {
             if held.slot == NO_SLOT || slot_owner::pid_of(held.owner) != pid {
                 continue; // no slot, or a forked parent's
@@ -373,12 +374,12 @@ fn new_owner() -> u64 {
             break token;
         }
     };
-    slot_owner::owner_value(cached_pid(), token)
+    slot_owner::owner_value(current_pid(), token)
 }
 
 /// Whether `pid` (another process than ours) is gone.
 fn is_dead(pid: u32) -> bool {
-    pid != cached_pid() && !process_alive(pid)
+    pid != current_pid() && !process_alive(pid)
 }
 
 impl Inner {
@@ -513,7 +514,7 @@ impl Inner {
     /// Gives a slot's cached blocks back to the pages and frees the slot,
     /// if `expected` still holds it.
     fn release_slot_from(&self, slot: &Slot, expected: u64) -> bool {
-        if !slot_owner::begin_release(&slot.owner, expected, cached_pid()) {
+        if !slot_owner::begin_release(&slot.owner, expected, current_pid()) {
             return false; // taken over meanwhile
         }
         self.flush(slot);
@@ -658,7 +659,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         let claimed = std::mem::take(&mut *self.claimed.lock().unwrap_or_else(|e| e.into_inner()));
-        let pid = cached_pid();
+        let pid = current_pid();
         // A forked child inherits its parent's list; those slots stay the
         // parent's.
         for (slot, owner) in claimed {
@@ -714,7 +715,7 @@ impl ThreadLocalAllocator {
     fn my_slot(&self, ctx: &MemContext) -> Option<&Slot> {
         let inner = &*self.inner;
         let mut last = LAST.with(Cell::get);
-        let pid = cached_pid();
+        let pid = current_pid();
         if last.view != inner.view || last.pid != pid {
             let (slot, owner) = self.slot_for(ctx)?;
             last = LastSlot {
@@ -739,7 +740,7 @@ impl ThreadLocalAllocator {
         HELD.try_with(|held| {
             let mut held = held.try_borrow_mut().ok()?;
             // After a fork, the slots listed are the parent's: forget them.
-            let pid = cached_pid();
+            let pid = current_pid();
             held.0.retain(|h| slot_owner::pid_of(h.owner) == pid);
             if let Some(found) = held.0.iter().find(|h| h.view == inner.view) {
                 return Some((found.slot, found.owner));
@@ -916,7 +917,7 @@ impl ShmAllocator for ThreadLocalAllocator {
         let inner = &*self.inner;
         let before = self.stats();
         let caches_reclaimed = self.reclaim_dead_slots() as u64;
-        let me = cached_pid();
+        let me = current_pid();
         let mut cached = HashSet::new();
         let (mut cached_bytes, mut owned_bytes, mut owned_live) = (0u64, 0u64, 0u64);
         for (index, slot) in inner.all_slots() {

@@ -134,11 +134,11 @@ impl Env for Os {
     }
 
     fn wait(&self, word: &AtomicU32, expected: u32, timeout: Duration) {
-        crate::sync::futex::wait(word, expected, Some(timeout));
+        crate::os::futex::wait(word, expected, Some(timeout));
     }
 
     fn wake(&self, word: &AtomicU32, count: u32) {
-        crate::sync::futex::wake(word, count);
+        crate::os::futex::wake(word, count);
     }
 }
 

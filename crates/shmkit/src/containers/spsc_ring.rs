@@ -28,10 +28,10 @@ use super::mpmc_ring::{
 };
 use crate::alloc::ShmAllocator;
 use crate::error::{Error, Result};
+use crate::os::mapped_by;
+use crate::os::process::current_pid;
+use crate::os::process::process_alive;
 use crate::ptr::{Offset, ShmSafe};
-use crate::segment::process_alive;
-use crate::sync::mapped_by;
-use crate::sync::pid::cached_pid;
 use crate::sync::slot_owner;
 
 // ------------------------------------------------------------- the algorithm
@@ -414,10 +414,10 @@ static TOKENS_ISSUED: AtomicU32 = AtomicU32::new(0);
 fn token_base() -> u32 {
     static BASE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *BASE.get_or_init(|| {
-        let mut base = 0u32;
-        // SAFETY: writes at most 4 bytes into `base`, which we own.
-        let got = unsafe { libc::getrandom((&raw mut base).cast(), 4, libc::GRND_NONBLOCK) };
-        if got != 4 {
+        let mut bytes = [0u8; 4];
+        let drawn = crate::os::random::fill(&mut bytes, false);
+        let mut base = u32::from_ne_bytes(bytes);
+        if drawn.is_err() {
             // No entropy yet (early boot): the clock differs per image.
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -469,7 +469,7 @@ impl<T: ShmSafe + Copy> Endpoint<'_, T> {
         // SAFETY: validated: the cells start `cells_at` bytes in and
         // `capacity` of them fit in the block.
         let first = unsafe { block.add(extent.cells_at) }.cast::<T>();
-        let pid = cached_pid();
+        let pid = current_pid();
         let owner = slot_owner::owner_value(pid, next_token());
         // SAFETY: validated header; only its atomics are reached.
         let words = unsafe { &ring.as_ref().words };
@@ -567,7 +567,7 @@ impl<T> Drop for Endpoint<'_, T> {
     fn drop(&mut self) {
         // A forked child holds a copy of its parent's endpoint: the role is
         // the parent's to give back.
-        if cached_pid() != self.pid {
+        if current_pid() != self.pid {
             return;
         }
         let word = self.owner_word();

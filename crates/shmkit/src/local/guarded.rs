@@ -18,7 +18,8 @@
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
-use crate::segment::{page_size, Mapping};
+use crate::os::memory::page_size;
+use crate::segment::Mapping;
 
 /// Where a [`GuardedRegion`] has guard pages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

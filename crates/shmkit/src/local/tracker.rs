@@ -40,9 +40,10 @@ use crossbeam_utils::CachePadded;
 
 use crate::alloc::counters::single_writer_add;
 use crate::alloc::shm_allocator::AddressHasher;
-use crate::alloc::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
+use crate::alloc::{AllocStats, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::error::Result;
 use crate::ptr::FullPtr;
+use crate::segment::AllocatorKind;
 use crate::segment::Segment;
 
 /// What a [`Tracker`] records besides its counters.

@@ -35,23 +35,6 @@ impl<T> FullPtr<T> {
         FullPtr { local, shm }
     }
 
-    /// Turns a shared pointer back into a local one through the process
-    /// registry: any segment this process maps with the pointer's id will
-    /// do. Fails with [`Error::ForeignPointer`](crate::Error::ForeignPointer)
-    /// when no such segment is mapped here, and with a bounds or alignment
-    /// error when the offset does not decode to a whole `T`.
-    pub fn from_shm(ptr: ShmPtr<T>) -> crate::Result<FullPtr<T>> {
-        crate::registry::resolve_shm(ptr)
-    }
-
-    /// The full form of a local pointer into any segment this process maps
-    /// (one whole `T` must lie inside it); fails with
-    /// [`Error::ForeignPointer`](crate::Error::ForeignPointer) for memory
-    /// outside every segment.
-    pub fn from_local(ptr: *const T) -> crate::Result<FullPtr<T>> {
-        crate::registry::resolve_local(ptr)
-    }
-
     /// The address in this process.
     pub fn local(&self) -> NonNull<T> {
         self.local

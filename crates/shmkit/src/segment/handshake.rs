@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use super::backend::{self, object_lock, Access, Backed, Mapping};
 use super::header::{self, state, Header, Layout, NewHeader, MAGIC, PARAM_WORDS};
+use super::kind::AllocatorKind;
 use super::{remove, round_to_page, Fixed, Location, Segment, SegmentOptions};
-use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
 use crate::ptr::Offset;
 
@@ -424,7 +424,7 @@ fn map_new_object(
 fn random_segment_id() -> Result<u64> {
     loop {
         let id = random_u64()?;
-        if id != 0 && !crate::registry::is_mapped(id) {
+        if id != 0 && !super::mappings::is_mapped(id) {
             return Ok(id);
         }
     }
@@ -432,20 +432,10 @@ fn random_segment_id() -> Result<u64> {
 
 fn random_u64() -> Result<u64> {
     let mut bytes = [0u8; 8];
-    loop {
-        // SAFETY: `bytes` is a valid, writable 8-byte buffer.
-        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-        if n == bytes.len() as isize {
-            break;
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINTR) {
-            return Err(Error::Io {
-                context: "drawing a segment id".into(),
-                source: err,
-            });
-        }
-    }
+    crate::os::random::fill(&mut bytes, true).map_err(|source| Error::Io {
+        context: "drawing a segment id".into(),
+        source,
+    })?;
     Ok(u64::from_ne_bytes(bytes))
 }
 
@@ -601,7 +591,9 @@ fn wait_until_ready(
                         })
                     }
                     state::INITIALIZING | state::BLANK => {
-                        if object_lock::is_free(fd) || !process_alive(header.creator_pid) {
+                        if object_lock::is_free(fd)
+                            || !crate::os::process::process_alive(header.creator_pid)
+                        {
                             // Re-check: it may have finished just before dying.
                             if header::load_acquire_u32(&header.state) == state::READY {
                                 return Ok(());
@@ -633,26 +625,4 @@ fn wait_until_ready(
             backoff.snooze();
         }
     }
-}
-
-/// Whether the thread a packed identity names has died: its id is gone or
-/// a zombie, or now names a thread started at another time. Without
-/// `/proc` (or a start time), by whether the id still answers `kill(id, 0)`.
-pub(crate) fn thread_is_dead(packed: u64) -> bool {
-    let identity = crate::sync::identity::Identity::unpack(packed);
-    crate::sync::identity::is_dead(identity).unwrap_or_else(|| !process_alive(identity.tid))
-}
-
-/// Whether a process with this pid exists (in this pid namespace). A zombie
-/// (exited, not yet reaped) still counts as existing.
-pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: signal 0 only checks for existence and permission.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -37,7 +37,7 @@
 use std::cell::UnsafeCell;
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 
-use crate::alloc::AllocatorKind;
+use super::kind::AllocatorKind;
 use crate::error::{Error, Result};
 use crate::stable_hash::{fnv1a_extend, FNV_OFFSET_BASIS};
 
@@ -158,6 +158,11 @@ pub(crate) struct Header {
 const _: () = assert!(std::mem::size_of::<RootSlot>() == 64);
 const _: () = assert!(std::mem::size_of::<Header>() == 128 + 64 * ROOT_SLOTS + 64);
 
+/// Bytes reserved after the header for the allocators' hand-off log (64
+/// slots of 128 bytes; `alloc::handoff` lays them out and checks that they
+/// fit).
+pub(crate) const HANDOFF_AREA_LEN: u64 = 64 * 128;
+
 /// Where each area of a segment goes, computed from the creation parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -174,10 +179,7 @@ impl Layout {
             return Err(Error::invalid_size("allocator state too large"));
         }
         // All terms are far below 2^64 (a u32, a header, at most 2^47).
-        let custom_offset = align_up(
-            Self::handoff_offset() + crate::alloc::handoff::AREA_LEN,
-            AREA_ALIGN,
-        );
+        let custom_offset = align_up(Self::handoff_offset() + HANDOFF_AREA_LEN, AREA_ALIGN);
         let state_offset = align_up(custom_offset + u64::from(custom_len), AREA_ALIGN);
         let data_offset = align_up(state_offset + state_len, AREA_ALIGN);
         Ok(Layout {
@@ -327,7 +329,7 @@ impl Header {
     pub fn set_root(&self, name: &str, offset: u64, patience: std::time::Duration) -> Result<()> {
         let bytes = check_root_name(name)?;
         let start = (fnv1a_bytes(bytes) % ROOT_SLOTS as u64) as usize;
-        let me = slot::writing(crate::sync::thread_id::current_identity_word());
+        let me = slot::writing(crate::os::thread_id::current_identity_word());
         for probe in 0..ROOT_SLOTS {
             let slot = &self.roots[(start + probe) % ROOT_SLOTS];
             loop {
@@ -335,7 +337,7 @@ impl Header {
                 match claim & slot::STATE {
                     slot::EMPTY | slot::WRITING
                         if claim == slot::EMPTY
-                            || crate::segment::thread_is_dead(slot::writer(claim)) =>
+                            || crate::os::identity::thread_is_dead(slot::writer(claim)) =>
                     {
                         if slot
                             .claim
@@ -378,7 +380,8 @@ impl Header {
                         if !wait_while(
                             || {
                                 let now = slot.claim.load(Ordering::Acquire);
-                                now == claim && !crate::segment::thread_is_dead(slot::writer(now))
+                                now == claim
+                                    && !crate::os::identity::thread_is_dead(slot::writer(now))
                             },
                             patience,
                         ) {

@@ -8,6 +8,10 @@
 
 mod backend;
 mod handshake;
+/// Which allocator a segment's header names.
+pub(crate) mod kind;
+/// The table of this process's segment mappings.
+pub(crate) mod mappings;
 pub(crate) use handshake::AllocatorSetup;
 pub mod header;
 mod options;
@@ -18,14 +22,14 @@ use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 
-pub use handshake::process_alive;
-pub(crate) use handshake::thread_is_dead;
+use crate::os::memory::{page_size, round_to_page};
+pub use crate::os::process::process_alive;
 pub use handshake::Opened;
+pub use kind::{AllocatorKind, CUSTOM_KIND_BASE};
 pub use options::{Location, SegmentOptions, DEFAULT_READY_TIMEOUT, DEFAULT_SIZE};
 pub use read_only::ReadOnlySegment;
 pub use recovery_lock::{RecoveryLock, SegmentUsers};
 
-use crate::alloc::AllocatorKind;
 use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset, SegmentId, ShmPtr, ShmSafe};
 pub(crate) use backend::{Backed, Mapping};
@@ -39,7 +43,7 @@ use header::{Header, PARAM_WORDS};
 pub struct Segment {
     /// This mapping's entry in the process registry; declared first so it
     /// is dropped (unregistered) before the mapping is unmapped.
-    registration: Option<crate::registry::Registration>,
+    registration: Option<mappings::Registration>,
     /// The descriptor and how much of its object is known to exist: the
     /// bound of every access (shared with the registry's entry).
     backed: std::sync::Arc<Backed>,
@@ -183,7 +187,7 @@ impl std::fmt::Debug for Segment {
 impl Segment {
     /// Enters this ready, validated segment in the process registry.
     pub(crate) fn registered(mut self) -> Segment {
-        self.registration = Some(crate::registry::register(
+        self.registration = Some(mappings::register(
             self.id(),
             self.mapping.base(),
             std::sync::Arc::clone(&self.backed),
@@ -575,18 +579,3 @@ pub fn remove(location: &Location) -> Result<()> {
 /// latency of one grow (about 5 ms per 16 MiB on tmpfs) and the memory
 /// committed ahead of use stay bounded.
 const GROWTH_STEP_CAP: u64 = 16 << 20;
-
-pub(crate) fn page_size() -> u64 {
-    // SAFETY: `sysconf` has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as u64
-    } else {
-        4096
-    }
-}
-
-pub(crate) fn round_to_page(bytes: u64) -> u64 {
-    let page = page_size();
-    bytes.div_ceil(page).saturating_mul(page)
-}

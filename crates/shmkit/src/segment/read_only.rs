@@ -12,8 +12,8 @@ use std::os::fd::BorrowedFd;
 use super::backend::{Access, Backed, Mapping};
 use super::handshake::{open_validated, Validated};
 use super::header::{self, Header, PARAM_WORDS};
+use super::kind::AllocatorKind;
 use super::{check_range_within, resolve_within, Fixed, Location, Segment, SegmentOptions};
-use crate::alloc::AllocatorKind;
 use crate::error::Result;
 use crate::ptr::{Offset, SegmentId, ShmSafe};
 

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use super::Segment;
 use crate::error::{Error, Result};
-use crate::sync::identity::{self, Identity, Seen};
-use crate::sync::mapped_by;
+use crate::os::identity::{self, Identity, Seen};
+use crate::os::mapped_by;
+use crate::os::thread_id;
 use crate::sync::robust_lock::DeathWatch;
-use crate::sync::thread_id;
 
 /// The other users of a segment, as far as `/proc` tells.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

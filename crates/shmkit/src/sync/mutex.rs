@@ -46,11 +46,11 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::futex;
-use super::identity::Identity;
 use super::robust_lock::DeathWatch;
-use super::thread_id;
 use crate::error::{Error, Result};
+use crate::os::futex;
+use crate::os::identity::Identity;
+use crate::os::thread_id;
 use crate::ptr::ShmSafe;
 
 /// Top bit of an owner word: a waiter may be asleep on it.
@@ -562,7 +562,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::thread_id::testing::{dead_tid, live_tid};
+    use crate::os::thread_id::testing::{dead_tid, live_tid};
 
     #[test]
     fn threads_exclude_each_other() {

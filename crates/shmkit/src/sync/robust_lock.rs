@@ -11,11 +11,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::identity::{self, Identity};
-use super::mapped_by::{self, MappedObject};
-use super::thread_id;
 use crate::error::{Error, Result};
-use crate::segment::process_alive;
+use crate::os::identity::{self, Identity};
+use crate::os::mapped_by::{self, MappedObject};
+use crate::os::process::process_alive;
+use crate::os::thread_id;
 
 /// The lock word: 0 when free, else the owner's packed [`Identity`].
 #[repr(C)]
@@ -69,17 +69,6 @@ pub(crate) enum Patience {
     /// Not at all: a few spins, then [`Error::WouldBlock`] (a dead holder
     /// is judged by the next patient caller).
     Refuse,
-}
-
-impl Patience {
-    /// `Refuse` when the context asks callers not to wait, else `wait`.
-    pub(crate) fn of(ctx: &crate::alloc::MemContext, wait: Duration) -> Patience {
-        if ctx.refuse_waits {
-            Patience::Refuse
-        } else {
-            Patience::Wait(wait)
-        }
-    }
 }
 
 /// How often a waiter checks whether the owner is still alive.

@@ -35,15 +35,15 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::futex;
-use super::identity::Identity;
 use super::mutex::{
     acquire_slow, me, release, try_take, Got, Me, Patience, Take, Wait, INCONSISTENT, OWNER,
     QUANTUM, RELOCK, WAITERS,
 };
 use super::robust_lock::DeathWatch;
-use super::thread_id;
 use crate::error::{Error, Result};
+use crate::os::futex;
+use crate::os::identity::Identity;
+use crate::os::thread_id;
 use crate::ptr::ShmSafe;
 
 /// How many readers (threads, in any process) may hold a [`ShmRwLock`] at
@@ -685,7 +685,7 @@ impl<T: std::fmt::Debug> std::fmt::Debug for ShmRwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::thread_id::testing::{dead_tid, live_tid};
+    use crate::os::thread_id::testing::{dead_tid, live_tid};
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     #[test]

@@ -80,9 +80,10 @@ use super::shm_allocator::power_of_two_align;
 use super::{AllocStats, AllocatorKind, MemContext, RecoveryReport, Region, ShmAllocator};
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
+use crate::os::memory::page_size;
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
-use crate::segment::{page_size, Segment};
+use crate::segment::Segment;
 use crate::sync::robust_lock::{Patience, RobustGuard, RobustLock};
 
 /// Orders 0..=47: a segment is at most 2^47 bytes.
@@ -1310,10 +1311,7 @@ impl BuddyAllocator {
     /// It waits for the lock as `ctx` allows.
     fn locked_for<R>(&self, ctx: &MemContext, op: impl Fn(&Heap<'_>) -> Result<R>) -> Result<R> {
         let heap = self.heap();
-        let guard = heap
-            .state
-            .lock
-            .lock_with(Patience::of(ctx, LOCK_PATIENCE))?;
+        let guard = heap.state.lock.lock_with(ctx.patience(LOCK_PATIENCE))?;
         heap.repair_after(&guard)?;
         let result = match op(&heap) {
             Err(_) if heap.state.repair_pending.load(Ordering::Acquire) != 0 => {

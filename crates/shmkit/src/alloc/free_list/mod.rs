@@ -444,7 +444,7 @@ impl FreeListAllocator {
         ctx: &MemContext,
         op: impl FnOnce(&mut Heap<'_>) -> Result<R>,
     ) -> Result<R> {
-        self.locked_noting_takeover(Patience::of(ctx, LOCK_PATIENCE), true, |heap, _| op(heap))
+        self.locked_noting_takeover(ctx.patience(LOCK_PATIENCE), true, |heap, _| op(heap))
     }
 
     /// [`locked`](Self::locked), telling `op` whether the lock was taken

@@ -14,7 +14,7 @@
 //! Assumed: the threads that share a segment share a pid namespace (ids
 //! from another namespace name other threads here), and `/proc` is mounted;
 //! where it is not, or hides another user's threads, judgement falls back
-//! to `kill(tid, 0)` (see [`DeathWatch`](super::robust_lock::DeathWatch)).
+//! to `kill(tid, 0)` (see [`DeathWatch`](crate::sync::robust_lock::DeathWatch)).
 //! Start times count clock ticks (10 ms at the usual 100 Hz): a thread
 //! that dies within the tick it started in, and whose id the kernel hands
 //! out again within that same tick, cannot be told from its successor
@@ -138,6 +138,14 @@ pub(crate) fn is_dead(identity: Identity) -> Option<bool> {
     }
 }
 
+/// Whether the thread a packed identity names has died: its id is gone or
+/// a zombie, or now names a thread started at another time. Without
+/// `/proc` (or a start time), by whether the id still answers `kill(id, 0)`.
+pub(crate) fn thread_is_dead(packed: u64) -> bool {
+    let identity = Identity::unpack(packed);
+    is_dead(identity).unwrap_or_else(|| !super::process::process_alive(identity.tid))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,7 +174,7 @@ mod tests {
 
     #[test]
     fn this_thread_is_alive_and_an_exited_one_is_dead() {
-        let me = super::super::thread_id::current_identity();
+        let me = crate::os::thread_id::current_identity();
         assert_ne!(me.start, 0, "/proc gives this thread's start time");
         assert_eq!(is_dead(me), Some(false));
         // The same id with another start time: a reused id.
@@ -175,7 +183,7 @@ mod tests {
             ..me
         };
         assert_eq!(is_dead(reused), Some(true));
-        let gone = super::super::thread_id::testing::dead_tid();
+        let gone = crate::os::thread_id::testing::dead_tid();
         assert_eq!(
             is_dead(Identity {
                 tid: gone,
@@ -196,7 +204,7 @@ mod tests {
             std::thread::yield_now();
         }
         assert!(
-            crate::segment::process_alive(pid),
+            crate::os::process::process_alive(pid),
             "kill(pid, 0) still answers"
         );
         assert_eq!(is_dead(Identity { tid: pid, start: 0 }), Some(true));

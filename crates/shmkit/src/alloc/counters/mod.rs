@@ -19,31 +19,55 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+pub(crate) use share::{single_writer_add, Share};
+
 use super::handoff;
 use crate::segment::Segment;
 
-/// One thread slot's part of an allocator's accounting. Written only by
-/// the thread that holds the slot.
-#[repr(C)]
-#[derive(Default)]
-pub(crate) struct Share {
-    /// Requested bytes and live blocks (wrapping: read as signed).
-    bytes: AtomicU64,
-    live: AtomicU64,
-    /// The highest and lowest `bytes` ever held (signed).
-    high: AtomicU64,
-    low: AtomicU64,
+/// One thread's share of the accounting, in its hand-off slot.
+mod share;
+
+/// A snapshot of an allocator's accounting.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct AllocStats {
+    /// Bytes in live allocations, as requested (Hermes SHM's
+    /// `GetCurrentlyAllocatedSize`).
+    pub allocated_bytes: u64,
+    /// The most `allocated_bytes` has ever been.
+    pub peak_bytes: u64,
+    /// Number of live allocations.
+    pub live_allocations: u64,
+    /// Bytes the allocator could still hand out (free blocks, free slots,
+    /// untouched space), counting the room the segment may still grow into
+    /// (its data area is backed as it fills; see
+    /// [`SegmentOptions::size`](crate::SegmentOptions::size)).
+    pub free_bytes: u64,
+    /// The largest single request that would succeed now (growing the
+    /// segment if need be).
+    pub largest_free_block: u64,
+    /// Bytes the allocator manages once the segment is grown to its maximum
+    /// size.
+    pub capacity: u64,
 }
 
-impl Share {
-    #[inline]
-    fn add(&self, bytes: u64, live: u64) {
-        let now = single_writer_add(&self.bytes, bytes);
-        single_writer_add(&self.live, live);
-        if now as i64 > self.high.load(Ordering::Relaxed) as i64 {
-            self.high.store(now, Ordering::Relaxed);
-        } else if (now as i64) < self.low.load(Ordering::Relaxed) as i64 {
-            self.low.store(now, Ordering::Relaxed);
+impl AllocStats {
+    /// Adds `room`, the bytes the heap may still grow into (backed on
+    /// demand), to figures measured over what is backed now; `largest` is
+    /// the largest block growing would make.
+    pub(crate) fn with_room_to_grow(mut self, room: u64, largest: u64) -> AllocStats {
+        self.free_bytes = self.free_bytes.saturating_add(room);
+        self.capacity = self.capacity.saturating_add(room);
+        self.largest_free_block = self.largest_free_block.max(largest);
+        self
+    }
+
+    /// External fragmentation: `1 - largest_free_block / free_bytes`
+    /// (0 when all free memory is one block, close to 1 when it is scattered).
+    pub fn fragmentation(&self) -> f64 {
+        if self.free_bytes == 0 {
+            0.0
+        } else {
+            1.0 - (self.largest_free_block.min(self.free_bytes) as f64 / self.free_bytes as f64)
         }
     }
 }
@@ -199,14 +223,4 @@ fn sum<'a>(shares: impl Iterator<Item = &'a Share>) -> (u64, u64) {
             live.wrapping_add(share.live.load(Ordering::Relaxed)),
         )
     })
-}
-
-/// Adds `delta` (wrapping) to a word that only one writer at a time updates
-/// (the holder of a lock, or the owner of a thread slot): a plain load and
-/// store, no locked instruction. Returns the new value.
-#[inline]
-pub(crate) fn single_writer_add(word: &AtomicU64, delta: u64) -> u64 {
-    let now = word.load(Ordering::Relaxed).wrapping_add(delta);
-    word.store(now, Ordering::Relaxed);
-    now
 }

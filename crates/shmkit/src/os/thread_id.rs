@@ -1,6 +1,6 @@
 //! The kernel thread id (`gettid`) without a system call per lock: cached
 //! per thread, and forgotten in a forked child (whose only thread has a new
-//! id) through a `pthread_atfork` hook, as [`pid`](super::pid) does for the
+//! id) through a `pthread_atfork` hook, as [`process`](super::process) does for the
 //! process id.
 //!
 //! What is assumed: a child made without glibc's `fork` (a raw `clone`)
@@ -15,7 +15,7 @@
 use std::cell::Cell;
 use std::sync::Once;
 
-use super::identity::{self, Identity};
+use crate::os::identity::{self, Identity};
 
 thread_local! {
     /// This thread's id, 0 until first asked for.
@@ -118,6 +118,16 @@ pub(crate) fn process_of(tid: u32) -> u32 {
 }
 
 /// Helpers for tests that forge what a dead thread leaves behind.
+/// A dense, process-unique index for the calling thread (0, 1, 2...).
+pub fn current_thread_index() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    thread_local! {
+        static INDEX: u32 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|index| *index)
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     /// Makes this thread's caches name another thread, as a child made
@@ -134,7 +144,7 @@ pub(crate) mod testing {
         // A joined thread's id is released at its exit; wait until the
         // kernel agrees, so a test never races the thread's last steps.
         let started = std::time::Instant::now();
-        while crate::segment::process_alive(tid) {
+        while crate::os::process::process_alive(tid) {
             assert!(started.elapsed().as_secs() < 10, "thread {tid} never went");
             std::thread::yield_now();
         }
@@ -170,11 +180,11 @@ mod tests {
         let (other, stop, handle) = testing::live_tid();
         assert_ne!(other, mine);
         // A live thread's id answers `kill(tid, 0)`; an exited one does not.
-        assert!(crate::segment::process_alive(other));
+        assert!(crate::os::process::process_alive(other));
         assert_eq!(process_of(other), std::process::id());
         drop(stop);
         handle.join().unwrap();
-        assert!(!crate::segment::process_alive(testing::dead_tid()));
+        assert!(!crate::os::process::process_alive(testing::dead_tid()));
     }
 
     #[test]
