@@ -49,6 +49,7 @@
 //! request is reported, never undefined behaviour.
 
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 pub mod alloc;

@@ -1391,8 +1391,8 @@ impl SizeClassAllocator {
                 let info = &CLASSES[class];
                 // SAFETY: `index < count` (checked by `small_block`).
                 let slack = unsafe { Self::slack(base, info, index) };
-                // SAFETY: as above.
                 if slack > info.size
+                    // SAFETY: as above.
                     || !unsafe { Self::cas_slack(base, info, index, slack, sentinel(info)) }
                 {
                     return Err(invalid()); // a racing double free won
