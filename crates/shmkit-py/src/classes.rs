@@ -733,39 +733,62 @@ fn uninit_bytes<'py>(
     Ok(unsafe { bytes.cast_into_unchecked() })
 }
 
-allocator_class!(
+/// The constructor and `allocate` of the classes that have no peer in
+/// `shared_allocator` (and of its bump allocator, which has the same
+/// shape): `(name, capacity=<default>, create=True)`, plus any methods of
+/// the class's own.
+macro_rules! general_class {
+    (
+        $(#[$doc:meta])* $class:ident, $kind:expr,
+        capacity = $default:expr, text_signature = $text_signature:tt
+        $(, { $($own:tt)* })?
+    ) => {
+        allocator_class!(
+            $(#[$doc])*
+            $class,
+            {
+                #[new]
+                #[pyo3(
+                    signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
+                    text_signature = $text_signature
+                )]
+                fn new(
+                    py: Python<'_>,
+                    name: &str,
+                    capacity: Option<&Bound<'_, PyAny>>,
+                    create: Truthy,
+                    read_only: bool,
+                    zero_on_free: bool,
+                ) -> PyResult<Self> {
+                    let options = OpenOptions { read_only, zero_on_free };
+                    let budget = || byte_budget(capacity, $default);
+                    Ok($class {
+                        handle: Handle::open(py, $kind, name, create.0, budget, options)?,
+                    })
+                }
+
+                /// Allocates `size` bytes at an offset that is a multiple of
+                /// `alignment`; returns the offset, or None when full.
+                #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
+                fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
+                    allocate(py, &self.handle, unsigned(size, "size")?, alignment)
+                }
+
+                $($($own)*)?
+            }
+        );
+    };
+}
+
+general_class!(
     /// Lock-free bump allocation, the fastest way to carve a segment; frees
     /// everything at once with `reset()`. `capacity` bytes can be allocated
     /// (blocks of `n` bytes: `capacity // n` of them).
     BumpAllocator,
+    Kind::Bump,
+    capacity = 1 << 20,
+    text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)",
     {
-        #[new]
-        #[pyo3(
-            signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
-            text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
-        )]
-        fn new(
-            py: Python<'_>,
-            name: &str,
-            capacity: Option<&Bound<'_, PyAny>>,
-            create: Truthy,
-            read_only: bool,
-            zero_on_free: bool,
-        ) -> PyResult<Self> {
-            let options = OpenOptions { read_only, zero_on_free };
-            let budget = || byte_budget(capacity, 1 << 20);
-            Ok(BumpAllocator {
-                handle: Handle::open(py, Kind::Bump, name, create.0, budget, options)?,
-            })
-        }
-
-        /// Allocates `size` bytes at an offset that is a multiple of
-        /// `alignment`; returns the offset, or None when full.
-        #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
-        fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
-            allocate(py, &self.handle, unsigned(size, "size")?, alignment)
-        }
-
         /// Forgets every block at once, in every process (every process
         /// must be done with the old offsets, which are refused from now
         /// on). Raises BufferError while views live here, unless `force`.
@@ -778,37 +801,12 @@ allocator_class!(
     }
 );
 
-allocator_class!(
+general_class!(
     /// A stack: blocks are freed in the reverse order of allocation.
     StackAllocator,
-    {
-        #[new]
-        #[pyo3(
-            signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
-            text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
-        )]
-        fn new(
-            py: Python<'_>,
-            name: &str,
-            capacity: Option<&Bound<'_, PyAny>>,
-            create: Truthy,
-            read_only: bool,
-            zero_on_free: bool,
-        ) -> PyResult<Self> {
-            let options = OpenOptions { read_only, zero_on_free };
-            let budget = || byte_budget(capacity, 1 << 20);
-            Ok(StackAllocator {
-                handle: Handle::open(py, Kind::Stack, name, create.0, budget, options)?,
-            })
-        }
-
-        /// Allocates `size` bytes at an offset that is a multiple of
-        /// `alignment`; returns the offset, or None when full.
-        #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
-        fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
-            allocate(py, &self.handle, unsigned(size, "size")?, alignment)
-        }
-    }
+    Kind::Stack,
+    capacity = 1 << 20,
+    text_signature = "(name, capacity=1048576, create=True, *, read_only=False, zero_on_free=False)"
 );
 
 allocator_class!(
@@ -961,63 +959,30 @@ allocator_class!(
     }
 );
 
-/// The constructor and `allocate` of the general-purpose classes that have
-/// no peer in `shared_allocator`: `(name, capacity=10 MiB, create=True)`.
-macro_rules! general_class {
-    ($(#[$doc:meta])* $class:ident, $kind:expr) => {
-        allocator_class!(
-            $(#[$doc])*
-            $class,
-            {
-                #[new]
-                #[pyo3(
-                    signature = (name, capacity = None, create = Truthy(true), *, read_only = false, zero_on_free = false),
-                    text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
-                )]
-                fn new(
-                    py: Python<'_>,
-                    name: &str,
-                    capacity: Option<&Bound<'_, PyAny>>,
-                    create: Truthy,
-                    read_only: bool,
-                    zero_on_free: bool,
-                ) -> PyResult<Self> {
-                    let options = OpenOptions { read_only, zero_on_free };
-                    let budget = || byte_budget(capacity, 10 << 20);
-                    Ok($class {
-                        handle: Handle::open(py, $kind, name, create.0, budget, options)?,
-                    })
-                }
-
-                /// Allocates `size` bytes at an offset that is a multiple of
-                /// `alignment`; returns the offset, or None when full.
-                #[pyo3(signature = (size, alignment = None), text_signature = "($self, size, alignment=8)")]
-                fn allocate(&self, py: Python<'_>, size: &Bound<'_, PyAny>, alignment: Option<&Bound<'_, PyAny>>) -> PyResult<Option<u64>> {
-                    allocate(py, &self.handle, unsigned(size, "size")?, alignment)
-                }
-            }
-        );
-    };
-}
-
 general_class!(
     /// Power-of-two blocks that split and merge.
     BuddyAllocator,
-    Kind::Buddy
+    Kind::Buddy,
+    capacity = 10 << 20,
+    text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
 );
 
 general_class!(
     /// Fine size classes over a lock-free page heap; freed pages are reused
     /// at any size.
     SizeClassAllocator,
-    Kind::SizeClass
+    Kind::SizeClass,
+    capacity = 10 << 20,
+    text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
 );
 
 general_class!(
     /// Per-thread caches in the segment over size classes: the fastest for
     /// small blocks that are freed and allocated again.
     ThreadLocalAllocator,
-    Kind::ThreadLocal
+    Kind::ThreadLocal,
+    capacity = 10 << 20,
+    text_signature = "(name, capacity=10485760, create=True, *, read_only=False, zero_on_free=False)"
 );
 
 /// Removes the shared-memory segment `name` without attaching it (one a

@@ -68,10 +68,10 @@ mod stable_hash;
 pub mod sync;
 
 pub use alloc::{
-    AllocStats, AllocatorKind, AnyAllocator, BuddyAllocator, BuddyParams, BumpAllocator,
-    FreeListAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark, MemContext,
-    PoolAllocator, PoolParams, RecoveryReport, Region, Scope, SegmentAllocator, ShmAllocator,
-    SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
+    AllocStats, AllocatorKind, AllocatorVisitor, AnyAllocator, BuddyAllocator, BuddyParams,
+    BumpAllocator, FreeListAllocator, InBuffer, LinearAlloc, LocalBump, MallocAllocator, Mark,
+    MemContext, PoolAllocator, PoolParams, RecoveryReport, Region, Scope, SegmentAllocator,
+    ShmAllocator, SizeClassAllocator, StackAllocator, ThreadLocalAllocator, CACHE_LINE, SIMD_ALIGN,
 };
 pub use containers::{ShmBox, ShmHashMap, ShmString, ShmVec};
 pub use error::{Error, Result};

@@ -5,8 +5,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::num::NonZeroUsize;
 
 use shmkit::{
-    AllocatorKind, AnyAllocator, BumpAllocator, LinearAlloc, MallocAllocator, MemContext, Offset,
-    SegmentOptions, ShmAllocator, StackAllocator,
+    AllocatorKind, AllocatorVisitor, AnyAllocator, BumpAllocator, LinearAlloc, MallocAllocator,
+    MemContext, Offset, SegmentOptions, ShmAllocator, StackAllocator,
 };
 
 use super::workload::{Discipline, Worker};
@@ -142,15 +142,7 @@ impl Instance {
             Instance::Mimalloc => job.run(|| GlobalWorker(mimalloc::MiMalloc)),
             Instance::Bumpalo => job.run(|| BumpaloWorker(bumpalo::Bump::new())),
             Instance::Malloc(a) => job.run(|| OffsetWorker(&**a)),
-            Instance::Shared { allocator, .. } => match &**allocator {
-                AnyAllocator::Bump(a) => job.run(|| BumpWorker(a)),
-                AnyAllocator::Stack(a) => job.run(|| StackWorker(a)),
-                AnyAllocator::Pool(a) => job.run(|| OffsetWorker(a)),
-                AnyAllocator::FreeList(a) => job.run(|| OffsetWorker(a)),
-                AnyAllocator::Buddy(a) => job.run(|| OffsetWorker(a)),
-                AnyAllocator::SizeClass(a) => job.run(|| OffsetWorker(a)),
-                AnyAllocator::ThreadLocal(a) => job.run(|| OffsetWorker(a)),
-            },
+            Instance::Shared { allocator, .. } => allocator.visit(VisitWith(job)),
         }
     }
 
@@ -230,6 +222,26 @@ impl Worker for BumpaloWorker {
 }
 
 /// A shmkit allocator driven through its offsets.
+/// Runs a job on a segment allocator with its concrete type, so that each
+/// allocator is measured through its own code, not through `dyn`.
+struct VisitWith<J>(J);
+
+impl<J: WithWorkers> AllocatorVisitor for VisitWith<J> {
+    type Output = J::Output;
+
+    fn bump(self, allocator: &BumpAllocator) -> J::Output {
+        self.0.run(|| BumpWorker(allocator))
+    }
+
+    fn stack(self, allocator: &StackAllocator) -> J::Output {
+        self.0.run(|| StackWorker(allocator))
+    }
+
+    fn freeing<A: ShmAllocator>(self, allocator: &A) -> J::Output {
+        self.0.run(|| OffsetWorker(allocator))
+    }
+}
+
 struct OffsetWorker<'a, A>(&'a A);
 
 impl<A: ShmAllocator> Worker for OffsetWorker<'_, A> {

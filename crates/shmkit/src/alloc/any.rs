@@ -9,132 +9,147 @@ use super::{
 use crate::error::{Error, Result};
 use crate::segment::{Segment, SegmentOptions};
 
-/// Any of shmkit's segment allocators, chosen by the kind in the header.
-///
-/// ```
-/// use shmkit::{AnyAllocator, AllocatorKind, SegmentAllocator, SegmentOptions, SizeClassAllocator};
-///
-/// # let name = format!("shmkit-doc-any-{}", std::process::id());
-/// let options = SegmentOptions::shm(&name).size(1 << 20);
-/// let heap = SizeClassAllocator::create(&options)?;
-/// let any = AnyAllocator::attach(&SegmentOptions::shm(&name))?;
-/// assert_eq!(any.kind(), AllocatorKind::SizeClass);
-/// any.check()?;
-/// # shmkit::segment::remove(&shmkit::Location::Shm(name))?;
-/// # Ok::<(), shmkit::Error>(())
-/// ```
-#[derive(Debug)]
-pub enum AnyAllocator {
-    /// A bump allocator.
-    Bump(BumpAllocator),
-    /// A stack allocator.
-    Stack(StackAllocator),
-    /// A pool of fixed-size slots.
-    Pool(PoolAllocator),
-    /// A general-purpose free list.
-    FreeList(FreeListAllocator),
-    /// A buddy allocator.
-    Buddy(BuddyAllocator),
-    /// A size-class page allocator.
-    SizeClass(SizeClassAllocator),
-    /// A thread-local caching allocator.
-    ThreadLocal(ThreadLocalAllocator),
-}
+/// Registers every segment allocator once: the `AnyAllocator` variant, its
+/// type, and whether it frees single blocks (through [`ShmAllocator`]) or
+/// only carves. The kind a variant stands for is its type's
+/// [`SegmentAllocator::KIND`]. Adding an allocator: its own file, its line
+/// in `segment::kind`, and its line here.
+macro_rules! segment_allocators {
+    (
+        carving { $($(#[$cdoc:meta])* $carver:ident($carver_type:ty) => $visit:ident,)* }
+        freeing { $($(#[$fdoc:meta])* $freer:ident($freer_type:ty),)* }
+    ) => {
+        /// Any of shmkit's segment allocators, chosen by the kind in the header.
+        ///
+        /// ```
+        /// use shmkit::{AnyAllocator, AllocatorKind, SegmentAllocator, SegmentOptions, SizeClassAllocator};
+        ///
+        /// # let name = format!("shmkit-doc-any-{}", std::process::id());
+        /// let options = SegmentOptions::shm(&name).size(1 << 20);
+        /// let heap = SizeClassAllocator::create(&options)?;
+        /// let any = AnyAllocator::attach(&SegmentOptions::shm(&name))?;
+        /// assert_eq!(any.kind(), AllocatorKind::SizeClass);
+        /// any.check()?;
+        /// # shmkit::segment::remove(&shmkit::Location::Shm(name))?;
+        /// # Ok::<(), shmkit::Error>(())
+        /// ```
+        #[derive(Debug)]
+        pub enum AnyAllocator {
+            $($(#[$cdoc])* $carver($carver_type),)*
+            $($(#[$fdoc])* $freer($freer_type),)*
+        }
 
-impl AnyAllocator {
-    /// The kinds [`create`](Self::create) can set up.
-    pub const KINDS: [AllocatorKind; 7] = [
-        AllocatorKind::Bump,
-        AllocatorKind::Stack,
-        AllocatorKind::Pool,
-        AllocatorKind::FreeList,
-        AllocatorKind::Buddy,
-        AllocatorKind::SizeClass,
-        AllocatorKind::ThreadLocal,
-    ];
+        impl AnyAllocator {
+            /// The kinds [`create`](Self::create) can set up.
+            pub const KINDS: &'static [AllocatorKind] = &[
+                $(<$carver_type as SegmentAllocator>::KIND,)*
+                $(<$freer_type as SegmentAllocator>::KIND,)*
+            ];
 
-    /// Creates a segment managed by an allocator of `kind`, with its
-    /// default parameters.
-    pub fn create(kind: AllocatorKind, options: &SegmentOptions) -> Result<AnyAllocator> {
-        Ok(match kind {
-            AllocatorKind::Bump => AnyAllocator::Bump(BumpAllocator::create(options)?),
-            AllocatorKind::Stack => AnyAllocator::Stack(StackAllocator::create(options)?),
-            AllocatorKind::Pool => AnyAllocator::Pool(PoolAllocator::create(options)?),
-            AllocatorKind::FreeList => AnyAllocator::FreeList(FreeListAllocator::create(options)?),
-            AllocatorKind::Buddy => AnyAllocator::Buddy(BuddyAllocator::create(options)?),
-            AllocatorKind::SizeClass => {
-                AnyAllocator::SizeClass(SizeClassAllocator::create(options)?)
-            }
-            AllocatorKind::ThreadLocal => {
-                AnyAllocator::ThreadLocal(ThreadLocalAllocator::create(options)?)
-            }
-            _ => {
-                return Err(Error::Unsupported(
+            /// Creates a segment managed by an allocator of `kind`, with its
+            /// default parameters.
+            pub fn create(kind: AllocatorKind, options: &SegmentOptions) -> Result<AnyAllocator> {
+                $(if kind == <$carver_type as SegmentAllocator>::KIND {
+                    return Ok(AnyAllocator::$carver(<$carver_type>::create(options)?));
+                })*
+                $(if kind == <$freer_type as SegmentAllocator>::KIND {
+                    return Ok(AnyAllocator::$freer(<$freer_type>::create(options)?));
+                })*
+                Err(Error::Unsupported(
                     "only the segment allocators (AnyAllocator::KINDS) create segments",
                 ))
             }
-        })
-    }
 
+            /// The allocator of an attached segment.
+            pub fn from_segment(segment: Segment) -> Result<AnyAllocator> {
+                let kind = segment.allocator_kind();
+                $(if kind == <$carver_type as SegmentAllocator>::KIND {
+                    return Ok(AnyAllocator::$carver(<$carver_type>::from_segment(segment)?));
+                })*
+                $(if kind == <$freer_type as SegmentAllocator>::KIND {
+                    return Ok(AnyAllocator::$freer(<$freer_type>::from_segment(segment)?));
+                })*
+                Err(Error::WrongAllocator {
+                    expected: AllocatorKind::None,
+                    found: kind,
+                })
+            }
+
+            /// The segment.
+            pub fn segment(&self) -> &Segment {
+                match self {
+                    $(AnyAllocator::$carver(a) => a.segment(),)*
+                    $(AnyAllocator::$freer(a) => a.segment(),)*
+                }
+            }
+
+            /// Runs `visitor` on the allocator, with its concrete type (no
+            /// dynamic dispatch: each allocator's own fast path).
+            pub fn visit<V: AllocatorVisitor>(&self, visitor: V) -> V::Output {
+                match self {
+                    $(AnyAllocator::$carver(a) => visitor.$visit(a),)*
+                    $(AnyAllocator::$freer(a) => visitor.freeing(a),)*
+                }
+            }
+
+            /// The allocators that free single blocks, through their common trait.
+            pub fn as_shm_allocator(&self) -> Option<&dyn ShmAllocator> {
+                match self {
+                    $(AnyAllocator::$carver(_) => None,)*
+                    $(AnyAllocator::$freer(a) => Some(a),)*
+                }
+            }
+        }
+    };
+}
+
+segment_allocators! {
+    carving {
+        /// A bump allocator.
+        Bump(BumpAllocator) => bump,
+        /// A stack allocator.
+        Stack(StackAllocator) => stack,
+    }
+    freeing {
+        /// A pool of fixed-size slots.
+        Pool(PoolAllocator),
+        /// A general-purpose free list.
+        FreeList(FreeListAllocator),
+        /// A buddy allocator.
+        Buddy(BuddyAllocator),
+        /// A size-class page allocator.
+        SizeClass(SizeClassAllocator),
+        /// A thread-local caching allocator.
+        ThreadLocal(ThreadLocalAllocator),
+    }
+}
+
+/// Code that runs on an allocator of any kind with its concrete type
+/// ([`AnyAllocator::visit`]): a benchmark or tool that wants each
+/// allocator's own code, not calls through `dyn`. Every allocator that
+/// frees single blocks comes to [`freeing`](Self::freeing); the carving
+/// ones, which share no trait for freeing, have a method each.
+pub trait AllocatorVisitor {
+    /// What the visit returns.
+    type Output;
+    /// A bump allocator.
+    fn bump(self, allocator: &BumpAllocator) -> Self::Output;
+    /// A stack allocator.
+    fn stack(self, allocator: &StackAllocator) -> Self::Output;
+    /// Any allocator that frees single blocks.
+    fn freeing<A: ShmAllocator>(self, allocator: &A) -> Self::Output;
+}
+
+impl AnyAllocator {
     /// Attaches the segment and the allocator its header names.
     pub fn attach(options: &SegmentOptions) -> Result<AnyAllocator> {
         let segment = Segment::attach(options)?;
         Self::from_segment(segment)
     }
 
-    /// The allocator of an attached segment.
-    pub fn from_segment(segment: Segment) -> Result<AnyAllocator> {
-        Ok(match segment.allocator_kind() {
-            AllocatorKind::Bump => AnyAllocator::Bump(BumpAllocator::from_segment(segment)?),
-            AllocatorKind::Stack => AnyAllocator::Stack(StackAllocator::from_segment(segment)?),
-            AllocatorKind::Pool => AnyAllocator::Pool(PoolAllocator::from_segment(segment)?),
-            AllocatorKind::FreeList => {
-                AnyAllocator::FreeList(FreeListAllocator::from_segment(segment)?)
-            }
-            AllocatorKind::Buddy => AnyAllocator::Buddy(BuddyAllocator::from_segment(segment)?),
-            AllocatorKind::SizeClass => {
-                AnyAllocator::SizeClass(SizeClassAllocator::from_segment(segment)?)
-            }
-            AllocatorKind::ThreadLocal => {
-                AnyAllocator::ThreadLocal(ThreadLocalAllocator::from_segment(segment)?)
-            }
-            other => {
-                return Err(Error::WrongAllocator {
-                    expected: AllocatorKind::None,
-                    found: other,
-                })
-            }
-        })
-    }
-
     /// The kind recorded in the header.
     pub fn kind(&self) -> AllocatorKind {
         self.segment().allocator_kind()
-    }
-
-    /// The segment.
-    pub fn segment(&self) -> &Segment {
-        match self {
-            AnyAllocator::Bump(a) => a.segment(),
-            AnyAllocator::Stack(a) => a.segment(),
-            AnyAllocator::Pool(a) => a.segment(),
-            AnyAllocator::FreeList(a) => a.segment(),
-            AnyAllocator::Buddy(a) => a.segment(),
-            AnyAllocator::SizeClass(a) => a.segment(),
-            AnyAllocator::ThreadLocal(a) => a.segment(),
-        }
-    }
-
-    /// The allocators that free single blocks, through their common trait.
-    pub fn as_shm_allocator(&self) -> Option<&dyn ShmAllocator> {
-        match self {
-            AnyAllocator::Bump(_) | AnyAllocator::Stack(_) => None,
-            AnyAllocator::Pool(a) => Some(a),
-            AnyAllocator::FreeList(a) => Some(a),
-            AnyAllocator::Buddy(a) => Some(a),
-            AnyAllocator::SizeClass(a) => Some(a),
-            AnyAllocator::ThreadLocal(a) => Some(a),
-        }
     }
 
     /// The allocator's accounting. The linear allocators count the bytes

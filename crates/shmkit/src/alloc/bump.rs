@@ -1,11 +1,11 @@
 //! The bump (linear) allocator: a lock-free cursor shared by every process.
 
 use std::cell::Cell;
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
+use super::in_segment::InSegment;
 use super::linear::sealed::Carve;
 use super::linear::LinearAlloc;
 use super::segment_allocator::{InBuffer, SegmentAllocator};
@@ -60,23 +60,16 @@ const NEAR_END: u64 = 256 * cursor::ADD_MAX;
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct BumpAllocator {
-    segment: Segment,
-    state: NonNull<BumpState>,
+    shell: InSegment<BumpState>,
     /// The first byte of the data area: no block is ever carved below it
     /// (nor beyond the segment's size as this process knows it).
     floor: u64,
 }
 
-// SAFETY: the state is reached through atomics only, and the segment handle
-// is itself `Send + Sync`.
-unsafe impl Send for BumpAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for BumpAllocator {}
-
 impl std::fmt::Debug for BumpAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BumpAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("used", &self.used())
             .field("capacity", &self.capacity())
             .finish()
@@ -110,15 +103,13 @@ impl SegmentAllocator for BumpAllocator {
 
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
-        let state = segment.allocator_state::<BumpState>()?;
         let floor = segment.data_offset();
         let bump = BumpAllocator {
-            segment,
-            state,
+            shell: InSegment::new(segment)?,
             floor,
         };
         let cursor = bump.cursor();
-        if cursor < bump.segment.data_offset() || cursor > bump.segment.max_size() {
+        if cursor < bump.segment().data_offset() || cursor > bump.segment().max_size() {
             return Err(Error::corrupt(format!("bump cursor {cursor} out of range")));
         }
         Ok(bump)
@@ -129,7 +120,7 @@ impl LinearAlloc for BumpAllocator {}
 
 impl Carve for BumpAllocator {
     fn carve_segment(&self) -> &Segment {
-        &self.segment
+        &self.segment()
     }
 
     #[inline]
@@ -155,14 +146,12 @@ impl Carve for BumpAllocator {
 impl BumpAllocator {
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
     #[inline]
     fn state(&self) -> &BumpState {
-        // SAFETY: `state` points into the segment, which lives as long as
-        // `self`; `from_segment` checked size and alignment; it is atomics only.
-        unsafe { self.state.as_ref() }
+        self.shell.state()
     }
 
     #[inline]
@@ -174,7 +163,7 @@ impl BumpAllocator {
     /// this process knows the backing object holds bytes.
     #[inline]
     fn end(&self) -> u64 {
-        self.segment.size()
+        self.segment().size()
     }
 
     fn cursor(&self) -> u64 {
@@ -185,7 +174,7 @@ impl BumpAllocator {
     /// the bytes, grown into if need be, or `None` for the loop.
     #[inline]
     fn carve_by_add(&self, size: u64, align: u64) -> Option<u64> {
-        let max = self.segment.max_size();
+        let max = self.segment().max_size();
         let limit = max.saturating_sub(NEAR_END);
         if limit <= self.floor {
             // A small segment: all of it is near the end.
@@ -216,7 +205,7 @@ impl BumpAllocator {
     /// Grows the segment to hold `stop` (below the maximum).
     #[cold]
     fn grow_past(&self, stop: u64) -> bool {
-        matches!(self.segment.grow_to_fit(stop), Ok(true))
+        matches!(self.segment().grow_to_fit(stop), Ok(true))
     }
 
     /// After a failed bump: grow the segment if it may grow, else report.
@@ -239,27 +228,27 @@ impl BumpAllocator {
         let needed = cursor::align_up(cursor, align)
             .and_then(|start| start.checked_add(size))
             .ok_or_else(|| Error::invalid_size(format!("{size} bytes overflow the segment")))?;
-        if self.segment.grow_to_fit(needed)? {
+        if self.segment().grow_to_fit(needed)? {
             Ok(())
         } else {
             Err(Error::OutOfMemory {
                 requested: size,
-                available: self.segment.max_size().saturating_sub(cursor),
+                available: self.segment().max_size().saturating_sub(cursor),
             })
         }
     }
 
     /// Bytes handed out so far (alignment padding included).
     pub fn used(&self) -> u64 {
-        self.cursor().saturating_sub(self.segment.data_offset())
+        self.cursor().saturating_sub(self.segment().data_offset())
     }
 
     /// Bytes the data area holds once the segment is grown to its maximum
     /// size (it is backed as the cursor reaches it).
     pub fn capacity(&self) -> u64 {
-        self.segment
+        self.segment()
             .max_size()
-            .saturating_sub(self.segment.data_offset())
+            .saturating_sub(self.segment().data_offset())
     }
 
     /// The same as [`capacity`](Self::capacity), which counts the room to
@@ -277,14 +266,14 @@ impl BumpAllocator {
     /// Whether `ptr` points into a block this allocator has handed out (and
     /// not since rewound).
     pub fn owns(&self, ptr: *const u8) -> bool {
-        self.segment
+        self.segment()
             .offset_of(ptr)
             .is_ok_and(|offset| self.owns_offset(offset.raw()))
     }
 
     /// Whether `offset` lies in the allocated part of the data area.
     pub fn owns_offset(&self, offset: u64) -> bool {
-        offset >= self.segment.data_offset() && offset < self.cursor()
+        offset >= self.segment().data_offset() && offset < self.cursor()
     }
 
     /// Forgets every allocation at once.
@@ -310,7 +299,7 @@ impl BumpAllocator {
     /// quiescence rule of [`reset`](Self::reset) applies across processes.
     pub unsafe fn reset_shared(&self) {
         self.cursor_cell()
-            .store(self.segment.data_offset(), Ordering::Release);
+            .store(self.segment().data_offset(), Ordering::Release);
         self.state().near_end.store(0, Ordering::Release);
     }
 
@@ -318,10 +307,10 @@ impl BumpAllocator {
     /// [`reset`](Self::reset) (same quiescence rule), so no data lingers for
     /// the next user of the memory.
     pub fn secure_reset(&mut self) {
-        let start = self.segment.data_offset();
-        let end = self.cursor().min(self.segment.size());
+        let start = self.segment().data_offset();
+        let end = self.cursor().min(self.segment().size());
         // `&mut self` and the quiescence rule: nobody uses these bytes now.
-        self.segment.zero_bytes(start, end.saturating_sub(start));
+        self.segment().zero_bytes(start, end.saturating_sub(start));
         self.reset();
     }
 
@@ -455,7 +444,7 @@ impl LinearAlloc for LocalBump<'_> {}
 
 impl Carve for LocalBump<'_> {
     fn carve_segment(&self) -> &Segment {
-        &self.bump.segment
+        &self.bump.segment()
     }
 
     #[inline]
@@ -479,7 +468,7 @@ impl InBuffer<'_, BumpAllocator> {
         // The `InBuffer` is held mutably, so no scope borrows the allocator.
         let bump: &BumpAllocator = self;
         bump.cursor_cell()
-            .store(bump.segment.data_offset(), Ordering::Release);
+            .store(bump.segment().data_offset(), Ordering::Release);
     }
 }
 
@@ -532,12 +521,12 @@ impl LinearAlloc for Scope<'_> {}
 
 impl Carve for Scope<'_> {
     fn carve_segment(&self) -> &Segment {
-        &self.bump.segment
+        &self.bump.segment()
     }
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
         while self.contiguous.get() {
-            let end = self.bump.segment.size();
+            let end = self.bump.segment().size();
             match cursor::bump_at(self.bump.cursor_cell(), self.top.get(), size, align, end) {
                 Ok((start, stop)) => {
                     self.top.set(stop);

@@ -10,6 +10,7 @@ mod bump;
 pub(crate) mod counters;
 mod free_list;
 pub(crate) mod handoff;
+mod in_segment;
 mod linear;
 mod magazine;
 mod malloc;
@@ -24,7 +25,7 @@ mod thread_local;
 
 pub use crate::os::thread_id::current_thread_index;
 pub use crate::segment::{AllocatorKind, CUSTOM_KIND_BASE};
-pub use any::AnyAllocator;
+pub use any::{AllocatorVisitor, AnyAllocator};
 pub use buddy::{BuddyAllocator, BuddyParams};
 pub use bump::{BumpAllocator, LocalBump, Mark, Scope};
 pub use counters::AllocStats;

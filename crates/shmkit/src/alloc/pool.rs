@@ -61,6 +61,7 @@ use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
 use super::handoff;
+use super::in_segment::InSegment;
 use super::memory_resource::impl_allocator_api2;
 use super::recovery::Traces;
 use super::segment_allocator::SegmentAllocator;
@@ -426,21 +427,14 @@ impl<'a> Runs<'a> {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct PoolAllocator {
-    segment: Segment,
-    state: NonNull<PoolState>,
+    shell: InSegment<PoolState>,
     geometry: Geometry,
 }
-
-// SAFETY: the state, page headers, markers and links are reached through
-// atomics only, and the segment handle is itself `Send + Sync`.
-unsafe impl Send for PoolAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for PoolAllocator {}
 
 impl std::fmt::Debug for PoolAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("slot_sizes", &self.slot_sizes())
             .field("page_size", &self.geometry.page)
             .field("stats", &self.stats())
@@ -485,14 +479,12 @@ impl SegmentAllocator for PoolAllocator {
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
         let geometry = Geometry::new(&segment.allocator_params(), segment.data_offset())?;
-        let state = segment.allocator_state::<PoolState>()?;
         let pool = PoolAllocator {
-            segment,
-            state,
+            shell: InSegment::new(segment)?,
             geometry,
         };
         let pages = pool.pages();
-        if pages > geometry.max_pages || geometry.page_offset(pages) > pool.segment.max_size() {
+        if pages > geometry.max_pages || geometry.page_offset(pages) > pool.segment().max_size() {
             return Err(Error::corrupt(format!(
                 "pool page count {pages} out of range"
             )));
@@ -529,7 +521,7 @@ impl Links for SlabLinks<'_> {
 impl PoolAllocator {
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
     /// The slot sizes, ascending.
@@ -544,10 +536,7 @@ impl PoolAllocator {
 
     #[inline]
     fn state(&self) -> &PoolState {
-        // SAFETY: `state` points into the segment, which lives as long as
-        // `self`; `allocator_state` checked size and alignment; it is made
-        // of atomics only.
-        unsafe { self.state.as_ref() }
+        self.shell.state()
     }
 
     #[inline]
@@ -558,7 +547,7 @@ impl PoolAllocator {
     /// An atomic in the segment at `offset`, bounds- and alignment-checked.
     #[inline]
     fn atomic_at<T>(&self, offset: u64) -> Option<&T> {
-        let ptr = self.segment.resolve(Offset::<T>::from_raw(offset)).ok()?;
+        let ptr = self.segment().resolve(Offset::<T>::from_raw(offset)).ok()?;
         // SAFETY: `resolve` checked bounds and alignment; callers use it for
         // atomics only (valid for any bytes), which live as long as the
         // segment, so as long as `self`.
@@ -728,7 +717,7 @@ impl PoolAllocator {
             .unwrap_or(8);
         Err(Error::InvalidAlignment {
             align: align as usize,
-            max: (best as usize).min(self.segment.max_align()),
+            max: (best as usize).min(self.segment().max_align()),
         })
     }
 
@@ -781,7 +770,7 @@ impl PoolAllocator {
 
     /// The most pages the segment can hold, grown to its maximum size.
     fn pages_at_most(&self) -> u64 {
-        let room = self.segment.max_size().saturating_sub(self.geometry.base);
+        let room = self.segment().max_size().saturating_sub(self.geometry.base);
         (room / self.geometry.page).min(self.geometry.max_pages)
     }
 
@@ -893,7 +882,7 @@ impl PoolAllocator {
                 return Err(self.out_of_pages(slab));
             }
             let end = self.geometry.page_offset(claimed + 1);
-            if end > self.segment.size() {
+            if end > self.segment().size() {
                 self.grow_for(end, slab)?;
                 claimed = pages.load(Ordering::Acquire);
                 continue;
@@ -919,7 +908,7 @@ impl PoolAllocator {
         let start = self.geometry.page_offset(u64::from(page));
         let per_page = self.geometry.slabs[slab].per_page;
         let markers = self
-            .segment
+            .segment()
             .resolve_array(
                 Offset::<AtomicU32>::from_raw(start + PAGE_HEADER),
                 u64::from(per_page),
@@ -944,7 +933,7 @@ impl PoolAllocator {
 
     #[cold]
     fn grow_for(&self, end: u64, slab: usize) -> Result<()> {
-        if self.segment.grow_to_fit(end)? {
+        if self.segment().grow_to_fit(end)? {
             Ok(())
         } else {
             Err(self.out_of_pages(slab))
@@ -1018,7 +1007,7 @@ impl PoolAllocator {
         let before = self.stats();
         let geometry = &self.geometry;
         let pages = self.pages();
-        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment.size() {
+        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment().size() {
             return Err(Error::corrupt(format!(
                 "pool: {pages} pages do not fit the segment"
             )));
@@ -1096,13 +1085,13 @@ impl PoolAllocator {
         }
         self.state()
             .counters
-            .reset_to(&self.segment, live_bytes, live);
-        handoff::forget_dead_records(&self.segment, |block| never_handed_out.contains(&block));
+            .reset_to(&self.segment(), live_bytes, live);
+        handoff::forget_dead_records(&self.segment(), |block| never_handed_out.contains(&block));
         Ok(RecoveryReport {
             blocks_reclaimed: free.saturating_sub(on_stacks),
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment))
+        .with_handoffs(&self.segment()))
     }
 }
 
@@ -1116,12 +1105,12 @@ impl ShmAllocator for PoolAllocator {
     }
 
     fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
-        let align = power_of_two_align(align, self.segment.max_align())?;
+        let align = power_of_two_align(align, self.segment().max_align())?;
         let size = size.max(1) as u64;
         let slab = self.pick(size, align as u64)?;
         // One lookup of the thread's hand-off slot serves the shard, the
         // accounting and the record.
-        let mine = handoff::my_indexed_slot(&self.segment);
+        let mine = handoff::my_indexed_slot(&self.segment());
         let shard = handoff::shard_of(mine, POOL_SHARDS);
         let at = self.take_slot(slab, shard)?;
         let marker = self
@@ -1156,7 +1145,7 @@ impl ShmAllocator for PoolAllocator {
         let (at, marker, value, home) = self.live_slot_and_home(offset)?;
         // One lookup of the thread's hand-off slot: the record and the
         // accounting.
-        let mine = handoff::my_slot(&self.segment);
+        let mine = handoff::my_slot(&self.segment());
         if let Some(log) = mine {
             log.forget(offset);
         }
@@ -1168,7 +1157,7 @@ impl ShmAllocator for PoolAllocator {
         {
             return Err(Error::InvalidFree { offset });
         }
-        self.segment
+        self.segment()
             .scrub(offset, self.geometry.slabs[at.slab].slot);
         self.state()
             .counters
@@ -1192,11 +1181,12 @@ impl ShmAllocator for PoolAllocator {
 
     fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
         self.live_slot(offset)?;
-        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+        self.segment()
+            .full_ptr_from_offset(Offset::from_raw(offset))
     }
 
     fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
-        self.segment.offset_of(ptr.as_ptr()).map(|o| o.raw())
+        self.segment().offset_of(ptr.as_ptr()).map(|o| o.raw())
     }
 
     /// A block is resized in place whenever the new size fits its slot (so
@@ -1224,7 +1214,7 @@ impl ShmAllocator for PoolAllocator {
             return Err(Error::InvalidFree { offset });
         }
         let counters = &self.state().counters;
-        counters.on_resize(&self.segment, u64::from(value - 1), new_size);
+        counters.on_resize(&self.segment(), u64::from(value - 1), new_size);
         Ok(true)
     }
 
@@ -1234,10 +1224,10 @@ impl ShmAllocator for PoolAllocator {
     /// without growing; `capacity` is the page area at the current size.
     fn stats(&self) -> AllocStats {
         let (allocated_bytes, live_allocations, peak_bytes) =
-            self.state().counters.snapshot(&self.segment);
+            self.state().counters.snapshot(&self.segment());
         // Measured at the maximum size: the rest is backed as pages are
         // claimed.
-        let size = self.segment.max_size();
+        let size = self.segment().max_size();
         let pages = self.pages().min(self.geometry.max_pages);
         let untouched = size.saturating_sub(self.geometry.page_offset(pages));
         let mut free_bytes = untouched;
@@ -1284,14 +1274,14 @@ impl ShmAllocator for PoolAllocator {
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         let geometry = &self.geometry;
         let pages = self.pages();
-        let size = self.segment.size();
+        let size = self.segment().size();
         if pages > geometry.max_pages || geometry.page_offset(pages) > size {
             return Err(Error::corrupt(format!(
                 "pool: {pages} pages do not fit the segment"
             )));
         }
         let mut runs = Runs::new(visit);
-        runs.push(self.segment.data_offset(), geometry.base, false);
+        runs.push(self.segment().data_offset(), geometry.base, false);
         // `pages <= max_pages <= EMPTY`, so every page number fits a u32.
         for page in 0..pages as u32 {
             let start = geometry.page_offset(u64::from(page));
@@ -1334,7 +1324,7 @@ impl ShmAllocator for PoolAllocator {
     fn check(&self) -> Result<()> {
         let geometry = &self.geometry;
         let pages = self.pages();
-        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment.size() {
+        if pages > geometry.max_pages || geometry.page_offset(pages) > self.segment().size() {
             return Err(Error::corrupt(format!(
                 "pool: {pages} pages do not fit the segment"
             )));
@@ -1460,7 +1450,7 @@ impl ShmAllocator for PoolAllocator {
                 );
             }
         }
-        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment);
+        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment());
         let live_total: u64 = live.iter().sum();
         if live_count != live_total || allocated != live_bytes {
             traces.add(

@@ -86,6 +86,7 @@ use crossbeam_utils::CachePadded;
 
 use super::counters::AllocCounters;
 use super::handoff::{self, HandoffSlot};
+use super::in_segment::{InSegment, StatePtr};
 use super::memory_resource::impl_allocator_api2;
 use super::recovery::Traces;
 use super::segment_allocator::SegmentAllocator;
@@ -407,9 +408,8 @@ fn heap_layout(data_offset: u64, max_size: u64, max_align: u64) -> (u64, u64) {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct SizeClassAllocator {
-    segment: Segment,
-    state: NonNull<SizeClassState>,
-    table: NonNull<PageDesc>,
+    shell: InSegment<SizeClassState>,
+    table: StatePtr<PageDesc>,
     heap_base: u64,
     max_pages: u32,
     /// Pages this process has seen inside the segment. The segment never
@@ -417,16 +417,10 @@ pub struct SizeClassAllocator {
     known_pages: AtomicU32,
 }
 
-// SAFETY: the state, the descriptors and the page headers are reached
-// through atomics only, and the segment handle is itself `Send + Sync`.
-unsafe impl Send for SizeClassAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for SizeClassAllocator {}
-
 impl std::fmt::Debug for SizeClassAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SizeClassAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("stats", &self.stats())
             .finish()
     }
@@ -507,13 +501,13 @@ impl SizeClassAllocator {
     /// The view over a segment whose state area starts with initialized
     /// size-class state, whatever the allocator kind recorded.
     pub(crate) fn open(segment: Segment) -> Result<Self> {
-        let state = segment.allocator_state::<SizeClassState>()?;
-        // SAFETY: checked by `allocator_state`; the plain words are written
-        // once before *ready* and only read afterwards.
-        let (magic, heap_base, max_pages) = unsafe {
-            let s = state.as_ref();
+        let shell = InSegment::<SizeClassState>::new(segment)?;
+        // The plain words are written once before *ready*.
+        let (magic, heap_base, max_pages) = {
+            let s = shell.state();
             (s.magic, s.heap_base, s.max_pages)
         };
+        let segment = shell.segment();
         let data_offset = segment.data_offset();
         // Checked arithmetic: both words are whatever the segment holds.
         let plausible = magic == STATE_MAGIC
@@ -532,9 +526,8 @@ impl SizeClassAllocator {
         }
         let table = segment.resolve_array(Offset::<PageDesc>::from_raw(data_offset), max_pages)?;
         let allocator = SizeClassAllocator {
-            segment,
-            state,
-            table,
+            shell,
+            table: StatePtr::new(table),
             heap_base,
             max_pages: max_pages as u32,
             known_pages: AtomicU32::new(0),
@@ -618,7 +611,7 @@ impl SizeClassAllocator {
 
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
     /// The size a request of `size` bytes (alignment up to 16) is rounded up
@@ -630,10 +623,9 @@ impl SizeClassAllocator {
         }
     }
 
+    #[inline]
     fn state(&self) -> &SizeClassState {
-        // SAFETY: `state` points into the segment, which lives as long as
-        // `self`; checked at construction; shared fields are atomics.
-        unsafe { self.state.as_ref() }
+        self.shell.state()
     }
 
     #[inline(always)]
@@ -662,12 +654,12 @@ impl SizeClassAllocator {
     fn page_ptr(&self, page: u32) -> Result<*mut u8> {
         let offset = self.page_offset(page);
         if page >= self.known_pages.load(Ordering::Relaxed) {
-            self.segment.check_range(offset, PAGE_SIZE)?;
+            self.segment().check_range(offset, PAGE_SIZE)?;
             self.known_pages.fetch_max(page + 1, Ordering::Relaxed);
         }
         // SAFETY: this page, or a later one, passed `check_range`: it lies
         // inside the segment (which never shrinks) and so inside the mapping.
-        Ok(unsafe { self.segment.base().as_ptr().add(offset as usize) })
+        Ok(unsafe { self.segment().base().as_ptr().add(offset as usize) })
     }
 
     /// The first word at `offset` if it is 16-aligned and inside a page this
@@ -763,7 +755,7 @@ impl SizeClassAllocator {
 
     /// Pages the segment holds at its current size.
     fn pages_now(&self) -> u32 {
-        let size = self.segment.size();
+        let size = self.segment().size();
         (size.saturating_sub(self.heap_base) / PAGE_SIZE).min(u64::from(self.max_pages)) as u32
     }
 
@@ -788,18 +780,18 @@ impl SizeClassAllocator {
                 return Ok(None);
             }
             let needed = self.heap_base + end * PAGE_SIZE;
-            if needed > self.segment.size() {
+            if needed > self.segment().size() {
                 // Backing within the capacity is no growth: only past it
                 // do freed pages come first. Without leave to grow, the
                 // backing stops at the capacity, and a full file system
                 // sends the caller on to other shards' pages and to
                 // collection rather than failing the request.
                 let grown = if grow {
-                    self.segment.grow_to_fit(needed)?
+                    self.segment().grow_to_fit(needed)?
                 } else {
                     match self
-                        .segment
-                        .grow_to_fit_below(needed, self.segment.capacity())
+                        .segment()
+                        .grow_to_fit_below(needed, self.segment().capacity())
                     {
                         Ok(grown) => grown,
                         Err(Error::NoSpace { .. }) => false,
@@ -1318,7 +1310,7 @@ impl SizeClassAllocator {
     /// commit and the end of a block's pending state.
     #[inline]
     pub(crate) fn record_handoff(&self, offset: u64) {
-        if let Some(log) = handoff::my_slot(&self.segment) {
+        if let Some(log) = handoff::my_slot(&self.segment()) {
             log.record(offset);
         }
     }
@@ -1327,18 +1319,18 @@ impl SizeClassAllocator {
     /// is about to free.
     #[inline]
     pub(crate) fn forget_handoff(&self, offset: u64) {
-        handoff::forget_mine(&self.segment, offset);
+        handoff::forget_mine(&self.segment(), offset);
     }
 
     /// Allocates a block without touching the counters.
     pub(crate) fn alloc_block(&self, size: usize, align: usize) -> Result<u64> {
-        self.alloc_block_for(size, align, handoff::my_indexed_slot(&self.segment))
+        self.alloc_block_for(size, align, handoff::my_indexed_slot(&self.segment()))
     }
 
     /// [`alloc_block`](Self::alloc_block) for a thread whose hand-off slot
     /// the caller looked up (its shard and its record).
     fn alloc_block_for(&self, size: usize, align: usize, mine: Mine<'_>) -> Result<u64> {
-        let align = power_of_two_align(align, self.segment.max_align())? as u64;
+        let align = power_of_two_align(align, self.segment().max_align())? as u64;
         if align > PAGE_SIZE {
             return Err(Error::InvalidAlignment {
                 align: align as usize,
@@ -1398,7 +1390,7 @@ impl SizeClassAllocator {
                     return Err(invalid()); // a racing double free won
                 }
                 // The mark makes the block ours alone until its bit clears.
-                self.segment.scrub(offset, info.size);
+                self.segment().scrub(offset, info.size);
                 Ok(Freed::Small {
                     page,
                     class,
@@ -1423,7 +1415,7 @@ impl SizeClassAllocator {
                 }
                 // FREE but on no stack yet: nobody else can take these pages.
                 crash_point!("size_class.free.large_head_freed");
-                self.segment.scrub(offset, len * PAGE_SIZE);
+                self.segment().scrub(offset, len * PAGE_SIZE);
                 for tail in page + 1..page + len as u32 {
                     if let Some(d) = self.desc(tail) {
                         d.state.store(FREE, Ordering::Relaxed);
@@ -1588,7 +1580,7 @@ impl ShmAllocator for SizeClassAllocator {
 
     fn allocate_offset(&self, _ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
         // One lookup of the thread's hand-off slot: shard, record, counts.
-        let mine = handoff::my_indexed_slot(&self.segment);
+        let mine = handoff::my_indexed_slot(&self.segment());
         let offset = self.alloc_block_for(size, align, mine)?;
         self.state()
             .counters
@@ -1597,7 +1589,7 @@ impl ShmAllocator for SizeClassAllocator {
     }
 
     unsafe fn free_offset(&self, _ctx: &MemContext, offset: u64) -> Result<()> {
-        let mine = handoff::my_slot(&self.segment);
+        let mine = handoff::my_slot(&self.segment());
         if let Some(log) = mine {
             log.forget(offset);
         }
@@ -1638,7 +1630,7 @@ impl ShmAllocator for SizeClassAllocator {
                     && run
                         .checked_mul(PAGE_SIZE)
                         .and_then(|len| offset.checked_add(len))
-                        .is_some_and(|end| end <= self.segment.size());
+                        .is_some_and(|end| end <= self.segment().size());
                 if !in_reach {
                     return Err(Error::corrupt(format!(
                         "large block at page {page}: {run} pages"
@@ -1652,11 +1644,12 @@ impl ShmAllocator for SizeClassAllocator {
 
     fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
         self.usable_size(offset)?;
-        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+        self.segment()
+            .full_ptr_from_offset(Offset::from_raw(offset))
     }
 
     fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
-        Ok(self.segment.offset_of(ptr.as_ptr() as *const u8)?.raw())
+        Ok(self.segment().offset_of(ptr.as_ptr() as *const u8)?.raw())
     }
 
     unsafe fn resize_in_place(
@@ -1693,13 +1686,13 @@ impl ShmAllocator for SizeClassAllocator {
             _ => return Err(invalid()),
         };
         let counters = &self.state().counters;
-        counters.on_resize(&self.segment, old, new);
+        counters.on_resize(&self.segment(), old, new);
         Ok(true)
     }
 
     fn stats(&self) -> AllocStats {
         let (allocated_bytes, live_allocations, peak_bytes) =
-            self.state().counters.snapshot(&self.segment);
+            self.state().counters.snapshot(&self.segment());
         // Measured at the maximum size: the rest is backed as pages are
         // carved.
         let pages = self.max_pages;
@@ -1765,7 +1758,7 @@ impl ShmAllocator for SizeClassAllocator {
             blocks_reclaimed: rebuilt.reclaimed(),
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment))
+        .with_handoffs(&self.segment()))
     }
 
     /// The walk of [`check_parts`](Self::check_parts) and the counters;
@@ -1792,7 +1785,7 @@ impl SizeClassAllocator {
         live_total: u64,
         bytes_total: u64,
     ) -> std::result::Result<(), String> {
-        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment);
+        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment());
         if live_count != live_total || allocated != bytes_total {
             return Err(format!(
                 "counters say {live_count} blocks / {allocated} bytes, pages hold \
@@ -2142,7 +2135,7 @@ impl SizeClassAllocator {
         let state = self.state();
         let bump = state.bump.load(Ordering::Acquire);
         if bump > u64::from(self.max_pages)
-            || self.heap_base + bump * PAGE_SIZE > self.segment.size()
+            || self.heap_base + bump * PAGE_SIZE > self.segment().size()
         {
             return Err(Error::corrupt(format!("page cursor {bump} out of range")));
         }
@@ -2268,8 +2261,8 @@ impl SizeClassAllocator {
         }
         state
             .counters
-            .reset_to(&self.segment, rebuilt.live_bytes, rebuilt.live);
-        handoff::forget_dead_records(&self.segment, |block| released.contains(&block));
+            .reset_to(&self.segment(), rebuilt.live_bytes, rebuilt.live);
+        handoff::forget_dead_records(&self.segment(), |block| released.contains(&block));
         Ok(rebuilt)
     }
 
@@ -2361,7 +2354,7 @@ mod tests {
         let heap = SizeClassAllocator::create(&options).unwrap();
         // SAFETY: the plain state words are only read after creation, and
         // nothing else uses this segment.
-        unsafe { (*heap.state.as_ptr()).heap_base = !127 };
+        unsafe { (*heap.shell.state_ptr()).heap_base = !127 };
         let fd = heap.segment().fd().unwrap().try_clone_to_owned().unwrap();
         let again = Segment::attach(&SegmentOptions::fd(fd)).unwrap();
         assert!(matches!(

@@ -13,12 +13,12 @@
 //! and goes on. A thread without a slot (more than 64 at once) carves
 //! unnamed, with the old window.
 
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crossbeam_utils::CachePadded;
 
 use super::handoff;
+use super::in_segment::InSegment;
 use super::linear::sealed::Carve;
 use super::linear::LinearAlloc;
 use super::segment_allocator::SegmentAllocator;
@@ -85,20 +85,13 @@ fn seal(offset: u64, end: u64, generation: u64) -> u64 {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct StackAllocator {
-    segment: Segment,
-    state: NonNull<StackState>,
+    shell: InSegment<StackState>,
 }
-
-// SAFETY: the state and block headers are reached through atomics only, and
-// the segment handle is itself `Send + Sync`.
-unsafe impl Send for StackAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for StackAllocator {}
 
 impl std::fmt::Debug for StackAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StackAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("used", &self.used())
             .finish()
     }
@@ -131,10 +124,11 @@ impl SegmentAllocator for StackAllocator {
 
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
-        let state = segment.allocator_state::<StackState>()?;
-        let stack = StackAllocator { segment, state };
+        let stack = StackAllocator {
+            shell: InSegment::new(segment)?,
+        };
         let top = stack.top();
-        if top < stack.segment.data_offset() || top > stack.segment.max_size() {
+        if top < stack.segment().data_offset() || top > stack.segment().max_size() {
             return Err(Error::corrupt(format!("stack top {top} out of range")));
         }
         Ok(stack)
@@ -145,11 +139,11 @@ impl LinearAlloc for StackAllocator {}
 
 impl Carve for StackAllocator {
     fn carve_segment(&self) -> &Segment {
-        &self.segment
+        &self.segment()
     }
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
-        let log = handoff::my_indexed_slot(&self.segment);
+        let log = handoff::my_indexed_slot(&self.segment());
         match self.carve_noting(size, align, log) {
             Ok(block) => Ok(block),
             Err(refused) => {
@@ -177,12 +171,12 @@ impl StackAllocator {
         let Some(align) = lcm_with_8(align) else {
             return Err(Error::InvalidAlignment {
                 align: align as usize,
-                max: self.segment.max_align(),
+                max: self.segment().max_align(),
             });
         };
         let top = self.top_cell();
         let generation = self.state().generation.load(Ordering::Acquire);
-        let floor = self.segment.data_offset();
+        let floor = self.segment().data_offset();
         let carver = log.map_or(0, |(index, _)| u64::from(index) + 1) << CARVER_SHIFT;
         let mut word = top.load(Ordering::Acquire);
         loop {
@@ -199,7 +193,7 @@ impl StackAllocator {
             let end = block
                 .checked_add(size)
                 .ok_or_else(|| Error::invalid_size("request overflows the segment"))?;
-            let limit = self.segment.size();
+            let limit = self.segment().size();
             if end > limit {
                 if self.grow_to_hold(end)? {
                     continue;
@@ -237,18 +231,17 @@ impl StackAllocator {
     /// [`Segment::grow_to_fit`]). Returns whether it may now fit.
     #[cold]
     fn grow_to_hold(&self, end: u64) -> Result<bool> {
-        self.segment.grow_to_fit(end)
+        self.segment().grow_to_fit(end)
     }
 
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
+    #[inline]
     fn state(&self) -> &StackState {
-        // SAFETY: `state` points into the segment, which lives as long as
-        // `self`; checked at construction; atomics only.
-        unsafe { self.state.as_ref() }
+        self.shell.state()
     }
 
     fn top_cell(&self) -> &AtomicU64 {
@@ -269,7 +262,8 @@ impl StackAllocator {
         let Some(index) = carver.checked_sub(1) else {
             return false;
         };
-        let Some((prev_word, block, end)) = handoff::dead_carve(&self.segment, index as u32) else {
+        let Some((prev_word, block, end)) = handoff::dead_carve(&self.segment(), index as u32)
+        else {
             return false;
         };
         // The slot's intent is the carve that set this word only if it
@@ -282,7 +276,7 @@ impl StackAllocator {
             .compare_exchange(word, prev_word, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if rolled_back {
-            handoff::forget_carve(&self.segment, index as u32, block);
+            handoff::forget_carve(&self.segment(), index as u32, block);
         }
         rolled_back
     }
@@ -291,12 +285,12 @@ impl StackAllocator {
     fn block_header(&self, block: u64) -> Result<&BlockHeader> {
         let Some(header_offset) = block
             .checked_sub(BLOCK_HEADER)
-            .filter(|&h| h >= self.segment.data_offset())
+            .filter(|&h| h >= self.segment().data_offset())
         else {
             return Err(Error::InvalidFree { offset: block });
         };
         let ptr = self
-            .segment
+            .segment()
             .resolve(Offset::<BlockHeader>::from_raw(header_offset))
             .map_err(|_| Error::InvalidFree { offset: block })?;
         // SAFETY: `resolve` checked bounds and alignment; the header is made
@@ -352,7 +346,7 @@ impl StackAllocator {
         let end = sealed ^ seal(block, 0, generation);
         let prev_word = header.prev_top.load(Ordering::Relaxed);
         let prev_top = prev_word & TOP_OFFSET;
-        let data_offset = self.segment.data_offset();
+        let data_offset = self.segment().data_offset();
         let plausible = sealed != 0
             && end >= block
             && prev_top >= data_offset
@@ -393,7 +387,7 @@ impl StackAllocator {
     ///
     /// As for [`free`](Self::free).
     pub unsafe fn free_ptr<T>(&self, ptr: FullPtr<T>) -> Result<()> {
-        if ptr.segment_id() != self.segment.id() {
+        if ptr.segment_id() != self.segment().id() {
             return Err(Error::ForeignPointer);
         }
         // SAFETY: forwarded from the caller.
@@ -402,15 +396,15 @@ impl StackAllocator {
 
     /// Bytes in use (block headers and padding included).
     pub fn used(&self) -> u64 {
-        self.top().saturating_sub(self.segment.data_offset())
+        self.top().saturating_sub(self.segment().data_offset())
     }
 
     /// Bytes the data area holds once the segment is grown to its maximum
     /// size (it is backed as the top reaches it).
     pub fn capacity(&self) -> u64 {
-        self.segment
+        self.segment()
             .max_size()
-            .saturating_sub(self.segment.data_offset())
+            .saturating_sub(self.segment().data_offset())
     }
 
     /// Frees everything at once. Same quiescence rule as
@@ -418,17 +412,17 @@ impl StackAllocator {
     pub fn reset(&mut self) {
         self.state().generation.fetch_add(1, Ordering::AcqRel);
         self.top_cell()
-            .store(self.segment.data_offset(), Ordering::Release);
+            .store(self.segment().data_offset(), Ordering::Release);
     }
 
     /// Zeroes every byte below the top (blocks and their headers), then
     /// frees everything like [`reset`](Self::reset) (same quiescence rule),
     /// so no data lingers for the next user of the memory.
     pub fn secure_reset(&mut self) {
-        let start = self.segment.data_offset();
-        let end = self.top().min(self.segment.size());
+        let start = self.segment().data_offset();
+        let end = self.top().min(self.segment().size());
         // `&mut self` and the quiescence rule: nobody uses these bytes now.
-        self.segment.zero_bytes(start, end.saturating_sub(start));
+        self.segment().zero_bytes(start, end.saturating_sub(start));
         self.reset();
     }
 }

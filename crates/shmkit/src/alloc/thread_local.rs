@@ -61,6 +61,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::counters::single_writer_add;
 use super::handoff;
+use super::in_segment::StatePtr;
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
@@ -202,8 +203,8 @@ pub struct ThreadLocalAllocator {
 
 struct Inner {
     core: SizeClassAllocator,
-    slots: NonNull<Slot>,
-    cache_state: NonNull<CacheState>,
+    slots: StatePtr<Slot>,
+    cache_state: StatePtr<CacheState>,
     /// The segment's secret, read once.
     secret: u64,
     /// Tells this view apart from other views in the same process.
@@ -211,12 +212,6 @@ struct Inner {
     /// Slots this view claimed: (slot, owner word).
     claimed: Mutex<Vec<(u32, u64)>>,
 }
-
-// SAFETY: the slots and the cache state are reached through atomics only;
-// the core view is `Send + Sync`; `claimed` is a mutex.
-unsafe impl Send for Inner {}
-// SAFETY: as above.
-unsafe impl Sync for Inner {}
 
 impl std::fmt::Debug for ThreadLocalAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -278,8 +273,8 @@ impl SegmentAllocator for ThreadLocalAllocator {
         Ok(ThreadLocalAllocator {
             inner: Arc::new(Inner {
                 core,
-                slots,
-                cache_state,
+                slots: StatePtr::new(slots),
+                cache_state: StatePtr::new(cache_state),
                 secret,
                 view: VIEWS.fetch_add(1, Ordering::Relaxed),
                 claimed: Mutex::new(Vec::new()),
@@ -531,7 +526,7 @@ impl Inner {
     fn cache_state(&self) -> &CacheState {
         // SAFETY: checked at construction; atomics in the segment, which
         // lives as long as `self`.
-        unsafe { self.cache_state.as_ref() }
+        unsafe { &*self.cache_state.as_ptr() }
     }
 
     /// Raises the sampled peak to `bytes` if it is higher.

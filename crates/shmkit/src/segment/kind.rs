@@ -2,88 +2,76 @@
 
 use std::fmt;
 
-/// The allocator recorded in a segment's header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum AllocatorKind {
+/// The allocators a header can name: one line each (variant, stored code,
+/// name on the command line and in messages, what it is). Adding an
+/// allocator adds its line here (the code is part of the segment format)
+/// and registers its type once in `alloc`'s list.
+macro_rules! allocator_kinds {
+    ($($(#[$doc:meta])* $variant:ident = $code:literal, $name:literal;)*) => {
+        /// The allocator recorded in a segment's header.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[non_exhaustive]
+        pub enum AllocatorKind {
+            $($(#[$doc])* $variant,)*
+            /// A kind this build does not know (a newer shmkit, or corruption).
+            Unknown(u32),
+            /// An allocator defined outside shmkit, with its own code (>= 0x1000).
+            Custom(u32),
+        }
+
+        impl AllocatorKind {
+            /// The code stored in the header.
+            pub fn code(self) -> u32 {
+                match self {
+                    $(AllocatorKind::$variant => $code,)*
+                    AllocatorKind::Unknown(code) | AllocatorKind::Custom(code) => code,
+                }
+            }
+
+            /// The kind for a stored code.
+            pub fn from_code(code: u32) -> AllocatorKind {
+                match code {
+                    $($code => AllocatorKind::$variant,)*
+                    code if code >= CUSTOM_KIND_BASE => AllocatorKind::Custom(code),
+                    code => AllocatorKind::Unknown(code),
+                }
+            }
+
+            /// The name used in messages and on the command line.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(AllocatorKind::$variant => $name,)*
+                    AllocatorKind::Unknown(_) => "unknown",
+                    AllocatorKind::Custom(_) => "custom",
+                }
+            }
+        }
+    };
+}
+
+allocator_kinds! {
     /// No allocator: the data area is laid out by the application.
-    None,
+    None = 0, "none";
     /// [`BumpAllocator`](crate::BumpAllocator): lock-free linear allocation.
-    Bump,
+    Bump = 1, "bump";
     /// [`StackAllocator`](crate::StackAllocator): LIFO allocation and free.
-    Stack,
+    Stack = 2, "stack";
     /// Fixed-size slots, a slab per slot size, lock-free free stacks.
-    Pool,
+    Pool = 3, "pool";
     /// General purpose free list (two-level segregated fit).
-    FreeList,
+    FreeList = 4, "free-list";
     /// Power-of-two blocks with split and merge.
-    Buddy,
+    Buddy = 5, "buddy";
     /// Fine size classes over a shared page heap.
-    SizeClass,
+    SizeClass = 6, "size-class";
     /// Per-thread caches over the size-class allocator.
-    ThreadLocal,
+    ThreadLocal = 7, "thread-local";
     /// The system allocator of one process (never in a segment).
-    Malloc,
-    /// A kind this build does not know (a newer shmkit, or corruption).
-    Unknown(u32),
-    /// An allocator defined outside shmkit, with its own code (>= 0x1000).
-    Custom(u32),
+    Malloc = 8, "malloc";
 }
 
 /// First code available to allocators defined outside shmkit.
 pub const CUSTOM_KIND_BASE: u32 = 0x1000;
-
-impl AllocatorKind {
-    /// The code stored in the header.
-    pub fn code(self) -> u32 {
-        match self {
-            AllocatorKind::None => 0,
-            AllocatorKind::Bump => 1,
-            AllocatorKind::Stack => 2,
-            AllocatorKind::Pool => 3,
-            AllocatorKind::FreeList => 4,
-            AllocatorKind::Buddy => 5,
-            AllocatorKind::SizeClass => 6,
-            AllocatorKind::ThreadLocal => 7,
-            AllocatorKind::Malloc => 8,
-            AllocatorKind::Unknown(code) | AllocatorKind::Custom(code) => code,
-        }
-    }
-
-    /// The kind for a stored code.
-    pub fn from_code(code: u32) -> AllocatorKind {
-        match code {
-            0 => AllocatorKind::None,
-            1 => AllocatorKind::Bump,
-            2 => AllocatorKind::Stack,
-            3 => AllocatorKind::Pool,
-            4 => AllocatorKind::FreeList,
-            5 => AllocatorKind::Buddy,
-            6 => AllocatorKind::SizeClass,
-            7 => AllocatorKind::ThreadLocal,
-            8 => AllocatorKind::Malloc,
-            code if code >= CUSTOM_KIND_BASE => AllocatorKind::Custom(code),
-            code => AllocatorKind::Unknown(code),
-        }
-    }
-
-    /// The name used in messages and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            AllocatorKind::None => "none",
-            AllocatorKind::Bump => "bump",
-            AllocatorKind::Stack => "stack",
-            AllocatorKind::Pool => "pool",
-            AllocatorKind::FreeList => "free-list",
-            AllocatorKind::Buddy => "buddy",
-            AllocatorKind::SizeClass => "size-class",
-            AllocatorKind::ThreadLocal => "thread-local",
-            AllocatorKind::Malloc => "malloc",
-            AllocatorKind::Unknown(_) => "unknown",
-            AllocatorKind::Custom(_) => "custom",
-        }
-    }
-}
 
 impl fmt::Display for AllocatorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -74,6 +74,7 @@ use self::thread_cache::{CachedFree, ThreadCaches, CACHED_SIZE};
 
 use super::counters::AllocCounters;
 use super::handoff;
+use super::in_segment::{InSegment, StatePtr};
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
@@ -244,10 +245,9 @@ fn align_up(value: u64, align: u64) -> u64 {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct BuddyAllocator {
-    segment: Segment,
-    state: NonNull<BuddyState>,
-    table: NonNull<AtomicU8>,
-    sizes: NonNull<AtomicU32>,
+    shell: InSegment<BuddyState>,
+    table: StatePtr<AtomicU8>,
+    sizes: StatePtr<AtomicU32>,
     geo: Geometry,
     /// The heap end up to which this process has backed (or seen backed)
     /// the table pages: a heap end word past it, written by another process
@@ -257,12 +257,6 @@ pub struct BuddyAllocator {
     /// allocations the free lists can serve do not try again at that size.
     absorb_stalled: AtomicU64,
 }
-
-// SAFETY: the state, tables and free-block links are reached through atomics
-// only, and the segment handle is itself `Send + Sync`.
-unsafe impl Send for BuddyAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for BuddyAllocator {}
 
 impl Drop for BuddyAllocator {
     /// Gives the calling thread's cached blocks back to the heap.
@@ -274,7 +268,7 @@ impl Drop for BuddyAllocator {
 impl std::fmt::Debug for BuddyAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuddyAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("min_block", &(1u64 << self.geo.min_order))
             // Not `stats`: printing a handle takes no lock and gives no
             // cached block back.
@@ -372,9 +366,8 @@ impl SegmentAllocator for BuddyAllocator {
             params.min_order()?,
             page_size(),
         )?;
-        let state = segment.allocator_state::<BuddyState>()?;
-        // SAFETY: `allocator_state` checked size and alignment; atomics only.
-        let shared = unsafe { state.as_ref() };
+        let shell = InSegment::<BuddyState>::new(segment)?;
+        let shared = shell.state();
         let recorded = (
             shared.min_order.load(Ordering::Acquire),
             shared.heap_start.load(Ordering::Acquire),
@@ -387,12 +380,11 @@ impl SegmentAllocator for BuddyAllocator {
                 geo.min_order, geo.heap_start, geo.units
             )));
         }
-        let (table, sizes) = resolve_tables(&segment, &geo)?;
+        let (table, sizes) = resolve_tables(shell.segment(), &geo)?;
         let buddy = BuddyAllocator {
-            segment,
-            state,
-            table,
-            sizes,
+            shell,
+            table: StatePtr::new(table),
+            sizes: StatePtr::new(sizes),
             geo,
             tables_backed: AtomicU64::new(geo.heap_start),
             absorb_stalled: AtomicU64::new(0),
@@ -417,7 +409,7 @@ impl BuddyAllocator {
     fn stats_now(&self) -> AllocStats {
         let heap = self.heap();
         let (allocated_bytes, live_allocations, peak_bytes) =
-            heap.state.counters.snapshot(&self.segment);
+            heap.state.counters.snapshot(&self.segment());
         let free_bytes = (self.geo.min_order..=MAX_ORDER)
             .fold(0u64, |sum, k| {
                 let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
@@ -442,7 +434,7 @@ impl BuddyAllocator {
 
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
     /// The smallest block size.
@@ -460,12 +452,10 @@ impl BuddyAllocator {
     fn heap(&self) -> Heap<'_> {
         let units = self.geo.units as usize;
         Heap {
-            segment: &self.segment,
+            segment: &self.segment(),
             tables_backed: &self.tables_backed,
             absorb_stalled: &self.absorb_stalled,
-            // SAFETY: points into the segment, which lives as long as `self`;
-            // checked at construction; atomics only.
-            state: unsafe { self.state.as_ref() },
+            state: self.shell.state(),
             // SAFETY: `units` entries checked in bounds and aligned at
             // construction; they lie below the segment's initial size, which
             // never shrinks; atomics only.
@@ -1335,7 +1325,7 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
-        let align = power_of_two_align(align, self.segment.max_align())?;
+        let align = power_of_two_align(align, self.segment().max_align())?;
         let Some(order) = self.order_for(size, align) else {
             return Err(Error::OutOfMemory {
                 requested: size as u64,
@@ -1366,7 +1356,7 @@ impl ShmAllocator for BuddyAllocator {
         if let CachedFree::Cached = self.cached_free(offset)? {
             return Ok(());
         }
-        handoff::forget_mine(&self.segment, offset);
+        handoff::forget_mine(&self.segment(), offset);
         self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
 
@@ -1378,11 +1368,12 @@ impl ShmAllocator for BuddyAllocator {
 
     fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
         self.usable_size(offset)?;
-        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+        self.segment()
+            .full_ptr_from_offset(Offset::from_raw(offset))
     }
 
     fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
-        Ok(self.segment.offset_of(ptr.as_ptr().cast_const())?.raw())
+        Ok(self.segment().offset_of(ptr.as_ptr().cast_const())?.raw())
     }
 
     /// Gives the caller's cached blocks back to the heap first (when the
@@ -1416,7 +1407,7 @@ impl ShmAllocator for BuddyAllocator {
         let orphans = self.give_back_everything(&heap)?;
         // A cached allocation a killed thread had begun: its block, if the
         // thread took it, was never handed out.
-        handoff::settle_dead_tentatives(&self.segment, |offset| {
+        handoff::settle_dead_tentatives(&self.segment(), |offset| {
             let _ = heap.free_locked(offset);
         });
         // What the killed threads' cached operations left is mended: count
@@ -1430,9 +1421,9 @@ impl ShmAllocator for BuddyAllocator {
             blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment));
+        .with_handoffs(&self.segment()));
         // Records of blocks the pass freed name nothing now.
-        handoff::forget_dead_records(&self.segment, |offset| self.usable_size(offset).is_err());
+        handoff::forget_dead_records(&self.segment(), |offset| self.usable_size(offset).is_err());
         report
     }
 

@@ -95,6 +95,7 @@ use self::thread_cache::{
 
 use super::counters::AllocCounters;
 use super::handoff;
+use super::in_segment::InSegment;
 use super::memory_resource::impl_allocator_api2;
 use super::segment_allocator::SegmentAllocator;
 use super::shm_allocator::power_of_two_align;
@@ -271,16 +272,9 @@ fn front_gap(block: u64, align: u64) -> u64 {
 /// # Ok::<(), shmkit::Error>(())
 /// ```
 pub struct FreeListAllocator {
-    segment: Segment,
-    state: NonNull<FreeListState>,
+    shell: InSegment<FreeListState>,
     heap_start: u64,
 }
-
-// SAFETY: the state and the block headers are reached through atomics only,
-// and the segment handle is itself `Send + Sync`.
-unsafe impl Send for FreeListAllocator {}
-// SAFETY: as above.
-unsafe impl Sync for FreeListAllocator {}
 
 impl Drop for FreeListAllocator {
     /// Gives the calling thread's cached blocks back to the heap (a thread
@@ -294,7 +288,7 @@ impl Drop for FreeListAllocator {
 impl std::fmt::Debug for FreeListAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreeListAllocator")
-            .field("segment", &self.segment)
+            .field("segment", &self.segment())
             .field("stats", &self.stats())
             .finish()
     }
@@ -348,11 +342,9 @@ impl SegmentAllocator for FreeListAllocator {
 
     fn from_segment(segment: Segment) -> Result<Self> {
         segment.expect_allocator(Self::KIND, None)?;
-        let state = segment.allocator_state::<FreeListState>()?;
         let heap_start = heap_start_of(&segment);
         let allocator = FreeListAllocator {
-            segment,
-            state,
+            shell: InSegment::new(segment)?,
             heap_start,
         };
         let recorded = allocator.state().heap_start.load(Ordering::Acquire);
@@ -375,7 +367,7 @@ fn heap_start_of(segment: &Segment) -> u64 {
 impl FreeListAllocator {
     /// The segment this allocator manages.
     pub fn segment(&self) -> &Segment {
-        &self.segment
+        self.shell.segment()
     }
 
     /// How many times the structure was rebuilt from its blocks (after a
@@ -399,7 +391,7 @@ impl FreeListAllocator {
     fn stats_from(&self, walked: Option<((u64, u64), u64)>, free_tail: u64) -> AllocStats {
         let state = self.state();
         let (allocated_bytes, live_allocations, peak_bytes) =
-            state.counters.snapshot(&self.segment);
+            state.counters.snapshot(&self.segment());
         let ((free_bytes, largest_free_block), capacity) = walked.unwrap_or_else(|| {
             let end = state.heap_end.load(Ordering::Acquire);
             let bytes = state.free_bytes.load(Ordering::Acquire);
@@ -410,7 +402,7 @@ impl FreeListAllocator {
             )
         });
         let heap_end = self.heap_start.saturating_add(capacity);
-        let (room, grown) = room_to_grow(&self.segment, heap_end, free_tail);
+        let (room, grown) = room_to_grow(&self.segment(), heap_end, free_tail);
         AllocStats {
             allocated_bytes,
             peak_bytes,
@@ -422,11 +414,9 @@ impl FreeListAllocator {
         .with_room_to_grow(room, grown)
     }
 
+    #[inline]
     fn state(&self) -> &FreeListState {
-        // SAFETY: `state` points into the segment, which lives as long as
-        // `self`; `allocator_state` checked size and alignment; it is made of
-        // atomics, valid for any bytes.
-        unsafe { self.state.as_ref() }
+        self.shell.state()
     }
 
     /// Runs `op` under the lock, after repairing the structure if the
@@ -458,7 +448,7 @@ impl FreeListAllocator {
         let state = self.state();
         let guard: RobustGuard<'_> = state.lock.lock_with(patience)?;
         let mut heap = Heap {
-            segment: &self.segment,
+            segment: &self.segment(),
             state,
             start: self.heap_start,
             end: state.heap_end.load(Ordering::Acquire),
@@ -1523,7 +1513,7 @@ impl ShmAllocator for FreeListAllocator {
     }
 
     fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
-        let align = power_of_two_align(align, self.segment.max_align())? as u64;
+        let align = power_of_two_align(align, self.segment().max_align())? as u64;
         let requested = size as u64;
         let out_of_memory = |available| Error::OutOfMemory {
             requested,
@@ -1602,7 +1592,7 @@ impl ShmAllocator for FreeListAllocator {
         if let CachedFree::Cached = self.cached_free(offset)? {
             return Ok(());
         }
-        handoff::forget_mine(&self.segment, offset);
+        handoff::forget_mine(&self.segment(), offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
             heap.state.counters.on_free(heap.segment, requested);
@@ -1620,15 +1610,16 @@ impl ShmAllocator for FreeListAllocator {
     fn full_ptr(&self, offset: u64) -> Result<FullPtr<u8>> {
         if offset % GRANULE != 0
             || offset < self.heap_start + HEADER
-            || offset >= self.segment.size()
+            || offset >= self.segment().size()
         {
             return Err(Error::InvalidFree { offset });
         }
-        self.segment.full_ptr_from_offset(Offset::from_raw(offset))
+        self.segment()
+            .full_ptr_from_offset(Offset::from_raw(offset))
     }
 
     fn offset_of_local(&self, ptr: NonNull<u8>) -> Result<u64> {
-        self.segment
+        self.segment()
             .offset_of(ptr.as_ptr().cast_const())
             .map(|offset| offset.raw())
     }
@@ -1689,10 +1680,10 @@ impl ShmAllocator for FreeListAllocator {
             blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment));
+        .with_handoffs(&self.segment()));
         // Records of blocks the pass freed (a killed thread's cached block
         // it was taking) name nothing now.
-        handoff::forget_dead_records(&self.segment, |offset| self.usable_size(offset).is_err());
+        handoff::forget_dead_records(&self.segment(), |offset| self.usable_size(offset).is_err());
         report
     }
 
