@@ -637,8 +637,7 @@ pub fn check(args: &NameArgs) -> Result<ExitCode, String> {
 /// [`AnyAllocator::KINDS`]).
 fn parse_kind(text: &str) -> Result<AllocatorKind, String> {
     AnyAllocator::KINDS
-        .iter()
-        .copied()
+        .into_iter()
         .find(|kind| kind.name() == text)
         .ok_or_else(|| {
             let names: Vec<&str> = AnyAllocator::KINDS.iter().map(|k| k.name()).collect();

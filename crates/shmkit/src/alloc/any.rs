@@ -41,7 +41,7 @@ macro_rules! segment_allocators {
 
         impl AnyAllocator {
             /// The kinds [`create`](Self::create) can set up.
-            pub const KINDS: &'static [AllocatorKind] = &[
+            pub const KINDS: [AllocatorKind; [$(stringify!($carver),)* $(stringify!($freer),)*].len()] = [
                 $(<$carver_type as SegmentAllocator>::KIND,)*
                 $(<$freer_type as SegmentAllocator>::KIND,)*
             ];

@@ -1450,16 +1450,13 @@ impl ShmAllocator for PoolAllocator {
                 );
             }
         }
-        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment());
         let live_total: u64 = live.iter().sum();
-        if live_count != live_total || allocated != live_bytes {
-            traces.add(
-                0,
-                format!(
-                    "counters say {live_count} blocks / {allocated} bytes, slots say \
-                     {live_total} / {live_bytes}"
-                ),
-            );
+        if let Some(what) =
+            self.state()
+                .counters
+                .disagreement(self.segment(), live_total, live_bytes, "slots say")
+        {
+            traces.add(0, what);
         }
         traces.into_result()
     }

@@ -1785,14 +1785,15 @@ impl SizeClassAllocator {
         live_total: u64,
         bytes_total: u64,
     ) -> std::result::Result<(), String> {
-        let (allocated, live_count, _) = self.state().counters.snapshot(&self.segment());
-        if live_count != live_total || allocated != bytes_total {
-            return Err(format!(
-                "counters say {live_count} blocks / {allocated} bytes, pages hold \
-                 {live_total} / {bytes_total}"
-            ));
+        match self.state().counters.disagreement(
+            self.segment(),
+            live_total,
+            bytes_total,
+            "pages hold",
+        ) {
+            Some(what) => Err(what),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// The pages handed out so far, each (or each large run) as a region:

@@ -36,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::ptr::Offset;
 use crate::segment::Segment;
 use crate::stable_hash::fnv1a as stable_hash;
+use crate::sync::repair::{self, Repair};
 use crate::sync::robust_lock::{RobustGuard, RobustLock};
 
 /// "SHMKNAME", little-endian.
@@ -283,16 +284,22 @@ pub(crate) struct Locked<'a> {
 }
 
 impl Directory {
-    /// Takes the lock; after a dead holder, first mends what it left.
+    /// Takes the lock; after a dead holder, first mends what it left (the
+    /// one repair rule, `sync::repair`).
     pub(crate) fn lock<'a, A: ShmAllocator + ?Sized>(
         &'a self,
         segment: &'a Segment,
         alloc: &A,
     ) -> Result<Locked<'a>> {
         let guard = self.lock.lock(LOCK_PATIENCE)?;
-        if guard.recovered() {
-            self.mend(segment, alloc)?;
-        }
+        repair::before_operation(
+            &guard,
+            &mut Mending {
+                directory: self,
+                segment,
+                alloc,
+            },
+        )?;
         let table = Table::open(segment, self.table.load(Ordering::Acquire))?;
         Ok(Locked {
             segment,
@@ -333,6 +340,24 @@ impl Directory {
         self.live.store(live, Ordering::Release);
         self.used.store(used, Ordering::Release);
         Ok(())
+    }
+}
+
+/// The directory as its repair sees it: a dead holder may have left a table
+/// half built or half retired, and the counts off.
+struct Mending<'a, A: ?Sized> {
+    directory: &'a Directory,
+    segment: &'a Segment,
+    alloc: &'a A,
+}
+
+impl<A: ShmAllocator + ?Sized> Repair for Mending<'_, A> {
+    /// Operations on the directory report what they find; nothing is
+    /// retried.
+    const RETRY_AFTER_REPAIR: bool = false;
+
+    fn repair(&mut self) -> Result<()> {
+        self.directory.mend(self.segment, self.alloc)
     }
 }
 

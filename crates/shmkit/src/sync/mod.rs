@@ -13,6 +13,8 @@ pub(crate) mod atomic_word;
 pub(crate) mod cursor;
 /// A robust mutex that lives in a segment.
 mod mutex;
+/// The one repair policy for structures behind a robust lock.
+pub(crate) mod repair;
 pub(crate) mod robust_lock;
 /// A robust reader-writer lock that lives in a segment.
 mod rwlock;

@@ -85,7 +85,8 @@ use crate::os::memory::page_size;
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::Segment;
-use crate::sync::robust_lock::{Patience, RobustGuard, RobustLock};
+use crate::sync::repair::{self, Repair};
+use crate::sync::robust_lock::{Patience, RobustLock};
 
 /// Orders 0..=47: a segment is at most 2^47 bytes.
 const ORDERS: usize = 48;
@@ -474,6 +475,25 @@ impl BuddyAllocator {
             .checked_next_power_of_two()?;
         let order = need.trailing_zeros();
         (need <= self.geo.heap_limit - self.geo.heap_start && order <= MAX_ORDER).then_some(order)
+    }
+}
+
+impl Repair for Heap<'_> {
+    /// The free lists are derived from the state table, which every
+    /// operation leaves whole: an operation that met a bad list changed
+    /// nothing, and runs again on the rebuilt lists.
+    const RETRY_AFTER_REPAIR: bool = true;
+
+    fn repair_wanted(&self) -> bool {
+        self.state.repair_pending.load(Ordering::Acquire) != 0
+    }
+
+    fn repair(&mut self) -> Result<()> {
+        self.rebuild()
+    }
+
+    fn settle_dead_holder(&mut self, dead: u64) {
+        self.settle_allocation_of(dead);
     }
 }
 
@@ -885,20 +905,6 @@ impl Heap<'_> {
             .map_or(0, |k| 1u64 << k)
     }
 
-    /// Runs at the start of every locked operation.
-    /// Repairs what the lock's guard calls for: a rebuild after a dead
-    /// owner (then its allocation in progress settled, see
-    /// `alloc::handoff`) or a detected inconsistency.
-    fn repair_after(&self, guard: &RobustGuard<'_>) -> Result<()> {
-        if guard.recovered() || self.state.repair_pending.load(Ordering::Acquire) != 0 {
-            self.rebuild()?;
-        }
-        if let Some(dead) = guard.dead_owner() {
-            self.settle_allocation_of(dead);
-        }
-        Ok(())
-    }
-
     /// Frees the block the dead owner of the lock committed but never
     /// handed out, if it did.
     fn settle_allocation_of(&self, dead: u64) {
@@ -1273,12 +1279,11 @@ impl Heap<'_> {
             return Ok(());
         }
         self.check_cached(&mut cached)?;
-        let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
-        if (counted_bytes, counted_live) != (bytes, live) {
-            let what = format!(
-                "accounting says {counted_live} live blocks of {counted_bytes} bytes, \
-                 the tables say {live} of {bytes}"
-            );
+        if let Some(what) =
+            self.state
+                .counters
+                .disagreement(self.segment, live, bytes, "the tables say")
+        {
             return Err(self.state.caches.accounting_error(what));
         }
         Ok(())
@@ -1296,20 +1301,14 @@ impl Heap<'_> {
 }
 
 impl BuddyAllocator {
-    /// Runs `op` under the lock, after any repair it needs; when `op` finds
-    /// the free lists inconsistent, rebuilds them and runs it once more.
+    /// Runs `op` under the lock by the one repair rule (`sync::repair`):
+    /// the free lists are derived from the state table, so an operation
+    /// that finds them inconsistent runs once more after the rebuild.
     /// It waits for the lock as `ctx` allows.
     fn locked_for<R>(&self, ctx: &MemContext, op: impl Fn(&Heap<'_>) -> Result<R>) -> Result<R> {
-        let heap = self.heap();
+        let mut heap = self.heap();
         let guard = heap.state.lock.lock_with(ctx.patience(LOCK_PATIENCE))?;
-        heap.repair_after(&guard)?;
-        let result = match op(&heap) {
-            Err(_) if heap.state.repair_pending.load(Ordering::Acquire) != 0 => {
-                heap.rebuild()?;
-                op(&heap)
-            }
-            other => other,
-        };
+        let result = repair::run(&guard, &mut heap, |heap| op(heap));
         drop(guard);
         result
     }
@@ -1385,9 +1384,9 @@ impl ShmAllocator for BuddyAllocator {
     }
 
     fn check(&self) -> Result<()> {
-        let heap = self.heap();
+        let mut heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
-        heap.repair_after(&guard)?;
+        repair::before_operation(&guard, &mut heap)?;
         heap.check_beside_caches()
     }
 
@@ -1398,12 +1397,9 @@ impl ShmAllocator for BuddyAllocator {
         // Not `stats`: that gives this thread's cache back, taking (over)
         // the lock before the pass would.
         let before = self.stats_now();
-        let heap = self.heap();
+        let mut heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
-        heap.rebuild()?;
-        if let Some(dead) = guard.dead_owner() {
-            heap.settle_allocation_of(dead);
-        }
+        repair::repair_now(&guard, &mut heap)?;
         let orphans = self.give_back_everything(&heap)?;
         // A cached allocation a killed thread had begun: its block, if the
         // thread took it, was never handed out.
@@ -1440,9 +1436,9 @@ impl ShmAllocator for BuddyAllocator {
     fn regions(&self, visit: &mut dyn FnMut(Region)) -> Result<()> {
         // As for `stats`: the caller's own cache first.
         self.give_back_mine(Patience::Wait(LOCK_PATIENCE));
-        let heap = self.heap();
+        let mut heap = self.heap();
         let guard = heap.state.lock.lock(LOCK_PATIENCE)?;
-        heap.repair_after(&guard)?;
+        repair::before_operation(&guard, &mut heap)?;
         let regions = heap.regions_locked();
         drop(guard);
         regions?.into_iter().for_each(visit);

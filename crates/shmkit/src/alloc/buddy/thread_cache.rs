@@ -42,6 +42,7 @@ use crate::alloc::handoff::{self, HandoffSlot};
 use crate::alloc::magazine;
 use crate::crash_point::crash_point;
 use crate::error::{Error, Result};
+use crate::sync::repair;
 use crate::sync::robust_lock::Patience;
 
 /// The size entry of a cached block.
@@ -435,7 +436,7 @@ impl BuddyAllocator {
     /// stay cached, for the slot's next holder).
     /// Also recounts the accounting if a recount is wanted.
     pub(super) fn give_back_mine(&self, patience: Patience) {
-        let heap = self.heap();
+        let mut heap = self.heap();
         let caches = &heap.state.caches;
         if !caches.mine_holds_any(&self.segment()) && !caches.recount_wanted() {
             return;
@@ -443,7 +444,7 @@ impl BuddyAllocator {
         let Ok(guard) = heap.state.lock.lock_with(patience) else {
             return;
         };
-        if heap.repair_after(&guard).is_ok() {
+        if repair::before_operation(&guard, &mut heap).is_ok() {
             caches.drain_mine(&self.segment(), |_, offset| heap.give_back(offset));
             let _ = caches.recount_if_wanted(|| heap.recount());
         }

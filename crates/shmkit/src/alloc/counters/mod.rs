@@ -123,6 +123,25 @@ impl AllocCounters {
         self.snapshot_of(handoff::shares(segment))
     }
 
+    /// Compares the counted totals with the live blocks and bytes recounted
+    /// from the allocator's own structure (`source` names it: "the heap
+    /// has", "pages hold"): the disagreement, described, if any.
+    pub(crate) fn disagreement(
+        &self,
+        segment: &Segment,
+        live: u64,
+        bytes: u64,
+        source: &str,
+    ) -> Option<String> {
+        let (counted_bytes, counted_live, _) = self.snapshot(segment);
+        ((counted_live, counted_bytes) != (live, bytes)).then(|| {
+            format!(
+                "counters say {counted_live} blocks / {counted_bytes} bytes live, \
+                 {source} {live} / {bytes}"
+            )
+        })
+    }
+
     /// Sets the totals to ones recounted from the blocks (see
     /// [`reset_shares_to`](Self::reset_shares_to)).
     pub(crate) fn reset_to(&self, segment: &Segment, allocated_bytes: u64, live_allocations: u64) {

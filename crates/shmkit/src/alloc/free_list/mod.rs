@@ -105,7 +105,8 @@ use crate::error::{Error, Result};
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::header::PARAM_WORDS;
 use crate::segment::Segment;
-use crate::sync::robust_lock::{Patience, RobustGuard, RobustLock};
+use crate::sync::repair::{self, Repair};
+use crate::sync::robust_lock::{Patience, RobustLock};
 
 /// Block sizes and payloads are multiples of this.
 const GRANULE: u64 = 16;
@@ -419,10 +420,11 @@ impl FreeListAllocator {
         self.shell.state()
     }
 
-    /// Runs `op` under the lock, after repairing the structure if the
-    /// previous owner died (or an earlier repair failed). When `mutating`
-    /// and `op` finds an inconsistency, the structure is rebuilt before the
-    /// lock is released.
+    /// Runs `op` under the lock by the one repair rule (`sync::repair`). A
+    /// `mutating` operation that meets a torn header asks for a rebuild,
+    /// which runs before the lock is released; the error is reported, and
+    /// the operation does not run again (the rebuild may have fenced off
+    /// the very block it was about).
     fn locked<R>(&self, mutating: bool, op: impl FnOnce(&mut Heap<'_>) -> Result<R>) -> Result<R> {
         self.locked_noting_takeover(Patience::Wait(LOCK_PATIENCE), mutating, |heap, _| op(heap))
     }
@@ -446,27 +448,44 @@ impl FreeListAllocator {
         op: impl FnOnce(&mut Heap<'_>, bool) -> Result<R>,
     ) -> Result<R> {
         let state = self.state();
-        let guard: RobustGuard<'_> = state.lock.lock_with(patience)?;
+        let guard = state.lock.lock_with(patience)?;
         let mut heap = Heap {
-            segment: &self.segment(),
+            segment: self.segment(),
             state,
             start: self.heap_start,
             end: state.heap_end.load(Ordering::Acquire),
         };
-        if guard.recovered() || state.needs_repair.load(Ordering::Acquire) != 0 {
-            heap.rebuild()?;
-        }
-        if let Some(dead) = guard.dead_owner() {
-            heap.settle_allocation_of(dead);
-        }
         let took_over = guard.recovered();
-        let result = heap.check_end().and_then(|()| op(&mut heap, took_over));
-        if mutating && matches!(result, Err(Error::CorruptHeader { .. })) {
-            // The report stands; the rebuild only makes the next call work.
-            let _ = heap.rebuild();
-        }
+        // Runs at most once: free-list operations are not retried.
+        let mut op = Some(op);
+        let result = repair::run(&guard, &mut heap, |heap| {
+            let op = op.take().expect("a free-list operation runs once");
+            let result = heap.check_end().and_then(|()| op(heap, took_over));
+            if mutating && matches!(result, Err(Error::CorruptHeader { .. })) {
+                heap.state.needs_repair.store(1, Ordering::Release);
+            }
+            result
+        });
         drop(guard);
         result
+    }
+}
+
+impl Repair for Heap<'_> {
+    /// A rebuild may quarantine a torn block: what a failed operation was
+    /// about may be gone, so it is reported, not run again.
+    const RETRY_AFTER_REPAIR: bool = false;
+
+    fn repair_wanted(&self) -> bool {
+        self.state.needs_repair.load(Ordering::Acquire) != 0
+    }
+
+    fn repair(&mut self) -> Result<()> {
+        self.rebuild().map(drop)
+    }
+
+    fn settle_dead_holder(&mut self, dead: u64) {
+        self.settle_allocation_of(dead);
     }
 }
 
@@ -1484,11 +1503,11 @@ impl<'a> Heap<'a> {
                 format!("blocks cached in no thread cache: {:?}", cached.keys()),
             ));
         }
-        let (counted_bytes, counted_live, _) = self.state.counters.snapshot(self.segment);
-        if counted_live != live || counted_bytes != live_bytes {
-            let what = format!(
-                "counters say {counted_live} blocks / {counted_bytes} bytes live, the heap has {live} / {live_bytes}"
-            );
+        if let Some(what) =
+            self.state
+                .counters
+                .disagreement(self.segment, live, live_bytes, "the heap has")
+        {
             return Err(self.state.caches.accounting_error(what));
         }
         Ok(())
