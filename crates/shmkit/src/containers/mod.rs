@@ -56,6 +56,8 @@
 mod boxed;
 mod hash_map;
 mod mpmc_ring;
+/// What both rings share: header, signal, cells, environment.
+mod ring_core;
 mod spsc_ring;
 mod storage;
 mod string;

@@ -22,7 +22,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::mpmc_ring::{
+use super::ring_core::{
     clamp_recheck, deadline_after, fixed_for, new_signal, Atomic64, Env, Fixed, Line, Os, Shape,
     Signal, Values, DEFAULT_RECHECK,
 };
@@ -817,7 +817,7 @@ mod tests {
 mod loom_models {
     //! The ring's own code under every interleaving loom explores.
 
-    use super::super::mpmc_ring::loom_support::*;
+    use super::super::ring_core::loom_support::*;
     use super::*;
     use loom::sync::atomic::{AtomicU32 as LoomU32, AtomicU64 as LoomU64};
     use loom::sync::Arc;

@@ -1,10 +1,114 @@
-//! The atomic 64-bit word the algorithms of this module run on: `std`'s
-//! `AtomicU64` in a segment, `loom`'s in the model checks, so that both
-//! execute the same lines.
+//! The one std/loom shim: the atomics the lock-free algorithms run on,
+//! `std`'s in a segment and `loom`'s in the model checks, so that both
+//! execute the same lines. Every algorithm that loom checks (cursor, slot
+//! stacks, tagged stacks, the rings, the reader-writer handshake, the
+//! object pool) is generic over these traits.
+//!
+//! [`Atomic64`] and [`Atomic32`] take explicit orderings; [`AtomicWord`]
+//! is the 64-bit word with the orderings most algorithms use fixed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-/// A 64-bit atomic with the orderings the algorithms need.
+macro_rules! atomic_trait {
+    ($(#[$doc:meta])* $trait:ident, $int:ty) => {
+        $(#[$doc])*
+        // The whole shim, though each algorithm uses only part of it.
+        #[allow(dead_code)]
+        pub(crate) trait $trait: Send + Sync {
+            fn load(&self, order: Ordering) -> $int;
+            fn store(&self, value: $int, order: Ordering);
+            fn compare_exchange(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int>;
+            /// May fail spuriously: for loops.
+            fn compare_exchange_weak(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int>;
+            /// Wrapping add; returns the old value.
+            fn fetch_add(&self, value: $int, order: Ordering) -> $int;
+            /// Wrapping subtract; returns the old value.
+            fn fetch_sub(&self, value: $int, order: Ordering) -> $int;
+            /// A fence of the same flavour (`std`'s or `loom`'s).
+            fn fence(order: Ordering);
+        }
+    };
+}
+
+atomic_trait!(
+    /// A 64-bit atomic.
+    Atomic64,
+    u64
+);
+atomic_trait!(
+    /// A 32-bit atomic (futex words, reader slots).
+    Atomic32,
+    u32
+);
+
+macro_rules! impl_atomic {
+    ($trait:ident for $atomic:ty, $int:ty, $fence:path) => {
+        impl $trait for $atomic {
+            #[inline]
+            fn load(&self, order: Ordering) -> $int {
+                <$atomic>::load(self, order)
+            }
+            #[inline]
+            fn store(&self, value: $int, order: Ordering) {
+                <$atomic>::store(self, value, order)
+            }
+            #[inline]
+            fn compare_exchange(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                <$atomic>::compare_exchange(self, current, new, success, failure)
+            }
+            #[inline]
+            fn compare_exchange_weak(
+                &self,
+                current: $int,
+                new: $int,
+                success: Ordering,
+                failure: Ordering,
+            ) -> Result<$int, $int> {
+                <$atomic>::compare_exchange_weak(self, current, new, success, failure)
+            }
+            #[inline]
+            fn fetch_add(&self, value: $int, order: Ordering) -> $int {
+                <$atomic>::fetch_add(self, value, order)
+            }
+            #[inline]
+            fn fetch_sub(&self, value: $int, order: Ordering) -> $int {
+                <$atomic>::fetch_sub(self, value, order)
+            }
+            #[inline]
+            fn fence(order: Ordering) {
+                $fence(order)
+            }
+        }
+    };
+}
+
+impl_atomic!(Atomic64 for std::sync::atomic::AtomicU64, u64, std::sync::atomic::fence);
+impl_atomic!(Atomic32 for std::sync::atomic::AtomicU32, u32, std::sync::atomic::fence);
+#[cfg(test)]
+impl_atomic!(Atomic64 for loom::sync::atomic::AtomicU64, u64, loom::sync::atomic::fence);
+#[cfg(test)]
+impl_atomic!(Atomic32 for loom::sync::atomic::AtomicU32, u32, loom::sync::atomic::fence);
+
+/// The 64-bit word with the orderings most algorithms use: acquire loads,
+/// release stores, acquire-release read-modify-writes.
 pub(crate) trait AtomicWord {
     fn load_acquire(&self) -> u64;
     fn store_release(&self, value: u64);
@@ -17,66 +121,33 @@ pub(crate) trait AtomicWord {
     fn fetch_add(&self, value: u64) -> u64;
 }
 
-impl AtomicWord for AtomicU64 {
+impl<W: Atomic64> AtomicWord for W {
     #[inline]
     fn load_acquire(&self) -> u64 {
-        self.load(Ordering::Acquire)
+        Atomic64::load(self, Ordering::Acquire)
     }
 
     #[inline]
     fn store_release(&self, value: u64) {
-        self.store(value, Ordering::Release)
+        Atomic64::store(self, value, Ordering::Release)
     }
 
     #[inline]
     fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+        Atomic64::compare_exchange(self, current, new, Ordering::AcqRel, Ordering::Acquire)
     }
 
     #[inline]
     fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-        AtomicU64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
+        Atomic64::compare_exchange_weak(self, current, new, Ordering::AcqRel, Ordering::Acquire)
     }
 
     #[inline]
     fn fetch_add(&self, value: u64) -> u64 {
-        AtomicU64::fetch_add(self, value, Ordering::AcqRel)
+        Atomic64::fetch_add(self, value, Ordering::AcqRel)
     }
 }
 
-/// The same word on `loom`'s atomic, for the model checks.
+/// `loom`'s 64-bit word, for the model checks.
 #[cfg(test)]
-pub(crate) struct LoomWord(pub(crate) loom::sync::atomic::AtomicU64);
-
-#[cfg(test)]
-impl LoomWord {
-    pub(crate) fn new(value: u64) -> LoomWord {
-        LoomWord(loom::sync::atomic::AtomicU64::new(value))
-    }
-}
-
-#[cfg(test)]
-impl AtomicWord for LoomWord {
-    fn load_acquire(&self) -> u64 {
-        self.0.load(loom::sync::atomic::Ordering::Acquire)
-    }
-
-    fn store_release(&self, value: u64) {
-        self.0.store(value, loom::sync::atomic::Ordering::Release)
-    }
-
-    fn compare_exchange(&self, current: u64, new: u64) -> Result<u64, u64> {
-        use loom::sync::atomic::Ordering::{AcqRel, Acquire};
-        self.0.compare_exchange(current, new, AcqRel, Acquire)
-    }
-
-    fn compare_exchange_weak(&self, current: u64, new: u64) -> Result<u64, u64> {
-        use loom::sync::atomic::Ordering::{AcqRel, Acquire};
-        self.0.compare_exchange_weak(current, new, AcqRel, Acquire)
-    }
-
-    fn fetch_add(&self, value: u64) -> u64 {
-        self.0
-            .fetch_add(value, loom::sync::atomic::Ordering::AcqRel)
-    }
-}
+pub(crate) type LoomWord = loom::sync::atomic::AtomicU64;

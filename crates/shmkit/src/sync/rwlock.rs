@@ -35,6 +35,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use super::atomic_word::Atomic32;
 use super::mutex::{
     acquire_slow, me, release, try_take, Got, Me, Patience, Take, Wait, INCONSISTENT, OWNER,
     QUANTUM, RELOCK, WAITERS,
@@ -57,76 +58,41 @@ const SLEEPERS: u32 = 1;
 /// How many times a writer re-reads a busy reader slot before it sleeps.
 const SPINS: u32 = 100;
 
-/// The reader-register / writer-scan handshake, generic over the 32-bit
-/// atomic it runs on: `std`'s in a segment, `loom`'s in the model check.
-pub(crate) trait HandshakeWord {
-    fn load(&self, order: Ordering) -> u32;
-    fn compare_exchange(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> std::result::Result<u32, u32>;
-    /// A sequentially consistent fence of the same flavour.
-    fn fence_seq_cst();
-}
-
-impl HandshakeWord for AtomicU32 {
-    #[inline]
-    fn load(&self, order: Ordering) -> u32 {
-        AtomicU32::load(self, order)
-    }
-
-    #[inline]
-    fn compare_exchange(
-        &self,
-        current: u32,
-        new: u32,
-        success: Ordering,
-        failure: Ordering,
-    ) -> std::result::Result<u32, u32> {
-        AtomicU32::compare_exchange(self, current, new, success, failure)
-    }
-
-    #[inline]
-    fn fence_seq_cst() {
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-}
+// The reader-register / writer-scan handshake runs on any `Atomic32`:
+// `std`'s in a segment, `loom`'s in the model check.
 
 /// A reader claims free `slot` for `me`; on success, the writer word as read
 /// after the fence (an owner in it means: step back).
 #[inline]
-pub(crate) fn register_reader<W: HandshakeWord>(slot: &W, writer: &W, me: u32) -> Option<u32> {
+pub(crate) fn register_reader<W: Atomic32>(slot: &W, writer: &W, me: u32) -> Option<u32> {
     slot.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
         .ok()?;
-    W::fence_seq_cst();
+    W::fence(Ordering::SeqCst);
     Some(writer.load(Ordering::Acquire))
 }
 
 /// A writer that holds the writer word fences before it scans the slots
 /// (or a sleeper that set `SLEEPERS` before it re-reads a slot).
 #[inline]
-pub(crate) fn before_scan<W: HandshakeWord>() {
-    W::fence_seq_cst();
+pub(crate) fn before_scan<W: Atomic32>() {
+    W::fence(Ordering::SeqCst);
 }
 
 /// The reader in a slot, as a scanning writer reads it: acquire, so the
 /// reads of a reader that left happen before the writer's writes.
 #[inline]
-pub(crate) fn reader_in<W: HandshakeWord>(slot: &W) -> u32 {
+pub(crate) fn reader_in<W: Atomic32>(slot: &W) -> u32 {
     slot.load(Ordering::Acquire)
 }
 
 /// A reader frees its slot (if it still names `me`), then fences before it
 /// looks for sleepers; whether the slot was still ours.
 #[inline]
-pub(crate) fn unregister_reader<W: HandshakeWord>(slot: &W, me: u32) -> bool {
+pub(crate) fn unregister_reader<W: Atomic32>(slot: &W, me: u32) -> bool {
     let ours = slot
         .compare_exchange(me, 0, Ordering::Release, Ordering::Relaxed)
         .is_ok();
-    W::fence_seq_cst();
+    W::fence(Ordering::SeqCst);
     ours
 }
 
@@ -994,26 +960,6 @@ mod loom_models {
     use super::*;
     use loom::sync::atomic::AtomicU32 as LoomU32;
     use loom::sync::Arc;
-
-    impl HandshakeWord for LoomU32 {
-        fn load(&self, order: Ordering) -> u32 {
-            LoomU32::load(self, order)
-        }
-
-        fn compare_exchange(
-            &self,
-            current: u32,
-            new: u32,
-            success: Ordering,
-            failure: Ordering,
-        ) -> std::result::Result<u32, u32> {
-            LoomU32::compare_exchange(self, current, new, success, failure)
-        }
-
-        fn fence_seq_cst() {
-            loom::sync::atomic::fence(Ordering::SeqCst);
-        }
-    }
 
     struct Model {
         writer: LoomU32,
