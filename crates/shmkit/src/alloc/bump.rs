@@ -69,7 +69,7 @@ pub struct BumpAllocator {
 impl std::fmt::Debug for BumpAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BumpAllocator")
-            .field("segment", &self.segment())
+            .field("segment", self.segment())
             .field("used", &self.used())
             .field("capacity", &self.capacity())
             .finish()
@@ -120,7 +120,7 @@ impl LinearAlloc for BumpAllocator {}
 
 impl Carve for BumpAllocator {
     fn carve_segment(&self) -> &Segment {
-        &self.segment()
+        self.segment()
     }
 
     #[inline]
@@ -444,7 +444,7 @@ impl LinearAlloc for LocalBump<'_> {}
 
 impl Carve for LocalBump<'_> {
     fn carve_segment(&self) -> &Segment {
-        &self.bump.segment()
+        self.bump.segment()
     }
 
     #[inline]
@@ -521,7 +521,7 @@ impl LinearAlloc for Scope<'_> {}
 
 impl Carve for Scope<'_> {
     fn carve_segment(&self) -> &Segment {
-        &self.bump.segment()
+        self.bump.segment()
     }
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {

@@ -434,7 +434,7 @@ pub struct PoolAllocator {
 impl std::fmt::Debug for PoolAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PoolAllocator")
-            .field("segment", &self.segment())
+            .field("segment", self.segment())
             .field("slot_sizes", &self.slot_sizes())
             .field("page_size", &self.geometry.page)
             .field("stats", &self.stats())
@@ -1085,13 +1085,13 @@ impl PoolAllocator {
         }
         self.state()
             .counters
-            .reset_to(&self.segment(), live_bytes, live);
-        handoff::forget_dead_records(&self.segment(), |block| never_handed_out.contains(&block));
+            .reset_to(self.segment(), live_bytes, live);
+        handoff::forget_dead_records(self.segment(), |block| never_handed_out.contains(&block));
         Ok(RecoveryReport {
             blocks_reclaimed: free.saturating_sub(on_stacks),
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment()))
+        .with_handoffs(self.segment()))
     }
 }
 
@@ -1110,7 +1110,7 @@ impl ShmAllocator for PoolAllocator {
         let slab = self.pick(size, align as u64)?;
         // One lookup of the thread's hand-off slot serves the shard, the
         // accounting and the record.
-        let mine = handoff::my_indexed_slot(&self.segment());
+        let mine = handoff::my_indexed_slot(self.segment());
         let shard = handoff::shard_of(mine, POOL_SHARDS);
         let at = self.take_slot(slab, shard)?;
         let marker = self
@@ -1145,7 +1145,7 @@ impl ShmAllocator for PoolAllocator {
         let (at, marker, value, home) = self.live_slot_and_home(offset)?;
         // One lookup of the thread's hand-off slot: the record and the
         // accounting.
-        let mine = handoff::my_slot(&self.segment());
+        let mine = handoff::my_slot(self.segment());
         if let Some(log) = mine {
             log.forget(offset);
         }
@@ -1214,7 +1214,7 @@ impl ShmAllocator for PoolAllocator {
             return Err(Error::InvalidFree { offset });
         }
         let counters = &self.state().counters;
-        counters.on_resize(&self.segment(), u64::from(value - 1), new_size);
+        counters.on_resize(self.segment(), u64::from(value - 1), new_size);
         Ok(true)
     }
 
@@ -1224,7 +1224,7 @@ impl ShmAllocator for PoolAllocator {
     /// without growing; `capacity` is the page area at the current size.
     fn stats(&self) -> AllocStats {
         let (allocated_bytes, live_allocations, peak_bytes) =
-            self.state().counters.snapshot(&self.segment());
+            self.state().counters.snapshot(self.segment());
         // Measured at the maximum size: the rest is backed as pages are
         // claimed.
         let size = self.segment().max_size();

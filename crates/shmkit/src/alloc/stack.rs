@@ -91,7 +91,7 @@ pub struct StackAllocator {
 impl std::fmt::Debug for StackAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StackAllocator")
-            .field("segment", &self.segment())
+            .field("segment", self.segment())
             .field("used", &self.used())
             .finish()
     }
@@ -139,11 +139,11 @@ impl LinearAlloc for StackAllocator {}
 
 impl Carve for StackAllocator {
     fn carve_segment(&self) -> &Segment {
-        &self.segment()
+        self.segment()
     }
 
     fn carve(&self, size: u64, align: u64) -> Result<u64> {
-        let log = handoff::my_indexed_slot(&self.segment());
+        let log = handoff::my_indexed_slot(self.segment());
         match self.carve_noting(size, align, log) {
             Ok(block) => Ok(block),
             Err(refused) => {
@@ -262,7 +262,7 @@ impl StackAllocator {
         let Some(index) = carver.checked_sub(1) else {
             return false;
         };
-        let Some((prev_word, block, end)) = handoff::dead_carve(&self.segment(), index as u32)
+        let Some((prev_word, block, end)) = handoff::dead_carve(self.segment(), index as u32)
         else {
             return false;
         };
@@ -276,7 +276,7 @@ impl StackAllocator {
             .compare_exchange(word, prev_word, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if rolled_back {
-            handoff::forget_carve(&self.segment(), index as u32, block);
+            handoff::forget_carve(self.segment(), index as u32, block);
         }
         rolled_back
     }

@@ -269,7 +269,7 @@ impl Drop for BuddyAllocator {
 impl std::fmt::Debug for BuddyAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuddyAllocator")
-            .field("segment", &self.segment())
+            .field("segment", self.segment())
             .field("min_block", &(1u64 << self.geo.min_order))
             // Not `stats`: printing a handle takes no lock and gives no
             // cached block back.
@@ -410,7 +410,7 @@ impl BuddyAllocator {
     fn stats_now(&self) -> AllocStats {
         let heap = self.heap();
         let (allocated_bytes, live_allocations, peak_bytes) =
-            heap.state.counters.snapshot(&self.segment());
+            heap.state.counters.snapshot(self.segment());
         let free_bytes = (self.geo.min_order..=MAX_ORDER)
             .fold(0u64, |sum, k| {
                 let count = heap.state.counts[k as usize].load(Ordering::Relaxed);
@@ -453,7 +453,7 @@ impl BuddyAllocator {
     fn heap(&self) -> Heap<'_> {
         let units = self.geo.units as usize;
         Heap {
-            segment: &self.segment(),
+            segment: self.segment(),
             tables_backed: &self.tables_backed,
             absorb_stalled: &self.absorb_stalled,
             state: self.shell.state(),
@@ -1355,7 +1355,7 @@ impl ShmAllocator for BuddyAllocator {
         if let CachedFree::Cached = self.cached_free(offset)? {
             return Ok(());
         }
-        handoff::forget_mine(&self.segment(), offset);
+        handoff::forget_mine(self.segment(), offset);
         self.locked_for(ctx, |heap| heap.free_locked(offset))
     }
 
@@ -1403,7 +1403,7 @@ impl ShmAllocator for BuddyAllocator {
         let orphans = self.give_back_everything(&heap)?;
         // A cached allocation a killed thread had begun: its block, if the
         // thread took it, was never handed out.
-        handoff::settle_dead_tentatives(&self.segment(), |offset| {
+        handoff::settle_dead_tentatives(self.segment(), |offset| {
             let _ = heap.free_locked(offset);
         });
         // What the killed threads' cached operations left is mended: count
@@ -1417,9 +1417,9 @@ impl ShmAllocator for BuddyAllocator {
             blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment()));
+        .with_handoffs(self.segment()));
         // Records of blocks the pass freed name nothing now.
-        handoff::forget_dead_records(&self.segment(), |offset| self.usable_size(offset).is_err());
+        handoff::forget_dead_records(self.segment(), |offset| self.usable_size(offset).is_err());
         report
     }
 

@@ -317,7 +317,7 @@ impl BuddyAllocator {
     #[inline]
     pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
         let heap = self.heap();
-        let Some((slot, cache)) = heap.state.caches.mine(&self.segment()) else {
+        let Some((slot, cache)) = heap.state.caches.mine(self.segment()) else {
             return Ok(CachedFree::Uncached);
         };
         let Some((unit, order)) = heap.cacheable_live_block(offset) else {
@@ -366,7 +366,7 @@ impl BuddyAllocator {
     pub(super) fn cached_allocate(&self, order: u32, requested: u64) -> Option<u64> {
         let heap = self.heap();
         let index = heap.magazine_of(order)?;
-        let (slot, cache) = heap.state.caches.mine(&self.segment())?;
+        let (slot, cache) = heap.state.caches.mine(self.segment())?;
         cache.take_from(index, |offset| {
             crash_point!("buddy.cache.popped");
             self.take_cached(&heap, slot, offset, order, requested)
@@ -377,7 +377,7 @@ impl BuddyAllocator {
     /// [`Heap::allocate_refilling`]).
     pub(super) fn empty_magazine_of(&self, order: u32) -> Option<&magazine::Magazine<MAGAZINE>> {
         let state = self.heap().state;
-        let (_, cache) = state.caches.mine(&self.segment())?;
+        let (_, cache) = state.caches.mine(self.segment())?;
         let index = order.checked_sub(self.geo.min_order)? as usize;
         (order <= CACHED_MAX_ORDER).then_some(())?;
         cache.magazine(index)
@@ -428,7 +428,7 @@ impl BuddyAllocator {
     pub(super) fn give_back_idle(&self, heap: &Heap<'_>) -> bool {
         heap.state
             .caches
-            .drain_idle(&self.segment(), |_, offset| heap.give_back(offset))
+            .drain_idle(self.segment(), |_, offset| heap.give_back(offset))
     }
 
     /// Gives the caller's cached blocks back, if there are any, waiting for
@@ -438,14 +438,14 @@ impl BuddyAllocator {
     pub(super) fn give_back_mine(&self, patience: Patience) {
         let mut heap = self.heap();
         let caches = &heap.state.caches;
-        if !caches.mine_holds_any(&self.segment()) && !caches.recount_wanted() {
+        if !caches.mine_holds_any(self.segment()) && !caches.recount_wanted() {
             return;
         }
         let Ok(guard) = heap.state.lock.lock_with(patience) else {
             return;
         };
         if repair::before_operation(&guard, &mut heap).is_ok() {
-            caches.drain_mine(&self.segment(), |_, offset| heap.give_back(offset));
+            caches.drain_mine(self.segment(), |_, offset| heap.give_back(offset));
             let _ = caches.recount_if_wanted(|| heap.recount());
         }
     }

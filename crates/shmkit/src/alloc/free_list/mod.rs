@@ -289,7 +289,7 @@ impl Drop for FreeListAllocator {
 impl std::fmt::Debug for FreeListAllocator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FreeListAllocator")
-            .field("segment", &self.segment())
+            .field("segment", self.segment())
             .field("stats", &self.stats())
             .finish()
     }
@@ -392,7 +392,7 @@ impl FreeListAllocator {
     fn stats_from(&self, walked: Option<((u64, u64), u64)>, free_tail: u64) -> AllocStats {
         let state = self.state();
         let (allocated_bytes, live_allocations, peak_bytes) =
-            state.counters.snapshot(&self.segment());
+            state.counters.snapshot(self.segment());
         let ((free_bytes, largest_free_block), capacity) = walked.unwrap_or_else(|| {
             let end = state.heap_end.load(Ordering::Acquire);
             let bytes = state.free_bytes.load(Ordering::Acquire);
@@ -403,7 +403,7 @@ impl FreeListAllocator {
             )
         });
         let heap_end = self.heap_start.saturating_add(capacity);
-        let (room, grown) = room_to_grow(&self.segment(), heap_end, free_tail);
+        let (room, grown) = room_to_grow(self.segment(), heap_end, free_tail);
         AllocStats {
             allocated_bytes,
             peak_bytes,
@@ -1611,7 +1611,7 @@ impl ShmAllocator for FreeListAllocator {
         if let CachedFree::Cached = self.cached_free(offset)? {
             return Ok(());
         }
-        handoff::forget_mine(&self.segment(), offset);
+        handoff::forget_mine(self.segment(), offset);
         self.locked_for(ctx, |heap| {
             let requested = heap.free(offset)?;
             heap.state.counters.on_free(heap.segment, requested);
@@ -1699,10 +1699,10 @@ impl ShmAllocator for FreeListAllocator {
             blocks_reclaimed: orphans,
             ..RecoveryReport::rebuilt(before, self.stats())
         }
-        .with_handoffs(&self.segment()));
+        .with_handoffs(self.segment()));
         // Records of blocks the pass freed (a killed thread's cached block
         // it was taking) name nothing now.
-        handoff::forget_dead_records(&self.segment(), |offset| self.usable_size(offset).is_err());
+        handoff::forget_dead_records(self.segment(), |offset| self.usable_size(offset).is_err());
         report
     }
 

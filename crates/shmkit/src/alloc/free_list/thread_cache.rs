@@ -147,7 +147,7 @@ impl FreeListAllocator {
     /// live block of a cached size (see the module docs).
     #[inline]
     pub(super) fn cached_free(&self, offset: u64) -> Result<CachedFree> {
-        let Some((slot, cache)) = self.state().caches.mine(&self.segment()) else {
+        let Some((slot, cache)) = self.state().caches.mine(self.segment()) else {
             return Ok(CachedFree::Uncached);
         };
         let Some(header) = self.header_of_payload(offset) else {
@@ -218,7 +218,7 @@ impl FreeListAllocator {
     #[inline]
     pub(super) fn cached_allocate(&self, need: u64, requested: u64) -> Option<u64> {
         let index = magazine_of(need)?;
-        let (slot, cache) = self.state().caches.mine(&self.segment())?;
+        let (slot, cache) = self.state().caches.mine(self.segment())?;
         cache.take_from(index, |offset| {
             crash_point!("free_list.cache.popped");
             self.take_cached(slot, offset, need, requested)
@@ -291,7 +291,7 @@ impl FreeListAllocator {
     /// The caller's magazine for blocks of `need` bytes, for a refill (see
     /// [`Heap::allocate_refilling`]).
     pub(super) fn empty_magazine_for(&self, need: u64) -> Option<&magazine::Magazine<MAGAZINE>> {
-        let (_, cache) = self.state().caches.mine(&self.segment())?;
+        let (_, cache) = self.state().caches.mine(self.segment())?;
         cache.magazine(magazine_of(need)?)
     }
 
@@ -299,21 +299,21 @@ impl FreeListAllocator {
     /// slots no live thread holds; returns whether there were any.
     pub(super) fn give_back_idle(&self, heap: &mut Heap<'_>) -> bool {
         let caches = &self.state().caches;
-        caches.drain_idle(&self.segment(), |_, offset| heap.give_back(offset))
+        caches.drain_idle(self.segment(), |_, offset| heap.give_back(offset))
     }
 
     /// Gives the caller's cached blocks back to the heap (for figures that
     /// are exact for one thread).
     pub(super) fn give_back_mine(&self, heap: &mut Heap<'_>) {
         let caches = &self.state().caches;
-        caches.drain_mine(&self.segment(), |_, offset| heap.give_back(offset));
+        caches.drain_mine(self.segment(), |_, offset| heap.give_back(offset));
     }
 
     /// Gives the caller's cached blocks back as a handle goes away: only if
     /// there are any, and without waiting long for a busy lock (the blocks
     /// then stay cached, for the slot's next holder).
     pub(super) fn give_back_on_drop(&self) {
-        if !self.state().caches.mine_holds_any(&self.segment()) {
+        if !self.state().caches.mine_holds_any(self.segment()) {
             return;
         }
         let _ = self.locked_noting_takeover(Patience::Wait(DROP_PATIENCE), true, |heap, _| {
