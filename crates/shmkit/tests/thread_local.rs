@@ -4,14 +4,11 @@
 
 mod common;
 
-use std::sync::Mutex;
-
 use common::paged::{self, ctx, op, tag_block, verify_block, PAGE, PROCESSES};
 use common::{child_env, fresh_shm};
 use proptest::prelude::*;
 use shmkit::{
-    Error, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
-    ThreadLocalAllocator,
+    Error, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator, ThreadLocalAllocator,
 };
 
 fn private(size: u64) -> ThreadLocalAllocator {
@@ -20,125 +17,30 @@ fn private(size: u64) -> ThreadLocalAllocator {
 
 #[test]
 fn allocate_free_and_reuse() {
-    let heap = private(2 << 20);
-    let a = heap.allocate_offset(&ctx(), 100, 8).unwrap();
-    assert!(heap.usable_size(a).unwrap() >= 100);
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), a) }.unwrap();
-    let b = heap.allocate_offset(&ctx(), 100, 8).unwrap();
-    assert_eq!(a, b, "the freed block is reused");
-    // Many sizes, small and large, all distinct and reusable.
-    let sizes = [
-        1usize,
-        15,
-        16,
-        17,
-        100,
-        128,
-        129,
-        1000,
-        4096,
-        20_000,
-        32 << 10,
-        40_000,
-        200_000,
-    ];
-    let blocks: Vec<_> = sizes
-        .iter()
-        .map(|&s| (heap.allocate_offset(&ctx(), s, 8).unwrap(), s))
-        .collect();
-    for &(offset, size) in &blocks {
-        assert!(heap.usable_size(offset).unwrap() >= size);
-        assert_eq!(
-            heap.usable_size(offset).unwrap(),
-            SizeClassAllocator::rounded_size(size)
-        );
-    }
-    let stats = heap.stats();
-    assert_eq!(stats.live_allocations, sizes.len() as u64 + 1);
-    assert_eq!(
-        stats.allocated_bytes,
-        sizes.iter().sum::<usize>() as u64 + 100
-    );
-    heap.check().unwrap();
-    for (offset, _) in blocks {
-        // SAFETY: nothing uses the block after it is freed.
-        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-    }
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), b) }.unwrap();
-    let stats = heap.stats();
-    assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
-    assert_eq!(stats.peak_bytes, sizes.iter().sum::<usize>() as u64 + 100);
-    heap.check().unwrap();
-    // Size 0 is served.
-    let zero = heap.allocate_offset(&ctx(), 0, 1).unwrap();
-    assert!(heap.usable_size(zero).unwrap() >= 1);
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), zero) }.unwrap();
+    paged::allocate_free_and_reuse::<ThreadLocalAllocator>();
 }
 
 #[test]
 fn memory_freed_at_one_size_is_reusable_at_another() {
-    let heap = private(4 << 20);
-    let mut blocks = Vec::new();
-    loop {
-        match heap.allocate_offset(&ctx(), 64, 8) {
-            Ok(offset) => blocks.push(offset),
-            Err(Error::OutOfMemory { requested, .. }) => {
-                // The request, not the page behind it.
-                assert_eq!(requested, 64);
-                break;
-            }
-            Err(other) => panic!("{other}"),
-        }
-    }
-    let capacity = heap.stats().capacity;
-    assert!(
-        blocks.len() as u64 * 64 > capacity * 9 / 10,
-        "{} blocks",
-        blocks.len()
+    paged::memory_freed_at_one_size_is_reusable_at_another(
+        |heap: &ThreadLocalAllocator, blocks| {
+            // Freed by another thread, whose cache goes back to the pages when
+            // it exits.
+            std::thread::scope(|scope| {
+                let handle = scope.spawn(|| {
+                    for offset in blocks {
+                        // SAFETY: nothing uses the block after it is freed.
+                        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
+                    }
+                    let (_, cached) = heap.cache_usage();
+                    assert!(cached > 0, "the freeing thread caches some blocks");
+                    heap.check().unwrap();
+                });
+                handle.join().unwrap();
+            });
+            assert_eq!(heap.cache_usage().1, 0, "the thread's cache was given back");
+        },
     );
-    heap.check().unwrap();
-    // Freed by another thread, whose cache goes back to the pages when it
-    // exits.
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| {
-            for offset in blocks {
-                // SAFETY: nothing uses the block after it is freed.
-                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-            }
-            let (_, cached) = heap.cache_usage();
-            assert!(cached > 0, "the freeing thread caches some blocks");
-            heap.check().unwrap();
-        });
-        handle.join().unwrap();
-    });
-    assert_eq!(heap.cache_usage().1, 0, "the thread's cache was given back");
-    heap.check().unwrap();
-    let stats = heap.stats();
-    assert_eq!(stats.largest_free_block, capacity, "{stats:?}");
-    let data_area = heap.segment().size() - heap.segment().data_offset();
-    assert!(
-        capacity + 2 * PAGE > data_area,
-        "capacity {capacity} of {data_area}"
-    );
-    // The largest block that fits: the whole heap, all pages back in one run.
-    let big = heap.allocate_offset(&ctx(), capacity as usize, 8).unwrap();
-    tag_block(&heap, big, capacity as usize, 1, 2);
-    verify_block(&heap, big, capacity as usize);
-    heap.check().unwrap();
-    assert!(matches!(
-        heap.allocate_offset(&ctx(), 64, 8),
-        Err(Error::OutOfMemory { .. })
-    ));
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), big) }.unwrap();
-    // And back to small blocks again.
-    let small = heap.allocate_offset(&ctx(), 64, 8).unwrap();
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), small) }.unwrap();
-    heap.check().unwrap();
 }
 
 #[test]
@@ -158,93 +60,20 @@ fn out_of_memory_then_growth() {
 
 #[test]
 fn threads_allocate_tag_and_free_each_others_blocks() {
-    let heap = private(32 << 20);
-    let exchange: Mutex<Vec<(u64, usize)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        let mut handles = Vec::new();
-        for thread in 0..4u64 {
-            let heap = &heap;
-            let exchange = &exchange;
-            handles.push(scope.spawn(move || {
-                let mut rng = thread * 7919 + 1;
-                let mut mine: Vec<(u64, usize, u64)> = Vec::new();
-                for seq in 0..20_000u64 {
-                    rng = rng
-                        .wrapping_mul(6364136223846793005)
-                        .wrapping_add(1442695040888963407);
-                    let pick = rng >> 33;
-                    let size = if pick % 50 == 0 {
-                        40_000 + (pick % 90_000) as usize
-                    } else {
-                        16 + (pick % 1500) as usize
-                    };
-                    let offset = heap.allocate_offset(&ctx(), size, 8).unwrap();
-                    tag_block(heap, offset, size, thread, seq);
-                    mine.push((offset, size, seq));
-                    match pick % 4 {
-                        0 | 3 if mine.len() > 64 => {
-                            let (offset, size, seq) =
-                                mine.swap_remove((pick as usize / 4) % mine.len());
-                            assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                            // SAFETY: nothing uses the block after it is freed.
-                            unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-                        }
-                        1 => {
-                            let (offset, size, _) = mine.pop().unwrap();
-                            exchange.lock().unwrap().push((offset, size));
-                        }
-                        2 => {
-                            let taken = exchange.lock().unwrap().pop();
-                            if let Some((offset, size)) = taken {
-                                verify_block(heap, offset, size);
-                                // SAFETY: nothing uses the block after it is freed.
-                                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-                            }
-                        }
-                        _ => {}
-                    }
-                    // Keep the live set bounded.
-                    while mine.len() > 128 {
-                        let (offset, size, seq) =
-                            mine.swap_remove((pick as usize / 8) % mine.len());
-                        assert_eq!(verify_block(heap, offset, size), (thread, seq));
-                        // SAFETY: nothing uses the block after it is freed.
-                        unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-                    }
-                }
-                for (offset, size, seq) in mine {
-                    assert_eq!(verify_block(heap, offset, size), (thread, seq));
+    paged::threads_allocate_tag_and_free_each_others_blocks(|heap: &ThreadLocalAllocator, rest| {
+        assert_eq!(heap.cache_usage(), (0, 0), "exited threads keep no slot");
+        std::thread::scope(|scope| {
+            let handle = scope.spawn(|| {
+                for (offset, size) in rest {
+                    verify_block(heap, offset, size);
                     // SAFETY: nothing uses the block after it is freed.
                     unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
                 }
-            }));
-        }
-        // Explicit joins wait for the threads' TLS destructors too.
-        for handle in handles {
+            });
             handle.join().unwrap();
-        }
-    });
-    assert_eq!(heap.cache_usage(), (0, 0), "exited threads keep no slot");
-    std::thread::scope(|scope| {
-        let handle = scope.spawn(|| {
-            for (offset, size) in exchange.into_inner().unwrap() {
-                verify_block(&heap, offset, size);
-                // SAFETY: nothing uses the block after it is freed.
-                unsafe { heap.free_offset(&ctx(), offset) }.unwrap();
-            }
         });
-        handle.join().unwrap();
+        assert_eq!(heap.cache_usage(), (0, 0));
     });
-    assert_eq!(heap.cache_usage(), (0, 0));
-    let stats = heap.stats();
-    assert_eq!((stats.live_allocations, stats.allocated_bytes), (0, 0));
-    heap.check().unwrap();
-    // Every page came back: one block of the whole capacity fits.
-    let all = heap
-        .allocate_offset(&ctx(), stats.capacity as usize, 8)
-        .unwrap();
-    // SAFETY: nothing uses the block after it is freed.
-    unsafe { heap.free_offset(&ctx(), all) }.unwrap();
 }
 
 #[test]

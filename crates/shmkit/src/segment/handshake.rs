@@ -102,33 +102,22 @@ impl Segment {
             },
         };
         let name = options.location.display_name();
-        let (mapping, fd, max_align) = match &options.location {
-            Location::Shm(shm_name) => {
-                let fd = backend::create_shm(shm_name, options.mode)?;
-                let mapping = map_new_object(&fd, options, sizes, &name)?;
-                (mapping, Some(fd), super::page_size() as usize)
-            }
-            Location::File(path) => {
-                let fd = backend::create_file(path, options.mode)?;
-                let mapping = map_new_object(&fd, options, sizes, &name)?;
-                (mapping, Some(fd), super::page_size() as usize)
-            }
-            Location::Memfd(label) => {
-                let fd = backend::create_memfd(label)?;
-                let mapping = map_new_object(&fd, options, sizes, &name)?;
-                (mapping, Some(fd), super::page_size() as usize)
-            }
-            Location::Private => (
-                Mapping::map_private(sizes.max_size)?,
-                None,
-                super::page_size() as usize,
-            ),
+        let fd = match &options.location {
+            Location::Shm(shm_name) => Some(backend::create_shm(shm_name, options.mode)?),
+            Location::File(path) => Some(backend::create_file(path, options.mode)?),
+            Location::Memfd(label) => Some(backend::create_memfd(label)?),
+            Location::Private => None,
             Location::Fd(_) => {
                 return Err(Error::Unsupported(
                     "a segment cannot be created on an existing descriptor; attach it instead",
                 ))
             }
         };
+        let mapping = match &fd {
+            Some(fd) => map_new_object(fd, options, sizes, &name)?,
+            None => Mapping::map_private(sizes.max_size)?,
+        };
+        let max_align = super::page_size() as usize;
         let backed = Backed::new(fd, sizes.initial, mapping.len() as u64);
         let segment = Segment {
             registration: None,

@@ -199,8 +199,8 @@ impl Segment {
     /// it before returning a `Segment`.
     pub(crate) fn header(&self) -> &Header {
         // SAFETY: the mapping starts with a `Header` (validated or written by
-        // the constructor), is at least page aligned (64 for buffers, which is
-        // `Header`'s alignment), and outlives `&self`. Fields that other
+        // the constructor), is at least page aligned (`BUFFER_ALIGN`, 128, for
+        // buffers: at least `Header`'s alignment), and outlives `&self`. Fields that other
         // processes change after *ready* are atomics.
         unsafe { self.mapping.base().cast::<Header>().as_ref() }
     }

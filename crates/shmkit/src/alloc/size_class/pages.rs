@@ -207,12 +207,12 @@ impl SizeClassAllocator {
             let listed = current & LISTED != 0;
             // Only an unlisted page is full; its first free lists it again,
             // or (a one-block page) retires it at once.
-            let (new, action) = if !listed && used <= 1 {
-                (FREE, 2)
+            let (new, then) = if !listed && used <= 1 {
+                (FREE, AfterRelease::RetirePage)
             } else if !listed {
-                (current - LIVE_ONE + LISTED, 1)
+                (current - LIVE_ONE + LISTED, AfterRelease::ListPage)
             } else {
-                (current.saturating_sub(LIVE_ONE), 0)
+                (current.saturating_sub(LIVE_ONE), AfterRelease::Nothing)
             };
             match desc.state.compare_exchange_weak(
                 current,
@@ -221,14 +221,14 @@ impl SizeClassAllocator {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
-                    match action {
-                        1 => tagged_stack::push(
+                    match then {
+                        AfterRelease::ListPage => tagged_stack::push(
                             &self.state().classes[shard_of(current)][class],
                             page,
                             &desc.link,
                         ),
-                        2 => self.push_run(page, 1),
-                        _ => {}
+                        AfterRelease::RetirePage => self.push_run(page, 1),
+                        AfterRelease::Nothing => {}
                     }
                     return;
                 }
@@ -503,4 +503,14 @@ impl SizeClassAllocator {
         let slack = unsafe { Self::slack(base, info, index) };
         Some((index, base, slack == sentinel(info)))
     }
+}
+
+/// What freeing a block leaves to do once the page's state word changed.
+enum AfterRelease {
+    /// The page still has blocks in use, and is listed already.
+    Nothing,
+    /// The page was full (so unlisted): list it for its class again.
+    ListPage,
+    /// The page's only block went: the page goes back to the page heap.
+    RetirePage,
 }
