@@ -145,6 +145,7 @@ impl Carve for BumpAllocator {
 
 impl BumpAllocator {
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }

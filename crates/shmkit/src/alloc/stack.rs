@@ -235,6 +235,7 @@ impl StackAllocator {
     }
 
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }

@@ -670,6 +670,7 @@ impl ThreadLocalAllocator {
     pub const THREAD_SLOTS: usize = SLOTS;
 
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.inner.core.segment()
     }

@@ -440,6 +440,7 @@ impl BuddyAllocator {
     }
 
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }

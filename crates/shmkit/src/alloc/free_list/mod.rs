@@ -375,6 +375,7 @@ fn heap_start_of(segment: &Segment) -> u64 {
 
 impl FreeListAllocator {
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }

@@ -525,6 +525,7 @@ impl Links for SlabLinks<'_> {
 
 impl PoolAllocator {
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }

@@ -510,6 +510,7 @@ impl SizeClassAllocator {
     }
 
     /// The segment this allocator manages.
+    #[inline]
     pub fn segment(&self) -> &Segment {
         self.shell.segment()
     }
