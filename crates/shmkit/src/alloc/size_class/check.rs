@@ -81,26 +81,12 @@ impl SizeClassAllocator {
         let mut live_total = 0u64;
         let mut bytes_total = 0u64;
         let mut listed = [0u64; NUM_CLASSES];
-        let mut page = 0u32;
-        while page < self.max_pages {
-            let Some(desc) = self.desc(page) else { break };
-            let current = desc.state.load(Ordering::Acquire);
-            if page >= bump {
-                if current != FREE {
-                    return Err(Error::corrupt(format!(
-                        "page {page} beyond the cursor in state {current:#x}"
-                    )));
-                }
-                page += 1;
-                continue;
-            }
+        self.walk_pages(bump, |mut page, desc, current| {
             match phase(current) {
                 FREE => page += 1,
                 SMALL => {
                     let class = class_of(current);
-                    let info = CLASSES.get(class).ok_or_else(|| {
-                        Error::corrupt(format!("page {page}: class {class} out of range"))
-                    })?;
+                    let info = class_info(page, class)?;
                     let used = live(current);
                     if used > info.count || current >> (SHARD_SHIFT + SHARD_BITS) != 0 {
                         return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
@@ -205,7 +191,8 @@ impl SizeClassAllocator {
                     return Err(Error::corrupt(format!("page {page}: state {current:#x}")));
                 }
             }
-        }
+            Ok(page)
+        })?;
         // Class lists: each listed page exactly once, of its class, on its
         // shard's list.
         for class in 0..NUM_CLASSES {
@@ -514,11 +501,15 @@ impl SizeClassAllocator {
         Ok(len)
     }
 
-    /// Checks what [`rebuild_from_pages`](Self::rebuild_from_pages) relies
-    /// on, changing nothing: every page below the cursor has a known phase, a
-    /// small page a valid class and bitmap, a large block a run of tails
-    /// inside the cursor; every page above it is free.
-    pub(super) fn validate_pages(&self, bump: u32) -> Result<()> {
+    /// Walks the page table: `visit(page, desc, state)` sees each page
+    /// below the cursor `bump` and returns the page to go on from (past a
+    /// large block's run, say); every page at or past the cursor must be
+    /// free.
+    fn walk_pages(
+        &self,
+        bump: u32,
+        mut visit: impl FnMut(u32, &PageDesc, u64) -> Result<u32>,
+    ) -> Result<()> {
         let mut page = 0u32;
         while page < self.max_pages {
             let Some(desc) = self.desc(page) else { break };
@@ -530,15 +521,24 @@ impl SizeClassAllocator {
                     )));
                 }
                 page += 1;
-                continue;
+            } else {
+                page = visit(page, desc, current)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Checks what [`rebuild_from_pages`](Self::rebuild_from_pages) relies
+    /// on, changing nothing: every page below the cursor has a known phase, a
+    /// small page a valid class and bitmap, a large block a run of tails
+    /// inside the cursor; every page above it is free.
+    pub(super) fn validate_pages(&self, bump: u32) -> Result<()> {
+        self.walk_pages(bump, |mut page, desc, current| {
             match phase(current) {
                 FREE | TAIL | PENDING_LARGE => page += 1,
                 SMALL => {
                     let class = class_of(current);
-                    let info = CLASSES.get(class).ok_or_else(|| {
-                        Error::corrupt(format!("page {page}: class {class} out of range"))
-                    })?;
+                    let info = class_info(page, class)?;
                     let base = self.page_ptr(page)?;
                     for index in 0..info.count {
                         // SAFETY: `index < count`, inside the page header.
@@ -562,7 +562,7 @@ impl SizeClassAllocator {
                 }
                 _ => return Err(Error::corrupt(format!("page {page}: state {current:#x}"))),
             }
-        }
-        Ok(())
+            Ok(page)
+        })
     }
 }

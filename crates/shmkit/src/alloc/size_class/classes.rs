@@ -115,3 +115,11 @@ pub(crate) fn class_for(size: u64, align: u64) -> Option<usize> {
     }
     (natural..NUM_CLASSES).find(|&c| CLASSES[c].align >= align)
 }
+
+/// The class a page's state word names, or the corruption a class out of
+/// range is.
+pub(super) fn class_info(page: u32, class: usize) -> Result<&'static ClassInfo> {
+    CLASSES
+        .get(class)
+        .ok_or_else(|| Error::corrupt(format!("page {page}: class {class} out of range")))
+}

@@ -477,9 +477,7 @@ impl SizeClassAllocator {
             match phase(current) {
                 SMALL => {
                     let class = class_of(current);
-                    let info = CLASSES.get(class).ok_or_else(|| {
-                        Error::corrupt(format!("page {page}: class {class} out of range"))
-                    })?;
+                    let info = class_info(page, class)?;
                     let base = self.page_ptr(page)?;
                     for word in 0..info.words {
                         // SAFETY: `word < words`, inside the page header.
