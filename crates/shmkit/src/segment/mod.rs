@@ -411,6 +411,17 @@ impl Segment {
         self.resolve(self.fixed.custom_header_offset()?)
     }
 
+    /// The custom header's bytes, whatever their layout: where they start
+    /// and how many (0 when none was reserved). For bindings that cannot
+    /// name a `T`; the same rules as for [`custom_header`](Self::custom_header)
+    /// apply to the bytes.
+    pub fn custom_header_bytes(&self) -> (NonNull<u8>, usize) {
+        // SAFETY: the custom area lies inside the mapping (validated with the
+        // header: its offset plus length is below the state offset).
+        let start = unsafe { self.base().add(self.fixed.custom_offset as usize) };
+        (start, self.fixed.custom_len as usize)
+    }
+
     /// Publishes `offset` under `name` (1 to 48 bytes) so other processes can
     /// find it with [`root`](Self::root). Each name can be set once; setting
     /// it again is an error.

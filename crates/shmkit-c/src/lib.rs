@@ -1,0 +1,28 @@
+//! # shmkit's C API
+//!
+//! C and C++ programs create, attach and allocate from the same segments as
+//! Rust and Python processes: the allocators' whole state lives in the
+//! segment, so a block a C process allocates is a block every other
+//! process sees, and an offset means the same thing in each of them.
+//!
+//! In C's idiom: opaque handles (`shmkit_heap`), an `int`-sized status from
+//! every call (`shmkit_status`, `SHMKIT_OK` is 0) with the message of the
+//! last failure on the calling thread (`shmkit_last_error`), no Rust types
+//! across the boundary, and no panic across it (one is caught and reported
+//! as `SHMKIT_E_PANIC`). A null argument, a handle that is not one, a stale
+//! offset or a double free is an error code, never a crash.
+//!
+//! The header, `include/shmkit.h`, is generated from this crate with
+//! `cbindgen` and checked in; `include/shmkit.hpp` wraps it for C++.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+/// Segments and their allocators.
+pub mod heap;
+/// Status codes and the last error.
+pub mod status;
+
+pub use heap::*;
+pub use status::*;
