@@ -11,6 +11,7 @@
 
 use std::io::BufRead;
 use std::process::ExitCode;
+use std::ptr::NonNull;
 
 use shmkit::{
     MemContext, Offset, SegmentAllocator, SegmentOptions, ShmAllocator, ThreadLocalAllocator,
@@ -33,23 +34,40 @@ fn next(state: &mut u64) -> u64 {
     x
 }
 
-fn bytes(heap: &ThreadLocalAllocator, offset: u64, size: u64) -> shmkit::Result<&mut [u8]> {
-    let local = heap
-        .segment()
-        .resolve_array(Offset::<u8>::from_raw(offset), size.max(1))?;
-    // SAFETY: `resolve_array` checked that the bytes lie in the segment; the
-    // block is this worker's (or, when verifying, every worker has exited).
-    Ok(unsafe { std::slice::from_raw_parts_mut(local.as_ptr(), size as usize) })
+/// The `size` bytes at `offset`, checked to lie in the segment.
+fn block(heap: &ThreadLocalAllocator, offset: u64, size: u64) -> shmkit::Result<NonNull<u8>> {
+    heap.segment()
+        .resolve_array(Offset::<u8>::from_raw(offset), size.max(1))
+}
+
+fn fill(
+    heap: &ThreadLocalAllocator,
+    writer: u64,
+    offset: u64,
+    size: u64,
+    seq: u64,
+) -> shmkit::Result<()> {
+    let start = block(heap, offset, size)?;
+    // SAFETY: `block` checked that the bytes lie in the segment, and the
+    // block is this worker's alone.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(start.as_ptr(), size as usize) };
+    for (i, byte) in bytes.iter_mut().enumerate() {
+        *byte = tag_byte(writer, seq, i as u64);
+    }
+    Ok(())
 }
 
 fn intact(heap: &ThreadLocalAllocator, writer: u64, offset: u64, size: u64, seq: u64) -> bool {
-    match bytes(heap, offset, size) {
-        Ok(bytes) => bytes
-            .iter()
-            .enumerate()
-            .all(|(i, &b)| b == tag_byte(writer, seq, i as u64)),
-        Err(_) => false,
-    }
+    let Ok(start) = block(heap, offset, size) else {
+        return false;
+    };
+    // SAFETY: as in `fill`; the block is this worker's, or (verifying)
+    // every worker has exited.
+    let bytes = unsafe { std::slice::from_raw_parts(start.as_ptr(), size as usize) };
+    bytes
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b == tag_byte(writer, seq, i as u64))
 }
 
 /// Sleeps until `start_ms` (milliseconds since the epoch).
@@ -65,13 +83,11 @@ fn tag(name: &str, writer: u64, count: u64, start_ms: u64) -> shmkit::Result<boo
     wait_until(start_ms);
     let ctx = MemContext::default();
     let mut live: Vec<(u64, u64, u64)> = Vec::new();
-    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ writer.wrapping_mul(0x1_0000_0001_b3);
+    let mut rng = 0x9e37_79b9_7f4a_7c15_u64 ^ writer.wrapping_mul(0x0100_0000_01b3);
     for seq in 0..count {
         let size = 16 + next(&mut rng) % 2000;
         let offset = heap.allocate_offset(&ctx, size as usize, 16)?;
-        for (i, byte) in bytes(&heap, offset, size)?.iter_mut().enumerate() {
-            *byte = tag_byte(writer, seq, i as u64);
-        }
+        fill(&heap, writer, offset, size, seq)?;
         live.push((offset, size, seq));
         if live.len() > 128 {
             let pick = (next(&mut rng) % live.len() as u64) as usize;

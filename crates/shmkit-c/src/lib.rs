@@ -24,5 +24,10 @@ pub mod heap;
 /// Status codes and the last error.
 pub mod status;
 
+/// Test only: arming a crash point from C.
+#[cfg(feature = "crash-points")]
+#[doc(hidden)]
+pub mod crash;
+
 pub use heap::*;
 pub use status::*;

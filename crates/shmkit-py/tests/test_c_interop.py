@@ -75,7 +75,7 @@ def _newest(paths):
 
 def _artifacts():
     profiles = [ROOT / "target" / "debug", ROOT / "target" / "release"]
-    library = _newest([p / "libshmkit_c.a" for p in profiles])
+    library = _newest([p / d / "libshmkit_c.a" for p in profiles for d in ("deps", ".")])
     tagger = _newest([p / "examples" / "tagger" for p in profiles])
     return library, tagger
 

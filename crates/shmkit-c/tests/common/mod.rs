@@ -19,6 +19,17 @@ pub fn profile_dir() -> PathBuf {
     exe.parent().unwrap().parent().unwrap().to_path_buf()
 }
 
+/// The static library cargo built for this test run: in `deps/` (where a
+/// test build leaves it), else beside the profile's other outputs.
+pub fn static_library() -> PathBuf {
+    let in_deps = profile_dir().join("deps/libshmkit_c.a");
+    if in_deps.exists() {
+        in_deps
+    } else {
+        profile_dir().join("libshmkit_c.a")
+    }
+}
+
 /// The static library's link line (the libraries Rust's std needs).
 const SYSTEM_LIBS: &[&str] = &[
     "-lgcc_s",
@@ -58,7 +69,7 @@ fn compile(source: &Path, extra: &[&str]) -> PathBuf {
         .arg(repo().join("include"))
         .arg(source)
         .args(extra)
-        .arg(profile_dir().join("libshmkit_c.a"))
+        .arg(static_library())
         .args(SYSTEM_LIBS)
         .arg("-o")
         .arg(&program)
