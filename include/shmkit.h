@@ -16,6 +16,11 @@
 #include <stdint.h>
 #include <stdbool.h>
 
+/* An open segment and its allocator (opaque). */
+typedef struct shmkit_heap shmkit_heap;
+/* An open message queue (opaque). */
+typedef struct shmkit_queue shmkit_queue;
+
 // `shmkit_options.flags`: freed blocks are zeroed.
 #define SHMKIT_ZERO_ON_FREE 1
 
@@ -92,7 +97,8 @@ typedef enum shmkit_status {
   SHMKIT_E_OUT_OF_BOUNDS = 18,
   // A free of a block that is not live: a double free, a stale offset.
   SHMKIT_E_INVALID_FREE = 19,
-  // A lock stayed held past the wait allowed.
+  // A wait ran out: a lock stayed held, or a queue stayed full or empty,
+  // past the time allowed.
   SHMKIT_E_TIMEOUT = 20,
   // A named root or object that does not exist.
   SHMKIT_E_NAME_NOT_FOUND = 21,
@@ -109,13 +115,6 @@ typedef enum shmkit_status {
   // message).
   SHMKIT_E_OTHER = 26,
 } shmkit_status;
-
-// An open segment and its allocator. Opaque to C: made by
-// `shmkit_heap_create`/`_attach`/`_open_or_create`, ended by
-// `shmkit_heap_close`. One handle may be used by many threads at once;
-// closing it while another thread uses it is the caller's error, as with
-// `free`.
-typedef struct shmkit_heap shmkit_heap;
 
 // How to create a segment. Start from `shmkit_options_default()`.
 typedef struct shmkit_options {
@@ -165,6 +164,20 @@ typedef struct shmkit_recovery_report {
   uint64_t live_after;
 } shmkit_recovery_report;
 
+// A message taken from a queue: its bytes, in place in the segment, until
+// `shmkit_queue_done` gives them back.
+typedef struct shmkit_message {
+  // The bytes (in the segment, valid until `shmkit_queue_done`).
+  const void *data;
+  // How many.
+  size_t len;
+  // Non-zero when a Python producer pickled an object (the bytes are a
+  // pickle, not raw bytes).
+  int32_t pickled;
+  // The block's offset (what `shmkit_queue_done` frees).
+  uint64_t offset;
+} shmkit_message;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -184,7 +197,7 @@ enum shmkit_status shmkit_heap_create(const char *name,
                                       int32_t backend,
                                       int32_t kind,
                                       const struct shmkit_options *options,
-                                      struct shmkit_heap **out);
+                                      shmkit_heap **out);
 
 // Attaches the existing segment `name`, whatever allocator manages it.
 //
@@ -192,7 +205,7 @@ enum shmkit_status shmkit_heap_create(const char *name,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_attach(const char *name, int32_t backend, struct shmkit_heap **out);
+enum shmkit_status shmkit_heap_attach(const char *name, int32_t backend, shmkit_heap **out);
 
 // Attaches `name` if it exists (it must be managed by `kind`), creates it
 // otherwise; `*created` (if not null) says which.
@@ -205,7 +218,7 @@ enum shmkit_status shmkit_heap_open_or_create(const char *name,
                                               int32_t backend,
                                               int32_t kind,
                                               const struct shmkit_options *options,
-                                              struct shmkit_heap **out,
+                                              shmkit_heap **out,
                                               int32_t *created);
 
 // Closes a handle (the segment stays, for other processes and for
@@ -215,7 +228,7 @@ enum shmkit_status shmkit_heap_open_or_create(const char *name,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_close(struct shmkit_heap *heap);
+enum shmkit_status shmkit_heap_close(shmkit_heap *heap);
 
 // Removes the name of segment `name` (processes that map it keep it).
 //
@@ -231,7 +244,7 @@ enum shmkit_status shmkit_unlink(const char *name, int32_t backend);
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_kind(const struct shmkit_heap *heap, int32_t *out);
+enum shmkit_status shmkit_heap_kind(const shmkit_heap *heap, int32_t *out);
 
 // Allocates `size` bytes (aligned to 16) and stores the block's offset in
 // `*offset`. `SHMKIT_E_OUT_OF_MEMORY` when there is no room.
@@ -240,9 +253,7 @@ enum shmkit_status shmkit_heap_kind(const struct shmkit_heap *heap, int32_t *out
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_allocate(const struct shmkit_heap *heap,
-                                        size_t size,
-                                        uint64_t *offset);
+enum shmkit_status shmkit_heap_allocate(const shmkit_heap *heap, size_t size, uint64_t *offset);
 
 // Allocates `size` bytes aligned to `align` (a power of two).
 //
@@ -250,7 +261,7 @@ enum shmkit_status shmkit_heap_allocate(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_allocate_aligned(const struct shmkit_heap *heap,
+enum shmkit_status shmkit_heap_allocate_aligned(const shmkit_heap *heap,
                                                 size_t size,
                                                 size_t align,
                                                 uint64_t *offset);
@@ -263,7 +274,7 @@ enum shmkit_status shmkit_heap_allocate_aligned(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_free(const struct shmkit_heap *heap, uint64_t offset);
+enum shmkit_status shmkit_heap_free(const shmkit_heap *heap, uint64_t offset);
 
 // Resizes the block at `offset` to `new_size` bytes, in place or by moving
 // it (its bytes are kept up to the smaller size); `*new_offset` is where it
@@ -273,7 +284,7 @@ enum shmkit_status shmkit_heap_free(const struct shmkit_heap *heap, uint64_t off
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_reallocate(const struct shmkit_heap *heap,
+enum shmkit_status shmkit_heap_reallocate(const shmkit_heap *heap,
                                           uint64_t offset,
                                           size_t new_size,
                                           uint64_t *new_offset);
@@ -284,9 +295,7 @@ enum shmkit_status shmkit_heap_reallocate(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_usable_size(const struct shmkit_heap *heap,
-                                           uint64_t offset,
-                                           size_t *size);
+enum shmkit_status shmkit_heap_usable_size(const shmkit_heap *heap, uint64_t offset, size_t *size);
 
 // The allocator's accounting.
 //
@@ -294,7 +303,7 @@ enum shmkit_status shmkit_heap_usable_size(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_stats(const struct shmkit_heap *heap, struct shmkit_stats *out);
+enum shmkit_status shmkit_heap_stats(const shmkit_heap *heap, struct shmkit_stats *out);
 
 // Walks the allocator's structure: `SHMKIT_OK`, `SHMKIT_E_NEEDS_RECOVERY`
 // (a process died mid-operation) or `SHMKIT_E_CORRUPT`.
@@ -303,7 +312,7 @@ enum shmkit_status shmkit_heap_stats(const struct shmkit_heap *heap, struct shmk
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_check(const struct shmkit_heap *heap);
+enum shmkit_status shmkit_heap_check(const shmkit_heap *heap);
 
 // The recovery pass: mends what processes killed mid-operation left. It
 // runs alone: no other thread of this process may use the segment's
@@ -315,7 +324,7 @@ enum shmkit_status shmkit_heap_check(const struct shmkit_heap *heap);
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_recover(const struct shmkit_heap *heap,
+enum shmkit_status shmkit_heap_recover(const shmkit_heap *heap,
                                        int32_t force,
                                        struct shmkit_recovery_report *report);
 
@@ -326,7 +335,7 @@ enum shmkit_status shmkit_heap_recover(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_pointer(const struct shmkit_heap *heap,
+enum shmkit_status shmkit_heap_pointer(const shmkit_heap *heap,
                                        uint64_t offset,
                                        size_t len,
                                        void **out);
@@ -338,9 +347,7 @@ enum shmkit_status shmkit_heap_pointer(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_offset(const struct shmkit_heap *heap,
-                                      const void *ptr,
-                                      uint64_t *out);
+enum shmkit_status shmkit_heap_offset(const shmkit_heap *heap, const void *ptr, uint64_t *out);
 
 // Where the segment is mapped in this process, and its current size.
 //
@@ -348,7 +355,7 @@ enum shmkit_status shmkit_heap_offset(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_base(const struct shmkit_heap *heap, void **base, uint64_t *size);
+enum shmkit_status shmkit_heap_base(const shmkit_heap *heap, void **base, uint64_t *size);
 
 // The application's custom header (reserved with
 // `shmkit_options.custom_header_len`): its address and length (0 if none).
@@ -358,9 +365,7 @@ enum shmkit_status shmkit_heap_base(const struct shmkit_heap *heap, void **base,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_custom_header(const struct shmkit_heap *heap,
-                                             void **bytes,
-                                             size_t *len);
+enum shmkit_status shmkit_heap_custom_header(const shmkit_heap *heap, void **bytes, size_t *len);
 
 // Publishes `offset` under `name` (1 to 48 bytes), once: other processes
 // find it with `shmkit_heap_get_root`.
@@ -369,9 +374,7 @@ enum shmkit_status shmkit_heap_custom_header(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_set_root(const struct shmkit_heap *heap,
-                                        const char *name,
-                                        uint64_t offset);
+enum shmkit_status shmkit_heap_set_root(const shmkit_heap *heap, const char *name, uint64_t offset);
 
 // The offset published under `name`; `SHMKIT_E_NAME_NOT_FOUND` if none.
 //
@@ -379,9 +382,84 @@ enum shmkit_status shmkit_heap_set_root(const struct shmkit_heap *heap,
 //
 // Every pointer argument is null or valid for the call, as the C API
 // documents; a handle is one this API made (or any readable object).
-enum shmkit_status shmkit_heap_get_root(const struct shmkit_heap *heap,
+enum shmkit_status shmkit_heap_get_root(const shmkit_heap *heap,
                                         const char *name,
                                         uint64_t *offset);
+
+// Creates the queue `name` (shared memory): `capacity` bytes for the
+// messages waiting, at most `maxsize` of them (rounded up to a power of
+// two; 0: 65,536). Python attaches it with `shmkit.Queue(name,
+// create=False)`.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_create(const char *name,
+                                       uint64_t capacity,
+                                       size_t maxsize,
+                                       shmkit_queue **out);
+
+// Attaches the queue `name` that another process (C, Python, Rust) made.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_attach(const char *name, shmkit_queue **out);
+
+// Closes a queue handle (the segment stays until `shmkit_unlink`). Null is
+// a no-op.
+//
+// # Safety
+//
+// `queue` is null or a handle this API made, used by no other thread
+// meanwhile.
+enum shmkit_status shmkit_queue_close(shmkit_queue *queue);
+
+// Puts a copy of `len` bytes. Waits for room (a free cell, and memory for
+// the bytes) at most `timeout_ms` milliseconds (negative: for ever; 0: not
+// at all), then fails with `SHMKIT_E_TIMEOUT`, having put nothing.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call (`data` for `len`
+// bytes), as the C API documents.
+enum shmkit_status shmkit_queue_put(const shmkit_queue *queue,
+                                    const void *data,
+                                    size_t len,
+                                    int64_t timeout_ms);
+
+// Takes the next message, waiting at most `timeout_ms` milliseconds for
+// one (negative: for ever; 0: not at all), else `SHMKIT_E_TIMEOUT`. The
+// bytes stay in the segment until `shmkit_queue_done(queue, message)`.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_get(const shmkit_queue *queue,
+                                    int64_t timeout_ms,
+                                    struct shmkit_message *message);
+
+// Gives a message's bytes back to the queue's memory (its `data` is
+// invalid afterwards). A message given back twice is refused with
+// `SHMKIT_E_INVALID_FREE`.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_done(const shmkit_queue *queue,
+                                     const struct shmkit_message *message);
+
+// How many messages wait in the queue now.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_len(const shmkit_queue *queue, size_t *out);
 
 // The message of the last call that failed on this thread ("" if none
 // has). The string stays valid until the next failing call on this

@@ -155,6 +155,11 @@ class Crate:
         self.files = {module_of(p): p for p in ROOT.rglob("*.rs")}
         self.code = {m: strip_test_code(strip_comments(p.read_text())) for m, p in self.files.items()}
         self.reexports = {m: self._reexports(m) for m in self.files}
+        self.macros = {
+            name: m
+            for m, text in self.code.items()
+            for name in re.findall(r"macro_rules!\s*(\w+)", text)
+        }
 
     def absolute(self, module, path):
         """Make a `crate::`/`super::`/`self::` path absolute (a tuple)."""
@@ -199,9 +204,17 @@ class Crate:
     def edges(self, module):
         text = self.code[module]
         paths = []
+        out_macros = set()
         for m in re.finditer(r"\buse\s+([^;]+);", text):
             paths.extend(expand_use(m.group(1)))
-        for m in re.finditer(r"\b((?:crate|super|self)(?:::\w+)+)", text):
+        for m in re.finditer(r"\b((?:crate|super|self)(?:::\w+)+)(!?)", text):
+            if m.group(2) and m.group(1).startswith("crate::"):
+                # An exported macro lives at the crate root by Rust's rules;
+                # its home is the file that defines it.
+                home = self.macros.get(m.group(1).split("::")[-1])
+                if home is not None and home != module:
+                    out_macros.add(home)
+                continue
             paths.append(m.group(1))
         out = set()
         for path in paths:
@@ -211,7 +224,7 @@ class Crate:
             file = self.resolve(target)
             if file is not None and file != module:
                 out.add(file)
-        return out
+        return out | out_macros
 
 
 def layer_of(module):

@@ -21,6 +21,8 @@ const CLOSED: u64 = u64::from_le_bytes(*b"shmkDEAD");
 /// `shmkit_heap_close`. One handle may be used by many threads at once;
 /// closing it while another thread uses it is the caller's error, as with
 /// `free`.
+// The magic word first (`repr(C)`): a foreign pointer is read only there.
+#[repr(C)]
 #[allow(non_camel_case_types)]
 pub struct shmkit_heap {
     magic: u64,

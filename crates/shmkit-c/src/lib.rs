@@ -21,6 +21,8 @@
 
 /// Segments and their allocators.
 pub mod heap;
+/// The message queue of raw bytes, shared with Python's `shmkit.Queue`.
+pub mod queue;
 /// Status codes and the last error.
 pub mod status;
 
@@ -30,4 +32,5 @@ pub mod status;
 pub mod crash;
 
 pub use heap::*;
+pub use queue::*;
 pub use status::*;

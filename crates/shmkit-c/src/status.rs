@@ -58,7 +58,8 @@ pub enum shmkit_status {
     SHMKIT_E_OUT_OF_BOUNDS = 18,
     /// A free of a block that is not live: a double free, a stale offset.
     SHMKIT_E_INVALID_FREE = 19,
-    /// A lock stayed held past the wait allowed.
+    /// A wait ran out: a lock stayed held, or a queue stayed full or empty,
+    /// past the time allowed.
     SHMKIT_E_TIMEOUT = 20,
     /// A named root or object that does not exist.
     SHMKIT_E_NAME_NOT_FOUND = 21,

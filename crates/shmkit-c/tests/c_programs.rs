@@ -16,6 +16,7 @@ fn every_error_path_returns_its_code_and_a_message() {
     let output = run(&program, &[&name], false);
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(name.clone()));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-bump")));
+    let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-queue")));
     assert_ok("errors.c", &output);
 }
 
@@ -33,5 +34,6 @@ fn the_error_paths_are_clean_under_valgrind() {
     let output = run(&program, &[&name], true);
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(name.clone()));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-bump")));
+    let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-queue")));
     assert_ok("errors.c under valgrind", &output);
 }

@@ -17,66 +17,35 @@ use std::time::{Duration, Instant};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
-use shmkit_lib::containers::{MpmcHandle, MpmcRing};
-use shmkit_lib::{
-    Error, MemContext, Offset, SegmentAllocator, SegmentOptions, ShmAllocator, SizeClassAllocator,
-};
+use shmkit_lib::containers::message_queue::{MessageCell, MessageQueue, PICKLED, UNBOUNDED_CELLS};
+use shmkit_lib::{Error, MemContext, SegmentOptions, ShmAllocator};
 
 use crate::errors::lib_to_py;
 use crate::own_segment::{self, Holder, InFlight, InFlightCell};
 
-/// Where the ring's offset is published in the segment.
-const RING_ROOT: &str = "shmkit.queue.ring";
-/// Cells of an unbounded queue's ring (`maxsize=0`).
-const UNBOUNDED_CELLS: usize = 1 << 16;
-/// The flag in a cell's length word: the bytes are a pickle.
-const PICKLED: u64 = 1 << 63;
 /// How often a put that waits for memory looks again.
 const MEMORY_POLL: Duration = Duration::from_millis(1);
 /// Messages at least this long are copied in without the interpreter lock.
 const LONG_COPY: usize = 64 << 10;
 
-shmkit_lib::shm_struct! {
-    /// One message: where its bytes are, and how many (with [`PICKLED`]).
-    #[derive(Clone, Copy)]
-    struct Cell {
-        offset: u64,
-        len: u64,
-    }
-}
-
-/// The attached segment and the ring handle over it.
+/// The attached queue (the format is the library's, shared with C).
 struct Attached {
-    // Declared first, so dropped first: it borrows `heap`.
-    ring: MpmcHandle<'static, Cell>,
-    heap: Arc<SizeClassAllocator>,
-    /// The ring's own block, which no cell may name.
-    ring_block: u64,
+    queue: MessageQueue,
     /// This process's calls in flight on the segment (any handle).
     in_flight: InFlightCell,
 }
 
 impl Attached {
-    fn new(heap: SizeClassAllocator, ring_at: Offset<MpmcRing<Cell>>) -> Result<Attached, Error> {
-        let heap = Arc::new(heap);
-        // SAFETY: the Arc's allocation never moves and outlives `ring`,
-        // which is declared before it and so dropped first; an Arc (unlike
-        // a Box) asserts no uniqueness when it moves.
-        let heap_ref: &'static SizeClassAllocator = unsafe { &*Arc::as_ptr(&heap) };
-        // SAFETY: the root names the ring `create` made in this queue's
-        // segment, reached only through ring handles and never destroyed.
-        let ring = unsafe { MpmcRing::open(heap_ref, ring_at)? };
-        Ok(Attached {
-            ring,
-            heap,
-            ring_block: ring_at.raw(),
+    fn new(queue: MessageQueue) -> Attached {
+        Attached {
+            queue,
             in_flight: InFlightCell::default(),
-        })
+        }
     }
 
     /// This process's counter of calls on the segment.
     fn in_flight(&self, py: Python<'_>) -> &InFlight {
-        self.in_flight.get(py, self.heap.segment())
+        self.in_flight.get(py, self.queue.heap().segment())
     }
 }
 
@@ -143,37 +112,17 @@ impl RawQueue {
         let options = SegmentOptions::shm(name);
         let attached = py
             .detach(|| -> Result<Attached, Error> {
-                if create {
-                    let cells = if maxsize == 0 {
-                        UNBOUNDED_CELLS
-                    } else {
-                        maxsize.max(2).checked_next_power_of_two().ok_or_else(|| {
-                            Error::InvalidSize {
-                                reason: format!("maxsize {maxsize} is too large"),
-                            }
-                        })?
-                    };
-                    let ring_bytes = MpmcRing::<Cell>::bytes_for(cells)? as u64;
-                    let heap =
-                        SizeClassAllocator::create(&options.size(capacity + 2 * ring_bytes))?;
-                    let ring = MpmcRing::<Cell>::create(&heap, cells)?;
-                    heap.segment().set_root(RING_ROOT, ring)?;
-                    Attached::new(heap, ring)
+                let queue = if create {
+                    MessageQueue::create(&options, capacity, maxsize)?
                 } else {
-                    let heap = SizeClassAllocator::attach(&options)?;
-                    let ring =
-                        heap.segment()
-                            .root(RING_ROOT)
-                            .ok_or_else(|| Error::CorruptHeader {
-                                reason: format!("segment `{name}` holds no shmkit queue"),
-                            })?;
-                    Attached::new(heap, ring)
-                }
+                    MessageQueue::attach(&options)?
+                };
+                Ok(Attached::new(queue))
             })
             .map_err(lib_to_py)?;
         // The ring's cells bound the queue: `maxsize` rounded up to a power
         // of two, or unbounded (0) for the default ring.
-        let cells = attached.ring.capacity();
+        let cells = attached.queue.ring().capacity();
         let maxsize = if cells == UNBOUNDED_CELLS { 0 } else { cells };
         Ok(RawQueue {
             attached: Holder::new(attached, "queue"),
@@ -198,7 +147,7 @@ impl RawQueue {
         let deadline = deadline_after(timeout);
         let no_wait = timeout.is_some_and(|t| t <= 0.0);
         let len = data.len() as u64;
-        if len > attached.heap.segment().size() {
+        if len > attached.queue.heap().segment().size() {
             return Err(PyValueError::new_err(format!(
                 "a message of {len} bytes is larger than the queue's whole segment"
             )));
@@ -207,7 +156,11 @@ impl RawQueue {
         // The block for the bytes: wait for memory (consumers free as
         // they read) until the deadline.
         let offset = loop {
-            match attached.heap.allocate_offset(&ctx, data.len().max(1), 8) {
+            match attached
+                .queue
+                .heap()
+                .allocate_offset(&ctx, data.len().max(1), 8)
+            {
                 Ok(offset) => break offset,
                 Err(Error::OutOfMemory { .. }) => {
                     if no_wait || remaining(deadline) == Some(Duration::ZERO) {
@@ -219,11 +172,11 @@ impl RawQueue {
                 Err(other) => return Err(lib_to_py(other)),
             }
         };
-        let block = match attached.heap.full_ptr(offset) {
+        let block = match attached.queue.heap().full_ptr(offset) {
             Ok(block) => block,
             Err(error) => {
                 // SAFETY: the fresh block never left this call.
-                let _ = unsafe { attached.heap.free_offset(&ctx, offset) };
+                let _ = unsafe { attached.queue.heap().free_offset(&ctx, offset) };
                 return Err(lib_to_py(error));
             }
         };
@@ -238,30 +191,30 @@ impl RawQueue {
         } else {
             copy();
         }
-        let cell = Cell {
+        let cell = MessageCell {
             offset,
             len: len | if pickled { PICKLED } else { 0 },
         };
         // Room at once is the common case: no wait, so no release of the
         // interpreter lock (which costs more than the push).
-        let pushed = match attached.ring.try_push(cell) {
+        let pushed = match attached.queue.ring().try_push(cell) {
             Ok(()) => Ok(true),
             Err(_) if no_wait => Ok(false),
             Err(cell) => wait_in_slices(py, deadline, |slice| {
-                attached.ring.push_timeout(cell, slice).is_ok()
+                attached.queue.ring().push_timeout(cell, slice).is_ok()
             }),
         };
         let pushed = match pushed {
             Ok(pushed) => pushed,
             Err(interrupted) => {
                 // SAFETY: never pushed, so nobody else knows the block.
-                let _ = unsafe { attached.heap.free_offset(&ctx, offset) };
+                let _ = unsafe { attached.queue.heap().free_offset(&ctx, offset) };
                 return Err(interrupted);
             }
         };
         if !pushed {
             // SAFETY: never pushed, so nobody else knows the block.
-            unsafe { attached.heap.free_offset(&ctx, offset) }.map_err(lib_to_py)?;
+            unsafe { attached.queue.heap().free_offset(&ctx, offset) }.map_err(lib_to_py)?;
         }
         Ok(pushed)
     }
@@ -278,14 +231,14 @@ impl RawQueue {
         let _call = attached.in_flight(py).enter();
         // A message at once is the common case: no wait, no release of the
         // interpreter lock.
-        let cell = match attached.ring.try_pop() {
+        let cell = match attached.queue.ring().try_pop() {
             Some(cell) => Some(cell),
             None if timeout.is_some_and(|t| t <= 0.0) => None,
             None => {
                 let deadline = deadline_after(timeout);
                 let mut got = None;
                 wait_in_slices(py, deadline, |slice| {
-                    got = attached.ring.pop_timeout(slice);
+                    got = attached.queue.ring().pop_timeout(slice);
                     got.is_some()
                 })?;
                 got
@@ -294,23 +247,10 @@ impl RawQueue {
         let Some(cell) = cell else {
             return Ok(None);
         };
-        let len = (cell.len & !PICKLED) as usize;
-        // The cell is shared memory: it must name a live message block, not
-        // the ring's own, with its length inside.
-        let checked = (cell.offset != attached.ring_block)
-            .then(|| {
-                let usable = attached.heap.usable_size(cell.offset).ok()?;
-                let block = attached.heap.full_ptr(cell.offset).ok()?;
-                (usable >= len).then_some(block)
-            })
-            .flatten();
-        let Some(block) = checked else {
-            return Err(PyValueError::new_err(format!(
-                "a queue cell names no message block (offset {}, {len} bytes): the segment \
-                 is corrupt",
-                cell.offset
-            )));
-        };
+        let (block, len, pickled) = attached
+            .queue
+            .message(cell)
+            .map_err(|error| PyValueError::new_err(format!("{error}: the segment is corrupt")))?;
         let source = block.as_ptr() as usize;
         let bytes = PyBytes::new_with(py, len, |target| {
             // SAFETY: the popped cell hands this process the block, `len`
@@ -322,32 +262,33 @@ impl RawQueue {
         // (or could not be: it is lost either way, its room comes back).
         unsafe {
             attached
-                .heap
+                .queue
+                .heap()
                 .free_offset(&MemContext::default(), cell.offset)
         }
         .map_err(lib_to_py)?;
-        Ok(Some((bytes?, cell.len & PICKLED != 0)))
+        Ok(Some((bytes?, pickled)))
     }
 
     /// Messages in the queue now.
     fn qsize(&self) -> PyResult<usize> {
-        Ok(self.attached()?.ring.len())
+        Ok(self.attached()?.queue.ring().len())
     }
 
     /// Cells of the ring (the most messages the queue holds).
     fn cells(&self) -> PyResult<usize> {
-        Ok(self.attached()?.ring.capacity())
+        Ok(self.attached()?.queue.ring().capacity())
     }
 
     /// The segment allocator's integrity walk.
     fn check(&self) -> PyResult<()> {
-        self.attached()?.heap.check().map_err(lib_to_py)
+        self.attached()?.queue.heap().check().map_err(lib_to_py)
     }
 
     /// The segment allocator's accounting: `(live blocks, allocated
     /// bytes, free bytes, capacity)`. The ring is one live block.
     fn heap_stats(&self) -> PyResult<(u64, u64, u64, u64)> {
-        Ok(own_segment::heap_stats(&self.attached()?.heap))
+        Ok(own_segment::heap_stats(self.attached()?.queue.heap()))
     }
 
     /// Mends what processes that died mid-put or mid-get left: the
@@ -359,7 +300,8 @@ impl RawQueue {
         let attached = self.attached()?;
         attached.in_flight(py).refuse_recovery_if_busy("queue")?;
         let alone = attached
-            .heap
+            .queue
+            .heap()
             .segment()
             .lock_for_recovery(false)
             .map_err(lib_to_py)?;
@@ -368,17 +310,17 @@ impl RawQueue {
         // thread holds the interpreter lock, which every call takes to
         // start, and keeps it until the end; the recovery lock keeps other
         // processes out.
-        let report = unsafe { attached.heap.recovery_pass() }.map_err(lib_to_py)?;
-        let mut named = HashSet::from([attached.ring_block]);
+        let report = unsafe { attached.queue.heap().recovery_pass() }.map_err(lib_to_py)?;
+        let mut named = HashSet::from([attached.queue.ring_block()]);
         // SAFETY: as above: nobody pushes or pops meanwhile.
         unsafe {
-            attached.ring.for_each_waiting(|cell| {
+            attached.queue.ring().for_each_waiting(|cell| {
                 named.insert(cell.offset);
             })
         };
         // SAFETY: as above; the segment is the queue's alone.
-        let swept =
-            unsafe { own_segment::free_unnamed(&attached.heap, &named) }.map_err(lib_to_py)?;
+        let swept = unsafe { own_segment::free_unnamed(attached.queue.heap(), &named) }
+            .map_err(lib_to_py)?;
         drop(alone);
         Ok((report.locks_taken_over, report.blocks_reclaimed + swept))
     }

@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import shmkit
+
 ROOT = Path(__file__).resolve().parents[3]
 C_TESTS = ROOT / "crates" / "shmkit-c" / "tests" / "c"
+C_EXAMPLES = ROOT / "crates" / "shmkit-c" / "examples"
 SYSTEM_LIBS = ["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]
 COUNT = 20000
 PYTHON_COUNT = 4000
@@ -102,6 +105,9 @@ def programs(tmp_path_factory):
         "c": _compile("cc", "-std=c11", C_TESTS / "tagger.c", library, out / "tagger_c"),
         "cpp": _compile("c++", "-std=c++17", C_TESTS / "tagger.cpp", library, out / "tagger_cpp"),
         "rust": tagger,
+        "producer": _compile(
+            "cc", "-std=c11", C_EXAMPLES / "c" / "queue_producer.c", library, out / "queue_producer"
+        ),
     }
 
 
@@ -142,3 +148,45 @@ def test_c_cpp_rust_and_python_share_one_thread_local_allocator(programs, name):
         if os.path.exists(f"/dev/shm/{name}"):
             os.unlink(f"/dev/shm/{name}")
 
+
+
+def test_a_c_producer_and_a_python_consumer_share_one_queue(programs, name):
+    """The example pair: Python creates the queue, C fills it, Python reads
+    every message in order (one producer) and the queue ends empty."""
+    count = 5000
+    queue = shmkit.Queue(name, capacity=1 << 20, maxsize=64)
+    try:
+        producer = subprocess.Popen(
+            [str(programs["producer"]), name, str(count)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        received = []
+        while True:
+            message = queue.get(timeout=30)
+            if message == b"stop":
+                break
+            received.append(message)
+        _, err = producer.communicate(timeout=60)
+        assert producer.returncode == 0, err
+        assert received == [f"job {i}".encode() for i in range(count)]
+        assert queue.qsize() == 0
+        queue.check()
+    finally:
+        queue.close()
+        queue.unlink()
+
+
+def test_the_consumer_example_reads_what_the_producer_example_puts(programs, name):
+    consumer = subprocess.Popen(
+        [sys.executable, str(C_EXAMPLES / "python" / "queue_consumer.py"), name],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    producer = subprocess.run([str(programs["producer"]), name, "100"], capture_output=True, text=True)
+    out, err = consumer.communicate(timeout=60)
+    assert producer.returncode == 0, producer.stderr
+    assert consumer.returncode == 0, err
+    assert out.splitlines()[-1] == "100 messages"
+    assert out.splitlines()[:2] == ["job 0", "job 1"]

@@ -173,6 +173,50 @@ int main(int argc, char **argv) {
     EXPECT(shmkit_heap_close(bump), SHMKIT_OK);
     EXPECT(shmkit_unlink(bump_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
 
+    /* The message queue: timeouts, a full ring, a message given back
+     * twice, a segment that holds no queue, handles that are not ones. */
+    char queue_name[256];
+    snprintf(queue_name, sizeof queue_name, "%s-queue", name);
+    shmkit_queue *queue = NULL;
+    shmkit_message message;
+    size_t waiting = 0;
+    EXPECT(shmkit_queue_attach(queue_name, &queue), SHMKIT_E_NOT_FOUND);
+    EXPECT(shmkit_queue_attach(name, &queue), SHMKIT_E_WRONG_ALLOCATOR);
+    EXPECT(shmkit_queue_create(queue_name, 1 << 16, 4, NULL), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_queue_create(queue_name, 1 << 16, 4, &queue), SHMKIT_OK);
+    EXPECT(shmkit_queue_get(queue, 0, &message), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_queue_get(queue, 20, &message), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_queue_get(queue, 0, NULL), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_queue_put(queue, NULL, 5, 0), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_queue_put((shmkit_queue *)not_a_heap, "x", 1, 0), SHMKIT_E_BAD_HANDLE);
+    EXPECT(shmkit_queue_get((shmkit_queue *)heap, 0, &message), SHMKIT_E_BAD_HANDLE);
+    for (int i = 0; i < 4; i++) {
+        char text[8];
+        snprintf(text, sizeof text, "m%d", i);
+        EXPECT(shmkit_queue_put(queue, text, strlen(text), 0), SHMKIT_OK);
+    }
+    EXPECT(shmkit_queue_put(queue, "full", 4, 0), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_queue_put(queue, "full", 4, 20), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_queue_len(queue, &waiting), SHMKIT_OK);
+    if (waiting != 4) {
+        fprintf(stderr, "%zu messages waiting\n", waiting);
+        failures++;
+    }
+    EXPECT(shmkit_queue_get(queue, -1, &message), SHMKIT_OK);
+    if (message.len != 2 || memcmp(message.data, "m0", 2) != 0 || message.pickled) {
+        fprintf(stderr, "first message: %zu bytes\n", message.len);
+        failures++;
+    }
+    EXPECT(shmkit_queue_done(queue, &message), SHMKIT_OK);
+    EXPECT(shmkit_queue_done(queue, &message), SHMKIT_E_INVALID_FREE);
+    EXPECT(shmkit_queue_done(queue, NULL), SHMKIT_E_NULL_ARGUMENT);
+    for (int i = 1; i < 4; i++) {
+        EXPECT(shmkit_queue_get(queue, 0, &message), SHMKIT_OK);
+        EXPECT(shmkit_queue_done(queue, &message), SHMKIT_OK);
+    }
+    EXPECT(shmkit_queue_close(queue), SHMKIT_OK);
+    EXPECT(shmkit_unlink(queue_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
+
     EXPECT(shmkit_heap_close(heap), SHMKIT_OK);
     EXPECT(shmkit_unlink(name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
     EXPECT(shmkit_unlink(name, SHMKIT_BACKEND_SHM), SHMKIT_E_NOT_FOUND);

@@ -55,6 +55,8 @@
 
 mod boxed;
 mod hash_map;
+/// The message queue format shared with Python and C.
+pub mod message_queue;
 mod mpmc_ring;
 /// What both rings share: header, signal, cells, environment.
 mod ring_core;
