@@ -76,16 +76,8 @@ fn cpp_against_c() {
         .arg(crate_dir.join("../../include"))
         .arg(crate_dir.join("benches/cpp_overhead.cpp"))
         .arg(&library)
-        .args([
-            "-lgcc_s",
-            "-lutil",
-            "-lrt",
-            "-lpthread",
-            "-lm",
-            "-ldl",
-            "-lc",
-            "-o",
-        ])
+        .args(shmkit_c::STATIC_LINK_LIBS)
+        .arg("-o")
         .arg(&program)
         .status();
     if !built.is_ok_and(|s| s.success()) {

@@ -9,25 +9,20 @@ use shmkit::{
     SegmentOptions, ShmAllocator, StackAllocator,
 };
 
+use crate::handle::{check_out, close, hand_out, handle, live};
 use crate::status::{guard, shmkit_status, Failure};
 
-/// Tells a live heap handle from anything else a caller may pass.
-const LIVE: u64 = u64::from_le_bytes(*b"shmkHEAP");
-/// What a closed handle holds until its memory goes back.
-const CLOSED: u64 = u64::from_le_bytes(*b"shmkDEAD");
-
-/// An open segment and its allocator. Opaque to C: made by
-/// `shmkit_heap_create`/`_attach`/`_open_or_create`, ended by
-/// `shmkit_heap_close`. One handle may be used by many threads at once;
-/// closing it while another thread uses it is the caller's error, as with
-/// `free`.
-// The magic word first (`repr(C)`): a foreign pointer is read only there.
-#[repr(C)]
-#[allow(non_camel_case_types)]
-pub struct shmkit_heap {
-    magic: u64,
-    allocator: AnyAllocator,
-}
+handle!(
+    /// An open segment and its allocator. Opaque to C: made by
+    /// `shmkit_heap_create`/`_attach`/`_open_or_create`, ended by
+    /// `shmkit_heap_close`. One handle may be used by many threads at once;
+    /// closing it while another thread uses it is the caller's error, as
+    /// with `free`.
+    shmkit_heap,
+    b"shmkHEAP",
+    "heap",
+    allocator: AnyAllocator
+);
 
 /// Where a segment lives.
 #[repr(C)]
@@ -190,36 +185,10 @@ fn kind_of(kind: i32) -> AllocatorKind {
     AllocatorKind::from_code(u32::try_from(kind).unwrap_or(u32::MAX))
 }
 
-/// Stores a new handle in `*out`.
-fn hand_out(allocator: AnyAllocator, out: *mut *mut shmkit_heap) {
-    let handle = Box::into_raw(Box::new(shmkit_heap {
-        magic: LIVE,
-        allocator,
-    }));
-    // SAFETY: `out` was checked non-null by the caller of this function and
-    // points to a pointer the caller owns.
-    unsafe { out.write(handle) };
-}
-
-fn check_out<T>(out: *mut T, what: &str) -> Result<(), Failure> {
-    if out.is_null() {
-        Err(Failure::null(what))
-    } else {
-        Ok(())
-    }
-}
-
 /// The live heap behind a caller's handle.
 #[inline(always)]
 pub(crate) fn heap_of<'a>(heap: *const shmkit_heap) -> Result<&'a AnyAllocator, Failure> {
-    // SAFETY: a non-null handle points to memory the caller got from this
-    // API (or at least readable memory of the handle's size): its magic
-    // word tells a live handle from a closed one or another object.
-    match unsafe { heap.as_ref() } {
-        Some(handle) if handle.magic == LIVE => Ok(&handle.allocator),
-        Some(_) => Err(Failure::bad_handle("heap")),
-        None => Err(Failure::null("heap")),
-    }
+    live(heap)
 }
 
 /// Creates the segment `name` managed by an allocator of `kind` (fails with
@@ -241,8 +210,7 @@ pub unsafe extern "C" fn shmkit_heap_create(
     guard(|| {
         check_out(out, "out")?;
         let options = with_options(location(name, backend)?, options);
-        hand_out(AnyAllocator::create(kind_of(kind), &options)?, out);
-        Ok(())
+        hand_out(AnyAllocator::create(kind_of(kind), &options)?, out)
     })
 }
 
@@ -260,8 +228,7 @@ pub unsafe extern "C" fn shmkit_heap_attach(
 ) -> shmkit_status {
     guard(|| {
         check_out(out, "out")?;
-        hand_out(AnyAllocator::attach(&location(name, backend)?)?, out);
-        Ok(())
+        hand_out(AnyAllocator::attach(&location(name, backend)?)?, out)
     })
 }
 
@@ -304,8 +271,7 @@ pub unsafe extern "C" fn shmkit_heap_open_or_create(
             // SAFETY: a non-null `created` points to an int the caller owns.
             unsafe { created.write(i32::from(opened == Opened::Created)) };
         }
-        hand_out(allocator, out);
-        Ok(())
+        hand_out(allocator, out)
     })
 }
 
@@ -318,19 +284,7 @@ pub unsafe extern "C" fn shmkit_heap_open_or_create(
 /// documents; a handle is one this API made (or any readable object).
 #[no_mangle]
 pub unsafe extern "C" fn shmkit_heap_close(heap: *mut shmkit_heap) -> shmkit_status {
-    guard(|| {
-        if heap.is_null() {
-            return Ok(());
-        }
-        heap_of(heap)?;
-        // SAFETY: a live handle was made by `Box::into_raw` in `hand_out`
-        // and is closed once (its magic is checked and changed first).
-        unsafe {
-            (*heap).magic = CLOSED;
-            drop(Box::from_raw(heap));
-        }
-        Ok(())
-    })
+    guard(|| close(heap))
 }
 
 /// Removes the name of segment `name` (processes that map it keep it).

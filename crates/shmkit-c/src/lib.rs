@@ -19,6 +19,8 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
+/// What every opaque handle shares.
+mod handle;
 /// Segments and their allocators.
 pub mod heap;
 /// The message queue of raw bytes, shared with Python's `shmkit.Queue`.
@@ -32,5 +34,17 @@ pub mod status;
 pub mod crash;
 
 pub use heap::*;
+
+/// The system libraries a program linked with the static library names
+/// after it (what `pkg-config --libs --static shmkit` adds).
+pub const STATIC_LINK_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
 pub use queue::*;
 pub use status::*;

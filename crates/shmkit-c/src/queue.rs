@@ -11,26 +11,22 @@ use std::time::{Duration, Instant};
 use shmkit::containers::message_queue::{MessageCell, MessageQueue};
 use shmkit::{MemContext, SegmentOptions, ShmAllocator};
 
+use crate::handle::{check_out, close, hand_out, handle, live};
 use crate::heap::text;
 use crate::status::{guard, shmkit_status, Failure};
 
-/// Tells a live queue handle from anything else.
-const LIVE: u64 = u64::from_le_bytes(*b"shmkQUEU");
-/// What a closed handle holds until its memory goes back.
-const CLOSED: u64 = u64::from_le_bytes(*b"shmkDEAD");
 /// How often a put that waits for memory looks again.
 const MEMORY_POLL: Duration = Duration::from_millis(1);
 
-/// A message queue in a shared-memory segment, open in this process. Made
-/// by `shmkit_queue_create`/`_attach`, ended by `shmkit_queue_close`; one
-/// handle may be used by many threads at once.
-// The magic word first (`repr(C)`): a foreign pointer is read only there.
-#[repr(C)]
-#[allow(non_camel_case_types)]
-pub struct shmkit_queue {
-    magic: u64,
-    queue: MessageQueue,
-}
+handle!(
+    /// A message queue in a shared-memory segment, open in this process.
+    /// Made by `shmkit_queue_create`/`_attach`, ended by
+    /// `shmkit_queue_close`; one handle may be used by many threads at once.
+    shmkit_queue,
+    b"shmkQUEU",
+    "queue",
+    queue: MessageQueue
+);
 
 /// A message taken from a queue: its bytes, in place in the segment, until
 /// `shmkit_queue_done` gives them back.
@@ -47,27 +43,6 @@ pub struct shmkit_message {
     pub pickled: i32,
     /// The block's offset (what `shmkit_queue_done` frees).
     pub offset: u64,
-}
-
-fn queue_of<'a>(queue: *const shmkit_queue) -> Result<&'a MessageQueue, Failure> {
-    // SAFETY: a non-null handle points to memory the caller got from this
-    // API (or at least readable memory of the handle's size): its magic
-    // word tells a live handle from a closed one or another object.
-    match unsafe { queue.as_ref() } {
-        Some(handle) if handle.magic == LIVE => Ok(&handle.queue),
-        Some(_) => Err(Failure::bad_handle("queue")),
-        None => Err(Failure::null("queue")),
-    }
-}
-
-fn hand_out(queue: MessageQueue, out: *mut *mut shmkit_queue) -> Result<(), Failure> {
-    if out.is_null() {
-        return Err(Failure::null("out"));
-    }
-    let handle = Box::into_raw(Box::new(shmkit_queue { magic: LIVE, queue }));
-    // SAFETY: checked non-null; the caller's.
-    unsafe { out.write(handle) };
-    Ok(())
 }
 
 fn shm(name: *const c_char) -> Result<SegmentOptions, Failure> {
@@ -110,10 +85,7 @@ pub unsafe extern "C" fn shmkit_queue_create(
     out: *mut *mut shmkit_queue,
 ) -> shmkit_status {
     guard(|| {
-        // Before anything is made: a refused call leaves no segment behind.
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
+        check_out(out, "out")?;
         hand_out(MessageQueue::create(&shm(name)?, capacity, maxsize)?, out)
     })
 }
@@ -130,9 +102,7 @@ pub unsafe extern "C" fn shmkit_queue_attach(
     out: *mut *mut shmkit_queue,
 ) -> shmkit_status {
     guard(|| {
-        if out.is_null() {
-            return Err(Failure::null("out"));
-        }
+        check_out(out, "out")?;
         hand_out(MessageQueue::attach(&shm(name)?)?, out)
     })
 }
@@ -146,19 +116,7 @@ pub unsafe extern "C" fn shmkit_queue_attach(
 /// meanwhile.
 #[no_mangle]
 pub unsafe extern "C" fn shmkit_queue_close(queue: *mut shmkit_queue) -> shmkit_status {
-    guard(|| {
-        if queue.is_null() {
-            return Ok(());
-        }
-        queue_of(queue)?;
-        // SAFETY: a live handle was made by `Box::into_raw` in `hand_out`
-        // and is closed once (its magic is checked and changed first).
-        unsafe {
-            (*queue).magic = CLOSED;
-            drop(Box::from_raw(queue));
-        }
-        Ok(())
-    })
+    guard(|| close(queue))
 }
 
 /// Puts a copy of `len` bytes. Waits for room (a free cell, and memory for
@@ -177,7 +135,7 @@ pub unsafe extern "C" fn shmkit_queue_put(
     timeout_ms: i64,
 ) -> shmkit_status {
     guard(|| {
-        let queue = queue_of(queue)?;
+        let queue = live(queue)?;
         if data.is_null() && len > 0 {
             return Err(Failure::null("data"));
         }
@@ -259,7 +217,7 @@ pub unsafe extern "C" fn shmkit_queue_get(
         if message.is_null() {
             return Err(Failure::null("message"));
         }
-        let queue = queue_of(queue)?;
+        let queue = live(queue)?;
         let ring = queue.ring();
         let cell = match ring.try_pop() {
             Some(cell) => cell,
@@ -300,7 +258,7 @@ pub unsafe extern "C" fn shmkit_queue_done(
     message: *const shmkit_message,
 ) -> shmkit_status {
     guard(|| {
-        let queue = queue_of(queue)?;
+        let queue = live(queue)?;
         // SAFETY: a non-null `message` points to one the caller owns.
         let message = unsafe { message.as_ref() }.ok_or_else(|| Failure::null("message"))?;
         if message.offset == queue.ring_block() {
@@ -332,7 +290,7 @@ pub unsafe extern "C" fn shmkit_queue_len(
     out: *mut usize,
 ) -> shmkit_status {
     guard(|| {
-        let len = queue_of(queue)?.ring().len();
+        let len = live(queue)?.ring().len();
         if out.is_null() {
             return Err(Failure::null("out"));
         }

@@ -477,14 +477,24 @@ def forks_while_a_write_is_in_flight(name, result):
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        # The child: wait for the parent to be gone, then recover.
+        # The child: wait for the parent to be gone, then recover. The
+        # parent's leader thread can be reaped (and this child reparented)
+        # while its writer thread is still exiting with the segment mapped:
+        # "in use" then passes within moments, so it is asked again; a
+        # refusal for a call in flight is final.
         while os.getppid() == parent:
             time.sleep(0.01)
-        try:
-            d.recover()
-            result.value = 1
-        except shmkit.SegmentInUseError as refusal:
-            result.value = 2 if "in flight" in str(refusal) else 3
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                d.recover()
+                result.value = 1
+                break
+            except shmkit.SegmentInUseError as refusal:
+                result.value = 2 if "in flight" in str(refusal) else 3
+                if result.value == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         os._exit(0)
     os._exit(0)  # with the write still in flight
 

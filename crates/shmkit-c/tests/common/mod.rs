@@ -30,17 +30,6 @@ pub fn static_library() -> PathBuf {
     }
 }
 
-/// The static library's link line (the libraries Rust's std needs).
-const SYSTEM_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
-
 /// Compiles `source` (C, or C++ when it ends in `.cpp`) into a program in
 /// this test's scratch directory, once per test binary (tests that share a
 /// program wait for one build); panics with the compiler's output when it
@@ -70,7 +59,7 @@ fn compile(source: &Path, extra: &[&str]) -> PathBuf {
         .arg(source)
         .args(extra)
         .arg(static_library())
-        .args(SYSTEM_LIBS)
+        .args(shmkit_c::STATIC_LINK_LIBS)
         .arg("-o")
         .arg(&program)
         .output()
