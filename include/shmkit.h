@@ -164,6 +164,21 @@ typedef struct shmkit_recovery_report {
   uint64_t live_after;
 } shmkit_recovery_report;
 
+// The type of a named object: its size, alignment and a type name the
+// program chooses ("job_queue v2", say). All three must match to find it.
+typedef struct shmkit_named_type {
+  // Bytes of the object.
+  uint64_t size;
+  // Its alignment (a power of two).
+  uint64_t align;
+  // The type's name (NUL-terminated).
+  const char *type_name;
+} shmkit_named_type;
+
+// Fills a fresh object: `object` holds `size` bytes; `context` is the
+// caller's pointer, passed through.
+typedef void (*shmkit_named_init)(void *object, size_t size, void *context);
+
 // A message taken from a queue: its bytes, in place in the segment, until
 // `shmkit_queue_done` gives them back.
 typedef struct shmkit_message {
@@ -385,6 +400,45 @@ enum shmkit_status shmkit_heap_set_root(const shmkit_heap *heap, const char *nam
 enum shmkit_status shmkit_heap_get_root(const shmkit_heap *heap,
                                         const char *name,
                                         uint64_t *offset);
+
+// The offset of the object `name` of type `*type`;
+// `SHMKIT_E_NAME_NOT_FOUND` if there is none, `SHMKIT_E_WRONG_TYPE` if it
+// was filed as another type.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_named_find(const shmkit_heap *heap,
+                                     const char *name,
+                                     const struct shmkit_named_type *kind,
+                                     uint64_t *offset);
+
+// The object `name` of type `*type`, made if there is none: `init` (if not
+// null) fills its fresh bytes first (else they are zero), with no lock
+// held. Racing callers, in any process, all get the same object.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents; `init` writes at most `size` bytes at `object`.
+enum shmkit_status shmkit_named_find_or_construct(const shmkit_heap *heap,
+                                                  const char *name,
+                                                  const struct shmkit_named_type *kind,
+                                                  shmkit_named_init init,
+                                                  void *context,
+                                                  uint64_t *offset);
+
+// Removes `name` and frees its object (nothing may use it afterwards).
+// `SHMKIT_E_NAME_NOT_FOUND` or `SHMKIT_E_WRONG_TYPE` change nothing.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents; nothing in this process uses the object afterwards.
+enum shmkit_status shmkit_named_destroy(const shmkit_heap *heap,
+                                        const char *name,
+                                        const struct shmkit_named_type *kind);
 
 // Creates the queue `name` (shared memory): `capacity` bytes for the
 // messages waiting, at most `maxsize` of them (rounded up to a power of

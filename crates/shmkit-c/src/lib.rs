@@ -23,6 +23,8 @@
 mod handle;
 /// Segments and their allocators.
 pub mod heap;
+/// Named objects, found and made by name from any process.
+pub mod named;
 /// The message queue of raw bytes, shared with Python's `shmkit.Queue`.
 pub mod queue;
 /// Status codes and the last error.
@@ -34,6 +36,7 @@ pub mod status;
 pub mod crash;
 
 pub use heap::*;
+pub use named::*;
 
 /// The system libraries a program linked with the static library names
 /// after it (what `pkg-config --libs --static shmkit` adds).

@@ -11,6 +11,11 @@
 
 static int failures = 0;
 
+/* A named object's initializer: fills it with its context's byte. */
+static void fill_with(void *object, size_t size, void *context) {
+    memset(object, *(const unsigned char *)context, size);
+}
+
 #define EXPECT(call, status)                                                    \
     do {                                                                        \
         shmkit_status got_ = (call);                                            \
@@ -155,6 +160,36 @@ int main(int argc, char **argv) {
     }
     EXPECT(shmkit_heap_check(heap), SHMKIT_OK);
 
+    /* Named objects: made once, found by name and type, refused as
+     * another type, destroyed. */
+    shmkit_named_type job = {24, 8, "c:job"};
+    shmkit_named_type wrong = {16, 8, "c:job"};
+    shmkit_named_type nameless = {24, 8, NULL};
+    unsigned char seven = 7;
+    uint64_t made = 0, again = 0, named = 0;
+    EXPECT(shmkit_named_find(heap, "job", &job, &named), SHMKIT_E_NAME_NOT_FOUND);
+    EXPECT(shmkit_named_find_or_construct(heap, "job", &job, fill_with, &seven, &made), SHMKIT_OK);
+    EXPECT(shmkit_named_find_or_construct(heap, "job", &job, NULL, NULL, &again), SHMKIT_OK);
+    EXPECT(shmkit_named_find(heap, "job", &job, &named), SHMKIT_OK);
+    if (made != again || made != named) {
+        fprintf(stderr, "named object at %llu, %llu, %llu\n", (unsigned long long)made,
+                (unsigned long long)again, (unsigned long long)named);
+        failures++;
+    }
+    void *object = NULL;
+    EXPECT(shmkit_heap_pointer(heap, named, 24, &object), SHMKIT_OK);
+    if (((unsigned char *)object)[23] != 7) {
+        fprintf(stderr, "the initializer did not run\n");
+        failures++;
+    }
+    EXPECT(shmkit_named_find(heap, "job", &wrong, &named), SHMKIT_E_WRONG_TYPE);
+    EXPECT(shmkit_named_find(heap, "job", &nameless, &named), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_named_find(heap, "job", NULL, &named), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_named_find(heap, "", &job, &named), SHMKIT_E_INVALID_NAME);
+    EXPECT(shmkit_named_destroy(heap, "job", &wrong), SHMKIT_E_WRONG_TYPE);
+    EXPECT(shmkit_named_destroy(heap, "job", &job), SHMKIT_OK);
+    EXPECT(shmkit_named_destroy(heap, "job", &job), SHMKIT_E_NAME_NOT_FOUND);
+
     /* A second handle on the same segment sees the same block. */
     EXPECT(shmkit_heap_attach(name, SHMKIT_BACKEND_SHM, &other), SHMKIT_OK);
     EXPECT(shmkit_heap_free(other, offset), SHMKIT_OK);
@@ -169,6 +204,8 @@ int main(int argc, char **argv) {
            SHMKIT_OK);
     EXPECT(shmkit_heap_allocate(bump, 64, &offset), SHMKIT_OK);
     EXPECT(shmkit_heap_free(bump, offset), SHMKIT_E_UNSUPPORTED);
+    EXPECT(shmkit_named_find_or_construct(bump, "job", &job, NULL, NULL, &made),
+           SHMKIT_E_UNSUPPORTED);
     EXPECT(shmkit_heap_usable_size(bump, offset, &size), SHMKIT_E_UNSUPPORTED);
     EXPECT(shmkit_heap_close(bump), SHMKIT_OK);
     EXPECT(shmkit_unlink(bump_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);

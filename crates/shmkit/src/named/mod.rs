@@ -126,8 +126,8 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
     /// [`Error::NameExists`] when the name is taken (and `value` is
     /// dropped).
     pub fn construct<T: ShmSafe>(&self, name: &str, value: T) -> Result<FullPtr<T>> {
-        match self.insert(name, value)? {
-            Inserted::New(ptr) => Ok(ptr),
+        match self.insert(name, &TypeIdentity::of::<T>(), Value::typed(value))? {
+            Inserted::New(ptr) => Ok(ptr.cast()),
             Inserted::Existing(_) => Err(Error::NameExists {
                 name: name.to_owned(),
             }),
@@ -137,10 +137,23 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
     /// The object named `name`, if there is one. Fails with
     /// [`Error::WrongType`] when it holds another type.
     pub fn find<T: ShmSafe>(&self, name: &str) -> Result<Option<FullPtr<T>>> {
+        Ok(self
+            .find_as(name, &TypeIdentity::of::<T>())?
+            .map(|found| found.cast()))
+    }
+
+    /// The object named `name` as `size` bytes aligned to `align`, filed by
+    /// a binding under its own type name (C's `shmkit_named_find`, say), if
+    /// there is one; [`Error::WrongType`] when it was filed as another type.
+    pub fn find_bytes(&self, name: &str, layout: &BytesType<'_>) -> Result<Option<FullPtr<u8>>> {
+        self.find_as(name, &layout.identity()?)
+    }
+
+    fn find_as(&self, name: &str, identity: &TypeIdentity) -> Result<Option<FullPtr<u8>>> {
         let name = check_name(name)?;
         let locked = self.lock()?;
         match locked.find(name)? {
-            Some((_, record)) => self.typed(&record).map(Some),
+            Some((_, record)) => self.located(&record, identity).map(Some),
             None => Ok(None),
         }
     }
@@ -157,7 +170,32 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
         if let Some(found) = self.find(name)? {
             return Ok(found);
         }
-        match self.insert(name, make())? {
+        match self.insert(name, &TypeIdentity::of::<T>(), Value::typed(make()))? {
+            Inserted::New(ptr) | Inserted::Existing(ptr) => Ok(ptr.cast()),
+        }
+    }
+
+    /// [`find_or_construct`](Self::find_or_construct) for bytes a binding
+    /// describes: `init` fills the `layout.size` fresh bytes (without any
+    /// lock held) when the name is free; racing callers all get the same
+    /// object.
+    pub fn find_or_construct_bytes(
+        &self,
+        name: &str,
+        layout: &BytesType<'_>,
+        init: impl FnOnce(&mut [u8]),
+    ) -> Result<FullPtr<u8>> {
+        let identity = layout.identity()?;
+        if let Some(found) = self.find_as(name, &identity)? {
+            return Ok(found);
+        }
+        let size = layout.size as usize;
+        let fill = move |object: *mut u8| {
+            // SAFETY: `Placed::new` hands a fresh block of `size` bytes,
+            // this caller's alone.
+            init(unsafe { std::slice::from_raw_parts_mut(object, size) })
+        };
+        match self.insert(name, &identity, Value { fill, drop: None })? {
             Inserted::New(ptr) | Inserted::Existing(ptr) => Ok(ptr),
         }
     }
@@ -173,6 +211,32 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
     /// [`find`](Self::find) returned may outlive this call). Other
     /// processes that use it need the application's own agreement.
     pub unsafe fn destroy<T: ShmSafe>(&self, name: &str) -> Result<()> {
+        // SAFETY: forwarded from the caller; a `T` found as a `T` is
+        // dropped as one.
+        unsafe { self.destroy_as(name, &TypeIdentity::of::<T>(), Some(drop_as::<T>)) }
+    }
+
+    /// [`destroy`](Self::destroy) for bytes a binding described (nothing to
+    /// drop in place).
+    ///
+    /// # Safety
+    ///
+    /// As for [`destroy`](Self::destroy).
+    pub unsafe fn destroy_bytes(&self, name: &str, layout: &BytesType<'_>) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.destroy_as(name, &layout.identity()?, None) }
+    }
+
+    /// # Safety
+    ///
+    /// As for [`destroy`](Self::destroy); `drop` drops a value of
+    /// `identity`'s type in place.
+    unsafe fn destroy_as(
+        &self,
+        name: &str,
+        identity: &TypeIdentity,
+        drop: Option<unsafe fn(*mut u8)>,
+    ) -> Result<()> {
         let name_bytes = check_name(name)?;
         let (object, names_block) = {
             let mut locked = self.lock()?;
@@ -181,7 +245,7 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
                 .ok_or_else(|| Error::NameNotFound {
                     name: name.to_owned(),
                 })?;
-            let object = self.typed::<T>(&record)?;
+            let object = self.located(&record, identity)?;
             locked.remove(index);
             (object, record.names_block)
         };
@@ -193,6 +257,7 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
             alloc: self.alloc,
             object,
             names_block,
+            drop,
             kept: false,
         }
         .discard()
@@ -233,31 +298,36 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
         self.directory.lock(self.segment, self.alloc)
     }
 
-    /// `record`'s object as a `T`, after checking its identity.
-    fn typed<T: ShmSafe>(&self, record: &Record<'_>) -> Result<FullPtr<T>> {
-        record.expect_type(&TypeIdentity::of::<T>())?;
-        self.segment
-            .full_ptr_from_offset(Offset::<T>::from_raw(record.object))
+    /// `record`'s object, after checking that it is of `identity`'s type.
+    fn located(&self, record: &Record<'_>, identity: &TypeIdentity) -> Result<FullPtr<u8>> {
+        record.expect_type(identity)?;
+        let object = Offset::<u8>::from_raw(record.object);
+        self.segment.resolve_array(object, identity.size.max(1))?;
+        self.segment.full_ptr_from_offset(object)
     }
 
     /// Places `value` and files it under `name` unless the name is taken,
     /// in which case the existing object (checked to be a `T`) is returned
     /// and `value` is dropped. Blocks are allocated and filled before the
     /// lock is taken, so the locked step is short.
-    fn insert<T: ShmSafe>(&self, name: &str, value: T) -> Result<Inserted<T>> {
+    fn insert(
+        &self,
+        name: &str,
+        identity: &TypeIdentity,
+        value: Value<impl FnOnce(*mut u8)>,
+    ) -> Result<Inserted> {
         let name = check_name(name)?;
-        let identity = TypeIdentity::of::<T>();
-        let placed = Placed::new(self.segment, self.alloc, name, &identity, value)?;
+        let placed = Placed::new(self.segment, self.alloc, name, identity, value)?;
         let existing = {
             let mut locked = self.lock()?;
             match locked.find(name)? {
-                Some((_, record)) => Some(self.typed::<T>(&record)),
+                Some((_, record)) => Some(self.located(&record, identity)),
                 None => {
                     locked.insert(
                         self.alloc,
                         &NewEntry {
                             name,
-                            identity: &identity,
+                            identity,
                             object: placed.object.offset().raw(),
                             names_block: placed.names_block,
                         },
@@ -276,36 +346,96 @@ impl<'a, A: ShmAllocator + ?Sized> NamedObjects<'a, A> {
     }
 }
 
-enum Inserted<T> {
-    New(FullPtr<T>),
-    Existing(FullPtr<T>),
+enum Inserted {
+    New(FullPtr<u8>),
+    Existing(FullPtr<u8>),
+}
+
+/// What goes into a fresh object block: how to fill it, and how to drop it
+/// in place (none for bytes a binding described).
+struct Value<F: FnOnce(*mut u8)> {
+    fill: F,
+    drop: Option<unsafe fn(*mut u8)>,
+}
+
+impl Value<fn(*mut u8)> {
+    /// A Rust value: moved in, dropped as a `T`.
+    fn typed<T>(value: T) -> Value<impl FnOnce(*mut u8)> {
+        Value {
+            fill: move |object: *mut u8| {
+                // SAFETY: `Placed::new` hands a fresh block sized and aligned
+                // for `T` (the identity is `T`'s), this caller's alone.
+                unsafe { object.cast::<T>().write(value) }
+            },
+            drop: Some(drop_as::<T>),
+        }
+    }
+}
+
+/// Drops the `T` at `object` in place.
+///
+/// # Safety
+///
+/// `object` holds a `T` nothing else owns.
+unsafe fn drop_as<T>(object: *mut u8) {
+    // SAFETY: the caller's promise.
+    unsafe { std::ptr::drop_in_place(object.cast::<T>()) }
+}
+
+/// The type of an object a binding (C, say) files: its size, alignment and
+/// a type name of the binding's choosing, recorded and checked like a Rust
+/// type's (finding it with another size, alignment or name is
+/// [`Error::WrongType`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BytesType<'a> {
+    /// Bytes of the object.
+    pub size: u64,
+    /// Its alignment (a power of two).
+    pub align: u64,
+    /// The type's name ("c:job_queue", say: a prefix keeps it apart from
+    /// Rust paths).
+    pub type_name: &'a str,
+}
+
+impl BytesType<'_> {
+    fn identity(&self) -> Result<TypeIdentity> {
+        if !self.align.is_power_of_two() || self.size > u64::from(u32::MAX) {
+            return Err(Error::invalid_size(format!(
+                "a named object of {} bytes aligned to {}",
+                self.size, self.align
+            )));
+        }
+        Ok(TypeIdentity::named(self.size, self.align, self.type_name))
+    }
 }
 
 /// A value and its name in blocks owned by this caller alone (written but
 /// not yet filed, or just removed from the directory): dropped (value and
 /// blocks) unless kept.
-struct Placed<'a, T, A: ShmAllocator + ?Sized> {
+struct Placed<'a, A: ShmAllocator + ?Sized> {
     alloc: &'a A,
-    object: FullPtr<T>,
+    object: FullPtr<u8>,
     names_block: u64,
+    /// Drops the value in place (none for bytes).
+    drop: Option<unsafe fn(*mut u8)>,
     kept: bool,
 }
 
-impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
+impl<'a, A: ShmAllocator + ?Sized> Placed<'a, A> {
     fn new(
         segment: &Segment,
         alloc: &'a A,
         name: &[u8],
         identity: &TypeIdentity,
-        value: T,
+        value: Value<impl FnOnce(*mut u8)>,
     ) -> Result<Self> {
         let ctx = MemContext::default();
         let names_len = name.len() + identity.name.len();
         let names_block = alloc.allocate_offset(&ctx, names_len, 1)?;
         let object_offset = match alloc.allocate_offset(
             &ctx,
-            std::mem::size_of::<T>().max(1),
-            std::mem::align_of::<T>(),
+            identity.size.max(1) as usize,
+            identity.align as usize,
         ) {
             Ok(offset) => offset,
             Err(error) => {
@@ -317,10 +447,9 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
         let blocks = segment
             .resolve_array(Offset::<u8>::from_raw(names_block), names_len as u64)
             .and_then(|names| {
-                Ok((
-                    names,
-                    segment.full_ptr_from_offset(Offset::<T>::from_raw(object_offset))?,
-                ))
+                let object = Offset::<u8>::from_raw(object_offset);
+                segment.resolve_array(object, identity.size.max(1))?;
+                Ok((names, segment.full_ptr_from_offset(object)?))
             });
         let (names, object) = match blocks {
             Ok(blocks) => blocks,
@@ -341,18 +470,19 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
                 names.as_ptr().add(name.len()),
                 identity.name.len(),
             );
-            object.as_ptr().write(value);
         }
+        (value.fill)(object.as_ptr());
         Ok(Placed {
             alloc,
             object,
             names_block,
+            drop: value.drop,
             kept: false,
         })
     }
 
     /// The placed object, now filed: nothing is undone.
-    fn keep(mut self) -> FullPtr<T> {
+    fn keep(mut self) -> FullPtr<u8> {
         self.kept = true;
         self.object
     }
@@ -364,9 +494,12 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
     }
 
     fn release(&self) -> Result<()> {
-        // SAFETY: the block holds a `T` that no directory entry names (never
-        // filed, or its entry removed), so this is its only owner.
-        unsafe { std::ptr::drop_in_place(self.object.as_ptr()) };
+        if let Some(drop) = self.drop {
+            // SAFETY: the block holds a value of the type `drop` drops, that
+            // no directory entry names (never filed, or its entry removed),
+            // so this is its only owner.
+            unsafe { drop(self.object.as_ptr()) };
+        }
         let ctx = MemContext::default();
         // SAFETY: as above, the only owner of both blocks.
         unsafe {
@@ -376,7 +509,7 @@ impl<'a, T, A: ShmAllocator + ?Sized> Placed<'a, T, A> {
     }
 }
 
-impl<T, A: ShmAllocator + ?Sized> Drop for Placed<'_, T, A> {
+impl<A: ShmAllocator + ?Sized> Drop for Placed<'_, A> {
     fn drop(&mut self) {
         if !self.kept {
             let _ = self.release();
@@ -408,6 +541,60 @@ mod tests {
 
     crate::shm_struct! {
         struct Pair { left: u64, right: u64 }
+    }
+
+    #[test]
+    fn bytes_a_binding_describes_are_filed_found_and_checked() {
+        let heap = heap("named-bytes");
+        let names = NamedObjects::open(&heap).unwrap();
+        let directory_only = heap.stats().live_allocations;
+        let job = BytesType {
+            size: 24,
+            align: 8,
+            type_name: "c:job",
+        };
+        let made = names
+            .find_or_construct_bytes("job", &job, |bytes| bytes.fill(7))
+            .unwrap();
+        // A second caller gets the same object, and its initializer never runs.
+        let again = names
+            .find_or_construct_bytes("job", &job, |_| panic!("initialized twice"))
+            .unwrap();
+        assert_eq!(made, again);
+        let found = names.find_bytes("job", &job).unwrap().unwrap();
+        // SAFETY: the object is live and 24 bytes long.
+        let bytes = unsafe { std::slice::from_raw_parts(found.as_ptr(), 24) };
+        assert_eq!(bytes, &[7u8; 24]);
+        // Another size, alignment or type name is another type.
+        for other in [
+            BytesType { size: 16, ..job },
+            BytesType { align: 16, ..job },
+            BytesType {
+                type_name: "c:other",
+                ..job
+            },
+        ] {
+            assert!(matches!(
+                names.find_bytes("job", &other),
+                Err(Error::WrongType { .. })
+            ));
+        }
+        assert!(matches!(
+            names.find::<u64>("job"),
+            Err(Error::WrongType { .. })
+        ));
+        assert!(matches!(
+            names.find_bytes("job", &BytesType { align: 3, ..job }),
+            Err(Error::InvalidSize { .. })
+        ));
+        // SAFETY: nothing uses the object afterwards.
+        unsafe { names.destroy_bytes("job", &job) }.unwrap();
+        assert!(names.find_bytes("job", &job).unwrap().is_none());
+        assert_eq!(
+            heap.stats().live_allocations,
+            directory_only,
+            "nothing left but the directory"
+        );
     }
 
     #[test]

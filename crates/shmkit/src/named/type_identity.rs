@@ -34,6 +34,19 @@ impl TypeIdentity {
     }
 }
 
+impl TypeIdentity {
+    /// The identity of a type a binding describes by size, alignment and a
+    /// name of its own.
+    pub(crate) fn named(size: u64, align: u64, name: &str) -> TypeIdentity {
+        TypeIdentity {
+            size,
+            align,
+            hash: stable_hash(name.as_bytes()),
+            name: name.to_owned(),
+        }
+    }
+}
+
 impl fmt::Display for TypeIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
