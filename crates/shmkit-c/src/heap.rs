@@ -251,22 +251,7 @@ pub unsafe extern "C" fn shmkit_heap_open_or_create(
     guard(|| {
         check_out(out, "out")?;
         let options = with_options(location(name, backend)?, options);
-        let kind = kind_of(kind);
-        let (allocator, opened) = match AnyAllocator::create(kind, &options) {
-            Ok(made) => (made, Opened::Created),
-            Err(shmkit::Error::AlreadyExists { .. }) => {
-                let attached = AnyAllocator::attach(&options)?;
-                if attached.kind() != kind {
-                    return Err(shmkit::Error::WrongAllocator {
-                        expected: kind,
-                        found: attached.kind(),
-                    }
-                    .into());
-                }
-                (attached, Opened::Attached)
-            }
-            Err(other) => return Err(other.into()),
-        };
+        let (allocator, opened) = AnyAllocator::open_or_create(kind_of(kind), &options)?;
         if !created.is_null() {
             // SAFETY: a non-null `created` points to an int the caller owns.
             unsafe { created.write(i32::from(opened == Opened::Created)) };

@@ -79,6 +79,14 @@ int main(int argc, char **argv) {
     EXPECT(shmkit_heap_open_or_create(name, SHMKIT_BACKEND_SHM, SHMKIT_KIND_BUDDY, &options,
                                       &other, &created),
            SHMKIT_E_WRONG_ALLOCATOR);
+    EXPECT(shmkit_heap_open_or_create(name, SHMKIT_BACKEND_SHM, SHMKIT_KIND_FREE_LIST, &options,
+                                      &other, &created),
+           SHMKIT_OK);
+    if (created != 0) {
+        fprintf(stderr, "open_or_create made an existing segment again\n");
+        failures++;
+    }
+    EXPECT(shmkit_heap_close(other), SHMKIT_OK);
     EXPECT(shmkit_heap_kind(heap, &kind), SHMKIT_OK);
     if (kind != SHMKIT_KIND_FREE_LIST) {
         fprintf(stderr, "kind %d\n", kind);

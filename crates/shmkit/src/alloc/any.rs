@@ -7,7 +7,7 @@ use super::{
     ThreadLocalAllocator,
 };
 use crate::error::{Error, Result};
-use crate::segment::{Segment, SegmentOptions};
+use crate::segment::{Opened, Segment, SegmentOptions};
 
 /// Registers every segment allocator once: the `AnyAllocator` variant, its
 /// type, and whether it frees single blocks (through [`ShmAllocator`]) or
@@ -54,6 +54,28 @@ macro_rules! segment_allocators {
                 })*
                 $(if kind == <$freer_type as SegmentAllocator>::KIND {
                     return Ok(AnyAllocator::$freer(<$freer_type>::create(options)?));
+                })*
+                Err(Error::Unsupported(
+                    "only the segment allocators (AnyAllocator::KINDS) create segments",
+                ))
+            }
+
+            /// Attaches the segment if it exists (it must be managed by an
+            /// allocator of `kind`, with default parameters), creates it
+            /// otherwise, and says which; as
+            /// [`SegmentAllocator::open_or_create`] (a dead creator's
+            /// segment is reclaimed).
+            pub fn open_or_create(
+                kind: AllocatorKind,
+                options: &SegmentOptions,
+            ) -> Result<(AnyAllocator, Opened)> {
+                $(if kind == <$carver_type as SegmentAllocator>::KIND {
+                    let (made, opened) = <$carver_type>::open_or_create(options)?;
+                    return Ok((AnyAllocator::$carver(made), opened));
+                })*
+                $(if kind == <$freer_type as SegmentAllocator>::KIND {
+                    let (made, opened) = <$freer_type>::open_or_create(options)?;
+                    return Ok((AnyAllocator::$freer(made), opened));
                 })*
                 Err(Error::Unsupported(
                     "only the segment allocators (AnyAllocator::KINDS) create segments",
