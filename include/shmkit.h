@@ -20,6 +20,8 @@
 typedef struct shmkit_heap shmkit_heap;
 /* An open message queue (opaque). */
 typedef struct shmkit_queue shmkit_queue;
+/* One end of an open SPSC message queue (opaque). */
+typedef struct shmkit_spsc shmkit_spsc;
 
 // `shmkit_options.flags`: freed blocks are zeroed.
 #define SHMKIT_ZERO_ON_FREE 1
@@ -50,6 +52,14 @@ typedef enum shmkit_kind {
   // blocks.
   SHMKIT_KIND_THREAD_LOCAL = 7,
 } shmkit_kind;
+
+// The end of an SPSC queue a handle holds.
+typedef enum shmkit_spsc_role {
+  // Pushes messages.
+  SHMKIT_SPSC_PRODUCER = 0,
+  // Pops them.
+  SHMKIT_SPSC_CONSUMER = 1,
+} shmkit_spsc_role;
 
 // The outcome of a call. `SHMKIT_OK` is 0; every other value is a failure
 // whose message `shmkit_last_error()` gives on the same thread.
@@ -180,16 +190,16 @@ typedef struct shmkit_named_type {
 typedef void (*shmkit_named_init)(void *object, size_t size, void *context);
 
 // A message taken from a queue: its bytes, in place in the segment, until
-// `shmkit_queue_done` gives them back.
+// `shmkit_queue_done` (or `shmkit_spsc_done`) gives them back.
 typedef struct shmkit_message {
-  // The bytes (in the segment, valid until `shmkit_queue_done`).
+  // The bytes (in the segment, valid until the message is done).
   const void *data;
   // How many.
   size_t len;
   // Non-zero when a Python producer pickled an object (the bytes are a
   // pickle, not raw bytes).
   int32_t pickled;
-  // The block's offset (what `shmkit_queue_done` frees).
+  // The block's offset (what done frees).
   uint64_t offset;
 } shmkit_message;
 
@@ -514,6 +524,83 @@ enum shmkit_status shmkit_queue_done(const shmkit_queue *queue,
 // Every pointer argument is null or valid for the call, as the C API
 // documents.
 enum shmkit_status shmkit_queue_len(const shmkit_queue *queue, size_t *out);
+
+// Creates the SPSC queue `name` (shared memory), with `capacity` bytes
+// for the messages waiting and at most `maxsize` of them (rounded up to a
+// power of two; 0: 65,536), and takes `role` (a `shmkit_spsc_role`).
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_create(const char *name,
+                                      uint64_t capacity,
+                                      size_t maxsize,
+                                      int32_t role,
+                                      shmkit_spsc **out);
+
+// Attaches the SPSC queue `name` another process made and takes `role`
+// (`SHMKIT_E_IN_USE` while a live handle holds it).
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_attach(const char *name, int32_t role, shmkit_spsc **out);
+
+// Closes a handle and gives its role back (the segment stays until
+// `shmkit_unlink`). Null is a no-op.
+//
+// # Safety
+//
+// `queue` is null or a handle this API made, used by no other thread
+// meanwhile.
+enum shmkit_status shmkit_spsc_close(shmkit_spsc *queue);
+
+// Pushes a copy of `len` bytes (a producer's call). Waits for room (a
+// free cell, and memory for the bytes) at most `timeout_ms` milliseconds
+// (negative: for ever; 0: not at all), then fails with
+// `SHMKIT_E_TIMEOUT`, having pushed nothing.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call (`data` for `len`
+// bytes), as the C API documents.
+enum shmkit_status shmkit_spsc_push(const shmkit_spsc *queue,
+                                    const void *data,
+                                    size_t len,
+                                    int64_t timeout_ms);
+
+// Pops the next message (a consumer's call), waiting at most `timeout_ms`
+// milliseconds for one (negative: for ever; 0: not at all), else
+// `SHMKIT_E_TIMEOUT`. The bytes stay in the segment until
+// `shmkit_spsc_done(queue, message)`.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_pop(const shmkit_spsc *queue,
+                                   int64_t timeout_ms,
+                                   struct shmkit_message *message);
+
+// Gives a popped message's bytes back to the queue's memory (its `data`
+// is invalid afterwards); a message given back twice is refused with
+// `SHMKIT_E_INVALID_FREE`. Either end may call it.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_done(const shmkit_spsc *queue, const struct shmkit_message *message);
+
+// How many messages wait in the queue now.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_len(const shmkit_spsc *queue, size_t *out);
 
 // The message of the last call that failed on this thread ("" if none
 // has). The string stays valid until the next failing call on this

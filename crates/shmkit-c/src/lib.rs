@@ -23,10 +23,14 @@
 mod handle;
 /// Segments and their allocators.
 pub mod heap;
+/// What the two message queues share: put, get and done.
+pub mod messages;
 /// Named objects, found and made by name from any process.
 pub mod named;
 /// The message queue of raw bytes, shared with Python's `shmkit.Queue`.
 pub mod queue;
+/// The single-producer single-consumer message queue of raw bytes.
+pub mod spsc;
 /// Status codes and the last error.
 pub mod status;
 
@@ -49,5 +53,7 @@ pub const STATIC_LINK_LIBS: &[&str] = &[
     "-ldl",
     "-lc",
 ];
+pub use messages::shmkit_message;
 pub use queue::*;
+pub use spsc::*;
 pub use status::*;

@@ -262,6 +262,68 @@ int main(int argc, char **argv) {
     EXPECT(shmkit_queue_close(queue), SHMKIT_OK);
     EXPECT(shmkit_unlink(queue_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
 
+    /* The SPSC queue: one live handle per role, the wrong role's call, a
+     * bad role, timeouts, a full ring, a message given back twice, a
+     * segment that holds another kind of queue. */
+    char spsc_name[256];
+    snprintf(spsc_name, sizeof spsc_name, "%s-spsc", name);
+    shmkit_spsc *producer = NULL, *consumer = NULL, *second = NULL;
+    EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_CONSUMER, &consumer), SHMKIT_E_NOT_FOUND);
+    EXPECT(shmkit_spsc_create(spsc_name, 1 << 16, 4, 7, &producer), SHMKIT_E_UNSUPPORTED);
+    EXPECT(shmkit_spsc_create(spsc_name, 1 << 16, 4, SHMKIT_SPSC_PRODUCER, NULL),
+           SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_spsc_create(spsc_name, 1 << 16, 4, SHMKIT_SPSC_PRODUCER, &producer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_PRODUCER, &second), SHMKIT_E_IN_USE);
+    EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_CONSUMER, &consumer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_CONSUMER, &second), SHMKIT_E_IN_USE);
+    EXPECT(shmkit_spsc_attach(name, SHMKIT_SPSC_CONSUMER, &second), SHMKIT_E_WRONG_ALLOCATOR);
+    /* An MPMC queue is not an SPSC queue, nor the other way round. */
+    EXPECT(shmkit_queue_create(queue_name, 1 << 16, 4, &queue), SHMKIT_OK);
+    EXPECT(shmkit_spsc_attach(queue_name, SHMKIT_SPSC_CONSUMER, &second), SHMKIT_E_CORRUPT);
+    EXPECT(shmkit_queue_attach(spsc_name, &queue), SHMKIT_E_CORRUPT);
+    EXPECT(shmkit_queue_close(queue), SHMKIT_OK);
+    EXPECT(shmkit_unlink(queue_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
+    EXPECT(shmkit_spsc_pop(producer, 0, &message), SHMKIT_E_UNSUPPORTED);
+    EXPECT(shmkit_spsc_push(consumer, "x", 1, 0), SHMKIT_E_UNSUPPORTED);
+    EXPECT(shmkit_spsc_pop(consumer, 0, &message), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_spsc_pop(consumer, 20, &message), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_spsc_pop(consumer, 0, NULL), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_spsc_push(producer, NULL, 5, 0), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_spsc_push((shmkit_spsc *)heap, "x", 1, 0), SHMKIT_E_BAD_HANDLE);
+    EXPECT(shmkit_spsc_pop(NULL, 0, &message), SHMKIT_E_NULL_ARGUMENT);
+    for (int i = 0; i < 4; i++) {
+        char text[8];
+        snprintf(text, sizeof text, "s%d", i);
+        EXPECT(shmkit_spsc_push(producer, text, strlen(text), 0), SHMKIT_OK);
+    }
+    EXPECT(shmkit_spsc_push(producer, "full", 4, 0), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_spsc_push(producer, "full", 4, 20), SHMKIT_E_TIMEOUT);
+    EXPECT(shmkit_spsc_len(consumer, &waiting), SHMKIT_OK);
+    EXPECT(shmkit_spsc_len(consumer, NULL), SHMKIT_E_NULL_ARGUMENT);
+    if (waiting != 4) {
+        fprintf(stderr, "%zu spsc messages waiting\n", waiting);
+        failures++;
+    }
+    for (int i = 0; i < 4; i++) {
+        char text[8];
+        snprintf(text, sizeof text, "s%d", i);
+        EXPECT(shmkit_spsc_pop(consumer, -1, &message), SHMKIT_OK);
+        if (message.len != strlen(text) || memcmp(message.data, text, message.len) != 0) {
+            fprintf(stderr, "spsc message %d: %zu bytes\n", i, message.len);
+            failures++;
+        }
+        EXPECT(shmkit_spsc_done(consumer, &message), SHMKIT_OK);
+    }
+    EXPECT(shmkit_spsc_done(consumer, &message), SHMKIT_E_INVALID_FREE);
+    EXPECT(shmkit_spsc_done(consumer, NULL), SHMKIT_E_NULL_ARGUMENT);
+    /* A role given back is free for the next handle. */
+    EXPECT(shmkit_spsc_close(producer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_PRODUCER, &producer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_close(producer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_close(consumer), SHMKIT_OK);
+    EXPECT(shmkit_spsc_close(NULL), SHMKIT_OK);
+    EXPECT(shmkit_unlink(spsc_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
+
     EXPECT(shmkit_heap_close(heap), SHMKIT_OK);
     EXPECT(shmkit_unlink(name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
     EXPECT(shmkit_unlink(name, SHMKIT_BACKEND_SHM), SHMKIT_E_NOT_FOUND);
