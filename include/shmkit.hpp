@@ -15,6 +15,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <optional>
 #include <stdexcept>
@@ -277,6 +278,51 @@ public:
         return offset;
     }
 
+    /// The object `name` of type T filed as `type_name`, made if there is
+    /// none (constructed from `args`, with no lock held); racing callers,
+    /// in any process and language, all get the same object. The
+    /// constructor must not throw: it runs inside the C call.
+    template <typename T, typename... Args>
+    FullPtr<T> FindOrConstruct(const std::string &name, const char *type_name,
+                               Args &&...args) const {
+        static_assert(std::is_trivially_copyable<T>::value,
+                      "a T in a segment must be trivially copyable (no addresses, no vtable)");
+        static_assert(std::is_nothrow_constructible<T, Args...>::value,
+                      "the constructor runs inside a C call: it must be noexcept");
+        shmkit_named_type type{sizeof(T), alignof(T), type_name};
+        auto make = [&](void *object) noexcept { new (object) T(std::forward<Args>(args)...); };
+        using Make = decltype(make);
+        uint64_t offset = 0;
+        detail::check(shmkit_named_find_or_construct(
+            heap_, name.c_str(), &type,
+            [](void *object, std::size_t, void *context) {
+                (*static_cast<Make *>(context))(object);
+            },
+            &make, &offset));
+        return Resolve<T>(offset);
+    }
+
+    /// The object `name` of type T filed as `type_name`, if there is one
+    /// (an object filed as another type throws SHMKIT_E_WRONG_TYPE).
+    template <typename T>
+    std::optional<FullPtr<T>> Find(const std::string &name, const char *type_name) const {
+        shmkit_named_type type{sizeof(T), alignof(T), type_name};
+        uint64_t offset = 0;
+        shmkit_status status = shmkit_named_find(heap_, name.c_str(), &type, &offset);
+        if (status == SHMKIT_E_NAME_NOT_FOUND) {
+            return std::nullopt;
+        }
+        detail::check(status);
+        return Resolve<T>(offset);
+    }
+
+    /// Removes `name` and frees its object (nothing may use it afterwards).
+    template <typename T>
+    void Destroy(const std::string &name, const char *type_name) const {
+        shmkit_named_type type{sizeof(T), alignof(T), type_name};
+        detail::check(shmkit_named_destroy(heap_, name.c_str(), &type));
+    }
+
     shmkit_stats Stats() const {
         shmkit_stats stats{};
         detail::check(shmkit_heap_stats(heap_, &stats));
@@ -327,6 +373,192 @@ private:
 
     shmkit_heap *heap_ = nullptr;
     void *base_ = nullptr;
+};
+
+namespace detail {
+template <typename Handle, typename Calls>
+class QueueBase;
+}  // namespace detail
+
+/// A message taken from a queue: its bytes, in place in the segment, given
+/// back to the queue's memory when the Message goes (which must be before
+/// its queue goes). Move-only.
+class Message {
+public:
+    Message(Message &&other) noexcept
+        : message_(other.message_), owner_(std::exchange(other.owner_, nullptr)),
+          done_(other.done_) {}
+    Message &operator=(Message &&other) noexcept {
+        if (this != &other) {
+            reset();
+            message_ = other.message_;
+            owner_ = std::exchange(other.owner_, nullptr);
+            done_ = other.done_;
+        }
+        return *this;
+    }
+    Message(const Message &) = delete;
+    Message &operator=(const Message &) = delete;
+    ~Message() { reset(); }
+
+    const void *data() const noexcept { return message_.data; }
+    std::size_t size() const noexcept { return message_.len; }
+    /// True when a Python producer pickled an object.
+    bool pickled() const noexcept { return message_.pickled != 0; }
+    std::string str() const { return std::string(static_cast<const char *>(data()), size()); }
+
+private:
+    template <typename, typename>
+    friend class detail::QueueBase;
+    using Done = shmkit_status (*)(const void *, const shmkit_message *);
+    Message(const shmkit_message &message, const void *owner, Done done)
+        : message_(message), owner_(owner), done_(done) {}
+    void reset() noexcept {
+        if (owner_ != nullptr) {
+            done_(owner_, &message_);
+            owner_ = nullptr;
+        }
+    }
+
+    shmkit_message message_{};
+    const void *owner_ = nullptr;
+    Done done_ = nullptr;
+};
+
+namespace detail {
+
+/// What both queues share: the handle, its closing, put and get.
+template <typename Handle, typename Calls>
+class QueueBase {
+public:
+    QueueBase(QueueBase &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+    QueueBase &operator=(QueueBase &&other) noexcept {
+        if (this != &other) {
+            reset();
+            handle_ = std::exchange(other.handle_, nullptr);
+        }
+        return *this;
+    }
+    QueueBase(const QueueBase &) = delete;
+    QueueBase &operator=(const QueueBase &) = delete;
+    ~QueueBase() { reset(); }
+
+    /// The C handle, for calls this header does not wrap.
+    Handle *raw() const noexcept { return handle_; }
+
+    /// Puts a copy of `len` bytes, waiting at most `timeout_ms` (negative:
+    /// for ever); false if the queue stayed full (or without memory).
+    bool Put(const void *data, std::size_t len, int64_t timeout_ms = -1) const {
+        shmkit_status status = Calls::put(handle_, data, len, timeout_ms);
+        if (status == SHMKIT_E_TIMEOUT) {
+            return false;
+        }
+        check(status);
+        return true;
+    }
+    bool Put(const std::string &text, int64_t timeout_ms = -1) const {
+        return Put(text.data(), text.size(), timeout_ms);
+    }
+    /// (So that `Put("text", 0)` puts the text, not 0 bytes.)
+    bool Put(const char *text, int64_t timeout_ms = -1) const {
+        return Put(static_cast<const void *>(text), std::strlen(text), timeout_ms);
+    }
+
+    /// The next message, waiting at most `timeout_ms` (negative: for
+    /// ever); nullopt if none came.
+    std::optional<Message> Get(int64_t timeout_ms = -1) const {
+        shmkit_message message{};
+        shmkit_status status = Calls::get(handle_, timeout_ms, &message);
+        if (status == SHMKIT_E_TIMEOUT) {
+            return std::nullopt;
+        }
+        check(status);
+        return Message(message, handle_, [](const void *owner, const shmkit_message *taken) {
+            return Calls::done(static_cast<const Handle *>(owner), taken);
+        });
+    }
+
+    /// Messages waiting now.
+    std::size_t Size() const {
+        std::size_t waiting = 0;
+        check(Calls::len(handle_, &waiting));
+        return waiting;
+    }
+
+protected:
+    explicit QueueBase(Handle *handle) : handle_(handle) {}
+
+private:
+    void reset() noexcept {
+        if (handle_ != nullptr) {
+            Calls::close(handle_);
+            handle_ = nullptr;
+        }
+    }
+
+    Handle *handle_ = nullptr;
+};
+
+struct QueueCalls {
+    static constexpr auto put = shmkit_queue_put;
+    static constexpr auto get = shmkit_queue_get;
+    static constexpr auto done = shmkit_queue_done;
+    static constexpr auto len = shmkit_queue_len;
+    static constexpr auto close = shmkit_queue_close;
+};
+
+struct SpscCalls {
+    static constexpr auto put = shmkit_spsc_push;
+    static constexpr auto get = shmkit_spsc_pop;
+    static constexpr auto done = shmkit_spsc_done;
+    static constexpr auto len = shmkit_spsc_len;
+    static constexpr auto close = shmkit_spsc_close;
+};
+
+}  // namespace detail
+
+/// The MPMC message queue of raw bytes (Python's shmkit.Queue is the same
+/// format): any number of processes put and get.
+class Queue : public detail::QueueBase<shmkit_queue, detail::QueueCalls> {
+public:
+    /// Creates the queue `name`: `capacity` bytes of messages waiting, at
+    /// most `maxsize` of them (0: 65,536).
+    static Queue Create(const std::string &name, uint64_t capacity, std::size_t maxsize = 0) {
+        shmkit_queue *queue = nullptr;
+        detail::check(shmkit_queue_create(name.c_str(), capacity, maxsize, &queue));
+        return Queue(queue);
+    }
+    static Queue Attach(const std::string &name) {
+        shmkit_queue *queue = nullptr;
+        detail::check(shmkit_queue_attach(name.c_str(), &queue));
+        return Queue(queue);
+    }
+
+private:
+    using QueueBase::QueueBase;
+};
+
+/// One end of an SPSC message queue: Put on the producer, Get on the
+/// consumer; one live end of each role across all processes.
+class SpscQueue : public detail::QueueBase<shmkit_spsc, detail::SpscCalls> {
+public:
+    enum class Role : int32_t { Producer = SHMKIT_SPSC_PRODUCER, Consumer = SHMKIT_SPSC_CONSUMER };
+
+    static SpscQueue Create(const std::string &name, uint64_t capacity, std::size_t maxsize,
+                            Role role) {
+        shmkit_spsc *queue = nullptr;
+        detail::check(shmkit_spsc_create(name.c_str(), capacity, maxsize,
+                                         static_cast<int32_t>(role), &queue));
+        return SpscQueue(queue);
+    }
+    static SpscQueue Attach(const std::string &name, Role role) {
+        shmkit_spsc *queue = nullptr;
+        detail::check(shmkit_spsc_attach(name.c_str(), static_cast<int32_t>(role), &queue));
+        return SpscQueue(queue);
+    }
+
+private:
+    using QueueBase::QueueBase;
 };
 
 }  // namespace shmkit

@@ -17,6 +17,7 @@ fn every_error_path_returns_its_code_and_a_message() {
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(name.clone()));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-bump")));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-queue")));
+    let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-spsc")));
     assert_ok("errors.c", &output);
 }
 
@@ -35,5 +36,20 @@ fn the_error_paths_are_clean_under_valgrind() {
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(name.clone()));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-bump")));
     let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-queue")));
+    let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}-spsc")));
     assert_ok("errors.c under valgrind", &output);
+}
+
+#[test]
+fn the_cpp_header_wraps_named_objects_and_both_queues() {
+    let program = build(
+        &common::repo().join("crates/shmkit-c/tests/c/cpp_api.cpp"),
+        &[],
+    );
+    let name = unique("cpp-api");
+    let output = run(&program, &[&name], false);
+    for suffix in ["", "-queue", "-spsc"] {
+        let _ = shmkit::segment::remove(&shmkit::Location::Shm(format!("{name}{suffix}")));
+    }
+    assert_ok("cpp_api.cpp", &output);
 }
