@@ -3,7 +3,7 @@
 //!
 //! * `tagger create NAME BYTES`: creates the thread-local segment `NAME`;
 //! * `tagger tag NAME WRITER COUNT START_MS`: the tagging worker of
-//!   `tests/c/tagger.h`, in Rust, printing its surviving blocks;
+//!   `examples/c/tagger.h`, in Rust, printing its surviving blocks;
 //! * `tagger verify NAME`: reads every worker's "writer offset size seq"
 //!   lines on stdin and checks that no two blocks overlap, that every byte
 //!   still holds its writer's tag, and that the allocator passes its

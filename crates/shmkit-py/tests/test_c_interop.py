@@ -21,7 +21,6 @@ import pytest
 import shmkit
 
 ROOT = Path(__file__).resolve().parents[3]
-C_TESTS = ROOT / "crates" / "shmkit-c" / "tests" / "c"
 C_EXAMPLES = ROOT / "crates" / "shmkit-c" / "examples"
 SYSTEM_LIBS = ["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl", "-lc"]
 COUNT = 20000
@@ -102,8 +101,8 @@ def programs(tmp_path_factory):
             pytest.skip(f"no {compiler} on this machine")
     out = tmp_path_factory.mktemp("c-interop")
     return {
-        "c": _compile("cc", "-std=c11", C_TESTS / "tagger.c", library, out / "tagger_c"),
-        "cpp": _compile("c++", "-std=c++17", C_TESTS / "tagger.cpp", library, out / "tagger_cpp"),
+        "c": _compile("cc", "-std=c11", C_EXAMPLES / "c" / "tagger.c", library, out / "tagger_c"),
+        "cpp": _compile("c++", "-std=c++17", C_EXAMPLES / "cpp" / "tagger.cpp", library, out / "tagger_cpp"),
         "rust": tagger,
         "producer": _compile(
             "cc", "-std=c11", C_EXAMPLES / "c" / "queue_producer.c", library, out / "queue_producer"

@@ -7,7 +7,7 @@
 #include "shmkit.hpp"
 
 extern "C" {
-#include "tagger.h"
+#include "../c/tagger.h"
 }
 
 struct Block {
