@@ -39,6 +39,15 @@ fn pair(c: &mut Criterion) {
             unsafe { heap.free_offset(&ctx, black_box(offset)) }.unwrap();
         })
     });
+    group.bench_function("rust, allocator opaque", |b| {
+        let ctx = MemContext::default();
+        b.iter(|| {
+            let heap = black_box(&heap);
+            let offset = heap.allocate_offset(&ctx, black_box(SIZE), 16).unwrap();
+            // SAFETY: the block was just allocated and is not used.
+            unsafe { heap.free_offset(&ctx, black_box(offset)) }.unwrap();
+        })
+    });
     group.bench_function("c-api", |b| {
         b.iter(|| {
             let mut offset = 0u64;

@@ -375,8 +375,10 @@ pub unsafe extern "C" fn shmkit_heap_allocate(
     size: usize,
     offset: *mut u64,
 ) -> shmkit_status {
-    // SAFETY: the same arguments, under the same contract.
-    unsafe { shmkit_heap_allocate_aligned(heap, size, 16, offset) }
+    // Its own guard around the body, inlined with the constant alignment,
+    // which the allocator's size class lookup then folds (as in a Rust
+    // caller's code).
+    guard(|| allocate(heap, size, 16, offset))
 }
 
 /// Allocates `size` bytes aligned to `align` (a power of two).
@@ -392,13 +394,21 @@ pub unsafe extern "C" fn shmkit_heap_allocate_aligned(
     align: usize,
     offset: *mut u64,
 ) -> shmkit_status {
-    guard(|| {
-        check_out(offset, "offset")?;
-        let block = heap_of(heap)?.visit(Allocate { size, align })?;
-        // SAFETY: checked non-null; the caller's.
-        unsafe { offset.write(block) };
-        Ok(())
-    })
+    guard(|| allocate(heap, size, align, offset))
+}
+
+#[inline(always)]
+fn allocate(
+    heap: *const shmkit_heap,
+    size: usize,
+    align: usize,
+    offset: *mut u64,
+) -> Result<(), Failure> {
+    check_out(offset, "offset")?;
+    let block = heap_of(heap)?.visit(Allocate { size, align })?;
+    // SAFETY: checked non-null; the caller's.
+    unsafe { offset.write(block) };
+    Ok(())
 }
 
 /// Frees the block at `offset`. A block that is not live (a double free, a

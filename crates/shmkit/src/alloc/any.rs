@@ -107,6 +107,7 @@ macro_rules! segment_allocators {
 
             /// Runs `visitor` on the allocator, with its concrete type (no
             /// dynamic dispatch: each allocator's own fast path).
+            #[inline(always)]
             pub fn visit<V: AllocatorVisitor>(&self, visitor: V) -> V::Output {
                 match self {
                     $(AnyAllocator::$carver(a) => visitor.$visit(a),)*

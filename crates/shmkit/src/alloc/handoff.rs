@@ -348,6 +348,7 @@ fn slot_at(segment_base: usize, index: u32) -> Option<&'static HandoffSlot> {
 }
 
 /// The log of `segment`.
+#[inline(always)]
 fn slots(segment: &Segment) -> &[HandoffSlot] {
     let base = segment.base().as_ptr() as usize
         + crate::segment::header::Layout::handoff_offset() as usize;
@@ -388,7 +389,7 @@ pub(crate) fn shard_of(mine: Option<(u32, &HandoffSlot)>, shards: usize) -> usiz
 }
 
 /// [`my_slot`] with its index in the log.
-#[inline]
+#[inline(always)]
 pub(crate) fn my_indexed_slot(segment: &Segment) -> Option<(u32, &HandoffSlot)> {
     let id = segment.id().0;
     let me = thread_id::current_identity_word();
@@ -478,6 +479,7 @@ fn held_slot(segment: &Segment) -> Option<&HandoffSlot> {
 /// whose destructors have run (it is exiting) claims none: nothing would
 /// give the slot back.
 #[cold]
+#[inline(never)]
 fn claim(segment: &Segment, id: u64, me: u64) -> Option<(u32, &HandoffSlot)> {
     let log = slots(segment);
     let index = match held_index(id, me)? {

@@ -105,18 +105,18 @@ const ENTRY_OFFSET_BITS: u32 = 48;
 /// A magazine entry: the block's offset and the size its last user asked
 /// for, so that handing it out again at that size needs no look at the
 /// page's metadata.
-#[inline]
+#[inline(always)]
 fn entry(offset: u64, requested: u64) -> Option<u64> {
     (offset >> ENTRY_OFFSET_BITS == 0 && requested <= u64::from(u16::MAX))
         .then_some(offset | (requested << ENTRY_OFFSET_BITS))
 }
 
-#[inline]
+#[inline(always)]
 fn entry_offset(entry: u64) -> u64 {
     entry & ((1 << ENTRY_OFFSET_BITS) - 1)
 }
 
-#[inline]
+#[inline(always)]
 fn entry_requested(entry: u64) -> u64 {
     entry >> ENTRY_OFFSET_BITS
 }
@@ -378,7 +378,7 @@ fn is_dead(pid: u32) -> bool {
 }
 
 impl Inner {
-    #[inline]
+    #[inline(always)]
     fn slot(&self, index: u32) -> Option<&Slot> {
         if (index as usize) < SLOTS {
             // SAFETY: SLOTS slots were checked at construction; atomics only.
@@ -395,14 +395,14 @@ impl Inner {
     /// The key a cached block of `class` at `offset` carries in its first
     /// word (the class too: a page retired and reused for another class can
     /// have a block at the same offset).
-    #[inline]
+    #[inline(always)]
     fn key(&self, offset: u64, class: usize) -> u64 {
         self.secret ^ (offset ^ ((class as u64) << 56)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
     /// The block at `offset` if it is a cached block of `class` (in use at
     /// page level, its key in place).
-    #[inline]
+    #[inline(always)]
     fn cached_block(&self, offset: u64, class: usize) -> Option<SmallBlock> {
         let block = self.core.small_block_at(offset)?;
         (block.class == class
@@ -552,7 +552,7 @@ impl Inner {
 
     /// Counts an allocation in the calling thread's slot (plain stores), or
     /// in the shared counters for a thread without one.
-    #[inline]
+    #[inline(always)]
     fn count_allocation(&self, slot: Option<&Slot>, requested: u64) {
         match slot {
             Some(slot) => {
@@ -573,7 +573,7 @@ impl Inner {
     }
 
     /// Counts a free like [`count_allocation`](Self::count_allocation).
-    #[inline]
+    #[inline(always)]
     fn count_free(&self, slot: Option<&Slot>, requested: u64) {
         match slot {
             Some(slot) => {
@@ -587,7 +587,7 @@ impl Inner {
     /// Hands out the newest valid block of the calling thread's magazine of
     /// `class`. An entry whose block no longer carries its key (a copy
     /// another thread handed out, a torn push, corruption) is dropped.
-    #[inline]
+    #[inline(always)]
     fn pop_cached(&self, slot: &Slot, class: usize, requested: u64) -> Option<u64> {
         let magazine = slot.magazines.get(class)?;
         let mut count = (magazine.count.load(Ordering::Relaxed) as usize).min(MAGAZINE);
@@ -624,7 +624,7 @@ impl Inner {
     /// Caches a block the caller just took from its user (false if its
     /// entry cannot be encoded); a full magazine first gives its newer half
     /// back to the pages.
-    #[inline]
+    #[inline(always)]
     fn push_cached(&self, slot: &Slot, block: &SmallBlock, offset: u64, requested: u64) -> bool {
         let (Some(magazine), Some(item)) =
             (slot.magazines.get(block.class), entry(offset, requested))
@@ -707,7 +707,7 @@ impl ThreadLocalAllocator {
 
     /// The calling thread's slot in this view, claimed on first use; `None`
     /// past the bound on slots or during thread exit.
-    #[inline]
+    #[inline(always)]
     fn my_slot(&self, ctx: &MemContext) -> Option<&Slot> {
         let inner = &*self.inner;
         let mut last = LAST.with(Cell::get);
@@ -774,7 +774,7 @@ impl ShmAllocator for ThreadLocalAllocator {
         AllocatorKind::ThreadLocal
     }
 
-    #[inline]
+    #[inline(always)]
     fn allocate_offset(&self, ctx: &MemContext, size: usize, align: usize) -> Result<u64> {
         let inner = &*self.inner;
         let align = power_of_two_align(align, self.segment().max_align())?;
@@ -808,7 +808,7 @@ impl ShmAllocator for ThreadLocalAllocator {
         })
     }
 
-    #[inline]
+    #[inline(always)]
     unsafe fn free_offset(&self, ctx: &MemContext, offset: u64) -> Result<()> {
         let inner = &*self.inner;
         // A block freed into this thread's cache keeps its hand-off record:
