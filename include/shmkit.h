@@ -507,8 +507,9 @@ enum shmkit_status shmkit_queue_get(const shmkit_queue *queue,
                                     struct shmkit_message *message);
 
 // Gives a message's bytes back to the queue's memory (its `data` is
-// invalid afterwards). A message given back twice is refused with
-// `SHMKIT_E_INVALID_FREE`.
+// invalid afterwards). `SHMKIT_E_INVALID_FREE` for a message of another
+// queue, or one given back already (unless its block was handed out
+// again in between: give each message back once).
 //
 // # Safety
 //
@@ -557,7 +558,9 @@ enum shmkit_status shmkit_spsc_attach(const char *name, int32_t role, shmkit_sps
 // meanwhile.
 enum shmkit_status shmkit_spsc_close(shmkit_spsc *queue);
 
-// Pushes a copy of `len` bytes (a producer's call). Waits for room (a
+// Pushes a copy of `len` bytes (a producer's call; on a consumer handle,
+// `SHMKIT_E_UNSUPPORTED`; in a child forked from the holder of the role,
+// `SHMKIT_E_IN_USE`). Waits for room (a
 // free cell, and memory for the bytes) at most `timeout_ms` milliseconds
 // (negative: for ever; 0: not at all), then fails with
 // `SHMKIT_E_TIMEOUT`, having pushed nothing.
@@ -571,7 +574,8 @@ enum shmkit_status shmkit_spsc_push(const shmkit_spsc *queue,
                                     size_t len,
                                     int64_t timeout_ms);
 
-// Pops the next message (a consumer's call), waiting at most `timeout_ms`
+// Pops the next message (a consumer's call, refused elsewhere as a push
+// is), waiting at most `timeout_ms`
 // milliseconds for one (negative: for ever; 0: not at all), else
 // `SHMKIT_E_TIMEOUT`. The bytes stay in the segment until
 // `shmkit_spsc_done(queue, message)`.
@@ -585,8 +589,8 @@ enum shmkit_status shmkit_spsc_pop(const shmkit_spsc *queue,
                                    struct shmkit_message *message);
 
 // Gives a popped message's bytes back to the queue's memory (its `data`
-// is invalid afterwards); a message given back twice is refused with
-// `SHMKIT_E_INVALID_FREE`. Either end may call it.
+// is invalid afterwards), from any thread, through either end; refused
+// as `shmkit_queue_done` refuses.
 //
 // # Safety
 //

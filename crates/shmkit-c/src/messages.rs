@@ -131,9 +131,24 @@ pub(crate) unsafe fn put<'q>(
     let ctx = MemContext::default();
     let deadline = deadline(timeout_ms);
     let heap = ring.heap();
+    let mut hopeless = false;
     let offset = loop {
         match heap.allocate_offset(&ctx, len.max(1), 8) {
             Ok(offset) => break offset,
+            // Once more first: memory may have come back since the try.
+            Err(shmkit::Error::OutOfMemory { .. }) if !hopeless && never_fits(heap, len) => {
+                hopeless = true;
+            }
+            Err(shmkit::Error::OutOfMemory { .. }) if hopeless && never_fits(heap, len) => {
+                return Err(Failure(
+                    shmkit_status::SHMKIT_E_OUT_OF_MEMORY,
+                    format!(
+                        "a message of {len} bytes cannot fit the queue's {} bytes of memory, \
+                         and waiting cannot help",
+                        heap.stats().capacity
+                    ),
+                ));
+            }
             Err(shmkit::Error::OutOfMemory { .. }) if left(deadline) != Some(Duration::ZERO) => {
                 std::thread::sleep(MEMORY_POLL)
             }
@@ -184,6 +199,15 @@ pub(crate) unsafe fn put<'q>(
     Ok(())
 }
 
+/// Whether waiting for memory is hopeless: the message is larger than all
+/// the queue's memory, or no block but the ring's is live (no message
+/// waits or is being read, so nothing will ever be given back; a message
+/// larger than the capacity never fits either way).
+fn never_fits(heap: &SizeClassAllocator, len: usize) -> bool {
+    let stats = heap.stats();
+    len as u64 > stats.capacity || stats.live_allocations <= 1
+}
+
 /// Takes the next message (see `shmkit_queue_get`).
 ///
 /// # Safety
@@ -232,6 +256,17 @@ pub(crate) fn done(
         return Err(Failure(
             shmkit_status::SHMKIT_E_INVALID_FREE,
             "that offset is the queue's ring, not a message".into(),
+        ));
+    }
+    // A message of another queue (its offset may name a live block here).
+    let here = heap
+        .full_ptr(message.offset)
+        .ok()
+        .map(|block| block.as_ptr());
+    if here != Some(message.data.cast_mut().cast()) {
+        return Err(Failure(
+            shmkit_status::SHMKIT_E_INVALID_FREE,
+            "that message was not taken from this queue".into(),
         ));
     }
     // SAFETY: the caller gives the message's block up; a block that is not

@@ -127,8 +127,9 @@ pub unsafe extern "C" fn shmkit_queue_get(
 }
 
 /// Gives a message's bytes back to the queue's memory (its `data` is
-/// invalid afterwards). A message given back twice is refused with
-/// `SHMKIT_E_INVALID_FREE`.
+/// invalid afterwards). `SHMKIT_E_INVALID_FREE` for a message of another
+/// queue, or one given back already (unless its block was handed out
+/// again in between: give each message back once).
 ///
 /// # Safety
 ///

@@ -8,9 +8,10 @@
 //! write, which makes it the cheaper of the two for one pair of processes.
 
 use std::ffi::{c_char, c_void};
-use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use shmkit::containers::message_queue::{SpscMessageQueue, SpscRole};
+use shmkit::SizeClassAllocator;
 
 use crate::handle::{check_out, close, hand_out, handle, live};
 use crate::messages::{self, shmkit_message};
@@ -20,14 +21,33 @@ use crate::status::{guard, shmkit_status, Failure};
 handle!(
     /// One end of an SPSC queue, open in this process. Made by
     /// `shmkit_spsc_create`/`_attach`, ended by `shmkit_spsc_close`. One
-    /// thread at a time uses a handle (it may move between threads); a
-    /// call made while another thread's call on the same handle is under
-    /// way is refused with `SHMKIT_E_IN_USE`.
+    /// thread at a time pushes or pops through a handle (it may move
+    /// between threads); a push, pop or len made while another thread's
+    /// is under way on the same handle is refused with `SHMKIT_E_IN_USE`.
+    /// `shmkit_spsc_done` may come from any thread at any time.
     shmkit_spsc,
     b"shmkSPSC",
     "spsc queue",
-    queue: Mutex<SpscMessageQueue>
+    end: SpscHandle
 );
+
+/// What a handle holds: the end, behind a lock that refuses a second
+/// thread, and what giving a message back needs, outside it.
+pub(crate) struct SpscHandle {
+    queue: Mutex<SpscMessageQueue>,
+    heap: Arc<SizeClassAllocator>,
+    ring_block: u64,
+}
+
+impl SpscHandle {
+    fn new(queue: SpscMessageQueue) -> SpscHandle {
+        SpscHandle {
+            heap: queue.shared_heap(),
+            ring_block: queue.ring_block(),
+            queue: Mutex::new(queue),
+        }
+    }
+}
 
 /// The end of an SPSC queue a handle holds.
 #[repr(C)]
@@ -69,19 +89,6 @@ fn lock(queue: &Mutex<SpscMessageQueue>) -> Result<MutexGuard<'_, SpscMessageQue
     }
 }
 
-fn wrong_role(role: SpscRole, call: &str) -> Failure {
-    Failure(
-        shmkit_status::SHMKIT_E_UNSUPPORTED,
-        format!(
-            "a {} handle cannot {call}",
-            match role {
-                SpscRole::Producer => "producer",
-                SpscRole::Consumer => "consumer",
-            }
-        ),
-    )
-}
-
 /// Creates the SPSC queue `name` (shared memory), with `capacity` bytes
 /// for the messages waiting and at most `maxsize` of them (rounded up to a
 /// power of two; 0: 65,536), and takes `role` (a `shmkit_spsc_role`).
@@ -101,7 +108,7 @@ pub unsafe extern "C" fn shmkit_spsc_create(
     guard(|| {
         check_out(out, "out")?;
         let queue = SpscMessageQueue::create(&shm(name)?, capacity, maxsize, role_of(role)?)?;
-        hand_out(Mutex::new(queue), out)
+        hand_out(SpscHandle::new(queue), out)
     })
 }
 
@@ -121,7 +128,7 @@ pub unsafe extern "C" fn shmkit_spsc_attach(
     guard(|| {
         check_out(out, "out")?;
         let queue = SpscMessageQueue::attach(&shm(name)?, role_of(role)?)?;
-        hand_out(Mutex::new(queue), out)
+        hand_out(SpscHandle::new(queue), out)
     })
 }
 
@@ -137,7 +144,9 @@ pub unsafe extern "C" fn shmkit_spsc_close(queue: *mut shmkit_spsc) -> shmkit_st
     guard(|| close(queue))
 }
 
-/// Pushes a copy of `len` bytes (a producer's call). Waits for room (a
+/// Pushes a copy of `len` bytes (a producer's call; on a consumer handle,
+/// `SHMKIT_E_UNSUPPORTED`; in a child forked from the holder of the role,
+/// `SHMKIT_E_IN_USE`). Waits for room (a
 /// free cell, and memory for the bytes) at most `timeout_ms` milliseconds
 /// (negative: for ever; 0: not at all), then fails with
 /// `SHMKIT_E_TIMEOUT`, having pushed nothing.
@@ -154,15 +163,15 @@ pub unsafe extern "C" fn shmkit_spsc_push(
     timeout_ms: i64,
 ) -> shmkit_status {
     guard(|| {
-        let mut queue = lock(live(queue)?)?;
-        let role = queue.role();
-        let producer = queue.producer().ok_or_else(|| wrong_role(role, "push"))?;
+        let mut queue = lock(&live(queue)?.queue)?;
+        let producer = queue.producer()?;
         // SAFETY: `data` holds `len` bytes (the caller's contract).
         unsafe { messages::put(producer, data, len, timeout_ms) }
     })
 }
 
-/// Pops the next message (a consumer's call), waiting at most `timeout_ms`
+/// Pops the next message (a consumer's call, refused elsewhere as a push
+/// is), waiting at most `timeout_ms`
 /// milliseconds for one (negative: for ever; 0: not at all), else
 /// `SHMKIT_E_TIMEOUT`. The bytes stay in the segment until
 /// `shmkit_spsc_done(queue, message)`.
@@ -178,9 +187,8 @@ pub unsafe extern "C" fn shmkit_spsc_pop(
     message: *mut shmkit_message,
 ) -> shmkit_status {
     guard(|| {
-        let mut queue = lock(live(queue)?)?;
-        let role = queue.role();
-        let consumer = queue.consumer().ok_or_else(|| wrong_role(role, "pop"))?;
+        let mut queue = lock(&live(queue)?.queue)?;
+        let consumer = queue.consumer()?;
         // SAFETY: `message` is null or valid for a write (the caller's
         // contract).
         unsafe { messages::get(consumer, timeout_ms, message) }
@@ -188,8 +196,8 @@ pub unsafe extern "C" fn shmkit_spsc_pop(
 }
 
 /// Gives a popped message's bytes back to the queue's memory (its `data`
-/// is invalid afterwards); a message given back twice is refused with
-/// `SHMKIT_E_INVALID_FREE`. Either end may call it.
+/// is invalid afterwards), from any thread, through either end; refused
+/// as `shmkit_queue_done` refuses.
 ///
 /// # Safety
 ///
@@ -201,10 +209,10 @@ pub unsafe extern "C" fn shmkit_spsc_done(
     message: *const shmkit_message,
 ) -> shmkit_status {
     guard(|| {
-        let queue = lock(live(queue)?)?;
+        let end = live(queue)?;
         // SAFETY: a non-null `message` points to one the caller owns.
         let message = unsafe { message.as_ref() };
-        messages::done(queue.heap(), queue.ring_block(), message)
+        messages::done(&end.heap, end.ring_block, message)
     })
 }
 
@@ -221,7 +229,7 @@ pub unsafe extern "C" fn shmkit_spsc_len(
 ) -> shmkit_status {
     guard(|| {
         check_out(out, "out")?;
-        let len = lock(live(queue)?)?.len();
+        let len = lock(&live(queue)?.queue)?.len();
         // SAFETY: checked non-null; the caller's.
         unsafe { out.write(len) };
         Ok(())

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "shmkit.hpp"
 
@@ -105,6 +107,35 @@ int main(int argc, char **argv) {
             CHECK(message.has_value() && message->str() == std::to_string(i));
         }
         CHECK(!consumer.Get(0).has_value());
+
+        // A pointer and a length put that many bytes, whatever the types.
+        const char *text = "hello, world";
+        int five = 5;
+        CHECK(producer.Put(text, five, 0));
+        std::vector<char> bytes = {'a', 'b', 'c'};
+        CHECK(producer.Put(bytes.data(), bytes.size(), 0));
+        std::optional<shmkit::Message> hello = consumer.Get(0);
+        CHECK(hello.has_value() && hello->str() == "hello");
+        CHECK(consumer.Get(0)->str() == "abc");
+
+        // A message is given back from another thread while the consumer
+        // waits in Get on its own.
+        std::thread waiter([&consumer] {
+            std::optional<shmkit::Message> late = consumer.Get(5000);
+            CHECK(late.has_value() && late->str() == "late");
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        hello->Done();
+        CHECK(producer.Put("late", 0));
+        waiter.join();
+
+        // A message outlives its queue object: the handle stays open until
+        // it goes.
+        CHECK(producer.Put("kept", 0));
+        std::optional<shmkit::Message> kept = consumer.Get(0);
+        { shmkit::SpscQueue gone = std::move(consumer); }
+        CHECK(kept.has_value() && kept->str() == "kept");
+        kept.reset();
         shmkit::Heap::Unlink(spsc_name);
     }
 

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "shmkit.h"
 
@@ -284,6 +286,7 @@ int main(int argc, char **argv) {
     EXPECT(shmkit_queue_close(queue), SHMKIT_OK);
     EXPECT(shmkit_unlink(queue_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
     EXPECT(shmkit_spsc_pop(producer, 0, &message), SHMKIT_E_UNSUPPORTED);
+    EXPECT(shmkit_spsc_done(producer, NULL), SHMKIT_E_NULL_ARGUMENT);
     EXPECT(shmkit_spsc_push(consumer, "x", 1, 0), SHMKIT_E_UNSUPPORTED);
     EXPECT(shmkit_spsc_pop(consumer, 0, &message), SHMKIT_E_TIMEOUT);
     EXPECT(shmkit_spsc_pop(consumer, 20, &message), SHMKIT_E_TIMEOUT);
@@ -316,6 +319,31 @@ int main(int argc, char **argv) {
     }
     EXPECT(shmkit_spsc_done(consumer, &message), SHMKIT_E_INVALID_FREE);
     EXPECT(shmkit_spsc_done(consumer, NULL), SHMKIT_E_NULL_ARGUMENT);
+    /* A message that can never fit fails at once, even with no timeout. */
+    EXPECT(shmkit_spsc_push(producer, &message, (size_t)1 << 40, -1), SHMKIT_E_OUT_OF_MEMORY);
+    /* A forked child holds a copy of the handle, not the role. */
+    pid_t child = fork();
+    if (child == 0) {
+        failures = 0;
+        EXPECT(shmkit_spsc_push(producer, "child", 5, 0), SHMKIT_E_IN_USE);
+        EXPECT(shmkit_spsc_pop(consumer, 0, &message), SHMKIT_E_IN_USE);
+        _exit(failures == 0 ? 0 : 1);
+    }
+    int child_status = 0;
+    if (child < 0 || waitpid(child, &child_status, 0) != child || !WIFEXITED(child_status) ||
+        WEXITSTATUS(child_status) != 0) {
+        fprintf(stderr, "the forked child's checks failed\n");
+        failures++;
+    }
+    EXPECT(shmkit_spsc_push(producer, "parent", 6, 0), SHMKIT_OK);
+    /* A message given back to another queue than its own is refused. */
+    EXPECT(shmkit_queue_create(queue_name, 1 << 16, 4, &queue), SHMKIT_OK);
+    EXPECT(shmkit_queue_put(queue, "mpmc", 4, 0), SHMKIT_OK);
+    EXPECT(shmkit_spsc_pop(consumer, 0, &message), SHMKIT_OK);
+    EXPECT(shmkit_queue_done(queue, &message), SHMKIT_E_INVALID_FREE);
+    EXPECT(shmkit_spsc_done(consumer, &message), SHMKIT_OK);
+    EXPECT(shmkit_queue_close(queue), SHMKIT_OK);
+    EXPECT(shmkit_unlink(queue_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
     /* A role given back is free for the next handle. */
     EXPECT(shmkit_spsc_close(producer), SHMKIT_OK);
     EXPECT(shmkit_spsc_attach(spsc_name, SHMKIT_SPSC_PRODUCER, &producer), SHMKIT_OK);

@@ -11,10 +11,12 @@
 //!
 //! A process killed at any instruction leaves either queue usable: the
 //! MPMC ring repairs a cell a dead process had claimed (its own message is
-//! lost), a dead endpoint's SPSC role is taken over by the next handle of
-//! that role, and the block of a message a dead process was filling or
-//! reading stays allocated until a recovery pass frees every block no
-//! waiting message names.
+//! lost), and a dead endpoint's SPSC role is taken over by the next handle
+//! of that role. The block of a message a dead process was filling or
+//! reading stays allocated: on the MPMC queue until a recovery pass
+//! (Python's `Queue.recover`) frees every block no waiting message names;
+//! the SPSC queue has no such pass yet, so each such kill keeps one
+//! message's bytes until the segment is made anew.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use std::time::Duration;
 use crate::alloc::{SegmentAllocator, ShmAllocator, SizeClassAllocator};
 use crate::containers::{MpmcHandle, MpmcRing, SpscConsumer, SpscProducer, SpscRing};
 use crate::error::{Error, Result};
+use crate::os::process::current_pid;
 use crate::ptr::{FullPtr, Offset};
 use crate::segment::SegmentOptions;
 
@@ -242,11 +245,15 @@ enum SpscEnd {
 
 /// An SPSC queue's segment, attached, holding one of its two roles (at
 /// most one live handle of each role exists, across all processes:
-/// another is [`Error::InUse`]; a dead one's role is taken over).
+/// another is [`Error::InUse`]; a dead one's role is taken over). A
+/// forked child inherits a copy of its parent's handle but not the role:
+/// its pushes and pops are refused.
 pub struct SpscMessageQueue {
     // Declared first, so dropped first: it borrows `blocks.heap`.
     end: SpscEnd,
     blocks: MessageBlocks,
+    /// The process that took the role.
+    pid: u32,
 }
 
 impl std::fmt::Debug for SpscMessageQueue {
@@ -299,7 +306,11 @@ impl SpscMessageQueue {
             // SAFETY: as above.
             SpscRole::Consumer => SpscEnd::Consumer(unsafe { SpscRing::consumer(heap, ring_at)? }),
         };
-        Ok(SpscMessageQueue { end, blocks })
+        Ok(SpscMessageQueue {
+            end,
+            blocks,
+            pid: current_pid(),
+        })
     }
 
     /// The role this handle holds.
@@ -338,26 +349,56 @@ impl SpscMessageQueue {
         self.blocks.message(cell)
     }
 
-    /// The producer's side of the ring, if this handle holds that role.
-    pub fn producer(&mut self) -> Option<CellProducer<'_>> {
+    /// The allocator of the message blocks, shared: it stays mapped while
+    /// the returned handle lives, even past this queue (to give a popped
+    /// message back from another thread than the one that pops).
+    pub fn shared_heap(&self) -> Arc<SizeClassAllocator> {
+        Arc::clone(&self.blocks.heap)
+    }
+
+    /// The producer's side of the ring: [`Error::Unsupported`] on a
+    /// consumer handle, [`Error::InUse`] in a forked child (the role is
+    /// its parent's).
+    pub fn producer(&mut self) -> Result<CellProducer<'_>> {
+        self.check_role(SpscRole::Producer)?;
         match &mut self.end {
-            SpscEnd::Producer(end) => Some(CellProducer {
+            SpscEnd::Producer(end) => Ok(CellProducer {
                 end,
                 blocks: &self.blocks,
             }),
-            SpscEnd::Consumer(_) => None,
+            SpscEnd::Consumer(_) => unreachable!("checked: this handle is the producer"),
         }
     }
 
-    /// The consumer's side of the ring, if this handle holds that role.
-    pub fn consumer(&mut self) -> Option<CellConsumer<'_>> {
+    /// The consumer's side of the ring; as [`producer`](Self::producer).
+    pub fn consumer(&mut self) -> Result<CellConsumer<'_>> {
+        self.check_role(SpscRole::Consumer)?;
         match &mut self.end {
-            SpscEnd::Consumer(end) => Some(CellConsumer {
+            SpscEnd::Consumer(end) => Ok(CellConsumer {
                 end,
                 blocks: &self.blocks,
             }),
-            SpscEnd::Producer(_) => None,
+            SpscEnd::Producer(_) => unreachable!("checked: this handle is the consumer"),
         }
+    }
+
+    fn check_role(&self, wanted: SpscRole) -> Result<()> {
+        let role = self.role();
+        if role != wanted {
+            return Err(Error::Unsupported(match role {
+                SpscRole::Producer => "the producer end of an spsc queue does not pop",
+                SpscRole::Consumer => "the consumer end of an spsc queue does not push",
+            }));
+        }
+        if current_pid() != self.pid {
+            return Err(Error::InUse {
+                reason: format!(
+                    "this spsc queue handle was inherited from process {}, which holds its role",
+                    self.pid
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -468,7 +509,8 @@ mod tests {
             (tx.role(), rx.role()),
             (SpscRole::Producer, SpscRole::Consumer)
         );
-        assert!(tx.consumer().is_none() && rx.producer().is_none());
+        assert!(matches!(tx.consumer(), Err(Error::Unsupported(_))));
+        assert!(matches!(rx.producer(), Err(Error::Unsupported(_))));
 
         for word in [&b"one"[..], b"two", b"three", b"four"] {
             put(&mut tx, word).unwrap();
