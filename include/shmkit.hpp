@@ -15,11 +15,12 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
+#include <memory>
 #include <new>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 
@@ -381,18 +382,16 @@ class QueueBase;
 }  // namespace detail
 
 /// A message taken from a queue: its bytes, in place in the segment, given
-/// back to the queue's memory when the Message goes (which must be before
-/// its queue goes). Move-only.
+/// back to the queue's memory when the Message goes. It keeps its queue's
+/// handle open until then. Move-only.
 class Message {
 public:
-    Message(Message &&other) noexcept
-        : message_(other.message_), owner_(std::exchange(other.owner_, nullptr)),
-          done_(other.done_) {}
+    Message(Message &&other) noexcept = default;
     Message &operator=(Message &&other) noexcept {
         if (this != &other) {
             reset();
             message_ = other.message_;
-            owner_ = std::exchange(other.owner_, nullptr);
+            owner_ = std::move(other.owner_);
             done_ = other.done_;
         }
         return *this;
@@ -407,68 +406,75 @@ public:
     bool pickled() const noexcept { return message_.pickled != 0; }
     std::string str() const { return std::string(static_cast<const char *>(data()), size()); }
 
+    /// Gives the bytes back now (the Message is empty afterwards); throws
+    /// if the queue refuses.
+    void Done() {
+        if (owner_) {
+            std::shared_ptr<const void> owner = std::move(owner_);
+            detail::check(done_(owner.get(), &message_));
+        }
+    }
+
 private:
     template <typename, typename>
     friend class detail::QueueBase;
-    using Done = shmkit_status (*)(const void *, const shmkit_message *);
-    Message(const shmkit_message &message, const void *owner, Done done)
-        : message_(message), owner_(owner), done_(done) {}
+    using DoneCall = shmkit_status (*)(const void *, const shmkit_message *);
+    Message(const shmkit_message &message, std::shared_ptr<const void> owner, DoneCall done)
+        : message_(message), owner_(std::move(owner)), done_(done) {}
     void reset() noexcept {
-        if (owner_ != nullptr) {
-            done_(owner_, &message_);
-            owner_ = nullptr;
+        if (owner_) {
+            // A destructor cannot throw: a refusal (a message given back
+            // already) changes nothing, so there is nothing to undo.
+            done_(owner_.get(), &message_);
+            owner_.reset();
         }
     }
 
     shmkit_message message_{};
-    const void *owner_ = nullptr;
-    Done done_ = nullptr;
+    std::shared_ptr<const void> owner_;
+    DoneCall done_ = nullptr;
 };
 
 namespace detail {
 
-/// What both queues share: the handle, its closing, put and get.
+/// What both queues share: the handle (closed when the queue and every
+/// Message taken from it have gone), put and get.
 template <typename Handle, typename Calls>
 class QueueBase {
 public:
-    QueueBase(QueueBase &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
-    QueueBase &operator=(QueueBase &&other) noexcept {
-        if (this != &other) {
-            reset();
-            handle_ = std::exchange(other.handle_, nullptr);
-        }
-        return *this;
-    }
+    QueueBase(QueueBase &&) noexcept = default;
+    QueueBase &operator=(QueueBase &&) noexcept = default;
     QueueBase(const QueueBase &) = delete;
     QueueBase &operator=(const QueueBase &) = delete;
-    ~QueueBase() { reset(); }
 
     /// The C handle, for calls this header does not wrap.
-    Handle *raw() const noexcept { return handle_; }
+    Handle *raw() const noexcept { return handle_.get(); }
 
     /// Puts a copy of `len` bytes, waiting at most `timeout_ms` (negative:
     /// for ever); false if the queue stayed full (or without memory).
     bool Put(const void *data, std::size_t len, int64_t timeout_ms = -1) const {
-        shmkit_status status = Calls::put(handle_, data, len, timeout_ms);
+        shmkit_status status = Calls::put(handle_.get(), data, len, timeout_ms);
         if (status == SHMKIT_E_TIMEOUT) {
             return false;
         }
         check(status);
         return true;
     }
-    bool Put(const std::string &text, int64_t timeout_ms = -1) const {
-        return Put(text.data(), text.size(), timeout_ms);
+    /// Puts text: a std::string, a string_view or a string literal (its
+    /// bytes without the final NUL).
+    bool Put(std::string_view text, int64_t timeout_ms = -1) const {
+        return Put(static_cast<const void *>(text.data()), text.size(), timeout_ms);
     }
-    /// (So that `Put("text", 0)` puts the text, not 0 bytes.)
-    bool Put(const char *text, int64_t timeout_ms = -1) const {
-        return Put(static_cast<const void *>(text), std::strlen(text), timeout_ms);
+    template <std::size_t N>
+    bool Put(const char (&text)[N], int64_t timeout_ms = -1) const {
+        return Put(std::string_view(text, N - 1), timeout_ms);
     }
 
     /// The next message, waiting at most `timeout_ms` (negative: for
     /// ever); nullopt if none came.
     std::optional<Message> Get(int64_t timeout_ms = -1) const {
         shmkit_message message{};
-        shmkit_status status = Calls::get(handle_, timeout_ms, &message);
+        shmkit_status status = Calls::get(handle_.get(), timeout_ms, &message);
         if (status == SHMKIT_E_TIMEOUT) {
             return std::nullopt;
         }
@@ -481,22 +487,15 @@ public:
     /// Messages waiting now.
     std::size_t Size() const {
         std::size_t waiting = 0;
-        check(Calls::len(handle_, &waiting));
+        check(Calls::len(handle_.get(), &waiting));
         return waiting;
     }
 
 protected:
-    explicit QueueBase(Handle *handle) : handle_(handle) {}
+    explicit QueueBase(Handle *handle) : handle_(handle, [](Handle *h) { Calls::close(h); }) {}
 
 private:
-    void reset() noexcept {
-        if (handle_ != nullptr) {
-            Calls::close(handle_);
-            handle_ = nullptr;
-        }
-    }
-
-    Handle *handle_ = nullptr;
+    std::shared_ptr<Handle> handle_;
 };
 
 struct QueueCalls {
