@@ -30,15 +30,15 @@ def layer_word(name, index, value=None):
 
 def test_a_stray_write_through_a_stale_view_is_quarantined(name):
     heap = shmkit.FreeListAllocator(name, capacity=1 << 20, slot_size=64)
-    first = heap.allocate(1000)
+    first = heap.allocate(2000)
     keep = heap.allocate(1000)
     heap.write(keep, b"K" * 1000)
     view = heap.view(first)
     heap.free(first, force=True)  # the caller keeps a view it should not
     # Carved from the front of the freed block (a size past the thread
     # cache, whose misses carve a chunk of eight blocks instead).
-    small = heap.allocate(300)
-    heap.write(small, b"S" * 300)
+    small = heap.allocate(600)
+    heap.write(small, b"S" * 600)
     view[:] = b"\xff" * len(view)  # lands on the allocator's headers
     del view
     with pytest.raises(shmkit.CorruptSegmentError):
@@ -47,7 +47,7 @@ def test_a_stray_write_through_a_stale_view_is_quarantined(name):
     # behind it fences the destroyed headers off...
     with pytest.raises(shmkit.CorruptSegmentError, match="block"):
         for _ in range(100):
-            heap.free(heap.allocate(600))
+            heap.free(heap.allocate(1000))
     heap.check()
     assert heap.recover()["bytes_quarantined"] == 0, "nothing left to fence off"
     # ...and the heap goes on: what survived is intact, new blocks work.

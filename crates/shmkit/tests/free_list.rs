@@ -24,7 +24,7 @@ use shmkit::{
 const HEADER: u64 = 32;
 /// A request whose block is too large for the thread cache (256 bytes with
 /// the header), so its free takes the lock.
-const BIG: usize = 300;
+const BIG: usize = 600;
 /// Where the segment header records the allocator state's offset.
 const STATE_OFFSET_FIELD: u64 = 104;
 

@@ -24,7 +24,7 @@ const HEADER: u64 = 32;
 /// A request whose block (96 bytes with the header) has a magazine.
 const SMALL: usize = 64;
 /// A request too large for the caches: its free and allocation take the lock.
-const BIG: usize = 300;
+const BIG: usize = 600;
 /// Blocks a magazine holds (`alloc/magazine.rs`).
 const MAGAZINE: usize = 8;
 

@@ -144,8 +144,10 @@ const SMALL: u64 = 1 << FL_SHIFT;
 /// First-level classes: enough for any segment (at most 2^47 bytes).
 const FL_COUNT: usize = 48;
 
-/// Version 2 added the thread caches (a segment of version 1 is refused).
-const STATE_MAGIC: u64 = u64::from_ne_bytes(*b"TLSFv002");
+/// Version 2 added the thread caches, version 3 cached blocks up to 512
+/// bytes (segments of earlier versions are refused: their state is laid
+/// out otherwise).
+const STATE_MAGIC: u64 = u64::from_ne_bytes(*b"TLSFv003");
 const SEAL_KEY: u64 = 0x6b1d_f3a5_9e27_c40f;
 
 /// How long an operation waits for the lock held by a live process.

@@ -65,8 +65,10 @@ use crate::sync::robust_lock::Patience;
 /// thread's magazine.
 pub(super) const CACHED: u64 = 8;
 
-/// The largest cached block (header included).
-const CACHED_MAX: u64 = 256;
+/// The largest cached block (header included): 512 bytes, so that a
+/// 256-byte slot of the Python drop-in's free list (272 bytes with its
+/// block header) is cached too.
+const CACHED_MAX: u64 = 512;
 /// Block sizes with a magazine: every multiple of [`GRANULE`] from
 /// [`MIN_BLOCK`] to [`CACHED_MAX`].
 const CACHED_SIZES: usize = ((CACHED_MAX - MIN_BLOCK) / GRANULE + 1) as usize;
