@@ -1170,8 +1170,7 @@ impl RawDict {
             // Alone, every stripe held: a live block that no stripe names
             // is one a dead writer had made or was retiring.
             // SAFETY: as for the pass above; the segment is the dict's.
-            freed +=
-                unsafe { own_segment::free_unnamed(&attached.heap, &named) }.map_err(lib_to_py)?;
+            freed += unsafe { attached.heap.free_unnamed(&named) }.map_err(lib_to_py)?;
             drop(guards);
         }
         drop(alone);

@@ -3,14 +3,14 @@
 //! segment, their accounting, and the sweep by which `recover()` frees the
 //! blocks a dead process left that the structure no longer names.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::{PyErr, PyResult, Python};
 use shmkit_lib::sync::current_pid;
-use shmkit_lib::{Error, MemContext, Segment, SegmentId, ShmAllocator, SizeClassAllocator};
+use shmkit_lib::{Segment, SegmentId, ShmAllocator, SizeClassAllocator};
 
 use crate::errors::SegmentInUseError;
 
@@ -122,33 +122,6 @@ pub fn heap_stats(heap: &SizeClassAllocator) -> (u64, u64, u64, u64) {
         stats.free_bytes,
         stats.capacity,
     )
-}
-
-/// Frees every live block of `heap` that `named` does not hold; how many.
-///
-/// # Safety
-///
-/// The segment is the structure's alone, and nobody else uses it during
-/// the call (the caller holds its recovery lock, and [`InFlight`] counts no
-/// call of this process on it), so a block it does not name is one a dead
-/// process was making or retiring.
-pub unsafe fn free_unnamed(heap: &SizeClassAllocator, named: &HashSet<u64>) -> Result<u64, Error> {
-    // The dead threads' hand-off records name some of those blocks; the
-    // walk below finds them all, so the records are only cleared.
-    drop(heap.take_dead_handoffs());
-    let mut unnamed = Vec::new();
-    heap.live_blocks(&mut |offset| {
-        if !named.contains(&offset) {
-            unnamed.push(offset);
-        }
-    })?;
-    let ctx = MemContext::default();
-    for &offset in &unnamed {
-        // SAFETY: a live block nothing names, and no one else runs (the
-        // caller's promise).
-        unsafe { heap.free_offset(&ctx, offset) }?;
-    }
-    Ok(unnamed.len() as u64)
 }
 
 /// A Python object's hold on its attached structure: shared with the calls

@@ -319,8 +319,7 @@ impl RawQueue {
             })
         };
         // SAFETY: as above; the segment is the queue's alone.
-        let swept = unsafe { own_segment::free_unnamed(attached.queue.heap(), &named) }
-            .map_err(lib_to_py)?;
+        let swept = unsafe { attached.queue.heap().free_unnamed(&named) }.map_err(lib_to_py)?;
         drop(alone);
         Ok((report.locks_taken_over, report.blocks_reclaimed + swept))
     }

@@ -13,15 +13,15 @@
 //! MPMC ring repairs a cell a dead process had claimed (its own message is
 //! lost), and a dead endpoint's SPSC role is taken over by the next handle
 //! of that role. The block of a message a dead process was filling or
-//! reading stays allocated: on the MPMC queue until a recovery pass
-//! (Python's `Queue.recover`) frees every block no waiting message names;
-//! the SPSC queue has no such pass yet, so each such kill keeps one
-//! message's bytes until the segment is made anew.
+//! reading stays allocated until a recovery pass (`recover` on either
+//! queue; Python's `Queue.recover`, C's `shmkit_queue_recover` and
+//! `shmkit_spsc_recover`) frees every block no waiting message names.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::alloc::{SegmentAllocator, ShmAllocator, SizeClassAllocator};
+use crate::alloc::{RecoveryReport, SegmentAllocator, ShmAllocator, SizeClassAllocator};
 use crate::containers::{MpmcHandle, MpmcRing, SpscConsumer, SpscProducer, SpscRing};
 use crate::error::{Error, Result};
 use crate::os::process::current_pid;
@@ -133,6 +133,34 @@ impl MessageBlocks {
         (blocks, heap_ref)
     }
 
+    /// See [`MessageQueue::recover`]; `waiting` visits the cells that
+    /// wait in the ring.
+    ///
+    /// # Safety
+    ///
+    /// As for [`MessageQueue::recover`].
+    unsafe fn recover(
+        &self,
+        force: bool,
+        waiting: impl FnOnce(&mut dyn FnMut(MessageCell)),
+    ) -> Result<QueueRecovery> {
+        let _alone = self.heap.segment().lock_for_recovery(force)?;
+        // SAFETY: no other process uses the segment (the recovery lock,
+        // `force` aside) and no other thread of this one (the caller's
+        // promise).
+        let allocator = unsafe { self.heap.recovery_pass() }?;
+        let mut named = HashSet::from([self.ring_block]);
+        waiting(&mut |cell| {
+            named.insert(cell.offset);
+        });
+        // SAFETY: as above; the ring and the waiting messages are named.
+        let orphans_freed = unsafe { self.heap.free_unnamed(&named) }?;
+        Ok(QueueRecovery {
+            allocator,
+            orphans_freed,
+        })
+    }
+
     /// See [`MessageQueue::message`].
     fn message(&self, cell: MessageCell) -> Result<(FullPtr<u8>, usize, bool)> {
         let len = (cell.len & !PICKLED) as usize;
@@ -154,6 +182,17 @@ impl MessageBlocks {
             }),
         }
     }
+}
+
+/// What a queue's recovery pass did.
+#[derive(Clone, Debug, Default)]
+pub struct QueueRecovery {
+    /// The allocator's own pass (locks taken over, blocks whose free never
+    /// finished).
+    pub allocator: RecoveryReport,
+    /// Message blocks no waiting message named, freed: what processes that
+    /// died were filling or reading.
+    pub orphans_freed: u64,
 }
 
 /// A queue's segment, attached: the allocator and the MPMC ring over it.
@@ -226,6 +265,27 @@ impl MessageQueue {
     /// check is corruption: its message is lost.
     pub fn message(&self, cell: MessageCell) -> Result<(FullPtr<u8>, usize, bool)> {
         self.blocks.message(cell)
+    }
+
+    /// The queue's recovery pass, after processes that used it died: the
+    /// allocator's own pass, then every message block that no waiting
+    /// message names (one a dead process was filling or reading) is freed.
+    /// Refused with [`Error::InUse`] while another process maps the
+    /// segment, unless `force` (for processes known to be idle).
+    ///
+    /// # Safety
+    ///
+    /// No other thread of this process uses the queue, through any handle,
+    /// during the call; and no message this process took is still in use:
+    /// its block is freed too.
+    pub unsafe fn recover(&self, force: bool) -> Result<QueueRecovery> {
+        // SAFETY: forwarded from the caller; nobody pushes or pops
+        // meanwhile (the recovery lock, and the caller's promise).
+        unsafe {
+            self.blocks.recover(force, |named| {
+                self.ring.for_each_waiting(named);
+            })
+        }
     }
 }
 
@@ -347,6 +407,23 @@ impl SpscMessageQueue {
     /// See [`MessageQueue::message`].
     pub fn message(&self, cell: MessageCell) -> Result<(FullPtr<u8>, usize, bool)> {
         self.blocks.message(cell)
+    }
+
+    /// As [`MessageQueue::recover`]: with this handle's end of the ring,
+    /// and (unless `force`) no other process mapping the segment, which
+    /// means the other end is gone.
+    ///
+    /// # Safety
+    ///
+    /// As for [`MessageQueue::recover`].
+    pub unsafe fn recover(&self, force: bool) -> Result<QueueRecovery> {
+        // SAFETY: forwarded from the caller, as for the MPMC queue.
+        unsafe {
+            self.blocks.recover(force, |named| match &self.end {
+                SpscEnd::Producer(end) => end.for_each_waiting(named),
+                SpscEnd::Consumer(end) => end.for_each_waiting(named),
+            })
+        }
     }
 
     /// The allocator of the message blocks, shared: it stays mapped while

@@ -191,6 +191,24 @@ impl<T: Copy, E: Env, V: Values<T>> SpscCore<'_, T, E, V> {
         let tail = self.words.producer.0.index.load(Ordering::Acquire);
         tail.wrapping_sub(head).min(self.mask + 1)
     }
+
+    /// Visits the published values from head to tail without taking them.
+    ///
+    /// # Safety
+    ///
+    /// No other thread or process pushes or pops meanwhile (see
+    /// [`SpscConsumer::for_each_waiting`]).
+    pub(super) unsafe fn for_each_waiting(&self, mut visit: impl FnMut(T)) {
+        let head = self.words.consumer.0.index.load(Ordering::Acquire);
+        let tail = self.words.producer.0.index.load(Ordering::Acquire);
+        for step in 0..tail.wrapping_sub(head).min(self.mask + 1) {
+            let position = head.wrapping_add(step);
+            // SAFETY: masked; published (before the tail read with acquire
+            // ordering), and nobody pushes or pops meanwhile (the caller's
+            // promise), so nothing writes the cell while it is read.
+            visit(unsafe { self.values.read((position & self.mask) as usize) });
+        }
+    }
 }
 
 /// The cells of an SPSC ring in a segment: plain values.
@@ -597,6 +615,20 @@ macro_rules! endpoint_common {
         /// The ring's offset in its segment.
         pub fn offset(&self) -> Offset<SpscRing<T>> {
             self.endpoint.offset
+        }
+
+        /// Calls `visit` with a copy of each value waiting in the ring,
+        /// oldest first, without taking them: what a recovery pass needs to
+        /// learn which blocks the ring still names.
+        ///
+        /// # Safety
+        ///
+        /// No other thread or process pushes or pops meanwhile: call it
+        /// alone, as under
+        /// [`Segment::lock_for_recovery`](crate::Segment::lock_for_recovery).
+        pub unsafe fn for_each_waiting(&self, visit: impl FnMut(T)) {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.endpoint.core().for_each_waiting(visit) }
         }
 
         /// The longest a blocked operation sleeps before it re-checks the

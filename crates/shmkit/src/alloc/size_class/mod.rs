@@ -458,6 +458,36 @@ impl SizeClassAllocator {
     /// Number of size classes.
     pub const NUM_CLASSES: usize = NUM_CLASSES;
 
+    /// Frees every block handed out that `named` does not hold, and
+    /// returns how many: the sweep of a structure that owns the whole
+    /// segment (a queue, a dict) after a crash left blocks it no longer
+    /// names.
+    ///
+    /// # Safety
+    ///
+    /// The segment is the structure's alone, and nobody else uses it
+    /// during the call (the caller holds its recovery lock and no call of
+    /// this process is in flight on it), so a block it does not name is one
+    /// a dead process was making or retiring.
+    pub unsafe fn free_unnamed(&self, named: &std::collections::HashSet<u64>) -> Result<u64> {
+        // The dead threads' hand-off records name some of those blocks; the
+        // walk below finds them all, so the records are only cleared.
+        drop(self.take_dead_handoffs());
+        let mut unnamed = Vec::new();
+        self.live_blocks(&mut |offset| {
+            if !named.contains(&offset) {
+                unnamed.push(offset);
+            }
+        })?;
+        let ctx = MemContext::default();
+        for &offset in &unnamed {
+            // SAFETY: a live block nothing names, and no one else runs (the
+            // caller's promise).
+            unsafe { self.free_offset(&ctx, offset) }?;
+        }
+        Ok(unnamed.len() as u64)
+    }
+
     /// Calls `visit` with the offset of every block handed out, in offset
     /// order. A block being handed out or freed meanwhile may be seen or
     /// missed: a caller that needs the exact set runs alone, as
