@@ -526,6 +526,22 @@ enum shmkit_status shmkit_queue_done(const shmkit_queue *queue,
 // documents.
 enum shmkit_status shmkit_queue_len(const shmkit_queue *queue, size_t *out);
 
+// The queue's recovery pass, after processes that used it died: the
+// allocator's own, then every message block no waiting message names (one
+// a dead process was filling or reading) is freed; `report` (may be null)
+// counts those in `blocks_reclaimed`. It runs alone: no other thread of
+// this process may use the queue meanwhile, a message this process took
+// and has not given back is freed too, and unless `force` is non-zero it
+// refuses (`SHMKIT_E_IN_USE`) while other live processes map the segment.
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_queue_recover(const shmkit_queue *queue,
+                                        int32_t force,
+                                        struct shmkit_recovery_report *report);
+
 // Creates the SPSC queue `name` (shared memory), with `capacity` bytes
 // for the messages waiting and at most `maxsize` of them (rounded up to a
 // power of two; 0: 65,536), and takes `role` (a `shmkit_spsc_role`).
@@ -605,6 +621,18 @@ enum shmkit_status shmkit_spsc_done(const shmkit_spsc *queue, const struct shmki
 // Every pointer argument is null or valid for the call, as the C API
 // documents.
 enum shmkit_status shmkit_spsc_len(const shmkit_spsc *queue, size_t *out);
+
+// The SPSC queue's recovery pass, as `shmkit_queue_recover`: through
+// either end, once the other end's process is gone (unless `force`: it
+// refuses while other live processes map the segment).
+//
+// # Safety
+//
+// Every pointer argument is null or valid for the call, as the C API
+// documents.
+enum shmkit_status shmkit_spsc_recover(const shmkit_spsc *queue,
+                                       int32_t force,
+                                       struct shmkit_recovery_report *report);
 
 // The message of the last call that failed on this thread ("" if none
 // has). The string stays valid until the next failing call on this

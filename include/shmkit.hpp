@@ -484,6 +484,15 @@ public:
         });
     }
 
+    /// The queue's recovery pass once the processes that used it died
+    /// (see shmkit_queue_recover): alone, with no Message of this process
+    /// still held.
+    shmkit_recovery_report Recover(bool force = false) const {
+        shmkit_recovery_report report{};
+        check(Calls::recover(handle_.get(), force ? 1 : 0, &report));
+        return report;
+    }
+
     /// Messages waiting now.
     std::size_t Size() const {
         std::size_t waiting = 0;
@@ -504,6 +513,7 @@ struct QueueCalls {
     static constexpr auto done = shmkit_queue_done;
     static constexpr auto len = shmkit_queue_len;
     static constexpr auto close = shmkit_queue_close;
+    static constexpr auto recover = shmkit_queue_recover;
 };
 
 struct SpscCalls {
@@ -512,6 +522,7 @@ struct SpscCalls {
     static constexpr auto done = shmkit_spsc_done;
     static constexpr auto len = shmkit_spsc_len;
     static constexpr auto close = shmkit_spsc_close;
+    static constexpr auto recover = shmkit_spsc_recover;
 };
 
 }  // namespace detail

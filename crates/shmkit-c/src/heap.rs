@@ -522,6 +522,35 @@ pub unsafe extern "C" fn shmkit_heap_check(heap: *const shmkit_heap) -> shmkit_s
     guard(|| Ok(heap_of(heap)?.check()?))
 }
 
+/// Stores a recovery pass's report in `*report` (if not null): the
+/// library's, with `more_blocks` freed besides, and `live_after` live
+/// allocations at the end.
+///
+/// # Safety
+///
+/// `report` is null or valid for a write.
+pub(crate) unsafe fn write_report(
+    report: *mut shmkit_recovery_report,
+    done: &shmkit::RecoveryReport,
+    more_blocks: u64,
+    live_after: u64,
+) {
+    if report.is_null() {
+        return;
+    }
+    let made = shmkit_recovery_report {
+        locks_taken_over: done.locks_taken_over,
+        caches_reclaimed: done.caches_reclaimed,
+        blocks_reclaimed: done.blocks_reclaimed + more_blocks,
+        bytes_quarantined: done.bytes_quarantined,
+        rebuilt: u32::from(done.rebuilt),
+        live_before: done.before.live_allocations,
+        live_after,
+    };
+    // SAFETY: checked non-null; valid for a write (the caller's promise).
+    unsafe { report.write(made) };
+}
+
 /// The recovery pass: mends what processes killed mid-operation left. It
 /// runs alone: no other thread of this process may use the segment's
 /// allocator meanwhile, and unless `force` is non-zero it refuses
@@ -549,19 +578,8 @@ pub unsafe extern "C" fn shmkit_heap_recover(
                 allocator.recover()
             }
         }?;
-        if !report.is_null() {
-            let made = shmkit_recovery_report {
-                locks_taken_over: done.locks_taken_over,
-                caches_reclaimed: done.caches_reclaimed,
-                blocks_reclaimed: done.blocks_reclaimed,
-                bytes_quarantined: done.bytes_quarantined,
-                rebuilt: u32::from(done.rebuilt),
-                live_before: done.before.live_allocations,
-                live_after: done.after.live_allocations,
-            };
-            // SAFETY: checked non-null; the caller's.
-            unsafe { report.write(made) };
-        }
+        // SAFETY: `report` is null or the caller's, valid for a write.
+        unsafe { write_report(report, &done, 0, done.after.live_allocations) };
         Ok(())
     })
 }

@@ -8,10 +8,10 @@
 use std::ffi::{c_char, c_void};
 
 use shmkit::containers::message_queue::MessageQueue;
-use shmkit::SegmentOptions;
+use shmkit::{SegmentOptions, ShmAllocator};
 
 use crate::handle::{check_out, close, hand_out, handle, live};
-use crate::heap::text;
+use crate::heap::{shmkit_recovery_report, text, write_report};
 use crate::messages::{self, shmkit_message};
 use crate::status::{guard, shmkit_status, Failure};
 
@@ -166,6 +166,37 @@ pub unsafe extern "C" fn shmkit_queue_len(
         }
         // SAFETY: checked non-null; the caller's.
         unsafe { out.write(len) };
+        Ok(())
+    })
+}
+
+/// The queue's recovery pass, after processes that used it died: the
+/// allocator's own, then every message block no waiting message names (one
+/// a dead process was filling or reading) is freed; `report` (may be null)
+/// counts those in `blocks_reclaimed`. It runs alone: no other thread of
+/// this process may use the queue meanwhile, a message this process took
+/// and has not given back is freed too, and unless `force` is non-zero it
+/// refuses (`SHMKIT_E_IN_USE`) while other live processes map the segment.
+///
+/// # Safety
+///
+/// Every pointer argument is null or valid for the call, as the C API
+/// documents.
+#[no_mangle]
+pub unsafe extern "C" fn shmkit_queue_recover(
+    queue: *const shmkit_queue,
+    force: i32,
+    report: *mut shmkit_recovery_report,
+) -> shmkit_status {
+    guard(|| {
+        let queue = live(queue)?;
+        // SAFETY: the C caller promises that no other thread of this
+        // process uses the queue meanwhile and that it holds no message
+        // (the documented contract).
+        let done = unsafe { queue.recover(force != 0) }?;
+        let live_after = queue.heap().stats().live_allocations;
+        // SAFETY: `report` is null or the caller's.
+        unsafe { write_report(report, &done.allocator, done.orphans_freed, live_after) };
         Ok(())
     })
 }

@@ -11,9 +11,10 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use shmkit::containers::message_queue::{SpscMessageQueue, SpscRole};
-use shmkit::SizeClassAllocator;
+use shmkit::{ShmAllocator, SizeClassAllocator};
 
 use crate::handle::{check_out, close, hand_out, handle, live};
+use crate::heap::{shmkit_recovery_report, write_report};
 use crate::messages::{self, shmkit_message};
 use crate::queue::shm;
 use crate::status::{guard, shmkit_status, Failure};
@@ -232,6 +233,34 @@ pub unsafe extern "C" fn shmkit_spsc_len(
         let len = lock(&live(queue)?.queue)?.len();
         // SAFETY: checked non-null; the caller's.
         unsafe { out.write(len) };
+        Ok(())
+    })
+}
+
+/// The SPSC queue's recovery pass, as `shmkit_queue_recover`: through
+/// either end, once the other end's process is gone (unless `force`: it
+/// refuses while other live processes map the segment).
+///
+/// # Safety
+///
+/// Every pointer argument is null or valid for the call, as the C API
+/// documents.
+#[no_mangle]
+pub unsafe extern "C" fn shmkit_spsc_recover(
+    queue: *const shmkit_spsc,
+    force: i32,
+    report: *mut shmkit_recovery_report,
+) -> shmkit_status {
+    guard(|| {
+        let end = live(queue)?;
+        let queue = lock(&end.queue)?;
+        // SAFETY: this handle's lock is held, and the C caller promises
+        // that it holds no message taken from the queue (the documented
+        // contract).
+        let done = unsafe { queue.recover(force != 0) }?;
+        let live_after = end.heap.stats().live_allocations;
+        // SAFETY: `report` is null or the caller's.
+        unsafe { write_report(report, &done.allocator, done.orphans_freed, live_after) };
         Ok(())
     })
 }

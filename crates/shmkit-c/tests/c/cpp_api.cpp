@@ -81,6 +81,8 @@ int main(int argc, char **argv) {
             CHECK(message.has_value() && message->str() == "message " + std::to_string(i));
         }
         CHECK(!queue.Get(10).has_value());
+        // Alone and holding no message: the pass frees nothing.
+        CHECK(queue.Recover().blocks_reclaimed == 0);
         // Every message went back: four more fit again.
         for (int i = 0; i < 4; i++) {
             CHECK(queue.Put("again", 0));

@@ -350,6 +350,9 @@ int main(int argc, char **argv) {
     EXPECT(shmkit_spsc_close(producer), SHMKIT_OK);
     EXPECT(shmkit_spsc_close(consumer), SHMKIT_OK);
     EXPECT(shmkit_spsc_close(NULL), SHMKIT_OK);
+    EXPECT(shmkit_spsc_recover(NULL, 0, NULL), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_queue_recover(NULL, 0, NULL), SHMKIT_E_NULL_ARGUMENT);
+    EXPECT(shmkit_queue_recover((shmkit_queue *)heap, 0, NULL), SHMKIT_E_BAD_HANDLE);
     EXPECT(shmkit_unlink(spsc_name, SHMKIT_BACKEND_SHM), SHMKIT_OK);
 
     EXPECT(shmkit_heap_close(heap), SHMKIT_OK);
