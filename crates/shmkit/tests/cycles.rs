@@ -304,7 +304,7 @@ fn free_list_chain_self_loop_and_wild_link_are_errors() {
         let what = format!("free-list chain, {damage:?}");
         let heap = FreeListAllocator::create(&SegmentOptions::private().size(1 << 20)).unwrap();
         // Too large for the thread cache: a freed block goes on a list.
-        const LISTED: usize = 300;
+        const LISTED: usize = 600;
         let before = heap.allocate(LISTED).unwrap();
         let freed = heap.allocate(LISTED).unwrap();
         let after = heap.allocate(LISTED).unwrap();

@@ -22,7 +22,7 @@ use shmkit::{
 
 /// Bytes of a block header (the layout documented in `alloc/free_list.rs`).
 const HEADER: u64 = 32;
-/// A request whose block is too large for the thread cache (256 bytes with
+/// A request whose block is too large for the thread cache (512 bytes with
 /// the header), so its free takes the lock.
 const BIG: usize = 600;
 /// Where the segment header records the allocator state's offset.
