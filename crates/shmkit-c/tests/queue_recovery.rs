@@ -41,6 +41,13 @@ fn held_then_killed(name: &str, kind: &str, count: usize) {
     child.wait().unwrap();
 }
 
+/// The bytes of a checked message.
+fn bytes_of(message: shmkit::Result<(shmkit::FullPtr<u8>, usize, bool)>) -> Vec<u8> {
+    let (block, len, _) = message.unwrap();
+    // SAFETY: a live message block of `len` bytes, not freed meanwhile.
+    unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec()
+}
+
 fn ok(status: shmkit_status) {
     assert_eq!(status, shmkit_status::SHMKIT_OK, "{:?}", unsafe {
         std::ffi::CStr::from_ptr(shmkit_last_error())
@@ -105,14 +112,8 @@ fn a_killed_consumers_messages_are_freed_and_the_waiting_ones_kept() {
         let options = SegmentOptions::shm(&name);
         let waiting: Vec<Vec<u8>> = if kind == "mpmc" {
             let queue = MessageQueue::attach(&options).unwrap();
-            let cells: Vec<_> = std::iter::from_fn(|| queue.ring().try_pop()).collect();
-            cells
-                .into_iter()
-                .map(|cell| {
-                    let (block, len, _) = queue.message(cell).unwrap();
-                    // SAFETY: a live message block of `len` bytes.
-                    unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec()
-                })
+            std::iter::from_fn(|| queue.ring().try_pop())
+                .map(|cell| bytes_of(queue.message(cell)))
                 .collect()
         } else {
             let mut queue = SpscMessageQueue::attach(&options, SpscRole::Consumer).unwrap();
@@ -120,11 +121,7 @@ fn a_killed_consumers_messages_are_freed_and_the_waiting_ones_kept() {
             let cells: Vec<_> = std::iter::from_fn(|| consumer.try_pop()).collect();
             cells
                 .into_iter()
-                .map(|cell| {
-                    let (block, len, _) = consumer.message(cell).unwrap();
-                    // SAFETY: a live message block of `len` bytes.
-                    unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec()
-                })
+                .map(|cell| bytes_of(consumer.message(cell)))
                 .collect()
         };
         assert_eq!(waiting, vec![b"m3".to_vec(), b"m4".to_vec()], "{kind}");
