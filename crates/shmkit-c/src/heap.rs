@@ -144,12 +144,22 @@ pub(crate) fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, Failur
     })
 }
 
+/// A shared-memory segment's options from a C name (a leading '/', as
+/// `shm_open` takes it, is allowed).
+pub(crate) fn shm(name: *const c_char) -> Result<SegmentOptions, Failure> {
+    Ok(shm_named(text(name, "name")?))
+}
+
+fn shm_named(name: &str) -> SegmentOptions {
+    SegmentOptions::shm(name.strip_prefix('/').unwrap_or(name))
+}
+
 /// Where `name` lives, by a `shmkit_backend` value (an int from C: any
 /// value may arrive).
 fn location(name: *const c_char, backend: i32) -> Result<SegmentOptions, Failure> {
     let name = text(name, "name")?;
     if backend == shmkit_backend::SHMKIT_BACKEND_SHM as i32 {
-        Ok(SegmentOptions::shm(name.strip_prefix('/').unwrap_or(name)))
+        Ok(shm_named(name))
     } else if backend == shmkit_backend::SHMKIT_BACKEND_FILE as i32 {
         Ok(SegmentOptions::file(name))
     } else {

@@ -8,10 +8,10 @@
 use std::ffi::{c_char, c_void};
 
 use shmkit::containers::message_queue::MessageQueue;
-use shmkit::{SegmentOptions, ShmAllocator};
+use shmkit::ShmAllocator;
 
 use crate::handle::{check_out, close, hand_out, handle, live};
-use crate::heap::{shmkit_recovery_report, text, write_report};
+use crate::heap::{shm, shmkit_recovery_report, write_report};
 use crate::messages::{self, shmkit_message};
 use crate::status::{guard, shmkit_status, Failure};
 
@@ -24,12 +24,6 @@ handle!(
     "queue",
     queue: MessageQueue
 );
-
-/// A shm segment's options from a C name (a leading '/' is allowed).
-pub(crate) fn shm(name: *const c_char) -> Result<SegmentOptions, Failure> {
-    let name = text(name, "name")?;
-    Ok(SegmentOptions::shm(name.strip_prefix('/').unwrap_or(name)))
-}
 
 /// Creates the queue `name` (shared memory): `capacity` bytes for the
 /// messages waiting, at most `maxsize` of them (rounded up to a power of

@@ -14,9 +14,8 @@ use shmkit::containers::message_queue::{SpscMessageQueue, SpscRole};
 use shmkit::{ShmAllocator, SizeClassAllocator};
 
 use crate::handle::{check_out, close, hand_out, handle, live};
-use crate::heap::{shmkit_recovery_report, write_report};
+use crate::heap::{shm, shmkit_recovery_report, write_report};
 use crate::messages::{self, shmkit_message};
-use crate::queue::shm;
 use crate::status::{guard, shmkit_status, Failure};
 
 handle!(
