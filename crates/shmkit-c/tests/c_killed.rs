@@ -13,19 +13,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
 
-use common::{build, repo, run, unique};
+use common::{build, repo, run, unique, Unlink};
 use shmkit::{
     Error, FreeListAllocator, MemContext, SegmentAllocator, SegmentOptions, ShmAllocator,
 };
-
-/// Frees on removal of the segment's name.
-struct Unlink(String);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shmkit::segment::remove(&shmkit::Location::Shm(self.0.clone()));
-    }
-}
 
 fn blocks_until_full(heap: &dyn ShmAllocator) -> Vec<u64> {
     let ctx = MemContext::default();

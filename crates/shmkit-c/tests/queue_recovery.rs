@@ -9,19 +9,10 @@ use std::ffi::CString;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use common::{build, repo, unique};
+use common::{build, message_bytes, repo, unique, Unlink};
 use shmkit::containers::message_queue::{MessageQueue, SpscMessageQueue, SpscRole};
 use shmkit::{SegmentOptions, ShmAllocator};
 use shmkit_c::*;
-
-/// Frees on removal of the segment's name.
-struct Unlink(String);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shmkit::segment::remove(&shmkit::Location::Shm(self.0.clone()));
-    }
-}
 
 /// Runs the holder on `name` until it has taken `count` messages, then
 /// SIGKILLs it.
@@ -39,13 +30,6 @@ fn held_then_killed(name: &str, kind: &str, count: usize) {
     assert_eq!(line.trim(), "held", "the holder took its messages");
     child.kill().unwrap();
     child.wait().unwrap();
-}
-
-/// The bytes of a checked message.
-fn bytes_of(message: shmkit::Result<(shmkit::FullPtr<u8>, usize, bool)>) -> Vec<u8> {
-    let (block, len, _) = message.unwrap();
-    // SAFETY: a live message block of `len` bytes, not freed meanwhile.
-    unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec()
 }
 
 fn ok(status: shmkit_status) {
@@ -113,7 +97,7 @@ fn a_killed_consumers_messages_are_freed_and_the_waiting_ones_kept() {
         let waiting: Vec<Vec<u8>> = if kind == "mpmc" {
             let queue = MessageQueue::attach(&options).unwrap();
             std::iter::from_fn(|| queue.ring().try_pop())
-                .map(|cell| bytes_of(queue.message(cell)))
+                .map(|cell| message_bytes(queue.message(cell)))
                 .collect()
         } else {
             let mut queue = SpscMessageQueue::attach(&options, SpscRole::Consumer).unwrap();
@@ -121,7 +105,7 @@ fn a_killed_consumers_messages_are_freed_and_the_waiting_ones_kept() {
             let cells: Vec<_> = std::iter::from_fn(|| consumer.try_pop()).collect();
             cells
                 .into_iter()
-                .map(|cell| bytes_of(consumer.message(cell)))
+                .map(|cell| message_bytes(consumer.message(cell)))
                 .collect()
         };
         assert_eq!(waiting, vec![b"m3".to_vec(), b"m4".to_vec()], "{kind}");

@@ -8,18 +8,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{build, repo, unique};
+use common::{build, message_bytes, repo, unique, Unlink};
 use shmkit::containers::message_queue::{SpscMessageQueue, SpscRole};
 use shmkit::{MemContext, SegmentOptions, ShmAllocator};
-
-/// Frees on removal of the segment's name.
-struct Unlink(String);
-
-impl Drop for Unlink {
-    fn drop(&mut self) {
-        let _ = shmkit::segment::remove(&shmkit::Location::Shm(self.0.clone()));
-    }
-}
 
 /// Pops the next message as text, waiting at most 20 s.
 fn pop(queue: &mut SpscMessageQueue) -> String {
@@ -27,10 +18,7 @@ fn pop(queue: &mut SpscMessageQueue) -> String {
     let cell = consumer
         .pop_timeout(Duration::from_secs(20))
         .expect("a message within 20 s");
-    let (block, len, pickled) = consumer.message(cell).unwrap();
-    assert!(!pickled);
-    // SAFETY: a live message block of `len` bytes, ours until freed.
-    let text = unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec();
+    let text = message_bytes(consumer.message(cell));
     // SAFETY: popped, read, and used no more.
     unsafe {
         consumer

@@ -116,3 +116,21 @@ pub fn assert_ok(what: &str, output: &Output) {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+/// Removes a shm segment's name when dropped (a test's cleanup, also when
+/// it fails).
+pub struct Unlink(pub String);
+
+impl Drop for Unlink {
+    fn drop(&mut self) {
+        let _ = shmkit::segment::remove(&shmkit::Location::Shm(self.0.clone()));
+    }
+}
+
+/// The bytes of a message a queue checked (raw bytes, not a pickle).
+pub fn message_bytes(message: shmkit::Result<(shmkit::FullPtr<u8>, usize, bool)>) -> Vec<u8> {
+    let (block, len, pickled) = message.unwrap();
+    assert!(!pickled, "a raw message");
+    // SAFETY: a live message block of `len` bytes, not freed meanwhile.
+    unsafe { std::slice::from_raw_parts(block.as_ptr(), len) }.to_vec()
+}
